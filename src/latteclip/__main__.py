@@ -1,0 +1,5 @@
+import sys
+
+from latteclip.cli import main
+
+sys.exit(main())

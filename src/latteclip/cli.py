@@ -1,0 +1,261 @@
+"""The `latteclip` command line: one subcommand per stage, each also reading a YAML `--config`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from latteclip.errors import LatteclipError
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
+
+
+def command(name: str, help_text: str):
+    """Register a subcommand: the decorated function adds its arguments; `run` does the work."""
+
+    def wrap(add_arguments: Callable[[argparse.ArgumentParser], None]):
+        def bind(run: Callable[[argparse.Namespace], int]):
+            COMMANDS[name] = (add_arguments, run, help_text)
+            return run
+
+        return bind
+
+    return wrap
+
+
+# --- shared argument groups -------------------------------------------------------------------------
+def add_data_arguments(parser: argparse.ArgumentParser, required_root: bool = True) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", help="eurosat, dtd, ..., folder (a folder per class) or csv (path,label)")
+    group.add_argument("--root", help="the dataset's folder, archive, or CSV file")
+    group.add_argument("--limit", type=int, help="a seeded, class-balanced subset of N images per split")
+    group.add_argument("--classnames", help="file mapping folder names to prompt names (JSON, or 'key: name' lines)")
+    group.add_argument("--templates", help="file of prompt templates with {} (JSON list or one per line)")
+    group.add_argument("--domain", help="the domain word used in description prompts (e.g. 'land use')")
+    group.add_argument("--split-file", dest="split_file", help="a CoOp split JSON, or 'none' for the seeded 50/20/30 split")
+    group.add_argument("--seed", type=int)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", help="OpenCLIP model name (ViT-B-32, ...) or hf-hub:org/name")
+    group.add_argument("--pretrained", help="pretrained tag, weights file (.pt/.bin/.safetensors), or 'random'")
+    group.add_argument("--device", help="auto, cpu, cuda, cuda:1")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--config", help="YAML file of options; command-line flags override it")
+    group.add_argument("--output", help="folder that holds run folders (default runs/)")
+    group.add_argument("--name", help="run folder name (default METHOD-DATASET-sSEED)")
+    group.add_argument("--workers", type=int, help="data-loading worker processes")
+    group.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+
+
+def _field_type(options_cls: type, name: str) -> Any:
+    return typing.get_type_hints(options_cls)[name]
+
+
+def method_option_flags() -> dict[str, tuple[Any, str]]:
+    """Every option of every registered method, as flag name -> (type, help)."""
+    from latteclip.methods import REGISTRY, get_method
+
+    flags: dict[str, tuple[Any, str]] = {}
+    for name in REGISTRY:
+        cls = get_method(name)
+        for f in dataclasses.fields(cls.Options):
+            kind = _field_type(cls.Options, f.name)
+            if f.name in flags and flags[f.name][0] != kind:
+                raise RuntimeError(f"method option {f.name} has two types across methods")
+            methods = flags.get(f.name, (kind, ""))[1]
+            flags[f.name] = (kind, f"{methods}, {name}".strip(", "))
+    return flags
+
+
+def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("method options (each applies to the methods named)")
+    for name, (kind, methods) in sorted(method_option_flags().items()):
+        flag = "--" + name.replace("_", "-")
+        dest = f"mopt_{name}"
+        origin = typing.get_origin(kind)
+        if kind is bool:
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=f"({methods})")
+        elif origin in (list, tuple):
+            group.add_argument(flag, dest=dest, type=lambda s: [x.strip() for x in s.split(",") if x.strip()], help=f"comma-separated ({methods})")
+        elif origin is typing.Union or kind in (int, float, str) or isinstance(kind, type):
+            base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if origin is typing.Union else kind
+            group.add_argument(flag, dest=dest, type=base if base in (int, float, str) else str, help=f"({methods})")
+
+
+def config_from_args(args: argparse.Namespace, **fixed: Any):
+    from latteclip.config import FIELD_NAMES, resolve_config
+
+    values = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None}
+    values.update({k: v for k, v in fixed.items() if v is not None})
+    options = {k[5:]: v for k, v in vars(args).items() if k.startswith("mopt_") and v is not None}
+    if options:
+        values["method_options"] = options
+    config = resolve_config(values, getattr(args, "config", None))
+    if not config.root:
+        raise LatteclipError("no dataset root: pass --root DIR (or set root: in the --config file)")
+    return config
+
+
+def print_summary(results: dict) -> None:
+    test = results["test"]
+    print(
+        f"{results['method']} on {results['dataset']}: top-1 {100 * results['top1']:.2f}% "
+        f"on {test['n']} test images after {results['steps']} steps"
+        + (f"; unreadable images skipped: train {results['unreadable_train_images']}, test {results['unreadable_test_images']}"
+           if results["unreadable_train_images"] or results["unreadable_test_images"] else "")
+    )
+
+
+# --- commands -----------------------------------------------------------------------------------------
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", help="zeroshot, flyp_pl, oracle, latteclip, ...")
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    add_run_arguments(parser)
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--batch-size", dest="batch_size", type=int)
+    group.add_argument("--lr", type=float)
+    group.add_argument("--weight-decay", dest="weight_decay", type=float)
+    group.add_argument("--warmup-steps", dest="warmup_steps", type=int)
+    group.add_argument("--max-steps", dest="max_steps", type=int, help="stop at this step or after --epochs, whichever first")
+    group.add_argument("--epochs", type=int)
+    group.add_argument("--grad-clip", dest="grad_clip", type=float)
+    group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    group.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate on test every N steps (0: only at the end)")
+    group.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    group.add_argument("--log-every", dest="log_every", type=int)
+    group.add_argument("--resume", action="store_true", default=None, help="continue the run in the run folder from last.pt")
+    group.add_argument("--store", help="description store (SQLite) for methods that read descriptions")
+    add_method_option_arguments(parser)
+
+
+@command("train", "fine-tune (or evaluate zero-shot) with a method; writes a run folder")
+def _train_parser(parser):
+    _train_args(parser)
+
+
+@_train_parser
+def run_train(args: argparse.Namespace) -> int:
+    from latteclip.engine.trainer import run_training
+
+    config = config_from_args(args)
+    results = run_training(config)
+    print_summary(results)
+    print(f"run folder: {config.run_dir}")
+    return 0
+
+
+@command("zeroshot", "CLIP zero-shot accuracy (first template or --ensemble); caches test features")
+def _zeroshot_parser(parser):
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    add_run_arguments(parser)
+    parser.add_argument("--ensemble", action="store_true", help="average every template of the dataset")
+
+
+@_zeroshot_parser
+def run_zeroshot(args: argparse.Namespace) -> int:
+    from latteclip.engine.trainer import run_training
+
+    ensemble = bool(args.ensemble)
+    del args.ensemble
+    config = config_from_args(args, method="zeroshot")
+    config.method_options = {"ensemble": ensemble}
+    results = run_training(config)
+    print_summary(results)
+    print(f"run folder: {config.run_dir}")
+    return 0
+
+
+@command("eval", "accuracy of a trained checkpoint (final.pt) on a dataset's test split")
+def _eval_parser(parser):
+    parser.add_argument("--checkpoint", required=True, help="a run's final.pt")
+    add_data_arguments(parser)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    parser.add_argument("--out", help="where to write the JSON report (default: eval.json beside the checkpoint)")
+
+
+@_eval_parser
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from latteclip.data import DatasetOptions, build_dataset
+    from latteclip.data.transforms import eval_transform
+    from latteclip.engine.checkpoint import load_checkpoint
+    from latteclip.engine.evaluate import accuracy_report
+    from latteclip.engine.features import extract_features, predict_labels
+    from latteclip.engine.session import method_from_checkpoint, pick_device
+
+    payload = load_checkpoint(args.checkpoint)
+    if "method" not in payload:
+        raise LatteclipError(f"{args.checkpoint} is not a final checkpoint (use a run's final.pt, not last.pt)")
+    saved = payload["config"]
+    device = pick_device(args.device)
+    method = method_from_checkpoint(payload, device)
+    loaded = method.loaded
+    options = DatasetOptions(
+        limit=args.limit if args.limit is not None else saved.get("limit"),
+        seed=args.seed if args.seed is not None else saved.get("seed", 0),
+        classnames_file=args.classnames or saved.get("classnames"),
+        templates_file=args.templates or saved.get("templates"),
+        domain=args.domain or saved.get("domain"),
+        split_file=args.split_file or saved.get("split_file"),
+    )
+    dataset = args.dataset or saved["dataset"]
+    root = args.root or saved["root"]
+    test_set = build_dataset(dataset, root, "test", eval_transform(loaded.image_size, loaded.mean, loaded.std), options)
+    if test_set.info.num_classes != method.info.num_classes:
+        raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has {method.info.num_classes}")
+    with torch.no_grad():
+        features, valid = extract_features(method.encode_images, test_set, device, args.batch_size, args.workers, desc="evaluate")
+        predictions = predict_labels(features, valid, method.classifier())
+    report = accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
+    out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset, **report}, indent=1))
+    print(f"{payload['method']} checkpoint on {dataset}: top-1 {100 * report['top1']:.2f}% on {report['n']} test images -> {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latteclip", description="Adapt CLIP models to a domain without labels.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_arguments, run, help_text) in COMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(child)
+        child.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*No pretrained weights loaded.*")
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except LatteclipError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: what was written so far is kept; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

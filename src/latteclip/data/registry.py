@@ -1,0 +1,366 @@
+"""`build_dataset(name, root, split, transform)`: the one entry point to every dataset.
+
+Paper datasets are described by JSON files in `data/specs/` (layout, CoOp split file, class
+names keyed by folder or split-file name, templates, domain word); users override any of them
+with `--classnames`, `--templates`, `--domain` and `--split-file`. Custom data is `folder`
+(a folder per class) or `csv` (path,label[,split]). Other builders register with
+`register_builder`, e.g. the demo's Fashion-MNIST shifts.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from latteclip.data.datasets import DatasetInfo, ImageDataset, Sample
+from latteclip.data.sources import FolderSource, ImageSource, ZipSource
+from latteclip.errors import LatteclipError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SPLITS = ("train", "test", "train_only", "val")
+GENERIC_TEMPLATES = ["a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a picture of a {}."]
+
+
+@dataclass
+class DatasetOptions:
+    """Everything besides name/root/split that decides which samples and names a dataset has."""
+
+    limit: int | None = None
+    seed: int = 0
+    classnames_file: str | None = None
+    templates_file: str | None = None
+    domain: str | None = None
+    split_file: str | None = None  # a path, "none" for the seeded split, None to look for the CoOp file
+
+
+Builder = Callable[[str, str, str, DatasetOptions], tuple[DatasetInfo, dict[str, list[Sample]], ImageSource]]
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_builder(name: str, builder: Builder) -> None:
+    """Make `name` (or every name starting with `name` when it ends in '-') buildable."""
+    _BUILDERS[name] = builder
+
+
+def spec_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("latteclip.data").joinpath("specs").iterdir() if p.name.endswith(".json"))
+
+
+def available_datasets() -> list[str]:
+    return spec_names() + ["folder", "csv"] + sorted(_BUILDERS)
+
+
+def load_spec(name: str) -> dict:
+    path = resources.files("latteclip.data").joinpath("specs", f"{name}.json")
+    return json.loads(path.read_text())
+
+
+def build_dataset(
+    name: str,
+    root: str | Path,
+    split: str = "train",
+    transform: Callable | None = None,
+    options: DatasetOptions | None = None,
+) -> ImageDataset:
+    """Build one split. `train` is CoOp train + val (what unsupervised methods see); `test` is evaluation."""
+    options = options or DatasetOptions()
+    if split not in SPLITS:
+        raise LatteclipError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
+    root = str(root)
+    builder = _find_builder(name)
+    info, parts, source = builder(name, root, split, options)
+    if split == "train":
+        samples = parts["train"] + parts["val"]
+    elif split == "train_only":
+        samples = parts["train"]
+    else:
+        samples = parts[split]
+    if options.limit:
+        samples = stratified_subset(samples, options.limit, options.seed)
+    info = _apply_overrides(info, options)
+    return ImageDataset(info, samples, source, split, transform)
+
+
+def _find_builder(name: str) -> Builder:
+    if name in _BUILDERS:
+        return _BUILDERS[name]
+    for prefix, builder in _BUILDERS.items():
+        if prefix.endswith("-") and name.startswith(prefix):
+            return builder
+    if name == "folder":
+        return _build_folder
+    if name == "csv":
+        return _build_csv
+    if name in spec_names():
+        return _build_spec
+    raise LatteclipError(f"unknown dataset '{name}': choose one of {', '.join(available_datasets())}")
+
+
+def stratified_subset(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
+    """A seeded subset of `limit` samples that takes classes in turn, so every class is present."""
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_class[s.label].append(s)
+    rng = random.Random(seed)
+    queues = []
+    for label in sorted(by_class):
+        items = list(by_class[label])
+        rng.shuffle(items)
+        queues.append(items)
+    chosen: list[Sample] = []
+    depth = 0
+    while len(chosen) < limit and any(depth < len(q) for q in queues):
+        for q in queues:
+            if depth < len(q) and len(chosen) < limit:
+                chosen.append(q[depth])
+        depth += 1
+    return sorted(chosen, key=lambda s: (s.label, s.path))
+
+
+def seeded_split(by_class: dict[int, list[str]], seed: int) -> dict[str, list[Sample]]:
+    """Per class: shuffle with the seed, then 50% train, 20% val, 30% test."""
+    parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    for label in sorted(by_class):
+        paths = sorted(by_class[label])
+        random.Random(f"{seed}-{label}").shuffle(paths)
+        n_train = round(0.5 * len(paths))
+        n_val = round(0.2 * len(paths))
+        parts["train"] += [Sample(p, label) for p in paths[:n_train]]
+        parts["val"] += [Sample(p, label) for p in paths[n_train : n_train + n_val]]
+        parts["test"] += [Sample(p, label) for p in paths[n_train + n_val :]]
+    return parts
+
+
+def _read_names_file(path: str, what: str) -> list[str] | dict[str, str]:
+    file = Path(path)
+    if not file.is_file():
+        raise LatteclipError(f"{what} file {path} does not exist")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LatteclipError(f"{what} file {path} is not valid JSON: {err}") from err
+        if isinstance(data, (list, dict)):
+            return data
+        raise LatteclipError(f"{what} file {path} must hold a JSON list or object")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if all(":" in ln or "," in ln or "\t" in ln for ln in lines) and what == "class names":
+        mapping = {}
+        for ln in lines:
+            for sep in ("\t", ":", ","):
+                if sep in ln:
+                    key, value = ln.split(sep, 1)
+                    mapping[key.strip()] = value.strip()
+                    break
+        return mapping
+    return lines
+
+
+def _apply_overrides(info: DatasetInfo, options: DatasetOptions) -> DatasetInfo:
+    if options.classnames_file:
+        names = _read_names_file(options.classnames_file, "class names")
+        if isinstance(names, dict):
+            unknown = sorted(set(names) - set(info.class_keys))
+            if unknown:
+                raise LatteclipError(
+                    f"class names file {options.classnames_file} names unknown classes {unknown[:5]}; "
+                    f"known: {info.class_keys[:10]}"
+                )
+            info.classnames = [names.get(k, n) for k, n in zip(info.class_keys, info.classnames)]
+        else:
+            if len(names) != info.num_classes:
+                raise LatteclipError(
+                    f"class names file {options.classnames_file} has {len(names)} names for {info.num_classes} classes"
+                )
+            info.classnames = list(names)
+    if options.templates_file:
+        templates = _read_names_file(options.templates_file, "templates")
+        if not isinstance(templates, list) or not templates or not all("{}" in t for t in templates):
+            raise LatteclipError(f"templates file {options.templates_file} must list templates that contain '{{}}'")
+        info.templates = list(templates)
+    if options.domain:
+        info.domain = options.domain
+    return info
+
+
+def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
+    """Find the images of a spec dataset under `root` (a folder, or the archive itself)."""
+    image_dir = spec["image_dir"]
+    if root.is_file():
+        if root.suffix != ".zip":
+            raise LatteclipError(f"dataset root {root} is a file but not a .zip archive")
+        source = ZipSource(root, image_dir)
+        if not source.has_prefix():
+            source = ZipSource(root, "")
+        return source, root.parent
+    for folder in spec["folders"]:
+        base = root / folder if folder else root
+        if image_dir and (base / image_dir).is_dir():
+            return FolderSource(base / image_dir), base
+        if not image_dir and base.is_dir() and any(base.iterdir()):
+            return FolderSource(base), base
+        for archive in spec.get("archives", []):
+            if (base / archive).is_file():
+                return _locate(spec, base / archive)
+    looked = ", ".join(str((root / f / image_dir) if f else (root / image_dir)) for f in spec["folders"])
+    raise LatteclipError(f"no {spec['name']} images found under {root} (looked for {looked})")
+
+
+def _find_split_file(spec: dict, base: Path, root: Path, options: DatasetOptions) -> Path | None:
+    if options.split_file == "none":
+        return None
+    if options.split_file:
+        path = Path(options.split_file)
+        if not path.is_file():
+            raise LatteclipError(f"split file {path} does not exist")
+        return path
+    name = spec.get("split_file")
+    if not name:
+        return None
+    for candidate in (base / name, root / name, (root if root.is_dir() else root.parent) / name):
+        if candidate.is_file():
+            return candidate
+    bundled = resources.files("latteclip.data").joinpath("splits", f"{name}.gz")
+    if bundled.is_file():
+        return Path(str(bundled))
+    return None
+
+
+def _read_split_file(path: Path) -> dict:
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, json.JSONDecodeError) as err:
+        raise LatteclipError(f"split file {path} cannot be read: {err}") from err
+    if not isinstance(data, dict) or not all(k in data for k in ("train", "val", "test")):
+        raise LatteclipError(f"split file {path} must hold 'train', 'val' and 'test' lists")
+    return data
+
+
+def _check_present(parts: dict[str, list[Sample]], source: ImageSource, split_path: Path, split: str) -> None:
+    wanted = parts["train"] + parts["val"] if split in ("train", "train_only", "val") else parts["test"]
+    missing = [s.path for s in wanted if not source.exists(s.path)]
+    if missing:
+        raise LatteclipError(
+            f"split file {split_path} names {len(missing)} images missing under {source.location} "
+            f"(first: {missing[0]}); check --root or pass the matching --split-file"
+        )
+
+
+def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
+    spec = load_spec(name)
+    root_path = Path(root)
+    if not root_path.exists():
+        raise LatteclipError(f"dataset root {root} does not exist")
+    source, base = _locate(spec, root_path)
+    split_path = _find_split_file(spec, base, root_path, options)
+    if split_path is None:
+        if spec["class_key"] != "folder":
+            raise LatteclipError(
+                f"{name} needs its split file {spec.get('split_file') or '(CoOp split)'}: pass --split-file PATH"
+            )
+        keys, by_class = _scan_class_folders(source)
+        parts = seeded_split(by_class, options.seed)
+        split_source = f"seeded 50/20/30 (seed {options.seed})"
+    else:
+        data = _read_split_file(split_path)
+        key_of: dict[int, str] = {}
+        parts = {}
+        for part in ("train", "val", "test"):
+            parts[part] = []
+            for entry in data[part]:
+                path, label, cname = entry[0], int(entry[1]), entry[2]
+                key = path.split("/")[0] if spec["class_key"] == "folder" else cname
+                if key_of.setdefault(label, key) != key:
+                    raise LatteclipError(f"split file {split_path}: label {label} is used for both {key_of[label]} and {key}")
+                parts[part].append(Sample(path, label))
+        if sorted(key_of) != list(range(len(key_of))):
+            raise LatteclipError(f"split file {split_path}: labels are not 0..{len(key_of) - 1}")
+        keys = [key_of[i] for i in range(len(key_of))]
+        _check_present(parts, source, split_path, split)
+        split_source = str(split_path)
+    classnames = [spec["classnames"].get(k, k.replace("_", " ")) for k in keys]
+    info = DatasetInfo(name, classnames, keys, list(spec["templates"]), spec["domain"], split_source)
+    return info, parts, source
+
+
+def _scan_class_folders(source: ImageSource) -> tuple[list[str], dict[int, list[str]]]:
+    files = [f for f in source.list_files() if Path(f).suffix.lower() in IMAGE_EXTENSIONS or "." not in Path(f).name]
+    folders = sorted({f.split("/")[0] for f in source.list_files() if "/" in f})
+    if not folders:
+        raise LatteclipError(f"{source.location} has no class folders (expected one folder of images per class)")
+    by_class: dict[int, list[str]] = {i: [] for i in range(len(folders))}
+    index = {k: i for i, k in enumerate(folders)}
+    for f in files:
+        if "/" in f and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
+            by_class[index[f.split("/")[0]]].append(f)
+    empty = [folders[i] for i, v in by_class.items() if not v]
+    if empty:
+        raise LatteclipError(f"class folder {source.location}/{empty[0]} has no images; remove it or add images")
+    return folders, by_class
+
+
+def _build_folder(name: str, root: str, split: str, options: DatasetOptions):
+    path = Path(root)
+    if not path.is_dir():
+        raise LatteclipError(f"dataset root {root} is not a folder (--dataset folder wants a folder per class)")
+    source = FolderSource(path)
+    keys, by_class = _scan_class_folders(source)
+    parts = _split_or_file(by_class, keys, source, options)
+    info = DatasetInfo(path.name or "folder", list(keys), list(keys), list(GENERIC_TEMPLATES), options.domain or "object",
+                       f"seeded 50/20/30 (seed {options.seed})" if not options.split_file else options.split_file)
+    return info, parts, source
+
+
+def _split_or_file(by_class, keys, source, options: DatasetOptions) -> dict[str, list[Sample]]:
+    if options.split_file and options.split_file != "none":
+        data = _read_split_file(Path(options.split_file))
+        parts = {p: [Sample(e[0], int(e[1])) for e in data[p]] for p in ("train", "val", "test")}
+        _check_present(parts, source, Path(options.split_file), "train")
+        _check_present(parts, source, Path(options.split_file), "test")
+        return parts
+    return seeded_split(by_class, options.seed)
+
+
+def _build_csv(name: str, root: str, split: str, options: DatasetOptions):
+    path = Path(root)
+    if not path.is_file():
+        raise LatteclipError(f"CSV file {root} does not exist (--dataset csv wants --root FILE.csv with path,label rows)")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise LatteclipError(f"CSV file {root} has no rows")
+    bad = [i + 1 for i, r in enumerate(rows) if len(r) < 2]
+    if bad:
+        raise LatteclipError(f"CSV file {root}: row {bad[0]} needs at least path,label")
+    keys = sorted({r[1].strip() for r in rows})
+    index = {k: i for i, k in enumerate(keys)}
+    source = FolderSource(path.parent)
+    missing = [r[0] for r in rows if not source.exists(r[0].strip())]
+    if missing:
+        raise LatteclipError(f"CSV file {root} names {len(missing)} missing images (first: {missing[0]}), paths are relative to {path.parent}")
+    if all(len(r) >= 3 and r[2].strip() for r in rows):
+        parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+        for r in rows:
+            part = r[2].strip().lower()
+            if part not in parts:
+                raise LatteclipError(f"CSV file {root}: split '{r[2]}' must be train, val or test")
+            parts[part].append(Sample(r[0].strip(), index[r[1].strip()]))
+    else:
+        by_class: dict[int, list[str]] = defaultdict(list)
+        for r in rows:
+            by_class[index[r[1].strip()]].append(r[0].strip())
+        parts = seeded_split(by_class, options.seed)
+    info = DatasetInfo(path.stem, list(keys), list(keys), list(GENERIC_TEMPLATES), options.domain or "object", str(path))
+    return info, parts, source

@@ -1,0 +1,82 @@
+"""Where image bytes come from: a folder on disk or a zip archive read in place (no extraction)."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+
+class ImageSource:
+    """Reads image files by a path relative to the dataset's image folder."""
+
+    location: str
+
+    def read(self, relpath: str) -> bytes:
+        raise NotImplementedError
+
+    def exists(self, relpath: str) -> bool:
+        raise NotImplementedError
+
+    def list_files(self) -> list[str]:
+        raise NotImplementedError
+
+
+class FolderSource(ImageSource):
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.location = str(self.folder)
+
+    def read(self, relpath: str) -> bytes:
+        return (self.folder / relpath).read_bytes()
+
+    def exists(self, relpath: str) -> bool:
+        return (self.folder / relpath).is_file()
+
+    def list_files(self) -> list[str]:
+        return sorted(
+            str(p.relative_to(self.folder)).replace(os.sep, "/")
+            for p in self.folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+
+class ZipSource(ImageSource):
+    """A zip archive; the handle is opened per process because zip handles must not cross a fork."""
+
+    def __init__(self, archive: Path, inner_dir: str):
+        self.archive = Path(archive)
+        self.prefix = f"{inner_dir.strip('/')}/" if inner_dir.strip("/") else ""
+        self.location = f"{self.archive}:{self.prefix}"
+        self._handle: zipfile.ZipFile | None = None
+        self._pid = -1
+        self._names: set[str] | None = None
+
+    def _zip(self) -> zipfile.ZipFile:
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = zipfile.ZipFile(self.archive)
+            self._pid = os.getpid()
+        return self._handle
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        return state
+
+    def _namelist(self) -> set[str]:
+        if self._names is None:
+            self._names = {n for n in self._zip().namelist() if not n.endswith("/")}
+        return self._names
+
+    def read(self, relpath: str) -> bytes:
+        return self._zip().read(self.prefix + relpath)
+
+    def exists(self, relpath: str) -> bool:
+        return self.prefix + relpath in self._namelist()
+
+    def list_files(self) -> list[str]:
+        n = len(self.prefix)
+        return sorted(name[n:] for name in self._namelist() if name.startswith(self.prefix))
+
+    def has_prefix(self) -> bool:
+        return any(name.startswith(self.prefix) for name in self._namelist())

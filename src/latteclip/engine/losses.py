@@ -1,0 +1,23 @@
+"""Losses with a closed form, kept apart from the loop so that methods and tests can call them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Eq. (3): CLIP's symmetric InfoNCE over the batch, the diagonal being the positive pairs.
+
+    `logit_scale` is the model's learnable log-temperature; its exponential is clamped at 100.
+    Features are used as given (normalise them first); the result is the mean of the
+    image-to-text and text-to-image cross-entropies.
+    """
+    scale = logit_scale.exp().clamp(max=100.0)
+    logits = scale * image_features @ text_features.t()
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))

@@ -1,0 +1,100 @@
+"""Build what a run needs from its config: device, model, datasets, method; and rebuild from a checkpoint."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from latteclip.config import RunConfig
+from latteclip.data import DatasetOptions, ImageDataset, build_dataset
+from latteclip.data.datasets import DatasetInfo
+from latteclip.data.transforms import eval_transform, train_transform
+from latteclip.methods import build_options, get_method
+from latteclip.methods.base import Method
+from latteclip.models import LoadedModel, load_clip
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def dataset_options(config: RunConfig) -> DatasetOptions:
+    return DatasetOptions(
+        limit=config.limit,
+        seed=config.seed,
+        classnames_file=config.classnames,
+        templates_file=config.templates,
+        domain=config.domain,
+        split_file=config.split_file,
+    )
+
+
+@dataclass
+class Session:
+    config: RunConfig
+    device: torch.device
+    loaded: LoadedModel
+    method: Method
+
+    def dataset(self, split: str, train_time: bool = False) -> ImageDataset:
+        """A split with the evaluation transform, or with seeded train-time augmentation."""
+        cfg = self.config
+        if train_time:
+            transform = train_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std, cfg.augment)
+        else:
+            transform = eval_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std)
+        data = build_dataset(cfg.dataset, cfg.root, split, transform, dataset_options(cfg))
+        if train_time:
+            data.item_seed = cfg.seed
+        return data
+
+
+def open_session(config: RunConfig) -> Session:
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+    method_cls = get_method(config.method)
+    options = build_options(method_cls, dict(config.method_options))
+    loaded = load_clip(config.model, config.pretrained, device)
+    info = build_dataset(config.dataset, config.root, "test", None, dataset_options(config)).info
+    method = method_cls(loaded, info, options, device)
+    return Session(config, device, loaded, method)
+
+
+def inference_payload(session: Session) -> dict[str, Any]:
+    """What `final.pt` holds besides the weights: enough to rebuild the classifier anywhere."""
+    method = session.method
+    return {
+        "method": method.name,
+        "method_options": asdict(method.options),
+        "method_state": method.state_dict(),
+        "model_name": session.loaded.model_name,
+        "pretrained": session.loaded.pretrained,
+        "info": asdict(method.info),
+        "classifier": method.classifier().detach().cpu(),
+        "config": session.config.to_dict(),
+    }
+
+
+def method_from_checkpoint(payload: dict[str, Any], device: torch.device) -> Method:
+    """Rebuild the trained method (weights, prototypes, adapters) from `final.pt` without the training data."""
+    loaded = load_clip(payload["model_name"], None, device)
+    loaded.model.load_state_dict(payload["model"])
+    loaded.pretrained = payload.get("pretrained", "")
+    method_cls = get_method(payload["method"])
+    info = DatasetInfo(**payload["info"])
+    method = method_cls(loaded, info, method_cls.Options(**payload["method_options"]), device)
+    method.load_state_dict(payload["method_state"])
+    method.model.eval()
+    return method

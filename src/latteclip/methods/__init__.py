@@ -1,0 +1,34 @@
+"""Methods: one module each, registered here by name (a new method is one file and one line)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+from latteclip.errors import LatteclipError
+
+REGISTRY: dict[str, str] = {
+    "zeroshot": "latteclip.methods.zeroshot:ZeroShot",
+    "flyp_pl": "latteclip.methods.flyp:FlypPseudoLabels",
+    "oracle": "latteclip.methods.flyp:SupervisedOracle",
+}
+
+
+def get_method(name: str) -> type:
+    if name not in REGISTRY:
+        raise LatteclipError(f"unknown method '{name}': choose one of {', '.join(sorted(REGISTRY))}")
+    module, attr = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_options(method_cls: type, values: dict[str, Any]) -> Any:
+    """The method's options dataclass from config values, rejecting options it does not have."""
+    known = {f.name: f for f in dataclasses.fields(method_cls.Options)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise LatteclipError(
+            f"option(s) {', '.join(unknown)} do not apply to method {method_cls.name}"
+            + (f" (its options: {', '.join(sorted(known))})" if known else " (it has no options)")
+        )
+    return method_cls.Options(**values)

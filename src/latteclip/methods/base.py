@@ -1,0 +1,89 @@
+"""What a method is: a small object that says what one training step does; the engine owns the loop.
+
+A method is built for inference from the model, the dataset's names and its options (so that
+`eval` and `predict` can rebuild it from a checkpoint), and `setup_training` adds what only
+training needs (the training set, cached zero-shot labels, descriptions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from latteclip.data import DatasetInfo, ImageDataset
+from latteclip.models import LoadedModel, TokenCache, class_text_features
+
+
+@dataclass
+class NoOptions:
+    """Methods without options of their own."""
+
+
+@dataclass
+class TrainContext:
+    """What the engine hands a method before the first step."""
+
+    train_set: ImageDataset
+    zero_shot_labels: torch.Tensor | None  # [len(train_set)], -1 for unreadable images
+    run_dir: Path
+    seed: int
+    store: str | None = None
+    log: Callable[[dict[str, Any]], None] = field(default=lambda record: None)
+    # the engine's feature extractor: (dataset, image encoder) -> [N, d] features, cached when possible
+    extract_features: Callable[..., torch.Tensor] | None = None
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+    pseudo_labels: torch.Tensor | None = None  # the labels trained on, for the pseudo-label analysis
+    state: dict[str, Any] = field(default_factory=dict)  # what after_optimizer_step needs
+
+
+class Method:
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    trains: ClassVar[bool] = True
+    reads_train_labels: ClassVar[bool] = False  # only the supervised oracle
+    needs_zero_shot_labels: ClassVar[bool] = False
+
+    def __init__(self, loaded: LoadedModel, info: DatasetInfo, options: Any, device: torch.device):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.info = info
+        self.options = options
+        self.device = device
+        self.tokens = TokenCache(loaded.tokenizer)
+
+    # --- training -------------------------------------------------------------------------
+    def setup_training(self, ctx: TrainContext) -> None:
+        self.ctx = ctx
+
+    def parameters(self) -> Iterable[torch.nn.Parameter]:
+        """What the optimizer trains; by default the whole CLIP model (both towers)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def training_step(self, batch: dict, step: int) -> StepResult:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:
+        """State updates that follow the weights (momentum, EMA encoders, queues)."""
+
+    # --- inference ------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(images), dim=-1)
+
+    def classifier(self) -> torch.Tensor:
+        """Normalised class weights [C, d] for the current model: class text features by default."""
+        return class_text_features(self.model, self.tokens, self.info.classnames, self.info.templates[:1], self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore method state saved with a checkpoint."""

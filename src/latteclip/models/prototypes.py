@@ -1,0 +1,46 @@
+"""The class prototype bank of LatteCLIP (method.md 1.3): one vector per class, moved by momentum."""
+
+from __future__ import annotations
+
+import torch
+
+
+class PrototypeBank:
+    """Class prototypes p_c, initialised from the class text features z_c.
+
+    `momentum_update` applies step 7: for each class present, the mean of its prototype-text
+    embeddings t_batch,c, then p_c <- (1 - mu) * t_batch,c + mu * p_c. Absent classes keep p_c.
+    Sums and counts are exposed so that several processes can all-reduce them first.
+    """
+
+    def __init__(self, init: torch.Tensor):
+        self.vectors = init.detach().clone().float()
+
+    @property
+    def num_classes(self) -> int:
+        return self.vectors.shape[0]
+
+    def class_sums(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sums = torch.zeros_like(self.vectors).index_add_(0, labels.to(self.vectors.device), embeddings.detach().float().to(self.vectors.device))
+        counts = torch.bincount(labels.to(self.vectors.device), minlength=self.num_classes).float()
+        return sums, counts
+
+    def apply_sums(self, sums: torch.Tensor, counts: torch.Tensor, mu: float) -> None:
+        present = counts > 0
+        means = sums[present] / counts[present].unsqueeze(1)
+        self.vectors[present] = (1.0 - mu) * means + mu * self.vectors[present]
+
+    @torch.no_grad()
+    def momentum_update(self, embeddings: torch.Tensor, labels: torch.Tensor, mu: float) -> None:
+        sums, counts = self.class_sums(embeddings, labels)
+        self.apply_sums(sums, counts, mu)
+
+    def to(self, device) -> "PrototypeBank":
+        self.vectors = self.vectors.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {"vectors": self.vectors.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.vectors = state["vectors"].to(self.vectors.device).float()

@@ -1,0 +1,100 @@
+"""Text-tower helpers: tokenise once, encode each distinct text once, cut tokens to the longest text.
+
+CLIP's text transformer is causal and pools at the end-of-text token (the highest id in the
+sequence), so the tokens after the longest text's end never influence any pooled feature:
+cutting every sequence to that length gives the same features at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+
+class TokenCache:
+    """Tokenises each distinct string once for the life of a run (texts repeat every epoch)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if todo:
+            for text, tokens in zip(todo, self.tokenizer(todo)):
+                self._cache[text] = tokens
+        return torch.stack([self._cache[t] for t in texts])
+
+
+def unique_with_inverse(texts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+    """Distinct texts in first-seen order, and for each input the row of its distinct text."""
+    position: dict[str, int] = {}
+    inverse = [position.setdefault(t, len(position)) for t in texts]
+    return list(position), torch.tensor(inverse, dtype=torch.long)
+
+
+def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Cut [N, 77] tokens to the longest sequence (end-of-text included)."""
+    length = int(tokens.argmax(dim=-1).max().item()) + 1
+    return tokens[:, :length]
+
+
+def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text` for tokens of any length up to the context length (unnormalised).
+
+    OpenCLIP's `CLIP.encode_text` adds the full 77-row positional table, so shorter sequences
+    go through the same layers here with the table and causal mask cut to their length. Other
+    text towers (Hugging Face, custom) get their full-length tokens back.
+    """
+    if not isinstance(model, open_clip.CLIP) or model.text_pool_type != "argmax":
+        return model.encode_text(_pad_to_context(tokens, model))
+    length = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+    x = model.transformer(x, attn_mask=mask)
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return x
+
+
+def _pad_to_context(tokens: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    context = getattr(model, "context_length", tokens.shape[1])
+    if tokens.shape[1] < context:
+        tokens = F.pad(tokens, (0, context - tokens.shape[1]))
+    return tokens
+
+
+def encode_texts(
+    model: torch.nn.Module,
+    tokens: TokenCache,
+    texts: Sequence[str],
+    device: torch.device | str = "cpu",
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Features of `texts` [N, d]: each distinct text encoded once, tokens trimmed (gradients flow)."""
+    distinct, inverse = unique_with_inverse(texts)
+    feats = encode_tokens(model, trim_tokens(tokens(distinct)).to(device))
+    if normalize:
+        feats = F.normalize(feats, dim=-1)
+    return feats[inverse.to(feats.device)]
+
+
+@torch.no_grad()
+def class_text_features(
+    model: torch.nn.Module,
+    tokens: TokenCache,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Zero-shot classifier [C, d]: the mean of the normalised template features, renormalised."""
+    texts = [t.format(c) for c in classnames for t in templates]
+    feats = encode_texts(model, tokens, texts, device).view(len(classnames), len(templates), -1)
+    return F.normalize(feats.mean(dim=1), dim=-1)
