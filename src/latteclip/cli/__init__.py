@@ -117,120 +117,17 @@ def print_summary(results: dict) -> None:
     )
 
 
-# --- commands -----------------------------------------------------------------------------------------
-def _train_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", help="zeroshot, flyp_pl, oracle, latteclip, ...")
-    add_data_arguments(parser)
-    add_model_arguments(parser)
-    add_run_arguments(parser)
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--batch-size", dest="batch_size", type=int)
-    group.add_argument("--lr", type=float)
-    group.add_argument("--weight-decay", dest="weight_decay", type=float)
-    group.add_argument("--warmup-steps", dest="warmup_steps", type=int)
-    group.add_argument("--max-steps", dest="max_steps", type=int, help="stop at this step or after --epochs, whichever first")
-    group.add_argument("--epochs", type=int)
-    group.add_argument("--grad-clip", dest="grad_clip", type=float)
-    group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    group.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate on test every N steps (0: only at the end)")
-    group.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
-    group.add_argument("--log-every", dest="log_every", type=int)
-    group.add_argument("--resume", action="store_true", default=None, help="continue the run in the run folder from last.pt")
-    group.add_argument("--store", help="description store (SQLite) for methods that read descriptions")
-    add_method_option_arguments(parser)
-
-
-@command("train", "fine-tune (or evaluate zero-shot) with a method; writes a run folder")
-def _train_parser(parser):
-    _train_args(parser)
-
-
-@_train_parser
-def run_train(args: argparse.Namespace) -> int:
-    from latteclip.engine.trainer import run_training
-
-    config = config_from_args(args)
-    results = run_training(config)
-    print_summary(results)
-    print(f"run folder: {config.run_dir}")
-    return 0
-
-
-@command("zeroshot", "CLIP zero-shot accuracy (first template or --ensemble); caches test features")
-def _zeroshot_parser(parser):
-    add_data_arguments(parser)
-    add_model_arguments(parser)
-    add_run_arguments(parser)
-    parser.add_argument("--ensemble", action="store_true", help="average every template of the dataset")
-
-
-@_zeroshot_parser
-def run_zeroshot(args: argparse.Namespace) -> int:
-    from latteclip.engine.trainer import run_training
-
-    ensemble = bool(args.ensemble)
-    del args.ensemble
-    config = config_from_args(args, method="zeroshot")
-    config.method_options = {"ensemble": ensemble}
-    results = run_training(config)
-    print_summary(results)
-    print(f"run folder: {config.run_dir}")
-    return 0
-
-
-@command("eval", "accuracy of a trained checkpoint (final.pt) on a dataset's test split")
-def _eval_parser(parser):
-    parser.add_argument("--checkpoint", required=True, help="a run's final.pt")
-    add_data_arguments(parser)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=256)
-    parser.add_argument("--out", help="where to write the JSON report (default: eval.json beside the checkpoint)")
-
-
-@_eval_parser
-def run_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from latteclip.data import DatasetOptions, build_dataset
-    from latteclip.data.transforms import eval_transform
-    from latteclip.engine.checkpoint import load_checkpoint
-    from latteclip.engine.evaluate import accuracy_report
-    from latteclip.engine.features import extract_features, predict_labels
-    from latteclip.engine.session import method_from_checkpoint, pick_device
-
-    payload = load_checkpoint(args.checkpoint)
-    if "method" not in payload:
-        raise LatteclipError(f"{args.checkpoint} is not a final checkpoint (use a run's final.pt, not last.pt)")
-    saved = payload["config"]
-    device = pick_device(args.device)
-    method = method_from_checkpoint(payload, device)
-    loaded = method.loaded
-    options = DatasetOptions(
-        limit=args.limit if args.limit is not None else saved.get("limit"),
-        seed=args.seed if args.seed is not None else saved.get("seed", 0),
-        classnames_file=args.classnames or saved.get("classnames"),
-        templates_file=args.templates or saved.get("templates"),
-        domain=args.domain or saved.get("domain"),
-        split_file=args.split_file or saved.get("split_file"),
-    )
-    dataset = args.dataset or saved["dataset"]
-    root = args.root or saved["root"]
-    test_set = build_dataset(dataset, root, "test", eval_transform(loaded.image_size, loaded.mean, loaded.std), options)
-    if test_set.info.num_classes != method.info.num_classes:
-        raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has {method.info.num_classes}")
-    with torch.no_grad():
-        features, valid = extract_features(method.encode_images, test_set, device, args.batch_size, args.workers, desc="evaluate")
-        predictions = predict_labels(features, valid, method.classifier())
-    report = accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
-    out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset, **report}, indent=1))
-    print(f"{payload['method']} checkpoint on {dataset}: top-1 {100 * report['top1']:.2f}% on {report['n']} test images -> {out}")
-    return 0
+# Modules that register subcommands with @command; a new command is one module and one line here.
+COMMAND_MODULES = [
+    "latteclip.cli.train",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="latteclip", description="Adapt CLIP models to a domain without labels.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, run, help_text) in COMMANDS.items():

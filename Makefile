@@ -1,0 +1,31 @@
+# Two commands for a new user: `make demo` (the whole pipeline offline on CPU) and `make test`.
+# Each creates or updates the virtual environment in .venv on its own.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install browser
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch 2.14.1 / torchvision 0.29.1 install from local wheels on the project's machines; elsewhere from PyPI
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/latteclip demo
+
+# The report test renders HTML in headless Chromium; it is installed here when missing (needs root + apt).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium not installed: the browser test will be skipped"
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q
