@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import typing
 import warnings
-from pathlib import Path
 from typing import Any, Callable
 
 from latteclip.errors import LatteclipError
