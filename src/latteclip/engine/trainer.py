@@ -176,7 +176,7 @@ class Trainer:
         t0 = time.time()
         zs_labels = self.zero_shot_labels(self.session.dataset("train")) if method.needs_zero_shot_labels else None
         self.timings["zero_shot_labels_s"] = time.time() - t0
-        ctx = TrainContext(train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, log.write)
+        ctx = TrainContext(train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, log.write, test_set.transform)
         t0 = time.time()
         method.setup_training(ctx)
         self.timings["setup_s"] = time.time() - t0
@@ -249,6 +249,8 @@ class Trainer:
                 if step % cfg.checkpoint_every == 0 or step == total_steps:
                     self.save_last(step, optimizer)
         progress.close()
+        method.model.eval()
+        method.finish_training()
         report = self.evaluate(test_set)
         log.write({"step": step, "eval/top1": report["top1"]})
         return self.finish(report, log, steps=step, started=started)

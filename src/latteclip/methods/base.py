@@ -33,8 +33,7 @@ class TrainContext:
     seed: int
     store: str | None = None
     log: Callable[[dict[str, Any]], None] = field(default=lambda record: None)
-    # the engine's feature extractor: (dataset, image encoder) -> [N, d] features, cached when possible
-    extract_features: Callable[..., torch.Tensor] | None = None
+    eval_transform: Callable | None = None  # the evaluation transform, for passes over training images
 
 
 @dataclass
@@ -73,6 +72,9 @@ class Method:
 
     def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:
         """State updates that follow the weights (momentum, EMA encoders, queues)."""
+
+    def finish_training(self) -> None:
+        """Write the method's own artefacts into the run folder (for the report) after the last step."""
 
     # --- inference ------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
