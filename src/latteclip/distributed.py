@@ -42,12 +42,22 @@ def init_from_environment(device_type: str) -> bool:
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's rows in rank order; gradients flow back to each rank's own rows."""
+    """Concatenate every rank's rows in rank order; gradients flow back to each rank's own rows.
+
+    Ranks may hold different numbers of rows (a skipped unreadable image): rows are padded to
+    the largest count for the collective and the padding is cut off again.
+    """
     if not is_distributed():
         return tensor
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    counts = gather(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
+    largest = max(counts)
+    if tensor.shape[0] < largest:
+        pad = tensor.new_zeros((largest - tensor.shape[0], *tensor.shape[1:]))
+        tensor = torch.cat([tensor, pad])
+    parts = all_gather(tensor.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, counts)], dim=0)
 
 
 @torch.no_grad()

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except LatteclipError as err:

@@ -45,16 +45,44 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 @command("train", "fine-tune (or evaluate zero-shot) with a method; writes a run folder")
 def _train_parser(parser):
     _train_args(parser)
+    parser.add_argument("--nproc", type=int, help="processes on this machine (one per GPU); same as torchrun --nproc-per-node N")
+
+
+def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run this same command under torchrun with `nproc` processes (single machine)."""
+    import os
+    import subprocess
+    import sys
+
+    cleaned, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            cleaned.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "latteclip", *cleaned]
+    return subprocess.call(command, env=os.environ.copy())
 
 
 @_train_parser
 def run_train(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
     from latteclip.engine.trainer import run_training
+
+    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return relaunch_with_torchrun(args.nproc, sys.argv[1:] if args.argv is None else args.argv)
 
     config = config_from_args(args)
     results = run_training(config)
-    print_summary(results)
-    print(f"run folder: {config.run_dir}")
+    from latteclip import distributed
+
+    if distributed.is_main():
+        print_summary(results)
+        print(f"run folder: {config.run_dir}")
     return 0
 
 

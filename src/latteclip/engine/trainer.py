@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from latteclip import distributed
 from latteclip.config import RunConfig, save_config
 from latteclip.data import ImageDataset, collate
 from latteclip.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -33,9 +34,12 @@ from latteclip.methods.base import TrainContext
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per record) plus TensorBoard scalars when available."""
+    """metrics.jsonl (one JSON object per record) plus TensorBoard scalars when available; rank 0 only."""
 
     def __init__(self, run_dir: Path, resume_step: int | None):
+        self.enabled = distributed.is_main()
+        if not self.enabled:
+            return
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.is_file():
             kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
@@ -52,6 +56,8 @@ class MetricsLog:
             self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
         if self.tb is not None:
@@ -61,6 +67,8 @@ class MetricsLog:
                     self.tb.add_scalar(key, value, step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.handle.close()
         if self.tb is not None:
             self.tb.close()
@@ -73,6 +81,12 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> l
     if num_samples < batch_size:
         return [order]
     return [order[i : i + batch_size] for i in range(0, num_samples - batch_size + 1, batch_size)]
+
+
+def rank_slice(batch: list[int]) -> list[int]:
+    """This rank's contiguous share of a global batch (rank order = global batch order)."""
+    rank, world = distributed.rank(), distributed.world_size()
+    return batch[rank * len(batch) // world : (rank + 1) * len(batch) // world]
 
 
 def autocast_for(config: RunConfig, device: torch.device):
@@ -150,12 +164,15 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         last_path = self.run_dir / "last.pt"
         resume_state = load_checkpoint(last_path) if cfg.resume and last_path.is_file() else None
         if cfg.resume and resume_state is None and (self.run_dir / "final.pt").is_file():
             raise LatteclipError(f"run {self.run_dir} already finished (final.pt exists); choose another --name to train again")
-        save_config(cfg, self.run_dir / "config.yaml")
+        if distributed.is_main():
+            save_config(cfg, self.run_dir / "config.yaml")
         log = MetricsLog(self.run_dir, resume_state["step"] if resume_state else None)
         started = time.time()
         test_set = self.session.dataset("test")
@@ -183,6 +200,8 @@ class Trainer:
         params = list(method.parameters())
         optimizer = build_optimizer(params, cfg)
         batch_size = min(cfg.batch_size, len(train_set))
+        if batch_size % distributed.world_size():
+            raise LatteclipError(f"--batch-size {batch_size} must be a multiple of the number of processes ({distributed.world_size()})")
         steps_per_epoch = len(epoch_batches(len(train_set), batch_size, cfg.seed, 0))
         total_steps = max(1, min(cfg.max_steps, cfg.epochs * steps_per_epoch))
         base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -200,12 +219,14 @@ class Trainer:
             log.write({"step": 0, "eval/top1": report["top1"]})
 
         method.model.train()
-        progress = tqdm(total=total_steps, initial=step, desc=f"train {method.name}", unit="step", dynamic_ncols=True)
+        progress = tqdm(
+            total=total_steps, initial=step, desc=f"train {method.name}", unit="step", dynamic_ncols=True, disable=not distributed.is_main()
+        )
         last_loss = math.nan
         while step < total_steps:
             epoch, position = divmod(step, steps_per_epoch)
             train_set.epoch = epoch
-            batches = epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[position:]
+            batches = [rank_slice(b) for b in epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[position:]]
             loader = DataLoader(
                 train_set,
                 batch_sampler=batches,
@@ -221,12 +242,13 @@ class Trainer:
                 scale = cosine_with_warmup(step, total_steps, min(cfg.warmup_steps, total_steps // 10))
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * scale
-                if batch["image"] is not None and len(batch["index"]) > 1:
+                if batch["image"] is not None:
                     batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
                     with autocast_for(cfg, self.device):
                         result = method.training_step(batch, step)
                     optimizer.zero_grad(set_to_none=True)
                     result.loss.backward()
+                    distributed.average_gradients(params)
                     if cfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                     optimizer.step()
@@ -250,7 +272,8 @@ class Trainer:
                     self.save_last(step, optimizer)
         progress.close()
         method.model.eval()
-        method.finish_training()
+        if distributed.is_main():
+            method.finish_training()
         report = self.evaluate(test_set)
         log.write({"step": step, "eval/top1": report["top1"]})
         return self.finish(report, log, steps=step, started=started)
@@ -262,6 +285,8 @@ class Trainer:
                 warnings.warn(f"unreadable training image skipped: {dataset.samples[index].path}", stacklevel=2)
 
     def save_last(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        if not distributed.is_main():
+            return
         save_checkpoint(
             self.run_dir / "last.pt",
             {
@@ -287,6 +312,7 @@ class Trainer:
             "pretrained": cfg.pretrained,
             "seed": cfg.seed,
             "steps": steps,
+            "world_size": distributed.world_size(),
             "top1": report["top1"],
             "test": report,
             "unreadable_train_images": len(self.unreadable),
@@ -294,10 +320,16 @@ class Trainer:
             "timings": self.timings,
         }
         payload["results"] = {"top1": report["top1"], "steps": steps}
-        save_checkpoint(self.run_dir / "final.pt", payload)
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        if distributed.is_main():
+            save_checkpoint(self.run_dir / "final.pt", payload)
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        distributed.barrier()
         return results
 
 
 def run_training(config: RunConfig) -> dict:
+    """Train (or evaluate) one run; under torchrun every process calls this and rank 0 writes."""
+    from latteclip.engine.session import pick_device
+
+    distributed.init_from_environment(pick_device(config.device).type)
     return Trainer(open_session(config)).run()
