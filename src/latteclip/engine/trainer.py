@@ -110,6 +110,16 @@ def build_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
     )
 
 
+def accelerate(model: torch.nn.Module, config: RunConfig) -> None:
+    """Gradient checkpointing and in-place torch.compile (state-dict keys stay those of OpenCLIP)."""
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if config.compile:
+        model.visual.compile()
+        if hasattr(model, "transformer"):
+            model.transformer.compile(dynamic=True)  # token length varies: sequences are cut per step
+
+
 class Trainer:
     def __init__(self, session: Session):
         self.session = session
@@ -199,6 +209,7 @@ class Trainer:
         self.timings["setup_s"] = time.time() - t0
         params = list(method.parameters())
         optimizer = build_optimizer(params, cfg)
+        accelerate(method.model, cfg)
         batch_size = min(cfg.batch_size, len(train_set))
         if batch_size % distributed.world_size():
             raise LatteclipError(f"--batch-size {batch_size} must be a multiple of the number of processes ({distributed.world_size()})")
