@@ -33,7 +33,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", type=int)
     group.add_argument("--grad-clip", dest="grad_clip", type=float)
     group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     group.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_true", default=None)
     group.add_argument("--compile", action="store_true", default=None, help="torch.compile the towers (GPU)")
     group.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate on test every N steps (0: only at the end)")

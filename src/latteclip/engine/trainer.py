@@ -92,8 +92,6 @@ def rank_slice(batch: list[int]) -> list[int]:
 def autocast_for(config: RunConfig, device: torch.device):
     if device.type == "cuda" and config.precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cuda" and config.precision == "fp16":
-        return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
 
 
