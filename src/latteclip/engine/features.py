@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from typing import Callable
 
@@ -47,7 +48,11 @@ def extract_features(
                 return saved["features"], saved["valid"]
             except Exception:  # a damaged cache entry is recomputed, never trusted
                 warnings.warn(f"ignoring unreadable feature cache {path}", stacklevel=2)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    # a generator of its own, so that evaluating never draws from the global RNG that training uses
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+        generator=torch.Generator().manual_seed(0),
+    )
     features: torch.Tensor | None = None
     valid = torch.zeros(len(dataset), dtype=torch.bool)
     for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
@@ -61,8 +66,6 @@ def extract_features(
     if features is None:
         features = torch.zeros(len(dataset), 1)
     if path is not None:
-        import io
-
         buffer = io.BytesIO()
         torch.save({"features": features, "valid": valid}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
