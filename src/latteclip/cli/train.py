@@ -138,16 +138,18 @@ def run_eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     method = method_from_checkpoint(payload, device)
     loaded = method.loaded
-    options = DatasetOptions(
-        limit=args.limit if args.limit is not None else saved.get("limit"),
-        seed=args.seed if args.seed is not None else saved.get("seed", 0),
-        classnames_file=args.classnames or saved.get("classnames"),
-        templates_file=args.templates or saved.get("templates"),
-        domain=args.domain or saved.get("domain"),
-        split_file=args.split_file or saved.get("split_file"),
-    )
     dataset = args.dataset or saved["dataset"]
     root = args.root or saved["root"]
+    # the training run's data options (limit, split file, names) describe its own dataset only
+    inherited = saved if (dataset, root) == (saved["dataset"], saved["root"]) else {}
+    options = DatasetOptions(
+        limit=args.limit if args.limit is not None else inherited.get("limit"),
+        seed=args.seed if args.seed is not None else saved.get("seed", 0),
+        classnames_file=args.classnames or inherited.get("classnames"),
+        templates_file=args.templates or inherited.get("templates"),
+        domain=args.domain or inherited.get("domain"),
+        split_file=args.split_file or inherited.get("split_file"),
+    )
     test_set = build_dataset(dataset, root, "test", eval_transform(loaded.image_size, loaded.mean, loaded.std), options)
     if test_set.info.num_classes != method.info.num_classes:
         raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has {method.info.num_classes}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from typing import Callable
 
@@ -50,7 +51,11 @@ def extract_features(
             except Exception:  # a damaged cache entry is recomputed, never trusted
                 warnings.warn(f"ignoring unreadable feature cache {path}", stacklevel=2)
     shard = list(range(distributed.rank(), len(dataset), distributed.world_size()))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=shard, num_workers=workers, collate_fn=collate)
+    # a generator of its own, so that evaluating never draws from the global RNG that training uses
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=shard, num_workers=workers, collate_fn=collate,
+        generator=torch.Generator().manual_seed(0),
+    )
     features: torch.Tensor | None = None
     valid = torch.zeros(len(dataset), dtype=torch.bool)
     for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=not distributed.is_main()):
@@ -66,8 +71,6 @@ def extract_features(
     if distributed.is_distributed():
         features, valid = _merge_shards(features, valid, device)
     if path is not None and distributed.is_main():
-        import io
-
         buffer = io.BytesIO()
         torch.save({"features": features, "valid": valid}, buffer)
         atomic_write_bytes(path, buffer.getvalue())

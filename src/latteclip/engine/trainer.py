@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -31,21 +33,28 @@ from latteclip.engine.schedule import cosine_with_warmup
 from latteclip.engine.session import Session, inference_payload, open_session
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import TrainContext
+from latteclip.paths import atomic_write_bytes
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per record) plus TensorBoard scalars when available; rank 0 only."""
+    """metrics.jsonl (one JSON object per record) plus TensorBoard scalars when available; rank 0 only.
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
+    `lines` counts the records written; a checkpoint stores it, and a resumed run keeps exactly
+    that many lines, dropping what the killed run wrote after its last checkpoint (a half-written
+    line, or the final evaluation of a run killed while finishing).
+    """
+
+    def __init__(self, run_dir: Path, resume_step: int | None, resume_lines: int = 0):
         self.enabled = distributed.is_main()
+        self.lines = resume_lines
         if not self.enabled:
             return
         self.path = run_dir / "metrics.jsonl"
+        kept: list[str] = []
         if resume_step is not None and self.path.is_file():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
+            kept = self.path.read_text().splitlines()[:resume_lines]
+        self.path.write_text("".join(ln + "\n" for ln in kept))
+        self.lines = len(kept)
         self.handle = open(self.path, "a")
         try:
             with warnings.catch_warnings():
@@ -60,6 +69,7 @@ class MetricsLog:
             return
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
+        self.lines += 1
         if self.tb is not None:
             step = record.get("step", 0)
             for key, value in record.items():
@@ -87,6 +97,37 @@ def rank_slice(batch: list[int]) -> list[int]:
     """This rank's contiguous share of a global batch (rank order = global batch order)."""
     rank, world = distributed.rank(), distributed.world_size()
     return batch[rank * len(batch) // world : (rank + 1) * len(batch) // world]
+
+
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """Every random generator a method may draw from, saved with the checkpoint."""
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# Settings that may differ between a run and its resumption without changing what is computed.
+RESUME_MAY_CHANGE = {"resume", "workers", "device", "eval_batch_size", "output", "name", "root", "store"}
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """A resumed run must replay the same steps: refuse one whose settings changed."""
+    changed = [k for k in sorted(set(saved) | set(current)) if k not in RESUME_MAY_CHANGE and saved.get(k) != current.get(k)]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
+        raise LatteclipError(
+            f"cannot resume {run_dir}: it was started with other settings ({diffs}); "
+            f"resume with the same options, or start a new run with another --name"
+        )
 
 
 def autocast_for(config: RunConfig, device: torch.device):
@@ -127,6 +168,7 @@ class Trainer:
         self.run_dir = self.config.run_dir
         self.unreadable: set[int] = set()
         self.timings: dict[str, float] = {}
+        self.schedule: dict[str, int] | None = None  # the steps actually run, written into results.json
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, test_set: ImageDataset, pristine: bool = False) -> dict:
@@ -179,9 +221,19 @@ class Trainer:
         resume_state = load_checkpoint(last_path) if cfg.resume and last_path.is_file() else None
         if cfg.resume and resume_state is None and (self.run_dir / "final.pt").is_file():
             raise LatteclipError(f"run {self.run_dir} already finished (final.pt exists); choose another --name to train again")
+        if resume_state is not None:
+            check_resumable(resume_state["config"], cfg.to_dict(), self.run_dir)
+        elif distributed.is_main():  # a fresh start: outputs of an earlier run in this folder must not be resumed or mistaken for ours
+            for stale in ("last.pt", "final.pt", "results.json"):
+                (self.run_dir / stale).unlink(missing_ok=True)
+        distributed.barrier()
         if distributed.is_main():
             save_config(cfg, self.run_dir / "config.yaml")
-        log = MetricsLog(self.run_dir, resume_state["step"] if resume_state else None)
+        log = MetricsLog(
+            self.run_dir,
+            resume_state["step"] if resume_state else None,
+            resume_state["metrics_lines"] if resume_state else 0,
+        )
         started = time.time()
         test_set = self.session.dataset("test")
         try:
@@ -213,6 +265,9 @@ class Trainer:
             raise LatteclipError(f"--batch-size {batch_size} must be a multiple of the number of processes ({distributed.world_size()})")
         steps_per_epoch = len(epoch_batches(len(train_set), batch_size, cfg.seed, 0))
         total_steps = max(1, min(cfg.max_steps, cfg.epochs * steps_per_epoch))
+        # the warm-up stays short on short runs: at most a tenth of the steps
+        warmup_steps = min(cfg.warmup_steps, total_steps // 10)
+        self.schedule = {"total_steps": total_steps, "warmup_steps": warmup_steps, "steps_per_epoch": steps_per_epoch}
         base_lrs = [group["lr"] for group in optimizer.param_groups]
 
         step = 0
@@ -220,7 +275,7 @@ class Trainer:
             method.model.load_state_dict(resume_state["model"])
             method.load_state_dict(resume_state["method_state"])
             optimizer.load_state_dict(resume_state["optimizer"])
-            torch.set_rng_state(resume_state["torch_rng"])
+            restore_rng_states(resume_state["rng"])
             self.unreadable = set(resume_state.get("unreadable", []))
             step = resume_state["step"]
         elif cfg.eval_every > 0:
@@ -243,12 +298,14 @@ class Trainer:
                 collate_fn=collate,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=False,
+                # its own generator: creating a loader must not draw from the global RNG that methods use
+                generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch),
             )
             for batch in loader:
                 if step >= total_steps:
                     break
                 self.note_unreadable(batch["skipped"], train_set)
-                scale = cosine_with_warmup(step, total_steps, min(cfg.warmup_steps, total_steps // 10))
+                scale = cosine_with_warmup(step, total_steps, warmup_steps)
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * scale
                 if batch["image"] is not None:
@@ -269,7 +326,7 @@ class Trainer:
                     if result.pseudo_labels is not None:
                         # analysis only: reads the true labels of the batch, never fed back to training
                         record["analysis/pseudo_label_acc"] = (result.pseudo_labels == batch["label"]).float().mean().item()
-                    if (step + 1) % cfg.log_every == 0 or step == 0:
+                    if step == 0 or (cfg.log_every > 0 and (step + 1) % cfg.log_every == 0):
                         log.write(record)
                 step += 1
                 progress.update(1)
@@ -277,8 +334,8 @@ class Trainer:
                 if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
                     report = self.evaluate(test_set)
                     log.write({"step": step, "eval/top1": report["top1"]})
-                if step % cfg.checkpoint_every == 0 or step == total_steps:
-                    self.save_last(step, optimizer)
+                if step == total_steps or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0):
+                    self.save_last(step, optimizer, log)
         progress.close()
         method.model.eval()
         if distributed.is_main():
@@ -293,7 +350,7 @@ class Trainer:
                 self.unreadable.add(index)
                 warnings.warn(f"unreadable training image skipped: {dataset.samples[index].path}", stacklevel=2)
 
-    def save_last(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+    def save_last(self, step: int, optimizer: torch.optim.Optimizer, log: MetricsLog) -> None:
         if not distributed.is_main():
             return
         save_checkpoint(
@@ -303,7 +360,8 @@ class Trainer:
                 "model": self.method.model.state_dict(),
                 "method_state": self.method.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
+                "rng": rng_states(self.device),
+                "metrics_lines": log.lines,
                 "unreadable": sorted(self.unreadable),
                 "config": self.config.to_dict(),
             },
@@ -326,12 +384,13 @@ class Trainer:
             "test": report,
             "unreadable_train_images": len(self.unreadable),
             "unreadable_test_images": report["unreadable"],
+            "schedule": self.schedule,
             "timings": self.timings,
         }
         payload["results"] = {"top1": report["top1"], "steps": steps}
         if distributed.is_main():
             save_checkpoint(self.run_dir / "final.pt", payload)
-            (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
+            atomic_write_bytes(self.run_dir / "results.json", json.dumps(results, indent=1).encode())
         distributed.barrier()
         return results
 
