@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on GPU")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--write-results", action="store_true", help="write the table into docs/results.md")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_worker(args, args.worker)))
@@ -147,6 +148,21 @@ def main() -> None:
         print(f"speed-up of the fast LatteCLIP step: {by['latteclip_reference']['step_s'] / by['latteclip']['step_s']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "device": device, "rows": rows}, indent=1))
+    if args.write_results:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from results_page import write_section
+
+        lines = ["| variant | step (s) | images/s | peak memory (MB) | added by the step (MB) |", "|---|---|---|---|---|"]
+        for r in rows:
+            added = f"{r['step_peak_mb']:.0f}" if r["step_peak_mb"] is not None else "n/a"
+            lines.append(f"| {r['variant']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {r['peak_mb']:.0f} | {added} |")
+        if "latteclip" in by and "latteclip_reference" in by:
+            lines.append(f"\nSpeed-up of the fast LatteCLIP step over the reference: "
+                         f"**{by['latteclip_reference']['step_s'] / by['latteclip']['step_s']:.2f}x**.")
+        kind = "gpu" if args.device.startswith("cuda") else "cpu"
+        title = f"One training step, {args.model} (random weights), batch {args.batch_size}, {args.device}"
+        memory = "peak GPU memory allocated" if kind == "gpu" else "peak resident memory of the process, and what the step adds above the model, optimizer and data"
+        write_section(f"train_step_{kind}", title, "\n".join(lines) + f"\n\nMemory: {memory}. Mean of {args.steps} steps after {args.warmup} warm-up step(s).")
 
 
 if __name__ == "__main__":
