@@ -85,10 +85,10 @@ def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=f"({methods})")
         elif origin in (list, tuple):
-            group.add_argument(flag, dest=dest, type=lambda s: [x.strip() for x in s.split(",") if x.strip()], help=f"comma-separated ({methods})")
+            group.add_argument(flag, dest=dest, metavar="A,B", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], help=f"comma-separated ({methods})")
         elif origin is typing.Union or kind in (int, float, str) or isinstance(kind, type):
             base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if origin is typing.Union else kind
-            group.add_argument(flag, dest=dest, type=base if base in (int, float, str) else str, help=f"({methods})")
+            group.add_argument(flag, dest=dest, metavar=name.upper(), type=base if base in (int, float, str) else str, help=f"({methods})")
 
 
 def config_from_args(args: argparse.Namespace, **fixed: Any):
