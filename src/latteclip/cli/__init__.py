@@ -120,6 +120,7 @@ COMMAND_MODULES = [
     "latteclip.cli.train",
     "latteclip.cli.predict",
     "latteclip.cli.export",
+    "latteclip.cli.report",
 ]
 
 
