@@ -83,6 +83,10 @@ def latteclip_like_copy(flyp: Path, target: Path) -> Path:
                         "texts": {"class": f"a centered satellite photo of {names[sample.label]}.",
                                   "image": "Green fields divided by <straight> roads & hedges.", "group": "Rectangular green plots."},
                         "weights": {"class": 0.04, "image": 0.12, "group": 0.08}, "group_members": members})
+    # the second image's collage as the describe stage saves it (672x672); the first one's is drawn from its members
+    (target / "collages").mkdir()
+    train.load_image(1).resize((672, 672)).save(target / "collages" / "group1.png")
+    gallery[1]["collage"] = "collages/group1.png"
     (target / "gallery.json").write_text(json.dumps(gallery))
     (target / "mixer_weights.json").write_text(json.dumps({"class": [0.01, 0.02, 0.03], "image": [0.05, 0.07], "group": [0.04, 0.06]}))
     return target
@@ -109,6 +113,10 @@ def test_report_shows_every_panel_in_a_browser(tiny_runs, tmp_path, capsys):
             "pseudo_label_accuracy.png", "mixer_weights_curve.png", "mixer_weights_distribution.png", "other_metrics.png",
             "gallery_00_image.png", "gallery_00_group.png", "gallery_01_image.png", "gallery_01_group.png"} == files
     assert sorted(i["file"] for i in shown["images"]) == sorted(files)
+    size = {i["file"]: (i["width"], i["height"]) for i in shown["images"]}
+    assert size["gallery_00_image.png"] == (128, 128)  # 64x64 EuroSAT image shown at 128 px
+    assert size["gallery_00_group.png"] == (2 * 64 + 3 * 4, 2 * 64 + 3 * 4)  # 2x2 member grid, 64 px cells, 4 px gaps
+    assert size["gallery_01_group.png"] == (256, 256)  # the saved 672x672 collage, scaled to 256 px
     for image in shown["images"]:
         with Image.open(page.parent / image["file"]) as beside:
             assert image["complete"] and (image["width"], image["height"]) == beside.size, image
@@ -158,6 +166,8 @@ def test_zero_shot_reference_and_per_class_gain():
     with pytest.warns(UserWarning, match="not used as the zero-shot reference"):
         mismatched = compare([ft, other_model])
     assert mismatched.zero_shot_run is None and mismatched.zero_shot_top1 == 0.3
+    seed0, seed1 = make_run("seed0/ft", "flyp_pl", {}, 0.5), make_run("seed1/ft", "flyp_pl", {}, 0.5)
+    assert [compare([seed0, seed1, zs]).label(r) for r in (seed0, seed1, zs)] == ["seed0/ft", "seed1/ft", "zs"]
     elsewhere = make_run("dtd", "flyp_pl", {}, 0.5)
     elsewhere.results["dataset"] = "dtd"
     with pytest.raises(LatteclipError, match="name runs of one dataset"):

@@ -26,8 +26,10 @@ class Run:
     results: dict[str, Any]
     train_records: list[dict[str, Any]] = field(default_factory=list)  # per-step records (loss, lr, method metrics)
     eval_records: list[dict[str, Any]] = field(default_factory=list)  # {"step", "eval/top1"}
-    gallery: list[dict[str, Any]] | None = None  # gallery.json (LatteCLIP)
-    mixer_weights: dict[str, list[float]] | None = None  # mixer_weights.json (LatteCLIP)
+    # gallery.json (LatteCLIP): [{"image": path in the dataset, "zs_label", "ft_label", "texts": {kind: text},
+    #   "weights": {kind: w}, "group_members": [paths], optional "collage": PNG path relative to the run folder}]
+    gallery: list[dict[str, Any]] | None = None
+    mixer_weights: dict[str, list[float]] | None = None  # mixer_weights.json (LatteCLIP): {kind: [sampled weights]}
 
     @property
     def name(self) -> str:
@@ -153,6 +155,12 @@ class Comparison:
     @property
     def runs(self) -> list[Run]:
         return [self.subject, *self.others]
+
+    def label(self, run: Run) -> str:
+        """The folder name, or parent/name where two runs named share a folder name (runs/a/x vs runs/b/x)."""
+        if sum(r.name == run.name for r in self.runs) > 1:
+            return f"{run.folder.parent.name}/{run.name}"
+        return run.name
 
 
 def compare(runs: list[Run]) -> Comparison:

@@ -11,7 +11,7 @@ import yaml
 from latteclip.errors import LatteclipError
 from latteclip.methods import get_method
 from latteclip.report import plots
-from latteclip.report.gallery import collage, gallery_paths, load_gallery_images, save_png, thumbnail
+from latteclip.report.gallery import THUMBNAIL, collage, gallery_paths, load_gallery_images, open_rgb, save_png, thumbnail
 from latteclip.report.html import Panel, embed_png, note, table
 from latteclip.report.runs import EVAL_KEY, TEXT_KINDS, Comparison, Run, per_class_gain
 
@@ -53,11 +53,11 @@ def headline_panel(comparison: Comparison, out: Path) -> Panel:
         label_note = "reads training labels (supervised upper bound)" if _reads_train_labels(run.method) else ""
         if run is comparison.zero_shot_run and run is not subject:
             label_note = "zero-shot reference"
-        rows.append([run.name, run.method, f"{run.model} / {run.pretrained or 'random'}", f"{100 * run.top1:.2f}",
+        rows.append([comparison.label(run), run.method, f"{run.model} / {run.pretrained or 'random'}", f"{100 * run.top1:.2f}",
                      _points(run.top1 - zero_shot) if zero_shot is not None else "–", str(run.steps), label_note])
         classes.append("subject" if run is subject else "")
     body += table(["run", "method", "model / weights", "top-1 %", "Δ vs zero-shot", "steps", ""], rows, numeric=(3, 4, 5), row_classes=classes)
-    figure = plots.plot_headline([r.name for r in comparison.runs], [r.top1 for r in comparison.runs], 0, zero_shot, out / "headline.png")
+    figure = plots.plot_headline([comparison.label(r) for r in comparison.runs], [r.top1 for r in comparison.runs], 0, zero_shot, out / "headline.png")
     body += embed_png(figure, "top-1 accuracy of each run", "Test top-1 of each run named; dashed: zero-shot.")
     return Panel("headline", "Accuracy", body)
 
@@ -99,10 +99,11 @@ def _not_trained(subject: Run) -> str | None:
 
 def accuracy_curve_panel(comparison: Comparison, out: Path) -> Panel:
     title = "Test accuracy over training"
-    series = [(run.name, *run.series(EVAL_KEY)) for run in comparison.runs if run.method != "zeroshot"]
-    series = [s for s in series if len(s[1]) > 0]
-    if not series or len(series[0][1]) < 2 or series[0][0] != comparison.subject.name:
-        return Panel("accuracy-curve", title, skipped=f"{comparison.subject.name} has fewer than two test evaluations (train with --eval-every N)")
+    subject = comparison.subject
+    if _not_trained(subject) or len(subject.series(EVAL_KEY)[0]) < 2:
+        return Panel("accuracy-curve", title, skipped=_not_trained(subject) or f"{subject.name} has fewer than two test evaluations (train with --eval-every N)")
+    series = [(comparison.label(run), *run.series(EVAL_KEY)) for run in comparison.runs if run.method != "zeroshot"]
+    series = [s for s in series if s[1]]
     reference = ("zero-shot", comparison.zero_shot_top1) if comparison.zero_shot_top1 is not None else None
     figure = plots.plot_curves(series, out / "accuracy_curve.png", "test top-1 (%)", percent=True, reference=reference)
     return Panel("accuracy-curve", title, embed_png(figure, "test accuracy over training", "Top-1 on the test split at each evaluation (step 0: before training)."))
@@ -148,7 +149,7 @@ def mixer_panels(subject: Run, out: Path) -> list[Panel]:
         figure = plots.plot_curves(series, out / "mixer_weights_curve.png", "mean mixer weight", colours=colours)
         first = Panel("mixer-curve", over_time, embed_png(figure, "mixer weight over training", "Mean weight w(T) of each text kind per step."))
     else:
-        first = Panel("mixer-curve", over_time, skipped=f"method {subject.method} logs no mixer weights (LatteCLIP does)")
+        first = Panel("mixer-curve", over_time, skipped=_not_trained(subject) or f"method {subject.method} logs no mixer weights (LatteCLIP does)")
     distribution = "Mixer weight distribution"
     weights = {k: [float(v) for v in subject.mixer_weights.get(k, [])] for k in TEXT_KINDS} if subject.mixer_weights else {}
     weights = {k: v for k, v in weights.items() if v}
@@ -181,7 +182,7 @@ def gallery_panel(subject: Run, out: Path) -> Panel:
             path = save_png(thumbnail(image), out / f"gallery_{number:02d}_image.png")
             figures.append(embed_png(path, f"training image {entry['image']}", "training image"))
         if entry.get("collage") and (subject.folder / entry["collage"]).is_file():
-            group_png = save_png(thumbnail(_open_rgb(subject.folder / entry["collage"]), 2 * 96), out / f"gallery_{number:02d}_group.png")
+            group_png = save_png(thumbnail(open_rgb(subject.folder / entry["collage"]), 2 * THUMBNAIL), out / f"gallery_{number:02d}_group.png")
             figures.append(embed_png(group_png, f"group collage of {entry['image']}", "group collage"))
         else:
             members = [entry["image"]] + [m for m in entry.get("group_members", []) if m != entry["image"]]
@@ -209,13 +210,6 @@ def gallery_panel(subject: Run, out: Path) -> Panel:
         body += note(f"Some pictures are missing: {pictures.problem}.")
     body += f'<div class="cards">{"".join(cards)}</div>'
     return Panel("gallery", title, body)
-
-
-def _open_rgb(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def other_metrics_panel(subject: Run, out: Path, shown: set[str]) -> Panel:
