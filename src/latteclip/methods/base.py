@@ -50,6 +50,8 @@ class Method:
     trains: ClassVar[bool] = True
     reads_train_labels: ClassVar[bool] = False  # only the supervised oracle
     needs_zero_shot_labels: ClassVar[bool] = False
+    # False when predictions use more than normalize(model.encode_image) and class weights (adapters, projections)
+    exportable_to_open_clip: ClassVar[bool] = True
 
     def __init__(self, loaded: LoadedModel, info: DatasetInfo, options: Any, device: torch.device):
         self.loaded = loaded
