@@ -7,6 +7,7 @@ import dataclasses
 import sys
 import typing
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 from latteclip.errors import LatteclipError
@@ -102,6 +103,8 @@ def config_from_args(args: argparse.Namespace, **fixed: Any):
     config = resolve_config(values, getattr(args, "config", None))
     if not config.root:
         raise LatteclipError("no dataset root: pass --root DIR (or set root: in the --config file)")
+    if Path(config.root).exists():
+        config.root = str(Path(config.root).resolve())  # the run folder stays usable from any directory
     return config
 
 

@@ -380,6 +380,7 @@ class Trainer:
             "seed": cfg.seed,
             "steps": steps,
             "world_size": distributed.world_size(),
+            "reads_train_labels": self.method.reads_train_labels,
             "top1": report["top1"],
             "test": report,
             "unreadable_train_images": len(self.unreadable),
