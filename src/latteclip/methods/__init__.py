@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "zeroshot": "latteclip.methods.zeroshot:ZeroShot",
     "flyp_pl": "latteclip.methods.flyp:FlypPseudoLabels",
     "oracle": "latteclip.methods.flyp:SupervisedOracle",
+    "reclip": "latteclip.methods.reclip:Reclip",
 }
 
 

@@ -33,8 +33,9 @@ class TrainContext:
     seed: int
     store: str | None = None
     log: Callable[[dict[str, Any]], None] = field(default=lambda record: None)
-    # the engine's feature extractor: (dataset, image encoder) -> [N, d] features, cached when possible
-    extract_features: Callable[..., torch.Tensor] | None = None
+    # the engine's feature extractor: (image encoder, dataset, desc=...) -> (features [N, d], readable mask [N]),
+    # run without gradients on the run's device with its evaluation batch size and workers
+    extract_features: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -64,8 +65,11 @@ class Method:
     def setup_training(self, ctx: TrainContext) -> None:
         self.ctx = ctx
 
-    def parameters(self) -> Iterable[torch.nn.Parameter]:
-        """What the optimizer trains; by default the whole CLIP model (both towers)."""
+    def parameters(self) -> Iterable[torch.nn.Parameter | dict]:
+        """What the optimizer trains; by default the whole CLIP model (both towers).
+
+        Entries may also be groups {"params": [...], "lr_scale": k}, trained at k times the base rate.
+        """
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def training_step(self, batch: dict, step: int) -> StepResult:
