@@ -13,6 +13,8 @@ REGISTRY: dict[str, str] = {
     "flyp_pl": "latteclip.methods.flyp:FlypPseudoLabels",
     "oracle": "latteclip.methods.flyp:SupervisedOracle",
     "reclip": "latteclip.methods.reclip:Reclip",
+    "coft": "latteclip.methods.coft:Coft",
+    "coft_plus": "latteclip.methods.coft:CoftPlus",
 }
 
 

@@ -229,7 +229,8 @@ class Reclip(Method):
             self.frozen_train_features, _ = self.ctx.extract_features(self.text_branch_images, self.eval_train_set, desc="ReCLIP-T features")
         self.model.train(was_training)
         opts = self.options
-        with torch.no_grad():
+        # the sparse solver and the SVD run in float32 even when the step runs under mixed precision
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             current_text = self.ensemble_text_features()
             branches = {}
             for branch, features, seeds in (
@@ -251,7 +252,8 @@ class Reclip(Method):
         self.labels_vision, self.labels_text = branches["vision"], branches["text"]
         self.centroids = class_centroids(vision_features[valid].to(self.device), self.labels_vision[valid].to(self.device), self.centroids)
         agree = ((self.labels_vision == self.labels_text) & valid).float().sum() / valid.sum().clamp_min(1)
-        self.ctx.log({"step": step, "reclip/label_agreement": agree.item()})
+        # logged under the step being taken, as the engine logs a step, so that a resumed run rewrites it
+        self.ctx.log({"step": step + 1, "reclip/label_agreement": agree.item()})
 
     def training_step(self, batch: dict, step: int) -> StepResult:
         round_index = step // self.options.refresh_every
