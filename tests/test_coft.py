@@ -26,7 +26,7 @@ from latteclip.methods.coft import (
     momentum_contrastive_loss,
     random_other_classes,
 )
-from latteclip.models import TokenCache, encode_texts, load_clip
+from latteclip.models import TokenCache, class_text_features, encode_texts, load_clip
 from latteclip.models.adapter import FeatureAdapter
 from latteclip.models.prompt_learner import PromptLearner
 
@@ -108,13 +108,26 @@ def test_class_descriptions_file(tmp_path):
 
 
 # --- the two phases train what they should -------------------------------------------------------------
-def test_phase_one_trains_prompts_and_adapter_phase_two_only_the_image_encoder(eurosat_zip, tmp_path):
+def coft_session(root: str, **options):
     config = resolve_config({
-        "method": "coft", "dataset": "eurosat", "root": str(eurosat_zip.parent), "model": "latte-tiny",
-        "pretrained": "random", "limit": 20, "device": "cpu", "workers": 0, "lr": 1e-3,
-        "method_options": {"phase1_steps": 1, "clean_warmup_steps": 1},
+        "method": "coft", "dataset": "eurosat", "root": root, "model": "latte-tiny", "pretrained": "random",
+        "limit": 20, "device": "cpu", "workers": 0, "lr": 1e-3, "method_options": options,
     })
-    session = open_session(config)
+    return config, open_session(config)
+
+
+def test_coft_starts_as_zero_shot_clip(eurosat_zip):
+    _, session = coft_session(str(eurosat_zip.parent))
+    method = session.method
+    zero_shot = class_text_features(method.model, method.tokens, method.info.classnames, method.info.templates[:1])
+    assert torch.allclose(method.classifier(), zero_shot, atol=1e-5)
+    images = collate([session.dataset("test")[i] for i in range(4)])["image"]
+    with torch.no_grad():
+        assert torch.allclose(method.encode_images(images), torch.nn.functional.normalize(method.model.encode_image(images), dim=-1), atol=1e-6)
+
+
+def test_phase_one_trains_prompts_and_adapter_phase_two_only_the_image_encoder(eurosat_zip, tmp_path):
+    config, session = coft_session(str(eurosat_zip.parent), phase1_steps=1, clean_warmup_steps=1)
     method = session.method
     train_set = session.dataset("train", train_time=True)
     method.setup_training(TrainContext(

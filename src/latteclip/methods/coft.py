@@ -197,7 +197,7 @@ class Coft(Method):
         self.model.visual.requires_grad_(True)
         self.generator_seed = ctx.seed
 
-    def parameters(self) -> list:
+    def parameters(self) -> list[nn.Parameter | dict]:
         peft = [self.positive.context, self.negative.context, *self.adapter.parameters()]
         return [*self.model.visual.parameters(), {"params": peft, "lr_scale": self.options.peft_lr_scale}]
 
@@ -312,7 +312,9 @@ class Coft(Method):
         recovered = ~clean_before & ~clean_now & (predicted_before == predicted_now)
         return both_clean | recovered, torch.where(both_clean, labels, predicted_before)
 
-    def extra_loss(self, batch, queries, keep, train_labels, loss, metrics) -> tuple[torch.Tensor, dict]:
+    def extra_loss(
+        self, batch: dict, queries: torch.Tensor, keep: torch.Tensor, train_labels: torch.Tensor, loss: torch.Tensor, metrics: dict[str, float]
+    ) -> tuple[torch.Tensor, dict]:
         """Terms CoFT+ adds to the loss (none for CoFT), and what `after_optimizer_step` needs."""
         return loss, {}
 
@@ -413,7 +415,9 @@ class CoftPlus(Coft):
             features[c] = F.normalize(encode_texts(self.model, self.tokens, class_texts, self.device).mean(dim=0), dim=-1)
         return features
 
-    def extra_loss(self, batch, queries, keep, train_labels, loss, metrics) -> tuple[torch.Tensor, dict]:
+    def extra_loss(
+        self, batch: dict, queries: torch.Tensor, keep: torch.Tensor, train_labels: torch.Tensor, loss: torch.Tensor, metrics: dict[str, float]
+    ) -> tuple[torch.Tensor, dict]:
         """The momentum-contrastive term: kept queries against this batch's keys and the queue."""
         with torch.no_grad():
             keys = F.normalize(self.key_encoder["adapter"](F.normalize(self.key_encoder["visual"](batch["image"]), dim=-1)), dim=-1).float()
