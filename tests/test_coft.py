@@ -135,6 +135,8 @@ def test_phase_one_trains_prompts_and_adapter_phase_two_only_the_image_encoder(e
         extract_features=lambda encode, dataset, desc="": extract_features(encode, dataset, CPU, 64, 0),
     ))
     optimizer = build_optimizer(scaled_groups(method.parameters()), config)
+    # encoder at the base rate, prompts and adapter at peft_lr_scale (100) times it; each split by weight decay
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3, 1e-3, 0.1, 0.1])
     batch = collate([train_set[i] for i in range(8)])
 
     def snapshot() -> dict[str, torch.Tensor]:

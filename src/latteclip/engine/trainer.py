@@ -96,7 +96,9 @@ def scaled_groups(params) -> list[tuple[float, list[torch.Tensor]]]:
             groups.append((float(entry.get("lr_scale", 1.0)), [p for p in entry["params"] if p.requires_grad]))
         elif entry.requires_grad:
             plain.append(entry)
-    return ([(1.0, plain)] if plain or not groups else []) + groups
+    if plain or not groups:  # the base-rate tensors come first, as before methods could hand groups
+        groups.insert(0, (1.0, plain))
+    return groups
 
 
 def build_optimizer(groups: list[tuple[float, list[torch.Tensor]]], config: RunConfig) -> torch.optim.Optimizer:
