@@ -11,7 +11,7 @@ import torch
 from latteclip.cli import main
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.session import method_from_checkpoint
-from latteclip.methods.reclip import class_agnostic_projection, class_centroids, knn_affinity, propagate_labels
+from latteclip.methods.reclip import Reclip, class_agnostic_projection, class_centroids, knn_affinity, propagate_labels
 
 
 @pytest.mark.parametrize("solver", ["closed_form", "iterative"])
@@ -80,15 +80,17 @@ def test_class_centroids_average_members_and_keep_empty_classes():
     assert torch.allclose(centroids[2], previous[2])
 
 
-def test_reclip_trains_and_eval_rebuilds_the_same_classifier(eurosat_zip, tmp_path):
-    root = str(eurosat_zip.parent)
-    code = main([
+def train_args(root: str, out, name: str, *extra: str) -> list[str]:
+    return [
         "train", "--method", "reclip", "--dataset", "eurosat", "--root", root, "--model", "latte-tiny",
         "--pretrained", "random", "--limit", "40", "--max-steps", "4", "--batch-size", "8", "--workers", "0",
         "--eval-every", "0", "--refresh-every", "2", "--lp-neighbors", "5", "--lr", "1e-3", "--device", "cpu",
-        "--output", str(tmp_path), "--name", "run",
-    ])
-    assert code == 0
+        "--checkpoint-every", "1", "--output", str(out), "--name", name, *extra,
+    ]
+
+
+def test_reclip_trains_and_eval_rebuilds_the_same_classifier(eurosat_zip, tmp_path):
+    assert main(train_args(str(eurosat_zip.parent), tmp_path, "run")) == 0
     run = tmp_path / "run"
     results = json.loads((run / "results.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -105,3 +107,25 @@ def test_reclip_trains_and_eval_rebuilds_the_same_classifier(eurosat_zip, tmp_pa
     evaluated = json.loads((run / "eval.json").read_text())
     assert evaluated["top1"] == results["top1"]
     assert evaluated["confusion"] == results["test"]["confusion"]
+
+
+def test_reclip_resumes_to_the_same_result(eurosat_zip, tmp_path, monkeypatch):
+    root = str(eurosat_zip.parent)
+    assert main(train_args(root, tmp_path, "straight")) == 0
+    original = Reclip.training_step
+
+    def interrupted(self, batch, step):
+        if step == 3:  # killed after the second refresh, so the resumed run must reload both branches' labels
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(Reclip, "training_step", interrupted)
+    assert main(train_args(root, tmp_path, "resumed")) == 130
+    monkeypatch.setattr(Reclip, "training_step", original)
+    assert main(train_args(root, tmp_path, "resumed", "--resume")) == 0
+    a, b = load_checkpoint(tmp_path / "straight" / "final.pt"), load_checkpoint(tmp_path / "resumed" / "final.pt")
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
+    assert torch.allclose(a["method_state"]["centroids"], b["method_state"]["centroids"], atol=1e-6)
+    assert torch.equal(a["method_state"]["labels_text"], b["method_state"]["labels_text"])
+    assert json.loads((tmp_path / "straight" / "results.json").read_text())["test"] == json.loads((tmp_path / "resumed" / "results.json").read_text())["test"]
