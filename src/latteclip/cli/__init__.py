@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import types
 import typing
 import warnings
 from pathlib import Path
@@ -87,8 +88,9 @@ def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=f"({methods})")
         elif origin in (list, tuple):
             group.add_argument(flag, dest=dest, metavar="A,B", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], help=f"comma-separated ({methods})")
-        elif origin is typing.Union or kind in (int, float, str) or isinstance(kind, type):
-            base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if origin is typing.Union else kind
+        else:  # int, float, str, and optional ones (`str | None` is types.UnionType, `Optional[str]` typing.Union)
+            optional = origin in (typing.Union, types.UnionType)
+            base = next((a for a in typing.get_args(kind) if a is not type(None)), str) if optional else kind
             group.add_argument(flag, dest=dest, metavar=name.upper(), type=base if base in (int, float, str) else str, help=f"({methods})")
 
 

@@ -136,17 +136,31 @@ def autocast_for(config: RunConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def build_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
+def scaled_groups(params) -> list[tuple[float, list[torch.Tensor]]]:
+    """A method's `parameters()` as (learning-rate scale, trainable tensors) pairs.
+
+    Methods hand tensors (trained at the base rate) and/or groups {"params": [...], "lr_scale": k}
+    for parts trained at k times the base rate (prompts and adapters beside a fully fine-tuned encoder).
+    """
+    plain: list[torch.Tensor] = []
+    groups: list[tuple[float, list[torch.Tensor]]] = []
+    for entry in params:
+        if isinstance(entry, dict):
+            groups.append((float(entry.get("lr_scale", 1.0)), [p for p in entry["params"] if p.requires_grad]))
+        elif entry.requires_grad:
+            plain.append(entry)
+    if plain or not groups:  # the base-rate tensors come first, as before methods could hand groups
+        groups.insert(0, (1.0, plain))
+    return groups
+
+
+def build_optimizer(groups: list[tuple[float, list[torch.Tensor]]], config: RunConfig) -> torch.optim.Optimizer:
     """AdamW; gains, biases and the logit scale (1-D tensors) get no weight decay, as in OpenCLIP."""
-    params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW(
-        [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": config.weight_decay}],
-        lr=config.lr,
-        betas=tuple(config.betas),
-        eps=config.eps,
-    )
+    param_groups = []
+    for scale, params in groups:
+        param_groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": config.lr * scale})
+        param_groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, "lr": config.lr * scale})
+    return torch.optim.AdamW(param_groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
 
 
 def accelerate(model: torch.nn.Module, config: RunConfig) -> None:
@@ -189,6 +203,11 @@ class Trainer:
         method.model.train(was_training)
         predictions = predict_labels(features, valid, classifier)
         return accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
+
+    def features_of(self, encode, dataset: ImageDataset, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+        """What `TrainContext.extract_features` calls: a whole split's features with the run's device, batch size and workers."""
+        with torch.no_grad(), autocast_for(self.config, self.device):
+            return extract_features(encode, dataset, self.device, self.config.eval_batch_size, self.config.workers, desc=desc)
 
     def pristine_key(self) -> str:
         loaded = self.session.loaded
@@ -253,12 +272,16 @@ class Trainer:
         t0 = time.time()
         zs_labels = self.zero_shot_labels(self.session.dataset("train")) if method.needs_zero_shot_labels else None
         self.timings["zero_shot_labels_s"] = time.time() - t0
-        ctx = TrainContext(train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, log.write, test_set.transform)
+        ctx = TrainContext(
+            train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, log.write,
+            extract_features=self.features_of, eval_transform=test_set.transform,
+        )
         t0 = time.time()
         method.setup_training(ctx)
         self.timings["setup_s"] = time.time() - t0
-        params = list(method.parameters())
-        optimizer = build_optimizer(params, cfg)
+        groups = scaled_groups(method.parameters())
+        params = [p for _, group in groups for p in group]
+        optimizer = build_optimizer(groups, cfg)
         accelerate(method.model, cfg)
         batch_size = min(cfg.batch_size, len(train_set))
         if batch_size % distributed.world_size():
@@ -322,7 +345,7 @@ class Trainer:
                         method.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
                     method.after_optimizer_step(batch, result, step)
                     last_loss = result.loss.item()
-                    record = {"step": step + 1, "epoch": epoch, "lr": optimizer.param_groups[-1]["lr"], **result.metrics}
+                    record = {"step": step + 1, "epoch": epoch, "lr": cfg.lr * scale, **result.metrics}
                     if result.pseudo_labels is not None:
                         # analysis only: reads the true labels of the batch, never fed back to training
                         record["analysis/pseudo_label_acc"] = (result.pseudo_labels == batch["label"]).float().mean().item()
@@ -330,7 +353,7 @@ class Trainer:
                         log.write(record)
                 step += 1
                 progress.update(1)
-                progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}")
+                progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{cfg.lr * scale:.2e}")
                 if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
                     report = self.evaluate(test_set)
                     log.write({"step": step, "eval/top1": report["top1"]})

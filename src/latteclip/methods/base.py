@@ -34,6 +34,9 @@ class TrainContext:
     store: str | None = None
     log: Callable[[dict[str, Any]], None] = field(default=lambda record: None)
     eval_transform: Callable | None = None  # the evaluation transform, for passes over training images
+    # the engine's feature extractor: (image encoder, dataset, desc=...) -> (features [N, d], readable mask [N]),
+    # run without gradients on the run's device with its evaluation batch size and workers
+    extract_features: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -65,8 +68,11 @@ class Method:
     def setup_training(self, ctx: TrainContext) -> None:
         self.ctx = ctx
 
-    def parameters(self) -> Iterable[torch.nn.Parameter]:
-        """What the optimizer trains; by default the whole CLIP model (both towers)."""
+    def parameters(self) -> Iterable[torch.nn.Parameter | dict]:
+        """What the optimizer trains; by default the whole CLIP model (both towers).
+
+        Entries may also be groups {"params": [...], "lr_scale": k}, trained at k times the base rate.
+        """
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def training_step(self, batch: dict, step: int) -> StepResult:
