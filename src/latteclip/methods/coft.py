@@ -132,6 +132,7 @@ class CoftPlusOptions(CoftOptions):
 
 class Coft(Method):
     name = "coft"
+    exportable_to_open_clip = False  # the feature adapter sits after the image tower
     Options = CoftOptions
 
     def __init__(self, loaded, info, options: CoftOptions, device: torch.device):

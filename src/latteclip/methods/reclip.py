@@ -169,6 +169,7 @@ class ReclipOptions:
 
 class Reclip(Method):
     name = "reclip"
+    exportable_to_open_clip = False  # two branches and a projection: not one OpenCLIP image tower
     Options = ReclipOptions
 
     def __init__(self, loaded, info, options: ReclipOptions, device: torch.device):
