@@ -41,32 +41,39 @@ def init_from_environment(device_type: str) -> bool:
     return True
 
 
+def _pad_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Pad to the largest row count over ranks (collectives need equal shapes); returns every rank's count."""
+    counts = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([tensor.shape[0]], device=tensor.device))
+    counts = [int(c) for c in counts]
+    largest = max(counts)
+    if tensor.shape[0] < largest:
+        tensor = torch.cat([tensor, tensor.new_zeros((largest - tensor.shape[0], *tensor.shape[1:]))])
+    return tensor.contiguous(), counts
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's rows in rank order; gradients flow back to each rank's own rows.
 
-    Ranks may hold different numbers of rows (a skipped unreadable image): rows are padded to
-    the largest count for the collective and the padding is cut off again.
+    Ranks may hold different numbers of rows (a skipped unreadable image, a filtered batch).
     """
     if not is_distributed():
         return tensor
     from torch.distributed.nn.functional import all_gather
 
-    counts = gather(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
-    largest = max(counts)
-    if tensor.shape[0] < largest:
-        pad = tensor.new_zeros((largest - tensor.shape[0], *tensor.shape[1:]))
-        tensor = torch.cat([tensor, pad])
-    parts = all_gather(tensor.contiguous())
-    return torch.cat([part[:n] for part, n in zip(parts, counts)], dim=0)
+    padded, counts = _pad_rows(tensor)
+    return torch.cat([part[:n] for part, n in zip(all_gather(padded), counts)], dim=0)
 
 
 @torch.no_grad()
 def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows in rank order, without gradients (rows per rank may differ)."""
     if not is_distributed():
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
+    padded, counts = _pad_rows(tensor)
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)], dim=0)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from latteclip import distributed
 from latteclip.data.transforms import eval_transform
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
@@ -435,7 +436,8 @@ class CoftPlus(Coft):
 
     def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:
         ema_update(self.key_encoder, self.online, self.options.ema_momentum)
-        self.enqueue(result.state["keys"], result.state["key_labels"])
+        # under torchrun every rank enqueues the keys of the whole global batch, so queues stay identical
+        self.enqueue(distributed.gather(result.state["keys"]), distributed.gather(result.state["key_labels"]))
 
     def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
         """Write keys over the oldest slots (a ring buffer); a batch larger than the queue keeps its last keys."""
