@@ -76,6 +76,8 @@ def test_extracted_official_layout(eurosat_folder, eurosat_zip):
     assert Counter(s.label for s in test.samples) == {c: 6 for c in range(10)}
     with zipfile.ZipFile(eurosat_zip) as archive:
         assert test.read_bytes(0) == archive.read("2750/" + test.samples[0].path)
+    # the image folder itself works as a root too, with the split file beside it
+    assert pairs(build_dataset("eurosat", eurosat_folder / "2750", "test")) == pairs(test)
 
 
 def test_class_names_follow_the_folder_not_the_label_number(eurosat_folder, coop_split, tmp_path):
@@ -217,6 +219,10 @@ def test_bad_inputs_name_the_path_or_value(three_class_folder, eurosat_zip, tmp_
     names.write_text(json.dumps({"Jungle": "jungle"}))
     with pytest.raises(LatteclipError, match="unknown classes \\['Jungle'\\]"):
         build_dataset("folder", three_class_folder, "test", None, DatasetOptions(classnames_file=str(names)))
+    bad_split = tmp_path / "bad_split.json"
+    bad_split.write_text(json.dumps({"train": [["Forest/Forest_1.jpg"]], "val": [], "test": []}))
+    with pytest.raises(LatteclipError, match=f"split file {bad_split}: entry 0 of 'train' .* is not \\[path, label, class name\\]"):
+        build_dataset("eurosat", eurosat_zip, "train", None, DatasetOptions(split_file=str(bad_split)))
     (three_class_folder / "Desert").mkdir()
     with pytest.raises(LatteclipError, match="class folder .*Desert has no images"):
         build_dataset("folder", three_class_folder)

@@ -102,6 +102,32 @@ def test_schedule_values_at_known_steps():
     assert cosine_with_warmup(5, 10, 0) == pytest.approx(0.5)
 
 
+def test_checkpointed_rng_states_replay_the_same_draws():
+    import random
+
+    import numpy as np
+
+    from latteclip.engine.trainer import restore_rng_states, rng_states
+
+    saved = rng_states(torch.device("cpu"))
+    first = (torch.rand(3), random.random(), np.random.rand(2))
+    restore_rng_states(saved)
+    second = (torch.rand(3), random.random(), np.random.rand(2))
+    assert torch.equal(first[0], second[0]) and first[1] == second[1] and (first[2] == second[2]).all()
+
+
+def test_evaluation_leaves_the_global_rng_alone(eurosat_zip):
+    """Methods may draw from torch's global RNG; evaluating (or opening a loader) must not move it."""
+    from latteclip.data.transforms import eval_transform
+    from latteclip.engine.features import extract_features
+
+    test = build_dataset("eurosat", eurosat_zip, "test", eval_transform(32), DatasetOptions(limit=8))
+    before = torch.get_rng_state()
+    features, valid = extract_features(lambda x: x.flatten(1)[:, :5], test, torch.device("cpu"), batch_size=4)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert features.shape == (8, 5) and bool(valid.all())
+
+
 def start_run(argv: list[str]) -> subprocess.Popen:
     """`python -m latteclip ...` in a child with this test's package, cache and thread count."""
     env = dict(os.environ)
@@ -142,6 +168,16 @@ def test_killed_run_resumes_to_the_same_result(full_run, eurosat_zip, workers):
     kill_half_way(process, output / name, after_step=10)
     assert main(argv + ["--resume"]) == 0
     assert_same_run(full_run, output / name)
+
+
+def test_run_killed_while_finishing_resumes_to_the_same_record(full_run, eurosat_zip):
+    """Killed after the last checkpoint, with the final evaluation logged but final.pt not yet written."""
+    output = full_run.parent
+    shutil.copytree(full_run, output / "finishing")
+    for name in ("final.pt", "results.json"):
+        (output / "finishing" / name).unlink()
+    assert main(flyp_args(eurosat_zip, output, "finishing", "--resume")) == 0
+    assert_same_run(full_run, output / "finishing")
 
 
 def test_resume_refuses_changed_settings(full_run, eurosat_zip, capsys):

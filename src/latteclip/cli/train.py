@@ -73,7 +73,8 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     ensemble = bool(args.ensemble)
     del args.ensemble
     config = config_from_args(args, method="zeroshot")
-    config.method_options = {"ensemble": ensemble}
+    # zero-shot has one option; other methods' options in a shared --config file do not apply to it
+    config.method_options = {"ensemble": ensemble or bool(config.method_options.get("ensemble", False))}
     results = run_training(config)
     print_summary(results)
     print(f"run folder: {config.run_dir}")

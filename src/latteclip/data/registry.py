@@ -205,6 +205,8 @@ def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
         if not source.has_prefix():
             source = ZipSource(root, "")
         return source, root.parent
+    if image_dir and root.name == image_dir and root.is_dir():  # the image folder itself (e.g. .../2750)
+        return FolderSource(root), root.parent
     for folder in spec["folders"]:
         base = root / folder if folder else root
         if image_dir and (base / image_dir).is_dir():
@@ -250,6 +252,19 @@ def _read_split_file(path: Path) -> dict:
     return data
 
 
+def _split_entries(data: dict, part: str, split_path: Path) -> list[tuple[str, int, str]]:
+    """The [path, label, class name] entries of one part of a CoOp split file, checked."""
+    entries = []
+    for number, entry in enumerate(data[part]):
+        try:
+            entries.append((str(entry[0]), int(entry[1]), str(entry[2]) if len(entry) > 2 else ""))
+        except (TypeError, ValueError, IndexError, KeyError) as err:
+            raise LatteclipError(
+                f"split file {split_path}: entry {number} of '{part}' ({entry!r}) is not [path, label, class name]"
+            ) from err
+    return entries
+
+
 def _check_present(parts: dict[str, list[Sample]], source: ImageSource, split_path: Path, split: str) -> None:
     wanted = parts["train"] + parts["val"] if split in ("train", "train_only", "val") else parts["test"]
     missing = [s.path for s in wanted if not source.exists(s.path)]
@@ -281,8 +296,7 @@ def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
         parts = {}
         for part in ("train", "val", "test"):
             parts[part] = []
-            for entry in data[part]:
-                path, label, cname = entry[0], int(entry[1]), entry[2]
+            for path, label, cname in _split_entries(data, part, split_path):
                 key = path.split("/")[0] if spec["class_key"] == "folder" else cname
                 if key_of.setdefault(label, key) != key:
                     raise LatteclipError(f"split file {split_path}: label {label} is used for both {key_of[label]} and {key}")
@@ -337,13 +351,13 @@ def _split_or_file(by_class, keys, source, options: DatasetOptions) -> dict[str,
     parts: dict[str, list[Sample]] = {}
     for part in ("train", "val", "test"):
         parts[part] = []
-        for entry in data[part]:
-            folder = str(entry[0]).split("/")[0]
+        for path, _, _ in _split_entries(data, part, split_path):
+            folder = path.split("/")[0]
             if folder not in index:
                 raise LatteclipError(
-                    f"split file {split_path} names {entry[0]}, which is not in a class folder of {source.location}"
+                    f"split file {split_path} names {path}, which is not in a class folder of {source.location}"
                 )
-            parts[part].append(Sample(str(entry[0]), index[folder]))
+            parts[part].append(Sample(path, index[folder]))
     _check_present(parts, source, split_path, "train")
     _check_present(parts, source, split_path, "test")
     return parts
