@@ -295,3 +295,19 @@ def test_unreadable_images_are_skipped_and_counted(eurosat_folder, tmp_path):
     assert results["unreadable_train_images"] == broken["train"]
     assert results["unreadable_test_images"] == broken["test"]
     assert results["test"]["n"] == len(build_dataset("folder", root, "test")) - broken["test"]
+
+
+def test_custom_folder_with_class_names_and_domain_through_the_cli(eurosat_folder, tmp_path):
+    root = tmp_path / "scenes"
+    for key in ("Forest", "River"):
+        shutil.copytree(eurosat_folder / "2750" / key, root / key)
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"Forest": "dense forest", "River": "river"}))
+    argv = ["zeroshot", "--dataset", "folder", "--root", str(root), "--classnames", str(names), "--domain", "aerial scene",
+            "--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0",
+            "--output", str(tmp_path), "--name", "custom"]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "custom" / "results.json").read_text())
+    assert list(results["test"]["per_class"]) == ["dense forest", "river"]
+    info = torch.load(tmp_path / "custom" / "final.pt", map_location="cpu", weights_only=False)["info"]
+    assert info["domain"] == "aerial scene" and info["class_keys"] == ["Forest", "River"]

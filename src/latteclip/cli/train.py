@@ -101,6 +101,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from latteclip.engine.evaluate import accuracy_report
     from latteclip.engine.features import extract_features, predict_labels
     from latteclip.engine.session import method_from_checkpoint, pick_device
+    from latteclip.engine.trainer import autocast_for_precision
 
     payload = load_checkpoint(args.checkpoint)
     if "method" not in payload:
@@ -124,9 +125,11 @@ def run_eval(args: argparse.Namespace) -> int:
     test_set = build_dataset(dataset, root, "test", eval_transform(loaded.image_size, loaded.mean, loaded.std), options)
     if test_set.info.num_classes != method.info.num_classes:
         raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has {method.info.num_classes}")
-    with torch.no_grad():
+    # the precision the run evaluated with, so that the accuracy matches its results.json on GPU too
+    with torch.no_grad(), autocast_for_precision(saved.get("precision", "auto"), device):
         features, valid = extract_features(method.encode_images, test_set, device, args.batch_size, args.workers, desc="evaluate")
-        predictions = predict_labels(features, valid, method.classifier())
+        classifier = method.classifier().float()
+    predictions = predict_labels(features, valid, classifier)
     report = accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
     out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset, **report}, indent=1))

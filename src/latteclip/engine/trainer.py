@@ -116,9 +116,14 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Pat
 
 
 def autocast_for(config: RunConfig, device: torch.device):
-    if device.type == "cuda" and config.precision in ("auto", "bf16"):
+    return autocast_for_precision(config.precision, device)
+
+
+def autocast_for_precision(precision: str, device: torch.device):
+    """bf16 autocast on GPU for `auto`/`bf16`, fp16 for `fp16`; fp32 on CPU. `eval` uses the run's setting."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cuda" and config.precision == "fp16":
+    if device.type == "cuda" and precision == "fp16":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
 
