@@ -226,8 +226,6 @@ class Trainer:
         cfg = self.config
         method = self.method
         train_set = self.session.dataset("train", train_time=True)
-        if len(train_set) == 0:
-            raise LatteclipError(f"dataset {cfg.dataset} has no training images under {cfg.root}")
         t0 = time.time()
         zs_labels = self.zero_shot_labels(self.session.dataset("train")) if method.needs_zero_shot_labels else None
         self.timings["zero_shot_labels_s"] = time.time() - t0
@@ -237,6 +235,8 @@ class Trainer:
         self.timings["setup_s"] = time.time() - t0
         params = list(method.parameters())
         optimizer = build_optimizer(params, cfg)
+        # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
+        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.precision == "fp16")
         batch_size = min(cfg.batch_size, len(train_set))
         steps_per_epoch = len(epoch_batches(len(train_set), batch_size, cfg.seed, 0))
         total_steps = max(1, min(cfg.max_steps, cfg.epochs * steps_per_epoch))
@@ -250,6 +250,7 @@ class Trainer:
             method.model.load_state_dict(resume_state["model"])
             method.load_state_dict(resume_state["method_state"])
             optimizer.load_state_dict(resume_state["optimizer"])
+            scaler.load_state_dict(resume_state["grad_scaler"])
             restore_rng_states(resume_state["rng"])
             self.unreadable = set(resume_state.get("unreadable", []))
             step = resume_state["step"]
@@ -286,10 +287,12 @@ class Trainer:
                     with autocast_for(cfg, self.device):
                         result = method.training_step(batch, step)
                     optimizer.zero_grad(set_to_none=True)
-                    result.loss.backward()
+                    scaler.scale(result.loss).backward()
                     if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     with torch.no_grad():
                         method.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
                     method.after_optimizer_step(batch, result, step)
@@ -307,7 +310,7 @@ class Trainer:
                     report = self.evaluate(test_set)
                     log.write({"step": step, "eval/top1": report["top1"]})
                 if step == total_steps or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0):
-                    self.save_last(step, optimizer, log)
+                    self.save_last(step, optimizer, scaler, log)
         progress.close()
         report = self.evaluate(test_set)
         log.write({"step": step, "eval/top1": report["top1"]})
@@ -319,7 +322,7 @@ class Trainer:
                 self.unreadable.add(index)
                 warnings.warn(f"unreadable training image skipped: {dataset.samples[index].path}", stacklevel=2)
 
-    def save_last(self, step: int, optimizer: torch.optim.Optimizer, log: MetricsLog) -> None:
+    def save_last(self, step: int, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, log: MetricsLog) -> None:
         save_checkpoint(
             self.run_dir / "last.pt",
             {
@@ -327,6 +330,7 @@ class Trainer:
                 "model": self.method.model.state_dict(),
                 "method_state": self.method.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "grad_scaler": scaler.state_dict(),
                 "rng": rng_states(self.device),
                 "metrics_lines": log.lines,
                 "unreadable": sorted(self.unreadable),
