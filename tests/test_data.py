@@ -80,6 +80,19 @@ def test_extracted_official_layout(eurosat_folder, eurosat_zip):
     assert pairs(build_dataset("eurosat", eurosat_folder / "2750", "test")) == pairs(test)
 
 
+@pytest.mark.parametrize("inner", ["data/EuroSAT/2750", "EuroSAT_RGB"])
+def test_zip_with_the_images_in_another_folder(eurosat_folder, tmp_path, inner):
+    """Re-packed archives: the image folder deeper down, or a lone top folder of class folders."""
+    archive = tmp_path / "packed.zip"
+    with zipfile.ZipFile(archive, "w") as packed:
+        for image in sorted((eurosat_folder / "2750").rglob("*.jpg")):
+            packed.write(image, f"{inner}/{image.relative_to(eurosat_folder / '2750').as_posix()}")
+    split_file = str(eurosat_folder / "split_zhou_EuroSAT.json")
+    test = build_dataset("eurosat", archive, "test", None, DatasetOptions(split_file=split_file))
+    assert pairs(test) == pairs(build_dataset("eurosat", eurosat_folder, "test"))
+    assert test.load_image(0).size == (64, 64)
+
+
 def test_class_names_follow_the_folder_not_the_label_number(eurosat_folder, coop_split, tmp_path):
     """Relabel the split file with a permuted label order: names must still follow each image's folder."""
     keys = sorted({e[0].split("/")[0] for e in coop_split["train"]})

@@ -201,10 +201,7 @@ def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
     if root.is_file():
         if root.suffix != ".zip":
             raise LatteclipError(f"dataset root {root} is a file but not a .zip archive")
-        source = ZipSource(root, image_dir)
-        if not source.has_prefix():
-            source = ZipSource(root, "")
-        return source, root.parent
+        return ZipSource(root, _zip_image_dir(root, image_dir)), root.parent
     if image_dir and root.name == image_dir and root.is_dir():  # the image folder itself (e.g. .../2750)
         return FolderSource(root), root.parent
     for folder in spec["folders"]:
@@ -218,6 +215,19 @@ def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
                 return _locate(spec, base / archive)
     looked = ", ".join(str((root / f / image_dir) if f else (root / image_dir)) for f in spec["folders"])
     raise LatteclipError(f"no {spec['name']} images found under {root} (looked for {looked})")
+
+
+def _zip_image_dir(archive: Path, image_dir: str) -> str:
+    """The archive's folder of class folders: `image_dir` at any depth (`2750/`, `EuroSAT/2750/`), else a lone top folder."""
+    whole = ZipSource(archive, "")
+    marker = f"/{image_dir}/"
+    if image_dir:
+        for name in whole.list_files():
+            position = f"/{name}".find(marker)
+            if position >= 0:
+                return name[: position + len(image_dir)]
+    top = whole.top_folders()
+    return top[0] if len(top) == 1 else ""
 
 
 def _find_split_file(spec: dict, base: Path, root: Path, options: DatasetOptions) -> Path | None:

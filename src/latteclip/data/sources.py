@@ -104,6 +104,3 @@ class ZipSource(ImageSource):
             if len(parts) > 1 and parts[0] and not parts[0].startswith("."):
                 folders.add(parts[0])
         return sorted(folders)
-
-    def has_prefix(self) -> bool:
-        return any(name.startswith(self.prefix) for name in self._zip().namelist())
