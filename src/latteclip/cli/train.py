@@ -33,7 +33,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", type=int)
     group.add_argument("--grad-clip", dest="grad_clip", type=float)
     group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     group.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_true", default=None)
     group.add_argument("--compile", action="store_true", default=None, help="torch.compile the towers (GPU)")
     group.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate on test every N steps (0: only at the end)")
@@ -103,7 +103,8 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     ensemble = bool(args.ensemble)
     del args.ensemble
     config = config_from_args(args, method="zeroshot")
-    config.method_options = {"ensemble": ensemble}
+    # zero-shot has one option; other methods' options in a shared --config file do not apply to it
+    config.method_options = {"ensemble": ensemble or bool(config.method_options.get("ensemble", False))}
     results = run_training(config)
     print_summary(results)
     print(f"run folder: {config.run_dir}")
@@ -130,6 +131,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from latteclip.engine.evaluate import accuracy_report
     from latteclip.engine.features import extract_features, predict_labels
     from latteclip.engine.session import method_from_checkpoint, pick_device
+    from latteclip.engine.trainer import autocast_for_precision
 
     payload = load_checkpoint(args.checkpoint)
     if "method" not in payload:
@@ -153,9 +155,11 @@ def run_eval(args: argparse.Namespace) -> int:
     test_set = build_dataset(dataset, root, "test", eval_transform(loaded.image_size, loaded.mean, loaded.std), options)
     if test_set.info.num_classes != method.info.num_classes:
         raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has {method.info.num_classes}")
-    with torch.no_grad():
+    # the precision the run evaluated with, so that the accuracy matches its results.json on GPU too
+    with torch.no_grad(), autocast_for_precision(saved.get("precision", "auto"), device):
         features, valid = extract_features(method.encode_images, test_set, device, args.batch_size, args.workers, desc="evaluate")
-        predictions = predict_labels(features, valid, method.classifier())
+        classifier = method.classifier().float()
+    predictions = predict_labels(features, valid, classifier)
     report = accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
     out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset, **report}, indent=1))

@@ -201,10 +201,9 @@ def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
     if root.is_file():
         if root.suffix != ".zip":
             raise LatteclipError(f"dataset root {root} is a file but not a .zip archive")
-        source = ZipSource(root, image_dir)
-        if not source.has_prefix():
-            source = ZipSource(root, "")
-        return source, root.parent
+        return ZipSource(root, _zip_image_dir(root, image_dir)), root.parent
+    if image_dir and root.name == image_dir and root.is_dir():  # the image folder itself (e.g. .../2750)
+        return FolderSource(root), root.parent
     for folder in spec["folders"]:
         base = root / folder if folder else root
         if image_dir and (base / image_dir).is_dir():
@@ -216,6 +215,19 @@ def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
                 return _locate(spec, base / archive)
     looked = ", ".join(str((root / f / image_dir) if f else (root / image_dir)) for f in spec["folders"])
     raise LatteclipError(f"no {spec['name']} images found under {root} (looked for {looked})")
+
+
+def _zip_image_dir(archive: Path, image_dir: str) -> str:
+    """The archive's folder of class folders: `image_dir` at any depth (`2750/`, `EuroSAT/2750/`), else a lone top folder."""
+    whole = ZipSource(archive, "")
+    marker = f"/{image_dir}/"
+    if image_dir:
+        for name in whole.list_files():
+            position = f"/{name}".find(marker)
+            if position >= 0:
+                return name[: position + len(image_dir)]
+    top = whole.top_folders()
+    return top[0] if len(top) == 1 else ""
 
 
 def _find_split_file(spec: dict, base: Path, root: Path, options: DatasetOptions) -> Path | None:
@@ -250,6 +262,19 @@ def _read_split_file(path: Path) -> dict:
     return data
 
 
+def _split_entries(data: dict, part: str, split_path: Path) -> list[tuple[str, int, str]]:
+    """The [path, label, class name] entries of one part of a CoOp split file, checked."""
+    entries = []
+    for number, entry in enumerate(data[part]):
+        try:
+            entries.append((str(entry[0]), int(entry[1]), str(entry[2]) if len(entry) > 2 else ""))
+        except (TypeError, ValueError, IndexError, KeyError) as err:
+            raise LatteclipError(
+                f"split file {split_path}: entry {number} of '{part}' ({entry!r}) is not [path, label, class name]"
+            ) from err
+    return entries
+
+
 def _check_present(parts: dict[str, list[Sample]], source: ImageSource, split_path: Path, split: str) -> None:
     wanted = parts["train"] + parts["val"] if split in ("train", "train_only", "val") else parts["test"]
     missing = [s.path for s in wanted if not source.exists(s.path)]
@@ -281,8 +306,7 @@ def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
         parts = {}
         for part in ("train", "val", "test"):
             parts[part] = []
-            for entry in data[part]:
-                path, label, cname = entry[0], int(entry[1]), entry[2]
+            for path, label, cname in _split_entries(data, part, split_path):
                 key = path.split("/")[0] if spec["class_key"] == "folder" else cname
                 if key_of.setdefault(label, key) != key:
                     raise LatteclipError(f"split file {split_path}: label {label} is used for both {key_of[label]} and {key}")
@@ -337,13 +361,13 @@ def _split_or_file(by_class, keys, source, options: DatasetOptions) -> dict[str,
     parts: dict[str, list[Sample]] = {}
     for part in ("train", "val", "test"):
         parts[part] = []
-        for entry in data[part]:
-            folder = str(entry[0]).split("/")[0]
+        for path, _, _ in _split_entries(data, part, split_path):
+            folder = path.split("/")[0]
             if folder not in index:
                 raise LatteclipError(
-                    f"split file {split_path} names {entry[0]}, which is not in a class folder of {source.location}"
+                    f"split file {split_path} names {path}, which is not in a class folder of {source.location}"
                 )
-            parts[part].append(Sample(str(entry[0]), index[folder]))
+            parts[part].append(Sample(path, index[folder]))
     _check_present(parts, source, split_path, "train")
     _check_present(parts, source, split_path, "test")
     return parts

@@ -6,6 +6,8 @@ import os
 import zipfile
 from pathlib import Path
 
+from latteclip.errors import LatteclipError
+
 
 class ImageSource:
     """Reads image files by a path relative to the dataset's image folder."""
@@ -63,7 +65,10 @@ class ZipSource(ImageSource):
 
     def _zip(self) -> zipfile.ZipFile:
         if self._handle is None or self._pid != os.getpid():
-            self._handle = zipfile.ZipFile(self.archive)
+            try:
+                self._handle = zipfile.ZipFile(self.archive)
+            except (zipfile.BadZipFile, OSError) as err:
+                raise LatteclipError(f"{self.archive} cannot be read as a zip archive ({err}); check the download") from err
             self._pid = os.getpid()
         return self._handle
 
@@ -77,7 +82,7 @@ class ZipSource(ImageSource):
         if self._names is None:
             self._names = {
                 n for n in self._zip().namelist()
-                if not n.endswith("/") and not n.startswith("__MACOSX/") and not any(p.startswith(".") for p in n.split("/"))
+                if not n.endswith("/") and not n.startswith("__MACOSX/") and "/." not in "/" + n
             }
         return self._names
 
@@ -99,6 +104,3 @@ class ZipSource(ImageSource):
             if len(parts) > 1 and parts[0] and not parts[0].startswith("."):
                 folders.add(parts[0])
         return sorted(folders)
-
-    def has_prefix(self) -> bool:
-        return any(name.startswith(self.prefix) for name in self._namelist())

@@ -90,6 +90,8 @@ def _merge_shards(features: torch.Tensor, valid: torch.Tensor, device: torch.dev
 
 def predict_labels(features: torch.Tensor, valid: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     """argmax_c <f(x), z_c>; -1 where the image could not be read."""
+    if not bool(valid.any()):  # nothing readable: there are no features to compare
+        return torch.full((len(valid),), -1, dtype=torch.long)
     labels = (features @ classifier.float().cpu().t()).argmax(dim=-1)
     labels[~valid] = -1
     return labels

@@ -131,8 +131,15 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Pat
 
 
 def autocast_for(config: RunConfig, device: torch.device):
-    if device.type == "cuda" and config.precision in ("auto", "bf16"):
+    return autocast_for_precision(config.precision, device)
+
+
+def autocast_for_precision(precision: str, device: torch.device):
+    """bf16 autocast on GPU for `auto`/`bf16`, fp16 for `fp16`; fp32 on CPU. `eval` uses the run's setting."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cuda" and precision == "fp16":
+        return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
 
 
@@ -267,8 +274,6 @@ class Trainer:
         cfg = self.config
         method = self.method
         train_set = self.session.dataset("train", train_time=True)
-        if len(train_set) == 0:
-            raise LatteclipError(f"dataset {cfg.dataset} has no training images under {cfg.root}")
         t0 = time.time()
         zs_labels = self.zero_shot_labels(self.session.dataset("train")) if method.needs_zero_shot_labels else None
         self.timings["zero_shot_labels_s"] = time.time() - t0
@@ -283,6 +288,8 @@ class Trainer:
         params = [p for _, group in groups for p in group]
         optimizer = build_optimizer(groups, cfg)
         accelerate(method.model, cfg)
+        # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
+        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.precision == "fp16")
         batch_size = min(cfg.batch_size, len(train_set))
         if batch_size % distributed.world_size():
             raise LatteclipError(f"--batch-size {batch_size} must be a multiple of the number of processes ({distributed.world_size()})")
@@ -298,6 +305,7 @@ class Trainer:
             method.model.load_state_dict(resume_state["model"])
             method.load_state_dict(resume_state["method_state"])
             optimizer.load_state_dict(resume_state["optimizer"])
+            scaler.load_state_dict(resume_state["grad_scaler"])
             restore_rng_states(resume_state["rng"])
             self.unreadable = set(resume_state.get("unreadable", []))
             step = resume_state["step"]
@@ -336,11 +344,13 @@ class Trainer:
                     with autocast_for(cfg, self.device):
                         result = method.training_step(batch, step)
                     optimizer.zero_grad(set_to_none=True)
-                    result.loss.backward()
+                    scaler.scale(result.loss).backward()
                     distributed.average_gradients(params)
                     if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     with torch.no_grad():
                         method.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
                     method.after_optimizer_step(batch, result, step)
@@ -358,7 +368,7 @@ class Trainer:
                     report = self.evaluate(test_set)
                     log.write({"step": step, "eval/top1": report["top1"]})
                 if step == total_steps or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0):
-                    self.save_last(step, optimizer, log)
+                    self.save_last(step, optimizer, scaler, log)
         progress.close()
         method.model.eval()
         if distributed.is_main():
@@ -373,7 +383,7 @@ class Trainer:
                 self.unreadable.add(index)
                 warnings.warn(f"unreadable training image skipped: {dataset.samples[index].path}", stacklevel=2)
 
-    def save_last(self, step: int, optimizer: torch.optim.Optimizer, log: MetricsLog) -> None:
+    def save_last(self, step: int, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, log: MetricsLog) -> None:
         if not distributed.is_main():
             return
         save_checkpoint(
@@ -383,6 +393,7 @@ class Trainer:
                 "model": self.method.model.state_dict(),
                 "method_state": self.method.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "grad_scaler": scaler.state_dict(),
                 "rng": rng_states(self.device),
                 "metrics_lines": log.lines,
                 "unreadable": sorted(self.unreadable),
