@@ -13,7 +13,7 @@ import pytest
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.errors import LatteclipError
 
-from conftest import EUROSAT_DIR
+from tests.conftest import EUROSAT_DIR
 
 SPLIT_FILE = EUROSAT_DIR / "split_zhou_EuroSAT.json"
 RESIDENTIAL = "residential buildings or homes or apartments"
