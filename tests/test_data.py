@@ -13,15 +13,18 @@ import pytest
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.errors import LatteclipError
 
-from conftest import EUROSAT_DIR
-
-SPLIT_FILE = EUROSAT_DIR / "split_zhou_EuroSAT.json"
 RESIDENTIAL = "residential buildings or homes or apartments"
 
 
 @pytest.fixture(scope="module")
-def coop_split() -> dict:
-    return json.loads(SPLIT_FILE.read_text())
+def split_file(eurosat_zip) -> Path:
+    """The CoOp split file that sits beside the archive."""
+    return eurosat_zip.parent / "split_zhou_EuroSAT.json"
+
+
+@pytest.fixture(scope="module")
+def coop_split(split_file) -> dict:
+    return json.loads(split_file.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +44,10 @@ def pairs(dataset) -> list[tuple[str, int]]:
 
 
 # --- the EuroSAT archive with its CoOp split file ---------------------------------------------------------------
-def test_zip_is_read_in_place_with_the_split_file(eurosat_zip, coop_split):
+def test_zip_is_read_in_place_with_the_split_file(eurosat_zip, coop_split, split_file):
     train = build_dataset("eurosat", eurosat_zip, "train")
     test = build_dataset("eurosat", eurosat_zip, "test")
-    assert train.info.split_source == str(SPLIT_FILE)
+    assert train.info.split_source == str(split_file)
     # train is CoOp train + val (what the unsupervised methods see); test is CoOp test
     assert pairs(train) == [(e[0], e[1]) for e in coop_split["train"] + coop_split["val"]]
     assert pairs(test) == [(e[0], e[1]) for e in coop_split["test"]]
