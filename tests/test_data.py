@@ -85,15 +85,21 @@ def test_extracted_official_layout(eurosat_folder, eurosat_zip):
 
 @pytest.mark.parametrize("inner", ["data/EuroSAT/2750", "EuroSAT_RGB"])
 def test_zip_with_the_images_in_another_folder(eurosat_folder, tmp_path, inner):
-    """Re-packed archives: the image folder deeper down, or a lone top folder of class folders."""
+    """Re-packed archives: the image folder deeper down, or a lone top folder; macOS extras are ignored."""
     archive = tmp_path / "packed.zip"
     with zipfile.ZipFile(archive, "w") as packed:
         for image in sorted((eurosat_folder / "2750").rglob("*.jpg")):
-            packed.write(image, f"{inner}/{image.relative_to(eurosat_folder / '2750').as_posix()}")
+            relative = image.relative_to(eurosat_folder / "2750").as_posix()
+            packed.write(image, f"{inner}/{relative}")
+            packed.writestr(f"__MACOSX/{inner}/{relative}", b"resource fork")
+        packed.writestr(f"{inner}/Forest/.DS_Store", b"finder data")
     split_file = str(eurosat_folder / "split_zhou_EuroSAT.json")
     test = build_dataset("eurosat", archive, "test", None, DatasetOptions(split_file=split_file))
     assert pairs(test) == pairs(build_dataset("eurosat", eurosat_folder, "test"))
     assert test.load_image(0).size == (64, 64)
+    seeded = build_dataset("eurosat", archive, "test", None, DatasetOptions(split_file="none"))
+    assert seeded.info.class_keys == build_dataset("eurosat", eurosat_folder, "test").info.class_keys
+    assert all(not s.path.startswith(("__MACOSX", ".")) and "/." not in s.path for s in seeded.samples)
 
 
 def test_class_names_follow_the_folder_not_the_label_number(eurosat_folder, coop_split, tmp_path):
