@@ -32,7 +32,6 @@ class RunConfig:
     templates: str | None = None
     domain: str | None = None
     split_file: str | None = None
-    template_ensemble: bool = False  # zero-shot classifier from all templates instead of the first
     # optimisation (method.md 1.3 reference values)
     batch_size: int = 512
     lr: float = 1e-7
