@@ -98,6 +98,7 @@ class FakeLMMServer:
 def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+        disable_nagle_algorithm = True  # headers and body leave at once, as from real servers (no 40 ms delayed-ACK stall)
 
         def log_message(self, *args) -> None:
             pass

@@ -38,7 +38,7 @@ def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:
 def add_lmm_zeroshot_arguments(parser: argparse.ArgumentParser) -> None:
     add_lmm_arguments(parser)
     parser.add_argument("--answer-cutoff", dest="answer_cutoff", type=float,
-                        help="with --lmm: least string similarity that maps an answer to a class (default 0.35)")
+                        help="with --lmm: least string similarity that maps an answer to a class (default 0.5)")
 
 
 # --- describe -----------------------------------------------------------------------------------------

@@ -8,8 +8,11 @@ its results.json sits beside those of the other methods.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
 import time
+from typing import Callable
 
 import torch
 
@@ -62,6 +65,21 @@ def _print_summary(summary: Summary, describer_name: str) -> None:
         print(f"  {line}")
 
 
+def interruptible(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Ctrl-C ends a command with a note that the answers received are kept (the runner has stored them)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except KeyboardInterrupt:
+            print("interrupted: every answer received is stored; run the same command again for the rest", file=sys.stderr)
+            return 130
+
+    return run
+
+
+@interruptible
 def describe_command(args: argparse.Namespace) -> int:
     """Describe every training image (only what the store lacks); import/export JSON lines; 0 when all are described."""
     config = config_from_args(args)
@@ -156,6 +174,7 @@ def _pseudo_labels(config: RunConfig, loaded: LoadedModel, device: torch.device)
 
 
 # --- the LMM zero-shot baseline (`zeroshot --lmm ...`) ---------------------------------------------------
+@interruptible
 def lmm_zeroshot_command(args: argparse.Namespace) -> int:
     """Ask the LMM to pick each test image's class among the class names; map answers; write a run folder."""
     started = time.time()

@@ -95,9 +95,10 @@ def group_jobs(
     canvas_size: int = CANVAS_SIZE,
     gap: int = GAP,
 ) -> list[Job]:
-    """One job per anchor with a group: the collage of the anchor and its members, stored under the anchor.
+    """One job per readable anchor: the collage of the anchor and its members, stored under the anchor.
 
-    `draw` says how members were chosen (kept in the row's meta, e.g. "zero-shot label").
+    `draw` says how members were chosen (kept in the row's meta, e.g. "zero-shot label"). An anchor
+    without a group (its image could not be decoded for its label) gets a job that fails.
     """
 
     def builder(cells: list[int], prompt: str) -> Callable[[], Request]:
@@ -107,9 +108,19 @@ def group_jobs(
 
         return build
 
+    def unreadable(path: str) -> Callable[[], Request]:
+        def build() -> Request:
+            raise CorruptImage(f"{dataset.source.location}/{path} could not be read when zero-shot labels were computed")
+
+        return build
+
     jobs = []
     for anchor, members in enumerate(groups):
-        if members is None or hashes[anchor] is None or any(hashes[m] is None for m in members):
+        if hashes[anchor] is None:
+            continue
+        if members is None:  # no label, so no group: reported as a failure rather than left out
+            path = dataset.samples[anchor].path
+            jobs.append(Job(hashes[anchor], "group", prompt_for(anchor), path, unreadable(path)))
             continue
         cells = [anchor, *members]
         cell_hashes = [hashes[i] for i in cells]

@@ -122,7 +122,7 @@ class Runner:
             thread.start()
 
         progress = tqdm(total=len(pending), desc=f"describe ({describer.backend} {describer.model})", unit="req",
-                        dynamic_ncols=True, disable=not self.progress)
+                        dynamic_ncols=True, disable=not (self.progress and pending))
         finished: set[int] = set()
         failures_in_row = 0
         try:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from latteclip.errors import LatteclipError
 from latteclip.paths import atomic_write_bytes, cache_dir
@@ -155,13 +155,13 @@ class DescriptionStore:
                 chunk = wanted[start : start + 500]
                 rows = self._db.execute(
                     f"SELECT image_hash, text FROM descriptions WHERE {' AND '.join(clauses)} "
-                    f"AND image_hash IN ({','.join('?' * len(chunk))}) ORDER BY created",
+                    f"AND image_hash IN ({','.join('?' * len(chunk))}) ORDER BY created, rowid",
                     (*params, *chunk),
                 ).fetchall()
                 found.update(rows)
         return [found.get(h) for h in image_hashes]
 
-    def rows(self, dataset: str | None = None, image_hashes: Iterable[str] | None = None) -> Iterable[dict]:
+    def rows(self, dataset: str | None = None, image_hashes: Iterable[str] | None = None) -> Iterator[dict]:
         """All rows, oldest first; only those of `dataset` and/or of the given image hashes when asked."""
         query = f"SELECT {', '.join(COLUMNS)} FROM descriptions"
         clauses, params = [], []
@@ -179,7 +179,7 @@ class DescriptionStore:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         with self._lock:
-            records = self._db.execute(query + " ORDER BY created", params).fetchall()
+            records = self._db.execute(query + " ORDER BY created, rowid", params).fetchall()
         for record in records:
             row = dict(zip(COLUMNS, record))
             row["meta"] = json.loads(row["meta"]) if row["meta"] else None
