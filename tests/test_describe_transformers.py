@@ -100,11 +100,12 @@ def test_runner_describes_images_and_collages_in_batches(describer, train, tmp_p
     subset = list(range(0, len(train), 10))  # 12 images
     groups = [[subset[(subset.index(i) + k) % len(subset)] for k in (1, 2, 3)] if i in subset else None for i in range(len(train))]
     jobs = image_jobs(train, hashes, lambda i: prompts.description("image", "land use"))
-    jobs = [j for j in jobs if j.image in {train.samples[i].path for i in subset}]
     jobs += group_jobs(train, hashes, groups, lambda i: prompts.description("group", "land use"), draw="test")
+    jobs = [j for j in jobs if j.image in {train.samples[i].path for i in subset}]
     store = DescriptionStore(tmp_path / "d.sqlite")
     summary = Runner(describer, store, "eurosat", progress=False).run(jobs)
-    assert summary.complete and summary.counts["image"].done == 12 and summary.counts["group"].done == 12
+    assert summary.complete, summary.lines()
+    assert summary.counts["image"].done == 12 and summary.counts["group"].done == 12
     texts = store.get_texts([hashes[i] for i in subset], "group", model=describer.model)
     assert all(texts)
     again = Runner(describer, store, "eurosat", progress=False).run(jobs)

@@ -100,6 +100,8 @@ class EndpointPool:
 
 
 class RetryableError(Exception):
+    """A failure another try may not meet; `wait` is the server's Retry-After, when it sent one."""
+
     def __init__(self, reason: str, wait: float | None = None):
         super().__init__(reason)
         self.wait = wait
@@ -139,14 +141,20 @@ class OpenAIDescriber(Describer):
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
+    def _connections(self) -> dict[str, http.client.HTTPConnection]:
+        """This thread's kept-alive connections, one per endpoint."""
+        if not hasattr(self._local, "connections"):
+            self._local.connections = {}
+        return self._local.connections
+
     def _connection(self, endpoint: Endpoint) -> http.client.HTTPConnection:
-        connections = self._local.__dict__.setdefault("connections", {})
+        connections = self._connections()
         if endpoint.url not in connections:
             connections[endpoint.url] = endpoint.connect(self.timeout)
         return connections[endpoint.url]
 
     def _drop_connection(self, endpoint: Endpoint) -> None:
-        connection = self._local.__dict__.get("connections", {}).pop(endpoint.url, None)
+        connection = self._connections().pop(endpoint.url, None)
         if connection is not None:
             connection.close()
 

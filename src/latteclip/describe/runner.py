@@ -67,6 +67,8 @@ class Summary:
 
 
 class Runner:
+    """Runs one list of jobs once (a cancelled runner stays cancelled: make a new one to go on)."""
+
     def __init__(
         self,
         describer: Describer,
@@ -137,14 +139,9 @@ class Runner:
                     self.cancel(str(outcome))
                     continue
                 finished.add(id(job))
-                counts = summary.counts[job.kind]
-                if isinstance(outcome, str):
-                    counts.done += 1
-                    counts.cached += followers[job.key]
+                if self._count(summary, job, outcome, followers[job.key]):
                     failures_in_row = 0
                 else:
-                    counts.failed += 1 + followers[job.key]
-                    summary.failures.append((job.kind, job.image, str(outcome)))
                     failures_in_row += 1
                     if failures_in_row >= self.stop_after_failures and not self._stop.is_set():
                         self.cancel(f"{failures_in_row} failures in a row (last: {outcome})")
@@ -154,8 +151,7 @@ class Runner:
             self.cancel("interrupted")
             raise
         finally:
-            if self._stop.is_set():
-                self._finish_in_flight(threads, outcomes, summary, finished)
+            self._finish_in_flight(threads, outcomes, summary, finished, followers)
             progress.close()
         for job in pending:
             if id(job) not in finished:
@@ -164,8 +160,20 @@ class Runner:
         summary.seconds = time.monotonic() - started
         return summary
 
-    def _finish_in_flight(self, threads, outcomes, summary: Summary, finished: set[int]) -> None:
-        """Let answers already on their way land in the store, then count them."""
+    @staticmethod
+    def _count(summary: Summary, job: Job, outcome: str | Exception, followers: int) -> bool:
+        """Record one outcome (for the job and the identical jobs that wait on it); True when answered."""
+        counts = summary.counts[job.kind]
+        if isinstance(outcome, str):
+            counts.done += 1
+            counts.cached += followers
+            return True
+        counts.failed += 1 + followers
+        summary.failures.append((job.kind, job.image, str(outcome)))
+        return False
+
+    def _finish_in_flight(self, threads, outcomes, summary: Summary, finished: set[int], followers: Counter) -> None:
+        """Let answers already on their way land in the store (after a stop), then count what is left in the queue."""
         deadline = time.monotonic() + FINISH_IN_FLIGHT_SECONDS
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -175,13 +183,10 @@ class Runner:
             except queue.Empty:
                 return
             if job is None:
-                continue
-            finished.add(id(job))
-            if isinstance(outcome, str):
-                summary.counts[job.kind].done += 1
+                self.cancel(str(outcome))
             else:
-                summary.counts[job.kind].failed += 1
-                summary.failures.append((job.kind, job.image, str(outcome)))
+                finished.add(id(job))
+                self._count(summary, job, outcome, followers[job.key])
 
     def _work(self, work: queue.Queue, outcomes: queue.Queue, batch_size: int) -> None:
         describer = self.describer
