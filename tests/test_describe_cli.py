@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lmm_server import FakeLMMServer
+from tests.lmm_server import FakeLMMServer
 
 from latteclip.cli import main
 from latteclip.data import build_dataset

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from lmm_server import FakeLMMServer, expected_answer
+from tests.lmm_server import FakeLMMServer, expected_answer
 
 from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
