@@ -145,7 +145,7 @@ def _describe(args, config: RunConfig, settings: DescribeSettings, train: ImageD
         if settings.true_class_members is not None:
             print(f"ANALYSIS MODE: groups hold {settings.true_class_members} of {settings.group_size} images of the "
                   "anchor's TRUE class; these groups read the labels and are not for label-free training")
-            true_labels = [s.label for s in train.samples]
+            true_labels = [s.label if h is not None else -1 for s, h in zip(train.samples, hashes)]  # unread: no group
             groups = draw_true_class_groups(true_labels, settings.group_size, settings.true_class_members, config.seed)
             draw = f"true class, {settings.true_class_members} of {settings.group_size} (analysis, reads labels)"
         else:
