@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.1, help="server seconds per answer")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="the concurrent run's requests in flight")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--write-results", action="store_true", help="write the figures into docs/results.md")
     args = parser.parse_args()
 
     dataset = build_dataset("eurosat", args.root, "train", options=DatasetOptions(limit=args.images))
@@ -110,6 +111,19 @@ def main() -> None:
               f"p95 {t['p95_ms']:.2f} ms, max {t['max_ms']:.2f} ms")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
+    if args.write_results:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from results_page import write_section
+
+        rows = ["| concurrency | seconds | images/s | client CPU per request (ms) |", "|---|---|---|---|"]
+        rows += [f"| {r['concurrency']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['client_cpu_ms_per_request']:.2f} |" for r in (serial, concurrent)]
+        rows.append(f"\nSpeed-up at the default concurrency: **{figures['speedup']:.1f}x**.\n")
+        rows += ["| client overhead per request (no server) | mean (ms) | median (ms) | p95 (ms) | max (ms) |", "|---|---|---|---|---|"]
+        for name, what in (("request", "read + data URL + JSON"), ("store", "SQLite write"), ("total", "both")):
+            t = overhead[name]
+            rows.append(f"| {what} | {t['mean_ms']:.2f} | {t['median_ms']:.2f} | {t['p95_ms']:.2f} | {t['max_ms']:.2f} |")
+        write_section("describe_throughput", f"Description stage against a local server answering in {args.delay * 1000:.0f} ms, "
+                      f"{len(jobs)} EuroSAT images", "\n".join(rows))
 
 
 if __name__ == "__main__":
