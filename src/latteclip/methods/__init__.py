@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "zeroshot": "latteclip.methods.zeroshot:ZeroShot",
     "flyp_pl": "latteclip.methods.flyp:FlypPseudoLabels",
     "oracle": "latteclip.methods.flyp:SupervisedOracle",
+    "pretrain": "latteclip.methods.pretrain:ContrastivePretraining",
 }
 
 
