@@ -118,6 +118,8 @@ def print_summary(results: dict) -> None:
 # Modules that register subcommands with @command; a new command is one module and one line here.
 COMMAND_MODULES = [
     "latteclip.cli.train",
+    "latteclip.cli.pretrain",
+    "latteclip.cli.demo",
 ]
 
 

@@ -6,7 +6,9 @@ source domain, then adapted without labels to a target domain. The two use diffe
 - target (`fmnist-<shift>`): training images with index >= 50,000, corrupted by the shift; every
   fifth of them (index % 5 == 4) is the `val` part, held out for choosing hyper-parameters
   without test labels; test: the test set, corrupted the same way.
-`fmnist-clean` is the target domain without corruption, for reference.
+`fmnist-clean` is the target domain without corruption, for reference. `fmnist-heldout-<shift>`
+is the view used to choose hyper-parameters without test labels: its train split is the target's
+train part and its test split the held-out `val` part.
 
 `--root bundled` reads the subset shipped in the package (`data/fmnist/`, MIT licence); a folder
 with the four original IDX files (e.g. /usr/share/datasets/fashion-mnist from the Debian package
@@ -168,7 +170,8 @@ class ShiftedArraySource(ImageSource):
     """Fashion-MNIST images in memory; `read` returns PNG bytes of the image after the shift.
 
     The bytes are a pure function of (shift, split, index), which is what lets the description
-    store key texts by image content.
+    store key texts by image content. They are kept once made (about 2 KB an image), because
+    every epoch and every method's evaluation reads the same images again.
     """
 
     def __init__(self, data: FashionMnist, shift: str):
@@ -176,6 +179,7 @@ class ShiftedArraySource(ImageSource):
         self.shift = shift
         self.location = f"fashion-mnist:{data.origin}#{shift}"
         self._rows = {split: arrays.row_of() for split, arrays in data.splits.items()}
+        self._encoded: dict[str, bytes] = {}
 
     def _locate(self, relpath: str) -> tuple[str, int]:
         split, _, index = relpath.partition("/")
@@ -184,11 +188,13 @@ class ShiftedArraySource(ImageSource):
         return split, int(index)
 
     def read(self, relpath: str) -> bytes:
-        split, index = self._locate(relpath)
-        grey = self.data.splits[split].images[self._rows[split][index]]
-        buffer = io.BytesIO()
-        Image.fromarray(apply_shift(self.shift, grey, split, index)).save(buffer, format="PNG", compress_level=1)
-        return buffer.getvalue()
+        if relpath not in self._encoded:
+            split, index = self._locate(relpath)
+            grey = self.data.splits[split].images[self._rows[split][index]]
+            buffer = io.BytesIO()
+            Image.fromarray(apply_shift(self.shift, grey, split, index)).save(buffer, format="PNG", compress_level=1)
+            self._encoded[relpath] = buffer.getvalue()
+        return self._encoded[relpath]
 
     def exists(self, relpath: str) -> bool:
         try:
@@ -201,6 +207,12 @@ class ShiftedArraySource(ImageSource):
         return [sample_path(split, int(i)) for split, arrays in self.data.splits.items() for i in arrays.indices]
 
 
+@lru_cache(maxsize=8)
+def shifted_source(root: str, shift: str) -> ShiftedArraySource:
+    """One source per (data, shift) in a process, so that its encoded images serve every split and run."""
+    return ShiftedArraySource(load_fashion_mnist(root), shift)
+
+
 def sample_path(split: str, index: int) -> str:
     return f"{split}/{index:05d}"
 
@@ -211,13 +223,15 @@ def _samples(arrays: ImageArrays, split: str, keep: np.ndarray) -> list[Sample]:
 
 def build_fmnist(name: str, root: str, split: str, options: DatasetOptions):
     """`fmnist` (source domain, clean) or `fmnist-<shift>` (target domain); see the module docstring."""
+    heldout = name.startswith("fmnist-heldout-")
     if name == "fmnist":
         shift = "clean"
     else:
-        shift = name[len("fmnist-") :]
+        shift = name[len("fmnist-heldout-" if heldout else "fmnist-") :]
         if shift not in SHIFTS:
             raise LatteclipError(f"unknown Fashion-MNIST shift '{shift}': use fmnist or fmnist-<shift> with shift one of {', '.join(SHIFTS)}")
-    data = load_fashion_mnist(root)
+    source = shifted_source(root, shift)
+    data = source.data
     train, test = data.splits["train"], data.splits["test"]
     if name == "fmnist":
         parts = {
@@ -229,12 +243,14 @@ def build_fmnist(name: str, root: str, split: str, options: DatasetOptions):
     else:
         target = train.indices >= SOURCE_END
         held_out = train.indices % VAL_EVERY == VAL_EVERY - 1
-        parts = {
-            "train": _samples(train, "train", target & ~held_out),
-            "val": _samples(train, "train", target & held_out),
-            "test": _samples(test, "test", np.ones(len(test.indices), dtype=bool)),
-        }
+        train_part = _samples(train, "train", target & ~held_out)
+        val_part = _samples(train, "train", target & held_out)
         pools = f"target domain '{shift}': training images with index >= {SOURCE_END}, val = index % {VAL_EVERY} == {VAL_EVERY - 1}"
+        if heldout:
+            parts = {"train": train_part, "val": [], "test": val_part}
+            pools += "; held-out view: train = train part, test = val part"
+        else:
+            parts = {"train": train_part, "val": val_part, "test": _samples(test, "test", np.ones(len(test.indices), dtype=bool))}
     names = spec()
     info = DatasetInfo(
         name,
@@ -244,7 +260,7 @@ def build_fmnist(name: str, root: str, split: str, options: DatasetOptions):
         names["domain"],
         f"Fashion-MNIST {data.origin}; {pools}",
     )
-    return info, parts, ShiftedArraySource(data, shift)
+    return info, parts, source
 
 
 register_builder("fmnist", build_fmnist)
