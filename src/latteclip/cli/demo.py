@@ -70,12 +70,11 @@ def run_demo(args: argparse.Namespace) -> int:
     cells: dict[tuple[str, str], list[dict]] = {}
     for shift in experiment.shifts:
         for entry in experiment.methods:
-            choice = entry.candidates()[0]
             for seed in experiment.seeds:
                 stage += 1
                 dataset = experiment.target(shift)
                 print(f"[{stage}/{stages}] {entry.label} on {dataset} (seed {seed})", flush=True)
-                config = run_config(experiment, entry, dataset, seed, source.path, f"{shift}/{entry.name}-s{seed}", choice)
+                config = run_config(experiment, entry, dataset, seed, source.path, f"{shift}/{entry.name}-s{seed}")
                 results = run_or_reuse(config)
                 cells.setdefault((entry.name, shift), []).append(run_summary(results, config.run_dir))
                 print(f"      top-1 {100 * results['top1']:.2f}% ({elapsed(started)})", flush=True)
