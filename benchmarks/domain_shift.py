@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", help="'bundled' or a folder with the Fashion-MNIST IDX files")
     parser.add_argument("--max-steps", dest="max_steps", type=int, help="override the training steps of every run")
     parser.add_argument("--limit", type=int, help="class-balanced subset of N target images per split")
-    parser.add_argument("--threads", type=int, help="torch threads (1 is faster on a machine busy with other jobs)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: one per idle core, from the load average)")
     parser.add_argument("--output", help="folder of the run folders (default: runs/benchmark)")
     parser.add_argument("--out", default="docs/results.md", help="the results page to write")
     return parser.parse_args(argv)
@@ -116,7 +116,7 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
     lines = []
     for entry in experiment.methods:
         method = get_method(entry.method)
-        if method.reads_train_labels or not method.trains or entry.method == "flyp_pl":
+        if method.reads_train_labels or not method.trains:
             continue
         for shift in experiment.shifts:
             runs = cells.get((entry.name, shift), [])
@@ -124,6 +124,8 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
                 continue
             mean = aggregate([r["top1"] for r in runs])["mean"]
             for baseline in baselines:
+                if baseline is entry:
+                    continue
                 base_runs = cells.get((baseline.name, shift), [])
                 if not base_runs:
                     continue
@@ -158,7 +160,7 @@ def analysis_table(experiment: Experiment, cells: Cells, prefix: str, percent: b
 
 
 def results_page(experiment: Experiment, pretrained: dict, cells: Cells, choices: list[dict], command: str, seconds: float) -> str:
-    machine = machine_description(experiment.threads)
+    machine = machine_description()
     run = experiment.run
     seeds = ", ".join(str(s) for s in experiment.seeds)
     parts = [
@@ -168,7 +170,7 @@ def results_page(experiment: Experiment, pretrained: dict, cells: Cells, choices
         "",
         f"    {command}",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads, torch {machine['torch']}, "
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch threads: {machine['torch_threads']}, torch {machine['torch']}, "
         f"Python {machine['python']}" + (f", GPU {machine['gpu']}" if machine["gpu"] else "") + f". Finished "
         f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} after {seconds / 60:.1f} minutes (runs already in "
         f"{experiment.output} are reused).",
@@ -212,8 +214,11 @@ def results_page(experiment: Experiment, pretrained: dict, cells: Cells, choices
         if table:
             parts += ["", f"## {title}", "", table]
     comparisons = label_free_comparisons(experiment, cells)
-    parts += ["", "## Where a label-free method does not beat zero-shot or FLYP + pseudo-labels", ""]
-    parts += comparisons or ["Every label-free method beats both baselines on every shift measured."]
+    parts += ["", "## Where a label-free method does not beat zero-shot or FLYP + pseudo-labels (mean over seeds)", ""]
+    trained = [e.label for e in experiment.methods if get_method(e.method).trains and not get_method(e.method).reads_train_labels]
+    if not trained:
+        comparisons = ["No label-free method that trains was run."]
+    parts += comparisons or [f"{', '.join(trained)}: each beats zero-shot and FLYP + pseudo-labels on every shift measured."]
     parts += ["", "## Every run", "", "| shift | method | seed | top-1 % | steps | seconds |", "|---|---|---|---|---|---|"]
     for entry in experiment.methods:
         for shift in experiment.shifts:

@@ -112,7 +112,7 @@ def test_benchmark_slice_writes_the_results_page(tmp_path):
             "--output", str(tmp_path / "runs"), "--out", str(out)]
     assert benchmark.main(argv) == 0
     page = out.read_text()
-    assert "benchmarks/domain_shift.py --config" in page and "torch threads" in page
+    assert "benchmarks/domain_shift.py --config" in page and "torch threads: 1" in page
     assert "| method | tint |" in page and " ± " in page  # two seeds: mean ± std
     assert '| tint | FLYP + pseudo-labels | {"lr": 1e-05}: ' in page
     assert "| tint | CLIP zero-shot | 1 |" in page

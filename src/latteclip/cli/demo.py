@@ -22,7 +22,7 @@ def _demo_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="folder for the demo's runs and summary (default: runs/demo)")
     parser.add_argument("--root", help="'bundled' (default) or a folder with the Fashion-MNIST IDX files for the full set")
     parser.add_argument("--shifts", help="comma-separated target shifts, e.g. blur-noise,rotation,tint")
-    parser.add_argument("--threads", type=int, help="torch threads (default: one per core; 1 is faster on a machine busy with other jobs)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: one per idle core, from the load average)")
 
 
 @_demo_parser
@@ -57,11 +57,12 @@ def run_demo(args: argparse.Namespace) -> int:
         missing = [stage for stage in entry.needs if not runnable.get(stage, False)]
         if missing:
             raise LatteclipError(f"{experiment.source}: method entry '{entry.name}' needs stage(s) {', '.join(missing)}, which the demo cannot run yet")
-    use_threads(experiment.threads)
+    threads = use_threads(experiment.threads)
     started = time.time()
     stages = 1 + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
     stage = 1
 
+    print(f"demo: {stages - 1} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in {experiment.output}", flush=True)
     print(f"[{stage}/{stages}] pre-training {experiment.model} with labels on the clean source domain (cached after the first demo)", flush=True)
     source = pretrain_source(experiment)
     how = "reused from the cache" if source.cached else "trained now"
@@ -96,7 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "quick": bool(args.quick),
         "pretrained": source.summary,
         "cells": {f"{name}|{shift}": runs for (name, shift), runs in cells.items()},
-        "machine": machine_description(experiment.threads),
+        "machine": machine_description(),
         "seconds": time.time() - started,
     }
     (experiment.output / "demo.json").write_text(json.dumps(summary, indent=1))
