@@ -53,3 +53,36 @@ def eurosat_folder(tmp_path_factory, eurosat_zip) -> Path:
     (root / "split_zhou_EuroSAT.json").write_text(json.dumps(keep))
     shutil.copystat(EUROSAT_DIR, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, eurosat_zip) -> dict[str, Path]:
+    """A real flyp_pl run (latte-tiny, random weights, 40 EuroSAT images, 8 steps) and its zeroshot run.
+
+    Shared by the report, predict and export tests; `--lr 1e-3` so the fine-tuned model differs from zero-shot.
+    """
+    from latteclip.cli import main
+
+    output = tmp_path_factory.mktemp("runs")
+    common = ["--dataset", "eurosat", "--root", str(eurosat_zip), "--model", "latte-tiny", "--pretrained", "random",
+              "--limit", "40", "--workers", "0", "--output", str(output), "--device", "cpu"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LATTECLIP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert main(["train", "--method", "flyp_pl", "--name", "flyp", "--max-steps", "8", "--batch-size", "16", "--lr", "1e-3",
+                     "--warmup-steps", "0", "--eval-every", "4", "--log-every", "1", *common]) == 0
+        assert main(["zeroshot", "--name", "zeroshot", *common]) == 0
+    return {"flyp": output / "flyp", "zeroshot": output / "zeroshot"}
+
+
+@pytest.fixture(scope="session")
+def tiny_test_images(tmp_path_factory, eurosat_zip) -> Path:
+    """The 40 test images the tiny runs are evaluated on, as files in a folder per class key."""
+    from latteclip.data import DatasetOptions, build_dataset
+
+    folder = tmp_path_factory.mktemp("test_images")
+    test_set = build_dataset("eurosat", eurosat_zip, "test", None, DatasetOptions(limit=40))
+    for index, sample in enumerate(test_set.samples):
+        target = folder / test_set.info.class_keys[sample.label] / Path(sample.path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(test_set.read_bytes(index))
+    return folder

@@ -45,6 +45,8 @@ class RunConfig:
     grad_clip: float | None = None
     augment: bool = True
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    grad_checkpointing: bool = False  # recompute activations in backward: large models in less memory
+    compile: bool = False  # torch.compile the image tower and the text transformer (in place)
     # running
     device: str = "auto"
     workers: int = 4

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import types
 import typing
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 from latteclip.errors import LatteclipError
@@ -85,10 +87,11 @@ def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=f"({methods})")
         elif origin in (list, tuple):
-            group.add_argument(flag, dest=dest, type=lambda s: [x.strip() for x in s.split(",") if x.strip()], help=f"comma-separated ({methods})")
-        elif origin is typing.Union or kind in (int, float, str) or isinstance(kind, type):
-            base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if origin is typing.Union else kind
-            group.add_argument(flag, dest=dest, type=base if base in (int, float, str) else str, help=f"({methods})")
+            group.add_argument(flag, dest=dest, metavar="A,B", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], help=f"comma-separated ({methods})")
+        else:  # int, float, str, and optional ones (`str | None` is types.UnionType, `Optional[str]` typing.Union)
+            optional = origin in (typing.Union, types.UnionType)
+            base = next((a for a in typing.get_args(kind) if a is not type(None)), str) if optional else kind
+            group.add_argument(flag, dest=dest, metavar=name.upper(), type=base if base in (int, float, str) else str, help=f"({methods})")
 
 
 def config_from_args(args: argparse.Namespace, **fixed: Any):
@@ -102,6 +105,8 @@ def config_from_args(args: argparse.Namespace, **fixed: Any):
     config = resolve_config(values, getattr(args, "config", None))
     if not config.root:
         raise LatteclipError("no dataset root: pass --root DIR (or set root: in the --config file)")
+    if Path(config.root).exists():
+        config.root = str(Path(config.root).resolve())  # the run folder stays usable from any directory
     return config
 
 
@@ -118,6 +123,9 @@ def print_summary(results: dict) -> None:
 # Modules that register subcommands with @command; a new command is one module and one line here.
 COMMAND_MODULES = [
     "latteclip.cli.train",
+    "latteclip.cli.predict",
+    "latteclip.cli.export",
+    "latteclip.cli.report",
     "latteclip.cli.pretrain",
     "latteclip.cli.demo",
 ]
@@ -144,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except LatteclipError as err:

@@ -34,6 +34,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grad-clip", dest="grad_clip", type=float)
     group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
     group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    group.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_true", default=None)
+    group.add_argument("--compile", action="store_true", default=None, help="torch.compile the towers (GPU)")
     group.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate on test every N steps (0: only at the end)")
     group.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
     group.add_argument("--log-every", dest="log_every", type=int)
@@ -45,16 +47,44 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 @command("train", "fine-tune (or evaluate zero-shot) with a method; writes a run folder")
 def _train_parser(parser):
     _train_args(parser)
+    parser.add_argument("--nproc", type=int, help="processes on this machine (one per GPU); same as torchrun --nproc-per-node N")
+
+
+def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run this same command under torchrun with `nproc` processes (single machine)."""
+    import os
+    import subprocess
+    import sys
+
+    cleaned, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            cleaned.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "latteclip", *cleaned]
+    return subprocess.call(command, env=os.environ.copy())
 
 
 @_train_parser
 def run_train(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
     from latteclip.engine.trainer import run_training
+
+    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return relaunch_with_torchrun(args.nproc, sys.argv[1:] if args.argv is None else args.argv)
 
     config = config_from_args(args)
     results = run_training(config)
-    print_summary(results)
-    print(f"run folder: {config.run_dir}")
+    from latteclip import distributed
+
+    if distributed.is_main():
+        print_summary(results)
+        print(f"run folder: {config.run_dir}")
     return 0
 
 
@@ -73,7 +103,8 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     ensemble = bool(args.ensemble)
     del args.ensemble
     config = config_from_args(args, method="zeroshot")
-    config.method_options = {"ensemble": ensemble}
+    # zero-shot has one option; other methods' options in a shared --config file do not apply to it
+    config.method_options = {"ensemble": ensemble or bool(config.method_options.get("ensemble", False))}
     results = run_training(config)
     print_summary(results)
     print(f"run folder: {config.run_dir}")
@@ -100,6 +131,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from latteclip.engine.evaluate import accuracy_report
     from latteclip.engine.features import extract_features, predict_labels
     from latteclip.engine.session import method_from_checkpoint, pick_device
+    from latteclip.engine.trainer import autocast_for_precision
 
     payload = load_checkpoint(args.checkpoint)
     if "method" not in payload:
@@ -108,22 +140,26 @@ def run_eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     method = method_from_checkpoint(payload, device)
     loaded = method.loaded
-    options = DatasetOptions(
-        limit=args.limit if args.limit is not None else saved.get("limit"),
-        seed=args.seed if args.seed is not None else saved.get("seed", 0),
-        classnames_file=args.classnames or saved.get("classnames"),
-        templates_file=args.templates or saved.get("templates"),
-        domain=args.domain or saved.get("domain"),
-        split_file=args.split_file or saved.get("split_file"),
-    )
     dataset = args.dataset or saved["dataset"]
     root = args.root or saved["root"]
+    # the training run's data options (limit, split file, names) describe its own dataset only
+    inherited = saved if (dataset, root) == (saved["dataset"], saved["root"]) else {}
+    options = DatasetOptions(
+        limit=args.limit if args.limit is not None else inherited.get("limit"),
+        seed=args.seed if args.seed is not None else saved.get("seed", 0),
+        classnames_file=args.classnames or inherited.get("classnames"),
+        templates_file=args.templates or inherited.get("templates"),
+        domain=args.domain or inherited.get("domain"),
+        split_file=args.split_file or inherited.get("split_file"),
+    )
     test_set = build_dataset(dataset, root, "test", eval_transform(loaded.image_size, loaded.mean, loaded.std), options)
     if test_set.info.num_classes != method.info.num_classes:
         raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has {method.info.num_classes}")
-    with torch.no_grad():
+    # the precision the run evaluated with, so that the accuracy matches its results.json on GPU too
+    with torch.no_grad(), autocast_for_precision(saved.get("precision", "auto"), device):
         features, valid = extract_features(method.encode_images, test_set, device, args.batch_size, args.workers, desc="evaluate")
-        predictions = predict_labels(features, valid, method.classifier())
+        classifier = method.classifier().float()
+    predictions = predict_labels(features, valid, classifier)
     report = accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
     out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset, **report}, indent=1))

@@ -82,8 +82,12 @@ def build_dataset(
         samples = parts["train"]
     else:
         samples = parts[split]
-    if options.limit:
+    if options.limit is not None:
+        if options.limit < 1:
+            raise LatteclipError(f"--limit must be a positive number of images per split, got {options.limit}")
         samples = stratified_subset(samples, options.limit, options.seed)
+    if not samples and split in ("train", "test"):
+        raise LatteclipError(f"dataset {name} under {root} has no {split} images (split: {info.split_source})")
     info = _apply_overrides(info, options)
     return ImageDataset(info, samples, source, split, transform)
 
@@ -197,10 +201,9 @@ def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
     if root.is_file():
         if root.suffix != ".zip":
             raise LatteclipError(f"dataset root {root} is a file but not a .zip archive")
-        source = ZipSource(root, image_dir)
-        if not source.has_prefix():
-            source = ZipSource(root, "")
-        return source, root.parent
+        return ZipSource(root, _zip_image_dir(root, image_dir)), root.parent
+    if image_dir and root.name == image_dir and root.is_dir():  # the image folder itself (e.g. .../2750)
+        return FolderSource(root), root.parent
     for folder in spec["folders"]:
         base = root / folder if folder else root
         if image_dir and (base / image_dir).is_dir():
@@ -212,6 +215,19 @@ def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
                 return _locate(spec, base / archive)
     looked = ", ".join(str((root / f / image_dir) if f else (root / image_dir)) for f in spec["folders"])
     raise LatteclipError(f"no {spec['name']} images found under {root} (looked for {looked})")
+
+
+def _zip_image_dir(archive: Path, image_dir: str) -> str:
+    """The archive's folder of class folders: `image_dir` at any depth (`2750/`, `EuroSAT/2750/`), else a lone top folder."""
+    whole = ZipSource(archive, "")
+    marker = f"/{image_dir}/"
+    if image_dir:
+        for name in whole.list_files():
+            position = f"/{name}".find(marker)
+            if position >= 0:
+                return name[: position + len(image_dir)]
+    top = whole.top_folders()
+    return top[0] if len(top) == 1 else ""
 
 
 def _find_split_file(spec: dict, base: Path, root: Path, options: DatasetOptions) -> Path | None:
@@ -246,6 +262,19 @@ def _read_split_file(path: Path) -> dict:
     return data
 
 
+def _split_entries(data: dict, part: str, split_path: Path) -> list[tuple[str, int, str]]:
+    """The [path, label, class name] entries of one part of a CoOp split file, checked."""
+    entries = []
+    for number, entry in enumerate(data[part]):
+        try:
+            entries.append((str(entry[0]), int(entry[1]), str(entry[2]) if len(entry) > 2 else ""))
+        except (TypeError, ValueError, IndexError, KeyError) as err:
+            raise LatteclipError(
+                f"split file {split_path}: entry {number} of '{part}' ({entry!r}) is not [path, label, class name]"
+            ) from err
+    return entries
+
+
 def _check_present(parts: dict[str, list[Sample]], source: ImageSource, split_path: Path, split: str) -> None:
     wanted = parts["train"] + parts["val"] if split in ("train", "train_only", "val") else parts["test"]
     missing = [s.path for s in wanted if not source.exists(s.path)]
@@ -277,8 +306,7 @@ def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
         parts = {}
         for part in ("train", "val", "test"):
             parts[part] = []
-            for entry in data[part]:
-                path, label, cname = entry[0], int(entry[1]), entry[2]
+            for path, label, cname in _split_entries(data, part, split_path):
                 key = path.split("/")[0] if spec["class_key"] == "folder" else cname
                 if key_of.setdefault(label, key) != key:
                     raise LatteclipError(f"split file {split_path}: label {label} is used for both {key_of[label]} and {key}")
@@ -294,18 +322,18 @@ def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
 
 
 def _scan_class_folders(source: ImageSource) -> tuple[list[str], dict[int, list[str]]]:
-    files = [f for f in source.list_files() if Path(f).suffix.lower() in IMAGE_EXTENSIONS or "." not in Path(f).name]
-    folders = sorted({f.split("/")[0] for f in source.list_files() if "/" in f})
+    """Class keys (sorted folder names) and the images under each; an empty class folder is an error."""
+    folders = source.top_folders()
     if not folders:
         raise LatteclipError(f"{source.location} has no class folders (expected one folder of images per class)")
-    by_class: dict[int, list[str]] = {i: [] for i in range(len(folders))}
     index = {k: i for i, k in enumerate(folders)}
-    for f in files:
+    by_class: dict[int, list[str]] = {i: [] for i in range(len(folders))}
+    for f in source.list_files():
         if "/" in f and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
             by_class[index[f.split("/")[0]]].append(f)
     empty = [folders[i] for i, v in by_class.items() if not v]
     if empty:
-        raise LatteclipError(f"class folder {source.location}/{empty[0]} has no images; remove it or add images")
+        raise LatteclipError(f"class folder {source.location.rstrip('/:')}/{empty[0]} has no images; remove it or add images")
     return folders, by_class
 
 
@@ -317,50 +345,86 @@ def _build_folder(name: str, root: str, split: str, options: DatasetOptions):
     keys, by_class = _scan_class_folders(source)
     parts = _split_or_file(by_class, keys, source, options)
     info = DatasetInfo(path.name or "folder", list(keys), list(keys), list(GENERIC_TEMPLATES), options.domain or "object",
-                       f"seeded 50/20/30 (seed {options.seed})" if not options.split_file else options.split_file)
+                       options.split_file if options.split_file not in (None, "none") else f"seeded 50/20/30 (seed {options.seed})")
     return info, parts, source
 
 
 def _split_or_file(by_class, keys, source, options: DatasetOptions) -> dict[str, list[Sample]]:
-    if options.split_file and options.split_file != "none":
-        data = _read_split_file(Path(options.split_file))
-        parts = {p: [Sample(e[0], int(e[1])) for e in data[p]] for p in ("train", "val", "test")}
-        _check_present(parts, source, Path(options.split_file), "train")
-        _check_present(parts, source, Path(options.split_file), "test")
-        return parts
-    return seeded_split(by_class, options.seed)
+    """The seeded split, or the user's split file with each label taken from the image's class folder."""
+    if not options.split_file or options.split_file == "none":
+        return seeded_split(by_class, options.seed)
+    split_path = Path(options.split_file)
+    if not split_path.is_file():
+        raise LatteclipError(f"split file {split_path} does not exist")
+    data = _read_split_file(split_path)
+    index = {k: i for i, k in enumerate(keys)}
+    parts: dict[str, list[Sample]] = {}
+    for part in ("train", "val", "test"):
+        parts[part] = []
+        for path, _, _ in _split_entries(data, part, split_path):
+            folder = path.split("/")[0]
+            if folder not in index:
+                raise LatteclipError(
+                    f"split file {split_path} names {path}, which is not in a class folder of {source.location}"
+                )
+            parts[part].append(Sample(path, index[folder]))
+    _check_present(parts, source, split_path, "train")
+    _check_present(parts, source, split_path, "test")
+    return parts
+
+
+def _read_csv_rows(path: Path) -> list[list[str]]:
+    """Non-blank rows, stripped, without a `path,label[,split]` header."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [[c.strip() for c in r] for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise LatteclipError(f"CSV file {path} cannot be read as UTF-8 CSV text: {err}") from err
+    if rows and [c.lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise LatteclipError(f"CSV file {path} has no rows")
+    for number, row in enumerate(rows, start=1):
+        if len(row) < 2 or not row[0] or not row[1]:
+            raise LatteclipError(f"CSV file {path}: row {number} ({','.join(row)}) needs path,label")
+    return rows
+
+
+def _label_order(labels: set[str]) -> list[str]:
+    """Class keys in label order: numerically when every label is a whole number (so '10' follows '9')."""
+    if all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
 
 
 def _build_csv(name: str, root: str, split: str, options: DatasetOptions):
     path = Path(root)
     if not path.is_file():
         raise LatteclipError(f"CSV file {root} does not exist (--dataset csv wants --root FILE.csv with path,label rows)")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
-    if not rows:
-        raise LatteclipError(f"CSV file {root} has no rows")
-    bad = [i + 1 for i, r in enumerate(rows) if len(r) < 2]
-    if bad:
-        raise LatteclipError(f"CSV file {root}: row {bad[0]} needs at least path,label")
-    keys = sorted({r[1].strip() for r in rows})
+    rows = _read_csv_rows(path)
+    keys = _label_order({r[1] for r in rows})
     index = {k: i for i, k in enumerate(keys)}
     source = FolderSource(path.parent)
-    missing = [r[0] for r in rows if not source.exists(r[0].strip())]
+    missing = [r[0] for r in rows if not source.exists(r[0])]
     if missing:
         raise LatteclipError(f"CSV file {root} names {len(missing)} missing images (first: {missing[0]}), paths are relative to {path.parent}")
-    if all(len(r) >= 3 and r[2].strip() for r in rows):
+    with_split = [len(r) >= 3 and bool(r[2]) for r in rows]
+    if any(with_split):
+        if not all(with_split):
+            row = with_split.index(False) + 1
+            raise LatteclipError(f"CSV file {root}: row {row} has no split column while others do; give every row train, val or test")
         parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
         for r in rows:
-            part = r[2].strip().lower()
+            part = r[2].lower()
             if part not in parts:
                 raise LatteclipError(f"CSV file {root}: split '{r[2]}' must be train, val or test")
-            parts[part].append(Sample(r[0].strip(), index[r[1].strip()]))
+            parts[part].append(Sample(r[0], index[r[1]]))
+        split_source = f"{path} (split column)"
     else:
         by_class: dict[int, list[str]] = defaultdict(list)
         for r in rows:
-            by_class[index[r[1].strip()]].append(r[0].strip())
+            by_class[index[r[1]]].append(r[0])
         parts = seeded_split(by_class, options.seed)
-    info = DatasetInfo(path.stem, list(keys), list(keys), list(GENERIC_TEMPLATES), options.domain or "object", str(path))
+        split_source = f"seeded 50/20/30 (seed {options.seed})"
+    info = DatasetInfo(path.stem, list(keys), list(keys), list(GENERIC_TEMPLATES), options.domain or "object", split_source)
     return info, parts, source

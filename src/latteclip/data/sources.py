@@ -6,6 +6,8 @@ import os
 import zipfile
 from pathlib import Path
 
+from latteclip.errors import LatteclipError
+
 
 class ImageSource:
     """Reads image files by a path relative to the dataset's image folder."""
@@ -21,6 +23,10 @@ class ImageSource:
     def list_files(self) -> list[str]:
         raise NotImplementedError
 
+    def top_folders(self) -> list[str]:
+        """The folders directly under the image folder, empty ones included (an empty class is an error)."""
+        raise NotImplementedError
+
 
 class FolderSource(ImageSource):
     def __init__(self, folder: Path):
@@ -34,11 +40,16 @@ class FolderSource(ImageSource):
         return (self.folder / relpath).is_file()
 
     def list_files(self) -> list[str]:
-        return sorted(
-            str(p.relative_to(self.folder)).replace(os.sep, "/")
-            for p in self.folder.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        )
+        """Every file below the folder, skipping hidden files and folders (.DS_Store, .ipynb_checkpoints)."""
+        files = []
+        for path in self.folder.rglob("*"):
+            relative = path.relative_to(self.folder)
+            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+                files.append("/".join(relative.parts))
+        return sorted(files)
+
+    def top_folders(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 class ZipSource(ImageSource):
@@ -54,7 +65,10 @@ class ZipSource(ImageSource):
 
     def _zip(self) -> zipfile.ZipFile:
         if self._handle is None or self._pid != os.getpid():
-            self._handle = zipfile.ZipFile(self.archive)
+            try:
+                self._handle = zipfile.ZipFile(self.archive)
+            except (zipfile.BadZipFile, OSError) as err:
+                raise LatteclipError(f"{self.archive} cannot be read as a zip archive ({err}); check the download") from err
             self._pid = os.getpid()
         return self._handle
 
@@ -64,8 +78,12 @@ class ZipSource(ImageSource):
         return state
 
     def _namelist(self) -> set[str]:
+        """The archive's files, without folder entries and hidden files (__MACOSX/, .DS_Store)."""
         if self._names is None:
-            self._names = {n for n in self._zip().namelist() if not n.endswith("/")}
+            self._names = {
+                n for n in self._zip().namelist()
+                if not n.endswith("/") and not n.startswith("__MACOSX/") and "/." not in "/" + n
+            }
         return self._names
 
     def read(self, relpath: str) -> bytes:
@@ -78,5 +96,11 @@ class ZipSource(ImageSource):
         n = len(self.prefix)
         return sorted(name[n:] for name in self._namelist() if name.startswith(self.prefix))
 
-    def has_prefix(self) -> bool:
-        return any(name.startswith(self.prefix) for name in self._namelist())
+    def top_folders(self) -> list[str]:
+        n = len(self.prefix)
+        folders = set()
+        for name in self._zip().namelist():  # folder entries too, so that an empty class folder shows
+            parts = name[n:].split("/") if name.startswith(self.prefix) else []
+            if len(parts) > 1 and parts[0] and not parts[0].startswith("."):
+                folders.add(parts[0])
+        return sorted(folders)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from typing import Callable
 
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from latteclip import distributed
 from latteclip.data import ImageDataset, collate
 from latteclip.paths import atomic_write_bytes, cache_dir
 
@@ -35,7 +37,8 @@ def extract_features(
     """Features [N, d] of every image and a mask of the readable ones (unreadable rows are zero).
 
     With `cache_key` (a description of the frozen weights), the result is stored on disk and the
-    next call with the same weights, samples and transform reads it back instead.
+    next call with the same weights, samples and transform reads it back instead. Under torchrun
+    each rank encodes every W-th image and the shards are gathered, so all ranks get all rows.
     """
     path = None
     if cache_key is not None:
@@ -47,10 +50,15 @@ def extract_features(
                 return saved["features"], saved["valid"]
             except Exception:  # a damaged cache entry is recomputed, never trusted
                 warnings.warn(f"ignoring unreadable feature cache {path}", stacklevel=2)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    shard = list(range(distributed.rank(), len(dataset), distributed.world_size()))
+    # a generator of its own, so that evaluating never draws from the global RNG that training uses
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=shard, num_workers=workers, collate_fn=collate,
+        generator=torch.Generator().manual_seed(0),
+    )
     features: torch.Tensor | None = None
     valid = torch.zeros(len(dataset), dtype=torch.bool)
-    for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
+    for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=not distributed.is_main()):
         if batch["image"] is None:
             continue
         out = encode(batch["image"].to(device, non_blocking=True)).float().cpu()
@@ -60,17 +68,30 @@ def extract_features(
         valid[batch["index"]] = True
     if features is None:
         features = torch.zeros(len(dataset), 1)
-    if path is not None:
-        import io
-
+    if distributed.is_distributed():
+        features, valid = _merge_shards(features, valid, device)
+    if path is not None and distributed.is_main():
         buffer = io.BytesIO()
         torch.save({"features": features, "valid": valid}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
     return features, valid
 
 
+def _merge_shards(features: torch.Tensor, valid: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank filled its own rows; summing over ranks puts all rows everywhere."""
+    width = torch.tensor([features.shape[1]], device=device)
+    width = int(distributed.gather(width).max())
+    full = torch.zeros(features.shape[0], width, device=device)
+    full[:, : features.shape[1]] = features.to(device) if features.shape[1] == width else 0
+    full = distributed.all_reduce_sum(full)
+    counts = distributed.all_reduce_sum(valid.to(device=device, dtype=torch.int32))
+    return full.cpu(), counts.cpu() > 0
+
+
 def predict_labels(features: torch.Tensor, valid: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     """argmax_c <f(x), z_c>; -1 where the image could not be read."""
+    if not bool(valid.any()):  # nothing readable: there are no features to compare
+        return torch.full((len(valid),), -1, dtype=torch.long)
     labels = (features @ classifier.float().cpu().t()).argmax(dim=-1)
     labels[~valid] = -1
     return labels

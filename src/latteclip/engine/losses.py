@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from latteclip.distributed import gather_with_grad
+
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
@@ -15,8 +17,11 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
 
     `logit_scale` is the model's learnable log-temperature; its exponential is clamped at 100.
     Features are used as given (normalise them first); the result is the mean of the
-    image-to-text and text-to-image cross-entropies.
+    image-to-text and text-to-image cross-entropies. Under torchrun the features of every rank
+    are gathered (with gradients) first, so the loss is the one of the global batch.
     """
+    image_features = gather_with_grad(image_features)
+    text_features = gather_with_grad(text_features)
     scale = logit_scale.exp().clamp(max=100.0)
     logits = scale * image_features @ text_features.t()
     targets = torch.arange(logits.shape[0], device=logits.device)

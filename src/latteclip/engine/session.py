@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,8 +20,11 @@ from latteclip.models import LoadedModel, load_clip
 
 
 def pick_device(name: str) -> torch.device:
+    """`auto` is the GPU when there is one; under torchrun each process takes its LOCAL_RANK's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
     return torch.device(name)
 
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from latteclip import distributed
 from latteclip.config import RunConfig, save_config
 from latteclip.data import ImageDataset, collate
 from latteclip.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -30,18 +33,28 @@ from latteclip.engine.schedule import cosine_with_warmup
 from latteclip.engine.session import Session, inference_payload, open_session
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import TrainContext
+from latteclip.paths import atomic_write_bytes
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per record) plus TensorBoard scalars when available."""
+    """metrics.jsonl (one JSON object per record) plus TensorBoard scalars when available; rank 0 only.
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
+    `lines` counts the records written; a checkpoint stores it, and a resumed run keeps exactly
+    that many lines, dropping what the killed run wrote after its last checkpoint (a half-written
+    line, or the final evaluation of a run killed while finishing).
+    """
+
+    def __init__(self, run_dir: Path, resume_step: int | None, resume_lines: int = 0):
+        self.enabled = distributed.is_main()
+        self.lines = resume_lines
+        if not self.enabled:
+            return
         self.path = run_dir / "metrics.jsonl"
+        kept: list[str] = []
         if resume_step is not None and self.path.is_file():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
+            kept = self.path.read_text().splitlines()[:resume_lines]
+        self.path.write_text("".join(ln + "\n" for ln in kept))
+        self.lines = len(kept)
         self.handle = open(self.path, "a")
         try:
             with warnings.catch_warnings():
@@ -52,8 +65,11 @@ class MetricsLog:
             self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
+        self.lines += 1
         if self.tb is not None:
             step = record.get("step", 0)
             for key, value in record.items():
@@ -61,6 +77,8 @@ class MetricsLog:
                     self.tb.add_scalar(key, value, step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.handle.close()
         if self.tb is not None:
             self.tb.close()
@@ -75,25 +93,91 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> l
     return [order[i : i + batch_size] for i in range(0, num_samples - batch_size + 1, batch_size)]
 
 
+def rank_slice(batch: list[int]) -> list[int]:
+    """This rank's contiguous share of a global batch (rank order = global batch order)."""
+    rank, world = distributed.rank(), distributed.world_size()
+    return batch[rank * len(batch) // world : (rank + 1) * len(batch) // world]
+
+
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """Every random generator a method may draw from, saved with the checkpoint."""
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# Settings that may differ between a run and its resumption without changing what is computed.
+RESUME_MAY_CHANGE = {"resume", "workers", "device", "eval_batch_size", "output", "name", "root", "store"}
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """A resumed run must replay the same steps: refuse one whose settings changed."""
+    changed = [k for k in sorted(set(saved) | set(current)) if k not in RESUME_MAY_CHANGE and saved.get(k) != current.get(k)]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
+        raise LatteclipError(
+            f"cannot resume {run_dir}: it was started with other settings ({diffs}); "
+            f"resume with the same options, or start a new run with another --name"
+        )
+
+
 def autocast_for(config: RunConfig, device: torch.device):
-    if device.type == "cuda" and config.precision in ("auto", "bf16"):
+    return autocast_for_precision(config.precision, device)
+
+
+def autocast_for_precision(precision: str, device: torch.device):
+    """bf16 autocast on GPU for `auto`/`bf16`, fp16 for `fp16`; fp32 on CPU. `eval` uses the run's setting."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cuda" and config.precision == "fp16":
+    if device.type == "cuda" and precision == "fp16":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
 
 
-def build_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
+def scaled_groups(params) -> list[tuple[float, list[torch.Tensor]]]:
+    """A method's `parameters()` as (learning-rate scale, trainable tensors) pairs.
+
+    Methods hand tensors (trained at the base rate) and/or groups {"params": [...], "lr_scale": k}
+    for parts trained at k times the base rate (prompts and adapters beside a fully fine-tuned encoder).
+    """
+    plain: list[torch.Tensor] = []
+    groups: list[tuple[float, list[torch.Tensor]]] = []
+    for entry in params:
+        if isinstance(entry, dict):
+            groups.append((float(entry.get("lr_scale", 1.0)), [p for p in entry["params"] if p.requires_grad]))
+        elif entry.requires_grad:
+            plain.append(entry)
+    if plain or not groups:  # the base-rate tensors come first, as before methods could hand groups
+        groups.insert(0, (1.0, plain))
+    return groups
+
+
+def build_optimizer(groups: list[tuple[float, list[torch.Tensor]]], config: RunConfig) -> torch.optim.Optimizer:
     """AdamW; gains, biases and the logit scale (1-D tensors) get no weight decay, as in OpenCLIP."""
-    params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW(
-        [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": config.weight_decay}],
-        lr=config.lr,
-        betas=tuple(config.betas),
-        eps=config.eps,
-    )
+    param_groups = []
+    for scale, params in groups:
+        param_groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": config.lr * scale})
+        param_groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, "lr": config.lr * scale})
+    return torch.optim.AdamW(param_groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+
+
+def accelerate(model: torch.nn.Module, config: RunConfig) -> None:
+    """Gradient checkpointing and in-place torch.compile (state-dict keys stay those of OpenCLIP)."""
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if config.compile:
+        model.visual.compile()
+        if hasattr(model, "transformer"):
+            model.transformer.compile(dynamic=True)  # token length varies: sequences are cut per step
 
 
 class Trainer:
@@ -105,6 +189,7 @@ class Trainer:
         self.run_dir = self.config.run_dir
         self.unreadable: set[int] = set()
         self.timings: dict[str, float] = {}
+        self.schedule: dict[str, int] | None = None  # the steps actually run, written into results.json
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, test_set: ImageDataset, pristine: bool = False) -> dict:
@@ -125,6 +210,11 @@ class Trainer:
         method.model.train(was_training)
         predictions = predict_labels(features, valid, classifier)
         return accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
+
+    def features_of(self, encode, dataset: ImageDataset, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+        """What `TrainContext.extract_features` calls: a whole split's features with the run's device, batch size and workers."""
+        with torch.no_grad(), autocast_for(self.config, self.device):
+            return extract_features(encode, dataset, self.device, self.config.eval_batch_size, self.config.workers, desc=desc)
 
     def pristine_key(self) -> str:
         loaded = self.session.loaded
@@ -150,13 +240,26 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         last_path = self.run_dir / "last.pt"
         resume_state = load_checkpoint(last_path) if cfg.resume and last_path.is_file() else None
         if cfg.resume and resume_state is None and (self.run_dir / "final.pt").is_file():
             raise LatteclipError(f"run {self.run_dir} already finished (final.pt exists); choose another --name to train again")
-        save_config(cfg, self.run_dir / "config.yaml")
-        log = MetricsLog(self.run_dir, resume_state["step"] if resume_state else None)
+        if resume_state is not None:
+            check_resumable(resume_state["config"], cfg.to_dict(), self.run_dir)
+        elif distributed.is_main():  # a fresh start: outputs of an earlier run in this folder must not be resumed or mistaken for ours
+            for stale in ("last.pt", "final.pt", "results.json"):
+                (self.run_dir / stale).unlink(missing_ok=True)
+        distributed.barrier()
+        if distributed.is_main():
+            save_config(cfg, self.run_dir / "config.yaml")
+        log = MetricsLog(
+            self.run_dir,
+            resume_state["step"] if resume_state else None,
+            resume_state["metrics_lines"] if resume_state else 0,
+        )
         started = time.time()
         test_set = self.session.dataset("test")
         try:
@@ -171,20 +274,30 @@ class Trainer:
         cfg = self.config
         method = self.method
         train_set = self.session.dataset("train", train_time=True)
-        if len(train_set) == 0:
-            raise LatteclipError(f"dataset {cfg.dataset} has no training images under {cfg.root}")
         t0 = time.time()
         zs_labels = self.zero_shot_labels(self.session.dataset("train")) if method.needs_zero_shot_labels else None
         self.timings["zero_shot_labels_s"] = time.time() - t0
-        ctx = TrainContext(train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, log.write)
+        ctx = TrainContext(
+            train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, log.write,
+            extract_features=self.features_of, eval_transform=test_set.transform,
+        )
         t0 = time.time()
         method.setup_training(ctx)
         self.timings["setup_s"] = time.time() - t0
-        params = list(method.parameters())
-        optimizer = build_optimizer(params, cfg)
+        groups = scaled_groups(method.parameters())
+        params = [p for _, group in groups for p in group]
+        optimizer = build_optimizer(groups, cfg)
+        accelerate(method.model, cfg)
+        # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
+        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.precision == "fp16")
         batch_size = min(cfg.batch_size, len(train_set))
+        if batch_size % distributed.world_size():
+            raise LatteclipError(f"--batch-size {batch_size} must be a multiple of the number of processes ({distributed.world_size()})")
         steps_per_epoch = len(epoch_batches(len(train_set), batch_size, cfg.seed, 0))
         total_steps = max(1, min(cfg.max_steps, cfg.epochs * steps_per_epoch))
+        # the warm-up stays short on short runs: at most a tenth of the steps
+        warmup_steps = min(cfg.warmup_steps, total_steps // 10)
+        self.schedule = {"total_steps": total_steps, "warmup_steps": warmup_steps, "steps_per_epoch": steps_per_epoch}
         base_lrs = [group["lr"] for group in optimizer.param_groups]
 
         step = 0
@@ -192,7 +305,8 @@ class Trainer:
             method.model.load_state_dict(resume_state["model"])
             method.load_state_dict(resume_state["method_state"])
             optimizer.load_state_dict(resume_state["optimizer"])
-            torch.set_rng_state(resume_state["torch_rng"])
+            scaler.load_state_dict(resume_state["grad_scaler"])
+            restore_rng_states(resume_state["rng"])
             self.unreadable = set(resume_state.get("unreadable", []))
             step = resume_state["step"]
         elif cfg.eval_every > 0:
@@ -200,12 +314,14 @@ class Trainer:
             log.write({"step": 0, "eval/top1": report["top1"]})
 
         method.model.train()
-        progress = tqdm(total=total_steps, initial=step, desc=f"train {method.name}", unit="step", dynamic_ncols=True)
+        progress = tqdm(
+            total=total_steps, initial=step, desc=f"train {method.name}", unit="step", dynamic_ncols=True, disable=not distributed.is_main()
+        )
         last_loss = math.nan
         while step < total_steps:
             epoch, position = divmod(step, steps_per_epoch)
             train_set.epoch = epoch
-            batches = epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[position:]
+            batches = [rank_slice(b) for b in epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[position:]]
             loader = DataLoader(
                 train_set,
                 batch_sampler=batches,
@@ -213,42 +329,50 @@ class Trainer:
                 collate_fn=collate,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=False,
+                # its own generator: creating a loader must not draw from the global RNG that methods use
+                generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch),
             )
             for batch in loader:
                 if step >= total_steps:
                     break
                 self.note_unreadable(batch["skipped"], train_set)
-                scale = cosine_with_warmup(step, total_steps, min(cfg.warmup_steps, total_steps // 10))
+                scale = cosine_with_warmup(step, total_steps, warmup_steps)
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * scale
-                if batch["image"] is not None and len(batch["index"]) > 1:
+                if batch["image"] is not None:
                     batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
                     with autocast_for(cfg, self.device):
                         result = method.training_step(batch, step)
                     optimizer.zero_grad(set_to_none=True)
-                    result.loss.backward()
+                    scaler.scale(result.loss).backward()
+                    distributed.average_gradients(params)
                     if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     with torch.no_grad():
                         method.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
                     method.after_optimizer_step(batch, result, step)
                     last_loss = result.loss.item()
-                    record = {"step": step + 1, "epoch": epoch, "lr": optimizer.param_groups[-1]["lr"], **result.metrics}
+                    record = {"step": step + 1, "epoch": epoch, "lr": cfg.lr * scale, **result.metrics}
                     if result.pseudo_labels is not None:
                         # analysis only: reads the true labels of the batch, never fed back to training
                         record["analysis/pseudo_label_acc"] = (result.pseudo_labels == batch["label"]).float().mean().item()
-                    if (step + 1) % cfg.log_every == 0 or step == 0:
+                    if step == 0 or (cfg.log_every > 0 and (step + 1) % cfg.log_every == 0):
                         log.write(record)
                 step += 1
                 progress.update(1)
-                progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}")
+                progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{cfg.lr * scale:.2e}")
                 if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
                     report = self.evaluate(test_set)
                     log.write({"step": step, "eval/top1": report["top1"]})
-                if step % cfg.checkpoint_every == 0 or step == total_steps:
-                    self.save_last(step, optimizer)
+                if step == total_steps or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0):
+                    self.save_last(step, optimizer, scaler, log)
         progress.close()
+        method.model.eval()
+        if distributed.is_main():
+            method.finish_training()
         report = self.evaluate(test_set)
         log.write({"step": step, "eval/top1": report["top1"]})
         return self.finish(report, log, steps=step, started=started)
@@ -259,7 +383,9 @@ class Trainer:
                 self.unreadable.add(index)
                 warnings.warn(f"unreadable training image skipped: {dataset.samples[index].path}", stacklevel=2)
 
-    def save_last(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+    def save_last(self, step: int, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, log: MetricsLog) -> None:
+        if not distributed.is_main():
+            return
         save_checkpoint(
             self.run_dir / "last.pt",
             {
@@ -267,7 +393,9 @@ class Trainer:
                 "model": self.method.model.state_dict(),
                 "method_state": self.method.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
+                "grad_scaler": scaler.state_dict(),
+                "rng": rng_states(self.device),
+                "metrics_lines": log.lines,
                 "unreadable": sorted(self.unreadable),
                 "config": self.config.to_dict(),
             },
@@ -285,17 +413,26 @@ class Trainer:
             "pretrained": cfg.pretrained,
             "seed": cfg.seed,
             "steps": steps,
+            "world_size": distributed.world_size(),
+            "reads_train_labels": self.method.reads_train_labels,
             "top1": report["top1"],
             "test": report,
             "unreadable_train_images": len(self.unreadable),
             "unreadable_test_images": report["unreadable"],
+            "schedule": self.schedule,
             "timings": self.timings,
         }
         payload["results"] = {"top1": report["top1"], "steps": steps}
-        save_checkpoint(self.run_dir / "final.pt", payload)
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        if distributed.is_main():
+            save_checkpoint(self.run_dir / "final.pt", payload)
+            atomic_write_bytes(self.run_dir / "results.json", json.dumps(results, indent=1).encode())
+        distributed.barrier()
         return results
 
 
 def run_training(config: RunConfig) -> dict:
+    """Train (or evaluate) one run; under torchrun every process calls this and rank 0 writes."""
+    from latteclip.engine.session import pick_device
+
+    distributed.init_from_environment(pick_device(config.device).type)
     return Trainer(open_session(config)).run()

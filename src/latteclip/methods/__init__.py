@@ -12,6 +12,10 @@ REGISTRY: dict[str, str] = {
     "zeroshot": "latteclip.methods.zeroshot:ZeroShot",
     "flyp_pl": "latteclip.methods.flyp:FlypPseudoLabels",
     "oracle": "latteclip.methods.flyp:SupervisedOracle",
+    "latteclip": "latteclip.methods.latteclip:LatteCLIP",
+    "reclip": "latteclip.methods.reclip:Reclip",
+    "coft": "latteclip.methods.coft:Coft",
+    "coft_plus": "latteclip.methods.coft:CoftPlus",
     "pretrain": "latteclip.methods.pretrain:ContrastivePretraining",
 }
 

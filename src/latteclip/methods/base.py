@@ -33,8 +33,10 @@ class TrainContext:
     seed: int
     store: str | None = None
     log: Callable[[dict[str, Any]], None] = field(default=lambda record: None)
-    # the engine's feature extractor: (dataset, image encoder) -> [N, d] features, cached when possible
-    extract_features: Callable[..., torch.Tensor] | None = None
+    eval_transform: Callable | None = None  # the evaluation transform, for passes over training images
+    # the engine's feature extractor: (image encoder, dataset, desc=...) -> (features [N, d], readable mask [N]),
+    # run without gradients on the run's device with its evaluation batch size and workers
+    extract_features: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -51,6 +53,8 @@ class Method:
     trains: ClassVar[bool] = True
     reads_train_labels: ClassVar[bool] = False  # only the supervised oracle
     needs_zero_shot_labels: ClassVar[bool] = False
+    # False when predictions use more than normalize(model.encode_image) and class weights (adapters, projections)
+    exportable_to_open_clip: ClassVar[bool] = True
 
     def __init__(self, loaded: LoadedModel, info: DatasetInfo, options: Any, device: torch.device):
         self.loaded = loaded
@@ -64,8 +68,11 @@ class Method:
     def setup_training(self, ctx: TrainContext) -> None:
         self.ctx = ctx
 
-    def parameters(self) -> Iterable[torch.nn.Parameter]:
-        """What the optimizer trains; by default the whole CLIP model (both towers)."""
+    def parameters(self) -> Iterable[torch.nn.Parameter | dict]:
+        """What the optimizer trains; by default the whole CLIP model (both towers).
+
+        Entries may also be groups {"params": [...], "lr_scale": k}, trained at k times the base rate.
+        """
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def training_step(self, batch: dict, step: int) -> StepResult:
@@ -73,6 +80,9 @@ class Method:
 
     def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:
         """State updates that follow the weights (momentum, EMA encoders, queues)."""
+
+    def finish_training(self) -> None:
+        """Write the method's own artefacts into the run folder (for the report) after the last step."""
 
     # --- inference ------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

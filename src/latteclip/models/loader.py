@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ class LoadedModel:
     image_size: int
     mean: tuple
     std: tuple
+    init_digest: str = ""  # random weights depend on the seed: a digest of them tells runs apart
 
     @property
     def weights_id(self) -> str:
@@ -42,14 +46,37 @@ class LoadedModel:
         if self.pretrained and path.is_file():
             stat = path.stat()
             return f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
-        return self.pretrained or "random"
+        if self.init_digest:
+            return f"random:{self.init_digest}"
+        return self.pretrained
 
 
-def _offline_hint(model_name: str, pretrained: str, err: Exception) -> LatteclipError:
+def _parameters_digest(model: torch.nn.Module, tensors: int = 4) -> str:
+    """A digest of the first few parameter tensors: enough to tell two random initialisations apart."""
+    digest = hashlib.sha1()
+    for _, value in zip(range(tensors), model.state_dict().values()):
+        digest.update(value.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _fetch_error(model_name: str, pretrained: str, err: Exception, online: bool) -> LatteclipError:
+    reason = "no network was reached" if not online else f"the download failed ({type(err).__name__}: {_first_line(err)})"
     return LatteclipError(
-        f"could not fetch weights for {model_name} '{pretrained}': no network was reached ({type(err).__name__}). "
+        f"could not fetch weights for {model_name} '{pretrained}': {reason}. "
         f"Download them on a machine with network (e.g. open_clip_pytorch_model.bin from the model's hub page) "
         f"and pass --pretrained /path/to/weights.bin (.pt, .bin or .safetensors)"
+    )
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_fetch_error(err: Exception) -> bool:
+    """Errors of a download (huggingface_hub, requests and urllib each raise their own types)."""
+    return isinstance(err, (OSError, ValueError)) or type(err).__module__.startswith(
+        ("huggingface_hub", "requests", "urllib3", "httpx")
     )
 
 
@@ -62,6 +89,33 @@ def _network_reachable(host: str = "huggingface.co") -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _hub_cache_only():
+    """Offline, let huggingface_hub answer from its local cache at once (weights fetched earlier still load)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # without huggingface_hub, OpenCLIP only reads its own URL cache
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """OpenCLIP logs a failed download at ERROR level; the LatteclipError raised here says it in one line."""
+    saved = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(saved)
+
+
 def load_clip(model_name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Build `model_name` with weights from `pretrained` (tag, file path, or none for random weights)."""
     register_project_configs()
@@ -71,46 +125,38 @@ def load_clip(model_name: str, pretrained: str | None = None, device: str | torc
         raise LatteclipError(
             f"unknown model '{model_name}': use an OpenCLIP name (e.g. ViT-B-32), an hf-hub: id, or latte-tiny"
         )
-    is_file = bool(pretrained) and pretrained.lower() not in RANDOM_WEIGHTS and (
-        os.sep in pretrained or Path(pretrained).suffix in (".pt", ".bin", ".safetensors", ".pth")
-    )
-    if is_file and not Path(pretrained).is_file():
-        raise LatteclipError(f"weights file {pretrained} does not exist")
-    downloads = is_hub or (bool(pretrained) and not is_file and pretrained.lower() not in RANDOM_WEIGHTS)
-    if downloads and not _network_reachable():
-        raise _offline_hint(model_name, pretrained or model_name, OSError("DNS look-up of huggingface.co failed"))
-    try:
-        if is_hub:
-            model = open_clip.create_model(model_name, device=device)
-        elif is_file:
+    is_random = pretrained.lower() in RANDOM_WEIGHTS
+    is_file = not is_random and (os.sep in pretrained or Path(pretrained).suffix in (".pt", ".bin", ".safetensors", ".pth"))
+    if is_file:
+        if not Path(pretrained).is_file():
+            raise LatteclipError(f"weights file {pretrained} does not exist")
+        try:
             model = open_clip.create_model(model_name, pretrained=pretrained, device=device, weights_only=False)
-        elif pretrained.lower() in RANDOM_WEIGHTS:
-            model = open_clip.create_model(model_name, device=device)
-        else:
+        except Exception as err:  # unpickling, safetensors and state-dict errors all mean the same to the user
+            raise LatteclipError(f"weights file {pretrained} cannot be loaded into {model_name}: {_first_line(err)}") from err
+    elif is_random and not is_hub:
+        model = open_clip.create_model(model_name, device=device)
+    else:
+        if not is_hub:
             known = open_clip.list_pretrained_tags_by_model(model_name)
             if pretrained not in known:
                 raise LatteclipError(f"unknown pretrained tag '{pretrained}' for {model_name}; known: {', '.join(known) or 'none'}")
-            model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
-    except LatteclipError:
-        raise
-    except RuntimeError as err:
-        if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
-            raise LatteclipError(f"weights {pretrained} do not fit {model_name}: {str(err).splitlines()[0]}") from err
-        if is_file:
-            raise LatteclipError(f"weights file {pretrained} cannot be loaded: {str(err).splitlines()[0]}") from err
-        raise _offline_hint(model_name, pretrained, err) from err
-    except (OSError, ConnectionError, ValueError) as err:
-        if is_file:
-            raise LatteclipError(f"weights file {pretrained} cannot be loaded: {err}") from err
-        raise _offline_hint(model_name, pretrained, err) from err
-    except Exception as err:  # huggingface_hub raises its own exception types when offline
-        if type(err).__module__.startswith(("huggingface_hub", "requests", "urllib3", "httpx")):
-            raise _offline_hint(model_name, pretrained, err) from err
-        raise
+        online = _network_reachable()
+        try:
+            with _quiet_root_logger(), contextlib.nullcontext() if online else _hub_cache_only():
+                if is_hub:
+                    model = open_clip.create_model(model_name, device=device)
+                else:
+                    model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+        except Exception as err:
+            if online and not _is_fetch_error(err):
+                raise
+            raise _fetch_error(model_name, pretrained or model_name, err, online) from err
     tokenizer = open_clip.get_tokenizer(model_name)
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = model.visual.image_size
     image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
     mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-    return LoadedModel(model, tokenizer, model_name, pretrained, image_size, mean, std)
+    digest = _parameters_digest(model) if is_random and not is_hub else ""
+    return LoadedModel(model, tokenizer, model_name, pretrained, image_size, mean, std, digest)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from latteclip.distributed import all_reduce_sum
+
 
 class PrototypeBank:
     """Class prototypes p_c, initialised from the class text features z_c.
 
     `momentum_update` applies step 7: for each class present, the mean of its prototype-text
     embeddings t_batch,c, then p_c <- (1 - mu) * t_batch,c + mu * p_c. Absent classes keep p_c.
-    Sums and counts are exposed so that several processes can all-reduce them first.
+    Under torchrun the per-class sums and counts are all-reduced first, so every rank applies
+    the same update and the bank stays identical everywhere.
     """
 
     def __init__(self, init: torch.Tensor):
@@ -33,7 +36,7 @@ class PrototypeBank:
     @torch.no_grad()
     def momentum_update(self, embeddings: torch.Tensor, labels: torch.Tensor, mu: float) -> None:
         sums, counts = self.class_sums(embeddings, labels)
-        self.apply_sums(sums, counts, mu)
+        self.apply_sums(all_reduce_sum(sums), all_reduce_sum(counts), mu)
 
     def to(self, device) -> "PrototypeBank":
         self.vectors = self.vectors.to(device)

@@ -1,0 +1,55 @@
+"""Write one benchmark's section of docs/results.md, between markers, leaving the other sections alone.
+
+Every number on that page comes from a script through this function, with the command that
+produced it and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+HEADER = "# Measured results\n\nEvery section below is written by the benchmark script it names; nothing here is typed by hand.\n"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def command_line() -> str:
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(RESULTS.parents[1])
+    except ValueError:
+        pass
+    return "python " + " ".join(shlex.quote(a) for a in [str(script), *sys.argv[1:]])
+
+
+def write_section(name: str, title: str, body: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the section `name` with `body`, headed by the command and the machine."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = f"{start}\n## {title}\n\nCommand: `{command_line()}`  \nMachine: {machine()}\n\n{body.strip()}\n{end}"
+    text = path.read_text() if path.is_file() else HEADER
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        text = before + section + after
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -1,0 +1,108 @@
+"""Several processes, one result: the helpers that keep ranks identical (torchrun, any backend).
+
+Every rank holds the same model and method state. Each takes its slice of the global batch;
+features are gathered with gradients so the contrastive loss is the global-batch loss; gradients
+are averaged; per-class sums are all-reduced before any momentum update. With one process every
+helper is the identity, so single-process code pays nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_environment(device_type: str) -> bool:
+    """Join the process group that torchrun describes in the environment; False when run alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return is_distributed()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def _pad_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Pad to the largest row count over ranks (collectives need equal shapes); returns every rank's count."""
+    counts = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([tensor.shape[0]], device=tensor.device))
+    counts = [int(c) for c in counts]
+    largest = max(counts)
+    if tensor.shape[0] < largest:
+        tensor = torch.cat([tensor, tensor.new_zeros((largest - tensor.shape[0], *tensor.shape[1:]))])
+    return tensor.contiguous(), counts
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows in rank order; gradients flow back to each rank's own rows.
+
+    Ranks may hold different numbers of rows (a skipped unreadable image, a filtered batch).
+    """
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    padded, counts = _pad_rows(tensor)
+    return torch.cat([part[:n] for part, n in zip(all_gather(padded), counts)], dim=0)
+
+
+@torch.no_grad()
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows in rank order, without gradients (rows per rank may differ)."""
+    if not is_distributed():
+        return tensor
+    padded, counts = _pad_rows(tensor)
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)], dim=0)
+
+
+@torch.no_grad()
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+@torch.no_grad()
+def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """Mean of the gradients over ranks, in one flat all-reduce per dtype (no per-tensor calls)."""
+    if not is_distributed():
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    scale = 1.0 / world_size()
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.mul_(scale)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

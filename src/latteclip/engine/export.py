@@ -1,0 +1,149 @@
+"""Export a trained method as plain OpenCLIP weights plus a classifier file, usable without this package.
+
+The folder holds:
+- `open_clip_model.safetensors`: the fine-tuned CLIP state dict, loadable by
+  `open_clip.create_model_and_transforms(arch, pretrained=FILE)`;
+- `open_clip_config.json`: model and preprocessing config, so `local-dir:FOLDER` also works;
+- `<arch>.json` for architectures OpenCLIP does not ship (the project's tiny configs), to register
+  with `open_clip.add_model_config`;
+- `classifier.safetensors`: `class_weights` [C, d] (normalised), `logit_scale` (log of the scale, as
+  in CLIP), class names in the metadata;
+- `README.md`: how to use them.
+Only methods whose predictions are exactly `normalize(model.encode_image(x)) @ class_weights.T`
+can be exported; the others set `exportable_to_open_clip = False` and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from safetensors.torch import save_file
+
+from latteclip.errors import LatteclipError
+from latteclip.methods.base import Method
+
+WEIGHTS_FILE = "open_clip_model.safetensors"
+CLASSIFIER_FILE = "classifier.safetensors"
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+
+
+@dataclass
+class ExportedFiles:
+    folder: Path
+    arch: str
+    weights: Path
+    classifier: Path
+    model_config: Path | None  # set when plain OpenCLIP does not know `arch` by itself
+
+
+def model_config_of(model_name: str) -> dict:
+    """The OpenCLIP model config (embed_dim, vision_cfg, text_cfg) the model was built from."""
+    if model_name.startswith("hf-hub:"):
+        from open_clip.factory import _get_hf_config  # the hub's open_clip_config.json, read from the local cache
+
+        return _get_hf_config(model_name[len("hf-hub:") :])["model_cfg"]
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        raise LatteclipError(f"OpenCLIP has no config for model '{model_name}'; cannot export it")
+    return config
+
+
+def _builtin_arch(model_name: str) -> bool:
+    """Whether a fresh `import open_clip` knows this name without the project's registered configs."""
+    from importlib import resources
+
+    builtin = Path(str(resources.files("open_clip").joinpath("model_configs")))
+    return (builtin / f"{model_name}.json").is_file()
+
+
+def export_open_clip(method: Method, out: Path) -> ExportedFiles:
+    """Write the fine-tuned weights, the classifier and a README into `out` (created if needed)."""
+    if not method.exportable_to_open_clip:
+        raise LatteclipError(
+            f"method {method.name} changes the image path beyond the OpenCLIP model (adapters or projections), "
+            f"so plain OpenCLIP cannot reproduce it; use `latteclip predict` with the checkpoint instead"
+        )
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LatteclipError(f"--out {out} is a file: pass a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = method.loaded
+    model_name = loaded.model_name
+    arch = model_name.replace("/", "-")
+    state = {key: value.detach().cpu().contiguous().clone() for key, value in method.model.state_dict().items()}
+    weights = out / WEIGHTS_FILE
+    save_file(state, str(weights))
+
+    model_config = model_config_of(model_name)
+    preprocess = {"mean": list(loaded.mean), "std": list(loaded.std), "size": loaded.image_size}
+    (out / OPEN_CLIP_CONFIG_FILE).write_text(json.dumps({"model_cfg": model_config, "preprocess_cfg": preprocess}, indent=1))
+    config_file = None
+    if not model_name.startswith("hf-hub:") and not _builtin_arch(model_name):
+        config_file = out / f"{arch}.json"
+        config_file.write_text(json.dumps(model_config, indent=1))
+
+    with torch.no_grad():
+        class_weights = method.classifier().detach().float().cpu().contiguous()
+        logit_scale = method.model.logit_scale.detach().float().cpu().reshape(1).contiguous()
+    classifier = out / CLASSIFIER_FILE
+    save_file(
+        {"class_weights": class_weights, "logit_scale": logit_scale},
+        str(classifier),
+        metadata={
+            "classnames": json.dumps(method.info.classnames),
+            "class_keys": json.dumps(method.info.class_keys),
+            "dataset": method.info.name,
+            "method": method.name,
+            "model": model_name,
+        },
+    )
+    files = ExportedFiles(out, arch, weights, classifier, config_file)
+    (out / "README.md").write_text(readme_text(files, method, preprocess))
+    return files
+
+
+def readme_text(files: ExportedFiles, method: Method, preprocess: dict) -> str:
+    """Usage with plain `open_clip` and `safetensors` only."""
+    register = (
+        f'open_clip.add_model_config(folder / "{files.model_config.name}")  # {files.arch} is not one of OpenCLIP\'s own configs\n'
+        if files.model_config is not None
+        else ""
+    )
+    arch = files.arch if not method.loaded.model_name.startswith("hf-hub:") else f"local-dir:{files.folder.resolve()}"
+    pretrained = f', pretrained=str(folder / "{files.weights.name}")' if not arch.startswith("local-dir:") else ""
+    return f"""# {files.arch} fine-tuned with latteclip ({method.name}) on {method.info.name}
+
+Plain OpenCLIP weights and a {method.info.num_classes}-class classifier; this package is not needed to use them.
+
+```python
+import json
+from pathlib import Path
+
+import open_clip
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+folder = Path("{files.folder.resolve()}")
+{register}model, _, preprocess = open_clip.create_model_and_transforms(
+    "{arch}"{pretrained}, image_mean={tuple(preprocess["mean"])}, image_std={tuple(preprocess["std"])}
+)
+model.eval()
+with safe_open(str(folder / "{files.classifier.name}"), "pt") as f:
+    class_weights, logit_scale = f.get_tensor("class_weights"), f.get_tensor("logit_scale")
+    classnames = json.loads(f.metadata()["classnames"])
+
+image = preprocess(Image.open("image.jpg").convert("RGB")).unsqueeze(0)
+with torch.no_grad():
+    features = torch.nn.functional.normalize(model.encode_image(image), dim=-1)
+    probs = (logit_scale.exp() * features @ class_weights.T).softmax(dim=-1)
+print(classnames[probs.argmax().item()], probs.max().item())
+```
+
+`open_clip.create_model_and_transforms("local-dir:{files.folder.resolve()}")` also works: it reads
+`{OPEN_CLIP_CONFIG_FILE}` (model and preprocessing) and `{files.weights.name}` from the folder.
+"""

@@ -1,0 +1,97 @@
+"""Top-k class predictions of a trained method for image files, the engine side of `latteclip predict`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from latteclip.data import CorruptImage, collate
+from latteclip.data.datasets import decode_image
+from latteclip.data.registry import IMAGE_EXTENSIONS
+from latteclip.data.transforms import eval_transform
+from latteclip.errors import LatteclipError
+from latteclip.methods.base import Method
+
+
+def collect_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as named (any extension), and the image files under each folder (recursive, sorted)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+        else:
+            raise LatteclipError(f"{raw} does not exist: pass image files or folders of images")
+    if not found:
+        raise LatteclipError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {', '.join(map(str, paths))}")
+    return found
+
+
+class ImageFiles(Dataset):
+    """Image files with the evaluation transform; unreadable ones come back marked, as in the datasets."""
+
+    def __init__(self, files: Sequence[Path], transform: Callable):
+        self.files = list(files)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            image = decode_image(self.files[index].read_bytes(), str(self.files[index]))
+        except (CorruptImage, OSError):
+            return {"index": index, "corrupt": True}
+        return {"image": self.transform(image), "label": -1, "index": index}
+
+
+@dataclass
+class Prediction:
+    path: Path
+    classes: list[str]  # best first; empty when the file could not be read
+    scores: list[float]  # softmax over all classes of logit_scale * cosine, best first
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.classes)
+
+
+def class_probabilities(image_features: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's class probabilities: softmax over classes of the scaled cosine similarities."""
+    return (logit_scale.exp() * image_features.float() @ classifier.float().t()).softmax(dim=-1)
+
+
+@torch.no_grad()
+def predict_files(
+    method: Method,
+    files: Sequence[Path],
+    top_k: int = 5,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> list[Prediction]:
+    """Top-k classes of each file, in the order given; unreadable files get an empty prediction."""
+    loaded = method.loaded
+    data = ImageFiles(files, eval_transform(loaded.image_size, loaded.mean, loaded.std))
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    classifier = method.classifier().float()
+    k = min(top_k, method.info.num_classes)
+    names = method.info.classnames
+    results = [Prediction(path, [], []) for path in data.files]
+    method.model.eval()
+    for batch in tqdm(loader, desc="predict", unit="batch", leave=False, disable=len(loader) < 2):
+        if batch["image"] is None:
+            continue
+        features = method.encode_images(batch["image"].to(method.device))
+        probs = class_probabilities(features, classifier, method.model.logit_scale).cpu()
+        top = probs.topk(k, dim=-1)
+        for row, index in enumerate(batch["index"].tolist()):
+            results[index].classes = [names[c] for c in top.indices[row].tolist()]
+            results[index].scores = top.values[row].tolist()
+    return results

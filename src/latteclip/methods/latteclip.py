@@ -1,0 +1,252 @@
+"""LatteCLIP (method.md 1.3): class prototypes learnt from noisy synthetic texts.
+
+Per step, for each pseudo-label kind k in {zs, ft}: the texts of each image (class text of its
+label, its image description, its group description) are mixed with weights from the Dynamic
+Feature Mixer (Eq. 1), blended with the label's prototype (Eq. 2), and contrasted with the image
+(Eq. 3). After the optimizer step, the prototypes of the classes in the batch move towards the
+mean of their prototype-text embeddings (momentum mu).
+
+The paper's equations are followed where the authors' code differs (see method.md): the
+momentum rule is explicit, the mixer weights each text (row), and L_ft is its own switch.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from latteclip.describe.store import DescriptionStore, image_key
+from latteclip.engine.losses import contrastive_loss
+from latteclip.errors import LatteclipError
+from latteclip.methods.base import Method, StepResult, TrainContext
+from latteclip.models import PrototypeBank, class_text_features, encode_texts
+
+TEXT_KINDS = ("class", "image", "group")
+MIXER_EPS = 1e-6
+
+
+def mixer_weights(text_features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Eq. (1): top-1 minus top-2 cosine of each text to the prototypes, [N]; no gradient flows.
+
+    A text close to one class and far from the others is trusted; one between two classes is not.
+    """
+    with torch.no_grad():
+        cos = F.normalize(text_features.float(), dim=-1) @ F.normalize(prototypes.float(), dim=-1).t()
+        if cos.shape[1] < 2:
+            return torch.ones(cos.shape[0], device=cos.device)
+        top2 = cos.topk(2, dim=-1).values
+        return top2[:, 0] - top2[:, 1]
+
+
+def prototype_text_embedding(
+    text_features: torch.Tensor,
+    label_prototypes: torch.Tensor,
+    prototypes: torch.Tensor,
+    alpha: float,
+    use_mixer: bool = True,
+) -> torch.Tensor:
+    """Eq. (2): t = (1 - alpha) * sum_T w(T) e(T) / sum_T w(T) + alpha * p_c, [B, d].
+
+    text_features [B, K, d] are the K normalised texts of each sample; label_prototypes [B, d] are
+    p_c of each sample's pseudo-label. Each weight gets 1e-6 so that a sample whose texts all tie
+    (weight 0) falls back to the plain mean instead of dividing by zero. Mixer off: all weights 1.
+    """
+    batch, k, dim = text_features.shape
+    if use_mixer:
+        weights = mixer_weights(text_features.reshape(batch * k, dim), prototypes).view(batch, k) + MIXER_EPS
+    else:
+        weights = torch.ones(batch, k, device=text_features.device)
+    weights = weights.to(text_features.dtype)
+    mixed = (weights.unsqueeze(-1) * text_features).sum(dim=1) / weights.sum(dim=1, keepdim=True)
+    return (1.0 - alpha) * mixed + alpha * label_prototypes.to(text_features.dtype)
+
+
+@dataclass
+class LatteCLIPOptions:
+    texts: list[str] = field(default_factory=lambda: list(TEXT_KINDS))  # any non-empty subset of class,image,group
+    mixer: bool = True  # Dynamic Feature Mixer; off = every text weighs 1
+    loss_zs: bool = True  # L_con(u, t_zs)
+    loss_ft: bool = True  # L_con(u, t_ft)
+    momentum: bool = True  # off = mu 0: the prototype is replaced by t_batch
+    alpha: float = 0.99
+    mu: float = 0.99
+    describer_model: str | None = None  # read descriptions of this LMM only (default: the newest per image)
+    missing_descriptions: str = "error"  # or "class": use the class text where a description is missing
+    fast_text: bool = True  # encode each distinct text once, tokens cut to the longest (exact); off = reference cost
+    gallery_size: int = 12  # training images shown with their texts and weights in the report
+
+
+class LatteCLIP(Method):
+    name = "latteclip"
+    Options = LatteCLIPOptions
+    needs_zero_shot_labels = True
+
+    def __init__(self, loaded, info, options: LatteCLIPOptions, device):
+        super().__init__(loaded, info, options, device)
+        unknown = [t for t in options.texts if t not in TEXT_KINDS]
+        if not options.texts or unknown:
+            raise LatteclipError(f"--texts must be a non-empty subset of {','.join(TEXT_KINDS)} (got {','.join(options.texts)})")
+        if not (options.loss_zs or options.loss_ft):
+            raise LatteclipError("LatteCLIP needs at least one of its losses: drop --no-loss-zs or --no-loss-ft")
+        if options.missing_descriptions not in ("error", "class"):
+            raise LatteclipError("--missing-descriptions must be 'error' or 'class'")
+        self.bank: PrototypeBank | None = None
+        self.label_kinds = [k for k, on in (("zs", options.loss_zs), ("ft", options.loss_ft)) if on]
+
+    @property
+    def mu(self) -> float:
+        return self.options.mu if self.options.momentum else 0.0
+
+    # --- set-up -------------------------------------------------------------------------------
+    def setup_training(self, ctx: TrainContext) -> None:
+        super().setup_training(ctx)
+        self.bank = PrototypeBank(self.zero_shot_classifier()).to(self.device)
+        self.zs_labels = ctx.zero_shot_labels.to(self.device)
+        self.class_texts = self.info.class_texts()
+        self.descriptions = {kind: self.load_descriptions(kind, ctx) for kind in ("image", "group") if kind in self.options.texts}
+
+    def zero_shot_classifier(self) -> torch.Tensor:
+        return class_text_features(self.model, self.tokens, self.info.classnames, self.info.templates[:1], self.device)
+
+    def load_descriptions(self, kind: str, ctx: TrainContext) -> list[str | None]:
+        dataset = ctx.train_set
+        store = DescriptionStore(ctx.store)
+        try:
+            hashes = [image_key(dataset.read_bytes(i)) for i in range(len(dataset))]
+            texts = store.get_texts(hashes, kind, model=self.options.describer_model)
+        finally:
+            store.close()
+        missing = sum(t is None for t in texts)
+        if missing and self.options.missing_descriptions == "error":
+            raise LatteclipError(
+                f"{missing} of {len(texts)} training images have no {kind} description in {store.path}; "
+                f"generate them with `latteclip describe --dataset {self.info.name} --root ROOT --store {store.path} "
+                f"--lmm openai --lmm-url URL` (or --lmm offline), or pass --missing-descriptions class to use class texts"
+            )
+        ctx.log({"step": 0, f"descriptions/{kind}_missing": missing})
+        return texts
+
+    # --- one step -----------------------------------------------------------------------------
+    def description(self, kind: str, index: int) -> str:
+        """An image's description of `kind`, or (when allowed) its zero-shot class text if it has none."""
+        text = self.descriptions[kind][index]
+        return text if text is not None else self.class_texts[int(self.zs_labels[index])]
+
+    def sample_texts(self, index: int, label: int) -> list[str]:
+        """The texts of one image for one pseudo-label, in the order of options.texts."""
+        return [self.class_texts[label] if kind == "class" else self.description(kind, index) for kind in self.options.texts]
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Fast: each distinct text once, tokens cut to the longest. Reference: every text, 77 tokens."""
+        if self.options.fast_text:
+            return encode_texts(self.model, self.tokens, texts, self.device)
+        tokens = self.loaded.tokenizer(texts).to(self.device)
+        return F.normalize(self.model.encode_text(tokens), dim=-1)
+
+    def step_text_features(self, indices: list[int], labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """[B, K, d] text features per label kind; the image and group texts are shared by both kinds."""
+        slots: dict[str, list[str]] = {}
+        for kind in self.label_kinds:
+            if "class" in self.options.texts:
+                slots[f"class_{kind}"] = [self.class_texts[c] for c in labels[kind].tolist()]
+        for kind in ("image", "group"):
+            if kind in self.options.texts:
+                slots[kind] = [self.description(kind, i) for i in indices]
+        flat = [text for texts in slots.values() for text in texts]
+        encoded = dict(zip(slots, self.encode(flat).view(len(slots), len(indices), -1)))
+        return {
+            kind: torch.stack([encoded[f"class_{kind}" if t == "class" else t] for t in self.options.texts], dim=1)
+            for kind in self.label_kinds
+        }
+
+    def training_step(self, batch: dict, step: int) -> StepResult:
+        images, indices = batch["image"], batch["index"]
+        u = F.normalize(self.model.encode_image(images), dim=-1)
+        prototypes = self.bank.vectors
+        with torch.no_grad():
+            ft_labels = (u.detach().float() @ F.normalize(prototypes, dim=-1).t()).argmax(dim=-1)
+        labels = {"zs": self.zs_labels[indices], "ft": ft_labels}
+        k = len(self.options.texts)
+        features = self.step_text_features(indices.tolist(), labels)
+
+        loss = u.new_zeros(())
+        metrics: dict[str, float] = {}
+        embeddings, embedding_labels = [], []
+        for kind in self.label_kinds:
+            t = prototype_text_embedding(features[kind], prototypes[labels[kind]], prototypes, self.options.alpha, self.options.mixer)
+            part = contrastive_loss(u, F.normalize(t, dim=-1), self.model.logit_scale)
+            loss = loss + part
+            metrics[f"loss_{kind}"] = part.item()
+            embeddings.append(t.detach())
+            embedding_labels.append(labels[kind])
+        stacked = torch.cat([features[kind].detach() for kind in self.label_kinds])
+        weights = mixer_weights(stacked.reshape(-1, stacked.shape[-1]), prototypes).view(-1, k)
+        for position, kind in enumerate(self.options.texts):
+            metrics[f"mixer/weight_{kind}"] = weights[:, position].mean().item()
+        metrics["loss"] = loss.item()
+        metrics["analysis/pl_agreement"] = (labels["zs"] == labels["ft"]).float().mean().item()
+        return StepResult(
+            loss,
+            metrics,
+            pseudo_labels=ft_labels,
+            state={"embeddings": torch.cat(embeddings), "labels": torch.cat(embedding_labels)},
+        )
+
+    def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:
+        self.bank.momentum_update(result.state["embeddings"], result.state["labels"], self.mu)
+
+    # --- inference and state ------------------------------------------------------------------
+    def classifier(self) -> torch.Tensor:
+        if self.bank is None:
+            return self.zero_shot_classifier()
+        return F.normalize(self.bank.vectors, dim=-1)
+
+    def state_dict(self) -> dict:
+        return {"prototypes": self.bank.state_dict()} if self.bank is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "prototypes" in state:
+            self.bank = PrototypeBank(state["prototypes"]["vectors"]).to(self.device)
+
+    # --- artefacts for the report ----------------------------------------------------------------
+    @torch.no_grad()
+    def finish_training(self) -> None:
+        """Write gallery.json (a few images with texts, weights and both labels) and mixer_weights.json."""
+        dataset = self.ctx.train_set
+        rng = random.Random(self.ctx.seed)
+        valid = [i for i in range(len(dataset)) if int(self.zs_labels[i]) >= 0]
+        picks = sorted(rng.sample(valid, min(len(valid), 512)))
+        prototypes = self.bank.vectors
+        names = self.info.classnames
+        k = len(self.options.texts)
+        texts = [t for i in picks for t in self.sample_texts(i, int(self.zs_labels[i]))]
+        features = self.encode(texts).float()
+        weights = mixer_weights(features, prototypes).view(len(picks), k)
+        distribution = {kind: weights[:, j].tolist() for j, kind in enumerate(self.options.texts)}
+        (self.ctx.run_dir / "mixer_weights.json").write_text(json.dumps(distribution))
+
+        gallery_picks = picks[: self.options.gallery_size]
+        eval_set = dataset.with_transform(self.ctx.eval_transform) if self.ctx.eval_transform else None
+        gallery = []
+        for row, i in enumerate(gallery_picks):
+            ft_label = None
+            if eval_set is not None:
+                item = eval_set[i]
+                if not item.get("corrupt"):
+                    u = F.normalize(self.model.encode_image(item["image"].unsqueeze(0).to(self.device)), dim=-1)
+                    ft_label = int((u.float() @ F.normalize(prototypes, dim=-1).t()).argmax())
+            zs_label = int(self.zs_labels[i])
+            gallery.append(
+                {
+                    "image": dataset.samples[i].path,
+                    "zs_label": names[zs_label],
+                    "ft_label": names[ft_label] if ft_label is not None else None,
+                    "texts": dict(zip(self.options.texts, self.sample_texts(i, zs_label))),
+                    "weights": {kind: weights[row, j].item() for j, kind in enumerate(self.options.texts)},
+                }
+            )
+        (self.ctx.run_dir / "gallery.json").write_text(json.dumps(gallery, indent=1))

@@ -1,0 +1,252 @@
+"""LatteCLIP's equations one by one (hand-computed values), the fast step against the reference
+step, each ablation switch, and a real EuroSAT run whose checkpoint reproduces its accuracy."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latteclip.cli import main
+from latteclip.data import DatasetOptions, build_dataset, collate
+from latteclip.data.transforms import eval_transform
+from latteclip.describe.store import DescriptionStore, image_key
+from latteclip.engine.checkpoint import load_checkpoint
+from latteclip.engine.losses import contrastive_loss
+from latteclip.engine.session import method_from_checkpoint
+from latteclip.methods.base import TrainContext
+from latteclip.methods.latteclip import LatteCLIP, LatteCLIPOptions, mixer_weights, prototype_text_embedding
+from latteclip.models import PrototypeBank, load_clip
+
+EPS = 1e-6
+P = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+
+
+# --- Eq. (1) ----------------------------------------------------------------------------------------
+def test_mixer_weight_is_top1_minus_top2_cosine_for_any_norm():
+    texts = torch.tensor([[1.0, 0.0], [3.0, 4.0], [1.0, 1.0]])
+    # cosines to P: [1, 0, -1] -> 1; [0.6, 0.8, -0.6] -> 0.2; [.707, .707, -.707] -> tie -> 0
+    expected = torch.tensor([1.0, 0.2, 0.0])
+    assert torch.allclose(mixer_weights(texts, P), expected, atol=1e-6)
+    assert torch.allclose(mixer_weights(texts * 7, P * 0.1), expected, atol=1e-6)
+
+
+def test_mixer_weights_carry_no_gradient():
+    texts = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    assert not mixer_weights(texts, P).requires_grad
+
+
+# --- Eq. (2) ----------------------------------------------------------------------------------------
+def test_prototype_text_embedding_by_hand():
+    texts = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]])  # weights 1 and 0.2
+    label_proto = torch.tensor([[0.0, 1.0]])
+    w1, w2 = 1.0 + EPS, 0.2 + EPS
+    mix = [(w1 * 1.0 + w2 * 0.6) / (w1 + w2), (w2 * 0.8) / (w1 + w2)]
+    expected = torch.tensor([[0.5 * mix[0], 0.5 * mix[1] + 0.5]])
+    got = prototype_text_embedding(texts, label_proto, P, alpha=0.5)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_prototype_text_embedding_ties_fall_back_to_the_mean():
+    r = 1 / math.sqrt(2)
+    texts = torch.tensor([[[r, r], [-r, r]]])  # both texts tie between two prototypes: weight 0
+    got = prototype_text_embedding(texts, torch.tensor([[1.0, 0.0]]), P, alpha=0.25)
+    expected = 0.75 * torch.tensor([[0.0, r]]) + 0.25 * torch.tensor([[1.0, 0.0]])
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_prototype_text_embedding_without_mixer_is_the_plain_mean():
+    texts = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]])
+    got = prototype_text_embedding(texts, torch.tensor([[0.0, 1.0]]), P, alpha=0.5, use_mixer=False)
+    assert torch.allclose(got, torch.tensor([[0.5 * 0.8, 0.5 * 0.4 + 0.5]]), atol=1e-6)
+
+
+def test_gradient_flows_to_texts_only_with_weight_one_minus_alpha():
+    texts = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]], requires_grad=True)
+    t = prototype_text_embedding(texts, torch.tensor([[0.0, 1.0]]), P, alpha=0.9, use_mixer=False)
+    t.sum().backward()
+    assert torch.allclose(texts.grad, torch.full_like(texts, 0.1 / 2))
+
+
+# --- momentum (step 7) ----------------------------------------------------------------------------
+def test_momentum_update_means_per_class_and_keeps_absent_classes():
+    bank = PrototypeBank(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    bank.momentum_update(torch.tensor([[0.0, 2.0], [0.0, 4.0], [2.0, 0.0]]), torch.tensor([1, 1, 0]), mu=0.5)
+    assert torch.allclose(bank.vectors, torch.tensor([[1.5, 0.0], [0.0, 2.0], [1.0, 1.0]]))
+
+
+def test_momentum_update_single_class_batch_and_mu_zero_replaces():
+    bank = PrototypeBank(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    bank.momentum_update(torch.tensor([[2.0, 2.0], [4.0, 0.0]]), torch.tensor([0, 0]), mu=0.0)
+    assert torch.allclose(bank.vectors, torch.tensor([[3.0, 1.0], [0.0, 1.0]]))
+    bank.momentum_update(torch.tensor([[0.0, 3.0]]), torch.tensor([0]), mu=0.99)
+    assert torch.allclose(bank.vectors[0], torch.tensor([0.99 * 3.0, 0.01 * 3.0 + 0.99 * 1.0]))
+
+
+# --- the step on a real batch ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def eurosat_batch(tmp_path_factory):
+    from tests.conftest import EUROSAT_ZIP
+
+    loaded = load_clip("latte-tiny", "random")
+    train = build_dataset(
+        "eurosat", EUROSAT_ZIP, "train", eval_transform(loaded.image_size, loaded.mean, loaded.std), DatasetOptions(limit=20)
+    )
+    store_path = tmp_path_factory.mktemp("store") / "descriptions.sqlite"
+    store = DescriptionStore(store_path)
+    for i, sample in enumerate(train.samples):
+        key = image_key(train.read_bytes(i))
+        name = train.info.classnames[sample.label]
+        store.put(key, "image", "p", "test", "m", f"a satellite tile of {name}, item {i % 5}")
+        store.put(key, "group", "g", "test", "m", f"all tiles show {name.split()[0]}")
+    store.close()
+    zs = torch.arange(len(train)) % train.info.num_classes
+    batch = collate([train[i] for i in range(12)])
+    return loaded, train, store_path, zs, batch
+
+
+def make_method(eurosat_batch, tmp_path, **options) -> LatteCLIP:
+    loaded, train, store_path, zs, _ = eurosat_batch
+    method = LatteCLIP(loaded, train.info, LatteCLIPOptions(**options), torch.device("cpu"))
+    method.setup_training(TrainContext(train, zs, tmp_path, 0, str(store_path)))
+    return method
+
+
+def expected_embeddings(method: LatteCLIP, batch: dict, ft_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (2) recomputed from scratch: full-length OpenCLIP text features, texts read from the store."""
+    model, tok = method.model, method.loaded.tokenizer
+    opts = method.options
+    prototypes = method.bank.vectors
+    out, labels = [], []
+    kinds = {"zs": method.zs_labels[batch["index"]], "ft": ft_labels}
+    for kind, on in (("zs", opts.loss_zs), ("ft", opts.loss_ft)):
+        if not on:
+            continue
+        rows = []
+        for i, c in zip(batch["index"].tolist(), kinds[kind].tolist()):
+            texts = [method.class_texts[c] if t == "class" else method.descriptions[t][i] for t in opts.texts]
+            e = F.normalize(model.encode_text(tok(texts)), dim=-1)
+            w = mixer_weights(e, prototypes) + EPS if opts.mixer else torch.ones(len(texts))
+            mix = (w[:, None] * e).sum(0) / w.sum()
+            rows.append((1 - opts.alpha) * mix + opts.alpha * prototypes[c])
+        out.append(torch.stack(rows))
+        labels.append(kinds[kind])
+    return torch.cat(out), torch.cat(labels)
+
+
+ABLATIONS = [
+    {},
+    {"texts": ["class"]},
+    {"texts": ["image", "group"]},
+    {"texts": ["class", "group"]},
+    {"mixer": False},
+    {"loss_zs": False},
+    {"loss_ft": False},
+    {"alpha": 0.5},
+]
+
+
+@pytest.mark.parametrize("options", ABLATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_each_switch_changes_exactly_what_it_names(eurosat_batch, tmp_path, options):
+    method = make_method(eurosat_batch, tmp_path, **options)
+    batch = eurosat_batch[4]
+    result = method.training_step(batch, 0)
+    want_t, want_labels = expected_embeddings(method, batch, result.pseudo_labels)
+    assert torch.allclose(result.state["embeddings"], want_t.detach(), atol=1e-5)
+    assert torch.equal(result.state["labels"], want_labels)
+    u = F.normalize(method.model.encode_image(batch["image"]), dim=-1)
+    b = len(batch["index"])
+    parts = [contrastive_loss(u, F.normalize(want_t[j * b : (j + 1) * b], dim=-1), method.model.logit_scale) for j in range(len(want_t) // b)]
+    assert result.loss.item() == pytest.approx(sum(p.item() for p in parts), abs=1e-4)
+    assert ("loss_zs" in result.metrics) == options.get("loss_zs", True)
+    assert ("loss_ft" in result.metrics) == options.get("loss_ft", True)
+    assert {k for k in result.metrics if k.startswith("mixer/")} == {f"mixer/weight_{t}" for t in options.get("texts", ["class", "image", "group"])}
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_momentum_switch(eurosat_batch, tmp_path, momentum):
+    method = make_method(eurosat_batch, tmp_path, momentum=momentum, mu=0.9)
+    before = method.bank.vectors.clone()
+    result = method.training_step(eurosat_batch[4], 0)
+    method.after_optimizer_step(eurosat_batch[4], result, 0)
+    mu = 0.9 if momentum else 0.0
+    t, labels = result.state["embeddings"], result.state["labels"]
+    for c in range(before.shape[0]):
+        members = labels == c
+        if members.any():
+            expected = (1 - mu) * t[members].mean(0) + mu * before[c]
+        else:
+            expected = before[c]
+        assert torch.allclose(method.bank.vectors[c], expected, atol=1e-6), c
+
+
+def test_fast_step_equals_reference_step_loss_and_gradients(eurosat_batch, tmp_path):
+    method = make_method(eurosat_batch, tmp_path)
+    batch = eurosat_batch[4]
+    grads = {}
+    for fast in (True, False):
+        method.options.fast_text = fast
+        method.model.zero_grad(set_to_none=True)
+        result = method.training_step(batch, 0)
+        result.loss.backward()
+        grads[fast] = (result.loss.item(), {n: p.grad.clone() for n, p in method.model.named_parameters() if p.grad is not None})
+    (loss_fast, g_fast), (loss_ref, g_ref) = grads[True], grads[False]
+    assert loss_fast == pytest.approx(loss_ref, abs=1e-5)
+    assert g_fast.keys() == g_ref.keys() and "token_embedding.weight" in g_fast
+    for name in g_fast:
+        assert torch.allclose(g_fast[name], g_ref[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_bad_options_are_one_line_errors(eurosat_batch, tmp_path):
+    from latteclip.errors import LatteclipError
+
+    with pytest.raises(LatteclipError, match="subset"):
+        make_method(eurosat_batch, tmp_path, texts=["class", "caption"])
+    with pytest.raises(LatteclipError, match="at least one"):
+        make_method(eurosat_batch, tmp_path, loss_zs=False, loss_ft=False)
+
+
+# --- a real run ------------------------------------------------------------------------------------
+def _fill_store(path, root, limit):
+    train = build_dataset("eurosat", root, "train", None, DatasetOptions(limit=limit))
+    store = DescriptionStore(path)
+    for i, sample in enumerate(train.samples):
+        key = image_key(train.read_bytes(i))
+        if i % 10 == 9:
+            continue  # leave some images undescribed
+        store.put(key, "image", "p", "test", "m", f"a satellite tile of {train.info.classnames[sample.label]}")
+        store.put(key, "group", "g", "test", "m", "tiles with fields and roads")
+    store.close()
+    return len(train)
+
+
+def test_eurosat_run_trains_saves_prototypes_and_eval_reproduces(tmp_path, capsys):
+    from tests.conftest import EUROSAT_ZIP
+
+    store = tmp_path / "d.sqlite"
+    n = _fill_store(store, EUROSAT_ZIP, 60)
+    common = ["train", "--method", "latteclip", "--dataset", "eurosat", "--root", str(EUROSAT_ZIP), "--model", "latte-tiny",
+              "--pretrained", "random", "--limit", "60", "--batch-size", "16", "--max-steps", "8", "--eval-every", "4",
+              "--workers", "0", "--lr", "1e-4", "--store", str(store), "--output", str(tmp_path)]
+    assert main(common + ["--name", "strict"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{n // 10} of {n} training images have no image description" in err and "\n" not in err
+    assert main(common + ["--name", "run", "--missing-descriptions", "class"]) == 0
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    payload = load_checkpoint(run / "final.pt")
+    prototypes = payload["method_state"]["prototypes"]["vectors"]
+    assert prototypes.shape == (10, 64)
+    assert torch.allclose(payload["classifier"], F.normalize(prototypes, dim=-1))
+    method = method_from_checkpoint(payload, torch.device("cpu"))
+    assert torch.allclose(method.classifier(), F.normalize(prototypes, dim=-1))
+    assert main(["eval", "--checkpoint", str(run / "final.pt")]) == 0
+    assert json.loads((run / "eval.json").read_text())["top1"] == results["top1"]
+    gallery = json.loads((run / "gallery.json").read_text())
+    assert gallery and set(gallery[0]["weights"]) == {"class", "image", "group"}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("mixer/weight_group" in r for r in records) and any("analysis/pl_agreement" in r for r in records)

@@ -1,0 +1,131 @@
+"""ReCLIP: label propagation, the class-agnostic projection, centroids, and a run through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from latteclip.cli import main
+from latteclip.engine.checkpoint import load_checkpoint
+from latteclip.engine.session import method_from_checkpoint
+from latteclip.methods.reclip import Reclip, class_agnostic_projection, class_centroids, knn_affinity, propagate_labels
+
+
+@pytest.mark.parametrize("solver", ["closed_form", "iterative"])
+def test_label_propagation_on_a_three_node_graph(solver):
+    """Seeds at angles 0 and 180 degrees, one image at 60 degrees: solved by hand.
+
+    Affinities (cos + 1) / 2: seed0-image 0.75, seed1-image 0.25, seed0-seed1 0. Degrees 0.75,
+    0.25, 1, so S(seed0, image) = sqrt(0.75) and S(seed1, image) = 0.5. With alpha = 0.5,
+    a = alpha sqrt(0.75) = sqrt(3)/4 and b = 0.25, (I - alpha S) F = Y gives for the image
+    F = (a, b) / (1 - a^2 - b^2) = (1/sqrt(3), 1/3).
+    """
+    seeds = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    image = torch.tensor([[0.5, math.sqrt(3) / 2]])
+    scores = propagate_labels(image, seeds, k=2, alpha=0.5, solver=solver, iterations=10)
+    assert torch.allclose(scores, torch.tensor([[1 / math.sqrt(3), 1 / 3]]), atol=1e-5)
+
+
+def test_knn_affinity_is_symmetric_normalised_and_keeps_k_neighbours():
+    points = torch.nn.functional.normalize(torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
+    graph = knn_affinity(points, k=3).to_dense()
+    assert torch.allclose(graph, graph.t())
+    assert torch.all(graph.diagonal() == 0)
+    assert torch.all((graph > 0).sum(dim=1) >= 3)  # its own 3 neighbours, plus those that chose it
+
+
+def test_iterative_solver_matches_the_closed_form_and_separates_clusters():
+    """Three tight clusters around three class directions: every image takes its cluster's class."""
+    generator = torch.Generator().manual_seed(1)
+    directions = torch.eye(3, 6)
+    truth = torch.arange(3).repeat_interleave(20)
+    images = directions[truth] + 0.15 * torch.randn(60, 6, generator=generator)
+    closed = propagate_labels(images, directions, k=5, alpha=0.9, solver="closed_form")
+    iterative = propagate_labels(images, directions, k=5, alpha=0.9, solver="iterative", iterations=200, tol=1e-10)
+    assert torch.allclose(closed, iterative, atol=1e-4)
+    assert torch.equal(closed.argmax(dim=1), truth)
+
+
+def test_projection_removes_the_direction_all_class_texts_share():
+    """t_c = 2 e0 + u_c with u_c three unit vectors at 120 degrees in span(e1, e2), in 6 dimensions.
+
+    The u_c sum to zero, so e0 is a singular direction of the texts (singular value^2 = 3 * 4 = 12,
+    against 1.5 for the class-specific plane): the projection must send e0 to zero, keep the
+    plane of class differences, and drop the directions no text spans (e3..e5).
+    """
+    angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3])
+    texts = torch.zeros(3, 6)
+    texts[:, 0] = 2.0
+    texts[:, 1], texts[:, 2] = torch.cos(angles), torch.sin(angles)
+    projection = class_agnostic_projection(texts, drop=1)
+    eye = torch.eye(6)
+    assert torch.allclose(projection @ eye[0], torch.zeros(6), atol=1e-6)
+    assert torch.allclose(projection @ eye[1], eye[1], atol=1e-6)
+    assert torch.allclose(projection @ eye[2], eye[2], atol=1e-6)
+    assert torch.allclose(projection @ eye[3:].t(), torch.zeros(6, 3), atol=1e-6)
+    assert torch.allclose(projection @ projection, projection, atol=1e-6)
+    # drop=0 keeps the shared direction: only the span of the texts remains
+    assert torch.allclose(class_agnostic_projection(texts, drop=0) @ eye[0], eye[0], atol=1e-6)
+
+
+def test_class_centroids_average_members_and_keep_empty_classes():
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    previous = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
+    centroids = class_centroids(features, torch.tensor([0, 0, 1]), previous)
+    assert torch.allclose(centroids[0], torch.tensor([1.0, 1.0]) / math.sqrt(2))
+    assert torch.allclose(centroids[1], torch.tensor([1.0, 0.0]))
+    assert torch.allclose(centroids[2], previous[2])
+
+
+def train_args(root: str, out, name: str, *extra: str) -> list[str]:
+    return [
+        "train", "--method", "reclip", "--dataset", "eurosat", "--root", root, "--model", "latte-tiny",
+        "--pretrained", "random", "--limit", "40", "--max-steps", "4", "--batch-size", "8", "--workers", "0",
+        "--eval-every", "0", "--refresh-every", "2", "--lp-neighbors", "5", "--lr", "1e-3", "--device", "cpu",
+        "--checkpoint-every", "1", "--output", str(out), "--name", name, *extra,
+    ]
+
+
+def test_reclip_trains_and_eval_rebuilds_the_same_classifier(eurosat_zip, tmp_path):
+    assert main(train_args(str(eurosat_zip.parent), tmp_path, "run")) == 0
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "reclip/label_agreement" in r] == [1, 3]  # refreshed at steps 0 and 2
+    payload = load_checkpoint(run / "final.pt")
+    state = payload["method_state"]
+    assert state["labels_vision"].shape == state["labels_text"].shape == (40,)
+    # the vision branch moved its LayerNorms; the text branch still sees the image tower's original ones
+    moved = [name for name, value in state["vision_norms"].items() if not torch.equal(value, payload["model"][f"visual.{name}"])]
+    assert moved
+    rebuilt = method_from_checkpoint(payload, torch.device("cpu"))
+    assert torch.allclose(rebuilt.classifier(), payload["classifier"], atol=1e-6)
+    assert main(["eval", "--checkpoint", str(run / "final.pt"), "--device", "cpu"]) == 0
+    evaluated = json.loads((run / "eval.json").read_text())
+    assert evaluated["top1"] == results["top1"]
+    assert evaluated["confusion"] == results["test"]["confusion"]
+
+
+def test_reclip_resumes_to_the_same_result(eurosat_zip, tmp_path, monkeypatch):
+    root = str(eurosat_zip.parent)
+    assert main(train_args(root, tmp_path, "straight")) == 0
+    original = Reclip.training_step
+
+    def interrupted(self, batch, step):
+        if step == 3:  # killed after the second refresh, so the resumed run must reload both branches' labels
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(Reclip, "training_step", interrupted)
+    assert main(train_args(root, tmp_path, "resumed")) == 130
+    monkeypatch.setattr(Reclip, "training_step", original)
+    assert main(train_args(root, tmp_path, "resumed", "--resume")) == 0
+    a, b = load_checkpoint(tmp_path / "straight" / "final.pt"), load_checkpoint(tmp_path / "resumed" / "final.pt")
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
+    assert torch.allclose(a["method_state"]["centroids"], b["method_state"]["centroids"], atol=1e-6)
+    assert torch.equal(a["method_state"]["labels_text"], b["method_state"]["labels_text"])
+    assert json.loads((tmp_path / "straight" / "results.json").read_text())["test"] == json.loads((tmp_path / "resumed" / "results.json").read_text())["test"]
