@@ -9,9 +9,9 @@ method list, every shift, seeds 0-2, the whole bundled target split). Per shift,
 entry lists under `search` are chosen first on held-out training images (train on the rest of the
 training split, top-1 on the held-out part, seed 0); test labels are never read for a choice.
 Every run is cached in its run folder, so a stopped benchmark continues where it was.
-The page records the command, the machine, the choices, the table (mean ± sample std over
-seeds), and, for the label-free methods, the measured pseudo-label accuracy and mixer weights
-with every shift where a method does not beat zero-shot or FLYP + pseudo-labels.
+Its section of docs/results.md records the command, the machine, the choices, the table (mean ±
+sample std over seeds), and, for the label-free methods, the measured pseudo-label accuracy and
+mixer weights with every shift where a method does not beat zero-shot or FLYP + pseudo-labels.
 """
 
 from __future__ import annotations
@@ -19,19 +19,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from latteclip.engine.domain_shift import (
     Experiment,
     aggregate,
     elapsed,
     format_cell,
     load_experiment,
-    machine_description,
     package_experiment_file,
     pretrain_source,
     results_table,
@@ -43,6 +42,9 @@ from latteclip.engine.domain_shift import (
 )
 from latteclip.errors import LatteclipError
 from latteclip.methods import get_method
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_page import RESULTS, write_section  # noqa: E402  (the shared page writer beside this script)
 
 Cells = dict[tuple[str, str], list[dict[str, Any]]]
 
@@ -59,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="class-balanced subset of N target images per split")
     parser.add_argument("--threads", type=int, help="torch threads (default: one per idle core, from the load average)")
     parser.add_argument("--output", help="folder of the run folders (default: runs/benchmark)")
-    parser.add_argument("--out", default="docs/results.md", help="the results page to write")
+    parser.add_argument("--out", default=str(RESULTS), help="the results page whose domain_shift section is written (default: docs/results.md)")
     return parser.parse_args(argv)
 
 
@@ -159,23 +161,13 @@ def analysis_table(experiment: Experiment, cells: Cells, prefix: str, percent: b
     return "\n".join(lines)
 
 
-def results_page(experiment: Experiment, pretrained: dict, cells: Cells, choices: list[dict], command: str, seconds: float) -> str:
-    machine = machine_description()
+def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choices: list[dict], seconds: float) -> str:
+    """The body of the page's domain-shift section (the command and the machine head it)."""
     run = experiment.run
     seeds = ", ".join(str(s) for s in experiment.seeds)
     parts = [
-        "# Domain-shift benchmark: Fashion-MNIST, tiny CLIP pre-trained on the clean source domain",
-        "",
-        "Written by `benchmarks/domain_shift.py`; do not edit by hand. Command:",
-        "",
-        f"    {command}",
-        "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch threads: {machine['torch_threads']}, torch {machine['torch']}, "
-        f"Python {machine['python']}" + (f", GPU {machine['gpu']}" if machine["gpu"] else "") + f". Finished "
-        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} after {seconds / 60:.1f} minutes (runs already in "
-        f"{experiment.output} are reused).",
-        "",
-        "## Set-up",
+        f"Torch threads: {torch.get_num_threads()}. Finished {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} after "
+        f"{seconds / 60:.1f} minutes (runs already in {experiment.output} are reused, not rerun).",
         "",
         f"- Source: `{experiment.model}` pre-trained from random weights with labels (method `pretrain`) on `fmnist` "
         f"(root `{experiment.root}`): {pretrained['steps']} steps, {100 * pretrained['clean_test_top1']:.2f}% zero-shot top-1 "
@@ -185,11 +177,11 @@ def results_page(experiment: Experiment, pretrained: dict, cells: Cells, choices
         f"`{json.dumps(run, sort_keys=True)}`.",
         f"- Seeds: {seeds}; cells are the mean ± sample standard deviation over seeds.",
         "",
-        "## Top-1 (%) on the shifted test splits",
+        "### Top-1 (%) on the shifted test splits",
         "",
         results_table(experiment, cells),
         "",
-        "## Hyper-parameters chosen on held-out training images",
+        "### Hyper-parameters chosen on held-out training images",
         "",
         "Per shift, each option under an entry's `search` is chosen by top-1 on the held-out part of the target's training "
         "split (`fmnist-heldout-<shift>`: trained on the rest of the training split, seed "
@@ -207,25 +199,25 @@ def results_page(experiment: Experiment, pretrained: dict, cells: Cells, choices
     if fixed:
         parts += ["", "Fixed per-method options:", "", *fixed]
     for title, prefix, percent in (
-        ("Pseudo-label accuracy during training (analysis only: read from the training log, last fifth of training)", "analysis/", True),
+        ("Pseudo-label accuracy and agreement during training (analysis only: from the training log, last fifth of training)", "analysis/", True),
         ("Mixer weights during training (last fifth of training)", "mixer/", False),
     ):
         table = analysis_table(experiment, cells, prefix, percent)
         if table:
-            parts += ["", f"## {title}", "", table]
+            parts += ["", f"### {title}", "", table]
     comparisons = label_free_comparisons(experiment, cells)
-    parts += ["", "## Where a label-free method does not beat zero-shot or FLYP + pseudo-labels (mean over seeds)", ""]
     trained = [e.label for e in experiment.methods if get_method(e.method).trains and not get_method(e.method).reads_train_labels]
     if not trained:
         comparisons = ["No label-free method that trains was run."]
+    parts += ["", "### Where a label-free method does not beat zero-shot or FLYP + pseudo-labels (mean over seeds)", ""]
     parts += comparisons or [f"{', '.join(trained)}: each beats zero-shot and FLYP + pseudo-labels on every shift measured."]
-    parts += ["", "## Every run", "", "| shift | method | seed | top-1 % | steps | seconds |", "|---|---|---|---|---|---|"]
+    parts += ["", "### Every run", "", "| shift | method | seed | top-1 % | steps | seconds |", "|---|---|---|---|---|---|"]
     for entry in experiment.methods:
         for shift in experiment.shifts:
             for r in cells.get((entry.name, shift), []):
                 seconds_run = f"{r['seconds']:.0f}" if r.get("seconds") is not None else "–"
                 parts.append(f"| {shift} | {entry.label} | {r['seed']} | {100 * r['top1']:.2f} | {r['steps']} | {seconds_run} |")
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,12 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except LatteclipError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    command = "PYTHONPATH=src python benchmarks/domain_shift.py" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
-    page = results_page(experiment, pretrained, cells, choices, command, time.time() - started)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    print(f"results page: {out}")
+    body = results_section(experiment, pretrained, cells, choices, time.time() - started)
+    write_section("domain_shift", "Domain shift: Fashion-MNIST, tiny CLIP pre-trained on the clean source domain", body, Path(args.out))
+    print(f"results page: {args.out} (section domain_shift)")
     return 0
 
 

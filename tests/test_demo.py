@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,9 @@ def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, mon
     assert summary["cells"]["flyp_pl|rotation"][0]["steps"] == 2
     assert "analysis/pseudo_label_acc" in summary["cells"]["flyp_pl|rotation"][0]
     assert (output / "rotation" / "flyp_pl-s0" / "final.pt").is_file()
+    for shift in ("blur-noise", "rotation"):  # the report of FLYP + pseudo-labels (first label-free method) against the others
+        assert f"report: {output / shift / 'report' / 'report.html'}" in printed
+        assert "flyp_pl on fmnist-" + shift in (output / shift / "report" / "report.html").read_text()
     table = (output / "results.md").read_text()
 
     def no_training(config):
@@ -99,7 +103,7 @@ def test_finished_runs_are_reused_only_with_the_same_configuration(tmp_path, mon
     assert len(calls) == 1 and changed["test"]["n"] == 20
 
 
-def test_benchmark_slice_writes_the_results_page(tmp_path):
+def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("domain_shift_benchmark", REPO / "benchmarks" / "domain_shift.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
@@ -110,9 +114,12 @@ def test_benchmark_slice_writes_the_results_page(tmp_path):
     out = tmp_path / "results.md"
     argv = ["--config", str(config), "--variant", "quick", "--shifts", "tint", "--seeds", "0,1", "--threads", "1",
             "--output", str(tmp_path / "runs"), "--out", str(out)]
+    out.write_text("# Measured results\n\n<!-- other:start -->\n## Another benchmark\n<!-- other:end -->\n")
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "domain_shift.py"), *argv])
     assert benchmark.main(argv) == 0
     page = out.read_text()
-    assert "benchmarks/domain_shift.py --config" in page and "torch threads: 1" in page
+    assert "## Another benchmark" in page and "<!-- domain_shift:start -->" in page
+    assert "Command: `python benchmarks/domain_shift.py --config" in page and "Torch threads: 1." in page
     assert "| method | tint |" in page and " ± " in page  # two seeds: mean ± std
     assert '| tint | FLYP + pseudo-labels | {"lr": 1e-05}: ' in page
     assert "| tint | CLIP zero-shot | 1 |" in page

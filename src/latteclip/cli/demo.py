@@ -11,8 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from latteclip.cli import command
+
+if TYPE_CHECKING:
+    from latteclip.engine.domain_shift import Experiment
 
 
 @command("demo", "the whole pipeline offline on CPU: pre-train a tiny CLIP on Fashion-MNIST, adapt it to shifted domains without labels, print the table")
@@ -69,6 +74,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"      {how}: zero-shot top-1 {100 * source.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})", flush=True)
 
     cells: dict[tuple[str, str], list[dict]] = {}
+    run_dirs: dict[tuple[str, str], Path] = {}
     for shift in experiment.shifts:
         for entry in experiment.methods:
             for seed in experiment.seeds:
@@ -78,6 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 config = run_config(experiment, entry, dataset, seed, source.path, f"{shift}/{entry.name}-s{seed}")
                 results = run_or_reuse(config)
                 cells.setdefault((entry.name, shift), []).append(run_summary(results, config.run_dir))
+                run_dirs.setdefault((entry.name, shift), config.run_dir)
                 print(f"      top-1 {100 * results['top1']:.2f}% ({elapsed(started)})", flush=True)
 
     table = results_table(experiment, cells)
@@ -102,5 +109,28 @@ def run_demo(args: argparse.Namespace) -> int:
     }
     (experiment.output / "demo.json").write_text(json.dumps(summary, indent=1))
     (experiment.output / "results.md").write_text(f"{header}\n\n{table}\n")
-    print(f"\ndemo finished in {elapsed(started)}; table and summary: {experiment.output / 'results.md'}, {experiment.output / 'demo.json'}")
+    print(f"\ntable and summary: {experiment.output / 'results.md'}, {experiment.output / 'demo.json'}")
+    for path in write_reports(experiment, run_dirs):
+        print(f"report: {path}")
+    print(f"demo finished in {elapsed(started)}")
     return 0
+
+
+def write_reports(experiment: Experiment, run_dirs: dict[tuple[str, str], Path]) -> list[Path]:
+    """Per shift, the report (`latteclip report`) of the reported method's run against the other methods' runs.
+
+    The reported method is the config's `report` entry, else the first label-free method that trains.
+    """
+    from latteclip.methods import get_method
+    from latteclip.report import write_report
+
+    subject = experiment.report or next(
+        (e.name for e in experiment.methods if get_method(e.method).trains and not get_method(e.method).reads_train_labels), None
+    )
+    if subject is None:
+        return []
+    paths = []
+    for shift in experiment.shifts:
+        others = [run_dirs[(e.name, shift)] for e in experiment.methods if e.name != subject and (e.name, shift) in run_dirs]
+        paths.append(write_report([run_dirs[(subject, shift)], *others], experiment.output / shift / "report"))
+    return paths

@@ -65,6 +65,7 @@ class Experiment:
     methods: list[MethodEntry]
     seeds: list[int]
     threads: int = 0  # torch threads; 0: one per idle core
+    report: str | None = None  # the entry whose runs the per-shift reports are about
 
     def target(self, shift: str) -> str:
         return f"{self.dataset_prefix}-{shift}"
@@ -103,7 +104,7 @@ def package_experiment_file(name: str) -> Path:
     return Path(str(resources.files("latteclip").joinpath("configs", f"{name}.yaml")))
 
 
-TOP_KEYS = {"root", "model", "output", "threads", "seeds", "dataset_prefix", "pretrain", "shifts", "run", "methods"}
+TOP_KEYS = {"root", "model", "output", "threads", "seeds", "dataset_prefix", "pretrain", "shifts", "run", "methods", "report"}
 
 
 def _check_top_keys(data: dict[str, Any], path: str | Path) -> None:
@@ -132,6 +133,8 @@ def load_experiment(path: str | Path, variant: str | None = None, overrides: dic
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise LatteclipError(f"{path}: two method entries share a name; give one a distinct 'name:'")
+    if data.get("report") is not None and data["report"] not in names:
+        raise LatteclipError(f"{path}: 'report: {data['report']}' names no method entry (entries: {', '.join(names)})")
     shifts = list(data.get("shifts") or [])
     if not shifts:
         raise LatteclipError(f"{path}: 'shifts' lists no target domain")
@@ -147,6 +150,7 @@ def load_experiment(path: str | Path, variant: str | None = None, overrides: dic
         methods=methods,
         seeds=[int(s) for s in data.get("seeds", [0])],
         threads=int(data.get("threads", 0)),
+        report=data.get("report"),
     )
 
 
