@@ -6,14 +6,17 @@ import argparse
 import shutil
 from pathlib import Path
 
-from latteclip.cli import add_data_arguments, add_model_arguments, add_run_arguments, command, config_from_args
+from latteclip.cli import add_data_arguments, add_model_arguments, command, config_from_args
 
 
 @command("pretrain", "contrastive pre-training on image-caption pairs made from labels (default: the demo's tiny CLIP on Fashion-MNIST); cached")
 def _pretrain_parser(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_model_arguments(parser)
-    add_run_arguments(parser)
+    group = parser.add_argument_group("run (the run folder lives in the cache: <cache>/pretrained/runs/<key>)")
+    group.add_argument("--config", help="YAML file of options; command-line flags override it")
+    group.add_argument("--workers", type=int, help="data-loading worker processes")
+    group.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
     group = parser.add_argument_group("optimisation")
     group.add_argument("--batch-size", dest="batch_size", type=int)
     group.add_argument("--lr", type=float)
