@@ -197,7 +197,7 @@ def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choi
         parts.append("No entry lists a `search` grid: every option is the configured one.")
     fixed = [f"- {entry.label}: `{json.dumps(entry.overrides, sort_keys=True)}`" for entry in experiment.methods if entry.overrides]
     if fixed:
-        parts += ["", "Fixed per-method options:", "", *fixed]
+        parts += ["", "Configured per-method options (a choice above replaces the option it names):", "", *fixed]
     for title, prefix, percent in (
         ("Pseudo-label accuracy and agreement during training (analysis only: from the training log, last fifth of training)", "analysis/", True),
         ("Mixer weights during training (last fifth of training)", "mixer/", False),
@@ -210,7 +210,8 @@ def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choi
     if not trained:
         comparisons = ["No label-free method that trains was run."]
     parts += ["", "### Where a label-free method does not beat zero-shot or FLYP + pseudo-labels (mean over seeds)", ""]
-    parts += comparisons or [f"{', '.join(trained)}: each beats zero-shot and FLYP + pseudo-labels on every shift measured."]
+    parts += comparisons or [f"Each label-free method that trains ({', '.join(trained)}) beats the baselines on every shift measured "
+                             "(zero-shot, and FLYP + pseudo-labels for the other methods)."]
     parts += ["", "### Every run", "", "| shift | method | seed | top-1 % | steps | seconds |", "|---|---|---|---|---|---|"]
     for entry in experiment.methods:
         for shift in experiment.shifts:
