@@ -13,15 +13,18 @@ import pytest
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.errors import LatteclipError
 
-from tests.conftest import EUROSAT_DIR
-
-SPLIT_FILE = EUROSAT_DIR / "split_zhou_EuroSAT.json"
 RESIDENTIAL = "residential buildings or homes or apartments"
 
 
 @pytest.fixture(scope="module")
-def coop_split() -> dict:
-    return json.loads(SPLIT_FILE.read_text())
+def split_file(eurosat_zip) -> Path:
+    """The CoOp split file that sits beside the archive."""
+    return eurosat_zip.parent / "split_zhou_EuroSAT.json"
+
+
+@pytest.fixture(scope="module")
+def coop_split(split_file) -> dict:
+    return json.loads(split_file.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +44,10 @@ def pairs(dataset) -> list[tuple[str, int]]:
 
 
 # --- the EuroSAT archive with its CoOp split file ---------------------------------------------------------------
-def test_zip_is_read_in_place_with_the_split_file(eurosat_zip, coop_split):
+def test_zip_is_read_in_place_with_the_split_file(eurosat_zip, coop_split, split_file):
     train = build_dataset("eurosat", eurosat_zip, "train")
     test = build_dataset("eurosat", eurosat_zip, "test")
-    assert train.info.split_source == str(SPLIT_FILE)
+    assert train.info.split_source == str(split_file)
     # train is CoOp train + val (what the unsupervised methods see); test is CoOp test
     assert pairs(train) == [(e[0], e[1]) for e in coop_split["train"] + coop_split["val"]]
     assert pairs(test) == [(e[0], e[1]) for e in coop_split["test"]]
@@ -82,15 +85,21 @@ def test_extracted_official_layout(eurosat_folder, eurosat_zip):
 
 @pytest.mark.parametrize("inner", ["data/EuroSAT/2750", "EuroSAT_RGB"])
 def test_zip_with_the_images_in_another_folder(eurosat_folder, tmp_path, inner):
-    """Re-packed archives: the image folder deeper down, or a lone top folder of class folders."""
+    """Re-packed archives: the image folder deeper down, or a lone top folder; macOS extras are ignored."""
     archive = tmp_path / "packed.zip"
     with zipfile.ZipFile(archive, "w") as packed:
         for image in sorted((eurosat_folder / "2750").rglob("*.jpg")):
-            packed.write(image, f"{inner}/{image.relative_to(eurosat_folder / '2750').as_posix()}")
+            relative = image.relative_to(eurosat_folder / "2750").as_posix()
+            packed.write(image, f"{inner}/{relative}")
+            packed.writestr(f"__MACOSX/{inner}/{relative}", b"resource fork")
+        packed.writestr(f"{inner}/Forest/.DS_Store", b"finder data")
     split_file = str(eurosat_folder / "split_zhou_EuroSAT.json")
     test = build_dataset("eurosat", archive, "test", None, DatasetOptions(split_file=split_file))
     assert pairs(test) == pairs(build_dataset("eurosat", eurosat_folder, "test"))
     assert test.load_image(0).size == (64, 64)
+    seeded = build_dataset("eurosat", archive, "test", None, DatasetOptions(split_file="none"))
+    assert seeded.info.class_keys == build_dataset("eurosat", eurosat_folder, "test").info.class_keys
+    assert all(not s.path.startswith(("__MACOSX", ".")) and "/." not in s.path for s in seeded.samples)
 
 
 def test_class_names_follow_the_folder_not_the_label_number(eurosat_folder, coop_split, tmp_path):

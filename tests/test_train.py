@@ -25,6 +25,15 @@ TOTAL_STEPS = 24
 LR = 1e-4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model gains nothing from threads, and on a shared 2-core machine they only contend."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def flyp_args(root: Path, output: Path, name: str, *extra: str) -> list[str]:
     """40 images per split, batches of 4: 10 steps an epoch, 24 steps, the warm-up capped at 2 steps."""
     return [

@@ -32,7 +32,6 @@ class RunConfig:
     templates: str | None = None
     domain: str | None = None
     split_file: str | None = None
-    template_ensemble: bool = False  # zero-shot classifier from all templates instead of the first
     # optimisation (method.md 1.3 reference values)
     batch_size: int = 512
     lr: float = 1e-7
@@ -59,6 +58,8 @@ class RunConfig:
     resume: bool = False
     store: str | None = None  # description store (SQLite) for methods that read descriptions
     method_options: dict[str, Any] = field(default_factory=dict)
+    # options of the description stage (`latteclip describe`, `zeroshot --lmm`), here so one file configures every command
+    describe: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -98,9 +99,9 @@ def _merge(base: dict[str, Any], update: dict[str, Any], origin: str) -> dict[st
     for key, value in update.items():
         if key not in FIELD_NAMES:
             raise LatteclipError(f"{origin}: unknown option '{key}'")
-        if key == "method_options":
+        if key in ("method_options", "describe"):
             if not isinstance(value, dict):
-                raise LatteclipError(f"{origin}: method_options must be a mapping")
+                raise LatteclipError(f"{origin}: {key} must be a mapping")
             merged[key] = {**merged.get(key, {}), **value}
         else:
             merged[key] = value

@@ -126,6 +126,7 @@ COMMAND_MODULES = [
     "latteclip.cli.predict",
     "latteclip.cli.export",
     "latteclip.cli.report",
+    "latteclip.cli.describe",
     "latteclip.cli.pretrain",
     "latteclip.cli.demo",
 ]

@@ -15,6 +15,7 @@ from latteclip.cli import (
     config_from_args,
     print_summary,
 )
+from latteclip.cli.describe import add_lmm_zeroshot_arguments, run_lmm_zeroshot
 from latteclip.errors import LatteclipError
 
 
@@ -94,11 +95,15 @@ def _zeroshot_parser(parser):
     add_model_arguments(parser)
     add_run_arguments(parser)
     parser.add_argument("--ensemble", action="store_true", help="average every template of the dataset")
+    add_lmm_zeroshot_arguments(parser)  # --lmm ...: the LMM zero-shot baseline instead of CLIP's
 
 
 @_zeroshot_parser
 def run_zeroshot(args: argparse.Namespace) -> int:
     from latteclip.engine.trainer import run_training
+
+    if args.lmm:
+        return run_lmm_zeroshot(args)
 
     ensemble = bool(args.ensemble)
     del args.ensemble

@@ -52,6 +52,11 @@ class FolderSource(ImageSource):
         return sorted(p.name for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _visible(name: str) -> bool:
+    """False for what archivers add beside the data: __MACOSX/ resource forks, hidden files and folders."""
+    return not name.startswith("__MACOSX/") and "/." not in "/" + name
+
+
 class ZipSource(ImageSource):
     """A zip archive; the handle is opened per process because zip handles must not cross a fork."""
 
@@ -80,10 +85,7 @@ class ZipSource(ImageSource):
     def _namelist(self) -> set[str]:
         """The archive's files, without folder entries and hidden files (__MACOSX/, .DS_Store)."""
         if self._names is None:
-            self._names = {
-                n for n in self._zip().namelist()
-                if not n.endswith("/") and not n.startswith("__MACOSX/") and "/." not in "/" + n
-            }
+            self._names = {n for n in self._zip().namelist() if not n.endswith("/") and _visible(n)}
         return self._names
 
     def read(self, relpath: str) -> bytes:
@@ -100,7 +102,7 @@ class ZipSource(ImageSource):
         n = len(self.prefix)
         folders = set()
         for name in self._zip().namelist():  # folder entries too, so that an empty class folder shows
-            parts = name[n:].split("/") if name.startswith(self.prefix) else []
-            if len(parts) > 1 and parts[0] and not parts[0].startswith("."):
+            parts = name[n:].split("/") if name.startswith(self.prefix) and _visible(name) else []
+            if len(parts) > 1 and parts[0]:
                 folders.add(parts[0])
         return sorted(folders)

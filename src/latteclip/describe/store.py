@@ -1,8 +1,12 @@
-"""The description store: SQLite, keyed by image content hash, kind, prompt, backend and model.
+"""The description store: SQLite, keyed by image content hash, kind, prompt, backend, model and variant.
 
 Every answer is committed as it arrives, so a killed `describe` loses nothing and a rerun asks
 only for what is missing. Training reads texts back by image hash, so a description made for
 an image is found again whatever path or archive the image is read from.
+
+`variant` tells apart answers to the same prompt about different pictures of one anchor image:
+a group description is stored under its anchor's hash, and its variant names the exact group
+(size and members), so a different draw is a new request instead of a false cache hit.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ import json
 import sqlite3
 import threading
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
-from latteclip.paths import cache_dir
+from latteclip.errors import LatteclipError
+from latteclip.paths import atomic_write_bytes, cache_dir
 
-KINDS = ("image", "group", "class")
+# image/group/class: the texts of method.md 1.2; zeroshot: the LMM's multiple-choice answer (method.md 2)
+KINDS = ("image", "group", "class", "zeroshot")
+DESCRIPTION_KINDS = ("image", "group", "class")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS descriptions (
@@ -31,10 +39,13 @@ CREATE TABLE IF NOT EXISTS descriptions (
     dataset TEXT,
     meta TEXT,
     created REAL NOT NULL,
-    PRIMARY KEY (image_hash, kind, prompt, backend, model)
+    variant TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (image_hash, kind, prompt, backend, model, variant)
 );
 CREATE INDEX IF NOT EXISTS by_hash_kind ON descriptions (image_hash, kind);
 """
+COLUMNS = ("image_hash", "kind", "prompt", "backend", "model", "text", "image", "dataset", "meta", "created", "variant")
+EXPORT_FIELDS = ("image", "image_hash", "kind", "text", "prompt", "backend", "model", "variant", "dataset", "meta", "created")
 
 
 def image_key(data: bytes) -> str:
@@ -53,10 +64,27 @@ class DescriptionStore:
         self.path = Path(path) if path else default_store_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._add_variant_column()
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise LatteclipError(f"description store {self.path} is not a readable SQLite file ({err}); pass another --store") from err
+
+    def _add_variant_column(self) -> None:
+        """Stores written before `variant` existed are rebuilt once with variant '' (their rows are kept)."""
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(descriptions)")]
+        if not columns or "variant" in columns:
+            return
+        with self._db:
+            self._db.execute("ALTER TABLE descriptions RENAME TO descriptions_before_variant")
+            self._db.execute("DROP INDEX IF EXISTS by_hash_kind")
+            self._db.executescript(SCHEMA)
+            old = ", ".join(COLUMNS[:-1])
+            self._db.execute(f"INSERT INTO descriptions ({old}, variant) SELECT {old}, '' FROM descriptions_before_variant")
+            self._db.execute("DROP TABLE descriptions_before_variant")
 
     def close(self) -> None:
         with self._lock:
@@ -73,59 +101,153 @@ class DescriptionStore:
         image: str | None = None,
         dataset: str | None = None,
         meta: dict | None = None,
+        variant: str = "",
     ) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        self.put_many([(image_hash, kind, prompt, backend, model, text, image, dataset, meta, variant)])
+
+    def put_many(self, rows: Sequence[tuple]) -> None:
+        """Insert (image_hash, kind, prompt, backend, model, text, image, dataset, meta, variant) rows in one commit."""
+        for row in rows:
+            if row[1] not in KINDS:
+                raise ValueError(f"kind must be one of {KINDS}, not {row[1]!r}")
+        now = time.time()
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO descriptions VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (image_hash, kind, prompt, backend, model, text, image, dataset, json.dumps(meta) if meta else None, time.time()),
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO descriptions ({', '.join(COLUMNS)}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [(*row[:8], json.dumps(row[8]) if row[8] else None, now, row[9]) for row in rows],
             )
             self._db.commit()
 
-    def has(self, image_hash: str, kind: str, prompt: str, backend: str, model: str) -> bool:
+    def has(self, image_hash: str, kind: str, prompt: str, backend: str, model: str, variant: str = "") -> bool:
         with self._lock:
             row = self._db.execute(
-                "SELECT 1 FROM descriptions WHERE image_hash=? AND kind=? AND prompt=? AND backend=? AND model=?",
-                (image_hash, kind, prompt, backend, model),
+                "SELECT 1 FROM descriptions WHERE image_hash=? AND kind=? AND prompt=? AND backend=? AND model=? AND variant=?",
+                (image_hash, kind, prompt, backend, model, variant),
             ).fetchone()
         return row is not None
 
+    def keys(self, backend: str, model: str) -> set[tuple[str, str, str, str]]:
+        """Every (image_hash, kind, prompt, variant) answered by this backend and model: what a run can skip."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT image_hash, kind, prompt, variant FROM descriptions WHERE backend=? AND model=?", (backend, model)
+            ).fetchall()
+        return set(rows)
+
     def get_texts(
-        self, image_hashes: Sequence[str], kind: str, model: str | None = None, prompt: str | None = None
+        self,
+        image_hashes: Sequence[str],
+        kind: str,
+        model: str | None = None,
+        prompt: str | None = None,
+        variant: str | None = None,
     ) -> list[str | None]:
         """The text of each image for `kind` (None where there is none); the newest row wins when several match."""
         found: dict[str, str] = {}
         clauses, params = ["kind=?"], [kind]
-        if model is not None:
-            clauses.append("model=?")
-            params.append(model)
-        if prompt is not None:
-            clauses.append("prompt=?")
-            params.append(prompt)
+        for column, value in (("model", model), ("prompt", prompt), ("variant", variant)):
+            if value is not None:
+                clauses.append(f"{column}=?")
+                params.append(value)
         wanted = list(dict.fromkeys(image_hashes))
         with self._lock:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 rows = self._db.execute(
                     f"SELECT image_hash, text FROM descriptions WHERE {' AND '.join(clauses)} "
-                    f"AND image_hash IN ({','.join('?' * len(chunk))}) ORDER BY created",
+                    f"AND image_hash IN ({','.join('?' * len(chunk))}) ORDER BY created, rowid",
                     (*params, *chunk),
                 ).fetchall()
                 found.update(rows)
         return [found.get(h) for h in image_hashes]
 
-    def rows(self, dataset: str | None = None) -> Iterable[dict]:
+    def rows(self, dataset: str | None = None, image_hashes: Iterable[str] | None = None) -> Iterator[dict]:
+        """All rows, oldest first; only those of `dataset` and/or of the given image hashes when asked."""
+        query = f"SELECT {', '.join(COLUMNS)} FROM descriptions"
+        clauses, params = [], []
+        if dataset:
+            clauses.append("dataset=?")
+            params.append(dataset)
+        if image_hashes is not None:
+            # a temporary table keeps the query one statement however many images a dataset has
+            wanted = sorted(set(image_hashes))
+            with self._lock:
+                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_hashes (image_hash TEXT PRIMARY KEY)")
+                self._db.execute("DELETE FROM wanted_hashes")
+                self._db.executemany("INSERT INTO wanted_hashes VALUES (?)", [(h,) for h in wanted])
+            clauses.append("image_hash IN (SELECT image_hash FROM wanted_hashes)")
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
         with self._lock:
-            cursor = self._db.execute(
-                "SELECT image_hash, kind, prompt, backend, model, text, image, dataset, meta, created FROM descriptions"
-                + (" WHERE dataset=?" if dataset else "")
-                + " ORDER BY created",
-                (dataset,) if dataset else (),
-            )
-            names = [d[0] for d in cursor.description]
-            records = cursor.fetchall()
+            records = self._db.execute(query + " ORDER BY created, rowid", params).fetchall()
         for record in records:
-            row = dict(zip(names, record))
+            row = dict(zip(COLUMNS, record))
             row["meta"] = json.loads(row["meta"]) if row["meta"] else None
             yield row
+
+    def counts(self, dataset: str | None = None) -> Counter:
+        """Number of rows per (kind, backend, model), for summaries."""
+        query = "SELECT kind, backend, model, COUNT(*) FROM descriptions"
+        params: tuple = ()
+        if dataset:
+            query += " WHERE dataset=?"
+            params = (dataset,)
+        with self._lock:
+            rows = self._db.execute(query + " GROUP BY kind, backend, model", params).fetchall()
+        return Counter({(kind, backend, model): n for kind, backend, model, n in rows})
+
+    # --- exchange as JSON lines ----------------------------------------------------------------
+    def export_jsonl(self, path: str | Path, images: Mapping[str, str], kinds: Sequence[str] = DESCRIPTION_KINDS) -> int:
+        """Write every row about the images `images` maps (hash -> path relative to the dataset root).
+
+        One JSON object per line with the image's path, so the file can be imported next to a copy of
+        the dataset on another machine. Returns the number of lines written.
+        """
+        lines = []
+        for row in self.rows(image_hashes=images):
+            if row["kind"] not in kinds:
+                continue
+            row["image"] = images[row["image_hash"]]
+            lines.append(json.dumps({field: row[field] for field in EXPORT_FIELDS}, ensure_ascii=False))
+        atomic_write_bytes(Path(path), ("\n".join(lines) + "\n" if lines else "").encode("utf-8"))
+        return len(lines)
+
+    def import_jsonl(self, path: str | Path, hash_of_image: Callable[[str], str | None], dataset: str | None = None) -> int:
+        """Load rows written by `export_jsonl` (or by hand): each needs kind, text, prompt, model, and
+        image_hash or image (a path under the dataset root, hashed through `hash_of_image`).
+
+        The whole file is checked before anything is written, so a bad line changes nothing.
+        """
+        file = Path(path)
+        if not file.is_file():
+            raise LatteclipError(f"import file {path} does not exist")
+        records = []
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LatteclipError(f"{where} is not valid JSON: {err.msg}") from err
+            if not isinstance(record, dict):
+                raise LatteclipError(f"{where} must be a JSON object")
+            missing = [f for f in ("kind", "text", "prompt", "model") if not isinstance(record.get(f), str)]
+            if missing:
+                raise LatteclipError(f"{where} lacks {', '.join(missing)} (each line needs kind, text, prompt, model and image or image_hash)")
+            if record["kind"] not in KINDS:
+                raise LatteclipError(f"{where}: kind '{record['kind']}' must be one of {', '.join(KINDS)}")
+            image_hash = record.get("image_hash")
+            if not image_hash:
+                if not record.get("image"):
+                    raise LatteclipError(f"{where} names no image: give image (a path under the dataset root) or image_hash")
+                image_hash = hash_of_image(record["image"])
+                if image_hash is None:
+                    raise LatteclipError(f"{where}: image {record['image']} is not in the dataset; check --dataset/--root")
+            records.append((image_hash, record))
+        self.put_many([
+            (image_hash, record["kind"], record["prompt"], record.get("backend") or "import", record["model"], record["text"],
+             record.get("image"), dataset or record.get("dataset"), record.get("meta"), record.get("variant") or "")
+            for image_hash, record in records
+        ])
+        return len(records)

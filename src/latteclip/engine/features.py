@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from latteclip import distributed
 from latteclip.data import ImageDataset, collate
+from latteclip.models import LoadedModel, TokenCache, class_text_features
 from latteclip.paths import atomic_write_bytes, cache_dir
 
 
@@ -95,3 +96,31 @@ def predict_labels(features: torch.Tensor, valid: torch.Tensor, classifier: torc
     labels = (features @ classifier.float().cpu().t()).argmax(dim=-1)
     labels[~valid] = -1
     return labels
+
+
+def zero_shot_labels(
+    loaded: LoadedModel,
+    tokens: TokenCache,
+    classnames: list[str],
+    template: str,
+    dataset: ImageDataset,
+    device: torch.device,
+    batch_size: int = 256,
+    workers: int = 0,
+) -> torch.Tensor:
+    """c_zs (method.md 1.1) of every image of `dataset` (evaluation transform) with the frozen model.
+
+    The image features are cached on disk under the weights, so training and the description
+    stage, which both need these labels, compute them once between them.
+    """
+    features, valid = extract_features(
+        lambda x: torch.nn.functional.normalize(loaded.model.encode_image(x), dim=-1),
+        dataset,
+        device,
+        batch_size,
+        workers,
+        desc="zero-shot labels",
+        cache_key=f"{loaded.model_name}|{loaded.weights_id}|image",
+    )
+    classifier = class_text_features(loaded.model, tokens, classnames, [template], device)
+    return predict_labels(features, valid, classifier)

@@ -27,7 +27,7 @@ from latteclip.config import RunConfig, save_config
 from latteclip.data import ImageDataset, collate
 from latteclip.engine.checkpoint import load_checkpoint, save_checkpoint
 from latteclip.engine.evaluate import accuracy_report
-from latteclip.engine.features import extract_features, predict_labels
+from latteclip.engine.features import extract_features, predict_labels, zero_shot_labels
 from latteclip.engine.losses import MAX_LOGIT_SCALE
 from latteclip.engine.schedule import cosine_with_warmup
 from latteclip.engine.session import Session, inference_payload, open_session
@@ -222,20 +222,11 @@ class Trainer:
 
     def zero_shot_labels(self, eval_train_set: ImageDataset) -> torch.Tensor:
         """c_zs for every training image with the frozen model, computed once and cached on disk."""
-        loaded = self.session.loaded
-        features, valid = extract_features(
-            lambda x: torch.nn.functional.normalize(loaded.model.encode_image(x), dim=-1),
-            eval_train_set,
-            self.device,
-            self.config.eval_batch_size,
-            self.config.workers,
-            desc="zero-shot labels",
-            cache_key=f"{loaded.model_name}|{loaded.weights_id}|image",
+        info = self.method.info
+        return zero_shot_labels(
+            self.session.loaded, self.method.tokens, info.classnames, info.templates[0], eval_train_set,
+            self.device, self.config.eval_batch_size, self.config.workers,
         )
-        from latteclip.models import class_text_features
-
-        classifier = class_text_features(loaded.model, self.method.tokens, self.method.info.classnames, self.method.info.templates[:1], self.device)
-        return predict_labels(features, valid, classifier)
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:

@@ -116,7 +116,9 @@ class LatteCLIP(Method):
         dataset = ctx.train_set
         store = DescriptionStore(ctx.store)
         try:
-            hashes = [image_key(dataset.read_bytes(i)) for i in range(len(dataset))]
+            if not hasattr(self, "image_hashes"):
+                self.image_hashes = [image_key(dataset.read_bytes(i)) for i in range(len(dataset))]
+            hashes = self.image_hashes
             texts = store.get_texts(hashes, kind, model=self.options.describer_model)
         finally:
             store.close()
@@ -213,6 +215,19 @@ class LatteCLIP(Method):
             self.bank = PrototypeBank(state["prototypes"]["vectors"]).to(self.device)
 
     # --- artefacts for the report ----------------------------------------------------------------
+    def group_members(self, indices: list[int]) -> dict[int, list[str]]:
+        """The images of each anchor's group (anchor first), as the describe stage recorded them."""
+        store = DescriptionStore(self.ctx.store)
+        try:
+            wanted = {self.image_hashes[i]: i for i in indices}
+            found: dict[int, list[str]] = {}
+            for row in store.rows(image_hashes=list(wanted)):
+                if row["kind"] == "group" and row["meta"] and "members" in row["meta"]:
+                    found[wanted[row["image_hash"]]] = [self.ctx.train_set.samples[wanted[row["image_hash"]]].path, *row["meta"]["members"]]
+            return found
+        finally:
+            store.close()
+
     @torch.no_grad()
     def finish_training(self) -> None:
         """Write gallery.json (a few images with texts, weights and both labels) and mixer_weights.json."""
@@ -230,6 +245,7 @@ class LatteCLIP(Method):
         (self.ctx.run_dir / "mixer_weights.json").write_text(json.dumps(distribution))
 
         gallery_picks = picks[: self.options.gallery_size]
+        members = self.group_members(gallery_picks) if "group" in self.options.texts else {}
         eval_set = dataset.with_transform(self.ctx.eval_transform) if self.ctx.eval_transform else None
         gallery = []
         for row, i in enumerate(gallery_picks):
@@ -247,6 +263,7 @@ class LatteCLIP(Method):
                     "ft_label": names[ft_label] if ft_label is not None else None,
                     "texts": dict(zip(self.options.texts, self.sample_texts(i, zs_label))),
                     "weights": {kind: weights[row, j].item() for j, kind in enumerate(self.options.texts)},
+                    "group_members": members.get(i, []),
                 }
             )
         (self.ctx.run_dir / "gallery.json").write_text(json.dumps(gallery, indent=1))

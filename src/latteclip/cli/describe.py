@@ -1,0 +1,78 @@
+"""`describe` (the description stage, method.md 1.2) and `zeroshot --lmm` (the LMM zero-shot baseline):
+their command-line options. The work is in `describe_stage`, imported only when a command runs,
+so that building the parser stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from latteclip.cli import add_data_arguments, add_model_arguments, command
+from latteclip.describe.settings import BACKENDS
+
+
+def comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and reach the LMM (shared by `describe` and `zeroshot --lmm`)."""
+    group = parser.add_argument_group("LMM")
+    group.add_argument("--lmm", choices=BACKENDS, help="openai: a chat-completions server; transformers: a model in this "
+                       "process; offline: a substitute that ranks attribute phrases with the CLIP model (no LMM)")
+    group.add_argument("--lmm-url", dest="lmm_url", action="append", type=comma_list,
+                       help="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1 (repeat to share the work)")
+    group.add_argument("--lmm-model", dest="lmm_model", help="served model name (openai; default: asked from the server), "
+                       "or a local folder / hub id (transformers)")
+    group.add_argument("--lmm-timeout", dest="lmm_timeout", type=float, help="seconds per HTTP request (default 120)")
+    group.add_argument("--lmm-retries", dest="lmm_retries", type=int, help="retries after 429/5xx/timeouts/bad answers (default 5)")
+    group.add_argument("--lmm-batch-size", dest="lmm_batch_size", type=int, help="images per forward pass in-process (default 8)")
+    group.add_argument("--concurrency", type=int, help="requests in flight (default 64 for openai, 1 in-process)")
+    group.add_argument("--stop-after-failures", dest="stop_after_failures", type=int,
+                       help="stop the run after this many failed images in a row (default 20)")
+    group.add_argument("--store", help="description store, SQLite (default: descriptions.sqlite in the cache folder)")
+    group.add_argument("--prompts", help="JSON/YAML file replacing any of the prompts (image, image_with_label, group, "
+                       "group_with_label, lmm_zeroshot)")
+
+
+def add_lmm_zeroshot_arguments(parser: argparse.ArgumentParser) -> None:
+    add_lmm_arguments(parser)
+    parser.add_argument("--answer-cutoff", dest="answer_cutoff", type=float,
+                        help="with --lmm: least string similarity that maps an answer to a class (default 0.5)")
+
+
+# --- describe -----------------------------------------------------------------------------------------
+@command("describe", "image and group descriptions of every training image from an LMM, stored for training")
+def _describe_parser(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    add_lmm_arguments(parser)
+    group = parser.add_argument_group("what to describe")
+    group.add_argument("--kinds", type=comma_list, help="image,group (default both)")
+    group.add_argument("--group-size", dest="group_size", type=int, help="images per group collage: 2, 4 (default), 8, 16")
+    group.add_argument("--with-label", dest="with_label", action=argparse.BooleanOptionalAction, default=None,
+                       help="name each image's zero-shot label in the prompt")
+    group.add_argument("--true-class-members", dest="true_class_members", type=int, metavar="K",
+                       help="ANALYSIS ONLY, READS THE TRUE LABELS: groups with K images of the anchor's true class")
+    group.add_argument("--vocabulary", help="phrase file of the offline describer (default: the bundled one)")
+    group = parser.add_argument_group("run")
+    group.add_argument("--config", help="YAML file of options (describe options under 'describe:'); flags override it")
+    group.add_argument("--workers", type=int, help="data-loading processes for the zero-shot label pass")
+    group.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+    group.add_argument("--import", dest="import_file", metavar="FILE.jsonl", help="load descriptions made elsewhere first")
+    group.add_argument("--export", metavar="FILE.jsonl", help="write every stored description of the dataset's training "
+                       "images, one JSON object per line")
+
+
+@_describe_parser
+def run_describe(args: argparse.Namespace) -> int:
+    from latteclip.cli.describe_stage import describe_command
+
+    return describe_command(args)
+
+
+def run_lmm_zeroshot(args: argparse.Namespace) -> int:
+    """`zeroshot --lmm ...`: the LMM picks each test image's class; writes a run folder like other methods."""
+    from latteclip.cli.describe_stage import lmm_zeroshot_command
+
+    return lmm_zeroshot_command(args)

@@ -1,0 +1,66 @@
+"""The `transformers` describer: an image-text-to-text model (LLaVA-NeXT, ...) run in this process.
+
+For a user with a local GPU and no server. Requests are batched: the processor's chat template
+turns each prompt into the model's conversation format, prompts are padded on the left so every
+row ends where generation starts, and decoding is greedy with at most 77 new tokens, as with
+the HTTP backend.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from latteclip.describe.backend import Describer, ItemFailed, Request
+from latteclip.errors import LatteclipError
+
+MAX_NEW_TOKENS = 77
+
+
+class TransformersDescriber(Describer):
+    backend = "transformers"
+
+    def __init__(self, model: str, device: torch.device | str = "cpu", batch_size: int = 8, max_new_tokens: int = MAX_NEW_TOKENS):
+        try:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+        except ImportError as err:
+            raise LatteclipError("the transformers backend needs the transformers package: pip install 'latteclip[transformers]'") from err
+        if not model:
+            raise LatteclipError("the transformers backend needs --lmm-model (a local folder or a Hugging Face id)")
+        self.device = torch.device(device)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        try:
+            self.processor = AutoProcessor.from_pretrained(model)
+            self.lmm = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        except (OSError, ValueError) as err:
+            raise LatteclipError(f"cannot load the image-text-to-text model {model}: {str(err).splitlines()[0]}") from err
+        if not getattr(self.processor, "chat_template", None):
+            raise LatteclipError(f"the processor of {model} has no chat template, so prompts cannot be put in its format")
+        self.processor.tokenizer.padding_side = "left"
+        # a local folder is named by its last part, which is the model's name on the hub for downloaded copies
+        self.model = Path(model).name if Path(model).is_dir() else model
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self._lock = threading.Lock()
+
+    def conversation(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    @torch.no_grad()
+    def describe(self, requests: Sequence[Request], stop: threading.Event) -> list[str | ItemFailed]:
+        inputs = self.processor(
+            images=[r.image.convert("RGB") for r in requests],
+            text=[self.conversation(r.prompt) for r in requests],
+            return_tensors="pt",
+            padding=True,
+        ).to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.lmm.dtype)
+        with self._lock:
+            output = self.lmm.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        texts = [" ".join(t.split()) for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        return [text or ItemFailed("the model answered with no text") for text in texts]

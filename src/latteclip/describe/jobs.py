@@ -1,0 +1,132 @@
+"""The work of a describe run as a list of jobs: one question about one anchor image each.
+
+A job knows its store key (the anchor's content hash, kind, prompt and variant) before any
+image is decoded, so the runner can skip what the store already holds without touching pixels;
+the picture (the file itself, or a group's collage) is built only when the job is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from latteclip.data import CorruptImage, ImageDataset
+from latteclip.data.collage import CANVAS_SIZE, GAP, make_collage
+from latteclip.data.datasets import decode_image
+from latteclip.describe.backend import Request
+from latteclip.describe.store import image_key
+
+
+@dataclass(eq=False)
+class Job:
+    image_hash: str
+    kind: str
+    prompt: str
+    image: str  # the anchor's path relative to the dataset root
+    build: Callable[[], Request] = field(repr=False)
+    variant: str = ""
+    meta: dict | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return self.image_hash, self.kind, self.prompt, self.variant
+
+
+def image_hashes(dataset: ImageDataset, progress: bool = True) -> list[str | None]:
+    """The content hash of every image (None where the file cannot be read)."""
+    hashes: list[str | None] = []
+    for index in tqdm(range(len(dataset)), desc="hash images", unit="img", leave=False, disable=not progress):
+        try:
+            hashes.append(image_key(dataset.read_bytes(index)))
+        except (OSError, KeyError):
+            hashes.append(None)
+    return hashes
+
+
+def load_picture(dataset: ImageDataset, index: int) -> tuple[Image.Image, bytes | None]:
+    """The image as training sees it, and its file bytes when those are exactly that image."""
+    path = dataset.samples[index].path
+    try:
+        data = dataset.read_bytes(index)
+    except (OSError, KeyError) as err:
+        raise CorruptImage(f"{dataset.source.location}/{path}: {err}") from err
+    image = decode_image(data, f"{dataset.source.location}/{path}")
+    if dataset.image_transform is not None:
+        return dataset.image_transform(image, index), None
+    return image, data
+
+
+def image_jobs(
+    dataset: ImageDataset, hashes: Sequence[str | None], prompt_for: Callable[[int], str], kind: str = "image"
+) -> list[Job]:
+    """One job per readable image: the image itself with its prompt."""
+
+    def builder(index: int, prompt: str) -> Callable[[], Request]:
+        def build() -> Request:
+            image, data = load_picture(dataset, index)
+            return Request(image, prompt, encoded=data)
+
+        return build
+
+    jobs = []
+    for index, image_hash in enumerate(hashes):
+        if image_hash is not None:
+            prompt = prompt_for(index)
+            jobs.append(Job(image_hash, kind, prompt, dataset.samples[index].path, builder(index, prompt)))
+    return jobs
+
+
+def group_variant(member_hashes: Sequence[str]) -> str:
+    """Names one exact group (its images in cell order), so another draw is another request."""
+    digest = hashlib.sha1("|".join(member_hashes).encode()).hexdigest()[:16]
+    return f"group{len(member_hashes)}:{digest}"
+
+
+def group_jobs(
+    dataset: ImageDataset,
+    hashes: Sequence[str | None],
+    groups: Sequence[list[int] | None],
+    prompt_for: Callable[[int], str],
+    draw: str,
+    canvas_size: int = CANVAS_SIZE,
+    gap: int = GAP,
+) -> list[Job]:
+    """One job per readable anchor: the collage of the anchor and its members, stored under the anchor.
+
+    `draw` says how members were chosen (kept in the row's meta, e.g. "zero-shot label"). An anchor
+    without a group (its image could not be decoded for its label) gets a job that fails.
+    """
+
+    def builder(cells: list[int], prompt: str) -> Callable[[], Request]:
+        def build() -> Request:
+            images = [load_picture(dataset, i)[0] for i in cells]
+            return Request(make_collage(images, canvas_size, gap), prompt, parts=tuple(images))
+
+        return build
+
+    def unreadable(path: str) -> Callable[[], Request]:
+        def build() -> Request:
+            raise CorruptImage(f"{dataset.source.location}/{path} could not be read when zero-shot labels were computed")
+
+        return build
+
+    jobs = []
+    for anchor, members in enumerate(groups):
+        if hashes[anchor] is None:
+            continue
+        if members is None:  # no label, so no group: reported as a failure rather than left out
+            path = dataset.samples[anchor].path
+            jobs.append(Job(hashes[anchor], "group", prompt_for(anchor), path, unreadable(path)))
+            continue
+        cells = [anchor, *members]
+        cell_hashes = [hashes[i] for i in cells]
+        prompt = prompt_for(anchor)
+        meta = {"members": [dataset.samples[i].path for i in members], "group_size": len(cells), "draw": draw}
+        jobs.append(
+            Job(hashes[anchor], "group", prompt, dataset.samples[anchor].path, builder(cells, prompt), group_variant(cell_hashes), meta)
+        )
+    return jobs

@@ -1,0 +1,268 @@
+"""The `openai` describer: the chat-completions protocol over HTTP (vLLM, SGLang, llama.cpp, Ollama, ...).
+
+The stage is I/O-bound, so the runner keeps many requests in flight (one thread each, each with
+its own keep-alive connection per endpoint) and spreads them over every `--lmm-url`. A request
+that meets a 429, a 5xx, a timeout, a dropped connection, malformed JSON or an empty answer is
+retried with exponential back-off, on the next healthy endpoint; an endpoint that fails is rested
+for a while so a dead server does not slow the others. Answers that show the configuration
+itself is wrong (401, 403, 404) stop the run at once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+from urllib.parse import urlsplit
+
+from latteclip.describe.backend import BackendStopped, Describer, ItemFailed, Request
+from latteclip.errors import LatteclipError
+
+API_KEY_VARIABLES = ("LATTECLIP_LMM_API_KEY", "OPENAI_API_KEY")
+DEFAULT_CONCURRENCY = 64
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+STOPPING_STATUS = {401: "rejected the API key", 403: "refused access", 404: "has no such route or model"}
+MAX_TOKENS = 77
+MAX_REST_SECONDS = 30.0
+
+
+def api_key_from_environment() -> str | None:
+    for name in API_KEY_VARIABLES:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+@dataclass
+class Endpoint:
+    """One server: where to connect, and how long to rest it after failures."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    failures_in_row: int = 0
+    rest_until: float = 0.0
+
+    @classmethod
+    def parse(cls, url: str) -> "Endpoint":
+        base = url.strip().rstrip("/")
+        if base.endswith("/chat/completions"):
+            base = base[: -len("/chat/completions")]
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise LatteclipError(f"--lmm-url {url} is not an http(s) URL; give the server's base, e.g. http://host:8000/v1")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as err:
+            raise LatteclipError(f"--lmm-url {url} has a bad port: {err}") from err
+        return cls(base, parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+
+    def connect(self, timeout: float) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        return cls(self.host, self.port, timeout=timeout)
+
+
+@dataclass
+class EndpointPool:
+    """Round-robin over the endpoints that are not resting; the soonest rested one when all are."""
+
+    endpoints: list[Endpoint]
+    _next: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def pick(self) -> Endpoint:
+        with self._lock:
+            now = time.monotonic()
+            count = len(self.endpoints)
+            for offset in range(count):
+                candidate = self.endpoints[(self._next + offset) % count]
+                if candidate.rest_until <= now:
+                    self._next = (self._next + offset + 1) % count
+                    return candidate
+            return min(self.endpoints, key=lambda e: e.rest_until)
+
+    def failed(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            endpoint.failures_in_row += 1
+            endpoint.rest_until = time.monotonic() + min(MAX_REST_SECONDS, 0.5 * 2 ** (endpoint.failures_in_row - 1))
+
+    def succeeded(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            endpoint.failures_in_row = 0
+            endpoint.rest_until = 0.0
+
+
+class RetryableError(Exception):
+    """A failure another try may not meet; `wait` is the server's Retry-After, when it sent one."""
+
+    def __init__(self, reason: str, wait: float | None = None):
+        super().__init__(reason)
+        self.wait = wait
+
+
+class OpenAIDescriber(Describer):
+    backend = "openai"
+    default_concurrency = DEFAULT_CONCURRENCY
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        model: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        api_key: str | None = None,
+        max_tokens: int = MAX_TOKENS,
+    ):
+        if not urls:
+            raise LatteclipError("the openai backend needs at least one --lmm-url (e.g. http://localhost:8000/v1)")
+        self.pool = EndpointPool([Endpoint.parse(u) for u in urls])
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.api_key = api_key if api_key is not None else api_key_from_environment()
+        self.max_tokens = max_tokens
+        self._local = threading.local()
+        self.model = model or self.served_model()
+
+    # --- HTTP ------------------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "latteclip"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _connections(self) -> dict[str, http.client.HTTPConnection]:
+        """This thread's kept-alive connections, one per endpoint."""
+        if not hasattr(self._local, "connections"):
+            self._local.connections = {}
+        return self._local.connections
+
+    def _connection(self, endpoint: Endpoint) -> http.client.HTTPConnection:
+        connections = self._connections()
+        if endpoint.url not in connections:
+            connections[endpoint.url] = endpoint.connect(self.timeout)
+        return connections[endpoint.url]
+
+    def _drop_connection(self, endpoint: Endpoint) -> None:
+        connection = self._connections().pop(endpoint.url, None)
+        if connection is not None:
+            connection.close()
+
+    def _exchange(self, endpoint: Endpoint, method: str, route: str, body: bytes | None) -> tuple[int, bytes, str | None]:
+        """(status, body, Retry-After) of one call; a kept-alive connection the server closed is reopened once."""
+        for fresh in (False, True):
+            connection = self._connection(endpoint)
+            reused = connection.sock is not None
+            try:
+                connection.request(method, endpoint.path + route, body=body, headers=self._headers())
+                response = connection.getresponse()
+                data = response.read()
+                if response.getheader("Connection", "").lower() == "close":
+                    self._drop_connection(endpoint)
+                return response.status, data, response.getheader("Retry-After")
+            except (OSError, http.client.HTTPException) as err:
+                self._drop_connection(endpoint)
+                if reused and not fresh and isinstance(err, (BrokenPipeError, ConnectionResetError)):
+                    continue  # the server closed an idle kept-alive connection: not a failure of this request
+                kind = "timed out" if isinstance(err, TimeoutError) else f"connection failed ({type(err).__name__}: {err})"
+                raise RetryableError(f"{endpoint.url} {kind}") from err
+        raise AssertionError("unreachable: the second try either returns or raises")
+
+    def served_model(self) -> str:
+        """The model the first reachable endpoint serves (GET /models), for servers that host one model."""
+        problems = []
+        for endpoint in self.pool.endpoints:
+            try:
+                status, data, _ = self._exchange(endpoint, "GET", "/models", None)
+                if status == 200:
+                    return str(json.loads(data)["data"][0]["id"])
+                problems.append(f"{endpoint.url}/models answered HTTP {status}")
+            except (RetryableError, ValueError, KeyError, IndexError, TypeError) as err:
+                problems.append(f"{endpoint.url}/models: {err}")
+        raise LatteclipError(f"cannot tell which model the server runs ({'; '.join(problems)}); pass --lmm-model NAME")
+
+    def payload(self, request: Request) -> bytes:
+        message = {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": request.data_url()}},
+                {"type": "text", "text": request.prompt},
+            ],
+        }
+        body = {"model": self.model, "messages": [message], "temperature": 0, "max_tokens": self.max_tokens}
+        return json.dumps(body).encode("utf-8")
+
+    # --- one request with retries ----------------------------------------------------------------
+    def describe(self, requests: Sequence[Request], stop: threading.Event) -> list[str | ItemFailed]:
+        return [self.ask(request, stop) for request in requests]
+
+    def ask(self, request: Request, stop: threading.Event) -> str | ItemFailed:
+        body = self.payload(request)
+        reason = ""
+        for attempt in range(self.retries + 1):
+            if stop.is_set():
+                return ItemFailed(f"not finished: the run stopped ({reason or 'before an answer'})")
+            endpoint = self.pool.pick()
+            try:
+                text = self._answer(endpoint, body)
+                self.pool.succeeded(endpoint)
+                return text
+            except RetryableError as err:
+                reason = str(err)
+                if attempt == self.retries:
+                    break
+                delay = err.wait if err.wait is not None else min(self.max_backoff, self.backoff * 2**attempt)
+                stop.wait(delay * random.uniform(0.75, 1.25))
+            except ItemFailed as err:
+                return err
+        return ItemFailed(f"{reason} (gave up after {self.retries + 1} tries)")
+
+    def _answer(self, endpoint: Endpoint, body: bytes) -> str:
+        try:
+            status, data, retry_after = self._exchange(endpoint, "POST", "/chat/completions", body)
+        except RetryableError:
+            self.pool.failed(endpoint)
+            raise
+        if status in STOPPING_STATUS:
+            raise BackendStopped(
+                f"{endpoint.url}/chat/completions {STOPPING_STATUS[status]} (HTTP {status}: {_snippet(data)}); "
+                f"check --lmm-url, --lmm-model and the key in {' or '.join(API_KEY_VARIABLES)}"
+            )
+        if status in RETRYABLE_STATUS or status >= 500:
+            if status >= 500:
+                self.pool.failed(endpoint)
+            raise RetryableError(f"{endpoint.url} answered HTTP {status}: {_snippet(data)}", _seconds(retry_after, self.max_backoff))
+        if status != 200:
+            raise ItemFailed(f"{endpoint.url} refused the request (HTTP {status}: {_snippet(data)})")
+        try:
+            content = json.loads(data)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise RetryableError(f"{endpoint.url} sent a malformed answer ({type(err).__name__}): {_snippet(data)}") from err
+        if isinstance(content, list):  # some servers return content parts
+            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        text = " ".join(str(content or "").split())
+        if not text:
+            raise RetryableError(f"{endpoint.url} sent an empty answer")
+        return text
+
+
+def _snippet(data: bytes, limit: int = 160) -> str:
+    text = data.decode("utf-8", "replace").strip().replace("\n", " ")
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _seconds(retry_after: str | None, cap: float) -> float | None:
+    try:
+        return min(cap, max(0.0, float(retry_after))) if retry_after else None
+    except ValueError:
+        return None

@@ -1,0 +1,93 @@
+"""Options of the description stage, merged from the config's `describe:` mapping and the command line,
+and the one place that turns them into a describer."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+from latteclip.describe.answers import DEFAULT_CUTOFF
+from latteclip.errors import LatteclipError
+
+if TYPE_CHECKING:  # importing torch and OpenCLIP here would slow every command's start
+    import torch
+
+    from latteclip.describe.backend import Describer
+    from latteclip.models import LoadedModel
+
+BACKENDS = ("openai", "transformers", "offline")
+DESCRIBABLE_KINDS = ("image", "group")
+DEFAULT_STOP_AFTER_FAILURES = 20
+
+
+@dataclass
+class DescribeSettings:
+    lmm: str | None = None  # openai, transformers or offline (the CLIP-vocabulary substitute)
+    lmm_url: list[str] = field(default_factory=list)
+    lmm_model: str | None = None  # openai: asked from the server when not given
+    lmm_timeout: float = 120.0  # seconds per HTTP request
+    lmm_retries: int = 5  # further tries of a request after a 429, 5xx, timeout or bad answer
+    lmm_batch_size: int = 8  # requests per forward pass of an in-process model
+    concurrency: int | None = None  # requests in flight (default: 64 for openai, 1 in-process)
+    kinds: list[str] = field(default_factory=lambda: list(DESCRIBABLE_KINDS))
+    group_size: int = 4
+    with_label: bool = False  # the prompt variant that names the zero-shot label
+    true_class_members: int | None = None  # ANALYSIS ONLY: groups with this many images of the TRUE class
+    prompts: Any = None  # a prompts file, or a mapping of prompt name -> template
+    vocabulary: str | None = None  # the offline describer's phrase file
+    stop_after_failures: int = DEFAULT_STOP_AFTER_FAILURES
+    answer_cutoff: float = DEFAULT_CUTOFF  # LMM zero-shot: least similarity that maps an answer to a class
+
+    def check(self) -> "DescribeSettings":
+        if self.lmm is not None and self.lmm not in BACKENDS:
+            raise LatteclipError(f"--lmm {self.lmm} is not a backend: choose one of {', '.join(BACKENDS)}")
+        unknown = [k for k in self.kinds if k not in DESCRIBABLE_KINDS]
+        if not self.kinds or unknown:
+            raise LatteclipError(f"--kinds must list some of {','.join(DESCRIBABLE_KINDS)} (got {','.join(self.kinds) or 'nothing'})")
+        if self.group_size < 2:
+            raise LatteclipError(f"--group-size {self.group_size} must be at least 2 (the paper uses 2, 4, 8, 16)")
+        if self.true_class_members is not None and not 1 <= self.true_class_members <= self.group_size:
+            raise LatteclipError(f"--true-class-members must be between 1 and the group size {self.group_size}")
+        for name in ("lmm_timeout", "lmm_batch_size", "stop_after_failures"):
+            if getattr(self, name) <= 0:
+                raise LatteclipError(f"--{name.replace('_', '-')} must be positive")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise LatteclipError("--concurrency must be at least 1")
+        if self.lmm_retries < 0:
+            raise LatteclipError("--lmm-retries cannot be negative")
+        return self
+
+
+FIELDS = {f.name for f in dataclasses.fields(DescribeSettings)}
+
+
+def resolve_settings(from_config: Mapping[str, Any], from_cli: Mapping[str, Any]) -> DescribeSettings:
+    """Defaults, then the config's `describe:` mapping, then the command line (None means not given)."""
+    unknown = sorted(set(from_config) - FIELDS)
+    if unknown:
+        raise LatteclipError(f"config: unknown describe option(s) {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})")
+    values = {**from_config, **{k: v for k, v in from_cli.items() if v is not None}}
+    for name in ("lmm_url", "kinds"):
+        if isinstance(values.get(name), str):
+            values[name] = [part.strip() for part in values[name].split(",") if part.strip()]
+    return DescribeSettings(**values).check()
+
+
+def build_describer(settings: DescribeSettings, domain: str, loaded: LoadedModel | None, device: torch.device) -> Describer:
+    """The describer the settings name; `loaded` is the CLIP model (used by the offline substitute)."""
+    if settings.lmm == "openai":
+        from latteclip.describe.openai_http import OpenAIDescriber
+
+        return OpenAIDescriber(settings.lmm_url, settings.lmm_model, settings.lmm_timeout, settings.lmm_retries)
+    if settings.lmm == "transformers":
+        from latteclip.describe.hf_local import TransformersDescriber
+
+        return TransformersDescriber(settings.lmm_model or "", device, settings.lmm_batch_size)
+    if settings.lmm == "offline":
+        from latteclip.describe.clip_vocab import ClipVocabularyDescriber
+
+        if loaded is None:
+            raise LatteclipError("the offline describer needs the CLIP model (--model/--pretrained)")
+        return ClipVocabularyDescriber(loaded, domain, device, settings.vocabulary, settings.lmm_batch_size)
+    raise LatteclipError(f"choose a describer with --lmm ({', '.join(BACKENDS)})")

@@ -1,0 +1,183 @@
+"""A local OpenAI-compatible chat-completions server for tests and the throughput benchmark.
+
+It answers `POST /v1/chat/completions` with a text that names the image's content hash and the
+prompt, so a test can tell whether every stored answer belongs to its own image, and it records
+every request. A `faults` function, given (image hash, attempt number), can make a request fail:
+"500", "429", "400", "404", "401", "timeout" (answers too late), "malformed" (broken JSON), "empty"
+(an empty answer), "drop" (closes the connection without answering).
+
+Run as a script (`python tests/lmm_server.py --delay 0.1`) it serves in its own process and
+prints its base URL, which is how the benchmark keeps server and client CPU apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from PIL import Image
+
+
+def expected_answer(image_hash: str, prompt: str) -> str:
+    return f"image {image_hash[:12]} asked {hashlib.sha1(prompt.encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class Seen:
+    """One request as the server saw it."""
+
+    image_hash: str
+    prompt: str
+    outcome: str
+    body: dict
+    headers: dict
+    image_size: tuple[int, int]
+
+
+@dataclass
+class FakeLMMServer:
+    delay: float = 0.0
+    model: str = "fake-llava"
+    faults: Callable[[str, int], str] | None = None
+    hang_seconds: float = 2.0
+    answer: Callable[[str, str], str] = expected_answer
+    seen: list[Seen] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _attempts: Counter = field(default_factory=Counter)
+
+    def start(self) -> str:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> "FakeLMMServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- what the tests read ---------------------------------------------------------------------
+    def requests_per_key(self) -> Counter:
+        with self._lock:
+            return Counter((s.image_hash, s.prompt) for s in self.seen)
+
+    def answered_per_key(self) -> Counter:
+        with self._lock:
+            return Counter((s.image_hash, s.prompt) for s in self.seen if s.outcome == "ok")
+
+    def next_attempt(self, image_hash: str, prompt: str) -> int:
+        with self._lock:
+            self._attempts[(image_hash, prompt)] += 1
+            return self._attempts[(image_hash, prompt)]
+
+    def record(self, seen: Seen) -> None:
+        with self._lock:
+            self.seen.append(seen)
+
+
+def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like real servers
+        disable_nagle_algorithm = True  # headers and body leave at once, as from real servers (no 40 ms delayed-ACK stall)
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def _send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/").endswith("/v1/models"):
+                self._send(200, json.dumps({"object": "list", "data": [{"id": server.model, "object": "model"}]}).encode())
+            else:
+                self._send(404, b'{"error": "no such route"}')
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if not self.path.endswith("/v1/chat/completions"):
+                self._send(404, b'{"error": "no such route"}')
+                return
+            content = body["messages"][0]["content"]
+            url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
+            prompt = next(c["text"] for c in content if c["type"] == "text")
+            data = base64.b64decode(url.split(",", 1)[1])
+            image_hash = hashlib.sha1(data).hexdigest()
+            size = Image.open(io.BytesIO(data)).size
+            attempt = server.next_attempt(image_hash, prompt)
+            outcome = server.faults(image_hash, attempt) if server.faults else "ok"
+            server.record(Seen(image_hash, prompt, outcome, body, dict(self.headers), size))
+            if server.delay:
+                time.sleep(server.delay)
+            try:
+                self._reply(outcome, body, image_hash, prompt)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout test)
+
+        def _reply(self, outcome: str, body: dict, image_hash: str, prompt: str) -> None:
+            if outcome in ("500", "400", "404", "401"):
+                self._send(int(outcome), json.dumps({"error": {"message": f"scripted {outcome}"}}).encode())
+            elif outcome == "429":
+                self._send(429, b'{"error": "slow down"}', {"Retry-After": "0"})
+            elif outcome == "timeout":
+                time.sleep(server.hang_seconds)
+                self._send(200, _completion(body["model"], server.answer(image_hash, prompt)))
+            elif outcome == "malformed":
+                self._send(200, b'{"choices": [{"message": ')
+            elif outcome == "empty":
+                self._send(200, _completion(body["model"], ""))
+            elif outcome == "drop":
+                self.close_connection = True
+                self.connection.shutdown(2)
+            else:
+                self._send(200, _completion(body["model"], server.answer(image_hash, prompt)))
+
+    return Handler
+
+
+def _completion(model: str, text: str) -> bytes:
+    return json.dumps({
+        "id": "chatcmpl-test", "object": "chat.completion", "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }).encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay", type=float, default=0.1, help="seconds before each answer")
+    args = parser.parse_args()
+    server = FakeLMMServer(delay=args.delay)
+    print(server.start(), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

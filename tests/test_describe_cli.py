@@ -1,0 +1,168 @@
+"""`latteclip describe` and `latteclip zeroshot --lmm` end to end on the small EuroSAT copy.
+
+Groups must be drawn by the same zero-shot labels training computes (the engine's function,
+recomputed here), collages must reach the server at 672x672, the offline substitute must make
+descriptions the LatteCLIP method can read, and the LMM baseline's accuracy and unmapped share
+must match answers scripted per image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.lmm_server import FakeLMMServer
+
+from latteclip.cli import main
+from latteclip.data import build_dataset
+from latteclip.data.transforms import eval_transform
+from latteclip.describe.jobs import image_hashes
+from latteclip.describe.prompts import load_prompts
+from latteclip.describe.store import DescriptionStore
+from latteclip.engine.features import zero_shot_labels
+from latteclip.engine.session import seed_everything
+from latteclip.models import TokenCache, load_clip
+
+TINY = ["--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def train(eurosat_folder):
+    return build_dataset("eurosat", eurosat_folder, "train")
+
+
+@pytest.fixture(scope="module")
+def labels(train, tmp_path_factory) -> list[int]:
+    """c_zs as training computes it: seeded random latte-tiny, first template, evaluation transform."""
+    seed_everything(0)
+    loaded = load_clip("latte-tiny", "random")
+    data = train.with_transform(eval_transform(loaded.image_size, loaded.mean, loaded.std))
+    return zero_shot_labels(loaded, TokenCache(loaded.tokenizer), train.info.classnames, train.info.templates[0], data, "cpu").tolist()
+
+
+def test_groups_share_the_zero_shot_label_and_prompts_name_it(eurosat_folder, train, labels, tmp_path):
+    store_path = tmp_path / "d.sqlite"
+    with FakeLMMServer() as server:
+        code = main(["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--lmm", "openai", "--lmm-url", server.url,
+                     "--with-label", "--store", str(store_path), *TINY])
+        seen = list(server.seen)
+    assert code == 0
+    hashes = image_hashes(train, progress=False)
+    index_of_path = {s.path: i for i, s in enumerate(train.samples)}
+    store = DescriptionStore(store_path)
+    groups = [r for r in store.rows() if r["kind"] == "group"]
+    assert len({r["image_hash"] for r in groups}) == len(set(hashes))
+    for row in groups:
+        anchor = index_of_path[row["image"]]
+        assert row["image_hash"] == hashes[anchor] and len(row["meta"]["members"]) == 3
+        assert {labels[index_of_path[m]] for m in row["meta"]["members"]} == {labels[anchor]}
+        assert row["prompt"] == load_prompts().description("group", "land use", train.info.classnames[labels[anchor]])
+    images = [r for r in store.rows() if r["kind"] == "image"]
+    for row in images:
+        label = train.info.classnames[labels[index_of_path[row["image"]]]]
+        assert row["prompt"] == f"Describe the {label} land use in the photo concisely, using less than 20 words."
+    assert sorted({s.image_size for s in seen}) == [(64, 64), (672, 672)]
+    assert sum(s.image_size == (672, 672) for s in seen) == len(groups)
+
+
+def test_offline_substitute_end_to_end_with_export_and_import(eurosat_folder, train, tmp_path):
+    store_path, exported = tmp_path / "offline.sqlite", tmp_path / "d.jsonl"
+    args = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--lmm", "offline", "--store", str(store_path), *TINY]
+    assert main([*args, "--export", str(exported)]) == 0
+    hashes = image_hashes(train, progress=False)
+    store = DescriptionStore(store_path)
+    rows = list(store.rows())
+    assert {r["backend"] for r in rows} == {"offline-clip"} and all(r["model"].startswith("clip-vocab:latte-tiny:random:") for r in rows)
+    # what the LatteCLIP method reads: a text for every training image, of both kinds
+    image_texts = store.get_texts(hashes, "image")
+    group_texts = store.get_texts(hashes, "group")
+    assert all(t and t.startswith("land use with ") for t in image_texts + group_texts)
+    count_before = len(rows)
+    assert main(args) == 0 and len(list(store.rows())) == count_before  # a rerun adds nothing
+
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert len(lines) == count_before and {line["kind"] for line in lines} == {"image", "group"}
+    assert {line["image"] for line in lines} == {s.path for s in train.samples}
+    elsewhere = tmp_path / "elsewhere.sqlite"
+    assert main(["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--import", str(exported),
+                 "--store", str(elsewhere)]) == 0
+    imported = DescriptionStore(elsewhere)
+    assert imported.get_texts(hashes, "image") == image_texts and imported.get_texts(hashes, "group") == group_texts
+
+
+def test_config_file_sets_describe_options_and_prompts(eurosat_folder, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "dataset": "eurosat", "root": str(eurosat_folder), "store": str(tmp_path / "c.sqlite"),
+        "describe": {"lmm": "openai", "kinds": ["image"], "concurrency": 3, "prompts": {"image": "What {domain} is shown?"}},
+    }))
+    with FakeLMMServer() as server:
+        assert main(["describe", "--config", str(config), "--lmm-url", server.url, "--limit", "10"]) == 0
+        assert {s.prompt for s in server.seen} == {"What land use is shown?"} and len(server.seen) == 10
+
+
+def test_analysis_mode_needs_its_own_store(eurosat_folder, capsys):
+    code = main(["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--lmm", "offline",
+                 "--true-class-members", "2", *TINY])
+    assert code == 2 and "pass a separate --store" in capsys.readouterr().err
+
+
+def test_analysis_mode_groups_hold_k_true_class_images(eurosat_folder, train, tmp_path, capsys):
+    store_path = tmp_path / "analysis.sqlite"
+    assert main(["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--lmm", "offline", "--kinds", "group",
+                 "--true-class-members", "3", "--store", str(store_path), *TINY]) == 0
+    assert "ANALYSIS MODE" in capsys.readouterr().out
+    label_of = {s.path: s.label for s in train.samples}
+    for row in DescriptionStore(store_path).rows():
+        same = sum(label_of[m] == label_of[row["image"]] for m in row["meta"]["members"]) + 1
+        assert same == 3 and "reads labels" in row["meta"]["draw"]
+
+
+def test_lmm_zeroshot_accuracy_and_unmapped_share(eurosat_folder, tmp_path):
+    test = build_dataset("eurosat", eurosat_folder, "test")
+    names = test.info.classnames
+    hashes = image_hashes(test, progress=False)
+    # per image: the true name, the true name upper-cased, no class at all, another class's name:
+    # 2 of 4 right, 1 of 4 unmapped, and 2 of 4 exact names (one of them wrong)
+    scripted = {}
+    for i, (sample, image_hash) in enumerate(zip(test.samples, hashes)):
+        true = names[sample.label]
+        scripted[image_hash] = [true, true.upper(), "I cannot tell.", names[(sample.label + 1) % len(names)]][i % 4]
+    args = ["zeroshot", "--dataset", "eurosat", "--root", str(eurosat_folder), "--lmm", "openai", "--store",
+            str(tmp_path / "zs.sqlite"), "--output", str(tmp_path / "runs"), "--name", "lmm"]
+    with FakeLMMServer(answer=lambda image_hash, prompt: scripted[image_hash]) as server:
+        assert main([*args, "--lmm-url", server.url]) == 0
+        assert {s.prompt for s in server.seen} == {load_prompts().multiple_choice(names, "land use")}
+        asked = len(server.seen)
+        assert main([*args, "--lmm-url", server.url]) == 0 and len(server.seen) == asked  # answers are reused
+    results = json.loads((tmp_path / "runs" / "lmm" / "results.json").read_text())
+    assert len(test) == 60
+    assert results["method"] == "lmm_zeroshot" and results["model"] == "fake-llava"
+    assert results["top1"] == pytest.approx(30 / 60)
+    answers = results["test"]["answers"]
+    assert answers == {"exact": 30, "case_insensitive": 15, "similar": 0, "unmapped": 15, "unmapped_share": 0.25}
+    confusion = results["test"]["confusion"]
+    assert len(confusion) == 10 and all(len(row) == 11 for row in confusion) and sum(r[10] for r in confusion) == 15
+    lines = [json.loads(line) for line in (Path(tmp_path / "runs" / "lmm" / "answers.jsonl")).read_text().splitlines()]
+    assert sum(line["how"] == "unmapped" for line in lines) == 15
+
+
+def test_an_unreadable_image_is_reported_for_each_kind_and_fails_the_run(eurosat_folder, tmp_path, capsys):
+    rows = []
+    for label in ("Forest", "River"):
+        for path in sorted((eurosat_folder / "2750" / label).iterdir())[:4]:
+            rows.append(f"{path},{label},train")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    rows.append(f"{broken},River,train")
+    table = tmp_path / "data.csv"
+    table.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    code = main(["describe", "--dataset", "csv", "--root", str(table), "--lmm", "offline", "--store", str(tmp_path / "s.sqlite"), *TINY])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "image: 9 images, 8 described now, 0 already stored, 1 failed" in out
+    assert "group: 9 images, 8 described now, 0 already stored, 1 failed" in out
+    failed = [line.strip() for line in out.splitlines() if line.strip().startswith("failed ")]
+    assert len(failed) == 2 and all("broken.jpg" in line and "unreadable image" in line for line in failed)

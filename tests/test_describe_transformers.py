@@ -1,0 +1,112 @@
+"""The `transformers` describer with a tiny randomly initialised LLaVA-NeXT built here, offline.
+
+The tokenizer is a word-level one made with the `tokenizers` library and the processor is saved
+next to the model, so the describer loads both from a folder exactly as it would a real model.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from latteclip.data import build_dataset
+from latteclip.describe.jobs import group_jobs, image_hashes, image_jobs
+from latteclip.describe.prompts import load_prompts
+from latteclip.describe.runner import Runner
+from latteclip.describe.store import DescriptionStore
+
+transformers = pytest.importorskip("transformers")
+
+WORDS = ("describe the land use in photo concisely using less than 20 words common visual attributes of all photos "
+         "fewer green field fields river forest road roads city houses crops water trees a and with , .").split()
+CHAT_TEMPLATE = (
+    "{% for message in messages %}USER: {% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:"
+)
+PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
+                              LlavaNextProcessor, MistralConfig, PreTrainedTokenizerFast)
+
+    special = ["<unk>", "<pad>", "<s>", "</s>", "<image>"]
+    vocab = {token: i for i, token in enumerate(special + sorted(set(WORDS)) + ["USER:", "ASSISTANT:"])}
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    word_level.decoder = decoders.WordPiece()  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                        eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                              image_grid_pinpoints=PINPOINTS)
+    # a CLIP vision tower adds its class token, which the "default" feature strategy drops: one extra token
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                                   vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
+                                   num_additional_image_tokens=1)
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64),
+        text_config=MistralConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+                                  pad_token_id=1, bos_token_id=2, eos_token_id=3),
+        image_token_index=vocab["<image>"], image_grid_pinpoints=PINPOINTS, vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llava-next")
+    model = LlavaNextForConditionalGeneration(config)
+    with torch.no_grad():  # a random model often ends at once; zero logits for special tokens keep it talking
+        model.lm_head.weight[: len(special)] = 0
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def describer(tiny_llava):
+    from latteclip.describe.hf_local import TransformersDescriber
+
+    return TransformersDescriber(tiny_llava, "cpu", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def train(eurosat_folder):
+    return build_dataset("eurosat", eurosat_folder, "train")
+
+
+def test_prompt_goes_through_the_chat_template(describer):
+    assert describer.conversation("Describe the land use.") == "USER: <image> Describe the land use. ASSISTANT:"
+    assert describer.model.startswith("tiny-llava-next")  # a local folder is named by its last part
+
+
+def test_batched_answers_equal_one_by_one_answers(describer, train):
+    hashes = image_hashes(train, progress=False)
+    prompt = load_prompts().description("image", "land use")
+    requests = [job.build() for job in image_jobs(train, hashes, lambda i: prompt)[::15][:4]]
+    stop = threading.Event()
+    batched = describer.describe(requests, stop)
+    assert all(isinstance(text, str) and text for text in batched)
+    assert batched == [describer.describe([r], stop)[0] for r in requests]
+    assert len(set(batched)) > 1  # different images get different answers
+
+
+def test_runner_describes_images_and_collages_in_batches(describer, train, tmp_path):
+    hashes = image_hashes(train, progress=False)
+    prompts = load_prompts()
+    subset = list(range(0, len(train), 10))  # 12 images
+    groups = [[subset[(subset.index(i) + k) % len(subset)] for k in (1, 2, 3)] if i in subset else None for i in range(len(train))]
+    jobs = image_jobs(train, hashes, lambda i: prompts.description("image", "land use"))
+    jobs += group_jobs(train, hashes, groups, lambda i: prompts.description("group", "land use"), draw="test")
+    jobs = [j for j in jobs if j.image in {train.samples[i].path for i in subset}]
+    store = DescriptionStore(tmp_path / "d.sqlite")
+    summary = Runner(describer, store, "eurosat", progress=False).run(jobs)
+    assert summary.complete, summary.lines()
+    assert summary.counts["image"].done == 12 and summary.counts["group"].done == 12
+    texts = store.get_texts([hashes[i] for i in subset], "group", model=describer.model)
+    assert all(texts)
+    again = Runner(describer, store, "eurosat", progress=False).run(jobs)
+    assert again.counts["image"].cached == 12 and again.counts["group"].cached == 12
