@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from latteclip.cli.demo import check_stages, prepare_stages
 from latteclip.engine.domain_shift import (
     Experiment,
     aggregate,
@@ -90,6 +91,7 @@ def experiment_from(args: argparse.Namespace) -> Experiment:
 
 def run_benchmark(experiment: Experiment) -> tuple[dict, Cells, list[dict[str, Any]]]:
     started = time.time()
+    check_stages(experiment)
     print(f"pre-training {experiment.model} on the clean source domain (cached)", flush=True)
     source = pretrain_source(experiment)
     print(f"  zero-shot top-1 on the clean test set: {100 * source.summary['clean_test_top1']:.2f}% ({elapsed(started)})", flush=True)
@@ -97,12 +99,16 @@ def run_benchmark(experiment: Experiment) -> tuple[dict, Cells, list[dict[str, A
     choices: list[dict[str, Any]] = []
     for shift in experiment.shifts:
         for entry in experiment.methods:
-            choice, scores = select(experiment, entry, shift, source.path, lambda msg: print(f"  {msg}", flush=True))
+            choice, scores = select(
+                experiment, entry, shift, source.path, lambda msg: print(f"  {msg}", flush=True),
+                prepare=lambda config, entry=entry: prepare_stages(experiment, entry, config),
+            )
             if scores:
                 choices.append({"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores})
             for seed in experiment.seeds:
                 print(f"{entry.label} on {experiment.target(shift)}, seed {seed} ({elapsed(started)})", flush=True)
                 config = run_config(experiment, entry, experiment.target(shift), seed, source.path, f"{shift}/{entry.name}-s{seed}", choice)
+                prepare_stages(experiment, entry, config)
                 results = run_or_reuse(config)
                 summary = run_summary(results, config.run_dir)
                 summary["seed"] = seed

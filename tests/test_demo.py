@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 def demo_config(tmp_path: Path, **changes) -> Path:
     """The package's demo file with top-level settings changed."""
     data = yaml.safe_load(package_experiment_file("demo").read_text())
+    if "methods" in changes:
+        data.pop("report")  # the package's report entry may not be among the new methods
     data.update(changes)
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -43,9 +45,14 @@ def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, mon
     assert summary["cells"]["flyp_pl|rotation"][0]["steps"] == 2
     assert "analysis/pseudo_label_acc" in summary["cells"]["flyp_pl|rotation"][0]
     assert (output / "rotation" / "flyp_pl-s0" / "final.pt").is_file()
-    for shift in ("blur-noise", "rotation"):  # the report of FLYP + pseudo-labels (first label-free method) against the others
+    for shift in ("blur-noise", "rotation"):  # the report of LatteCLIP (`report: latteclip`) against the others
         assert f"report: {output / shift / 'report' / 'report.html'}" in printed
-        assert "flyp_pl on fmnist-" + shift in (output / shift / "report" / "report.html").read_text()
+        assert "latteclip on fmnist-" + shift in (output / shift / "report" / "report.html").read_text()
+    # LatteCLIP trained on offline descriptions of exactly its training images, made by the demo's describe stage
+    stage = yaml.safe_load((output / "describe" / "fmnist-rotation-s0.yaml").read_text())
+    assert stage["describe"]["lmm"] == "offline" and stage["limit"] == 100 and stage["pretrained"].endswith(".safetensors")
+    assert "image: 100 images, 100 described now" in printed
+    assert summary["cells"]["latteclip|rotation"][0]["steps"] == 2
     table = (output / "results.md").read_text()
 
     def no_training(config):
@@ -67,9 +74,14 @@ def test_experiment_file_mistakes_are_named(tmp_path, capsys):
         load_experiment(demo_config(tmp_path, methods=[{"method": "flyp_pl"}, {"method": "flyp_pl"}]))
     with pytest.raises(LatteclipError, match="no 'fast' section"):
         load_experiment(package_experiment_file("demo"), "fast")
-    path = demo_config(tmp_path, methods=[{"method": "flyp_pl", "needs": ["descriptions"]}])
+    path = demo_config(tmp_path, methods=[{"method": "flyp_pl", "needs": ["captions"]}])
     assert main(["demo", "--config", str(path), "--quick"]) == 2
-    assert "needs stage(s) descriptions" in capsys.readouterr().err
+    assert "needs stage(s) captions; the demo runs: descriptions" in capsys.readouterr().err
+    path = demo_config(tmp_path, methods=[{"method": "latteclip", "needs": ["descriptions"]}], describe={})
+    assert main(["demo", "--config", str(path), "--quick"]) == 2
+    assert "give the describer under 'describe:'" in capsys.readouterr().err
+    with pytest.raises(LatteclipError, match="'report: coft' names no method entry"):
+        load_experiment(demo_config(tmp_path, methods=[{"method": "flyp_pl"}], report="coft"))
     quick = load_experiment(package_experiment_file("demo"), "quick")
     assert quick.run["max_steps"] == 2 and quick.run["lr"] == load_experiment(package_experiment_file("demo")).run["lr"]
 

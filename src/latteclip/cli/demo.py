@@ -12,12 +12,16 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from latteclip.cli import command
+from latteclip.errors import LatteclipError
 
 if TYPE_CHECKING:
-    from latteclip.engine.domain_shift import Experiment
+    from latteclip.config import RunConfig
+    from latteclip.engine.domain_shift import Experiment, MethodEntry
 
 
 @command("demo", "the whole pipeline offline on CPU: pre-train a tiny CLIP on Fashion-MNIST, adapt it to shifted domains without labels, print the table")
@@ -44,7 +48,6 @@ def run_demo(args: argparse.Namespace) -> int:
         run_summary,
         use_threads,
     )
-    from latteclip.errors import LatteclipError
 
     overrides = {
         key: value
@@ -57,11 +60,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if value is not None
     }
     experiment = load_experiment(args.config or package_experiment_file("demo"), "quick" if args.quick else None, overrides)
-    runnable = {"descriptions": False}
-    for entry in experiment.methods:
-        missing = [stage for stage in entry.needs if not runnable.get(stage, False)]
-        if missing:
-            raise LatteclipError(f"{experiment.source}: method entry '{entry.name}' needs stage(s) {', '.join(missing)}, which the demo cannot run yet")
+    check_stages(experiment)
     threads = use_threads(experiment.threads)
     started = time.time()
     stages = 1 + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
@@ -82,6 +81,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 dataset = experiment.target(shift)
                 print(f"[{stage}/{stages}] {entry.label} on {dataset} (seed {seed})", flush=True)
                 config = run_config(experiment, entry, dataset, seed, source.path, f"{shift}/{entry.name}-s{seed}")
+                prepare_stages(experiment, entry, config)
                 results = run_or_reuse(config)
                 cells.setdefault((entry.name, shift), []).append(run_summary(results, config.run_dir))
                 run_dirs.setdefault((entry.name, shift), config.run_dir)
@@ -114,6 +114,52 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"report: {path}")
     print(f"demo finished in {elapsed(started)}")
     return 0
+
+
+STAGES = ("descriptions",)
+
+
+def check_stages(experiment: Experiment) -> None:
+    """Refuse, before any work, an entry that needs a stage the demo does not know."""
+    for entry in experiment.methods:
+        unknown = [stage for stage in entry.needs if stage not in STAGES]
+        if unknown:
+            raise LatteclipError(
+                f"{experiment.source}: method entry '{entry.name}' needs stage(s) {', '.join(unknown)}; the demo runs: {', '.join(STAGES)}"
+            )
+        if "descriptions" in entry.needs and not experiment.describe.get("lmm"):
+            raise LatteclipError(f"{experiment.source}: '{entry.name}' needs descriptions: give the describer under 'describe:' (e.g. lmm: offline)")
+
+
+def prepare_stages(experiment: Experiment, entry: MethodEntry, config: RunConfig) -> None:
+    """Run the stages `entry` needs for the training images of `config` (only what is missing is done)."""
+    if "descriptions" in entry.needs:
+        describe_training_images(config, experiment.describe, experiment.output / "describe")
+
+
+def describe_training_images(config: RunConfig, describe: dict[str, Any], folder: Path) -> None:
+    """`latteclip describe` over the training images `config` trains on, into the store it reads.
+
+    The command is given a config file (kept in `folder`) with the run's data, model and store
+    options, so the images described are exactly the run's; the store skips images already
+    described, so a repeated call only hashes the images.
+    """
+    from latteclip.cli import main
+
+    values = {key: getattr(config, key) for key in DESCRIBE_RUN_KEYS}
+    values["describe"] = dict(describe)
+    path = folder / f"{config.dataset}-s{config.seed}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    code = main(["describe", "--config", str(path)])
+    if code != 0:
+        raise LatteclipError(f"the description stage for {config.dataset} did not finish (`latteclip describe --config {path}` "
+                             f"exited {code}); run the demo again to continue it")
+
+
+# What decides which images the description stage sees, with which model, and where it stores the texts.
+DESCRIBE_RUN_KEYS = ("dataset", "root", "limit", "seed", "classnames", "templates", "domain", "split_file",
+                     "model", "pretrained", "device", "store", "workers", "eval_batch_size")
 
 
 def write_reports(experiment: Experiment, run_dirs: dict[tuple[str, str], Path]) -> list[Path]:

@@ -66,6 +66,7 @@ class Experiment:
     seeds: list[int]
     threads: int = 0  # torch threads; 0: one per idle core
     report: str | None = None  # the entry whose runs the per-shift reports are about
+    describe: dict[str, Any] = field(default_factory=dict)  # options of the description stage (`latteclip describe`)
 
     def target(self, shift: str) -> str:
         return f"{self.dataset_prefix}-{shift}"
@@ -104,7 +105,7 @@ def package_experiment_file(name: str) -> Path:
     return Path(str(resources.files("latteclip").joinpath("configs", f"{name}.yaml")))
 
 
-TOP_KEYS = {"root", "model", "output", "threads", "seeds", "dataset_prefix", "pretrain", "shifts", "run", "methods", "report"}
+TOP_KEYS = {"root", "model", "output", "threads", "seeds", "dataset_prefix", "pretrain", "shifts", "run", "methods", "report", "describe"}
 
 
 def _check_top_keys(data: dict[str, Any], path: str | Path) -> None:
@@ -151,6 +152,7 @@ def load_experiment(path: str | Path, variant: str | None = None, overrides: dic
         seeds=[int(s) for s in data.get("seeds", [0])],
         threads=int(data.get("threads", 0)),
         report=data.get("report"),
+        describe=dict(data.get("describe") or {}),
     )
 
 
@@ -240,8 +242,18 @@ def run_summary(results: dict, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def select(experiment: Experiment, entry: MethodEntry, shift: str, weights: Path, progress: Callable[[str], None]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The grid point with the best held-out top-1 (first seed); ties go to the earlier candidate."""
+def select(
+    experiment: Experiment,
+    entry: MethodEntry,
+    shift: str,
+    weights: Path,
+    progress: Callable[[str], None],
+    prepare: Callable[[RunConfig], None] = lambda config: None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The grid point with the best held-out top-1 (first seed); ties go to the earlier candidate.
+
+    `prepare` runs before each candidate's run (e.g. the description stage for its training images).
+    """
     candidates = entry.candidates()
     if len(candidates) == 1:
         return candidates[0], []
@@ -251,6 +263,7 @@ def select(experiment: Experiment, entry: MethodEntry, shift: str, weights: Path
         name = f"select/{shift}/{entry.name}/{tag}"
         progress(f"choose {entry.label} on held-out {shift} images: {choice}")
         config = run_config(experiment, entry, experiment.heldout(shift), experiment.seeds[0], weights, name, choice)
+        prepare(config)
         results = run_or_reuse(config)
         scores.append({"choice": choice, "heldout_top1": results["top1"]})
     best = max(range(len(scores)), key=lambda i: (scores[i]["heldout_top1"], -i))
