@@ -54,6 +54,8 @@ class MethodEntry:
 
 @dataclass
 class Experiment:
+    """A pre-training, target domains, shared run options and method entries: one experiment file, resolved."""
+
     source: str  # where the experiment was read from, for messages
     root: str
     model: str
@@ -178,11 +180,13 @@ def use_threads(threads: int) -> int:
 
 
 def pretrain_source(experiment: Experiment) -> PretrainedWeights:
+    """The source model: the experiment's pre-training, from the cache when it was done before."""
     values = {"method": "pretrain", "model": experiment.model, "root": experiment.root, **experiment.pretrain}
     return pretrained_weights(resolve_config(values))
 
 
 def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: int, weights: Path, name: str, choice: dict[str, Any] | None = None) -> RunConfig:
+    """One run's configuration: package defaults, then the shared run options, the entry's, and the chosen values."""
     values: dict[str, Any] = {
         "method": entry.method,
         "dataset": dataset,
@@ -200,8 +204,15 @@ def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: i
 
 
 def _comparable(config: RunConfig) -> dict[str, Any]:
+    """The configuration as saved in a run folder, without the resume flag (which differs between the two calls)."""
     data = config.to_dict()
     data.pop("resume")
+    return json.loads(json.dumps(data))
+
+
+def _comparable_saved(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text()) or {}
+    data.pop("resume", None)
     return json.loads(json.dumps(data))
 
 
@@ -218,12 +229,6 @@ def run_or_reuse(config: RunConfig) -> dict:
         return json.loads((run_dir / "results.json").read_text())
     config.resume = same and (run_dir / "last.pt").is_file()
     return run_training(config)
-
-
-def _comparable_saved(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text()) or {}
-    data.pop("resume", None)
-    return json.loads(json.dumps(data))
 
 
 def run_summary(results: dict, run_dir: Path) -> dict[str, Any]:
