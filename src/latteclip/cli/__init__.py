@@ -127,6 +127,8 @@ COMMAND_MODULES = [
     "latteclip.cli.export",
     "latteclip.cli.report",
     "latteclip.cli.describe",
+    "latteclip.cli.pretrain",
+    "latteclip.cli.demo",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from latteclip.data.datasets import CorruptImage, DatasetInfo, ImageDataset, Sample, collate
 from latteclip.data.registry import DatasetOptions, available_datasets, build_dataset, register_builder
+from latteclip.data import fmnist as _fmnist  # noqa: F401  (registers fmnist and fmnist-<shift>)
 
 __all__ = [
     "CorruptImage",

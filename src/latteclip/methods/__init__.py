@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "reclip": "latteclip.methods.reclip:Reclip",
     "coft": "latteclip.methods.coft:Coft",
     "coft_plus": "latteclip.methods.coft:CoftPlus",
+    "pretrain": "latteclip.methods.pretrain:ContrastivePretraining",
 }
 
 

@@ -1,0 +1,247 @@
+"""The domain-shift benchmark: every shift x every method x 3 seeds, written to docs/results.md.
+
+    PYTHONPATH=src python benchmarks/domain_shift.py              # the full table (hours on 2 CPU cores)
+    PYTHONPATH=src python benchmarks/domain_shift.py --shifts rotation --methods zeroshot,flyp_pl \\
+        --seeds 0 --out /tmp/slice.md                             # a slice
+
+It runs the `benchmark` variant of the demo's experiment file (`configs/demo.yaml`: the same
+method list, every shift, seeds 0-2, the whole bundled target split). Per shift, the options an
+entry lists under `search` are chosen first on held-out training images (train on the rest of the
+training split, top-1 on the held-out part, seed 0); test labels are never read for a choice.
+Every run is cached in its run folder, so a stopped benchmark continues where it was.
+Its section of docs/results.md records the command, the machine, the choices, the table (mean ±
+sample std over seeds), and, for the label-free methods, the measured pseudo-label accuracy and
+mixer weights with every shift where a method does not beat zero-shot or FLYP + pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from latteclip.cli.demo import check_stages, prepare_stages
+from latteclip.engine.domain_shift import (
+    Experiment,
+    aggregate,
+    elapsed,
+    format_cell,
+    load_experiment,
+    package_experiment_file,
+    pretrain_source,
+    results_table,
+    run_config,
+    run_or_reuse,
+    run_summary,
+    select,
+    use_threads,
+)
+from latteclip.errors import LatteclipError
+from latteclip.methods import get_method
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_page import RESULTS, write_section  # noqa: E402  (the shared page writer beside this script)
+
+Cells = dict[tuple[str, str], list[dict[str, Any]]]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(package_experiment_file("demo")), help="experiment file (default: configs/demo.yaml)")
+    parser.add_argument("--variant", default="benchmark", help="section of the experiment file to apply (default: benchmark)")
+    parser.add_argument("--shifts", help="comma-separated subset of the shifts")
+    parser.add_argument("--methods", help="comma-separated subset of the method entries (by name)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default from the config: 0,1,2)")
+    parser.add_argument("--root", help="'bundled' or a folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--max-steps", dest="max_steps", type=int, help="override the training steps of every run")
+    parser.add_argument("--limit", type=int, help="class-balanced subset of N target images per split")
+    parser.add_argument("--threads", type=int, help="torch threads (default: one per idle core, from the load average)")
+    parser.add_argument("--output", help="folder of the run folders (default: runs/benchmark)")
+    parser.add_argument("--out", default=str(RESULTS), help="the results page whose domain_shift section is written (default: docs/results.md)")
+    return parser.parse_args(argv)
+
+
+def experiment_from(args: argparse.Namespace) -> Experiment:
+    overrides: dict[str, Any] = {}
+    if args.shifts:
+        overrides["shifts"] = [s.strip() for s in args.shifts.split(",") if s.strip()]
+    if args.seeds:
+        overrides["seeds"] = [int(s) for s in args.seeds.split(",")]
+    for key in ("root", "output", "threads"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    run = {k: getattr(args, k) for k in ("max_steps", "limit") if getattr(args, k) is not None}
+    if run:
+        overrides["run"] = run
+    experiment = load_experiment(args.config, args.variant, overrides)
+    if args.methods:
+        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+        known = {entry.name for entry in experiment.methods}
+        unknown = [m for m in wanted if m not in known]
+        if unknown:
+            raise LatteclipError(f"--methods names unknown entries {unknown}; the config has {sorted(known)}")
+        experiment.methods = [entry for entry in experiment.methods if entry.name in wanted]
+    return experiment
+
+
+def run_benchmark(experiment: Experiment) -> tuple[dict, Cells, list[dict[str, Any]]]:
+    started = time.time()
+    check_stages(experiment)
+    print(f"pre-training {experiment.model} on the clean source domain (cached)", flush=True)
+    source = pretrain_source(experiment)
+    print(f"  zero-shot top-1 on the clean test set: {100 * source.summary['clean_test_top1']:.2f}% ({elapsed(started)})", flush=True)
+    cells: Cells = {}
+    choices: list[dict[str, Any]] = []
+    for shift in experiment.shifts:
+        for entry in experiment.methods:
+            choice, scores = select(
+                experiment, entry, shift, source.path, lambda msg: print(f"  {msg}", flush=True),
+                prepare=lambda config, entry=entry: prepare_stages(experiment, entry, config),
+            )
+            if scores:
+                choices.append({"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores})
+            for seed in experiment.seeds:
+                print(f"{entry.label} on {experiment.target(shift)}, seed {seed} ({elapsed(started)})", flush=True)
+                config = run_config(experiment, entry, experiment.target(shift), seed, source.path, f"{shift}/{entry.name}-s{seed}", choice)
+                prepare_stages(experiment, entry, config)
+                results = run_or_reuse(config)
+                summary = run_summary(results, config.run_dir)
+                summary["seed"] = seed
+                cells.setdefault((entry.name, shift), []).append(summary)
+                print(f"  top-1 {100 * results['top1']:.2f}%", flush=True)
+    return source.summary, cells, choices
+
+
+def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
+    """Every shift where a label-free trained method does not beat zero-shot or FLYP + pseudo-labels, with what was measured."""
+    by_method = {entry.method: entry for entry in experiment.methods}
+    baselines = [by_method[name] for name in ("zeroshot", "flyp_pl") if name in by_method]
+    lines = []
+    for entry in experiment.methods:
+        method = get_method(entry.method)
+        if method.reads_train_labels or not method.trains:
+            continue
+        for shift in experiment.shifts:
+            runs = cells.get((entry.name, shift), [])
+            if not runs:
+                continue
+            mean = aggregate([r["top1"] for r in runs])["mean"]
+            for baseline in baselines:
+                if baseline is entry:
+                    continue
+                base_runs = cells.get((baseline.name, shift), [])
+                if not base_runs:
+                    continue
+                base = aggregate([r["top1"] for r in base_runs])["mean"]
+                if mean <= base:
+                    measured = [f"{key} {100 * aggregate([r[key] for r in runs if key in r])['mean']:.1f}%"
+                                for key in sorted({k for r in runs for k in r if k.startswith("analysis/")})]
+                    measured += [f"{key} {aggregate([r[key] for r in runs if key in r])['mean']:.3f}"
+                                 for key in sorted({k for r in runs for k in r if k.startswith("mixer/")})]
+                    lines.append(
+                        f"- {shift}: {entry.label} ({100 * mean:.2f}%) does not beat {baseline.label} ({100 * base:.2f}%)"
+                        + (f"; measured over its last fifth of training: {', '.join(measured)}" if measured else "")
+                        + "."
+                    )
+    return lines
+
+
+def analysis_table(experiment: Experiment, cells: Cells, prefix: str, percent: bool) -> str | None:
+    keys = sorted({k for runs in cells.values() for r in runs for k in r if k.startswith(prefix)})
+    if not keys:
+        return None
+    lines = ["| method | measure | " + " | ".join(experiment.shifts) + " |", "|---|---|" + "---|" * len(experiment.shifts)]
+    for entry in experiment.methods:
+        for key in keys:
+            row = []
+            for shift in experiment.shifts:
+                values = [r[key] for r in cells.get((entry.name, shift), []) if key in r]
+                row.append(format_cell(values) if percent else (f"{aggregate(values)['mean']:.3f}" if values else "–"))
+            if any(v != "–" for v in row):
+                lines.append(f"| {entry.label} | {key} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choices: list[dict], seconds: float) -> str:
+    """The body of the page's domain-shift section (the command and the machine head it)."""
+    run = experiment.run
+    seeds = ", ".join(str(s) for s in experiment.seeds)
+    parts = [
+        f"Torch threads: {torch.get_num_threads()}. Finished {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} after "
+        f"{seconds / 60:.1f} minutes (runs already in {experiment.output} are reused, not rerun).",
+        "",
+        f"- Source: `{experiment.model}` pre-trained from random weights with labels (method `pretrain`) on `fmnist` "
+        f"(root `{experiment.root}`): {pretrained['steps']} steps, {100 * pretrained['clean_test_top1']:.2f}% zero-shot top-1 "
+        f"on the clean test set.",
+        f"- Targets: `{experiment.dataset_prefix}-<shift>`, training images never seen in pre-training, adapted without their "
+        f"labels (except the supervised oracle); top-1 on the shifted test split. Shared run options: "
+        f"`{json.dumps(run, sort_keys=True)}`.",
+        f"- Seeds: {seeds}; cells are the mean ± sample standard deviation over seeds.",
+        "",
+        "### Top-1 (%) on the shifted test splits",
+        "",
+        results_table(experiment, cells),
+        "",
+        "### Hyper-parameters chosen on held-out training images",
+        "",
+        "Per shift, each option under an entry's `search` is chosen by top-1 on the held-out part of the target's training "
+        "split (`fmnist-heldout-<shift>`: trained on the rest of the training split, seed "
+        f"{experiment.seeds[0]}); test labels are never read for a choice.",
+        "",
+    ]
+    if choices:
+        parts += ["| shift | method | candidates (held-out top-1 %) | chosen |", "|---|---|---|---|"]
+        for item in choices:
+            candidates = ", ".join(f"{json.dumps(s['choice'])}: {100 * s['heldout_top1']:.2f}" for s in item["scores"])
+            parts.append(f"| {item['shift']} | {item['label']} | {candidates} | `{json.dumps(item['chosen'])}` |")
+    else:
+        parts.append("No entry lists a `search` grid: every option is the configured one.")
+    fixed = [f"- {entry.label}: `{json.dumps(entry.overrides, sort_keys=True)}`" for entry in experiment.methods if entry.overrides]
+    if fixed:
+        parts += ["", "Configured per-method options (a choice above replaces the option it names):", "", *fixed]
+    for title, prefix, percent in (
+        ("Pseudo-label accuracy and agreement during training (analysis only: from the training log, last fifth of training)", "analysis/", True),
+        ("Mixer weights during training (last fifth of training)", "mixer/", False),
+    ):
+        table = analysis_table(experiment, cells, prefix, percent)
+        if table:
+            parts += ["", f"### {title}", "", table]
+    comparisons = label_free_comparisons(experiment, cells)
+    trained = [e.label for e in experiment.methods if get_method(e.method).trains and not get_method(e.method).reads_train_labels]
+    if not trained:
+        comparisons = ["No label-free method that trains was run."]
+    parts += ["", "### Where a label-free method does not beat zero-shot or FLYP + pseudo-labels (mean over seeds)", ""]
+    parts += comparisons or [f"Each label-free method that trains ({', '.join(trained)}) beats the baselines on every shift measured "
+                             "(zero-shot, and FLYP + pseudo-labels for the other methods)."]
+    parts += ["", "### Every run", "", "| shift | method | seed | top-1 % | steps | seconds |", "|---|---|---|---|---|---|"]
+    for entry in experiment.methods:
+        for shift in experiment.shifts:
+            for r in cells.get((entry.name, shift), []):
+                seconds_run = f"{r['seconds']:.0f}" if r.get("seconds") is not None else "–"
+                parts.append(f"| {shift} | {entry.label} | {r['seed']} | {100 * r['top1']:.2f} | {r['steps']} | {seconds_run} |")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        experiment = experiment_from(args)
+        use_threads(experiment.threads)
+        started = time.time()
+        pretrained, cells, choices = run_benchmark(experiment)
+    except LatteclipError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    body = results_section(experiment, pretrained, cells, choices, time.time() - started)
+    write_section("domain_shift", "Domain shift: Fashion-MNIST, tiny CLIP pre-trained on the clean source domain", body, Path(args.out))
+    print(f"results page: {args.out} (section domain_shift)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

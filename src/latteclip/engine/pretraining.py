@@ -1,0 +1,89 @@
+"""Contrastive pre-training, run once per configuration and cached as a weights file.
+
+The weights land in `<cache>/pretrained/<model>-<dataset>-<key>.safetensors`, a plain OpenCLIP
+state dict that any command takes as `--pretrained FILE`. The key hashes everything that
+decides the weights (model config, training samples, optimisation), so a second call with the
+same configuration returns the file at once. The run itself lives in `<cache>/pretrained/runs/<key>`
+and resumes from its last checkpoint when a previous call was interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+from safetensors.torch import save as safetensors_bytes
+
+from latteclip.config import RunConfig
+from latteclip.data import build_dataset
+from latteclip.engine.checkpoint import load_checkpoint
+from latteclip.engine.features import dataset_fingerprint
+from latteclip.engine.session import dataset_options
+from latteclip.engine.trainer import run_training
+from latteclip.errors import LatteclipError
+from latteclip.models import register_project_configs
+from latteclip.paths import atomic_write_bytes, cache_dir
+
+# Options that change how a run is shown or stored, never the weights it produces.
+NOT_IN_KEY = {"output", "name", "resume", "workers", "device", "eval_every", "log_every", "checkpoint_every", "eval_batch_size", "store"}
+
+
+@dataclass
+class PretrainedWeights:
+    path: Path
+    cached: bool  # True when an earlier run made the file and nothing was trained now
+    summary: dict[str, Any]  # the run's results: clean test accuracy, steps, timings, config
+
+
+def pretrain_key(config: RunConfig) -> str:
+    """A hash of what decides the pre-trained weights."""
+    register_project_configs()
+    decisive = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_KEY}
+    decisive["model_config"] = open_clip.get_model_config(config.model)
+    train_set = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
+    decisive["train_samples"] = dataset_fingerprint(train_set)
+    decisive["root"] = str(Path(config.root).resolve()) if Path(config.root).exists() else config.root
+    return hashlib.sha1(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def weights_path(config: RunConfig, key: str) -> Path:
+    return cache_dir() / "pretrained" / f"{config.model}-{config.dataset}-{key}.safetensors"
+
+
+def pretrained_weights(config: RunConfig, force: bool = False) -> PretrainedWeights:
+    """The weights of `config` (method `pretrain`): from the cache, or trained now and cached."""
+    if config.method != "pretrain":
+        raise LatteclipError(f"pre-training runs the method 'pretrain', not '{config.method}'")
+    key = pretrain_key(config)
+    weights = weights_path(config, key)
+    summary_path = weights.with_suffix(".json")
+    if weights.is_file() and summary_path.is_file() and not force:
+        return PretrainedWeights(weights, True, json.loads(summary_path.read_text()))
+    run_dir = weights.parent / "runs" / key
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    final = run_dir / "final.pt"
+    if not final.is_file():
+        run = dataclasses.replace(config, output=str(run_dir.parent), name=key, resume=(run_dir / "last.pt").is_file())
+        run_training(run)
+    payload = load_checkpoint(final)
+    state = {name: tensor.contiguous() for name, tensor in payload["model"].items()}
+    atomic_write_bytes(weights, safetensors_bytes(state))
+    results = json.loads((run_dir / "results.json").read_text())
+    summary = {
+        "weights": str(weights),
+        "run_dir": str(run_dir),
+        "clean_test_top1": results["top1"],
+        "steps": results["steps"],
+        "timings": results["timings"],
+        "config": config.to_dict(),
+    }
+    atomic_write_bytes(summary_path, json.dumps(summary, indent=1).encode())
+    (run_dir / "last.pt").unlink(missing_ok=True)  # only needed to resume; the weights file is the result
+    return PretrainedWeights(weights, False, summary)

@@ -1,0 +1,137 @@
+"""`latteclip demo --quick` end to end, the experiment file, hyper-parameter choice and the benchmark page."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from latteclip.cli import main
+from latteclip.config import resolve_config
+from latteclip.engine import domain_shift, pretraining
+from latteclip.engine.domain_shift import load_experiment, package_experiment_file, run_or_reuse, select
+from latteclip.errors import LatteclipError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo_config(tmp_path: Path, **changes) -> Path:
+    """The package's demo file with top-level settings changed."""
+    data = yaml.safe_load(package_experiment_file("demo").read_text())
+    if "methods" in changes:
+        data.pop("report")  # the package's report entry may not be among the new methods
+    data.update(changes)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, monkeypatch):
+    output = tmp_path / "demo"
+    assert main(["demo", "--quick", "--output", str(output), "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    entries = load_experiment(package_experiment_file("demo")).methods
+    assert {"zeroshot", "flyp_pl", "oracle"} <= {e.name for e in entries}
+    assert "| method | blur-noise | rotation |" in printed
+    for entry in entries:
+        assert f"| {entry.label} |" in printed
+    summary = json.loads((output / "demo.json").read_text())
+    assert summary["quick"] and set(summary["cells"]) == {f"{e.name}|{shift}" for e in entries for shift in ("blur-noise", "rotation")}
+    assert all(0.0 <= run["top1"] <= 1.0 for runs in summary["cells"].values() for run in runs)
+    assert summary["cells"]["flyp_pl|rotation"][0]["steps"] == 2
+    assert "analysis/pseudo_label_acc" in summary["cells"]["flyp_pl|rotation"][0]
+    assert (output / "rotation" / "flyp_pl-s0" / "final.pt").is_file()
+    for shift in ("blur-noise", "rotation"):  # the report of LatteCLIP (`report: latteclip`) against the others
+        assert f"report: {output / shift / 'report' / 'report.html'}" in printed
+        assert "latteclip on fmnist-" + shift in (output / shift / "report" / "report.html").read_text()
+    # LatteCLIP trained on offline descriptions of exactly its training images, made by the demo's describe stage
+    stage = yaml.safe_load((output / "describe" / "fmnist-rotation-s0.yaml").read_text())
+    assert stage["describe"]["lmm"] == "offline" and stage["limit"] == 100 and stage["pretrained"].endswith(".safetensors")
+    assert "image: 100 images, 100 described now" in printed
+    assert summary["cells"]["latteclip|rotation"][0]["steps"] == 2
+    table = (output / "results.md").read_text()
+
+    def no_training(config):
+        pytest.fail("a second demo must reuse the cached pre-training and the finished runs")
+
+    monkeypatch.setattr(pretraining, "run_training", no_training)
+    monkeypatch.setattr(domain_shift, "run_training", no_training)
+    assert main(["demo", "--quick", "--output", str(output), "--threads", "1"]) == 0
+    assert "reused from the cache" in capsys.readouterr().out
+    assert (output / "results.md").read_text() == table
+
+
+def test_experiment_file_mistakes_are_named(tmp_path, capsys):
+    with pytest.raises(LatteclipError, match="unknown setting 'shfits'"):
+        load_experiment(demo_config(tmp_path, shfits=["rotation"]))
+    with pytest.raises(LatteclipError, match=r"\(flyp_pl\): unknown run option\(s\) learning_rate"):
+        load_experiment(demo_config(tmp_path, methods=[{"method": "flyp_pl", "learning_rate": 1e-5}]))
+    with pytest.raises(LatteclipError, match="share a name"):
+        load_experiment(demo_config(tmp_path, methods=[{"method": "flyp_pl"}, {"method": "flyp_pl"}]))
+    with pytest.raises(LatteclipError, match="no 'fast' section"):
+        load_experiment(package_experiment_file("demo"), "fast")
+    path = demo_config(tmp_path, methods=[{"method": "flyp_pl", "needs": ["captions"]}])
+    assert main(["demo", "--config", str(path), "--quick"]) == 2
+    assert "needs stage(s) captions; the demo runs: descriptions" in capsys.readouterr().err
+    path = demo_config(tmp_path, methods=[{"method": "latteclip", "needs": ["descriptions"]}], describe={})
+    assert main(["demo", "--config", str(path), "--quick"]) == 2
+    assert "give the describer under 'describe:'" in capsys.readouterr().err
+    with pytest.raises(LatteclipError, match="'report: coft' names no method entry"):
+        load_experiment(demo_config(tmp_path, methods=[{"method": "flyp_pl"}], report="coft"))
+    quick = load_experiment(package_experiment_file("demo"), "quick")
+    assert quick.run["max_steps"] == 2 and quick.run["lr"] == load_experiment(package_experiment_file("demo")).run["lr"]
+
+
+def test_choice_is_made_on_held_out_training_images(tmp_path, monkeypatch):
+    path = demo_config(tmp_path, methods=[{"method": "flyp_pl", "lr": 1e-5, "search": {"lr": [1e-6, 1e-5, 1e-4], "max_steps": [10, 20]}}])
+    experiment = load_experiment(path)
+    entry = experiment.methods[0]
+    heldout_top1 = {(1e-6, 10): 0.50, (1e-5, 10): 0.61, (1e-4, 10): 0.61, (1e-6, 20): 0.55, (1e-5, 20): 0.40, (1e-4, 20): 0.30}
+    seen = []
+
+    def fake_run(config):
+        seen.append(config.dataset)
+        return {"top1": heldout_top1[(config.lr, config.max_steps)]}
+
+    monkeypatch.setattr(domain_shift, "run_or_reuse", fake_run)
+    choice, scores = select(experiment, entry, "rotation", tmp_path / "weights.safetensors", lambda message: None)
+    assert set(seen) == {"fmnist-heldout-rotation"} and len(scores) == 6
+    assert choice == {"lr": 1e-5, "max_steps": 10}  # tied with lr 1e-4: the earlier candidate wins
+
+
+def test_finished_runs_are_reused_only_with_the_same_configuration(tmp_path, monkeypatch):
+    values = {"method": "zeroshot", "dataset": "fmnist-tint", "root": "bundled", "model": "latte-fmnist", "pretrained": "random",
+              "limit": 30, "workers": 0, "output": str(tmp_path), "name": "zs"}
+    first = run_or_reuse(resolve_config(values))
+    calls = []
+    real = domain_shift.run_training
+    monkeypatch.setattr(domain_shift, "run_training", lambda config: calls.append(config) or real(config))
+    assert run_or_reuse(resolve_config(values)) == first and not calls
+    changed = run_or_reuse(resolve_config({**values, "limit": 20}))
+    assert len(calls) == 1 and changed["test"]["n"] == 20
+
+
+def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("domain_shift_benchmark", REPO / "benchmarks" / "domain_shift.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    config = demo_config(tmp_path, methods=[
+        {"method": "zeroshot", "label": "CLIP zero-shot"},
+        {"method": "flyp_pl", "label": "FLYP + pseudo-labels", "search": {"lr": [1e-5, 1e-4]}},
+    ])
+    out = tmp_path / "results.md"
+    argv = ["--config", str(config), "--variant", "quick", "--shifts", "tint", "--seeds", "0,1", "--threads", "1",
+            "--output", str(tmp_path / "runs"), "--out", str(out)]
+    out.write_text("# Measured results\n\n<!-- other:start -->\n## Another benchmark\n<!-- other:end -->\n")
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "domain_shift.py"), *argv])
+    assert benchmark.main(argv) == 0
+    page = out.read_text()
+    assert "## Another benchmark" in page and "<!-- domain_shift:start -->" in page
+    assert "Command: `python benchmarks/domain_shift.py --config" in page and "Torch threads: 1." in page
+    assert "| method | tint |" in page and " ± " in page  # two seeds: mean ± std
+    assert '| tint | FLYP + pseudo-labels | {"lr": 1e-05}: ' in page
+    assert "| tint | CLIP zero-shot | 1 |" in page
