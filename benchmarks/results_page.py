@@ -6,29 +6,20 @@ produced it and the machine it ran on.
 
 from __future__ import annotations
 
-import os
-import platform
 import shlex
 import sys
 from pathlib import Path
 
-import torch
+from latteclip.engine.domain_shift import machine_description
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 HEADER = "# Measured results\n\nEvery section below is written by the benchmark script it names; nothing here is typed by hand.\n"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+    m = machine_description()
+    gpu = f", GPU {m['gpu']}" if m["gpu"] else ""
+    return f"{m['cpu']}, {m['cores']} cores{gpu}; Python {m['python']}, torch {m['torch']}"
 
 
 def command_line() -> str:
