@@ -119,21 +119,25 @@ def loss_panel(subject: Run, out: Path) -> Panel:
     return Panel("loss", title, embed_png(figure, "training loss", "Loss of each logged step."))
 
 
+def _percent_curve(subject: Run, key: str, label: str, path: Path, ylabel: str):
+    """One logged fraction over training as a percent curve, or None when the run did not log it."""
+    steps, values = subject.series(key)
+    return plots.plot_curves([(label, steps, values)], path, ylabel, percent=True) if steps else None
+
+
 def agreement_panel(subject: Run, out: Path) -> Panel:
     title = "Pseudo-label agreement (zero-shot vs fine-tuning)"
-    steps, values = subject.series(AGREEMENT_KEY)
-    if not steps:
+    figure = _percent_curve(subject, AGREEMENT_KEY, "agreement", out / "pl_agreement.png", "agreement (%)")
+    if figure is None:
         return Panel("agreement", title, skipped=_not_trained(subject) or f"method {subject.method} does not log {AGREEMENT_KEY}")
-    figure = plots.plot_curves([("agreement", steps, values)], out / "pl_agreement.png", "agreement (%)", percent=True)
     return Panel("agreement", title, embed_png(figure, "pseudo-label agreement", "Fraction of the batch where the frozen zero-shot label and the current model's label agree; reads no labels."))
 
 
 def pseudo_label_accuracy_panel(subject: Run, out: Path) -> Panel:
     title = "Pseudo-label accuracy"
-    steps, values = subject.series(PSEUDO_LABEL_ACC_KEY)
-    if not steps:
+    figure = _percent_curve(subject, PSEUDO_LABEL_ACC_KEY, "pseudo-label accuracy", out / "pseudo_label_accuracy.png", "accuracy (%)")
+    if figure is None:
         return Panel("pseudo-label-accuracy", title, skipped=_not_trained(subject) or f"method {subject.method} trains on no pseudo-labels")
-    figure = plots.plot_curves([("pseudo-label accuracy", steps, values)], out / "pseudo_label_accuracy.png", "accuracy (%)", percent=True)
     body = f'<p class="analysis"><span class="badge analysis">reads labels</span> {escape(READS_LABELS_NOTE)}</p>'
     body += embed_png(figure, "pseudo-label accuracy (analysis, reads labels)", "Fraction of each training batch whose training label equals the true label.")
     return Panel("pseudo-label-accuracy", title, body)
