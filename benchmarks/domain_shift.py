@@ -131,6 +131,7 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
             if not runs:
                 continue
             mean = aggregate([r["top1"] for r in runs])["mean"]
+            zeroshot_runs = cells.get((by_method["zeroshot"].name, shift), []) if "zeroshot" in by_method else []
             for baseline in baselines:
                 if baseline is entry:
                     continue
@@ -143,9 +144,13 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
                                 for key in sorted({k for r in runs for k in r if k.startswith("analysis/")})]
                     measured += [f"{key} {aggregate([r[key] for r in runs if key in r])['mean']:.3f}"
                                  for key in sorted({k for r in runs for k in r if k.startswith("mixer/")})]
+                    measured += [f"{key} {100 * aggregate([r[key] for r in runs if key in r])['mean']:.1f}% "
+                                 f"(zero-shot {100 * aggregate([r[key] for r in zeroshot_runs if key in r])['mean']:.1f}%)"
+                                 for key in sorted({k for r in runs for k in r if k.startswith("predictions/")})
+                                 if any(key in r for r in zeroshot_runs)]
                     lines.append(
                         f"- {shift}: {entry.label} ({100 * mean:.2f}%) does not beat {baseline.label} ({100 * base:.2f}%)"
-                        + (f"; measured over its last fifth of training: {', '.join(measured)}" if measured else "")
+                        + (f"; measured (analysis/ and mixer/: training log, last fifth; predictions/: test split): {', '.join(measured)}" if measured else "")
                         + "."
                     )
     return lines
@@ -201,12 +206,19 @@ def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choi
             parts.append(f"| {item['shift']} | {item['label']} | {candidates} | `{json.dumps(item['chosen'])}` |")
     else:
         parts.append("No entry lists a `search` grid: every option is the configured one.")
-    fixed = [f"- {entry.label}: `{json.dumps(entry.overrides, sort_keys=True)}`" for entry in experiment.methods if entry.overrides]
+    repository = f"{Path(__file__).resolve().parent.parent}/"  # the page names bundled files relative to the checkout
+    fixed = [
+        f"- {entry.label}: `{json.dumps(entry.overrides, sort_keys=True).replace(repository, '')}`"
+        for entry in experiment.methods
+        if entry.overrides
+    ]
     if fixed:
         parts += ["", "Configured per-method options (a choice above replaces the option it names):", "", *fixed]
     for title, prefix, percent in (
         ("Pseudo-label accuracy and agreement during training (analysis only: from the training log, last fifth of training)", "analysis/", True),
         ("Mixer weights during training (last fifth of training)", "mixer/", False),
+        ("Share of test predictions given to the most-predicted class (no label read; the test split is balanced, "
+         "so 10% is an even spread and a rise over zero-shot is self-training collapsing onto one class)", "predictions/", True),
     ):
         table = analysis_table(experiment, cells, prefix, percent)
         if table:

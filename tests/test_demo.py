@@ -135,3 +135,24 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     assert "| method | tint |" in page and " ± " in page  # two seeds: mean ± std
     assert '| tint | FLYP + pseudo-labels | {"lr": 1e-05}: ' in page
     assert "| tint | CLIP zero-shot | 1 |" in page
+    assert "| CLIP zero-shot | predictions/top_class_share |" in page
+
+
+def test_run_summary_averages_the_last_fifth_of_training_and_measures_the_prediction_spread(tmp_path):
+    records = [{"step": i, "loss": 1.0, "analysis/pseudo_label_acc": i / 10} for i in range(1, 11)]
+    records.append({"step": 10, "eval/top1": 0.5})  # an evaluation line is not a training record
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    results = {"top1": 0.375, "steps": 10, "timings": {"total_s": 3.0}, "test": {"confusion": [[3, 1], [4, 0]]}}
+    summary = domain_shift.run_summary(results, tmp_path)
+    assert summary["analysis/pseudo_label_acc"] == pytest.approx(0.95)  # steps 9 and 10
+    assert summary["predictions/top_class_share"] == pytest.approx(7 / 8)  # 7 of 8 test images predicted as class 0
+
+
+def test_idle_cores_come_from_cpu_use_measured_now(monkeypatch):
+    monkeypatch.setattr(domain_shift.os, "cpu_count", lambda: 4)
+    samples = iter([(100, 400), (250, 600)])  # 150 busy of 200 jiffies: 3 of 4 cores busy
+    monkeypatch.setattr(domain_shift, "cpu_times", lambda: next(samples))
+    assert domain_shift.idle_cores(window_s=0) == 1
+    monkeypatch.setattr(domain_shift, "cpu_times", lambda: None)  # no /proc: the load average decides
+    monkeypatch.setattr(domain_shift.os, "getloadavg", lambda: (0.4, 0.0, 0.0))
+    assert domain_shift.idle_cores(window_s=0) == 4

@@ -162,13 +162,35 @@ def load_experiment(path: str | Path, variant: str | None = None, overrides: dic
     )
 
 
-def idle_cores() -> int:
-    """Cores left by other jobs, from the one-minute load average (all cores where it is unknown)."""
-    cores = os.cpu_count() or 1
+def cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies over all cores from /proc/stat; None where there is no /proc."""
     try:
-        busy = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return cores
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])  # guest time is already counted in user time
+
+
+def idle_cores(window_s: float = 1.0) -> int:
+    """Cores left by other jobs right now: CPU use measured over `window_s`, else the one-minute load average.
+
+    The load average lags: just after another job ends it still counts that job's cores, which would
+    halve the threads of a demo started on a machine that has meanwhile gone idle.
+    """
+    cores = os.cpu_count() or 1
+    busy = None
+    before = cpu_times()
+    if before is not None:
+        time.sleep(window_s)
+        after = cpu_times()
+        if after is not None and after[1] > before[1]:
+            busy = cores * (after[0] - before[0]) / (after[1] - before[1])
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except (OSError, AttributeError):
+            return cores
     return max(1, min(cores, int(cores - busy + 0.5)))
 
 
@@ -236,8 +258,16 @@ def run_or_reuse(config: RunConfig) -> dict:
 
 
 def run_summary(results: dict, run_dir: Path) -> dict[str, Any]:
-    """Top-1 plus what the training log says about pseudo-labels and mixer weights (averaged over its last fifth)."""
+    """Top-1 plus what the training log says about pseudo-labels and mixer weights (averaged over its last fifth).
+
+    `predictions/top_class_share` is the share of test predictions given to the most-predicted class (column sums
+    of the confusion matrix: no label is read): self-training that collapses onto one class shows there.
+    """
     summary: dict[str, Any] = {"top1": results["top1"], "steps": results["steps"], "seconds": results["timings"].get("total_s")}
+    confusion = results.get("test", {}).get("confusion")
+    if confusion:
+        predicted = [sum(column) for column in zip(*confusion)]
+        summary["predictions/top_class_share"] = max(predicted) / max(1, sum(predicted))
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
