@@ -224,10 +224,14 @@ def test_corrupt_image_is_skipped_with_a_warning(three_class_folder):
     where = [(d, i) for d in everything for i, s in enumerate(d.samples) if s.path == "Forest/broken.jpg"]
     assert len(where) == 1
     dataset, index = where[0]
-    with pytest.warns(UserWarning, match="broken.jpg"):
+    with pytest.warns(UserWarning, match=f"unreadable image {three_class_folder / 'Forest' / 'broken.jpg'}: "):
         item = dataset[index]
     assert item == {"index": index, "corrupt": True}
     assert dataset[(index + 1) % len(dataset)]["label"] in (0, 1, 2)
+    table = three_class_folder / "with-broken.csv"  # a CSV names absolute paths: the warning names each once
+    table.write_text(f"{three_class_folder / 'Forest' / 'broken.jpg'},Forest,test\n")
+    with pytest.warns(UserWarning, match=f"unreadable image {three_class_folder / 'Forest' / 'broken.jpg'}: "):
+        build_dataset("csv", table, "test")[0]
 
 
 def test_bad_inputs_name_the_path_or_value(three_class_folder, eurosat_zip, tmp_path):

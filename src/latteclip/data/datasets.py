@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -85,11 +86,12 @@ class ImageDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         """The decoded RGB image (after the dataset's own deterministic domain transform, if any)."""
         sample = self.samples[index]
+        where = str(Path(self.source.location) / sample.path)  # a CSV's absolute paths stay as they are
         try:
             data = self.source.read(sample.path)
         except (OSError, KeyError) as err:
-            raise CorruptImage(f"{self.source.location}/{sample.path}: {err}") from err
-        image = decode_image(data, f"{self.source.location}/{sample.path}")
+            raise CorruptImage(f"{where}: {err}") from err
+        image = decode_image(data, where)
         if self.image_transform is not None:
             image = self.image_transform(image, index)
         return image
