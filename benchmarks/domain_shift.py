@@ -206,14 +206,10 @@ def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choi
             parts.append(f"| {item['shift']} | {item['label']} | {candidates} | `{json.dumps(item['chosen'])}` |")
     else:
         parts.append("No entry lists a `search` grid: every option is the configured one.")
-    repository = f"{Path(__file__).resolve().parent.parent}/"  # the page names bundled files relative to the checkout
-    fixed = [
-        f"- {entry.label}: `{json.dumps(entry.overrides, sort_keys=True).replace(repository, '')}`"
-        for entry in experiment.methods
-        if entry.overrides
-    ]
+    fixed = [f"- {entry.label}: `{json.dumps(entry.overrides, sort_keys=True)}`" for entry in experiment.methods if entry.overrides]
     if fixed:
-        parts += ["", "Configured per-method options (a choice above replaces the option it names):", "", *fixed]
+        parts += ["", "Configured per-method options (a choice above replaces the option it names; files are relative to the "
+                  "experiment file):", "", *fixed]
     for title, prefix, percent in (
         ("Pseudo-label accuracy and agreement during training (analysis only: from the training log, last fifth of training)", "analysis/", True),
         ("Mixer weights during training (last fifth of training)", "mixer/", False),

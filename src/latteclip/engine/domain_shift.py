@@ -133,10 +133,6 @@ def load_experiment(path: str | Path, variant: str | None = None, overrides: dic
     methods = [_parse_entry(raw, str(path)) for raw in data.get("methods") or []]
     if not methods:
         raise LatteclipError(f"{path}: 'methods' lists no method")
-    for entry in methods:  # files named in an experiment are relative to the experiment file
-        options = entry.overrides.get("method_options") or {}
-        if options.get("class_descriptions") and not Path(options["class_descriptions"]).is_absolute():
-            options["class_descriptions"] = str((Path(path).parent / options["class_descriptions"]).resolve())
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise LatteclipError(f"{path}: two method entries share a name; give one a distinct 'name:'")
@@ -226,6 +222,11 @@ def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: i
     values = _deep_merge(values, experiment.run)
     values = _deep_merge(values, entry.overrides)
     values = _deep_merge(values, choice or {})
+    options = values.get("method_options") or {}
+    if options.get("class_descriptions") and not Path(options["class_descriptions"]).is_absolute():
+        # files named in an experiment are relative to the experiment file
+        where = (Path(experiment.source).parent / options["class_descriptions"]).resolve()
+        values["method_options"] = {**options, "class_descriptions": str(where)}
     return resolve_config(values)
 
 

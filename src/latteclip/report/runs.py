@@ -35,21 +35,25 @@ class Run:
     def name(self) -> str:
         return self.folder.name
 
+    def recorded(self, key: str, default: str = "?") -> str:
+        """A setting as results.json recorded it, else as config.yaml asked for it."""
+        return str(self.results.get(key, self.config.get(key, default)))
+
     @property
     def method(self) -> str:
-        return str(self.results.get("method", self.config.get("method", "?")))
+        return self.recorded("method")
 
     @property
     def dataset(self) -> str:
-        return str(self.results.get("dataset", self.config.get("dataset", "?")))
+        return self.recorded("dataset")
 
     @property
     def model(self) -> str:
-        return str(self.results.get("model", self.config.get("model", "?")))
+        return self.recorded("model")
 
     @property
     def pretrained(self) -> str:
-        return str(self.results.get("pretrained", self.config.get("pretrained", "")))
+        return self.recorded("pretrained", "")
 
     @property
     def top1(self) -> float:
