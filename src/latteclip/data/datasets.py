@@ -83,15 +83,21 @@ class ImageDataset(Dataset):
     def read_bytes(self, index: int) -> bytes:
         return self.source.read(self.samples[index].path)
 
+    def where(self, index: int) -> str:
+        """How an image is named in messages (a CSV's absolute paths stay as they are)."""
+        return str(Path(self.source.location) / self.samples[index].path)
+
+    def read_image(self, index: int) -> tuple[Image.Image, bytes]:
+        """The decoded RGB image as stored (no domain transform) and the file bytes it came from."""
+        try:
+            data = self.read_bytes(index)
+        except (OSError, KeyError) as err:
+            raise CorruptImage(f"{self.where(index)}: {err}") from err
+        return decode_image(data, self.where(index)), data
+
     def load_image(self, index: int) -> Image.Image:
         """The decoded RGB image (after the dataset's own deterministic domain transform, if any)."""
-        sample = self.samples[index]
-        where = str(Path(self.source.location) / sample.path)  # a CSV's absolute paths stay as they are
-        try:
-            data = self.source.read(sample.path)
-        except (OSError, KeyError) as err:
-            raise CorruptImage(f"{where}: {err}") from err
-        image = decode_image(data, where)
+        image, _ = self.read_image(index)
         if self.image_transform is not None:
             image = self.image_transform(image, index)
         return image

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from latteclip.data import CorruptImage, ImageDataset
 from latteclip.data.collage import CANVAS_SIZE, GAP, make_collage
-from latteclip.data.datasets import decode_image
 from latteclip.describe.backend import Request
 from latteclip.describe.store import image_key
 
@@ -49,12 +48,7 @@ def image_hashes(dataset: ImageDataset, progress: bool = True) -> list[str | Non
 
 def load_picture(dataset: ImageDataset, index: int) -> tuple[Image.Image, bytes | None]:
     """The image as training sees it, and its file bytes when those are exactly that image."""
-    path = dataset.samples[index].path
-    try:
-        data = dataset.read_bytes(index)
-    except (OSError, KeyError) as err:
-        raise CorruptImage(f"{dataset.source.location}/{path}: {err}") from err
-    image = decode_image(data, f"{dataset.source.location}/{path}")
+    image, data = dataset.read_image(index)
     if dataset.image_transform is not None:
         return dataset.image_transform(image, index), None
     return image, data
@@ -108,9 +102,9 @@ def group_jobs(
 
         return build
 
-    def unreadable(path: str) -> Callable[[], Request]:
+    def unreadable(index: int) -> Callable[[], Request]:
         def build() -> Request:
-            raise CorruptImage(f"{dataset.source.location}/{path} could not be read when zero-shot labels were computed")
+            raise CorruptImage(f"{dataset.where(index)} could not be read when zero-shot labels were computed")
 
         return build
 
@@ -119,8 +113,7 @@ def group_jobs(
         if hashes[anchor] is None:
             continue
         if members is None:  # no label, so no group: reported as a failure rather than left out
-            path = dataset.samples[anchor].path
-            jobs.append(Job(hashes[anchor], "group", prompt_for(anchor), path, unreadable(path)))
+            jobs.append(Job(hashes[anchor], "group", prompt_for(anchor), dataset.samples[anchor].path, unreadable(anchor)))
             continue
         cells = [anchor, *members]
         cell_hashes = [hashes[i] for i in cells]
