@@ -32,6 +32,7 @@ from latteclip.engine.features import zero_shot_labels
 from latteclip.engine.session import dataset_options, pick_device, seed_everything
 from latteclip.errors import LatteclipError
 from latteclip.models import LoadedModel, TokenCache, load_clip
+from latteclip.paths import atomic_write_bytes
 
 LMM_OPTIONS = ("lmm", "lmm_url", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size", "concurrency", "stop_after_failures")
 DESCRIBE_OPTIONS = LMM_OPTIONS + ("kinds", "group_size", "with_label", "true_class_members", "vocabulary")
@@ -130,7 +131,7 @@ def _describe(args, config: RunConfig, settings: DescribeSettings, train: ImageD
     wants_groups = "group" in settings.kinds
     needs_labels = settings.with_label or (wants_groups and settings.true_class_members is None)
     device, loaded = _device_and_model(config, needs_clip=needs_labels or settings.lmm == "offline")
-    labels = _pseudo_labels(config, loaded, device) if needs_labels else None
+    labels = _pseudo_labels(config, train, loaded, device) if needs_labels else None
     describer = build_describer(settings, info.domain, loaded, device)
 
     def label_name(index: int) -> str | None:
@@ -161,11 +162,9 @@ def _describe(args, config: RunConfig, settings: DescribeSettings, train: ImageD
     return summary
 
 
-def _pseudo_labels(config: RunConfig, loaded: LoadedModel, device: torch.device) -> list[int]:
+def _pseudo_labels(config: RunConfig, train: ImageDataset, loaded: LoadedModel, device: torch.device) -> list[int]:
     """c_zs of every training image, through the engine's cache (training reads the same labels)."""
-    dataset = build_dataset(
-        config.dataset, config.root, "train", eval_transform(loaded.image_size, loaded.mean, loaded.std), dataset_options(config)
-    )
+    dataset = train.with_transform(eval_transform(loaded.image_size, loaded.mean, loaded.std))
     info = dataset.info
     return zero_shot_labels(
         loaded, TokenCache(loaded.tokenizer), info.classnames, info.templates[0], dataset, device,
@@ -247,5 +246,5 @@ def _write_lmm_run(config: RunConfig, settings: DescribeSettings, results: dict,
                 "mapped": classnames[m.label] if m.label is not None else None, "how": m.how,
                 "similarity": round(m.similarity, 4),
             }) + "\n")
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
 
