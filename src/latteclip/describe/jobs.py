@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from latteclip.data import CorruptImage, ImageDataset
-from latteclip.data.collage import CANVAS_SIZE, GAP, make_collage
+from latteclip.data.collage import make_collage
 from latteclip.describe.backend import Request
 from latteclip.describe.store import image_key
 
@@ -86,8 +86,6 @@ def group_jobs(
     groups: Sequence[list[int] | None],
     prompt_for: Callable[[int], str],
     draw: str,
-    canvas_size: int = CANVAS_SIZE,
-    gap: int = GAP,
 ) -> list[Job]:
     """One job per readable anchor: the collage of the anchor and its members, stored under the anchor.
 
@@ -98,7 +96,7 @@ def group_jobs(
     def builder(cells: list[int], prompt: str) -> Callable[[], Request]:
         def build() -> Request:
             images = [load_picture(dataset, i)[0] for i in cells]
-            return Request(make_collage(images, canvas_size, gap), prompt, parts=tuple(images))
+            return Request(make_collage(images), prompt, parts=tuple(images))
 
         return build
 
