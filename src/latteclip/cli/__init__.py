@@ -79,6 +79,8 @@ def method_option_flags() -> dict[str, tuple[Any, str]]:
 
 
 def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
+    from latteclip.describe.settings import comma_list
+
     group = parser.add_argument_group("method options (each applies to the methods named)")
     for name, (kind, methods) in sorted(method_option_flags().items()):
         flag = "--" + name.replace("_", "-")
@@ -87,7 +89,7 @@ def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=f"({methods})")
         elif origin in (list, tuple):
-            group.add_argument(flag, dest=dest, metavar="A,B", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], help=f"comma-separated ({methods})")
+            group.add_argument(flag, dest=dest, metavar="A,B", type=comma_list, help=f"comma-separated ({methods})")
         else:  # int, float, str, and optional ones (`str | None` is types.UnionType, `Optional[str]` typing.Union)
             optional = origin in (typing.Union, types.UnionType)
             base = next((a for a in typing.get_args(kind) if a is not type(None)), str) if optional else kind

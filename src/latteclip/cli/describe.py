@@ -8,11 +8,7 @@ from __future__ import annotations
 import argparse
 
 from latteclip.cli import add_data_arguments, add_model_arguments, command
-from latteclip.describe.settings import BACKENDS
-
-
-def comma_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+from latteclip.describe.settings import BACKENDS, comma_list
 
 
 def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:

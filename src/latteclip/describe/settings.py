@@ -62,6 +62,11 @@ class DescribeSettings:
 FIELDS = {f.name for f in dataclasses.fields(DescribeSettings)}
 
 
+def comma_list(text: str) -> list[str]:
+    """A list spelled as one string, on the command line or in the config: "a, b,,c" -> [a, b, c]."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def resolve_settings(from_config: Mapping[str, Any], from_cli: Mapping[str, Any]) -> DescribeSettings:
     """Defaults, then the config's `describe:` mapping, then the command line (None means not given)."""
     unknown = sorted(set(from_config) - FIELDS)
@@ -70,7 +75,7 @@ def resolve_settings(from_config: Mapping[str, Any], from_cli: Mapping[str, Any]
     values = {**from_config, **{k: v for k, v in from_cli.items() if v is not None}}
     for name in ("lmm_url", "kinds"):
         if isinstance(values.get(name), str):
-            values[name] = [part.strip() for part in values[name].split(",") if part.strip()]
+            values[name] = comma_list(values[name])
     return DescribeSettings(**values).check()
 
 
