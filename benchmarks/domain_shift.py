@@ -42,7 +42,6 @@ from latteclip.engine.domain_shift import (
     use_threads,
 )
 from latteclip.errors import LatteclipError
-from latteclip.methods import get_method
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_page import RESULTS, write_section  # noqa: E402  (the shared page writer beside this script)
@@ -122,38 +121,40 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
     by_method = {entry.method: entry for entry in experiment.methods}
     baselines = [by_method[name] for name in ("zeroshot", "flyp_pl") if name in by_method]
     lines = []
-    for entry in experiment.methods:
-        method = get_method(entry.method)
-        if method.reads_train_labels or not method.trains:
-            continue
+    for entry in experiment.label_free_trainers():
         for shift in experiment.shifts:
             runs = cells.get((entry.name, shift), [])
             if not runs:
                 continue
             mean = aggregate([r["top1"] for r in runs])["mean"]
             zeroshot_runs = cells.get((by_method["zeroshot"].name, shift), []) if "zeroshot" in by_method else []
+            measured = measurements(runs, zeroshot_runs)
             for baseline in baselines:
-                if baseline is entry:
-                    continue
                 base_runs = cells.get((baseline.name, shift), [])
-                if not base_runs:
+                if baseline is entry or not base_runs:
                     continue
                 base = aggregate([r["top1"] for r in base_runs])["mean"]
                 if mean <= base:
-                    measured = [f"{key} {100 * aggregate([r[key] for r in runs if key in r])['mean']:.1f}%"
-                                for key in sorted({k for r in runs for k in r if k.startswith("analysis/")})]
-                    measured += [f"{key} {aggregate([r[key] for r in runs if key in r])['mean']:.3f}"
-                                 for key in sorted({k for r in runs for k in r if k.startswith("mixer/")})]
-                    measured += [f"{key} {100 * aggregate([r[key] for r in runs if key in r])['mean']:.1f}% "
-                                 f"(zero-shot {100 * aggregate([r[key] for r in zeroshot_runs if key in r])['mean']:.1f}%)"
-                                 for key in sorted({k for r in runs for k in r if k.startswith("predictions/")})
-                                 if any(key in r for r in zeroshot_runs)]
                     lines.append(
                         f"- {shift}: {entry.label} ({100 * mean:.2f}%) does not beat {baseline.label} ({100 * base:.2f}%)"
                         + (f"; measured (analysis/ and mixer/: training log, last fifth; predictions/: test split): {', '.join(measured)}" if measured else "")
                         + "."
                     )
     return lines
+
+
+def measurements(runs: list[dict[str, Any]], zeroshot_runs: list[dict[str, Any]]) -> list[str]:
+    """A cell's measured pseudo-label accuracy, mixer weights and top-class share (beside zero-shot's), seed means."""
+
+    def mean(key: str, of: list[dict[str, Any]]) -> float:
+        return aggregate([r[key] for r in of if key in r])["mean"]
+
+    keys = sorted({k for r in runs for k in r})
+    measured = [f"{key} {100 * mean(key, runs):.1f}%" for key in keys if key.startswith("analysis/")]
+    measured += [f"{key} {mean(key, runs):.3f}" for key in keys if key.startswith("mixer/")]
+    measured += [f"{key} {100 * mean(key, runs):.1f}% (zero-shot {100 * mean(key, zeroshot_runs):.1f}%)"
+                 for key in keys if key.startswith("predictions/") and any(key in r for r in zeroshot_runs)]
+    return measured
 
 
 def analysis_table(experiment: Experiment, cells: Cells, prefix: str, percent: bool) -> str | None:
@@ -220,7 +221,7 @@ def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choi
         if table:
             parts += ["", f"### {title}", "", table]
     comparisons = label_free_comparisons(experiment, cells)
-    trained = [e.label for e in experiment.methods if get_method(e.method).trains and not get_method(e.method).reads_train_labels]
+    trained = [entry.label for entry in experiment.label_free_trainers()]
     if not trained:
         comparisons = ["No label-free method that trains was run."]
     parts += ["", "### Where a label-free method does not beat zero-shot or FLYP + pseudo-labels (mean over seeds)", ""]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -137,7 +136,10 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", variant] + [a for a in sys.argv[1:]]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    from latteclip.engine.domain_shift import machine_description
+
+    machine = machine_description()
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{machine['cpu']}, {machine['cores']} cores"
     print(f"{args.model} (random weights), batch {args.batch_size}, {args.device} ({device}), torch {torch.__version__}")
     print(f"{'variant':<22}{'step (s)':>10}{'images/s':>10}{'peak MB':>10}{'step +MB':>10}")
     for r in rows:

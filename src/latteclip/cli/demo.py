@@ -167,12 +167,9 @@ def write_reports(experiment: Experiment, run_dirs: dict[tuple[str, str], Path])
 
     The reported method is the config's `report` entry, else the first label-free method that trains.
     """
-    from latteclip.methods import get_method
     from latteclip.report import write_report
 
-    subject = experiment.report or next(
-        (e.name for e in experiment.methods if get_method(e.method).trains and not get_method(e.method).reads_train_labels), None
-    )
+    subject = experiment.report or next((e.name for e in experiment.label_free_trainers()), None)
     if subject is None:
         return []
     paths = []

@@ -33,10 +33,8 @@ def _pretrain_parser(parser: argparse.ArgumentParser) -> None:
 def run_pretrain(args: argparse.Namespace) -> int:
     from latteclip.engine.pretraining import pretrained_weights
 
-    out, force = args.out, args.force
-    del args.out, args.force
     config = config_from_args(args, method="pretrain", dataset=args.dataset or "fmnist")
-    result = pretrained_weights(config, force=force)
+    result = pretrained_weights(config, force=args.force)
     summary = result.summary
     state = "reused from the cache" if result.cached else f"trained in {summary['timings']['total_s']:.0f} s"
     print(
@@ -44,8 +42,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         f"on its test split after {summary['steps']} steps"
     )
     weights = result.path
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        weights = Path(shutil.copyfile(result.path, out))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        weights = Path(shutil.copyfile(result.path, args.out))
     print(f"weights: {weights}  (use with --model {config.model} --pretrained {weights})")
     return 0

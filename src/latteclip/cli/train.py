@@ -106,7 +106,6 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         return run_lmm_zeroshot(args)
 
     ensemble = bool(args.ensemble)
-    del args.ensemble
     config = config_from_args(args, method="zeroshot")
     # zero-shot has one option; other methods' options in a shared --config file do not apply to it
     config.method_options = {"ensemble": ensemble or bool(config.method_options.get("ensemble", False))}

@@ -31,6 +31,7 @@ from latteclip.config import FIELD_NAMES, RunConfig, read_yaml, resolve_config
 from latteclip.engine.pretraining import PretrainedWeights, pretrained_weights
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
+from latteclip.methods import get_method
 
 ENTRY_KEYS = {"name", "method", "label", "search", "needs"}
 
@@ -75,6 +76,11 @@ class Experiment:
 
     def heldout(self, shift: str) -> str:
         return f"{self.dataset_prefix}-heldout-{shift}"
+
+    def label_free_trainers(self) -> list[MethodEntry]:
+        """The entries whose method trains without reading training labels: what the pages set against the baselines."""
+        methods = [get_method(entry.method) for entry in self.methods]
+        return [entry for entry, m in zip(self.methods, methods) if m.trains and not m.reads_train_labels]
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -230,17 +236,9 @@ def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: i
     return resolve_config(values)
 
 
-def _comparable(config: RunConfig) -> dict[str, Any]:
-    """The configuration as saved in a run folder, without the resume flag (which differs between the two calls)."""
-    data = config.to_dict()
-    data.pop("resume")
-    return json.loads(json.dumps(data))
-
-
-def _comparable_saved(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text()) or {}
-    data.pop("resume", None)
-    return json.loads(json.dumps(data))
+def _comparable(data: dict[str, Any]) -> dict[str, Any]:
+    """A configuration as saved in a run folder, without the resume flag (which differs between the two calls)."""
+    return json.loads(json.dumps({k: v for k, v in data.items() if k != "resume"}))
 
 
 def run_or_reuse(config: RunConfig) -> dict:
@@ -251,7 +249,7 @@ def run_or_reuse(config: RunConfig) -> dict:
     """
     run_dir = config.run_dir
     saved_config = run_dir / "config.yaml"
-    same = saved_config.is_file() and _comparable_saved(saved_config) == _comparable(config)
+    same = saved_config.is_file() and _comparable(yaml.safe_load(saved_config.read_text()) or {}) == _comparable(config.to_dict())
     if same and (run_dir / "results.json").is_file():
         return json.loads((run_dir / "results.json").read_text())
     config.resume = same and (run_dir / "last.pt").is_file()

@@ -69,13 +69,14 @@ def pretrained_weights(config: RunConfig, force: bool = False) -> PretrainedWeig
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
     final = run_dir / "final.pt"
-    if not final.is_file():
+    if final.is_file():
+        results = json.loads((run_dir / "results.json").read_text())
+    else:
         run = dataclasses.replace(config, output=str(run_dir.parent), name=key, resume=(run_dir / "last.pt").is_file())
-        run_training(run)
+        results = run_training(run)
     payload = load_checkpoint(final)
     state = {name: tensor.contiguous() for name, tensor in payload["model"].items()}
     atomic_write_bytes(weights, safetensors_bytes(state))
-    results = json.loads((run_dir / "results.json").read_text())
     summary = {
         "weights": str(weights),
         "run_dir": str(run_dir),

@@ -35,13 +35,13 @@ def short_label(text: str, width: int = 30) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def plot_headline(names: Sequence[str], top1: Sequence[float], subject: int, zero_shot: float | None, path: Path) -> Path:
-    """Top-1 of every run named (subject highlighted) against the zero-shot line."""
+def plot_headline(names: Sequence[str], top1: Sequence[float], zero_shot: float | None, path: Path) -> Path:
+    """Top-1 of every run named (the first, the subject, highlighted) against the zero-shot line."""
     figure = _figure(7.0, 0.9 + 0.45 * len(names))
     axes = figure.add_subplot()
     y = np.arange(len(names))
     values = [100 * v for v in top1]
-    colours = [SUBJECT_COLOUR if i == subject else OTHER_COLOUR for i in range(len(names))]
+    colours = [SUBJECT_COLOUR if i == 0 else OTHER_COLOUR for i in range(len(names))]
     axes.barh(y, values, color=colours, height=0.6)
     for row, value in zip(y, values):
         axes.text(value + 0.5, row, f"{value:.2f}%", va="center", fontsize=9)

@@ -8,8 +8,6 @@ from typing import Any
 
 import yaml
 
-from latteclip.errors import LatteclipError
-from latteclip.methods import get_method
 from latteclip.report import plots
 from latteclip.report.gallery import THUMBNAIL, collage, gallery_paths, load_gallery_images, open_rgb, save_png, thumbnail
 from latteclip.report.html import Panel, embed_png, note, table
@@ -28,13 +26,6 @@ def _points(value: float) -> str:
     return f"{100 * value:+.2f}"
 
 
-def _reads_train_labels(method: str) -> bool:
-    try:
-        return bool(get_method(method).reads_train_labels)
-    except LatteclipError:  # a run of a method this installation does not have
-        return False
-
-
 def headline_panel(comparison: Comparison, out: Path) -> Panel:
     subject, zero_shot = comparison.subject, comparison.zero_shot_top1
     cards = [f'<div><div class="value">{100 * subject.top1:.2f}%</div><div class="label">top-1 of {escape(subject.method)} '
@@ -50,14 +41,14 @@ def headline_panel(comparison: Comparison, out: Path) -> Panel:
                      "(latteclip report RUN ZEROSHOT_RUN).")
     rows, classes = [], []
     for run in comparison.runs:
-        label_note = "reads training labels (supervised upper bound)" if _reads_train_labels(run.method) else ""
+        label_note = "reads training labels (supervised upper bound)" if run.results.get("reads_train_labels") else ""
         if run is comparison.zero_shot_run and run is not subject:
             label_note = "zero-shot reference"
         rows.append([comparison.label(run), run.method, f"{run.model} / {run.pretrained or 'random'}", f"{100 * run.top1:.2f}",
                      _points(run.top1 - zero_shot) if zero_shot is not None else "–", str(run.steps), label_note])
         classes.append("subject" if run is subject else "")
     body += table(["run", "method", "model / weights", "top-1 %", "Δ vs zero-shot", "steps", ""], rows, numeric=(3, 4, 5), row_classes=classes)
-    figure = plots.plot_headline([comparison.label(r) for r in comparison.runs], [r.top1 for r in comparison.runs], 0, zero_shot, out / "headline.png")
+    figure = plots.plot_headline([comparison.label(r) for r in comparison.runs], [r.top1 for r in comparison.runs], zero_shot, out / "headline.png")
     body += embed_png(figure, "top-1 accuracy of each run", "Test top-1 of each run named; dashed: zero-shot.")
     return Panel("headline", "Accuracy", body)
 
