@@ -157,6 +157,7 @@ class Coft(Method):
         self.verdict_prediction: torch.Tensor | None = None
         self.verdict_round = -1
         self.round_features: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (round, frozen features, readable)
+        self.round_prompts: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (round, t+, t-) of the round's phase 2
 
     # --- schedule --------------------------------------------------------------------------------------
     def schedule(self, step: int) -> tuple[int, int]:
@@ -177,6 +178,13 @@ class Coft(Method):
     def prompt_features(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(t+, t-) [C, d] each, normalised; gradients reach the context vectors."""
         return self.positive.features(self.model), self.negative.features(self.model)
+
+    def frozen_prompt_features(self, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t+, t-) of the round's phase 2, computed once: the prompts and the text tower do not move in phase 2."""
+        if self.round_prompts is None or self.round_prompts[0] != round_index:
+            with torch.no_grad():
+                self.round_prompts = (round_index, *self.prompt_features())
+        return self.round_prompts[1], self.round_prompts[2]
 
     def class_weights(self, positive: torch.Tensor) -> torch.Tensor:
         """The classifier: the positive prompts, plus the class descriptions when there are any (CoFT+)."""
@@ -235,8 +243,8 @@ class Coft(Method):
     def judge_training_set(self, round_index: int, step: int) -> None:
         """Model 1's verdict for phase 2: the prompt model (frozen encoder + adapter + dual prompts) on every image."""
         features, valid = self.frozen_features(round_index)
+        positive, negative = self.frozen_prompt_features(round_index)
         with torch.no_grad():
-            positive, negative = self.prompt_features()
             adapted = self.adapted(features.to(self.device))
             labels = self.pseudo_labels.clamp_min(0).to(self.device)
             self.verdict_clean = clean_probability(adapted, positive, negative, labels, self.logit_scale()).cpu()
@@ -262,8 +270,7 @@ class Coft(Method):
             positive, negative = self.prompt_features()
         else:
             features = self.image_features(batch["image"])
-            with torch.no_grad():
-                positive, negative = self.prompt_features()
+            positive, negative = self.frozen_prompt_features(round_index)
         queries = self.adapted(features)
         weights = self.class_weights(positive)
         logits = scale * queries @ weights.t()
@@ -345,6 +352,7 @@ class Coft(Method):
         self.verdict_prediction = state["verdict_prediction"]
         self.verdict_round = state["verdict_round"]
         self.round_features = None
+        self.round_prompts = None
 
 
 class CoftPlus(Coft):
