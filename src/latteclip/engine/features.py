@@ -8,7 +8,7 @@ import warnings
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from latteclip import distributed
@@ -28,7 +28,7 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
 @torch.no_grad()
 def extract_features(
     encode: Callable[[torch.Tensor], torch.Tensor],
-    dataset: ImageDataset,
+    dataset: Dataset,  # an ImageDataset when `cache_key` is given (its fingerprint keys the cache)
     device: torch.device,
     batch_size: int = 256,
     workers: int = 0,

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from latteclip.data import CorruptImage, collate
+from latteclip.data import CorruptImage
 from latteclip.data.datasets import decode_image
 from latteclip.data.registry import IMAGE_EXTENSIONS
 from latteclip.data.transforms import eval_transform
+from latteclip.engine.features import extract_features
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method
 
@@ -79,19 +79,16 @@ def predict_files(
     """Top-k classes of each file, in the order given; unreadable files get an empty prediction."""
     loaded = method.loaded
     data = ImageFiles(files, eval_transform(loaded.image_size, loaded.mean, loaded.std))
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
-    classifier = method.classifier().float()
-    k = min(top_k, method.info.num_classes)
+    method.model.eval()
+    features, valid = extract_features(method.encode_images, data, method.device, batch_size, workers, desc="predict")
+    readable = valid.nonzero().flatten().tolist()
     names = method.info.classnames
     results = [Prediction(path, [], []) for path in data.files]
-    method.model.eval()
-    for batch in tqdm(loader, desc="predict", unit="batch", leave=False, disable=len(loader) < 2):
-        if batch["image"] is None:
-            continue
-        features = method.encode_images(batch["image"].to(method.device))
-        probs = class_probabilities(features, classifier, method.model.logit_scale).cpu()
-        top = probs.topk(k, dim=-1)
-        for row, index in enumerate(batch["index"].tolist()):
-            results[index].classes = [names[c] for c in top.indices[row].tolist()]
-            results[index].scores = top.values[row].tolist()
+    if not readable:
+        return results
+    probs = class_probabilities(features[readable], method.classifier().cpu(), method.model.logit_scale.cpu())
+    top = probs.topk(min(top_k, method.info.num_classes), dim=-1)
+    for row, index in enumerate(readable):
+        results[index].classes = [names[c] for c in top.indices[row].tolist()]
+        results[index].scores = top.values[row].tolist()
     return results
