@@ -136,20 +136,20 @@ class DescriptionStore:
 
     def get_texts(
         self,
-        image_hashes: Sequence[str],
+        image_hashes: Sequence[str | None],
         kind: str,
         model: str | None = None,
         prompt: str | None = None,
         variant: str | None = None,
     ) -> list[str | None]:
-        """The text of each image for `kind` (None where there is none); the newest row wins when several match."""
+        """The text of each image for `kind` (None where there is none, or no hash); the newest row wins when several match."""
         found: dict[str, str] = {}
         clauses, params = ["kind=?"], [kind]
         for column, value in (("model", model), ("prompt", prompt), ("variant", variant)):
             if value is not None:
                 clauses.append(f"{column}=?")
                 params.append(value)
-        wanted = list(dict.fromkeys(image_hashes))
+        wanted = [h for h in dict.fromkeys(image_hashes) if h is not None]
         with self._lock:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from latteclip.describe.store import DescriptionStore, image_key
+from latteclip.describe.jobs import image_hashes
+from latteclip.describe.store import DescriptionStore
 from latteclip.engine.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
@@ -107,22 +108,22 @@ class LatteCLIP(Method):
         self.bank = PrototypeBank(self.zero_shot_classifier()).to(self.device)
         self.zs_labels = ctx.zero_shot_labels.to(self.device)
         self.class_texts = self.info.class_texts()
-        self.descriptions = {kind: self.load_descriptions(kind, ctx) for kind in ("image", "group") if kind in self.options.texts}
+        kinds = [kind for kind in ("image", "group") if kind in self.options.texts]
+        self.image_hashes = image_hashes(ctx.train_set, progress=False) if kinds else []  # None: unreadable
+        self.descriptions = {kind: self.load_descriptions(kind, self.image_hashes, ctx) for kind in kinds}
 
     def zero_shot_classifier(self) -> torch.Tensor:
         return class_text_features(self.model, self.tokens, self.info.classnames, self.info.templates[:1], self.device)
 
-    def load_descriptions(self, kind: str, ctx: TrainContext) -> list[str | None]:
-        dataset = ctx.train_set
+    def load_descriptions(self, kind: str, hashes: list[str | None], ctx: TrainContext) -> list[str | None]:
+        """The `kind` text of each training image (None where there is none; an unreadable image has none)."""
         store = DescriptionStore(ctx.store)
         try:
-            if not hasattr(self, "image_hashes"):
-                self.image_hashes = [image_key(dataset.read_bytes(i)) for i in range(len(dataset))]
-            hashes = self.image_hashes
             texts = store.get_texts(hashes, kind, model=self.options.describer_model)
         finally:
             store.close()
-        missing = sum(t is None for t in texts)
+        # an unreadable image is skipped by training and never described, so it is not counted missing
+        missing = sum(t is None for t, h in zip(texts, hashes) if h is not None)
         if missing and self.options.missing_descriptions == "error":
             raise LatteclipError(
                 f"{missing} of {len(texts)} training images have no {kind} description in {store.path}; "
@@ -219,7 +220,7 @@ class LatteCLIP(Method):
         """The images of each anchor's group (anchor first), as the describe stage recorded them."""
         store = DescriptionStore(self.ctx.store)
         try:
-            wanted = {self.image_hashes[i]: i for i in indices}
+            wanted = {self.image_hashes[i]: i for i in indices if self.image_hashes[i] is not None}
             found: dict[int, list[str]] = {}
             for row in store.rows(image_hashes=list(wanted)):
                 if row["kind"] == "group" and row["meta"] and "members" in row["meta"]:
