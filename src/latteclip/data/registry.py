@@ -201,7 +201,8 @@ def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
     if root.is_file():
         if root.suffix != ".zip":
             raise LatteclipError(f"dataset root {root} is a file but not a .zip archive")
-        return ZipSource(root, _zip_image_dir(root, image_dir)), root.parent
+        whole = ZipSource(root, "")
+        return whole.within(_zip_image_dir(whole, image_dir)), root.parent
     if image_dir and root.name == image_dir and root.is_dir():  # the image folder itself (e.g. .../2750)
         return FolderSource(root), root.parent
     for folder in spec["folders"]:
@@ -217,9 +218,8 @@ def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
     raise LatteclipError(f"no {spec['name']} images found under {root} (looked for {looked})")
 
 
-def _zip_image_dir(archive: Path, image_dir: str) -> str:
+def _zip_image_dir(whole: ZipSource, image_dir: str) -> str:
     """The archive's folder of class folders: `image_dir` at any depth (`2750/`, `EuroSAT/2750/`), else a lone top folder."""
-    whole = ZipSource(archive, "")
     marker = f"/{image_dir}/"
     if image_dir:
         for name in whole.list_files():

@@ -77,6 +77,12 @@ class ZipSource(ImageSource):
             self._pid = os.getpid()
         return self._handle
 
+    def within(self, inner_dir: str) -> ZipSource:
+        """The same archive seen from `inner_dir`, sharing the open handle and the name list (read once)."""
+        view = ZipSource(self.archive, inner_dir)
+        view._handle, view._pid, view._names = self._handle, self._pid, self._names
+        return view
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_handle"] = None
