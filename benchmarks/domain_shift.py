@@ -107,8 +107,7 @@ def run_benchmark(experiment: Experiment) -> tuple[dict, Cells, list[dict[str, A
             for seed in experiment.seeds:
                 print(f"{entry.label} on {experiment.target(shift)}, seed {seed} ({elapsed(started)})", flush=True)
                 config = run_config(experiment, entry, experiment.target(shift), seed, source.path, f"{shift}/{entry.name}-s{seed}", choice)
-                prepare_stages(experiment, entry, config)
-                results = run_or_reuse(config)
+                results = run_or_reuse(config, lambda c, entry=entry: prepare_stages(experiment, entry, c))
                 summary = run_summary(results, config.run_dir)
                 summary["seed"] = seed
                 cells.setdefault((entry.name, shift), []).append(summary)

@@ -93,7 +93,7 @@ def test_choice_is_made_on_held_out_training_images(tmp_path, monkeypatch):
     heldout_top1 = {(1e-6, 10): 0.50, (1e-5, 10): 0.61, (1e-4, 10): 0.61, (1e-6, 20): 0.55, (1e-5, 20): 0.40, (1e-4, 20): 0.30}
     seen = []
 
-    def fake_run(config):
+    def fake_run(config, prepare=None):
         seen.append(config.dataset)
         return {"top1": heldout_top1[(config.lr, config.max_steps)]}
 

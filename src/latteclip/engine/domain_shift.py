@@ -241,11 +241,12 @@ def _comparable(data: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in data.items() if k != "resume"}))
 
 
-def run_or_reuse(config: RunConfig) -> dict:
+def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None = None) -> dict:
     """Train and evaluate, or return the results of a finished run with the same configuration.
 
     An interrupted run with the same configuration continues from its last checkpoint, so a
-    stopped demo or benchmark resumes where it was and reaches the same numbers.
+    stopped demo or benchmark resumes where it was and reaches the same numbers. `prepare` (e.g.
+    the description stage for the run's training images) runs only when the run trains.
     """
     run_dir = config.run_dir
     saved_config = run_dir / "config.yaml"
@@ -253,6 +254,8 @@ def run_or_reuse(config: RunConfig) -> dict:
     if same and (run_dir / "results.json").is_file():
         return json.loads((run_dir / "results.json").read_text())
     config.resume = same and (run_dir / "last.pt").is_file()
+    if prepare is not None:
+        prepare(config)
     return run_training(config)
 
 
@@ -286,11 +289,11 @@ def select(
     shift: str,
     weights: Path,
     progress: Callable[[str], None],
-    prepare: Callable[[RunConfig], None] = lambda config: None,
+    prepare: Callable[[RunConfig], None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The grid point with the best held-out top-1 (first seed); ties go to the earlier candidate.
 
-    `prepare` runs before each candidate's run (e.g. the description stage for its training images).
+    `prepare` runs before each candidate's run that trains (e.g. the description stage for its training images).
     """
     candidates = entry.candidates()
     if len(candidates) == 1:
@@ -301,8 +304,7 @@ def select(
         name = f"select/{shift}/{entry.name}/{tag}"
         progress(f"choose {entry.label} on held-out {shift} images: {choice}")
         config = run_config(experiment, entry, experiment.heldout(shift), experiment.seeds[0], weights, name, choice)
-        prepare(config)
-        results = run_or_reuse(config)
+        results = run_or_reuse(config, prepare)
         scores.append({"choice": choice, "heldout_top1": results["top1"]})
     best = max(range(len(scores)), key=lambda i: (scores[i]["heldout_top1"], -i))
     return scores[best]["choice"], scores
