@@ -41,6 +41,7 @@ from latteclip.engine.domain_shift import (
     select,
     use_threads,
 )
+from latteclip.config import comma_list
 from latteclip.errors import LatteclipError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def experiment_from(args: argparse.Namespace) -> Experiment:
     overrides: dict[str, Any] = {}
     if args.shifts:
-        overrides["shifts"] = [s.strip() for s in args.shifts.split(",") if s.strip()]
+        overrides["shifts"] = comma_list(args.shifts)
     if args.seeds:
         overrides["seeds"] = [int(s) for s in args.seeds.split(",")]
     for key in ("root", "output", "threads"):
@@ -79,7 +80,7 @@ def experiment_from(args: argparse.Namespace) -> Experiment:
         overrides["run"] = run
     experiment = load_experiment(args.config, args.variant, overrides)
     if args.methods:
-        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+        wanted = comma_list(args.methods)
         known = {entry.name for entry in experiment.methods}
         unknown = [m for m in wanted if m not in known]
         if unknown:

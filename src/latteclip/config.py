@@ -18,6 +18,11 @@ import yaml
 from latteclip.errors import LatteclipError
 
 
+def comma_list(text: str) -> list[str]:
+    """A list spelled as one string, on the command line or in a config: "a, b,,c" -> [a, b, c]."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 @dataclass
 class RunConfig:
     # what to adapt, and to which data

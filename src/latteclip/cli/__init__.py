@@ -79,7 +79,7 @@ def method_option_flags() -> dict[str, tuple[Any, str]]:
 
 
 def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
-    from latteclip.describe.settings import comma_list
+    from latteclip.config import comma_list
 
     group = parser.add_argument_group("method options (each applies to the methods named)")
     for name, (kind, methods) in sorted(method_option_flags().items()):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from latteclip.cli import command
+from latteclip.config import comma_list
 from latteclip.errors import LatteclipError
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def run_demo(args: argparse.Namespace) -> int:
             ("output", args.output),
             ("root", args.root),
             ("threads", args.threads),
-            ("shifts", [s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None),
+            ("shifts", comma_list(args.shifts) if args.shifts else None),
         )
         if value is not None
     }

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 
 from latteclip.cli import add_data_arguments, add_model_arguments, command
-from latteclip.describe.settings import BACKENDS, comma_list
+from latteclip.config import comma_list
+from latteclip.describe.settings import BACKENDS
 
 
 def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
+from latteclip.config import comma_list
 from latteclip.describe.answers import DEFAULT_CUTOFF
 from latteclip.errors import LatteclipError
 
@@ -60,11 +61,6 @@ class DescribeSettings:
 
 
 FIELDS = {f.name for f in dataclasses.fields(DescribeSettings)}
-
-
-def comma_list(text: str) -> list[str]:
-    """A list spelled as one string, on the command line or in the config: "a, b,,c" -> [a, b, c]."""
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def resolve_settings(from_config: Mapping[str, Any], from_cli: Mapping[str, Any]) -> DescribeSettings:
