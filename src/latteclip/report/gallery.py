@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from PIL import Image
 
 from latteclip.data import CorruptImage, DatasetOptions, build_dataset
+from latteclip.data.collage import fit_box, grid_shape
 from latteclip.errors import LatteclipError
 
 THUMBNAIL = 128
@@ -69,14 +69,13 @@ def load_gallery_images(config: dict[str, Any], relpaths: list[str]) -> GalleryI
 
 def thumbnail(image: Image.Image, size: int = THUMBNAIL) -> Image.Image:
     """The image scaled (up or down, aspect kept) so its longer side is `size`."""
-    scale = size / max(image.size)
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC)
+    left, top, right, bottom = fit_box(image.size, (0, 0, size, size))
+    return image.resize((right - left, bottom - top), Image.Resampling.BICUBIC)
 
 
 def collage(images: list[Image.Image], cell: int = THUMBNAIL // 2, gap: int = 4) -> Image.Image:
     """A square grid of the images on black, each fitted into its cell with aspect kept (like the group prompt's collage)."""
-    columns = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
+    rows, columns = grid_shape(len(images))
     canvas = Image.new("RGB", (columns * cell + (columns + 1) * gap, rows * cell + (rows + 1) * gap), "black")
     for i, image in enumerate(images):
         small = thumbnail(image, cell)
