@@ -200,6 +200,11 @@ class Reclip(Method):
         """The image tower with its LayerNorms as before training (the branch that adapts only text)."""
         return F.normalize(torch.func.functional_call(self.model.visual, self.vision_norms, (images,)), dim=-1)
 
+    def image_norms_untrained(self) -> bool:
+        """Whether the image tower's LayerNorms still equal the text branch's (bitwise), so both branches encode images alike."""
+        current = norm_parameters(self.model.visual)
+        return all(torch.equal(current[name], value) for name, value in self.vision_norms.items())
+
     def text_branch_classes(self) -> torch.Tensor:
         return encode_texts(self.model, self.tokens, self.info.class_texts(), self.device)
 
@@ -227,7 +232,10 @@ class Reclip(Method):
         self.model.eval()
         vision_features, valid = self.ctx.extract_features(self.vision_branch_images, self.eval_train_set, desc="ReCLIP-V features")
         if self.frozen_train_features is None:
-            self.frozen_train_features, _ = self.ctx.extract_features(self.text_branch_images, self.eval_train_set, desc="ReCLIP-T features")
+            if self.image_norms_untrained():  # a fresh run's first refresh: both branches are the same image tower
+                self.frozen_train_features = vision_features
+            else:
+                self.frozen_train_features, _ = self.ctx.extract_features(self.text_branch_images, self.eval_train_set, desc="ReCLIP-T features")
         self.model.train(was_training)
         opts = self.options
         # the sparse solver and the SVD run in float32 even when the step runs under mixed precision
