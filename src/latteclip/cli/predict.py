@@ -16,13 +16,10 @@ from latteclip.errors import LatteclipError
 
 def load_trained_method(checkpoint: str, device_name: str):
     """The method saved in a run's final.pt, rebuilt for inference on `device_name`."""
-    from latteclip.engine.checkpoint import load_checkpoint
+    from latteclip.engine.checkpoint import load_final_checkpoint
     from latteclip.engine.session import method_from_checkpoint, pick_device
 
-    payload = load_checkpoint(checkpoint)
-    if "method" not in payload:
-        raise LatteclipError(f"{checkpoint} is not a final checkpoint (use a run's final.pt, not last.pt)")
-    return method_from_checkpoint(payload, pick_device(device_name))
+    return method_from_checkpoint(load_final_checkpoint(checkpoint), pick_device(device_name))
 
 
 def format_table(predictions: Sequence, top_k: int) -> str:

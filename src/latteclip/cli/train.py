@@ -131,15 +131,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from latteclip.data import DatasetOptions, build_dataset
     from latteclip.data.transforms import eval_transform
-    from latteclip.engine.checkpoint import load_checkpoint
+    from latteclip.engine.checkpoint import load_final_checkpoint
     from latteclip.engine.evaluate import accuracy_report
     from latteclip.engine.features import extract_features, predict_labels
     from latteclip.engine.session import method_from_checkpoint, pick_device
     from latteclip.engine.trainer import autocast_for_precision
 
-    payload = load_checkpoint(args.checkpoint)
-    if "method" not in payload:
-        raise LatteclipError(f"{args.checkpoint} is not a final checkpoint (use a run's final.pt, not last.pt)")
+    payload = load_final_checkpoint(args.checkpoint)
     saved = payload["config"]
     device = pick_device(args.device)
     method = method_from_checkpoint(payload, device)

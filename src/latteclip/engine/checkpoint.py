@@ -26,3 +26,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(file, map_location="cpu", weights_only=False)
     except Exception as err:
         raise LatteclipError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+
+
+def load_final_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A finished run's final.pt (it carries the method to rebuild); last.pt is refused by name."""
+    payload = load_checkpoint(path)
+    if "method" not in payload:
+        raise LatteclipError(f"{path} is not a final checkpoint (use a run's final.pt, not last.pt)")
+    return payload

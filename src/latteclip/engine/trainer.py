@@ -196,25 +196,19 @@ class Trainer:
         method = self.method
         was_training = method.model.training
         method.model.eval()
+        features, valid = self.features_of(method.encode_images, test_set, "evaluate", self.pristine_key() if pristine else None)
         with torch.no_grad(), autocast_for(self.config, self.device):
-            features, valid = extract_features(
-                method.encode_images,
-                test_set,
-                self.device,
-                self.config.eval_batch_size,
-                self.config.workers,
-                desc="evaluate",
-                cache_key=self.pristine_key() if pristine else None,
-            )
             classifier = method.classifier().float()
         method.model.train(was_training)
         predictions = predict_labels(features, valid, classifier)
         return accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
 
-    def features_of(self, encode, dataset: ImageDataset, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-        """What `TrainContext.extract_features` calls: a whole split's features with the run's device, batch size and workers."""
+    def features_of(
+        self, encode, dataset: ImageDataset, desc: str = "features", cache_key: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole split's features with the run's device, batch size and workers (also what `TrainContext.extract_features` calls)."""
         with torch.no_grad(), autocast_for(self.config, self.device):
-            return extract_features(encode, dataset, self.device, self.config.eval_batch_size, self.config.workers, desc=desc)
+            return extract_features(encode, dataset, self.device, self.config.eval_batch_size, self.config.workers, desc, cache_key)
 
     def pristine_key(self) -> str:
         loaded = self.session.loaded
