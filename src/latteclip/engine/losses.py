@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from latteclip.distributed import gather_with_grad
+from latteclip.distributed import gather_with_grad, is_distributed
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -20,8 +20,11 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     image-to-text and text-to-image cross-entropies. Under torchrun the features of every rank
     are gathered (with gradients) first, so the loss is the one of the global batch.
     """
-    image_features = gather_with_grad(image_features)
-    text_features = gather_with_grad(text_features)
+    if is_distributed():  # one gather for both (rows are pairs), not one per tensor
+        width = image_features.shape[1]
+        dtype = torch.promote_types(image_features.dtype, text_features.dtype)
+        both = gather_with_grad(torch.cat([image_features.to(dtype), text_features.to(dtype)], dim=1))
+        image_features, text_features = both[:, :width], both[:, width:]
     scale = logit_scale.exp().clamp(max=100.0)
     logits = scale * image_features @ text_features.t()
     targets = torch.arange(logits.shape[0], device=logits.device)
