@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from latteclip.errors import LatteclipError
+from latteclip.models.text import causal_text_tower, encode_embedded, trim_tokens
 
 
 def split_template(template: str) -> tuple[str, str]:
@@ -37,7 +37,7 @@ class PromptLearner(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer, classnames: Sequence[str], context_init: str, suffix: str = "."):
         super().__init__()
-        if not isinstance(model, open_clip.CLIP) or model.text_pool_type != "argmax":
+        if not causal_text_tower(model):
             raise LatteclipError(
                 f"learnable prompts need an OpenCLIP CLIP text tower (token embedding, causal transformer, end-of-text pooling); "
                 f"{type(model).__name__} has none: choose an OpenCLIP CLIP model such as ViT-B-32"
@@ -50,9 +50,8 @@ class PromptLearner(nn.Module):
         tokens = tokenizer([f"{context_init} {name}{suffix}" for name in classnames])
         if not torch.equal(tokens[:, 1 : 1 + len(context_ids)], torch.tensor(context_ids).expand(len(classnames), -1)):
             raise LatteclipError(f"the context '{context_init}' does not tokenise apart from the class names; end it with a whole word")
-        length = int(tokens.argmax(dim=-1).max().item()) + 1  # cut after the longest prompt's end-of-text token
         self.n_context = len(context_ids)
-        self.register_buffer("tokens", tokens[:, :length].clone(), persistent=False)
+        self.register_buffer("tokens", trim_tokens(tokens).clone(), persistent=False)  # cut after the longest prompt's end-of-text token
         device = model.token_embedding.weight.device
         with torch.no_grad():
             embedded = model.token_embedding(self.tokens.to(device)).detach()
@@ -63,19 +62,8 @@ class PromptLearner(nn.Module):
 
     def forward(self, model: nn.Module) -> torch.Tensor:
         """Unnormalised prompt features [C, d] through `model`'s (frozen) text tower; gradients reach the context."""
-        num_classes = self.tokens.shape[0]
-        context = self.context.unsqueeze(0).expand(num_classes, -1, -1)
-        cast_dtype = model.transformer.get_cast_dtype()
-        x = torch.cat([self.prefix, context, self.rest], dim=1).to(cast_dtype)
-        length = x.shape[1]
-        x = x + model.positional_embedding[:length].to(cast_dtype)
-        mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-        x = model.transformer(x, attn_mask=mask)
-        x = model.ln_final(x)
-        x = x[torch.arange(num_classes, device=x.device), self.tokens.argmax(dim=-1)]
-        if model.text_projection is not None:
-            x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
-        return x
+        context = self.context.unsqueeze(0).expand(self.tokens.shape[0], -1, -1)
+        return encode_embedded(model, torch.cat([self.prefix, context, self.rest], dim=1), self.tokens)
 
     def features(self, model: nn.Module) -> torch.Tensor:
         return F.normalize(self.forward(model), dim=-1)

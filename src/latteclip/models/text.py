@@ -42,19 +42,20 @@ def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, :length]
 
 
-def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """`model.encode_text` for tokens of any length up to the context length (unnormalised).
+def causal_text_tower(model: torch.nn.Module) -> bool:
+    """Whether `model` is an OpenCLIP CLIP whose text tower is token embedding, causal transformer, end-of-text pooling."""
+    return isinstance(model, open_clip.CLIP) and model.text_pool_type == "argmax"
 
-    OpenCLIP's `CLIP.encode_text` adds the full 77-row positional table, so shorter sequences
-    go through the same layers here with the table and causal mask cut to their length. Other
-    text towers (Hugging Face, custom) get their full-length tokens back.
+
+def encode_embedded(model: torch.nn.Module, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The text tower of a `causal_text_tower` model after its token embedding (unnormalised).
+
+    `x` [N, L, width] are the embedded tokens (or learned vectors in their place), `tokens` [N, L]
+    the ids that say where each sequence's end-of-text token, the pooled one, sits.
     """
-    if not isinstance(model, open_clip.CLIP) or model.text_pool_type != "argmax":
-        return model.encode_text(_pad_to_context(tokens, model))
-    length = tokens.shape[1]
+    length = x.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = x.to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
     mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
     x = model.transformer(x, attn_mask=mask)
     x = model.ln_final(x)
@@ -62,6 +63,18 @@ def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     if model.text_projection is not None:
         x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
     return x
+
+
+def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text` for tokens of any length up to the context length (unnormalised).
+
+    OpenCLIP's `CLIP.encode_text` adds the full 77-row positional table, so shorter sequences
+    go through the same layers here with the table and causal mask cut to their length. Other
+    text towers (Hugging Face, custom) get their full-length tokens back.
+    """
+    if not causal_text_tower(model):
+        return model.encode_text(_pad_to_context(tokens, model))
+    return encode_embedded(model, model.token_embedding(tokens), tokens)
 
 
 def _pad_to_context(tokens: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
