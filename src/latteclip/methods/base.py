@@ -78,6 +78,10 @@ class Method:
     def training_step(self, batch: dict, step: int) -> StepResult:
         raise NotImplementedError
 
+    def logit_scale(self) -> torch.Tensor:
+        """exp of the model's temperature, detached and capped at 100: the scale of cosine logits for methods that do not train it."""
+        return self.model.logit_scale.detach().exp().clamp(max=100.0)
+
     def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:
         """State updates that follow the weights (momentum, EMA encoders, queues)."""
 
@@ -90,6 +94,10 @@ class Method:
 
     def classifier(self) -> torch.Tensor:
         """Normalised class weights [C, d] for the current model: class text features by default."""
+        return self.zero_shot_classifier()
+
+    def zero_shot_classifier(self) -> torch.Tensor:
+        """Normalised class text features [C, d] of the current text tower with the first template."""
         return class_text_features(self.model, self.tokens, self.info.classnames, self.info.templates[:1], self.device)
 
     def state_dict(self) -> dict[str, Any]:

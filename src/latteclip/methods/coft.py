@@ -38,7 +38,7 @@ from latteclip import distributed
 from latteclip.data.transforms import eval_transform
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
-from latteclip.models import class_text_features, encode_texts
+from latteclip.models import encode_texts
 from latteclip.models.adapter import FeatureAdapter
 from latteclip.models.prompt_learner import PromptLearner, split_template
 
@@ -165,9 +165,6 @@ class Coft(Method):
         return 0, 1 if step < self.options.phase1_steps else 2
 
     # --- models --------------------------------------------------------------------------------------
-    def logit_scale(self) -> torch.Tensor:
-        return self.model.logit_scale.detach().exp().clamp(max=100.0)
-
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """norm(f(x)): the encoder's features before the adapter."""
         return F.normalize(self.model.encode_image(images), dim=-1)
@@ -205,7 +202,6 @@ class Coft(Method):
         self.eval_train_set = ctx.train_set.with_transform(eval_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std))
         self.model.requires_grad_(False)
         self.model.visual.requires_grad_(True)
-        self.generator_seed = ctx.seed
 
     def parameters(self) -> list[nn.Parameter | dict]:
         peft = [self.positive.context, self.negative.context, *self.adapter.parameters()]
@@ -230,8 +226,7 @@ class Coft(Method):
         features, valid = self.frozen_features(round_index)
         with torch.no_grad():
             if round_index == 0:
-                zero_shot = class_text_features(self.model, self.tokens, self.info.classnames, self.info.templates[:1], self.device)
-                weights, adapted = self.class_weights(zero_shot), features.to(self.device)
+                weights, adapted = self.class_weights(self.zero_shot_classifier()), features.to(self.device)
             else:
                 weights, adapted = self.classifier(), self.adapted(features.to(self.device))
             labels = (adapted @ weights.t()).argmax(dim=1).cpu()
@@ -283,7 +278,7 @@ class Coft(Method):
         yes_targets = torch.full_like(labels, YES)
         loss_yes = F.cross_entropy(yes_no_logits(queries, positive, negative, yes_labels, scale), yes_targets)
         # ... and no on the pair of a random other class: the negative prompt's hold on the visual features
-        generator = torch.Generator().manual_seed(hash((self.generator_seed, step)) & 0x7FFFFFFF)
+        generator = torch.Generator().manual_seed(hash((self.ctx.seed, step)) & 0x7FFFFFFF)
         others = random_other_classes(train_labels, self.info.num_classes, generator)
         loss_no = F.cross_entropy(yes_no_logits(queries, positive, negative, others, scale), torch.full_like(labels, NO))
         loss = loss_ce + self.options.positive_weight * loss_yes + self.options.negative_weight * loss_no
@@ -409,8 +404,7 @@ class CoftPlus(Coft):
             return {}
         features, valid = self.frozen_features(0)
         with torch.no_grad():
-            zero_shot = class_text_features(self.model, self.tokens, self.info.classnames, self.info.templates[:1], self.device)
-            classes = (features.to(self.device) @ zero_shot.t()).argmax(dim=1).cpu()
+            classes = (features.to(self.device) @ self.zero_shot_classifier().t()).argmax(dim=1).cpu()
         grouped: dict[int, list[str]] = {}
         for text, c, readable in zip(texts, classes.tolist(), valid.tolist()):
             if text and readable:

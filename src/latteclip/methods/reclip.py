@@ -208,9 +208,6 @@ class Reclip(Method):
     def text_branch_classes(self) -> torch.Tensor:
         return encode_texts(self.model, self.tokens, self.info.class_texts(), self.device)
 
-    def logit_scale(self) -> torch.Tensor:
-        return self.model.logit_scale.detach().exp().clamp(max=100.0)
-
     # --- training -----------------------------------------------------------------------------------
     def setup_training(self, ctx: TrainContext) -> None:
         super().setup_training(ctx)
