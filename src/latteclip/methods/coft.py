@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from latteclip import distributed
 from latteclip.data.transforms import eval_transform
@@ -389,12 +388,12 @@ class CoftPlus(Coft):
 
     def store_descriptions(self, store_path: str) -> dict[int, list[str]]:
         """Kind 'class' texts of the training images in the description store, grouped by the image's zero-shot class."""
-        from latteclip.describe.store import DescriptionStore, image_key
+        from latteclip.describe.jobs import image_hashes
+        from latteclip.describe.store import DescriptionStore
 
         if not Path(store_path).is_file():
             raise LatteclipError(f"description store {store_path} does not exist")
-        train_set = self.ctx.train_set
-        hashes = [image_key(train_set.read_bytes(i)) for i in tqdm(range(len(train_set)), desc="hash images", leave=False)]
+        hashes = image_hashes(self.ctx.train_set)  # None for an unreadable image: it gets no text
         store = DescriptionStore(store_path)
         try:
             texts = store.get_texts(hashes, "class")
