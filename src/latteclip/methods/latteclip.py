@@ -24,7 +24,7 @@ from latteclip.describe.store import DescriptionStore
 from latteclip.engine.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
-from latteclip.models import PrototypeBank, class_text_features, encode_texts
+from latteclip.models import PrototypeBank, encode_texts
 
 TEXT_KINDS = ("class", "image", "group")
 MIXER_EPS = 1e-6
@@ -111,9 +111,6 @@ class LatteCLIP(Method):
         kinds = [kind for kind in ("image", "group") if kind in self.options.texts]
         self.image_hashes = image_hashes(ctx.train_set, progress=False) if kinds else []  # None: unreadable
         self.descriptions = {kind: self.load_descriptions(kind, self.image_hashes, ctx) for kind in kinds}
-
-    def zero_shot_classifier(self) -> torch.Tensor:
-        return class_text_features(self.model, self.tokens, self.info.classnames, self.info.templates[:1], self.device)
 
     def load_descriptions(self, kind: str, hashes: list[str | None], ctx: TrainContext) -> list[str | None]:
         """The `kind` text of each training image (None where there is none; an unreadable image has none)."""
