@@ -31,6 +31,16 @@ def test_get_texts_reads_by_hash_kind_and_model(tmp_path):
     store.close()
 
 
+def test_a_preferred_variant_wins_over_newer_draws(tmp_path):
+    store = DescriptionStore(tmp_path / "d.sqlite")
+    store.put("h1", "group", "group prompt", "offline", "m", "seed 0's group", variant="group4:seed0")
+    store.put("h1", "group", "group prompt", "offline", "m", "seed 1's group", variant="group4:seed1")
+    store.put("h2", "group", "group prompt", "offline", "m", "only draw", variant="group4:other")
+    assert store.get_texts(["h1", "h2"], "group") == ["seed 1's group", "only draw"]  # newest
+    assert store.get_texts(["h1", "h2"], "group", preferred_variants=["group4:seed0", "group4:absent"]) == ["seed 0's group", "only draw"]
+    store.close()
+
+
 def test_a_store_from_before_variants_is_upgraded_with_its_rows(tmp_path):
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset, collate
 from latteclip.data.transforms import eval_transform
+from latteclip.describe.groups import draw_pseudo_label_groups
+from latteclip.describe.jobs import group_variant
 from latteclip.describe.store import DescriptionStore, image_key
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.losses import contrastive_loss
@@ -250,3 +253,21 @@ def test_eurosat_run_trains_saves_prototypes_and_eval_reproduces(tmp_path, capsy
     assert gallery and set(gallery[0]["weights"]) == {"class", "image", "group"}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("mixer/weight_group" in r for r in records) and any("analysis/pl_agreement" in r for r in records)
+
+
+def test_a_run_reads_the_group_its_seed_drew_even_when_other_draws_are_newer(eurosat_batch, tmp_path):
+    loaded, train, fixture_store, _, _ = eurosat_batch
+    zs = torch.zeros(len(train), dtype=torch.long)  # one label: each seed draws other groups from the 19 other images
+    store_path = tmp_path / "descriptions.sqlite"
+    shutil.copyfile(fixture_store, store_path)
+    hashes = [image_key(train.read_bytes(i)) for i in range(len(train))]
+    store = DescriptionStore(store_path)
+    for seed, text in ((0, "this run's draw"), (1, "a later draw of seed 1")):  # the seed-1 rows are the newest
+        for anchor, members in enumerate(draw_pseudo_label_groups(zs.tolist(), 4, seed)):
+            variant = group_variant([hashes[i] for i in [anchor, *members]])
+            store.put(hashes[anchor], "group", "g", "test", "m", text, variant=variant, meta={"members": [f"seed{seed}"]})
+    store.close()
+    method = LatteCLIP(loaded, train.info, LatteCLIPOptions(), torch.device("cpu"))
+    method.setup_training(TrainContext(train, zs, tmp_path, 0, str(store_path)))
+    assert set(method.descriptions["group"]) == {"this run's draw"}
+    assert method.group_members([0])[0][1:] == ["seed0"]  # the gallery shows the same group

@@ -141,9 +141,16 @@ class DescriptionStore:
         model: str | None = None,
         prompt: str | None = None,
         variant: str | None = None,
+        preferred_variants: Sequence[str | None] | None = None,
     ) -> list[str | None]:
-        """The text of each image for `kind` (None where there is none, or no hash); the newest row wins when several match."""
+        """The text of each image for `kind` (None where there is none, or no hash); the newest row wins when several match.
+
+        `preferred_variants` (one per image) names the row that wins over newer ones when it is stored (e.g. the group
+        a run drew for that image), so what a run reads does not change when other draws are described later.
+        """
+        preferred = {} if preferred_variants is None else dict(zip(image_hashes, preferred_variants))
         found: dict[str, str] = {}
+        exact: set[str] = set()
         clauses, params = ["kind=?"], [kind]
         for column, value in (("model", model), ("prompt", prompt), ("variant", variant)):
             if value is not None:
@@ -154,11 +161,15 @@ class DescriptionStore:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 rows = self._db.execute(
-                    f"SELECT image_hash, text FROM descriptions WHERE {' AND '.join(clauses)} "
+                    f"SELECT image_hash, text, variant FROM descriptions WHERE {' AND '.join(clauses)} "
                     f"AND image_hash IN ({','.join('?' * len(chunk))}) ORDER BY created, rowid",
                     (*params, *chunk),
                 ).fetchall()
-                found.update(rows)
+                for image_hash, text, row_variant in rows:
+                    if image_hash not in exact:
+                        found[image_hash] = text
+                    if preferred.get(image_hash) is not None and row_variant == preferred[image_hash]:
+                        exact.add(image_hash)
         return [found.get(h) for h in image_hashes]
 
     def rows(self, dataset: str | None = None, image_hashes: Iterable[str] | None = None) -> Iterator[dict]:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from latteclip.describe.jobs import image_hashes
+from latteclip.describe.groups import draw_pseudo_label_groups
+from latteclip.describe.jobs import group_variant, image_hashes
 from latteclip.describe.store import DescriptionStore
 from latteclip.engine.losses import contrastive_loss
 from latteclip.errors import LatteclipError
@@ -76,6 +77,7 @@ class LatteCLIPOptions:
     alpha: float = 0.99
     mu: float = 0.99
     describer_model: str | None = None  # read descriptions of this LMM only (default: the newest per image)
+    group_size: int = 4  # the describe stage's --group-size: with the run's seed it names the group drawn for each image
     missing_descriptions: str = "error"  # or "class": use the class text where a description is missing
     fast_text: bool = True  # encode each distinct text once, tokens cut to the longest (exact); off = reference cost
     gallery_size: int = 12  # training images shown with their texts and weights in the report
@@ -110,13 +112,28 @@ class LatteCLIP(Method):
         self.class_texts = self.info.class_texts()
         kinds = [kind for kind in ("image", "group") if kind in self.options.texts]
         self.image_hashes = image_hashes(ctx.train_set, progress=False) if kinds else []  # None: unreadable
+        self.group_variants = self.drawn_group_variants(ctx.seed) if "group" in kinds else []
         self.descriptions = {kind: self.load_descriptions(kind, self.image_hashes, ctx) for kind in kinds}
+
+    def drawn_group_variants(self, seed: int) -> list[str | None]:
+        """The group the describe stage drew for each image with this run's seed and zero-shot labels.
+
+        Its description is read in preference to newer ones of other draws (another seed's describe stage),
+        so a run reads the same texts however the store grows; without it, the newest group description wins.
+        """
+        groups = draw_pseudo_label_groups(self.zs_labels.tolist(), self.options.group_size, seed)
+        variants: list[str | None] = []
+        for anchor, members in enumerate(groups):
+            cells = [self.image_hashes[i] for i in [anchor, *(members or [])]]
+            variants.append(group_variant(cells) if members is not None and None not in cells else None)
+        return variants
 
     def load_descriptions(self, kind: str, hashes: list[str | None], ctx: TrainContext) -> list[str | None]:
         """The `kind` text of each training image (None where there is none; an unreadable image has none)."""
         store = DescriptionStore(ctx.store)
         try:
-            texts = store.get_texts(hashes, kind, model=self.options.describer_model)
+            preferred = self.group_variants if kind == "group" else None
+            texts = store.get_texts(hashes, kind, model=self.options.describer_model, preferred_variants=preferred)
         finally:
             store.close()
         # an unreadable image is skipped by training and never described, so it is not counted missing
@@ -219,9 +236,13 @@ class LatteCLIP(Method):
         try:
             wanted = {self.image_hashes[i]: i for i in indices if self.image_hashes[i] is not None}
             found: dict[int, list[str]] = {}
+            exact: set[int] = set()  # the run's own draw wins, as in load_descriptions
             for row in store.rows(image_hashes=list(wanted)):
-                if row["kind"] == "group" and row["meta"] and "members" in row["meta"]:
-                    found[wanted[row["image_hash"]]] = [self.ctx.train_set.samples[wanted[row["image_hash"]]].path, *row["meta"]["members"]]
+                index = wanted[row["image_hash"]]
+                if row["kind"] == "group" and row["meta"] and "members" in row["meta"] and index not in exact:
+                    found[index] = [self.ctx.train_set.samples[index].path, *row["meta"]["members"]]
+                    if self.group_variants and row["variant"] == self.group_variants[index]:
+                        exact.add(index)
             return found
         finally:
             store.close()
