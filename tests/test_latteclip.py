@@ -75,19 +75,57 @@ def test_gradient_flows_to_texts_only_with_weight_one_minus_alpha():
     assert torch.allclose(texts.grad, torch.full_like(texts, 0.1 / 2))
 
 
-# --- momentum (step 7) ----------------------------------------------------------------------------
-def test_momentum_update_means_per_class_and_keeps_absent_classes():
-    bank = PrototypeBank(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
-    bank.momentum_update(torch.tensor([[0.0, 2.0], [0.0, 4.0], [2.0, 0.0]]), torch.tensor([1, 1, 0]), mu=0.5)
-    assert torch.allclose(bank.vectors, torch.tensor([[1.5, 0.0], [0.0, 2.0], [1.0, 1.0]]))
+# --- prototype update (step 7) ----------------------------------------------------------------------
+def test_update_with_mu_blends_then_renormalises_and_keeps_absent_classes():
+    bank = PrototypeBank(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
+    bank.momentum_update(torch.tensor([[0.0, 2.0], [2.0, 4.0], [2.0, 0.0]]), torch.tensor([1, 1, 0]), mu=0.5)
+    # class 1: 0.5 * mean (1, 3) + 0.5 * (0, 1) = (0.5, 2), unit length; class 0: (1.5, 0) -> (1, 0); class 2 absent
+    want = torch.tensor([[1.0, 0.0], [0.5 / math.sqrt(4.25), 2.0 / math.sqrt(4.25)], [0.6, 0.8]])
+    assert torch.allclose(bank.vectors, want, atol=1e-6)
 
 
-def test_momentum_update_single_class_batch_and_mu_zero_replaces():
+def test_authors_rule_mu_zero_is_the_normalised_batch_mean():
     bank = PrototypeBank(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     bank.momentum_update(torch.tensor([[2.0, 2.0], [4.0, 0.0]]), torch.tensor([0, 0]), mu=0.0)
-    assert torch.allclose(bank.vectors, torch.tensor([[3.0, 1.0], [0.0, 1.0]]))
-    bank.momentum_update(torch.tensor([[0.0, 3.0]]), torch.tensor([0]), mu=0.99)
-    assert torch.allclose(bank.vectors[0], torch.tensor([0.99 * 3.0, 0.01 * 3.0 + 0.99 * 1.0]))
+    assert torch.allclose(bank.vectors, torch.tensor([[3.0 / math.sqrt(10), 1.0 / math.sqrt(10)], [0.0, 1.0]]), atol=1e-6)
+    assert torch.allclose(bank.vectors.norm(dim=-1), torch.ones(2))
+
+
+def drift_after(steps: int, mu: float) -> float:
+    """Cosine between a prototype and its start after `steps` real updates whose texts all point to an orthogonal direction."""
+    start, text = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[[0.0, 1.0, 0.0]]])
+    bank = PrototypeBank(start)
+    for _ in range(steps):
+        t = prototype_text_embedding(text, bank.vectors, bank.vectors, alpha=0.99)
+        bank.momentum_update(t, torch.tensor([0]), mu)
+    return float(bank.vectors[0] @ start[0])
+
+
+def test_alpha_is_the_momentum_prototypes_reach_the_texts_within_hundreds_of_steps():
+    # the authors' rule: about 1 % of the way per step; the literal double momentum: 0.01 %
+    assert drift_after(300, mu=0.0) < 0.1  # cosine with the start: the prototype has turned to the texts
+    assert drift_after(300, mu=0.99) > 0.99  # applied twice, the prototype has barely moved
+
+
+def test_prototype_arithmetic_is_fp32_under_bf16_autocast():
+    generator = torch.Generator().manual_seed(0)
+    texts = F.normalize(torch.randn(8, 3, 16, generator=generator), dim=-1)
+    prototypes = F.normalize(torch.randn(5, 16, generator=generator), dim=-1)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+
+    def update() -> tuple[torch.Tensor, torch.Tensor]:
+        t = prototype_text_embedding(texts, prototypes[labels], prototypes, alpha=0.99)
+        bank = PrototypeBank(prototypes)
+        bank.momentum_update(t, labels, mu=0.0)
+        return t, bank.vectors
+
+    t_fp32, p_fp32 = update()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t_amp, p_amp = update()
+    assert t_amp.dtype == p_amp.dtype == torch.float32
+    assert torch.allclose(t_amp, t_fp32, atol=1e-6) and torch.allclose(p_amp, p_fp32, atol=1e-6)
+    # the same step in bf16 would lose it: the 1 % move is below bf16's resolution
+    assert (t_fp32.bfloat16().float() - t_fp32).abs().max() > 1e-4
 
 
 # --- the step on a real batch ---------------------------------------------------------------------
@@ -170,21 +208,32 @@ def test_each_switch_changes_exactly_what_it_names(eurosat_batch, tmp_path, opti
     assert {k for k in result.metrics if k.startswith("mixer/")} == {f"mixer/weight_{t}" for t in options.get("texts", ["class", "image", "group"])}
 
 
-@pytest.mark.parametrize("momentum", [True, False])
-def test_momentum_switch(eurosat_batch, tmp_path, momentum):
-    method = make_method(eurosat_batch, tmp_path, momentum=momentum, mu=0.9)
+@pytest.mark.parametrize("momentum,mu", [(True, 0.0), (True, 0.9), (False, 0.9)])
+def test_momentum_switch(eurosat_batch, tmp_path, momentum, mu):
+    method = make_method(eurosat_batch, tmp_path, momentum=momentum, mu=mu)
     before = method.bank.vectors.clone()
-    result = method.training_step(eurosat_batch[4], 0)
-    method.after_optimizer_step(eurosat_batch[4], result, 0)
-    mu = 0.9 if momentum else 0.0
-    t, labels = result.state["embeddings"], result.state["labels"]
+    batch = eurosat_batch[4]
+    result = method.training_step(batch, 0)
+    t, labels = expected_embeddings(method, batch, result.pseudo_labels)
+    t = t.detach()
+    method.after_optimizer_step(batch, result, 0)
+    if not momentum:  # the prototype is replaced by the mixed texts alone: t without Eq. (2)'s blend with p_c
+        t = (t - 0.99 * before[labels]) / 0.01
+    mu = mu if momentum else 0.0
     for c in range(before.shape[0]):
         members = labels == c
-        if members.any():
-            expected = (1 - mu) * t[members].mean(0) + mu * before[c]
-        else:
-            expected = before[c]
-        assert torch.allclose(method.bank.vectors[c], expected, atol=1e-6), c
+        expected = F.normalize((1 - mu) * t[members].mean(0) + mu * before[c], dim=0) if members.any() else before[c]
+        assert torch.allclose(method.bank.vectors[c], expected, atol=1e-5), c
+
+
+def test_a_step_under_bf16_autocast_keeps_the_bank_and_embeddings_fp32(eurosat_batch, tmp_path):
+    method = make_method(eurosat_batch, tmp_path)
+    batch = eurosat_batch[4]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = method.training_step(batch, 0)
+        method.after_optimizer_step(batch, result, 0)
+    assert result.state["embeddings"].dtype == torch.float32 and method.bank.vectors.dtype == torch.float32
+    assert torch.allclose(method.bank.vectors.norm(dim=-1), torch.ones(method.bank.num_classes), atol=1e-6)
 
 
 def test_fast_step_equals_reference_step_loss_and_gradients(eurosat_batch, tmp_path):

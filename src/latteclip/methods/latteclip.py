@@ -3,11 +3,10 @@
 Per step, for each pseudo-label kind k in {zs, ft}: the texts of each image (class text of its
 label, its image description, its group description) are mixed with weights from the Dynamic
 Feature Mixer (Eq. 1), blended with the label's prototype (Eq. 2), and contrasted with the image
-(Eq. 3). After the optimizer step, the prototypes of the classes in the batch move towards the
-mean of their prototype-text embeddings (momentum mu).
-
-The paper's equations are followed where the authors' code differs (see method.md): the
-momentum rule is explicit, the mixer weights each text (row), and L_ft is its own switch.
+(Eq. 3). After the optimizer step, each prototype of a class in the batch becomes the normalised
+mean of its prototype-text embeddings: the authors' rule, in which Eq. (2)'s alpha is the
+momentum (mu = 0). mu > 0 adds the paper's literal second momentum; docs/methods.md lists every
+point where the paper's text and the authors' runs differ, and which one is the default.
 """
 
 from __future__ import annotations
@@ -31,17 +30,38 @@ TEXT_KINDS = ("class", "image", "group")
 MIXER_EPS = 1e-6
 
 
+def full_precision(tensor: torch.Tensor):
+    """Autocast off on the tensor's device: the prototype arithmetic runs in fp32 under bf16/fp16 training."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 def mixer_weights(text_features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """Eq. (1): top-1 minus top-2 cosine of each text to the prototypes, [N]; no gradient flows.
+    """Eq. (1): top-1 minus top-2 cosine of each text to the prototypes, [N] in fp32; no gradient flows.
 
     A text close to one class and far from the others is trusted; one between two classes is not.
     """
-    with torch.no_grad():
+    with torch.no_grad(), full_precision(text_features):
         cos = F.normalize(text_features.float(), dim=-1) @ F.normalize(prototypes.float(), dim=-1).t()
         if cos.shape[1] < 2:
             return torch.ones(cos.shape[0], device=cos.device)
         top2 = cos.topk(2, dim=-1).values
         return top2[:, 0] - top2[:, 1]
+
+
+def mixed_text_embedding(text_features: torch.Tensor, prototypes: torch.Tensor, use_mixer: bool = True) -> torch.Tensor:
+    """The mixer's weighted mean of each sample's K texts, sum_T w(T) e(T) / sum_T w(T), [B, d] in fp32.
+
+    Each weight gets 1e-6 so that a sample whose texts all tie (weight 0) falls back to the plain
+    mean instead of dividing by zero. Mixer off: all weights 1.
+    """
+    batch, k, dim = text_features.shape
+    with full_precision(text_features):
+        features = text_features.float()
+        if use_mixer:
+            weights = mixer_weights(features.reshape(batch * k, dim), prototypes).view(batch, k) + MIXER_EPS
+        else:
+            weights = torch.ones(batch, k, device=features.device)
+        return (weights.unsqueeze(-1) * features).sum(dim=1) / weights.sum(dim=1, keepdim=True)
 
 
 def prototype_text_embedding(
@@ -51,20 +71,19 @@ def prototype_text_embedding(
     alpha: float,
     use_mixer: bool = True,
 ) -> torch.Tensor:
-    """Eq. (2): t = (1 - alpha) * sum_T w(T) e(T) / sum_T w(T) + alpha * p_c, [B, d].
+    """Eq. (2): t = (1 - alpha) * sum_T w(T) e(T) / sum_T w(T) + alpha * p_c, [B, d] in fp32.
 
     text_features [B, K, d] are the K normalised texts of each sample; label_prototypes [B, d] are
-    p_c of each sample's pseudo-label. Each weight gets 1e-6 so that a sample whose texts all tie
-    (weight 0) falls back to the plain mean instead of dividing by zero. Mixer off: all weights 1.
+    p_c of each sample's pseudo-label. fp32 whatever the autocast dtype: t moves p_c by 1 - alpha
+    (1 %) of the way to the texts, a step bf16 cannot represent on unit vectors.
     """
-    batch, k, dim = text_features.shape
-    if use_mixer:
-        weights = mixer_weights(text_features.reshape(batch * k, dim), prototypes).view(batch, k) + MIXER_EPS
-    else:
-        weights = torch.ones(batch, k, device=text_features.device)
-    weights = weights.to(text_features.dtype)
-    mixed = (weights.unsqueeze(-1) * text_features).sum(dim=1) / weights.sum(dim=1, keepdim=True)
-    return (1.0 - alpha) * mixed + alpha * label_prototypes.to(text_features.dtype)
+    return blend_with_prototypes(mixed_text_embedding(text_features, prototypes, use_mixer), label_prototypes, alpha)
+
+
+def blend_with_prototypes(mixed: torch.Tensor, label_prototypes: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The last term of Eq. (2), in fp32: (1 - alpha) * mixed + alpha * p_c."""
+    with full_precision(mixed):
+        return (1.0 - alpha) * mixed.float() + alpha * label_prototypes.float()
 
 
 @dataclass
@@ -73,9 +92,9 @@ class LatteCLIPOptions:
     mixer: bool = True  # Dynamic Feature Mixer; off = every text weighs 1
     loss_zs: bool = True  # L_con(u, t_zs)
     loss_ft: bool = True  # L_con(u, t_ft)
-    momentum: bool = True  # off = mu 0: the prototype is replaced by t_batch
-    alpha: float = 0.99
-    mu: float = 0.99
+    momentum: bool = True  # off: the prototype is replaced by the normalised batch mean of the mixed texts (no alpha)
+    alpha: float = 0.99  # Eq. (2); with mu = 0 also the momentum of the prototypes (the authors' rule)
+    mu: float = 0.0  # > 0: the paper's literal second momentum on top of Eq. (2), p <- normalize((1 - mu) t + mu p)
     describer_model: str | None = None  # read descriptions of this LMM only (default: the newest per image)
     group_size: int = 4  # the describe stage's --group-size: with the run's seed it names the group drawn for each image
     missing_descriptions: str = "error"  # or "class": use the class text where a description is missing
@@ -99,10 +118,6 @@ class LatteCLIP(Method):
             raise LatteclipError("--missing-descriptions must be 'error' or 'class'")
         self.bank: PrototypeBank | None = None
         self.label_kinds = [k for k, on in (("zs", options.loss_zs), ("ft", options.loss_ft)) if on]
-
-    @property
-    def mu(self) -> float:
-        return self.options.mu if self.options.momentum else 0.0
 
     # --- set-up -------------------------------------------------------------------------------
     def setup_training(self, ctx: TrainContext) -> None:
@@ -184,7 +199,7 @@ class LatteCLIP(Method):
         images, indices = batch["image"], batch["index"]
         u = F.normalize(self.model.encode_image(images), dim=-1)
         prototypes = self.bank.vectors
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(u):
             ft_labels = (u.detach().float() @ F.normalize(prototypes, dim=-1).t()).argmax(dim=-1)
         labels = {"zs": self.zs_labels[indices], "ft": ft_labels}
         k = len(self.options.texts)
@@ -194,11 +209,13 @@ class LatteCLIP(Method):
         metrics: dict[str, float] = {}
         embeddings, embedding_labels = [], []
         for kind in self.label_kinds:
-            t = prototype_text_embedding(features[kind], prototypes[labels[kind]], prototypes, self.options.alpha, self.options.mixer)
+            mixed = mixed_text_embedding(features[kind], prototypes, self.options.mixer)
+            t = blend_with_prototypes(mixed, prototypes[labels[kind]], self.options.alpha)
             part = contrastive_loss(u, F.normalize(t, dim=-1), self.model.logit_scale)
             loss = loss + part
             metrics[f"loss_{kind}"] = part.item()
-            embeddings.append(t.detach())
+            # what the prototypes move to: t (alpha is the momentum), or the mixed texts alone without momentum
+            embeddings.append(t.detach() if self.options.momentum else mixed.detach())
             embedding_labels.append(labels[kind])
         stacked = torch.cat([features[kind].detach() for kind in self.label_kinds])
         weights = mixer_weights(stacked.reshape(-1, stacked.shape[-1]), prototypes).view(-1, k)
@@ -214,7 +231,8 @@ class LatteCLIP(Method):
         )
 
     def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:
-        self.bank.momentum_update(result.state["embeddings"], result.state["labels"], self.mu)
+        mu = self.options.mu if self.options.momentum else 0.0
+        self.bank.momentum_update(result.state["embeddings"], result.state["labels"], mu)
 
     # --- inference and state ------------------------------------------------------------------
     def classifier(self) -> torch.Tensor:
