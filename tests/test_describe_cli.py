@@ -56,8 +56,8 @@ def test_groups_share_the_zero_shot_label_and_prompts_name_it(eurosat_folder, tr
     assert len({r["image_hash"] for r in groups}) == len(set(hashes))
     for row in groups:
         anchor = index_of_path[row["image"]]
-        assert row["image_hash"] == hashes[anchor] and len(row["meta"]["members"]) == 3
-        assert {labels[index_of_path[m]] for m in row["meta"]["members"]} == {labels[anchor]}
+        assert row["image_hash"] == hashes[anchor] and len(row["meta"]["cells"]) == 4
+        assert {labels[index_of_path[m]] for m in row["meta"]["cells"]} == {labels[anchor]}
         assert row["prompt"] == load_prompts().description("group", "land use", train.info.classnames[labels[anchor]])
     images = [r for r in store.rows() if r["kind"] == "image"]
     for row in images:
@@ -116,7 +116,7 @@ def test_analysis_mode_groups_hold_k_true_class_images(eurosat_folder, train, tm
     assert "ANALYSIS MODE" in capsys.readouterr().out
     label_of = {s.path: s.label for s in train.samples}
     for row in DescriptionStore(store_path).rows():
-        same = sum(label_of[m] == label_of[row["image"]] for m in row["meta"]["members"]) + 1
+        same = sum(label_of[m] == label_of[row["image"]] for m in row["meta"]["cells"])
         assert same == 3 and "reads labels" in row["meta"]["draw"]
 
 

@@ -157,8 +157,8 @@ def make_method(eurosat_batch, tmp_path, **options) -> LatteCLIP:
     return method
 
 
-def expected_embeddings(method: LatteCLIP, batch: dict, ft_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. (2) recomputed from scratch: full-length OpenCLIP text features, texts read from the store."""
+def expected_embeddings(method: LatteCLIP, batch: dict, ft_labels: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (2) recomputed from scratch: full-length OpenCLIP text features (which group a visit reads: its own test)."""
     model, tok = method.model, method.loaded.tokenizer
     opts = method.options
     prototypes = method.bank.vectors
@@ -169,7 +169,7 @@ def expected_embeddings(method: LatteCLIP, batch: dict, ft_labels: torch.Tensor)
             continue
         rows = []
         for i, c in zip(batch["index"].tolist(), kinds[kind].tolist()):
-            texts = [method.class_texts[c] if t == "class" else method.descriptions[t][i] for t in opts.texts]
+            texts = [method.class_texts[c] if t == "class" else method.description(t, i, step) for t in opts.texts]
             e = F.normalize(model.encode_text(tok(texts)), dim=-1)
             w = mixer_weights(e, prototypes) + EPS if opts.mixer else torch.ones(len(texts))
             mix = (w[:, None] * e).sum(0) / w.sum()
@@ -234,6 +234,19 @@ def test_a_step_under_bf16_autocast_keeps_the_bank_and_embeddings_fp32(eurosat_b
         method.after_optimizer_step(batch, result, 0)
     assert result.state["embeddings"].dtype == torch.float32 and method.bank.vectors.dtype == torch.float32
     assert torch.allclose(method.bank.vectors.norm(dim=-1), torch.ones(method.bank.num_classes), atol=1e-6)
+
+
+def test_each_visit_reads_the_group_of_a_random_image_of_its_zero_shot_class(eurosat_batch, tmp_path):
+    _, train, _, zs, _ = eurosat_batch
+    method = make_method(eurosat_batch, tmp_path)
+    own = make_method(eurosat_batch, tmp_path, group_text="own")
+    group_text = {i: method.descriptions["group"][i] for i in range(len(train))}
+    for i in range(len(train)):
+        same_class = {group_text[j] for j in range(len(train)) if zs[j] == zs[i]}
+        drawn = [method.description("group", i, step) for step in range(40)]
+        assert set(drawn) <= same_class and len(set(drawn)) == len(same_class)  # 2 images per class here: both are read
+        assert drawn == [method.description("group", i, step) for step in range(40)]  # seeded: a resumed run reads the same
+        assert {own.description("group", i, step) for step in range(40)} == {group_text[i]}
 
 
 def test_fast_step_equals_reference_step_loss_and_gradients(eurosat_batch, tmp_path):
@@ -312,11 +325,11 @@ def test_a_run_reads_the_group_its_seed_drew_even_when_other_draws_are_newer(eur
     hashes = [image_key(train.read_bytes(i)) for i in range(len(train))]
     store = DescriptionStore(store_path)
     for seed, text in ((0, "this run's draw"), (1, "a later draw of seed 1")):  # the seed-1 rows are the newest
-        for anchor, members in enumerate(draw_pseudo_label_groups(zs.tolist(), 4, seed)):
-            variant = group_variant([hashes[i] for i in [anchor, *members]])
-            store.put(hashes[anchor], "group", "g", "test", "m", text, variant=variant, meta={"members": [f"seed{seed}"]})
+        for anchor, cells in enumerate(draw_pseudo_label_groups(zs.tolist(), 4, seed)):
+            variant = group_variant([hashes[i] for i in cells])
+            store.put(hashes[anchor], "group", "g", "test", "m", text, variant=variant, meta={"cells": [f"seed{seed}"]})
     store.close()
     method = LatteCLIP(loaded, train.info, LatteCLIPOptions(), torch.device("cpu"))
     method.setup_training(TrainContext(train, zs, tmp_path, 0, str(store_path)))
     assert set(method.descriptions["group"]) == {"this run's draw"}
-    assert method.group_members([0])[0][1:] == ["seed0"]  # the gallery shows the same group
+    assert method.group_members([0])[0] == ["seed0"]  # the gallery shows the same group

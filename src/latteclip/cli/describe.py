@@ -47,6 +47,9 @@ def _describe_parser(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what to describe")
     group.add_argument("--kinds", type=comma_list, help="image,group (default both)")
     group.add_argument("--group-size", dest="group_size", type=int, help="images per group collage: 2, 4 (default), 8, 16")
+    group.add_argument("--group-draw", dest="group_draw", choices=["class", "anchor"],
+                       help="class (default, the authors' runs): each group is random images of one zero-shot class; "
+                       "anchor (the paper's text): an image and others of its zero-shot class")
     group.add_argument("--with-label", dest="with_label", action=argparse.BooleanOptionalAction, default=None,
                        help="name each image's zero-shot label in the prompt")
     group.add_argument("--true-class-members", dest="true_class_members", type=int, metavar="K",

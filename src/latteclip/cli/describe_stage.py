@@ -35,7 +35,7 @@ from latteclip.models import LoadedModel, TokenCache, load_clip
 from latteclip.paths import atomic_write_bytes
 
 LMM_OPTIONS = ("lmm", "lmm_url", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size", "concurrency", "stop_after_failures")
-DESCRIBE_OPTIONS = LMM_OPTIONS + ("kinds", "group_size", "with_label", "true_class_members", "vocabulary")
+DESCRIBE_OPTIONS = LMM_OPTIONS + ("kinds", "group_size", "group_draw", "with_label", "true_class_members", "vocabulary")
 UNMAPPED = "(unmapped)"
 
 
@@ -150,8 +150,8 @@ def _describe(args, config: RunConfig, settings: DescribeSettings, train: ImageD
             groups = draw_true_class_groups(true_labels, settings.group_size, settings.true_class_members, config.seed)
             draw = f"true class, {settings.true_class_members} of {settings.group_size} (analysis, reads labels)"
         else:
-            groups = draw_pseudo_label_groups(labels, settings.group_size, config.seed)
-            draw = f"zero-shot label of {config.model} {config.pretrained or 'random'}"
+            groups = draw_pseudo_label_groups(labels, settings.group_size, config.seed, settings.group_draw)
+            draw = f"{settings.group_draw} draw by zero-shot label of {config.model} {config.pretrained or 'random'}"
         jobs += group_jobs(train, hashes, groups, lambda i: prompts.description("group", info.domain, label_name(i)), draw)
     runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
     try:

@@ -1,6 +1,11 @@
 """Which images share a collage with each anchor image (method.md 1.2, paper Tables 4 and 5).
 
-The default draw uses only zero-shot pseudo-labels: the other members share the anchor's c_zs.
+Every draw returns, per anchor, the collage's cells (image indices in cell order). The default
+draws use only zero-shot pseudo-labels:
+- "class" (the authors' runs): `group_size` random images of the anchor's zero-shot class; the
+  anchor need not be among them. Training then reads, at each visit of an image, the group of a
+  random image of its class, so a group describes its class rather than one image.
+- "anchor" (the paper's text): the anchor plus `group_size - 1` others of its class.
 `draw_true_class_groups` is the paper's analysis that reads the TRUE labels (k of the group's
 images from the anchor's true class); nothing in training may depend on it.
 
@@ -44,20 +49,29 @@ def _draw(pool: list[int], count: int, anchor: int, holds_anchor: bool, rng: ran
     return rng.choices([i for i in pool if i != anchor], k=count)
 
 
-def draw_pseudo_label_groups(labels: Sequence[int], group_size: int, seed: int) -> list[list[int] | None]:
-    """For each anchor, the `group_size - 1` other members drawn among images with its label.
+GROUP_DRAWS = ("class", "anchor")
+
+
+def draw_pseudo_label_groups(labels: Sequence[int], group_size: int, seed: int, draw: str = "class") -> list[list[int] | None]:
+    """For each anchor, the cells of its collage, drawn among the images with its zero-shot label.
 
     Labels of -1 (unreadable images) have no group and are never drawn as members.
     """
     if group_size < 1:
-        raise ValueError("a group holds at least its anchor")
+        raise ValueError("a group holds at least one image")
+    if draw not in GROUP_DRAWS:
+        raise ValueError(f"group draw must be one of {', '.join(GROUP_DRAWS)}, not {draw!r}")
     by_label = _by_label(labels)
     groups: list[list[int] | None] = []
     for anchor, label in enumerate(labels):
         if label < 0:
             groups.append(None)
-            continue
-        groups.append(_draw(by_label[label], group_size - 1, anchor, True, random.Random(f"{seed}:{anchor}")))
+        elif draw == "class":
+            pool = by_label[label]
+            rng = random.Random(f"{seed}:class:{anchor}")
+            groups.append(rng.sample(pool, group_size) if len(pool) >= group_size else rng.choices(pool, k=group_size))
+        else:
+            groups.append([anchor, *_draw(by_label[label], group_size - 1, anchor, True, random.Random(f"{seed}:{anchor}"))])
     return groups
 
 
@@ -65,7 +79,7 @@ def draw_true_class_groups(
     true_labels: Sequence[int], group_size: int, same_class: int, seed: int
 ) -> list[list[int] | None]:
     """ANALYSIS ONLY (reads true labels): groups with `same_class` images of the anchor's true class
-    (the anchor included) and the rest from other classes, the members in random cells."""
+    (the anchor included, in the first cell) and the rest from other classes, the others in random cells."""
     if not 1 <= same_class <= group_size:
         raise ValueError(f"the anchor's class can fill 1 to {group_size} places of a group, not {same_class}")
     by_label = _by_label(true_labels)
@@ -79,5 +93,5 @@ def draw_true_class_groups(
         members = _draw(by_label[label], same_class - 1, anchor, True, rng)
         members += _draw(other_classes[label], group_size - same_class, anchor, False, rng)
         rng.shuffle(members)
-        groups.append(members)
+        groups.append([anchor, *members])
     return groups

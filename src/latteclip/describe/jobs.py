@@ -87,9 +87,9 @@ def group_jobs(
     prompt_for: Callable[[int], str],
     draw: str,
 ) -> list[Job]:
-    """One job per readable anchor: the collage of the anchor and its members, stored under the anchor.
+    """One job per readable anchor: the collage of its group's cells, stored under the anchor.
 
-    `draw` says how members were chosen (kept in the row's meta, e.g. "zero-shot label"). An anchor
+    `draw` says how the cells were chosen (kept in the row's meta with the cells' paths). An anchor
     without a group (its image could not be decoded for its label) gets a job that fails.
     """
 
@@ -107,17 +107,14 @@ def group_jobs(
         return build
 
     jobs = []
-    for anchor, members in enumerate(groups):
+    for anchor, cells in enumerate(groups):
         if hashes[anchor] is None:
             continue
-        if members is None:  # no label, so no group: reported as a failure rather than left out
+        if cells is None:  # no label, so no group: reported as a failure rather than left out
             jobs.append(Job(hashes[anchor], "group", prompt_for(anchor), dataset.samples[anchor].path, unreadable(anchor)))
             continue
-        cells = [anchor, *members]
-        cell_hashes = [hashes[i] for i in cells]
         prompt = prompt_for(anchor)
-        meta = {"members": [dataset.samples[i].path for i in members], "group_size": len(cells), "draw": draw}
-        jobs.append(
-            Job(hashes[anchor], "group", prompt, dataset.samples[anchor].path, builder(cells, prompt), group_variant(cell_hashes), meta)
-        )
+        meta = {"cells": [dataset.samples[i].path for i in cells], "group_size": len(cells), "draw": draw}
+        variant = group_variant([hashes[i] for i in cells])
+        jobs.append(Job(hashes[anchor], "group", prompt, dataset.samples[anchor].path, builder(cells, prompt), variant, meta))
     return jobs

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from latteclip.config import comma_list
 from latteclip.describe.answers import DEFAULT_CUTOFF
+from latteclip.describe.groups import GROUP_DRAWS
 from latteclip.errors import LatteclipError
 
 if TYPE_CHECKING:  # importing torch and OpenCLIP here would slow every command's start
@@ -33,6 +34,7 @@ class DescribeSettings:
     concurrency: int | None = None  # requests in flight (default: 64 for openai, 1 in-process)
     kinds: list[str] = field(default_factory=lambda: list(DESCRIBABLE_KINDS))
     group_size: int = 4
+    group_draw: str = "class"  # class: random images of the anchor's zero-shot class (the authors' runs); anchor: it and others
     with_label: bool = False  # the prompt variant that names the zero-shot label
     true_class_members: int | None = None  # ANALYSIS ONLY: groups with this many images of the TRUE class
     prompts: Any = None  # a prompts file, or a mapping of prompt name -> template
@@ -48,6 +50,8 @@ class DescribeSettings:
             raise LatteclipError(f"--kinds must list some of {','.join(DESCRIBABLE_KINDS)} (got {','.join(self.kinds) or 'nothing'})")
         if self.group_size < 2:
             raise LatteclipError(f"--group-size {self.group_size} must be at least 2 (the paper uses 2, 4, 8, 16)")
+        if self.group_draw not in GROUP_DRAWS:
+            raise LatteclipError(f"--group-draw {self.group_draw} must be one of {', '.join(GROUP_DRAWS)}")
         if self.true_class_members is not None and not 1 <= self.true_class_members <= self.group_size:
             raise LatteclipError(f"--true-class-members must be between 1 and the group size {self.group_size}")
         for name in ("lmm_timeout", "lmm_batch_size", "stop_after_failures"):

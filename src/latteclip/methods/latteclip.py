@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from latteclip.describe.groups import draw_pseudo_label_groups
+from latteclip.describe.groups import GROUP_DRAWS, draw_pseudo_label_groups
 from latteclip.describe.jobs import group_variant, image_hashes
 from latteclip.describe.store import DescriptionStore
 from latteclip.engine.losses import contrastive_loss
@@ -97,6 +97,8 @@ class LatteCLIPOptions:
     mu: float = 0.0  # > 0: the paper's literal second momentum on top of Eq. (2), p <- normalize((1 - mu) t + mu p)
     describer_model: str | None = None  # read descriptions of this LMM only (default: the newest per image)
     group_size: int = 4  # the describe stage's --group-size: with the run's seed it names the group drawn for each image
+    group_draw: str = "class"  # the describe stage's --group-draw (class: the authors' groups of one zero-shot class)
+    group_text: str = "random"  # random: each visit reads the group of a random image of its zero-shot class (the authors); own: its own group
     missing_descriptions: str = "error"  # or "class": use the class text where a description is missing
     fast_text: bool = True  # encode each distinct text once, tokens cut to the longest (exact); off = reference cost
     gallery_size: int = 12  # training images shown with their texts and weights in the report
@@ -116,6 +118,10 @@ class LatteCLIP(Method):
             raise LatteclipError("LatteCLIP needs at least one of its losses: drop --no-loss-zs or --no-loss-ft")
         if options.missing_descriptions not in ("error", "class"):
             raise LatteclipError("--missing-descriptions must be 'error' or 'class'")
+        if options.group_text not in ("random", "own"):
+            raise LatteclipError("--group-text must be 'random' (a group of the image's zero-shot class per visit) or 'own'")
+        if options.group_draw not in GROUP_DRAWS:
+            raise LatteclipError(f"--group-draw must be one of {', '.join(GROUP_DRAWS)}")
         self.bank: PrototypeBank | None = None
         self.label_kinds = [k for k, on in (("zs", options.loss_zs), ("ft", options.loss_ft)) if on]
 
@@ -129,6 +135,15 @@ class LatteCLIP(Method):
         self.image_hashes = image_hashes(ctx.train_set, progress=False) if kinds else []  # None: unreadable
         self.group_variants = self.drawn_group_variants(ctx.seed) if "group" in kinds else []
         self.descriptions = {kind: self.load_descriptions(kind, self.image_hashes, ctx) for kind in kinds}
+        self.group_pools = self.described_images_by_class() if "group" in kinds else {}
+
+    def described_images_by_class(self) -> dict[int, list[int]]:
+        """The images of each zero-shot class that have a group description: the groups a visit draws from."""
+        pools: dict[int, list[int]] = {}
+        for index, (label, text) in enumerate(zip(self.zs_labels.tolist(), self.descriptions["group"])):
+            if label >= 0 and text is not None:
+                pools.setdefault(label, []).append(index)
+        return pools
 
     def drawn_group_variants(self, seed: int) -> list[str | None]:
         """The group the describe stage drew for each image with this run's seed and zero-shot labels.
@@ -136,11 +151,11 @@ class LatteCLIP(Method):
         Its description is read in preference to newer ones of other draws (another seed's describe stage),
         so a run reads the same texts however the store grows; without it, the newest group description wins.
         """
-        groups = draw_pseudo_label_groups(self.zs_labels.tolist(), self.options.group_size, seed)
+        groups = draw_pseudo_label_groups(self.zs_labels.tolist(), self.options.group_size, seed, self.options.group_draw)
         variants: list[str | None] = []
-        for anchor, members in enumerate(groups):
-            cells = [self.image_hashes[i] for i in [anchor, *(members or [])]]
-            variants.append(group_variant(cells) if members is not None and None not in cells else None)
+        for cells in groups:
+            cell_hashes = [self.image_hashes[i] for i in cells or []]
+            variants.append(group_variant(cell_hashes) if cells is not None and None not in cell_hashes else None)
         return variants
 
     def load_descriptions(self, kind: str, hashes: list[str | None], ctx: TrainContext) -> list[str | None]:
@@ -163,8 +178,17 @@ class LatteCLIP(Method):
         return texts
 
     # --- one step -----------------------------------------------------------------------------
-    def description(self, kind: str, index: int) -> str:
-        """An image's description of `kind`, or (when allowed) its zero-shot class text if it has none."""
+    def description(self, kind: str, index: int, step: int | None = None) -> str:
+        """An image's description of `kind`, or (when allowed) its zero-shot class text if it has none.
+
+        In a training step (`step` given) with --group-text random, the group text is that of an image
+        drawn at random among those of the same zero-shot class, seeded by (seed, step, index): every
+        visit draws anew, as in the authors' runs, and a resumed run draws the same.
+        """
+        if kind == "group" and step is not None and self.options.group_text == "random":
+            pool = self.group_pools.get(int(self.zs_labels[index]))
+            if pool:
+                index = random.Random(f"{self.ctx.seed}:{step}:{index}").choice(pool)
         text = self.descriptions[kind][index]
         return text if text is not None else self.class_texts[int(self.zs_labels[index])]
 
@@ -179,7 +203,7 @@ class LatteCLIP(Method):
         tokens = self.loaded.tokenizer(texts).to(self.device)
         return F.normalize(self.model.encode_text(tokens), dim=-1)
 
-    def step_text_features(self, indices: list[int], labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def step_text_features(self, indices: list[int], labels: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         """[B, K, d] text features per label kind; the image and group texts are shared by both kinds."""
         slots: dict[str, list[str]] = {}
         for kind in self.label_kinds:
@@ -187,7 +211,7 @@ class LatteCLIP(Method):
                 slots[f"class_{kind}"] = [self.class_texts[c] for c in labels[kind].tolist()]
         for kind in ("image", "group"):
             if kind in self.options.texts:
-                slots[kind] = [self.description(kind, i) for i in indices]
+                slots[kind] = [self.description(kind, i, step) for i in indices]
         flat = [text for texts in slots.values() for text in texts]
         encoded = dict(zip(slots, self.encode(flat).view(len(slots), len(indices), -1)))
         return {
@@ -203,7 +227,7 @@ class LatteCLIP(Method):
             ft_labels = (u.detach().float() @ F.normalize(prototypes, dim=-1).t()).argmax(dim=-1)
         labels = {"zs": self.zs_labels[indices], "ft": ft_labels}
         k = len(self.options.texts)
-        features = self.step_text_features(indices.tolist(), labels)
+        features = self.step_text_features(indices.tolist(), labels, step)
 
         loss = u.new_zeros(())
         metrics: dict[str, float] = {}
@@ -249,7 +273,7 @@ class LatteCLIP(Method):
 
     # --- artefacts for the report ----------------------------------------------------------------
     def group_members(self, indices: list[int]) -> dict[int, list[str]]:
-        """The images of each anchor's group (anchor first), as the describe stage recorded them."""
+        """The images of each anchor's group collage in cell order, as the describe stage recorded them."""
         store = DescriptionStore(self.ctx.store)
         try:
             wanted = {self.image_hashes[i]: i for i in indices if self.image_hashes[i] is not None}
@@ -257,8 +281,10 @@ class LatteCLIP(Method):
             exact: set[int] = set()  # the run's own draw wins, as in load_descriptions
             for row in store.rows(image_hashes=list(wanted)):
                 index = wanted[row["image_hash"]]
-                if row["kind"] == "group" and row["meta"] and "members" in row["meta"] and index not in exact:
-                    found[index] = [self.ctx.train_set.samples[index].path, *row["meta"]["members"]]
+                meta = row["meta"] or {}
+                if row["kind"] == "group" and ("cells" in meta or "members" in meta) and index not in exact:
+                    # stores written before groups recorded their cells list the members besides the anchor
+                    found[index] = meta.get("cells") or [self.ctx.train_set.samples[index].path, *meta["members"]]
                     if self.group_variants and row["variant"] == self.group_variants[index]:
                         exact.add(index)
             return found
