@@ -118,8 +118,9 @@ def test_trimmed_encoding_equals_full_length_encode_text(tiny):
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         model.zero_grad(set_to_none=True)
     assert grads[0].keys() == grads[1].keys() and "positional_embedding" in grads[0]
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    for name in grads[0]:  # float32 sums in another order: differences scale with the gradient's size
+        scale = grads[1][name].abs().max().item()
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5 * scale, msg=name)
     # rows past the longest text never reach a pooled feature
     assert grads[1]["positional_embedding"][30:].abs().max() == 0
 
