@@ -110,18 +110,31 @@ def test_class_names_follow_the_folder_not_the_label_number(eurosat_folder, coop
     relabelled = {part: [[e[0], permuted[e[0].split("/")[0]], e[2]] for e in entries] for part, entries in local.items()}
     split_file = tmp_path / "permuted.json"
     split_file.write_text(json.dumps(relabelled))
-    test = build_dataset("eurosat", eurosat_folder, "test", None, DatasetOptions(split_file=str(split_file)))
+    test = build_dataset("eurosat", eurosat_folder, "test", None, DatasetOptions(split_file=str(split_file), prompt_set="clip"))
     residential = next(s for s in test.samples if s.path.startswith("Residential/"))
     assert residential.label == permuted["Residential"] != keys.index("Residential")
     assert test.info.classnames[residential.label] == RESIDENTIAL
+    authors = build_dataset("eurosat", eurosat_folder, "test", None, DatasetOptions(split_file=str(split_file)))
+    assert authors.info.classnames[residential.label] == "residential buildings"  # CoOp's name, lower-cased
     assert test.info.class_keys[residential.label] == "Residential"
     for sample in test.samples:
         assert test.info.class_keys[sample.label] == sample.path.split("/")[0]
 
 
+def test_prompt_sets_of_the_authors_runs_and_of_clip(eurosat_zip):
+    authors = build_dataset("eurosat", eurosat_zip, "test").info
+    clip = build_dataset("eurosat", eurosat_zip, "test", None, DatasetOptions(prompt_set="clip")).info
+    assert authors.class_texts()[:2] == ["a photo of a annual crop land.", "a photo of a forest."]
+    assert authors.templates == ["a photo of a {}."] and authors.classnames[9] == "sea or lake"
+    assert clip.class_texts()[0] == "a centered satellite photo of annual crop land." and clip.classnames[9] == "lake or sea"
+    assert authors.class_keys == clip.class_keys
+    with pytest.raises(LatteclipError, match="--prompt-set"):
+        build_dataset("eurosat", eurosat_zip, "test", None, DatasetOptions(prompt_set="coop"))
+
+
 def test_seeded_split_without_split_file(eurosat_zip, archive_classes):
     def seeded(part: str, seed: int = 0, root: Path = eurosat_zip):
-        return build_dataset("eurosat", root, part, None, DatasetOptions(split_file="none", seed=seed))
+        return build_dataset("eurosat", root, part, None, DatasetOptions(split_file="none", seed=seed, prompt_set="clip"))
 
     split = {p: seeded(p) for p in ("train_only", "val", "test")}
     assert split["test"].info.split_source == "seeded 50/20/30 (seed 0)"

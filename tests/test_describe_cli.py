@@ -58,11 +58,11 @@ def test_groups_share_the_zero_shot_label_and_prompts_name_it(eurosat_folder, tr
         anchor = index_of_path[row["image"]]
         assert row["image_hash"] == hashes[anchor] and len(row["meta"]["cells"]) == 4
         assert {labels[index_of_path[m]] for m in row["meta"]["cells"]} == {labels[anchor]}
-        assert row["prompt"] == load_prompts().description("group", "land use", train.info.classnames[labels[anchor]])
+        assert row["prompt"] == load_prompts().description("group", "land use", train.info.classnames[labels[anchor]], with_label=True)
     images = [r for r in store.rows() if r["kind"] == "image"]
     for row in images:
         label = train.info.classnames[labels[index_of_path[row["image"]]]]
-        assert row["prompt"] == f"Describe the {label} land use in the photo concisely, using less than 20 words."
+        assert row["prompt"] == f"Describe the {label} land use in the photo concisely, less than 20 words."
     assert sorted({s.image_size for s in seen}) == [(64, 64), (672, 672)]
     assert sum(s.image_size == (672, 672) for s in seen) == len(groups)
 

@@ -10,14 +10,39 @@ from latteclip.describe.prompts import load_prompts
 from latteclip.errors import LatteclipError
 
 
-def test_paper_prompts_for_eurosat():
+def test_default_prompts_are_the_authors_runs_and_paper_names_the_printed_wording():
     prompts = load_prompts()
-    assert prompts.description("image", "land use") == "Describe the land use in the photo concisely, using less than 20 words."
-    assert prompts.description("group", "land use") == (
+    assert prompts.description("image", "land use") == "Describe the land use in the photo concisely, less than 20 words."
+    assert prompts.description("image", "texture", label="banded", with_label=True) == (
+        "Describe the banded texture in the photo concisely, less than 20 words."
+    )
+    paper = load_prompts("paper")
+    assert paper.description("image", "land use") == "Describe the land use in the photo concisely, using less than 20 words."
+    assert paper.description("group", "land use") == (
         "Describe the common visual attributes of the land use in all the photos concisely, in fewer than 20 words."
     )
-    assert prompts.description("image", "texture", label="banded") == (
-        "Describe the banded texture in the photo concisely, using less than 20 words."
+
+
+def test_dataset_prompts_of_the_authors_runs_and_the_label_they_name(eurosat_zip):
+    from latteclip.data import build_dataset
+
+    eurosat = load_prompts(build_dataset("eurosat", eurosat_zip, "test").info.prompts)
+    assert eurosat.description("image", "land use") == "Describe the land use in the satellite image concisely, less than 20 words."
+    assert eurosat.description("group", "land use") == (
+        "Describe the common visual attributes of the land use in all the satellite images concisely, less than 20 words."
+    )
+    assert not eurosat.names_label("image") and eurosat.names_label("image", with_label=True)
+    from latteclip.data.registry import load_spec
+
+    flowers = load_prompts(load_spec("oxford_flowers")["prompts"])
+    assert flowers.names_label("image") and not flowers.names_label("group")  # Flowers names the zero-shot class
+    assert flowers.description("image", "flower", label="sunflower") == (
+        "Describe the sunflower flower in the photo concisely, less than 20 words."
+    )
+    with pytest.raises(ValueError, match="names the zero-shot class"):
+        flowers.description("image", "flower")
+    assert load_prompts(load_spec("food101")["prompts"], "paper").description("image", "food") == (
+        "Describe the food in the photo concisely, using less than 20 words."  # --prompts paper overrides the dataset's
     )
 
 
@@ -48,8 +73,7 @@ def test_json_override_file(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"image": "Describe the {colour} photo."}, "may use only {domain}"),
-        ({"image": "Describe the photo."}, "must contain {domain}"),
+        ({"image": "Describe the {colour} photo."}, "may use only {domain}, {label}"),
         ({"lmm_zeroshot": "Pick one."}, "must contain {options}"),
         ({"image_with_label": "Describe the {domain}."}, "must contain {label}"),
         ({"caption": "Describe {domain}."}, "unknown prompt 'caption'"),

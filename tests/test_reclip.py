@@ -109,6 +109,25 @@ def test_reclip_trains_and_eval_rebuilds_the_same_classifier(eurosat_zip, tmp_pa
     assert evaluated["confusion"] == results["test"]["confusion"]
 
 
+def test_reclip_authors_schedule_sgd_and_one_refresh_per_epoch(eurosat_zip, tmp_path):
+    from latteclip.engine.trainer import build_optimizer, scaled_groups
+    from latteclip.config import resolve_config
+
+    assert [Reclip.default_epochs(n) for n in (40, 18900, 1_000_000)] == [2, 5, 100]  # min(100, N / 5000 + 2)
+    norms = [torch.nn.Parameter(torch.ones(3))]
+    optimizer = build_optimizer(scaled_groups(norms), resolve_config({"method": "reclip", "dataset": "eurosat"}))
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.param_groups[0]["momentum"] == 0.9 and optimizer.param_groups[0]["weight_decay"] == 1e-4
+    args = [a for a in train_args(str(eurosat_zip.parent), tmp_path, "authors") if a not in ("--max-steps", "4")]
+    refresh = args.index("--refresh-every")
+    del args[refresh : refresh + 2]  # the default: once per epoch
+    assert main(args) == 0
+    results = json.loads((tmp_path / "authors" / "results.json").read_text())
+    assert results["schedule"] == {"total_steps": 10, "warmup_steps": 1, "steps_per_epoch": 5, "epochs": 2}
+    records = [json.loads(line) for line in (tmp_path / "authors" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "reclip/label_agreement" in r] == [1, 6]  # at the start of each epoch
+
+
 def test_reclip_resumes_to_the_same_result(eurosat_zip, tmp_path, monkeypatch):
     root = str(eurosat_zip.parent)
     assert main(train_args(root, tmp_path, "straight")) == 0

@@ -73,7 +73,7 @@ def full_run(eurosat_zip, tmp_path_factory) -> Path:
 def test_flyp_pl_runs_to_the_end(full_run):
     results = json.loads((full_run / "results.json").read_text())
     assert results["method"] == "flyp_pl" and results["steps"] == TOTAL_STEPS and results["test"]["n"] == 40
-    assert results["schedule"] == {"total_steps": TOTAL_STEPS, "warmup_steps": 2, "steps_per_epoch": 10}
+    assert results["schedule"] == {"total_steps": TOTAL_STEPS, "warmup_steps": 2, "steps_per_epoch": 10, "epochs": 15}  # EuroSAT: 15 epochs
     assert results["unreadable_train_images"] == 0 and results["unreadable_test_images"] == 0
     records = read_metrics(full_run)
     train_steps = [r["step"] for r in records if "loss" in r]
@@ -320,3 +320,24 @@ def test_custom_folder_with_class_names_and_domain_through_the_cli(eurosat_folde
     assert list(results["test"]["per_class"]) == ["dense forest", "river"]
     info = torch.load(tmp_path / "custom" / "final.pt", map_location="cpu", weights_only=False)["info"]
     assert info["domain"] == "aerial scene" and info["class_keys"] == ["Forest", "River"]
+
+
+@pytest.mark.parametrize("source", ["zero-shot", "current"])
+def test_flyp_pseudo_labels_from_the_fixed_zero_shot_labels_or_the_live_model(eurosat_zip, tmp_path, source):
+    from latteclip.data import DatasetOptions, build_dataset, collate
+    from latteclip.data.transforms import eval_transform
+    from latteclip.methods.base import TrainContext
+    from latteclip.methods.flyp import FlypOptions, FlypPseudoLabels
+    from latteclip.models import load_clip
+
+    loaded = load_clip("latte-tiny", "random")
+    train = build_dataset("eurosat", eurosat_zip, "train", eval_transform(loaded.image_size, loaded.mean, loaded.std), DatasetOptions(limit=20))
+    zs = (torch.arange(len(train)) * 7) % 10  # any fixed labels: the zero-shot source must return exactly these
+    method = FlypPseudoLabels(loaded, train.info, FlypOptions(pseudo_labels=source), torch.device("cpu"))
+    method.setup_training(TrainContext(train, zs if method.needs_zero_shot_labels else None, tmp_path, 0))
+    batch = collate([train[i] for i in range(8)])
+    features = torch.nn.functional.normalize(loaded.model.encode_image(batch["image"]), dim=-1)
+    live = (features @ method.classifier().t()).argmax(dim=-1)
+    expected = zs[batch["index"]] if source == "zero-shot" else live
+    assert torch.equal(method.labels_for(batch, features), expected)
+    assert method.needs_zero_shot_labels == (source == "zero-shot")

@@ -1,8 +1,10 @@
 """Run configuration: merged in a fixed order, then frozen and saved with the run.
 
-Order (later wins): package defaults (`configs/defaults.yaml`), the method's defaults
-(`configs/methods/<method>.yaml`), the method's per-dataset file (`configs/<method>/<dataset>.yaml`),
-the user's `--config FILE`, then command-line flags.
+Order (later wins): package defaults (`configs/defaults.yaml`), the dataset's published schedule
+(`configs/datasets/<dataset>.yaml`: epochs, warm-up and learning rate of the LatteCLIP authors' runs,
+shared by every method that fine-tunes CLIP), the method's defaults (`configs/methods/<method>.yaml`),
+a method's own per-dataset file when one exists (`configs/<method>/<dataset>.yaml`), the user's
+`--config FILE`, then command-line flags.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class RunConfig:
     templates: str | None = None
     domain: str | None = None
     split_file: str | None = None
+    prompt_set: str = "latteclip"  # paper datasets: the LatteCLIP authors' class names and template, or clip's own
     # optimisation (method.md 1.3 reference values)
     batch_size: int = 512
     lr: float = 1e-7
@@ -44,8 +47,10 @@ class RunConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     warmup_steps: int = 50
-    max_steps: int = 2000
-    epochs: int = 50
+    max_steps: int | None = None  # None: --epochs alone decides (the authors' runs); the paper's text: 2000 with 50 epochs
+    epochs: int | None = 50  # None: the method's own rule (ReCLIP: min(100, N / 5000 + 2))
+    optimizer: str = "adamw"  # adamw, or sgd (ReCLIP's, with sgd_momentum)
+    sgd_momentum: float = 0.9
     grad_clip: float | None = None
     augment: bool = True
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
@@ -120,6 +125,7 @@ def resolve_config(cli: dict[str, Any], config_file: str | None = None) -> RunCo
     dataset = cli.get("dataset") or user.get("dataset") or _package_yaml("defaults.yaml").get("dataset", "eurosat")
     merged: dict[str, Any] = {}
     merged = _merge(merged, _package_yaml("defaults.yaml"), "configs/defaults.yaml")
+    merged = _merge(merged, _package_yaml("datasets", f"{dataset}.yaml"), f"configs/datasets/{dataset}.yaml")
     merged = _merge(merged, _package_yaml("methods", f"{method}.yaml"), f"configs/methods/{method}.yaml")
     merged = _merge(merged, _package_yaml(method, f"{dataset}.yaml"), f"configs/{method}/{dataset}.yaml")
     merged = _merge(merged, user, str(config_file))

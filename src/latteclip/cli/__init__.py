@@ -39,6 +39,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, required_root: bool = Tr
     group.add_argument("--templates", help="file of prompt templates with {} (JSON list or one per line)")
     group.add_argument("--domain", help="the domain word used in description prompts (e.g. 'land use')")
     group.add_argument("--split-file", dest="split_file", help="a CoOp split JSON, or 'none' for the seeded 50/20/30 split")
+    group.add_argument("--prompt-set", dest="prompt_set", choices=["latteclip", "clip"],
+                       help="class names and template of a paper dataset: latteclip (default: the authors' runs, CoOp "
+                       "names lower-cased, one template) or clip (CLIP's names and templates)")
     group.add_argument("--seed", type=int)
 
 

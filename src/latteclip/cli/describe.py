@@ -29,7 +29,7 @@ def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:
                        help="stop the run after this many failed images in a row (default 20)")
     group.add_argument("--store", help="description store, SQLite (default: descriptions.sqlite in the cache folder)")
     group.add_argument("--prompts", help="JSON/YAML file replacing any of the prompts (image, image_with_label, group, "
-                       "group_with_label, lmm_zeroshot)")
+                       "group_with_label, lmm_zeroshot), or 'paper' for the paper's printed wording (default: the authors' runs)")
 
 
 def add_lmm_zeroshot_arguments(parser: argparse.ArgumentParser) -> None:

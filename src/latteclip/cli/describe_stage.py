@@ -46,9 +46,9 @@ def _settings(args: argparse.Namespace, config: RunConfig, names: tuple[str, ...
     return resolve_settings(config.describe, given)
 
 
-def _prompts(args: argparse.Namespace, settings: DescribeSettings) -> Prompts:
-    """The bundled prompts, then the config's `describe.prompts`, then --prompts FILE."""
-    return load_prompts(settings.prompts, args.prompts)
+def _prompts(args: argparse.Namespace, settings: DescribeSettings, dataset_prompts: dict[str, str]) -> Prompts:
+    """The bundled prompts, the dataset's own, the config's `describe.prompts`, then --prompts FILE|paper."""
+    return load_prompts(dataset_prompts, settings.prompts, args.prompts)
 
 
 def _device_and_model(config: RunConfig, needs_clip: bool) -> tuple[torch.device, LoadedModel | None]:
@@ -127,21 +127,25 @@ def _image_hasher(dataset: ImageDataset, hashes: list[str | None]):
 
 def _describe(args, config: RunConfig, settings: DescribeSettings, train: ImageDataset, hashes, store) -> Summary:
     info = train.info
-    prompts = _prompts(args, settings)
+    prompts = _prompts(args, settings, info.prompts)
     wants_groups = "group" in settings.kinds
-    needs_labels = settings.with_label or (wants_groups and settings.true_class_members is None)
+    names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in settings.kinds}
+    needs_labels = any(names_label.values()) or (wants_groups and settings.true_class_members is None)
     device, loaded = _device_and_model(config, needs_clip=needs_labels or settings.lmm == "offline")
     labels = _pseudo_labels(config, train, loaded, device) if needs_labels else None
     describer = build_describer(settings, info.domain, loaded, device)
 
-    def label_name(index: int) -> str | None:
-        if not settings.with_label or labels is None or labels[index] < 0:
-            return None
-        return info.classnames[labels[index]]
+    def prompt_for(kind: str) -> Callable[[int], str]:
+        def prompt(index: int) -> str:
+            # an image whose label could not be computed was not decoded: its job fails whatever the prompt
+            label = (info.classnames[labels[index]] if labels[index] >= 0 else "") if names_label[kind] else None
+            return prompts.description(kind, info.domain, label, settings.with_label)
+
+        return prompt
 
     jobs: list[Job] = []
     if "image" in settings.kinds:
-        jobs += image_jobs(train, hashes, lambda i: prompts.description("image", info.domain, label_name(i)))
+        jobs += image_jobs(train, hashes, prompt_for("image"))
     if wants_groups:
         if settings.true_class_members is not None:
             print(f"ANALYSIS MODE: groups hold {settings.true_class_members} of {settings.group_size} images of the "
@@ -152,7 +156,7 @@ def _describe(args, config: RunConfig, settings: DescribeSettings, train: ImageD
         else:
             groups = draw_pseudo_label_groups(labels, settings.group_size, config.seed, settings.group_draw)
             draw = f"{settings.group_draw} draw by zero-shot label of {config.model} {config.pretrained or 'random'}"
-        jobs += group_jobs(train, hashes, groups, lambda i: prompts.description("group", info.domain, label_name(i)), draw)
+        jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw)
     runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
     try:
         summary = runner.run(jobs)
@@ -184,7 +188,7 @@ def lmm_zeroshot_command(args: argparse.Namespace) -> int:
                              "use --lmm openai or --lmm transformers")
     test = build_dataset(config.dataset, config.root, "test", None, dataset_options(config))
     info = test.info
-    prompt = _prompts(args, settings).multiple_choice(info.classnames, info.domain)
+    prompt = _prompts(args, settings, info.prompts).multiple_choice(info.classnames, info.domain)
     device, _ = _device_and_model(config, needs_clip=False)
     describer = build_describer(settings, info.domain, None, device)
     store = DescriptionStore(config.store)

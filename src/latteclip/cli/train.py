@@ -153,6 +153,7 @@ def run_eval(args: argparse.Namespace) -> int:
         templates_file=args.templates or inherited.get("templates"),
         domain=args.domain or inherited.get("domain"),
         split_file=args.split_file or inherited.get("split_file"),
+        prompt_set=args.prompt_set or saved.get("prompt_set", "clip"),
     )
     test_set = build_dataset(dataset, root, "test", eval_transform(loaded.image_size, loaded.mean, loaded.std), options)
     if test_set.info.num_classes != method.info.num_classes:

@@ -31,6 +31,7 @@ class DatasetInfo:
     templates: list[str]
     domain: str
     split_source: str = ""  # the split file used, or "seeded 50/20/30 (seed N)"
+    prompts: dict[str, str] = field(default_factory=dict)  # the dataset's own LMM prompts (describe/prompts.py)
 
     @property
     def num_classes(self) -> int:

@@ -1,8 +1,13 @@
 """`build_dataset(name, root, split, transform)`: the one entry point to every dataset.
 
 Paper datasets are described by JSON files in `data/specs/` (layout, CoOp split file, class
-names keyed by folder or split-file name, templates, domain word); users override any of them
-with `--classnames`, `--templates`, `--domain` and `--split-file`. Custom data is `folder`
+names keyed by folder or split-file name, templates, domain word, LMM prompts); users override
+any of them with `--classnames`, `--templates`, `--domain` and `--split-file`.
+
+Two prompt sets name the classes of a paper dataset (`--prompt-set`):
+- `latteclip` (default): what the LatteCLIP authors ran, so what Table 1 measured: CoOp's class
+  names (the split file's) lower-cased, with one template per dataset (the spec's `latteclip_template`);
+- `clip`: CLIP's own class names and template list (`classnames`, `templates`). Custom data is `folder`
 (a folder per class) or `csv` (path,label[,split]). Other builders register with
 `register_builder`, e.g. the demo's Fashion-MNIST shifts.
 """
@@ -17,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from latteclip.data.datasets import DatasetInfo, ImageDataset, Sample
 from latteclip.data.sources import FolderSource, ImageSource, ZipSource
@@ -38,6 +43,23 @@ class DatasetOptions:
     templates_file: str | None = None
     domain: str | None = None
     split_file: str | None = None  # a path, "none" for the seeded split, None to look for the CoOp file
+    prompt_set: str = "latteclip"  # paper datasets: latteclip (the authors' names and template) or clip
+
+    @classmethod
+    def from_run(cls, config: Mapping[str, Any]) -> "DatasetOptions":
+        """The options a run's (resolved or saved) config names; a run saved before prompt sets existed used CLIP's."""
+        return cls(
+            limit=config.get("limit"),
+            seed=config.get("seed", 0),
+            classnames_file=config.get("classnames"),
+            templates_file=config.get("templates"),
+            domain=config.get("domain"),
+            split_file=config.get("split_file"),
+            prompt_set=config.get("prompt_set", "clip"),
+        )
+
+
+PROMPT_SETS = ("latteclip", "clip")
 
 
 Builder = Callable[[str, str, str, DatasetOptions], tuple[DatasetInfo, dict[str, list[Sample]], ImageSource]]
@@ -285,7 +307,14 @@ def _check_present(parts: dict[str, list[Sample]], source: ImageSource, split_pa
         )
 
 
+def coop_classname(name: str) -> str:
+    """CoOp's class name as the LatteCLIP authors wrote it in prompts: lower-cased, underscores as spaces."""
+    return name.replace("_", " ").lower()
+
+
 def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
+    if options.prompt_set not in PROMPT_SETS:
+        raise LatteclipError(f"--prompt-set {options.prompt_set} is not one of {', '.join(PROMPT_SETS)}")
     spec = load_spec(name)
     root_path = Path(root)
     if not root_path.exists():
@@ -300,9 +329,11 @@ def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
         keys, by_class = _scan_class_folders(source)
         parts = seeded_split(by_class, options.seed)
         split_source = f"seeded 50/20/30 (seed {options.seed})"
+        coop_names = {k: coop_classname(k) for k in keys}
     else:
         data = _read_split_file(split_path)
         key_of: dict[int, str] = {}
+        coop_names = {}
         parts = {}
         for part in ("train", "val", "test"):
             parts[part] = []
@@ -310,14 +341,18 @@ def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
                 key = path.split("/")[0] if spec["class_key"] == "folder" else cname
                 if key_of.setdefault(label, key) != key:
                     raise LatteclipError(f"split file {split_path}: label {label} is used for both {key_of[label]} and {key}")
+                coop_names.setdefault(key, coop_classname(cname or key))
                 parts[part].append(Sample(path, label))
         if sorted(key_of) != list(range(len(key_of))):
             raise LatteclipError(f"split file {split_path}: labels are not 0..{len(key_of) - 1}")
         keys = [key_of[i] for i in range(len(key_of))]
         _check_present(parts, source, split_path, split)
         split_source = str(split_path)
-    classnames = [spec["classnames"].get(k, k.replace("_", " ")) for k in keys]
-    info = DatasetInfo(name, classnames, keys, list(spec["templates"]), spec["domain"], split_source)
+    if options.prompt_set == "latteclip" and "latteclip_template" in spec:
+        classnames, templates = [coop_names[k] for k in keys], [spec["latteclip_template"]]
+    else:
+        classnames, templates = [spec["classnames"].get(k, k.replace("_", " ")) for k in keys], list(spec["templates"])
+    info = DatasetInfo(name, classnames, keys, templates, spec["domain"], split_source, dict(spec.get("prompts", {})))
     return info, parts, source
 
 

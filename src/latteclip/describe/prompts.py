@@ -1,8 +1,11 @@
 """The prompts sent to the LMM (method.md 1.2 and 2), kept as data so users can change them.
 
-`prompts.json` holds the paper's wording with `{domain}`, `{label}` and `{options}` placeholders.
-A user file (JSON or YAML) or the `describe.prompts` mapping of a config replaces any of them;
-each template is checked when loaded, so a typo in a placeholder fails before any request.
+Layers, later wins: `prompts.json` (the wording of the authors' runs, with `{domain}`, `{label}` and
+`{options}` placeholders), the dataset's own prompts (its spec's `prompts`, e.g. EuroSAT's "satellite
+image", Flowers naming the zero-shot class), the config's `describe.prompts`, then `--prompts FILE`
+(or `--prompts paper`: the paper's printed wording, `prompts_paper.json`). Each template is checked
+when loaded, so a typo in a placeholder fails before any request. A description prompt that
+contains `{label}` names the image's zero-shot class.
 """
 
 from __future__ import annotations
@@ -20,19 +23,20 @@ from latteclip.errors import LatteclipError
 
 # placeholders each prompt must contain, and those it may contain
 REQUIRED = {
-    "image": {"domain"},
+    "image": set(),
     "image_with_label": {"label"},
-    "group": {"domain"},
+    "group": set(),
     "group_with_label": {"label"},
     "lmm_zeroshot": {"options"},
 }
 ALLOWED = {
-    "image": {"domain"},
+    "image": {"domain", "label"},
     "image_with_label": {"domain", "label"},
-    "group": {"domain"},
+    "group": {"domain", "label"},
     "group_with_label": {"domain", "label"},
     "lmm_zeroshot": {"domain", "options"},
 }
+NAMED_PROMPT_FILES = {"paper": "prompts_paper.json"}  # --prompts paper: the wording printed in the paper
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,22 @@ class Prompts:
     group_with_label: str
     lmm_zeroshot: str
 
-    def description(self, kind: str, domain: str, label: str | None = None) -> str:
-        """The prompt for an `image` or `group` description; naming the zero-shot label when one is given."""
+    def template(self, kind: str, with_label: bool = False) -> str:
+        """The `image` or `group` template; its `_with_label` variant when asked."""
         if kind not in ("image", "group"):
             raise ValueError(f"descriptions are of kind image or group, not {kind!r}")
-        if label is None:
-            return getattr(self, kind).format(domain=domain)
-        return getattr(self, f"{kind}_with_label").format(domain=domain, label=label)
+        return getattr(self, f"{kind}_with_label" if with_label else kind)
+
+    def names_label(self, kind: str, with_label: bool = False) -> bool:
+        """Whether the prompt for `kind` names the image's zero-shot class (so it needs zero-shot labels)."""
+        return "label" in placeholders(self.template(kind, with_label))
+
+    def description(self, kind: str, domain: str, label: str | None = None, with_label: bool = False) -> str:
+        """The prompt for an `image` or `group` description, with the zero-shot class where it names one."""
+        template = self.template(kind, with_label)
+        if label is None and "label" in placeholders(template):
+            raise ValueError(f"the {kind} prompt {template!r} names the zero-shot class: pass its label")
+        return template.format(domain=domain, label=label)
 
     def multiple_choice(self, classnames: list[str], domain: str) -> str:
         """The LMM zero-shot prompt with the class names as comma-separated options."""
@@ -82,6 +95,8 @@ def _checked(name: str, template: Any, origin: str) -> str:
 
 
 def read_prompt_file(path: str | Path) -> dict[str, Any]:
+    if str(path) in NAMED_PROMPT_FILES:
+        return json.loads(resources.files("latteclip.describe").joinpath(NAMED_PROMPT_FILES[str(path)]).read_text())
     file = Path(path)
     if not file.is_file():
         raise LatteclipError(f"prompts file {path} does not exist")
@@ -104,6 +119,6 @@ def load_prompts(*overrides: str | Path | Mapping[str, Any] | None) -> Prompts:
         if isinstance(override, Mapping):
             data, origin = dict(override), "prompts in the config"
         else:
-            data, origin = read_prompt_file(override), f"prompts file {override}"
+            data, origin = read_prompt_file(override), f"prompts {override}"
         prompts = replace(prompts, **{name: _checked(name, text, origin) for name, text in data.items()})
     return prompts

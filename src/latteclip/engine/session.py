@@ -35,14 +35,7 @@ def seed_everything(seed: int) -> None:
 
 
 def dataset_options(config: RunConfig) -> DatasetOptions:
-    return DatasetOptions(
-        limit=config.limit,
-        seed=config.seed,
-        classnames_file=config.classnames,
-        templates_file=config.templates,
-        domain=config.domain,
-        split_file=config.split_file,
-    )
+    return DatasetOptions.from_run(config.to_dict())
 
 
 @dataclass

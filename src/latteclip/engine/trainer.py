@@ -161,8 +161,20 @@ def scaled_groups(params) -> list[tuple[float, list[torch.Tensor]]]:
     return groups
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 def build_optimizer(groups: list[tuple[float, list[torch.Tensor]]], config: RunConfig) -> torch.optim.Optimizer:
-    """AdamW; gains, biases and the logit scale (1-D tensors) get no weight decay, as in OpenCLIP."""
+    """The run's optimizer, chosen per method in its config (AdamW for CLIP fine-tuning, SGD for ReCLIP).
+
+    AdamW: gains, biases and the logit scale (1-D tensors) get no weight decay, as in OpenCLIP.
+    SGD with momentum: weight decay on every tensor, as the ReCLIP authors ran it (it trains only LayerNorms).
+    """
+    if config.optimizer == "sgd":
+        param_groups = [{"params": params, "lr": config.lr * scale} for scale, params in groups]
+        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)
+    if config.optimizer != "adamw":
+        raise LatteclipError(f"optimizer {config.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     param_groups = []
     for scale, params in groups:
         param_groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": config.lr * scale})
@@ -262,9 +274,18 @@ class Trainer:
         t0 = time.time()
         zs_labels = self.zero_shot_labels(self.session.dataset("train")) if method.needs_zero_shot_labels else None
         self.timings["zero_shot_labels_s"] = time.time() - t0
+        batch_size = min(cfg.batch_size, len(train_set))
+        if batch_size % distributed.world_size():
+            raise LatteclipError(f"--batch-size {batch_size} must be a multiple of the number of processes ({distributed.world_size()})")
+        steps_per_epoch = len(epoch_batches(len(train_set), batch_size, cfg.seed, 0))
+        epochs = cfg.epochs if cfg.epochs is not None else method.default_epochs(len(train_set))
+        total_steps = max(1, epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, epochs * steps_per_epoch))
+        # the warm-up stays short on short runs: at most a tenth of the steps
+        warmup_steps = min(cfg.warmup_steps, total_steps // 10)
+        self.schedule = {"total_steps": total_steps, "warmup_steps": warmup_steps, "steps_per_epoch": steps_per_epoch, "epochs": epochs}
         ctx = TrainContext(
             train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, log.write,
-            extract_features=self.features_of, eval_transform=test_set.transform,
+            extract_features=self.features_of, eval_transform=test_set.transform, steps_per_epoch=steps_per_epoch,
         )
         t0 = time.time()
         method.setup_training(ctx)
@@ -275,14 +296,6 @@ class Trainer:
         accelerate(method.model, cfg)
         # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.precision == "fp16")
-        batch_size = min(cfg.batch_size, len(train_set))
-        if batch_size % distributed.world_size():
-            raise LatteclipError(f"--batch-size {batch_size} must be a multiple of the number of processes ({distributed.world_size()})")
-        steps_per_epoch = len(epoch_batches(len(train_set), batch_size, cfg.seed, 0))
-        total_steps = max(1, min(cfg.max_steps, cfg.epochs * steps_per_epoch))
-        # the warm-up stays short on short runs: at most a tenth of the steps
-        warmup_steps = min(cfg.warmup_steps, total_steps // 10)
-        self.schedule = {"total_steps": total_steps, "warmup_steps": warmup_steps, "steps_per_epoch": steps_per_epoch}
         base_lrs = [group["lr"] for group in optimizer.param_groups]
 
         step = 0

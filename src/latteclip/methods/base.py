@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from latteclip.data import DatasetInfo, ImageDataset
+from latteclip.errors import LatteclipError
 from latteclip.models import LoadedModel, TokenCache, class_text_features
 
 
@@ -37,6 +38,7 @@ class TrainContext:
     # the engine's feature extractor: (image encoder, dataset, desc=...) -> (features [N, d], readable mask [N]),
     # run without gradients on the run's device with its evaluation batch size and workers
     extract_features: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    steps_per_epoch: int = 1  # optimizer steps in one pass over the training split
 
 
 @dataclass
@@ -65,6 +67,11 @@ class Method:
         self.tokens = TokenCache(loaded.tokenizer)
 
     # --- training -------------------------------------------------------------------------
+    @staticmethod
+    def default_epochs(num_samples: int) -> int:
+        """Epochs when the config leaves `epochs` unset (null): methods whose authors ran their own rule say it here."""
+        raise LatteclipError("epochs is not set: pass --epochs N (or epochs: N in the --config file)")
+
     def setup_training(self, ctx: TrainContext) -> None:
         self.ctx = ctx
 

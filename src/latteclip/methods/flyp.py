@@ -1,24 +1,46 @@
 """FLYP + pseudo-labels and the supervised oracle (method.md section 2).
 
-Both train both towers with the contrastive loss between each image and "a photo of a {c}."
-(the dataset's first template). FLYP + pseudo-labels takes c from the current model, recomputed
-at every step; the oracle takes the true label and is the only method that reads them.
+Both train both towers with the contrastive loss between each image and its class text (the
+dataset's first template). FLYP + pseudo-labels takes the class from the zero-shot model, fixed
+before training (`--pseudo-labels zero-shot`, what the LatteCLIP authors' code ran as this
+baseline) or from the current model, recomputed at every step (`current`, the paper's text); the
+oracle takes the true label and is the only method that reads them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from latteclip.engine.losses import contrastive_loss
-from latteclip.methods.base import Method, StepResult
+from latteclip.errors import LatteclipError
+from latteclip.methods.base import Method, NoOptions, StepResult
 from latteclip.models import encode_texts
+
+PSEUDO_LABEL_SOURCES = ("zero-shot", "current")
+
+
+@dataclass
+class FlypOptions:
+    pseudo_labels: str = "zero-shot"  # zero-shot: c_zs fixed before training (the authors' runs); current: argmax of the live model
 
 
 class FlypPseudoLabels(Method):
     name = "flyp_pl"
+    Options = FlypOptions
+
+    def __init__(self, loaded, info, options, device):
+        super().__init__(loaded, info, options, device)
+        source = getattr(options, "pseudo_labels", None)
+        if source is not None and source not in PSEUDO_LABEL_SOURCES:
+            raise LatteclipError(f"--pseudo-labels {source} must be one of {', '.join(PSEUDO_LABEL_SOURCES)}")
+        self.needs_zero_shot_labels = source == "zero-shot"
 
     def labels_for(self, batch: dict, image_features: torch.Tensor) -> torch.Tensor:
+        if self.needs_zero_shot_labels:
+            return self.ctx.zero_shot_labels.to(image_features.device)[batch["index"]]
         with torch.no_grad():
             return (image_features.detach() @ self.classifier().t()).argmax(dim=-1)
 
@@ -33,6 +55,7 @@ class FlypPseudoLabels(Method):
 
 class SupervisedOracle(FlypPseudoLabels):
     name = "oracle"
+    Options = NoOptions
     reads_train_labels = True
 
     def labels_for(self, batch: dict, image_features: torch.Tensor) -> torch.Tensor:

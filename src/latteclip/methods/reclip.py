@@ -6,7 +6,7 @@ Two branches share one CLIP model but train disjoint parameters:
 - ReCLIP-T trains only the LayerNorms of the text tower and classifies the images of the
   *pre-trained* image tower (the image-tower LayerNorms as they were before training, kept in
   the method's state) against the class texts.
-Every `refresh_every` steps each branch labels the whole training split by label propagation
+Once per epoch (or every `refresh_every` steps) each branch labels the whole training split by label propagation
 over a k-nearest-neighbour graph of its image features plus one seed node per class text,
 after a projection that removes the class-agnostic text direction; a training sample is used
 only where the two branches' labels agree. Inference averages the two branches' cosines.
@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latteclip.data.transforms import eval_transform
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
 from latteclip.models import class_text_features, encode_texts
@@ -164,7 +163,7 @@ class ReclipOptions:
     lp_iterations: int = 20  # conjugate-gradient steps of the iterative solver
     projection_drop: int = 1  # leading principal directions of the class texts removed
     projection_max_dim: int = 0  # keep at most this many text directions (0: all)
-    refresh_every: int = 200  # steps between two label propagations over the training split
+    refresh_every: int = 0  # steps between two label propagations over the training split (0: once per epoch, the authors')
 
 
 class Reclip(Method):
@@ -178,8 +177,8 @@ class Reclip(Method):
             raise LatteclipError(f"--lp-solver must be one of {', '.join(SOLVERS)}, not '{options.lp_solver}'")
         if not 0.0 < options.lp_alpha < 1.0:
             raise LatteclipError(f"--lp-alpha must lie in (0, 1), not {options.lp_alpha}")
-        if options.refresh_every < 1 or options.lp_neighbors < 1:
-            raise LatteclipError("--refresh-every and --lp-neighbors must be at least 1")
+        if options.refresh_every < 0 or options.lp_neighbors < 1:
+            raise LatteclipError("--refresh-every must be 0 (once per epoch) or more, and --lp-neighbors at least 1")
         # state as it is before training; `load_state_dict` replaces it for resumed and evaluated runs
         self.vision_norms = {name: p.detach().clone() for name, p in norm_parameters(self.model.visual).items()}
         self.initial_text = self.ensemble_text_features()
@@ -209,9 +208,14 @@ class Reclip(Method):
         return encode_texts(self.model, self.tokens, self.info.class_texts(), self.device)
 
     # --- training -----------------------------------------------------------------------------------
+    @staticmethod
+    def default_epochs(num_samples: int) -> int:
+        """The ReCLIP authors' schedule: min(100, N / 5000 + 2) epochs."""
+        return min(100, num_samples // 5000 + 2)
+
     def setup_training(self, ctx: TrainContext) -> None:
         super().setup_training(ctx)
-        self.eval_train_set = ctx.train_set.with_transform(eval_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std))
+        self.eval_train_set = ctx.train_set.with_transform(ctx.eval_transform)
         self.model.requires_grad_(False)
         for param in self.norm_params():
             param.requires_grad_(True)
@@ -262,7 +266,7 @@ class Reclip(Method):
         self.ctx.log({"step": step + 1, "reclip/label_agreement": agree.item()})
 
     def training_step(self, batch: dict, step: int) -> StepResult:
-        round_index = step // self.options.refresh_every
+        round_index = step // (self.options.refresh_every or self.ctx.steps_per_epoch)
         if round_index != self.refreshed_round:
             self.refresh_pseudo_labels(step)
             self.refreshed_round = round_index

@@ -36,14 +36,7 @@ def gallery_paths(gallery: list[dict[str, Any]]) -> list[str]:
 
 def load_gallery_images(config: dict[str, Any], relpaths: list[str]) -> GalleryImages:
     """Open the run's training split as it was configured and decode the named images."""
-    options = DatasetOptions(
-        limit=config.get("limit"),
-        seed=config.get("seed", 0),
-        classnames_file=config.get("classnames"),
-        templates_file=config.get("templates"),
-        domain=config.get("domain"),
-        split_file=config.get("split_file"),
-    )
+    options = DatasetOptions.from_run(config)
     try:
         dataset = build_dataset(config.get("dataset", ""), config.get("root", ""), "train", None, options)
     except LatteclipError as err:
