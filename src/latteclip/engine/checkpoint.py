@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
 from latteclip.errors import LatteclipError
@@ -99,18 +99,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise LatteclipError(f"checkpoint {path} does not exist")
-    with open(file, "rb") as handle:
-        if handle.read(4) == b"PK\x03\x04":  # torch.save's zip: an earlier version's checkpoint
-            return _load_legacy(file)
+    data = file.read_bytes()  # read whole, not mapped: the tensors stay valid when the file is rewritten
+    if data[:4] == b"PK\x03\x04":  # torch.save's zip: an earlier version's checkpoint
+        return _load_legacy(file)
     try:
-        with safe_open(str(file), "pt", device="cpu") as reader:
-            metadata = reader.metadata() or {}
-            if metadata.get("format") != FORMAT:
-                raise ValueError(f"format {metadata.get('format')!r}, not {FORMAT}")
-            tensors = {name: reader.get_tensor(name) for name in reader.keys()}
-        payload = _decode(json.loads(metadata["payload"]), tensors)
+        header_size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"format {metadata.get('format')!r}, not {FORMAT}")
+        payload = _decode(json.loads(metadata["payload"]), safetensors_load(data))
     except Exception as err:  # truncated, corrupt or foreign files all mean the same to the user
-        raise LatteclipError(f"checkpoint {path} is not a readable latteclip checkpoint ({type(err).__name__}: {err})") from err
+        reason = (str(err).splitlines() or [""])[0]
+        raise LatteclipError(f"checkpoint {path} is not a readable latteclip checkpoint ({type(err).__name__}: {reason})") from err
     if not isinstance(payload, dict):
         raise LatteclipError(f"checkpoint {path} is not a latteclip checkpoint")
     return payload
