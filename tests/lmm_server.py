@@ -4,7 +4,10 @@ It answers `POST /v1/chat/completions` with a text that names the image's conten
 prompt, so a test can tell whether every stored answer belongs to its own image, and it records
 every request. A `faults` function, given (image hash, attempt number), can make a request fail:
 "500", "429", "400", "404", "401", "timeout" (answers too late), "malformed" (broken JSON), "empty"
-(an empty answer), "drop" (closes the connection without answering).
+(an empty answer), "drop" (closes the connection without answering). Like real servers it can
+require an API key (`api_key`: 401 otherwise), list other models than it runs (`listed`), lack the
+`/models` route (`models_route=False`), refuse requests for another model with HTTP 400
+(`pinned`), and say why an answer ended (`finish_reason`).
 
 Run as a script (`python tests/lmm_server.py --delay 0.1`) it serves in its own process and
 prints its base URL, which is how the benchmark keeps server and client CPU apart.
@@ -50,6 +53,11 @@ class FakeLMMServer:
     faults: Callable[[str, int], str] | None = None
     hang_seconds: float = 2.0
     answer: Callable[[str, str], str] = expected_answer
+    api_key: str | None = None
+    listed: list[str] | None = None  # what GET /models lists (default: the model it runs)
+    models_route: bool = True
+    pinned: bool = False
+    finish_reason: str = "stop"
     seen: list[Seen] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _attempts: Counter = field(default_factory=Counter)
@@ -112,16 +120,32 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
+        def _key_rejected(self) -> bool:
+            if server.api_key is None or self.headers.get("Authorization") == f"Bearer {server.api_key}":
+                return False
+            self._send(401, b'{"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}')
+            return True
+
         def do_GET(self) -> None:
-            if self.path.rstrip("/").endswith("/v1/models"):
-                self._send(200, json.dumps({"object": "list", "data": [{"id": server.model, "object": "model"}]}).encode())
+            if self._key_rejected():
+                return
+            if server.models_route and self.path.rstrip("/").endswith("/v1/models"):
+                ids = [server.model] if server.listed is None else server.listed
+                self._send(200, json.dumps({"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}).encode())
             else:
                 self._send(404, b'{"error": "no such route"}')
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self._key_rejected():
+                return
             if not self.path.endswith("/v1/chat/completions"):
                 self._send(404, b'{"error": "no such route"}')
+                return
+            if server.pinned and body.get("model") != server.model:
+                server.record(Seen("", "", "wrong model", body, dict(self.headers), (0, 0)))
+                message = f"The model `{body.get('model')}` does not exist."
+                self._send(400, json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode())
                 return
             content = body["messages"][0]["content"]
             url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
@@ -150,20 +174,20 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
             elif outcome == "malformed":
                 self._send(200, b'{"choices": [{"message": ')
             elif outcome == "empty":
-                self._send(200, _completion(body["model"], ""))
+                self._send(200, _completion(body["model"], "", server.finish_reason))
             elif outcome == "drop":
                 self.close_connection = True
                 self.connection.shutdown(2)
             else:
-                self._send(200, _completion(body["model"], server.answer(image_hash, prompt)))
+                self._send(200, _completion(body["model"], server.answer(image_hash, prompt), server.finish_reason))
 
     return Handler
 
 
-def _completion(model: str, text: str) -> bytes:
+def _completion(model: str, text: str, finish_reason: str = "stop") -> bytes:
     return json.dumps({
         "id": "chatcmpl-test", "object": "chat.completion", "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
     }).encode()
 
 

@@ -133,7 +133,7 @@ def test_bad_config_files_and_values(eurosat_zip, tmp_path, capsys):
     line = run_cli(train(tmp_path, "--method", "flyp_pl", "--config", str(config), *data), capsys)
     assert f"{config}: unknown option 'learning_rate'" in line
     line = run_cli(zeroshot(tmp_path, *data, "--limit", "0"), capsys)
-    assert "--limit must be a positive number of images per split, got 0" in line
+    assert "--limit must be at least 1, not 0" in line
 
 
 def test_eval_of_a_missing_checkpoint(tmp_path, capsys):

@@ -19,6 +19,7 @@ import yaml
 import latteclip
 from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
+from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.schedule import cosine_with_warmup
 
 TOTAL_STEPS = 24
@@ -49,7 +50,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "final.pt", map_location="cpu", weights_only=False)["model"]
+    return load_checkpoint(run_dir / "final.pt")["model"]
 
 
 def assert_same_run(left: Path, right: Path) -> None:
@@ -163,7 +164,7 @@ def kill_half_way(process: subprocess.Popen, run_dir: Path, after_step: int) -> 
         process.kill()
         pytest.fail("the run made no progress")
     assert not (run_dir / "final.pt").exists()
-    step = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["step"]
+    step = load_checkpoint(run_dir / "last.pt")["step"]
     assert 0 < step < TOTAL_STEPS
     return step
 
@@ -250,7 +251,7 @@ def test_zeroshot_report_and_feature_cache(eurosat_zip, tmp_path, monkeypatch):
     assert list(test["per_class"]) == classnames
     for c, name in enumerate(classnames):
         assert test["per_class"][name] == pytest.approx(confusion[c, c].item() / confusion[c].sum().item())
-    cached = list((tmp_path / "cache" / "features").glob("*.pt"))
+    cached = list((tmp_path / "cache" / "features").glob("*.safetensors"))
     assert len(cached) == 1
 
     from latteclip.methods.zeroshot import ZeroShot
@@ -262,7 +263,7 @@ def test_zeroshot_report_and_feature_cache(eurosat_zip, tmp_path, monkeypatch):
     assert main(argv + ["--name", "zs-again"]) == 0
     again = json.loads((tmp_path / "zs-again" / "results.json").read_text())
     assert again["test"] == test
-    assert list((tmp_path / "cache" / "features").glob("*.pt")) == cached
+    assert list((tmp_path / "cache" / "features").glob("*.safetensors")) == cached
 
 
 def test_config_file_with_command_line_overrides(eurosat_zip, tmp_path):
@@ -318,7 +319,7 @@ def test_custom_folder_with_class_names_and_domain_through_the_cli(eurosat_folde
     assert main(argv) == 0
     results = json.loads((tmp_path / "custom" / "results.json").read_text())
     assert list(results["test"]["per_class"]) == ["dense forest", "river"]
-    info = torch.load(tmp_path / "custom" / "final.pt", map_location="cpu", weights_only=False)["info"]
+    info = load_checkpoint(tmp_path / "custom" / "final.pt")["info"]
     assert info["domain"] == "aerial scene" and info["class_keys"] == ["Forest", "River"]
 
 

@@ -10,6 +10,8 @@ a method's own per-dataset file when one exists (`configs/<method>/<dataset>.yam
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from latteclip.errors import LatteclipError
+from latteclip.values import at_least, coerce
 
 
 def comma_list(text: str) -> list[str]:
@@ -66,6 +69,7 @@ class RunConfig:
     output: str = "runs"
     name: str | None = None
     resume: bool = False
+    overwrite: bool = False  # a fresh run may replace a finished or interrupted one in its folder
     store: str | None = None  # description store (SQLite) for methods that read descriptions
     method_options: dict[str, Any] = field(default_factory=dict)
     # options of the description stage (`latteclip describe`, `zeroshot --lmm`), here so one file configures every command
@@ -82,6 +86,7 @@ class RunConfig:
 
 
 FIELD_NAMES = {f.name for f in dataclasses.fields(RunConfig)}
+FIELD_TYPES = typing.get_type_hints(RunConfig)
 
 
 def _package_yaml(*parts: str) -> dict[str, Any]:
@@ -104,18 +109,48 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any], origin: str) -> dict[str, Any]:
+def _label(key: str, origin: str) -> str:
+    """How the user spelled an option: its flag on the command line, `file: key` in a config file."""
+    return "--" + key.replace("_", "-") if origin == "command line" else f"{origin}: {key}"
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], origin: str, origins: dict[str, str]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
         if key not in FIELD_NAMES:
             raise LatteclipError(f"{origin}: unknown option '{key}'")
+        value = coerce(FIELD_TYPES[key], value, _label(key, origin))
         if key in ("method_options", "describe"):
-            if not isinstance(value, dict):
-                raise LatteclipError(f"{origin}: {key} must be a mapping")
             merged[key] = {**merged.get(key, {}), **value}
         else:
             merged[key] = value
+        origins[key] = origin
     return merged
+
+
+# Lower bounds of the numeric options: (minimum, whether the minimum itself is refused).
+MINIMUMS: dict[str, tuple[float, bool]] = {
+    "batch_size": (1, False), "eval_batch_size": (1, False), "max_steps": (1, False), "epochs": (1, False),
+    "limit": (1, False), "lr": (0, True), "eps": (0, True), "grad_clip": (0, True), "weight_decay": (0, False),
+    "warmup_steps": (0, False), "workers": (0, False), "eval_every": (0, False), "checkpoint_every": (0, False),
+    "log_every": (0, False), "seed": (0, False),
+}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def check_values(merged: dict[str, Any], origins: dict[str, str]) -> None:
+    """Ranges and choices of the merged options, each refusal naming where the value came from."""
+    for key, (minimum, strictly) in MINIMUMS.items():
+        if key in merged:
+            at_least(merged[key], minimum, _label(key, origins.get(key, "defaults")), strictly)
+    for beta in merged.get("betas", ()):
+        if not 0 <= beta < 1:
+            raise LatteclipError(f"{_label('betas', origins.get('betas', 'defaults'))} must be two numbers in [0, 1), not {list(merged['betas'])}")
+    if merged.get("precision", "auto") not in PRECISIONS:
+        raise LatteclipError(f"{_label('precision', origins['precision'])} must be one of {', '.join(PRECISIONS)}, not {merged['precision']!r}")
+    if not DEVICE_PATTERN.fullmatch(merged.get("device", "auto")):
+        raise LatteclipError(f"{_label('device', origins['device'])} must be auto, cpu, cuda or cuda:N, not {merged['device']!r}")
 
 
 def resolve_config(cli: dict[str, Any], config_file: str | None = None) -> RunConfig:
@@ -124,14 +159,14 @@ def resolve_config(cli: dict[str, Any], config_file: str | None = None) -> RunCo
     method = cli.get("method") or user.get("method") or _package_yaml("defaults.yaml").get("method", "zeroshot")
     dataset = cli.get("dataset") or user.get("dataset") or _package_yaml("defaults.yaml").get("dataset", "eurosat")
     merged: dict[str, Any] = {}
-    merged = _merge(merged, _package_yaml("defaults.yaml"), "configs/defaults.yaml")
-    merged = _merge(merged, _package_yaml("datasets", f"{dataset}.yaml"), f"configs/datasets/{dataset}.yaml")
-    merged = _merge(merged, _package_yaml("methods", f"{method}.yaml"), f"configs/methods/{method}.yaml")
-    merged = _merge(merged, _package_yaml(method, f"{dataset}.yaml"), f"configs/{method}/{dataset}.yaml")
-    merged = _merge(merged, user, str(config_file))
-    merged = _merge(merged, {k: v for k, v in cli.items() if v is not None}, "command line")
-    if "betas" in merged:
-        merged["betas"] = tuple(merged["betas"])
+    origins: dict[str, str] = {}
+    merged = _merge(merged, _package_yaml("defaults.yaml"), "configs/defaults.yaml", origins)
+    merged = _merge(merged, _package_yaml("datasets", f"{dataset}.yaml"), f"configs/datasets/{dataset}.yaml", origins)
+    merged = _merge(merged, _package_yaml("methods", f"{method}.yaml"), f"configs/methods/{method}.yaml", origins)
+    merged = _merge(merged, _package_yaml(method, f"{dataset}.yaml"), f"configs/{method}/{dataset}.yaml", origins)
+    merged = _merge(merged, user, f"config file {config_file}", origins)
+    merged = _merge(merged, {k: v for k, v in cli.items() if v is not None}, "command line", origins)
+    check_values(merged, origins)
     try:
         return RunConfig(**merged)
     except TypeError as err:

@@ -57,6 +57,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", help="YAML file of options; command-line flags override it")
     group.add_argument("--output", help="folder that holds run folders (default runs/)")
     group.add_argument("--name", help="run folder name (default METHOD-DATASET-sSEED)")
+    group.add_argument(
+        "--overwrite", action="store_true", default=None, help="replace a finished or interrupted run of the same name (refused otherwise)"
+    )
     group.add_argument("--workers", type=int, help="data-loading worker processes")
     group.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
 

@@ -12,6 +12,7 @@ import functools
 import json
 import sys
 import time
+from pathlib import PurePosixPath
 from typing import Callable
 
 import torch
@@ -117,6 +118,9 @@ def _image_hasher(dataset: ImageDataset, hashes: list[str | None]):
     def hash_of(path: str) -> str | None:
         if path in known:
             return known[path]
+        parts = PurePosixPath(path.replace("\\", "/"))
+        if parts.is_absolute() or ".." in parts.parts:
+            raise LatteclipError(f"imported image path {path} is not inside the dataset root: give a path relative to --root")
         try:
             return image_key(dataset.source.read(path))
         except (OSError, KeyError):
@@ -132,8 +136,9 @@ def _describe(args, config: RunConfig, settings: DescribeSettings, train: ImageD
     names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in settings.kinds}
     needs_labels = any(names_label.values()) or (wants_groups and settings.true_class_members is None)
     device, loaded = _device_and_model(config, needs_clip=needs_labels or settings.lmm == "offline")
-    labels = _pseudo_labels(config, train, loaded, device) if needs_labels else None
+    # the server is asked (reachable, key, model) before the zero-shot pass, so a wrong setting costs nothing
     describer = build_describer(settings, info.domain, loaded, device)
+    labels = _pseudo_labels(config, train, loaded, device) if needs_labels else None
 
     def prompt_for(kind: str) -> Callable[[int], str]:
         def prompt(index: int) -> str:

@@ -12,6 +12,8 @@ from typing import Sequence
 
 from latteclip.cli import command
 from latteclip.errors import LatteclipError
+from latteclip.paths import check_writable_file
+from latteclip.values import at_least
 
 
 def load_trained_method(checkpoint: str, device_name: str):
@@ -71,11 +73,17 @@ def _predict_parser(parser: argparse.ArgumentParser) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from latteclip.engine.predict import collect_images, predict_files
 
-    if args.top_k < 1 or args.batch_size < 1:
-        raise LatteclipError("--top-k and --batch-size must be at least 1")
+    at_least(args.top_k, 1, "--top-k")
+    at_least(args.batch_size, 1, "--batch-size")
+    at_least(args.workers, 0, "--workers")
+    if args.out:
+        check_writable_file(Path(args.out), "--out")
     files = collect_images(args.paths)
     method = load_trained_method(args.checkpoint, args.device)
     predictions = predict_files(method, files, args.top_k, args.batch_size, args.workers)
+    unreadable = [p.path for p in predictions if not p.readable]
+    if len(unreadable) == len(predictions):
+        raise LatteclipError(f"none of the {len(files)} files could be read as an image (first: {files[0]}); nothing was written")
     if args.format == "table":
         text = format_table(predictions, min(args.top_k, method.info.num_classes))
     elif args.format == "csv":
@@ -83,10 +91,10 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         text = format_jsonl(predictions)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     else:
         sys.stdout.write(text)
-    unreadable = [p.path for p in predictions if not p.readable]
     for path in unreadable:
         print(f"unreadable image skipped: {path}", file=sys.stderr)
     print(f"{len(predictions) - len(unreadable)} images classified, {len(unreadable)} unreadable skipped"

@@ -17,6 +17,8 @@ from latteclip.cli import (
 )
 from latteclip.cli.describe import add_lmm_zeroshot_arguments, run_lmm_zeroshot
 from latteclip.errors import LatteclipError
+from latteclip.paths import check_writable_file
+from latteclip.values import at_least
 
 
 # --- commands -----------------------------------------------------------------------------------------
@@ -137,11 +139,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from latteclip.engine.session import method_from_checkpoint, pick_device
     from latteclip.engine.trainer import autocast_for_precision
 
+    at_least(args.batch_size, 1, "--batch-size")
+    at_least(args.workers, 0, "--workers")
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
+    check_writable_file(out, "--out")
     payload = load_final_checkpoint(args.checkpoint)
     saved = payload["config"]
-    device = pick_device(args.device)
-    method = method_from_checkpoint(payload, device)
-    loaded = method.loaded
     dataset = args.dataset or saved["dataset"]
     root = args.root or saved["root"]
     # the training run's data options (limit, split file, names) describe its own dataset only
@@ -155,7 +158,11 @@ def run_eval(args: argparse.Namespace) -> int:
         split_file=args.split_file or inherited.get("split_file"),
         prompt_set=args.prompt_set or saved.get("prompt_set", "clip"),
     )
-    test_set = build_dataset(dataset, root, "test", eval_transform(loaded.image_size, loaded.mean, loaded.std), options)
+    test_set = build_dataset(dataset, root, "test", None, options)  # the data is checked before the model loads
+    device = pick_device(args.device)
+    method = method_from_checkpoint(payload, device)
+    loaded = method.loaded
+    test_set.transform = eval_transform(loaded.image_size, loaded.mean, loaded.std)
     if test_set.info.num_classes != method.info.num_classes:
         raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has {method.info.num_classes}")
     # the precision the run evaluated with, so that the accuracy matches its results.json on GPU too
@@ -164,7 +171,7 @@ def run_eval(args: argparse.Namespace) -> int:
         classifier = method.classifier().float()
     predictions = predict_labels(features, valid, classifier)
     report = accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset, **report}, indent=1))
     print(f"{payload['method']} checkpoint on {dataset}: top-1 {100 * report['top1']:.2f}% on {report['n']} test images -> {out}")
     return 0

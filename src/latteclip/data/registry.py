@@ -408,14 +408,19 @@ def _split_or_file(by_class, keys, source, options: DatasetOptions) -> dict[str,
     return parts
 
 
+# Column names that mark a CSV's first row as a header rather than an image.
+CSV_PATH_HEADERS = {"path", "image", "image_path", "file", "filename", "filepath", "img"}
+CSV_LABEL_HEADERS = {"label", "class", "classname", "class_name", "category", "target"}
+
+
 def _read_csv_rows(path: Path) -> list[list[str]]:
-    """Non-blank rows, stripped, without a `path,label[,split]` header."""
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
+    """Non-blank rows, stripped, without a header such as `path,label[,split]` or `image,class`."""
+    try:  # utf-8-sig: spreadsheet programs start their CSV files with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = [[c.strip() for c in r] for r in csv.reader(handle) if r and any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise LatteclipError(f"CSV file {path} cannot be read as UTF-8 CSV text: {err}") from err
-    if rows and [c.lower() for c in rows[0][:2]] == ["path", "label"]:
+    if rows and len(rows[0]) >= 2 and rows[0][0].lower() in CSV_PATH_HEADERS and rows[0][1].lower() in CSV_LABEL_HEADERS:
         rows = rows[1:]
     if not rows:
         raise LatteclipError(f"CSV file {path} has no rows")

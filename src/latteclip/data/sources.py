@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 from latteclip.errors import LatteclipError
@@ -95,7 +96,11 @@ class ZipSource(ImageSource):
         return self._names
 
     def read(self, relpath: str) -> bytes:
-        return self._zip().read(self.prefix + relpath)
+        try:
+            return self._zip().read(self.prefix + relpath)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
+            # a damaged or encrypted member is one unreadable image (counted and skipped), not the end of the run
+            raise OSError(f"damaged archive member ({type(err).__name__}: {err})") from err
 
     def exists(self, relpath: str) -> bool:
         return self.prefix + relpath in self._namelist()

@@ -55,6 +55,17 @@ def sendable_mime(data: bytes) -> str | None:
     return None
 
 
+class Answer(str):
+    """An answer's text, with why the model stopped (`finish_reason`: "stop", or "length" for a text cut at the token limit)."""
+
+    finish_reason: str | None = None
+
+    def __new__(cls, text: str, finish_reason: str | None = None) -> "Answer":
+        answer = super().__new__(cls, text)
+        answer.finish_reason = finish_reason
+        return answer
+
+
 class ItemFailed(Exception):
     """This request got no usable answer (after the backend's own retries)."""
 

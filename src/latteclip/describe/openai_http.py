@@ -4,8 +4,11 @@ The stage is I/O-bound, so the runner keeps many requests in flight (one thread 
 its own keep-alive connection per endpoint) and spreads them over every `--lmm-url`. A request
 that meets a 429, a 5xx, a timeout, a dropped connection, malformed JSON or an empty answer is
 retried with exponential back-off, on the next healthy endpoint; an endpoint that fails is rested
-for a while so a dead server does not slow the others. Answers that show the configuration
-itself is wrong (401, 403, 404) stop the run at once.
+for a while so a dead server does not slow the others. An empty answer is asked once more only:
+at temperature 0 the model gives the same answer again. Answers that show the configuration
+itself is wrong (401, 403, 404, a model the server does not serve) stop the run at once, and
+before any image is sent the servers are asked (GET /models) whether they answer, accept the key
+and serve the model.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 from urllib.parse import urlsplit
 
-from latteclip.describe.backend import BackendStopped, Describer, ItemFailed, Request
+from latteclip.describe.backend import Answer, BackendStopped, Describer, ItemFailed, Request
 from latteclip.errors import LatteclipError
 
 API_KEY_VARIABLES = ("LATTECLIP_LMM_API_KEY", "OPENAI_API_KEY")
@@ -107,6 +110,14 @@ class RetryableError(Exception):
         self.wait = wait
 
 
+class EmptyAnswer(RetryableError):
+    """The server answered with no text."""
+
+
+# Words of a 400/404 body that say the request named a model the server does not serve.
+MODEL_MISSING_WORDS = ("does not exist", "not found", "not served", "no such model", "unknown model", "not available")
+
+
 class OpenAIDescriber(Describer):
     backend = "openai"
     default_concurrency = DEFAULT_CONCURRENCY
@@ -132,7 +143,7 @@ class OpenAIDescriber(Describer):
         self.api_key = api_key if api_key is not None else api_key_from_environment()
         self.max_tokens = max_tokens
         self._local = threading.local()
-        self.model = model or self.served_model()
+        self.model = self.check_servers(model)
 
     # --- HTTP ------------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -178,18 +189,60 @@ class OpenAIDescriber(Describer):
                 raise RetryableError(f"{endpoint.url} {kind}") from err
         raise AssertionError("unreachable: the second try either returns or raises")
 
-    def served_model(self) -> str:
-        """The model the first reachable endpoint serves (GET /models), for servers that host one model."""
-        problems = []
+    def _listed_models(self, endpoint: Endpoint) -> tuple[int, bytes, list[str] | None]:
+        """(status, body, the model ids of GET /models or None when the answer holds no list)."""
+        status, data, _ = self._exchange(endpoint, "GET", "/models", None)
+        try:
+            ids = [str(entry["id"]) for entry in json.loads(data)["data"]] if status == 200 else None
+        except (ValueError, KeyError, TypeError):
+            ids = None
+        return status, data, ids
+
+    def check_servers(self, model: str | None) -> str:
+        """The model to ask for, once every reachable server has shown it accepts the key and serves that model."""
+        problems: list[str] = []
+        reached = False
         for endpoint in self.pool.endpoints:
             try:
-                status, data, _ = self._exchange(endpoint, "GET", "/models", None)
-                if status == 200:
-                    return str(json.loads(data)["data"][0]["id"])
-                problems.append(f"{endpoint.url}/models answered HTTP {status}")
-            except (RetryableError, ValueError, KeyError, IndexError, TypeError) as err:
-                problems.append(f"{endpoint.url}/models: {err}")
-        raise LatteclipError(f"cannot tell which model the server runs ({'; '.join(problems)}); pass --lmm-model NAME")
+                status, data, ids = self._listed_models(endpoint)
+            except RetryableError as err:
+                problems.append(str(err))
+                continue
+            reached = True
+            if status in (401, 403):
+                raise LatteclipError(
+                    f"{endpoint.url} {STOPPING_STATUS[status]} (HTTP {status}: {_snippet(data)}); "
+                    f"set the key the server expects in {' or '.join(API_KEY_VARIABLES)}"
+                )
+            if ids is None:
+                problems.append(f"{endpoint.url}/models answered HTTP {status}" + (f": {_snippet(data)}" if status == 200 else ""))
+            elif not ids:
+                raise LatteclipError(f"{endpoint.url} serves no model (GET /models lists none): load a model into the server")
+            elif model is None:
+                model = ids[0]
+            elif model not in ids:
+                raise LatteclipError(
+                    f"{endpoint.url} does not serve model '{model}'; it serves {', '.join(ids)}: pass --lmm-model {ids[0]}"
+                )
+        if not reached:
+            raise LatteclipError(f"no LMM server answered ({'; '.join(problems)}): start the server or fix --lmm-url")
+        if model is None:
+            raise LatteclipError(f"cannot tell which model the server runs ({'; '.join(problems)}); pass --lmm-model NAME")
+        return model
+
+    def _model_missing(self, endpoint: Endpoint, status: int, data: bytes) -> BackendStopped | None:
+        """A 400/404 that says the model is not served, naming the models the server lists."""
+        text = data.decode("utf-8", "replace").lower()
+        if status not in (400, 404) or "model" not in text or not any(words in text for words in MODEL_MISSING_WORDS):
+            return None
+        try:
+            ids = self._listed_models(endpoint)[2]
+        except RetryableError:
+            ids = None
+        served = f"; it serves {', '.join(ids)}" if ids else ""
+        return BackendStopped(
+            f"{endpoint.url} does not serve model '{self.model}' (HTTP {status}: {_snippet(data)}){served}: pass --lmm-model with a model it serves"
+        )
 
     def payload(self, request: Request) -> bytes:
         message = {
@@ -209,6 +262,7 @@ class OpenAIDescriber(Describer):
     def ask(self, request: Request, stop: threading.Event) -> str | ItemFailed:
         body = self.payload(request)
         reason = ""
+        empty = 0
         for attempt in range(self.retries + 1):
             if stop.is_set():
                 return ItemFailed(f"not finished: the run stopped ({reason or 'before an answer'})")
@@ -219,6 +273,9 @@ class OpenAIDescriber(Describer):
                 return text
             except RetryableError as err:
                 reason = str(err)
+                empty += isinstance(err, EmptyAnswer)
+                if empty == 2:
+                    return ItemFailed(f"{reason} twice (at temperature 0 a third try gives the same)")
                 if attempt == self.retries:
                     break
                 delay = err.wait if err.wait is not None else min(self.max_backoff, self.backoff * 2**attempt)
@@ -227,12 +284,15 @@ class OpenAIDescriber(Describer):
                 return err
         return ItemFailed(f"{reason} (gave up after {self.retries + 1} tries)")
 
-    def _answer(self, endpoint: Endpoint, body: bytes) -> str:
+    def _answer(self, endpoint: Endpoint, body: bytes) -> Answer:
         try:
             status, data, retry_after = self._exchange(endpoint, "POST", "/chat/completions", body)
         except RetryableError:
             self.pool.failed(endpoint)
             raise
+        missing = self._model_missing(endpoint, status, data)
+        if missing is not None:
+            raise missing
         if status in STOPPING_STATUS:
             raise BackendStopped(
                 f"{endpoint.url}/chat/completions {STOPPING_STATUS[status]} (HTTP {status}: {_snippet(data)}); "
@@ -245,15 +305,16 @@ class OpenAIDescriber(Describer):
         if status != 200:
             raise ItemFailed(f"{endpoint.url} refused the request (HTTP {status}: {_snippet(data)})")
         try:
-            content = json.loads(data)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as err:
+            choice = json.loads(data)["choices"][0]
+            content, finish_reason = choice["message"]["content"], choice.get("finish_reason")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             raise RetryableError(f"{endpoint.url} sent a malformed answer ({type(err).__name__}): {_snippet(data)}") from err
         if isinstance(content, list):  # some servers return content parts
             content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
         text = " ".join(str(content or "").split())
         if not text:
-            raise RetryableError(f"{endpoint.url} sent an empty answer")
-        return text
+            raise EmptyAnswer(f"{endpoint.url} sent an empty answer")
+        return Answer(text, str(finish_reason) if finish_reason else None)
 
 
 def _snippet(data: bytes, limit: int = 160) -> str:

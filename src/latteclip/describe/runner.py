@@ -218,8 +218,10 @@ class Runner:
             for job, answer in zip(ready, answers):
                 if isinstance(answer, str):
                     try:
-                        self.store.put(job.image_hash, job.kind, job.prompt, describer.backend, describer.model, answer,
-                                       image=job.image, dataset=self.dataset_name, meta=job.meta, variant=job.variant)
+                        finish = getattr(answer, "finish_reason", None)  # kept beside the text: "length" marks a cut answer
+                        meta = {**(job.meta or {}), "finish_reason": finish} if finish else job.meta
+                        self.store.put(job.image_hash, job.kind, job.prompt, describer.backend, describer.model, str(answer),
+                                       image=job.image, dataset=self.dataset_name, meta=meta, variant=job.variant)
                     except sqlite3.Error as err:
                         outcomes.put((None, BackendStopped(f"cannot write the store {self.store.path}: {err}")))
                         return

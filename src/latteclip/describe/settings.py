@@ -4,13 +4,14 @@ and the one place that turns them into a describer."""
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from latteclip.config import comma_list
 from latteclip.describe.answers import DEFAULT_CUTOFF
 from latteclip.describe.groups import GROUP_DRAWS
 from latteclip.errors import LatteclipError
+from latteclip.values import coerce
 
 if TYPE_CHECKING:  # importing torch and OpenCLIP here would slow every command's start
     import torch
@@ -73,9 +74,9 @@ def resolve_settings(from_config: Mapping[str, Any], from_cli: Mapping[str, Any]
     if unknown:
         raise LatteclipError(f"config: unknown describe option(s) {', '.join(unknown)} (known: {', '.join(sorted(FIELDS))})")
     values = {**from_config, **{k: v for k, v in from_cli.items() if v is not None}}
-    for name in ("lmm_url", "kinds"):
-        if isinstance(values.get(name), str):
-            values[name] = comma_list(values[name])
+    kinds = typing.get_type_hints(DescribeSettings)
+    values = {k: coerce(kinds[k], v, f"--{k.replace('_', '-')}" if k in from_cli and from_cli[k] is not None else f"config: describe: {k}")
+              for k, v in values.items()}
     return DescribeSettings(**values).check()
 
 

@@ -232,8 +232,12 @@ class DescriptionStore:
         file = Path(path)
         if not file.is_file():
             raise LatteclipError(f"import file {path} does not exist")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise LatteclipError(f"import file {path} is not UTF-8 text (byte {err.start}); export it again with --export, or save it as UTF-8") from err
         records = []
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"{path}, line {number}"

@@ -237,8 +237,8 @@ def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: i
 
 
 def _comparable(data: dict[str, Any]) -> dict[str, Any]:
-    """A configuration as saved in a run folder, without the resume flag (which differs between the two calls)."""
-    return json.loads(json.dumps({k: v for k, v in data.items() if k != "resume"}))
+    """A configuration as saved in a run folder, without the resume and overwrite flags (which differ between calls)."""
+    return json.loads(json.dumps({k: v for k, v in data.items() if k not in ("resume", "overwrite")}))
 
 
 def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None = None) -> dict:
@@ -254,6 +254,7 @@ def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None 
     if same and (run_dir / "results.json").is_file():
         return json.loads((run_dir / "results.json").read_text())
     config.resume = same and (run_dir / "last.pt").is_file()
+    config.overwrite = not config.resume  # the experiment's own folder: a run of another configuration is replaced
     if prepare is not None:
         prepare(config)
     return run_training(config)

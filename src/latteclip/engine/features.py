@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import warnings
 from typing import Callable
 
 import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -44,10 +45,10 @@ def extract_features(
     path = None
     if cache_key is not None:
         key = hashlib.sha1(f"{cache_key}|{dataset_fingerprint(dataset)}|{dataset.transform}".encode()).hexdigest()
-        path = cache_dir() / "features" / f"{key}.pt"
+        path = cache_dir() / "features" / f"{key}.safetensors"
         if path.is_file():
-            try:
-                saved = torch.load(path, map_location="cpu")
+            try:  # safetensors: reading a cache entry someone else wrote cannot run code
+                saved = load_file(str(path))
                 return saved["features"], saved["valid"]
             except Exception:  # a damaged cache entry is recomputed, never trusted
                 warnings.warn(f"ignoring unreadable feature cache {path}", stacklevel=2)
@@ -72,9 +73,7 @@ def extract_features(
     if distributed.is_distributed():
         features, valid = _merge_shards(features, valid, device)
     if path is not None and distributed.is_main():
-        buffer = io.BytesIO()
-        torch.save({"features": features, "valid": valid}, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, safetensors_bytes({"features": features.contiguous(), "valid": valid}))
     return features, valid
 
 

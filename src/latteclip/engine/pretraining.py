@@ -31,7 +31,7 @@ from latteclip.models import register_project_configs
 from latteclip.paths import atomic_write_bytes, cache_dir
 
 # Options that change how a run is shown or stored, never the weights it produces.
-NOT_IN_KEY = {"output", "name", "resume", "workers", "device", "eval_every", "log_every", "checkpoint_every", "eval_batch_size", "store"}
+NOT_IN_KEY = {"output", "name", "resume", "overwrite", "workers", "device", "eval_every", "log_every", "checkpoint_every", "eval_batch_size", "store"}
 
 
 @dataclass

@@ -63,8 +63,8 @@ def open_session(config: RunConfig) -> Session:
     seed_everything(config.seed)
     method_cls = get_method(config.method)
     options = build_options(method_cls, dict(config.method_options))
+    info = build_dataset(config.dataset, config.root, "test", None, dataset_options(config)).info  # before the slow part
     loaded = load_clip(config.model, config.pretrained, device)
-    info = build_dataset(config.dataset, config.root, "test", None, dataset_options(config)).info
     method = method_cls(loaded, info, options, device)
     return Session(config, device, loaded, method)
 

@@ -29,6 +29,7 @@ from latteclip.engine.checkpoint import load_checkpoint, save_checkpoint
 from latteclip.engine.evaluate import accuracy_report
 from latteclip.engine.features import extract_features, predict_labels, zero_shot_labels
 from latteclip.engine.losses import MAX_LOGIT_SCALE
+from latteclip.engine.run_folder import check_run_folder, prepare_run_folder
 from latteclip.engine.schedule import cosine_with_warmup
 from latteclip.engine.session import Session, inference_payload, open_session
 from latteclip.errors import LatteclipError
@@ -116,7 +117,7 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 
 # Settings that may differ between a run and its resumption without changing what is computed.
-RESUME_MAY_CHANGE = {"resume", "workers", "device", "eval_batch_size", "output", "name", "root", "store"}
+RESUME_MAY_CHANGE = {"resume", "overwrite", "workers", "device", "eval_batch_size", "output", "name", "root", "store"}
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
@@ -240,15 +241,11 @@ class Trainer:
         if distributed.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
-        last_path = self.run_dir / "last.pt"
-        resume_state = load_checkpoint(last_path) if cfg.resume and last_path.is_file() else None
-        if cfg.resume and resume_state is None and (self.run_dir / "final.pt").is_file():
-            raise LatteclipError(f"run {self.run_dir} already finished (final.pt exists); choose another --name to train again")
+        resume_state = load_checkpoint(self.run_dir / "last.pt") if cfg.resume else None  # check_run_folder saw it
         if resume_state is not None:
             check_resumable(resume_state["config"], cfg.to_dict(), self.run_dir)
-        elif distributed.is_main():  # a fresh start: outputs of an earlier run in this folder must not be resumed or mistaken for ours
-            for stale in ("last.pt", "final.pt", "results.json"):
-                (self.run_dir / stale).unlink(missing_ok=True)
+        if distributed.is_main():  # a fresh start: outputs of an earlier run in this folder must not be resumed or mistaken for ours
+            prepare_run_folder(self.run_dir, fresh=resume_state is None)
         distributed.barrier()
         if distributed.is_main():
             save_config(cfg, self.run_dir / "config.yaml")
@@ -432,5 +429,6 @@ def run_training(config: RunConfig) -> dict:
     """Train (or evaluate) one run; under torchrun every process calls this and rank 0 writes."""
     from latteclip.engine.session import pick_device
 
+    check_run_folder(config)  # before anything is loaded: a refusal costs nothing and touches nothing
     distributed.init_from_environment(pick_device(config.device).type)
     return Trainer(open_session(config)).run()

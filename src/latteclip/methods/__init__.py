@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import typing
 from typing import Any
 
 from latteclip.errors import LatteclipError
+from latteclip.values import coerce
 
 REGISTRY: dict[str, str] = {
     "zeroshot": "latteclip.methods.zeroshot:ZeroShot",
@@ -36,4 +38,5 @@ def build_options(method_cls: type, values: dict[str, Any]) -> Any:
             f"option(s) {', '.join(unknown)} do not apply to method {method_cls.name}"
             + (f" (its options: {', '.join(sorted(known))})" if known else " (it has no options)")
         )
-    return method_cls.Options(**values)
+    kinds = typing.get_type_hints(method_cls.Options)
+    return method_cls.Options(**{k: coerce(kinds[k], v, f"--{k.replace('_', '-')} (method option {k})") for k, v in values.items()})

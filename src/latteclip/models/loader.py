@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from importlib import resources
@@ -130,9 +131,14 @@ def load_clip(model_name: str, pretrained: str | None = None, device: str | torc
     if is_file:
         if not Path(pretrained).is_file():
             raise LatteclipError(f"weights file {pretrained} does not exist")
-        try:
-            model = open_clip.create_model(model_name, pretrained=pretrained, device=device, weights_only=False)
-        except Exception as err:  # unpickling, safetensors and state-dict errors all mean the same to the user
+        try:  # weights_only: a .pt/.bin is a pickle, and one holding anything but tensors could run code
+            model = open_clip.create_model(model_name, pretrained=pretrained, device=device, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise LatteclipError(
+                f"weights file {pretrained} cannot be loaded into {model_name}: it is not a plain state dict of tensors "
+                f"(anything else is refused, since unpickling it could run code); use a state dict (.bin/.pt) or a .safetensors file"
+            ) from err
+        except Exception as err:  # safetensors and state-dict errors all mean the same to the user
             raise LatteclipError(f"weights file {pretrained} cannot be loaded into {model_name}: {_first_line(err)}") from err
     elif is_random and not is_hub:
         model = open_clip.create_model(model_name, device=device)

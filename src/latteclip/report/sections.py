@@ -163,6 +163,14 @@ def _weight_cell(weight: float | None, largest: float) -> str:
     return f'<td class="weight"><span class="bar" style="width:{width}px"></span>{weight:.3f}</td>'
 
 
+def _inside(folder: Path, relpath: str | None) -> Path | None:
+    """`folder / relpath` when it is a file inside `folder`: a shared run's gallery.json cannot make the report read other files."""
+    if not isinstance(relpath, str) or not relpath:
+        return None
+    path = (folder / relpath).resolve()
+    return path if path.is_relative_to(folder.resolve()) and path.is_file() else None
+
+
 def gallery_panel(subject: Run, out: Path) -> Panel:
     """Training images with their texts, mixer weights and both pseudo-labels (the paper's Figure 7)."""
     title = "Gallery: training images, texts, mixer weights, pseudo-labels"
@@ -176,8 +184,9 @@ def gallery_panel(subject: Run, out: Path) -> Panel:
         if image is not None:
             path = save_png(thumbnail(image), out / f"gallery_{number:02d}_image.png")
             figures.append(embed_png(path, f"training image {entry['image']}", "training image"))
-        if entry.get("collage") and (subject.folder / entry["collage"]).is_file():
-            group_png = save_png(thumbnail(open_rgb(subject.folder / entry["collage"]), 2 * THUMBNAIL), out / f"gallery_{number:02d}_group.png")
+        collage_file = _inside(subject.folder, entry.get("collage"))
+        if collage_file is not None:
+            group_png = save_png(thumbnail(open_rgb(collage_file), 2 * THUMBNAIL), out / f"gallery_{number:02d}_group.png")
             figures.append(embed_png(group_png, f"group collage of {entry['image']}", "group collage"))
         else:
             members = [entry["image"]] + [m for m in entry.get("group_members", []) if m != entry["image"]]
