@@ -96,7 +96,8 @@ class Runner:
         started = time.monotonic()
         summary = Summary()
         describer = self.describer
-        stored = self.store.keys(describer.backend, describer.model)
+        tags = {job.model_tag for job in jobs}
+        stored = {(tag, *key) for tag in tags for key in self.store.keys(describer.backend, describer.model + tag)}
         pending: list[Job] = []
         followers: Counter = Counter()  # jobs that ask what a pending job asks (identical images)
         queued = set()
@@ -218,7 +219,7 @@ class Runner:
             for job, answer in zip(ready, answers):
                 if isinstance(answer, str):
                     try:
-                        self.store.put(job.image_hash, job.kind, job.prompt, describer.backend, describer.model, answer,
+                        self.store.put(job.image_hash, job.kind, job.prompt, describer.backend, describer.model + job.model_tag, answer,
                                        image=job.image, dataset=self.dataset_name, meta=job.meta, variant=job.variant)
                     except sqlite3.Error as err:
                         outcomes.put((None, BackendStopped(f"cannot write the store {self.store.path}: {err}")))
