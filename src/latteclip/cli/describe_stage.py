@@ -25,7 +25,7 @@ from latteclip.describe.prompts import Prompts, load_prompts
 from latteclip.describe.runner import Runner, Summary
 from latteclip.describe.settings import DescribeSettings, build_describer, resolve_settings
 from latteclip.describe.store import DescriptionStore, image_key
-from latteclip.engine.describing import describe_training_images, device_and_model
+from latteclip.engine.describing import check_analysis, describe_training_images, device_and_model
 from latteclip.engine.evaluate import accuracy_report
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
@@ -79,6 +79,7 @@ def describe_command(args: argparse.Namespace) -> int:
         raise LatteclipError("--true-class-members makes groups from the TRUE labels: pass a separate --store FILE for them, "
                              "so label-free training never reads them by accident")
     train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
+    check_analysis(settings, train)
     store = DescriptionStore(config.store)
     try:
         hashes = image_hashes(train)

@@ -45,6 +45,14 @@ def pseudo_labels(config: RunConfig, train: ImageDataset, loaded: LoadedModel, d
     ).tolist()
 
 
+def check_analysis(settings: DescribeSettings, train: ImageDataset) -> bool:
+    """Whether groups are drawn from the true labels (analysis mode); refused on data without labels."""
+    analysis = "group" in settings.kinds and settings.true_class_members is not None
+    if analysis and not train.info.labelled:
+        raise LatteclipError(f"--true-class-members draws groups from the true labels and {train.info.name} has none (unlabeled images)")
+    return analysis
+
+
 def describe_training_images(
     config: RunConfig,
     settings: DescribeSettings,
@@ -60,9 +68,7 @@ def describe_training_images(
     """
     info = train.info
     wants_groups = "group" in settings.kinds
-    analysis = wants_groups and settings.true_class_members is not None
-    if analysis and not info.labelled:
-        raise LatteclipError(f"--true-class-members draws groups from the true labels and --dataset {config.dataset} has none")
+    analysis = check_analysis(settings, train)
     names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in settings.kinds}
     needs_labels = any(names_label.values()) or (wants_groups and not analysis)
     device, loaded = device_and_model(config, needs_clip=needs_labels or settings.lmm == "offline")
