@@ -75,7 +75,7 @@ def test_formats_folders_and_unreadable_files(tiny_runs, tiny_test_images, tmp_p
     written = tmp_path / "predictions.jsonl"
     _, err = predict(capsys, "--checkpoint", checkpoint, str(folder / "a.jpg"), "--format", "jsonl", "--top-k", "1", "--out", str(written))
     record = json.loads(written.read_text())
-    assert record["top"][0]["class"] == top1[0]["class"] and f"-> {written}" in err
+    assert record["top"][0]["class"] == table[0]["class"] and f"-> {written}" in err
 
 
 def test_bad_input_is_one_line_error(tiny_runs, tiny_test_images, tmp_path, capsys):
