@@ -43,6 +43,9 @@ class RunConfig:
     domain: str | None = None
     split_file: str | None = None
     prompt_set: str = "latteclip"  # paper datasets: the LatteCLIP authors' class names and template, or clip's own
+    # labelled images to measure accuracy on instead of the dataset's test split (required for accuracy on `images`)
+    eval_dataset: str | None = None
+    eval_root: str | None = None
     # optimisation (method.md 1.3 reference values)
     batch_size: int = 512
     lr: float = 1e-7

@@ -32,10 +32,11 @@ def command(name: str, help_text: str):
 # --- shared argument groups -------------------------------------------------------------------------
 def add_data_arguments(parser: argparse.ArgumentParser, required_root: bool = True) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", help="eurosat, dtd, ..., folder (a folder per class) or csv (path,label)")
-    group.add_argument("--root", help="the dataset's folder, archive, or CSV file")
-    group.add_argument("--limit", type=int, help="a seeded, class-balanced subset of N images per split")
-    group.add_argument("--classnames", help="file mapping folder names to prompt names (JSON, or 'key: name' lines)")
+    group.add_argument("--dataset", help="eurosat, dtd, ..., folder (a folder per class), csv (path,label) or images (unlabeled)")
+    group.add_argument("--root", help="the dataset's folder, archive, or CSV file (images: a folder, or a .txt list of paths)")
+    group.add_argument("--limit", type=int, help="a seeded subset of N images per split (uniform for training, class-balanced for evaluation)")
+    group.add_argument("--classnames", help="file mapping folder names to prompt names (JSON, or 'key: name' lines); "
+                       "for --dataset images: one class name per line, or a JSON list")
     group.add_argument("--templates", help="file of prompt templates with {} (JSON list or one per line)")
     group.add_argument("--domain", help="the domain word used in description prompts (e.g. 'land use')")
     group.add_argument("--split-file", dest="split_file", help="a CoOp split JSON, or 'none' for the seeded 50/20/30 split")
@@ -115,14 +116,29 @@ def config_from_args(args: argparse.Namespace, **fixed: Any):
         raise LatteclipError("no dataset root: pass --root DIR (or set root: in the --config file)")
     if Path(config.root).exists():
         config.root = str(Path(config.root).resolve())  # the run folder stays usable from any directory
+    if config.eval_root and Path(config.eval_root).exists():
+        config.eval_root = str(Path(config.eval_root).resolve())
     return config
 
 
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("evaluation (optional for unlabeled --dataset images)")
+    group.add_argument("--eval-dataset", dest="eval_dataset", help="a labelled dataset (folder, csv, eurosat, ...) with the same "
+                       "class names to measure accuracy on instead of the test split")
+    group.add_argument("--eval-root", dest="eval_root", help="the --eval-dataset's folder, archive or CSV file")
+
+
 def print_summary(results: dict) -> None:
-    test = results["test"]
+    if results["top1"] is None:
+        diagnostics = results["diagnostics"]
+        adapted = diagnostics["adapted"]
+        measured = (f"no labels, label-free diagnostics on {diagnostics['images']} images: top class {adapted['top_class']} "
+                    f"{100 * adapted['top_class_share']:.1f}%, normalised entropy {adapted['normalized_entropy']:.3f}, "
+                    f"{100 * diagnostics['changed_from_zero_shot']:.1f}% changed from zero-shot")
+    else:
+        measured = f"top-1 {100 * results['top1']:.2f}% on {results['test']['n']} test images"
     print(
-        f"{results['method']} on {results['dataset']}: top-1 {100 * results['top1']:.2f}% "
-        f"on {test['n']} test images after {results['steps']} steps"
+        f"{results['method']} on {results['dataset']}: {measured} after {results['steps']} steps"
         + (f"; unreadable images skipped: train {results['unreadable_train_images']}, test {results['unreadable_test_images']}"
            if results["unreadable_train_images"] or results["unreadable_test_images"] else "")
     )
@@ -137,6 +153,7 @@ COMMAND_MODULES = [
     "latteclip.cli.describe",
     "latteclip.cli.pretrain",
     "latteclip.cli.demo",
+    "latteclip.cli.adapt",
 ]
 
 

@@ -20,19 +20,16 @@ import torch
 from latteclip.cli import config_from_args, print_summary
 from latteclip.config import RunConfig, save_config
 from latteclip.data import ImageDataset, build_dataset
-from latteclip.data.transforms import eval_transform
 from latteclip.describe.answers import map_answer, mapping_counts
-from latteclip.describe.groups import draw_pseudo_label_groups, draw_true_class_groups
-from latteclip.describe.jobs import Job, group_jobs, image_hashes, image_jobs
+from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.prompts import Prompts, load_prompts
 from latteclip.describe.runner import Runner, Summary
 from latteclip.describe.settings import DescribeSettings, build_describer, resolve_settings
 from latteclip.describe.store import DescriptionStore, image_key
+from latteclip.engine.describing import check_analysis, describe_training_images, device_and_model
 from latteclip.engine.evaluate import accuracy_report
-from latteclip.engine.features import zero_shot_labels
-from latteclip.engine.session import dataset_options, pick_device, seed_everything
+from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
-from latteclip.models import LoadedModel, TokenCache, load_clip
 from latteclip.paths import atomic_write_bytes
 
 LMM_OPTIONS = ("lmm", "lmm_url", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size", "concurrency", "stop_after_failures")
@@ -50,15 +47,6 @@ def _settings(args: argparse.Namespace, config: RunConfig, names: tuple[str, ...
 def _prompts(args: argparse.Namespace, settings: DescribeSettings, dataset_prompts: dict[str, str]) -> Prompts:
     """The bundled prompts, the dataset's own, the config's `describe.prompts`, then --prompts FILE|paper."""
     return load_prompts(dataset_prompts, settings.prompts, args.prompts)
-
-
-def _device_and_model(config: RunConfig, needs_clip: bool) -> tuple[torch.device, LoadedModel | None]:
-    device = pick_device(config.device)
-    seed_everything(config.seed)  # random weights (tests, demo) come out as in a training session with this seed
-    loaded = load_clip(config.model, config.pretrained, device) if needs_clip else None
-    if loaded is not None:
-        loaded.model.eval()
-    return device, loaded
 
 
 def _print_summary(summary: Summary, describer_name: str) -> None:
@@ -92,6 +80,7 @@ def describe_command(args: argparse.Namespace) -> int:
         raise LatteclipError("--true-class-members makes groups from the TRUE labels: pass a separate --store FILE for them, "
                              "so label-free training never reads them by accident")
     train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
+    check_analysis(settings, train)
     store = DescriptionStore(config.store)
     try:
         hashes = image_hashes(train)
@@ -99,7 +88,10 @@ def describe_command(args: argparse.Namespace) -> int:
         if args.import_file:
             count = store.import_jsonl(args.import_file, _image_hasher(train, hashes), train.info.name)
             print(f"imported {count} descriptions from {args.import_file} into {store.path}")
-        summary = _describe(args, config, settings, train, hashes, store) if settings.lmm else None
+        summary = None
+        if settings.lmm:
+            summary, describer_name = describe_training_images(config, settings, _prompts(args, settings, train.info.prompts), train, hashes, store)
+            _print_summary(summary, describer_name)
         if args.export:
             images = {h: s.path for s, h in zip(train.samples, hashes) if h is not None}
             count = store.export_jsonl(args.export, images)
@@ -129,58 +121,6 @@ def _image_hasher(dataset: ImageDataset, hashes: list[str | None]):
     return hash_of
 
 
-def _describe(args, config: RunConfig, settings: DescribeSettings, train: ImageDataset, hashes, store) -> Summary:
-    info = train.info
-    prompts = _prompts(args, settings, info.prompts)
-    wants_groups = "group" in settings.kinds
-    names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in settings.kinds}
-    needs_labels = any(names_label.values()) or (wants_groups and settings.true_class_members is None)
-    device, loaded = _device_and_model(config, needs_clip=needs_labels or settings.lmm == "offline")
-    # the server is asked (reachable, key, model) before the zero-shot pass, so a wrong setting costs nothing
-    describer = build_describer(settings, info.domain, loaded, device)
-    labels = _pseudo_labels(config, train, loaded, device) if needs_labels else None
-
-    def prompt_for(kind: str) -> Callable[[int], str]:
-        def prompt(index: int) -> str:
-            # an image whose label could not be computed was not decoded: its job fails whatever the prompt
-            label = (info.classnames[labels[index]] if labels[index] >= 0 else "") if names_label[kind] else None
-            return prompts.description(kind, info.domain, label, settings.with_label)
-
-        return prompt
-
-    jobs: list[Job] = []
-    if "image" in settings.kinds:
-        jobs += image_jobs(train, hashes, prompt_for("image"))
-    if wants_groups:
-        if settings.true_class_members is not None:
-            print(f"ANALYSIS MODE: groups hold {settings.true_class_members} of {settings.group_size} images of the "
-                  "anchor's TRUE class; these groups read the labels and are not for label-free training")
-            true_labels = [s.label if h is not None else -1 for s, h in zip(train.samples, hashes)]  # unread: no group
-            groups = draw_true_class_groups(true_labels, settings.group_size, settings.true_class_members, config.seed)
-            draw = f"true class, {settings.true_class_members} of {settings.group_size} (analysis, reads labels)"
-        else:
-            groups = draw_pseudo_label_groups(labels, settings.group_size, config.seed, settings.group_draw)
-            draw = f"{settings.group_draw} draw by zero-shot label of {config.model} {config.pretrained or 'random'}"
-        jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw)
-    runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
-    try:
-        summary = runner.run(jobs)
-    finally:
-        describer.close()
-    _print_summary(summary, f"{describer.backend} {describer.model}")
-    return summary
-
-
-def _pseudo_labels(config: RunConfig, train: ImageDataset, loaded: LoadedModel, device: torch.device) -> list[int]:
-    """c_zs of every training image, through the engine's cache (training reads the same labels)."""
-    dataset = train.with_transform(eval_transform(loaded.image_size, loaded.mean, loaded.std))
-    info = dataset.info
-    return zero_shot_labels(
-        loaded, TokenCache(loaded.tokenizer), info.classnames, info.templates[0], dataset, device,
-        config.eval_batch_size, config.workers,
-    ).tolist()
-
-
 # --- the LMM zero-shot baseline (`zeroshot --lmm ...`) ---------------------------------------------------
 @interruptible
 def lmm_zeroshot_command(args: argparse.Namespace) -> int:
@@ -194,7 +134,7 @@ def lmm_zeroshot_command(args: argparse.Namespace) -> int:
     test = build_dataset(config.dataset, config.root, "test", None, dataset_options(config))
     info = test.info
     prompt = _prompts(args, settings, info.prompts).multiple_choice(info.classnames, info.domain)
-    device, _ = _device_and_model(config, needs_clip=False)
+    device, _ = device_and_model(config, needs_clip=False)
     describer = build_describer(settings, info.domain, None, device)
     store = DescriptionStore(config.store)
     try:

@@ -38,13 +38,17 @@ def format_table(predictions: Sequence, top_k: int) -> str:
 
 
 def format_csv(predictions: Sequence) -> str:
-    """One row per (image, rank): path,rank,class,score."""
+    """One row per image: path, class, score, then class_2, score_2, ... for the rest of the top-k.
+
+    An unreadable image keeps its row, with the class and scores left empty.
+    """
+    top_k = max((len(p.classes) for p in predictions), default=1)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "rank", "class", "score"])
+    writer.writerow(["path", "class", "score", *[f"{kind}_{rank}" for rank in range(2, top_k + 1) for kind in ("class", "score")]])
     for p in predictions:
-        for rank, (name, score) in enumerate(zip(p.classes, p.scores), start=1):
-            writer.writerow([str(p.path), rank, name, f"{score:.6f}"])
+        cells = [cell for name, score in zip(p.classes, p.scores) for cell in (name, f"{score:.6f}")]
+        writer.writerow([str(p.path), *cells, *[""] * (2 * top_k - len(cells))])
     return buffer.getvalue()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from latteclip.cli import (
     add_data_arguments,
+    add_eval_arguments,
     add_method_option_arguments,
     add_model_arguments,
     add_run_arguments,
@@ -25,6 +26,7 @@ from latteclip.values import at_least
 def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", help="zeroshot, flyp_pl, oracle, latteclip, ...")
     add_data_arguments(parser)
+    add_eval_arguments(parser)
     add_model_arguments(parser)
     add_run_arguments(parser)
     group = parser.add_argument_group("optimisation")
@@ -94,6 +96,7 @@ def run_train(args: argparse.Namespace) -> int:
 @command("zeroshot", "CLIP zero-shot accuracy (first template or --ensemble); caches test features")
 def _zeroshot_parser(parser):
     add_data_arguments(parser)
+    add_eval_arguments(parser)
     add_model_arguments(parser)
     add_run_arguments(parser)
     parser.add_argument("--ensemble", action="store_true", help="average every template of the dataset")

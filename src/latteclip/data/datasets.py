@@ -30,8 +30,9 @@ class DatasetInfo:
     class_keys: list[str]  # folder (or split-file) names in label order
     templates: list[str]
     domain: str
-    split_source: str = ""  # the split file used, or "seeded 50/20/30 (seed N)"
+    split_source: str = ""  # the split file used, or "seeded 50/20/30 (fixed seed 0)"
     prompts: dict[str, str] = field(default_factory=dict)  # the dataset's own LMM prompts (describe/prompts.py)
+    labelled: bool = True  # False for `--dataset images`: every label is -1 and nothing may read one
 
     @property
     def num_classes(self) -> int:

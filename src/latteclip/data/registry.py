@@ -8,8 +8,13 @@ Two prompt sets name the classes of a paper dataset (`--prompt-set`):
 - `latteclip` (default): what the LatteCLIP authors ran, so what Table 1 measured: CoOp's class
   names (the split file's) lower-cased, with one template per dataset (the spec's `latteclip_template`);
 - `clip`: CLIP's own class names and template list (`classnames`, `templates`). Custom data is `folder`
-(a folder per class) or `csv` (path,label[,split]). Other builders register with
-`register_builder`, e.g. the demo's Fashion-MNIST shifts.
+(a folder per class) or `csv` (path,label[,split]); unlabeled images are `images` (every image
+under a folder, or the paths listed in a .txt file, with `--classnames` required). Other builders
+register with `register_builder`, e.g. the demo's Fashion-MNIST shifts.
+
+No training split depends on the seed of a run or, under `--limit`, on labels: the fallback
+50/20/30 split has a fixed seed, and `--limit` takes a seeded uniform subset of a training split
+(class-balanced subsets only for evaluation splits).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import gzip
 import json
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -30,6 +35,7 @@ from latteclip.errors import LatteclipError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "test", "train_only", "val")
+FALLBACK_SPLIT_SEED = 0  # the 50/20/30 split of datasets without a split file: the same split for every --seed
 GENERIC_TEMPLATES = ["a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a picture of a {}."]
 
 
@@ -76,7 +82,7 @@ def spec_names() -> list[str]:
 
 
 def available_datasets() -> list[str]:
-    return spec_names() + ["folder", "csv"] + sorted(_BUILDERS)
+    return spec_names() + ["folder", "csv", "images"] + sorted(_BUILDERS)
 
 
 def load_spec(name: str) -> dict:
@@ -107,11 +113,52 @@ def build_dataset(
     if options.limit is not None:
         if options.limit < 1:
             raise LatteclipError(f"--limit must be a positive number of images per split, got {options.limit}")
-        samples = stratified_subset(samples, options.limit, options.seed)
+        if split in ("train", "train_only"):  # what training sees must not depend on labels
+            samples = uniform_subset(samples, options.limit, options.seed)
+        else:
+            samples = stratified_subset(samples, options.limit, options.seed)
+    if not samples and split == "test" and not info.labelled:
+        raise LatteclipError(f"--dataset {name} has no labels, so no test split: pass --eval-dataset NAME --eval-root PATH "
+                             "(a labelled copy with the same classes) to measure accuracy")
     if not samples and split in ("train", "test"):
         raise LatteclipError(f"dataset {name} under {root} has no {split} images (split: {info.split_source})")
     info = _apply_overrides(info, options)
     return ImageDataset(info, samples, source, split, transform)
+
+
+def build_info(name: str, root: str | Path, options: DatasetOptions | None = None) -> DatasetInfo:
+    """A dataset's names, prompts and domain word (what a method is built from), whichever splits it has."""
+    options = options or DatasetOptions()
+    info, _, _ = _find_builder(name)(name, str(root), "test", options)
+    return _apply_overrides(info, options)
+
+
+def _class_match_key(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+def align_classes(dataset: ImageDataset, info: DatasetInfo) -> ImageDataset:
+    """`dataset` (labelled) with its labels renumbered to the classes of `info`, matched by class key or name.
+
+    Lets a run on unlabeled images be measured on any labelled copy whose classes have the same names,
+    whatever order that dataset numbers them in.
+    """
+    target: dict[str, int] = {}
+    for index, (key, name) in enumerate(zip(info.class_keys, info.classnames)):
+        for text in (key, name):
+            target.setdefault(_class_match_key(text), index)
+    mapping: dict[int, int] = {}
+    for label, (key, name) in enumerate(zip(dataset.info.class_keys, dataset.info.classnames)):
+        found = target.get(_class_match_key(key), target.get(_class_match_key(name)))
+        if found is None:
+            raise LatteclipError(f"evaluation dataset {dataset.info.name} has class '{key}', which is none of the run's class "
+                                 f"names ({', '.join(info.classnames[:10])}): name the same classes in --classnames")
+        mapping[label] = found
+    if len(set(mapping.values())) != len(mapping):
+        raise LatteclipError(f"evaluation dataset {dataset.info.name} has two classes matching one class name of the run")
+    samples = [Sample(s.path, mapping[s.label]) for s in dataset.samples]
+    aligned = replace(info, name=dataset.info.name, split_source=dataset.info.split_source, labelled=True)
+    return ImageDataset(aligned, samples, dataset.source, dataset.split, dataset.transform)
 
 
 def _find_builder(name: str) -> Builder:
@@ -124,6 +171,8 @@ def _find_builder(name: str) -> Builder:
         return _build_folder
     if name == "csv":
         return _build_csv
+    if name == "images":
+        return _build_images
     if name in spec_names():
         return _build_spec
     raise LatteclipError(f"unknown dataset '{name}': choose one of {', '.join(available_datasets())}")
@@ -150,12 +199,26 @@ def stratified_subset(samples: list[Sample], limit: int, seed: int) -> list[Samp
     return sorted(chosen, key=lambda s: (s.label, s.path))
 
 
-def seeded_split(by_class: dict[int, list[str]], seed: int) -> dict[str, list[Sample]]:
-    """Per class: shuffle with the seed, then 50% train, 20% val, 30% test."""
+def uniform_subset(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
+    """A seeded subset of `limit` samples drawn by position only (labels unread), in their original order."""
+    if limit >= len(samples):
+        return list(samples)
+    chosen = sorted(random.Random(seed).sample(range(len(samples)), limit))
+    return [samples[i] for i in chosen]
+
+
+FALLBACK_SPLIT = f"seeded 50/20/30 (fixed seed {FALLBACK_SPLIT_SEED})"
+
+
+def seeded_split(by_class: dict[int, list[str]]) -> dict[str, list[Sample]]:
+    """Per class: shuffle with the fixed split seed, then 50% train, 20% val, 30% test.
+
+    The seed is not the run's: runs with other seeds must train and test on the same images.
+    """
     parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for label in sorted(by_class):
         paths = sorted(by_class[label])
-        random.Random(f"{seed}-{label}").shuffle(paths)
+        random.Random(f"{FALLBACK_SPLIT_SEED}-{label}").shuffle(paths)
         n_train = round(0.5 * len(paths))
         n_val = round(0.2 * len(paths))
         parts["train"] += [Sample(p, label) for p in paths[:n_train]]
@@ -190,8 +253,25 @@ def _read_names_file(path: str, what: str) -> list[str] | dict[str, str]:
     return lines
 
 
+def _class_list(path: str) -> tuple[list[str], list[str]]:
+    """Class keys and prompt names of unlabeled data: one name per line, a JSON list, or a JSON {key: name} object."""
+    file = Path(path)
+    if file.suffix == ".json":
+        names = _read_names_file(path, "class names")
+    elif file.is_file():
+        names = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+    else:
+        raise LatteclipError(f"class names file {path} does not exist")
+    keys, values = (list(names), list(names.values())) if isinstance(names, dict) else (list(names), list(names))
+    if not values or not all(isinstance(v, str) and v.strip() for v in values):
+        raise LatteclipError(f"class names file {path} must list one or more class names (one per line, or a JSON list)")
+    if len(set(values)) != len(values):
+        raise LatteclipError(f"class names file {path} names a class twice: {sorted(v for v in values if values.count(v) > 1)[0]}")
+    return [str(k) for k in keys], values
+
+
 def _apply_overrides(info: DatasetInfo, options: DatasetOptions) -> DatasetInfo:
-    if options.classnames_file:
+    if options.classnames_file and info.labelled:  # unlabeled data took its names from this file already
         names = _read_names_file(options.classnames_file, "class names")
         if isinstance(names, dict):
             unknown = sorted(set(names) - set(info.class_keys))
@@ -327,8 +407,8 @@ def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
                 f"{name} needs its split file {spec.get('split_file') or '(CoOp split)'}: pass --split-file PATH"
             )
         keys, by_class = _scan_class_folders(source)
-        parts = seeded_split(by_class, options.seed)
-        split_source = f"seeded 50/20/30 (seed {options.seed})"
+        parts = seeded_split(by_class)
+        split_source = FALLBACK_SPLIT
         coop_names = {k: coop_classname(k) for k in keys}
     else:
         data = _read_split_file(split_path)
@@ -380,14 +460,14 @@ def _build_folder(name: str, root: str, split: str, options: DatasetOptions):
     keys, by_class = _scan_class_folders(source)
     parts = _split_or_file(by_class, keys, source, options)
     info = DatasetInfo(path.name or "folder", list(keys), list(keys), list(GENERIC_TEMPLATES), options.domain or "object",
-                       options.split_file if options.split_file not in (None, "none") else f"seeded 50/20/30 (seed {options.seed})")
+                       options.split_file if options.split_file not in (None, "none") else FALLBACK_SPLIT)
     return info, parts, source
 
 
 def _split_or_file(by_class, keys, source, options: DatasetOptions) -> dict[str, list[Sample]]:
     """The seeded split, or the user's split file with each label taken from the image's class folder."""
     if not options.split_file or options.split_file == "none":
-        return seeded_split(by_class, options.seed)
+        return seeded_split(by_class)
     split_path = Path(options.split_file)
     if not split_path.is_file():
         raise LatteclipError(f"split file {split_path} does not exist")
@@ -464,7 +544,36 @@ def _build_csv(name: str, root: str, split: str, options: DatasetOptions):
         by_class: dict[int, list[str]] = defaultdict(list)
         for r in rows:
             by_class[index[r[1]]].append(r[0])
-        parts = seeded_split(by_class, options.seed)
-        split_source = f"seeded 50/20/30 (seed {options.seed})"
+        parts = seeded_split(by_class)
+        split_source = FALLBACK_SPLIT
     info = DatasetInfo(path.stem, list(keys), list(keys), list(GENERIC_TEMPLATES), options.domain or "object", split_source)
+    return info, parts, source
+
+
+def _build_images(name: str, root: str, split: str, options: DatasetOptions):
+    """Unlabeled images: every image file under a folder (recursive, sorted), or the paths a .txt file lists.
+
+    Every image is a training image with label -1; the class names come from `--classnames` only.
+    """
+    path = Path(root)
+    if not options.classnames_file:
+        raise LatteclipError("--dataset images needs --classnames FILE (one class name per line, or a JSON list)")
+    if path.is_dir():
+        source = FolderSource(path)
+        files = [f for f in source.list_files() if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+        if not files:
+            raise LatteclipError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+    elif path.is_file() and path.suffix == ".txt":
+        source = FolderSource(path.parent)
+        files = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        missing = [f for f in files if not source.exists(f)]
+        if not files or missing:
+            raise LatteclipError(f"image list {root} " + (f"names {len(missing)} missing files (first: {missing[0]}); "
+                                 f"paths are relative to {path.parent}" if missing else "lists no images"))
+    else:
+        raise LatteclipError(f"--root {root} must be a folder of images or a .txt file listing image paths (--dataset images)")
+    keys, classnames = _class_list(options.classnames_file)
+    parts = {"train": [Sample(f, -1) for f in files], "val": [], "test": []}
+    info = DatasetInfo(path.stem or "images", classnames, keys, list(GENERIC_TEMPLATES), options.domain or "object",
+                       f"every image of {root} (unlabeled)", labelled=False)
     return info, parts, source

@@ -29,10 +29,11 @@ class Job:
     build: Callable[[], Request] = field(repr=False)
     variant: str = ""
     meta: dict | None = None
+    model_tag: str = ""  # appended to the describer's model name in the store (ANALYSIS_TAG for label-reading groups)
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        return self.image_hash, self.kind, self.prompt, self.variant
+    def key(self) -> tuple[str, str, str, str, str]:
+        return self.model_tag, self.image_hash, self.kind, self.prompt, self.variant
 
 
 def image_hashes(dataset: ImageDataset, progress: bool = True) -> list[str | None]:
@@ -86,6 +87,7 @@ def group_jobs(
     groups: Sequence[list[int] | None],
     prompt_for: Callable[[int], str],
     draw: str,
+    model_tag: str = "",
 ) -> list[Job]:
     """One job per readable anchor: the collage of its group's cells, stored under the anchor.
 
@@ -111,10 +113,12 @@ def group_jobs(
         if hashes[anchor] is None:
             continue
         if cells is None:  # no label, so no group: reported as a failure rather than left out
-            jobs.append(Job(hashes[anchor], "group", prompt_for(anchor), dataset.samples[anchor].path, unreadable(anchor)))
+            jobs.append(Job(hashes[anchor], "group", prompt_for(anchor), dataset.samples[anchor].path, unreadable(anchor),
+                            model_tag=model_tag))
             continue
         prompt = prompt_for(anchor)
         meta = {"cells": [dataset.samples[i].path for i in cells], "group_size": len(cells), "draw": draw}
         variant = group_variant([hashes[i] for i in cells])
-        jobs.append(Job(hashes[anchor], "group", prompt, dataset.samples[anchor].path, builder(cells, prompt), variant, meta))
+        jobs.append(Job(hashes[anchor], "group", prompt, dataset.samples[anchor].path, builder(cells, prompt), variant, meta,
+                            model_tag))
     return jobs

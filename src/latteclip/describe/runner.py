@@ -96,7 +96,8 @@ class Runner:
         started = time.monotonic()
         summary = Summary()
         describer = self.describer
-        stored = self.store.keys(describer.backend, describer.model)
+        tags = {job.model_tag for job in jobs}
+        stored = {(tag, *key) for tag in tags for key in self.store.keys(describer.backend, describer.model + tag)}
         pending: list[Job] = []
         followers: Counter = Counter()  # jobs that ask what a pending job asks (identical images)
         queued = set()
@@ -220,8 +221,8 @@ class Runner:
                     try:
                         finish = getattr(answer, "finish_reason", None)  # kept beside the text: "length" marks a cut answer
                         meta = {**(job.meta or {}), "finish_reason": finish} if finish else job.meta
-                        self.store.put(job.image_hash, job.kind, job.prompt, describer.backend, describer.model, str(answer),
-                                       image=job.image, dataset=self.dataset_name, meta=meta, variant=job.variant)
+                        self.store.put(job.image_hash, job.kind, job.prompt, describer.backend, describer.model + job.model_tag,
+                                       str(answer), image=job.image, dataset=self.dataset_name, meta=meta, variant=job.variant)
                     except sqlite3.Error as err:
                         outcomes.put((None, BackendStopped(f"cannot write the store {self.store.path}: {err}")))
                         return

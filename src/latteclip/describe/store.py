@@ -26,6 +26,9 @@ from latteclip.paths import atomic_write_bytes, cache_dir
 # image/group/class: the texts of method.md 1.2; zeroshot: the LMM's multiple-choice answer (method.md 2)
 KINDS = ("image", "group", "class", "zeroshot")
 DESCRIPTION_KINDS = ("image", "group", "class")
+# appended to the model name of descriptions whose groups were drawn from the TRUE labels (describe --true-class-members):
+# reading texts without naming a model skips them, so training reads them only when asked by that exact model name
+ANALYSIS_TAG = "+true-class-members"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS descriptions (
@@ -147,6 +150,7 @@ class DescriptionStore:
 
         `preferred_variants` (one per image) names the row that wins over newer ones when it is stored (e.g. the group
         a run drew for that image), so what a run reads does not change when other draws are described later.
+        Descriptions of analysis groups (model name ending in ANALYSIS_TAG) are read only when `model` names them.
         """
         preferred = {} if preferred_variants is None else dict(zip(image_hashes, preferred_variants))
         found: dict[str, str] = {}
@@ -156,6 +160,9 @@ class DescriptionStore:
             if value is not None:
                 clauses.append(f"{column}=?")
                 params.append(value)
+        if model is None:
+            clauses.append("substr(model, -?) != ?")
+            params += [len(ANALYSIS_TAG), ANALYSIS_TAG]
         wanted = [h for h in dict.fromkeys(image_hashes) if h is not None]
         with self._lock:
             for start in range(0, len(wanted), 500):

@@ -13,6 +13,8 @@ import torch
 from latteclip.config import RunConfig
 from latteclip.data import DatasetOptions, ImageDataset, build_dataset
 from latteclip.data.datasets import DatasetInfo
+from latteclip.data.registry import align_classes, build_info
+from latteclip.errors import LatteclipError
 from latteclip.data.transforms import eval_transform, train_transform
 from latteclip.methods import build_options, get_method
 from latteclip.methods.base import Method
@@ -57,13 +59,29 @@ class Session:
             data.item_seed = cfg.seed
         return data
 
+    def evaluation_set(self) -> ImageDataset | None:
+        """The labelled images accuracy is measured on: `--eval-dataset`, else the test split; None without labels."""
+        cfg = self.config
+        if cfg.eval_dataset:
+            transform = eval_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std)
+            data = build_dataset(cfg.eval_dataset, cfg.eval_root or "", "test", transform, DatasetOptions(seed=cfg.seed))
+            return align_classes(data, self.method.info)
+        if not self.method.info.labelled:
+            return None
+        return self.dataset("test")
+
 
 def open_session(config: RunConfig) -> Session:
     device = pick_device(config.device)
     seed_everything(config.seed)
     method_cls = get_method(config.method)
     options = build_options(method_cls, dict(config.method_options))
-    info = build_dataset(config.dataset, config.root, "test", None, dataset_options(config)).info  # before the slow part
+    if config.eval_dataset and not config.eval_root:
+        raise LatteclipError(f"--eval-dataset {config.eval_dataset} needs --eval-root PATH (its folder, archive or CSV file)")
+    info = build_info(config.dataset, config.root, dataset_options(config))  # before the slow part
+    if method_cls.reads_train_labels and not info.labelled:
+        raise LatteclipError(f"method {config.method} trains on the true labels and --dataset {config.dataset} has none: "
+                             "use a label-free method (zeroshot, flyp_pl, latteclip, reclip, coft, coft_plus) or labelled data")
     loaded = load_clip(config.model, config.pretrained, device)
     method = method_cls(loaded, info, options, device)
     return Session(config, device, loaded, method)

@@ -26,6 +26,7 @@ from latteclip import distributed
 from latteclip.config import RunConfig, save_config
 from latteclip.data import ImageDataset, collate
 from latteclip.engine.checkpoint import load_checkpoint, save_checkpoint
+from latteclip.engine.diagnostics import label_free_diagnostics
 from latteclip.engine.evaluate import accuracy_report
 from latteclip.engine.features import extract_features, predict_labels, zero_shot_labels
 from latteclip.engine.losses import MAX_LOGIT_SCALE
@@ -203,6 +204,8 @@ class Trainer:
         self.unreadable: set[int] = set()
         self.timings: dict[str, float] = {}
         self.schedule: dict[str, int] | None = None  # the steps actually run, written into results.json
+        # without labelled images: the untrained classifier and its scores on the training images, for the diagnostics
+        self.start: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, test_set: ImageDataset, pristine: bool = False) -> dict:
@@ -222,6 +225,37 @@ class Trainer:
         """A whole split's features with the run's device, batch size and workers (also what `TrainContext.extract_features` calls)."""
         with torch.no_grad(), autocast_for(self.config, self.device):
             return extract_features(encode, dataset, self.device, self.config.eval_batch_size, self.config.workers, desc, cache_key)
+
+    def scores(self, dataset: ImageDataset, pristine: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The current classifier [C, d], cosine scores [N, C] of every image of `dataset` with it, and the readable mask."""
+        was_training = self.method.model.training
+        self.method.model.eval()
+        features, valid = self.features_of(self.method.encode_images, dataset, "predict", self.pristine_key() if pristine else None)
+        with torch.no_grad(), autocast_for(self.config, self.device):
+            classifier = self.method.classifier().float().cpu()
+        self.method.model.train(was_training)
+        return classifier, features @ classifier.t(), valid
+
+    def remember_start(self) -> None:
+        """Before any step (and before a resumed run loads its weights): what the diagnostics compare against."""
+        classifier, scores, _ = self.scores(self.session.dataset("train"), pristine=True)
+        self.start = (classifier, scores)
+
+    def diagnostics(self) -> dict:
+        """Label-free diagnostics of the finished run on its training images (engine.diagnostics)."""
+        train_set = self.session.dataset("train")
+        if self.start is None:  # a method that does not train: it ends where it started
+            classifier, scores, valid = self.scores(train_set, pristine=True)
+            self.start = (classifier, scores)
+        else:
+            classifier, scores, valid = self.scores(train_set)
+        start_classifier, start_scores = self.start
+        report = label_free_diagnostics(start_scores, scores, valid, start_classifier, classifier, self.method.info.classnames,
+                                        [s.path for s in train_set.samples], self.config.seed)
+        mixer = self.run_dir / "mixer_weights.json"  # LatteCLIP's sampled mixer weights per text kind
+        if mixer.is_file():
+            report["mean_mixer_weights"] = {k: sum(v) / len(v) for k, v in json.loads(mixer.read_text()).items() if v}
+        return report
 
     def pristine_key(self) -> str:
         loaded = self.session.loaded
@@ -255,16 +289,16 @@ class Trainer:
             resume_state["metrics_lines"] if resume_state else 0,
         )
         started = time.time()
-        test_set = self.session.dataset("test")
+        test_set = self.session.evaluation_set()
         try:
             if not self.method.trains:
-                report = self.evaluate(test_set, pristine=True)
+                report = self.evaluate(test_set, pristine=True) if test_set is not None else None
                 return self.finish(report, log, steps=0, started=started)
             return self.train(test_set, log, resume_state, started)
         finally:
             log.close()
 
-    def train(self, test_set: ImageDataset, log: MetricsLog, resume_state: dict | None, started: float) -> dict:
+    def train(self, test_set: ImageDataset | None, log: MetricsLog, resume_state: dict | None, started: float) -> dict:
         cfg = self.config
         method = self.method
         train_set = self.session.dataset("train", train_time=True)
@@ -282,11 +316,13 @@ class Trainer:
         self.schedule = {"total_steps": total_steps, "warmup_steps": warmup_steps, "steps_per_epoch": steps_per_epoch, "epochs": epochs}
         ctx = TrainContext(
             train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, log.write,
-            extract_features=self.features_of, eval_transform=test_set.transform, steps_per_epoch=steps_per_epoch,
+            extract_features=self.features_of, eval_transform=self.session.dataset("train").transform, steps_per_epoch=steps_per_epoch,
         )
         t0 = time.time()
         method.setup_training(ctx)
         self.timings["setup_s"] = time.time() - t0
+        if test_set is None:
+            self.remember_start()
         groups = scaled_groups(method.parameters())
         params = [p for _, group in groups for p in group]
         optimizer = build_optimizer(groups, cfg)
@@ -304,7 +340,7 @@ class Trainer:
             restore_rng_states(resume_state["rng"])
             self.unreadable = set(resume_state.get("unreadable", []))
             step = resume_state["step"]
-        elif cfg.eval_every > 0:
+        elif cfg.eval_every > 0 and test_set is not None:
             report = self.evaluate(test_set, pristine=True)
             log.write({"step": 0, "eval/top1": report["top1"]})
 
@@ -351,7 +387,7 @@ class Trainer:
                     method.after_optimizer_step(batch, result, step)
                     last_loss = result.loss.item()
                     record = {"step": step + 1, "epoch": epoch, "lr": cfg.lr * scale, **result.metrics}
-                    if result.pseudo_labels is not None:
+                    if result.pseudo_labels is not None and method.info.labelled:
                         # analysis only: reads the true labels of the batch, never fed back to training
                         record["analysis/pseudo_label_acc"] = (result.pseudo_labels == batch["label"]).float().mean().item()
                     if step == 0 or (cfg.log_every > 0 and (step + 1) % cfg.log_every == 0):
@@ -359,7 +395,7 @@ class Trainer:
                 step += 1
                 progress.update(1)
                 progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{cfg.lr * scale:.2e}")
-                if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
+                if test_set is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
                     report = self.evaluate(test_set)
                     log.write({"step": step, "eval/top1": report["top1"]})
                 if step == total_steps or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0):
@@ -368,8 +404,9 @@ class Trainer:
         method.model.eval()
         if distributed.is_main():
             method.finish_training()
-        report = self.evaluate(test_set)
-        log.write({"step": step, "eval/top1": report["top1"]})
+        report = self.evaluate(test_set) if test_set is not None else None
+        if report is not None:
+            log.write({"step": step, "eval/top1": report["top1"]})
         return self.finish(report, log, steps=step, started=started)
 
     def note_unreadable(self, skipped: list[int], dataset: ImageDataset) -> None:
@@ -396,10 +433,12 @@ class Trainer:
             },
         )
 
-    def finish(self, report: dict, log: MetricsLog, steps: int, started: float) -> dict:
+    def finish(self, report: dict | None, log: MetricsLog, steps: int, started: float) -> dict:
+        """Write final.pt and results.json: accuracy on labelled images, or label-free diagnostics (`report` None)."""
         cfg = self.config
         payload = inference_payload(self.session)
         payload["model"] = self.method.model.state_dict()
+        diagnostics = self.diagnostics() if report is None else None
         self.timings["total_s"] = time.time() - started
         results = {
             "method": self.method.name,
@@ -410,14 +449,18 @@ class Trainer:
             "steps": steps,
             "world_size": distributed.world_size(),
             "reads_train_labels": self.method.reads_train_labels,
-            "top1": report["top1"],
+            # "labelled": accuracy on labelled images (`test`); "label-free": no labels anywhere, `diagnostics` instead
+            "evaluation": "labelled" if report is not None else "label-free",
+            "evaluated_on": (f"{cfg.eval_dataset} {cfg.eval_root}" if cfg.eval_dataset else f"{cfg.dataset} test split") if report else None,
+            "top1": report["top1"] if report else None,
             "test": report,
+            "diagnostics": diagnostics,
             "unreadable_train_images": len(self.unreadable),
-            "unreadable_test_images": report["unreadable"],
+            "unreadable_test_images": report["unreadable"] if report else 0,
             "schedule": self.schedule,
             "timings": self.timings,
         }
-        payload["results"] = {"top1": report["top1"], "steps": steps}
+        payload["results"] = {"top1": results["top1"], "steps": steps}
         if distributed.is_main():
             save_checkpoint(self.run_dir / "final.pt", payload)
             atomic_write_bytes(self.run_dir / "results.json", json.dumps(results, indent=1).encode())

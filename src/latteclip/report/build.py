@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from latteclip.errors import LatteclipError
-from latteclip.report import sections
+from latteclip.report import label_free, sections
 from latteclip.report.html import page
 from latteclip.report.runs import compare, load_run
 
@@ -22,14 +22,30 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
         raise LatteclipError(f"--out {folder} is a file: pass a folder")
     folder.mkdir(parents=True, exist_ok=True)
     shown = {sections.AGREEMENT_KEY, sections.PSEUDO_LABEL_ACC_KEY, *sections.MIXER_KEYS.values()}
+    if subject.labelled:
+        measured = [
+            sections.headline_panel(comparison, folder),
+            sections.per_class_panel(comparison, folder),
+            sections.confusion_panel(subject, folder),
+            sections.accuracy_curve_panel(comparison, folder),
+        ]
+    else:  # unlabeled images: one line per section that needs labels, and the label-free diagnostics
+        measured = [
+            label_free.summary_panel(subject),
+            label_free.distribution_panel(subject, folder),
+            label_free.changed_panel(subject, folder),
+            label_free.drift_panel(subject, folder),
+            label_free.needs_labels_panel("headline", "Accuracy"),
+            label_free.needs_labels_panel("per-class", "Per-class accuracy gain over zero-shot"),
+            label_free.needs_labels_panel("confusion", "Confusion matrix"),
+            label_free.needs_labels_panel("accuracy-curve", "Test accuracy over training"),
+        ]
     panels = [
-        sections.headline_panel(comparison, folder),
-        sections.per_class_panel(comparison, folder),
-        sections.confusion_panel(subject, folder),
-        sections.accuracy_curve_panel(comparison, folder),
+        *measured,
         sections.loss_panel(subject, folder),
         sections.agreement_panel(subject, folder),
-        sections.pseudo_label_accuracy_panel(subject, folder),
+        sections.pseudo_label_accuracy_panel(subject, folder) if subject.labelled else
+        label_free.needs_labels_panel("pseudo-label-accuracy", "Pseudo-label accuracy"),
         *sections.mixer_panels(subject, folder),
         sections.gallery_panel(subject, folder),
         sections.other_metrics_panel(subject, folder, shown),

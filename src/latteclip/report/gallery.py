@@ -54,7 +54,8 @@ def load_gallery_images(config: dict[str, Any], relpaths: list[str]) -> GalleryI
         except CorruptImage:
             missing.append(path)
             continue
-        found.true_classes[path] = dataset.info.classnames[dataset.samples[index].label]
+        if dataset.info.labelled:
+            found.true_classes[path] = dataset.info.classnames[dataset.samples[index].label]
     if missing:
         found.problem = f"{len(missing)} image(s) not found or unreadable in the training split, e.g. {missing[0]}"
     return found

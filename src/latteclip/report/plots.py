@@ -162,3 +162,20 @@ def plot_mixer_distribution(weights: dict[str, Sequence[float]], path: Path) -> 
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return _save(figure, path)
+
+
+def plot_grouped_bars(labels: Sequence[str], series: dict[str, Sequence[float]], path: Path, xlabel: str) -> Path:
+    """Horizontal bars per label, one bar per series side by side (e.g. zero-shot vs adapted share per class)."""
+    figure = _figure(7.0, 0.9 + 0.32 * len(labels) * max(1, len(series)))
+    axes = figure.add_subplot()
+    y = np.arange(len(labels))
+    height = 0.8 / max(1, len(series))
+    colours = [SUBJECT_COLOUR, ZERO_SHOT_COLOUR, *PALETTE]
+    for number, (name, values) in enumerate(series.items()):
+        axes.barh(y + (number - (len(series) - 1) / 2) * height, list(values), height=height, color=colours[number % len(colours)], label=name)
+    axes.set_yticks(y, [short_label(n, 40) for n in labels])
+    axes.invert_yaxis()
+    axes.set_xlabel(xlabel)
+    if len(series) > 1:
+        axes.legend(loc="lower right", fontsize=8)
+    return _save(figure, path)

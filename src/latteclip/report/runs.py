@@ -56,6 +56,15 @@ class Run:
         return self.recorded("pretrained", "")
 
     @property
+    def labelled(self) -> bool:
+        """False for a run on unlabeled images without --eval-dataset: it has diagnostics instead of accuracy."""
+        return self.results.get("top1") is not None
+
+    @property
+    def diagnostics(self) -> dict[str, Any]:
+        return dict(self.results.get("diagnostics") or {})
+
+    @property
     def top1(self) -> float:
         return float(self.results["top1"])
 
@@ -186,7 +195,9 @@ def compare(runs: list[Run]) -> Comparison:
                 f"{subject.model} '{subject.pretrained}': it is listed but not used as the zero-shot reference",
                 stacklevel=2,
             )
-    if zero_shot_run is not None:
+    if not subject.labelled:
+        return Comparison(subject, others, zero_shot_run, None, "")
+    if zero_shot_run is not None and zero_shot_run.labelled:
         return Comparison(subject, others, zero_shot_run, zero_shot_run.top1, f"zeroshot run {zero_shot_run.name}")
     if subject.method == "zeroshot":
         return Comparison(subject, others, subject, subject.top1, "this run")

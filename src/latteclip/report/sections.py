@@ -237,7 +237,7 @@ def config_and_timings_panel(subject: Run) -> Panel:
     rows = [[key[:-2].replace("_", " ") if key.endswith("_s") else key, _seconds(value)] for key, value in subject.timings.items()]
     results = subject.results
     rows += [["steps", str(subject.steps)],
-             ["test images (unreadable skipped)", f"{results.get('test', {}).get('n', '?')} ({results.get('unreadable_test_images', 0)})"],
+             ["test images (unreadable skipped)", f"{(results.get('test') or {}).get('n', 'none: no labels')} ({results.get('unreadable_test_images', 0)})"],
              ["unreadable training images skipped", str(results.get("unreadable_train_images", 0))]]
     body = "<h3>Timings</h3>" + table(["stage", "time"], rows, numeric=(1,))
     body += "<h3>Configuration</h3>" + f"<pre>{escape(yaml.safe_dump(subject.config, sort_keys=False))}</pre>"

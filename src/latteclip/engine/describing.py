@@ -1,0 +1,107 @@
+"""The description stage as a library call (method.md 1.2): describe the training images of a run's dataset.
+
+It sits in the engine because groups are drawn by the zero-shot labels of the engine's cached feature
+pass (the same cache training reads). `latteclip describe` and `latteclip adapt` both call it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from latteclip.config import RunConfig
+from latteclip.data import ImageDataset
+from latteclip.data.transforms import eval_transform
+from latteclip.describe.groups import draw_pseudo_label_groups, draw_true_class_groups
+from latteclip.describe.jobs import Job, group_jobs, image_jobs
+from latteclip.describe.prompts import Prompts
+from latteclip.describe.runner import Runner, Summary
+from latteclip.describe.settings import DescribeSettings, build_describer
+from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
+from latteclip.engine.features import zero_shot_labels
+from latteclip.engine.session import pick_device, seed_everything
+from latteclip.errors import LatteclipError
+from latteclip.models import LoadedModel, TokenCache, load_clip
+
+
+def device_and_model(config: RunConfig, needs_clip: bool) -> tuple[torch.device, LoadedModel | None]:
+    """The run's device, and its CLIP model in eval mode when the stage needs one (labels, offline describer)."""
+    device = pick_device(config.device)
+    seed_everything(config.seed)  # random weights (tests, demo) come out as in a training session with this seed
+    loaded = load_clip(config.model, config.pretrained, device) if needs_clip else None
+    if loaded is not None:
+        loaded.model.eval()
+    return device, loaded
+
+
+def pseudo_labels(config: RunConfig, train: ImageDataset, loaded: LoadedModel, device: torch.device) -> list[int]:
+    """c_zs of every training image, through the engine's cache (training reads the same labels)."""
+    dataset = train.with_transform(eval_transform(loaded.image_size, loaded.mean, loaded.std))
+    info = dataset.info
+    return zero_shot_labels(
+        loaded, TokenCache(loaded.tokenizer), info.classnames, info.templates[0], dataset, device,
+        config.eval_batch_size, config.workers,
+    ).tolist()
+
+
+def check_analysis(settings: DescribeSettings, train: ImageDataset) -> bool:
+    """Whether groups are drawn from the true labels (analysis mode); refused on data without labels."""
+    analysis = "group" in settings.kinds and settings.true_class_members is not None
+    if analysis and not train.info.labelled:
+        raise LatteclipError(f"--true-class-members draws groups from the true labels and {train.info.name} has none (unlabeled images)")
+    return analysis
+
+
+def describe_training_images(
+    config: RunConfig,
+    settings: DescribeSettings,
+    prompts: Prompts,
+    train: ImageDataset,
+    hashes: list[str | None],
+    store: DescriptionStore,
+) -> tuple[Summary, str]:
+    """Ask the describer for every description of `settings.kinds` the store lacks; the summary and the describer's name.
+
+    Groups drawn from the TRUE labels (`settings.true_class_members`, analysis) are stored under the model name
+    plus ANALYSIS_TAG, so that training reads them only when asked for that model by name.
+    """
+    info = train.info
+    wants_groups = "group" in settings.kinds
+    analysis = check_analysis(settings, train)
+    names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in settings.kinds}
+    needs_labels = any(names_label.values()) or (wants_groups and not analysis)
+    device, loaded = device_and_model(config, needs_clip=needs_labels or settings.lmm == "offline")
+    # the server is asked (reachable, key, model) before the zero-shot pass, so a wrong setting costs nothing
+    describer = build_describer(settings, info.domain, loaded, device)
+    labels = pseudo_labels(config, train, loaded, device) if needs_labels else None
+
+    def prompt_for(kind: str) -> Callable[[int], str]:
+        def prompt(index: int) -> str:
+            # an image whose label could not be computed was not decoded: its job fails whatever the prompt
+            label = (info.classnames[labels[index]] if labels[index] >= 0 else "") if names_label[kind] else None
+            return prompts.description(kind, info.domain, label, settings.with_label)
+
+        return prompt
+
+    jobs: list[Job] = []
+    if "image" in settings.kinds:
+        jobs += image_jobs(train, hashes, prompt_for("image"))
+    if wants_groups:
+        if analysis:
+            print(f"ANALYSIS MODE: groups hold {settings.true_class_members} of {settings.group_size} images of the "
+                  f"anchor's TRUE class; these groups read the labels and are stored as model '{describer.model}{ANALYSIS_TAG}', "
+                  "which label-free training reads only when named (--describer-model)")
+            true_labels = [s.label if h is not None else -1 for s, h in zip(train.samples, hashes)]  # unread: no group
+            groups = draw_true_class_groups(true_labels, settings.group_size, settings.true_class_members, config.seed)
+            draw = f"true class, {settings.true_class_members} of {settings.group_size} (analysis, reads labels)"
+        else:
+            groups = draw_pseudo_label_groups(labels, settings.group_size, config.seed, settings.group_draw)
+            draw = f"{settings.group_draw} draw by zero-shot label of {config.model} {config.pretrained or 'random'}"
+        jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
+    runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
+    try:
+        summary = runner.run(jobs)
+    finally:
+        describer.close()
+    return summary, f"{describer.backend} {describer.model}"
