@@ -144,14 +144,14 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
 
 
 def measurements(runs: list[dict[str, Any]], zeroshot_runs: list[dict[str, Any]]) -> list[str]:
-    """A cell's measured pseudo-label accuracy, mixer weights and top-class share (beside zero-shot's), seed means."""
+    """A cell's measured pseudo-label accuracy, mixer weights, prototype drift and top-class share (beside zero-shot's), seed means."""
 
     def mean(key: str, of: list[dict[str, Any]]) -> float:
         return aggregate([r[key] for r in of if key in r])["mean"]
 
     keys = sorted({k for r in runs for k in r})
     measured = [f"{key} {100 * mean(key, runs):.1f}%" for key in keys if key.startswith("analysis/")]
-    measured += [f"{key} {mean(key, runs):.3f}" for key in keys if key.startswith("mixer/")]
+    measured += [f"{key} {mean(key, runs):.3f}" for key in keys if key.startswith(("mixer/", "prototypes/"))]
     measured += [f"{key} {100 * mean(key, runs):.1f}% (zero-shot {100 * mean(key, zeroshot_runs):.1f}%)"
                  for key in keys if key.startswith("predictions/") and any(key in r for r in zeroshot_runs)]
     return measured
@@ -214,6 +214,8 @@ def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choi
     for title, prefix, percent in (
         ("Pseudo-label accuracy and agreement during training (analysis only: from the training log, last fifth of training)", "analysis/", True),
         ("Mixer weights during training (last fifth of training)", "mixer/", False),
+        ("Prototype drift: mean cosine of LatteCLIP's prototypes with their zero-shot start (1 = unmoved; last fifth of training)",
+         "prototypes/", False),
         ("Share of test predictions given to the most-predicted class (no label read; the test split is balanced, "
          "so 10% is an even spread and a rise over zero-shot is self-training collapsing onto one class)", "predictions/", True),
     ):

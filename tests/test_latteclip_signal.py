@@ -78,3 +78,33 @@ def test_prototypes_turn_to_the_description_directions(eurosat_zip, tmp_path, mu
         assert after > 0.9
     else:  # the literal double momentum: 400 steps later the prototypes are still their zero-shot start
         assert after < 0.6 and (method.bank.vectors * F.normalize(start, dim=-1)).sum(-1).min() > 0.99
+
+
+# --- (c) a killed run resumes to the same weights and prototypes ------------------------------------------
+def test_killed_run_resumes_to_identical_weights_and_prototypes(eurosat_zip, tmp_path, monkeypatch):
+    train = build_dataset("eurosat", eurosat_zip, "train", None, DatasetOptions(limit=40))
+    store = tmp_path / "d.sqlite"
+    describe(train, store, share_true=0.9)
+
+    def args(name: str, *extra: str) -> list[str]:
+        return ["train", "--method", "latteclip", "--dataset", "eurosat", "--root", str(eurosat_zip), "--model", "latte-tiny",
+                "--pretrained", "random", "--limit", "40", "--batch-size", "8", "--max-steps", "8", "--eval-every", "0",
+                "--checkpoint-every", "1", "--workers", "0", "--lr", "1e-3", "--store", str(store), "--output", str(tmp_path),
+                "--name", name, "--device", "cpu", *extra]
+
+    assert main(args("straight")) == 0
+    original = LatteCLIP.training_step
+
+    def killed(self, batch, step):
+        if step == 5:  # after several visits drew random groups: the resumed run must draw the same ones
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(LatteCLIP, "training_step", killed)
+    assert main(args("resumed")) == 130
+    monkeypatch.setattr(LatteCLIP, "training_step", original)
+    assert main(args("resumed", "--resume")) == 0
+    a, b = (load_checkpoint(tmp_path / name / "final.pt") for name in ("straight", "resumed"))
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert torch.equal(a["method_state"]["prototypes"]["vectors"], b["method_state"]["prototypes"]["vectors"])
+    assert (tmp_path / "straight" / "metrics.jsonl").read_text() == (tmp_path / "resumed" / "metrics.jsonl").read_text()

@@ -261,7 +261,7 @@ def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None 
 
 
 def run_summary(results: dict, run_dir: Path) -> dict[str, Any]:
-    """Top-1 plus what the training log says about pseudo-labels and mixer weights (averaged over its last fifth).
+    """Top-1 plus what the training log says about pseudo-labels, mixer weights and prototype drift (averaged over its last fifth).
 
     `predictions/top_class_share` is the share of test predictions given to the most-predicted class (column sums
     of the confusion matrix: no label is read): self-training that collapses onto one class shows there.
@@ -276,7 +276,7 @@ def run_summary(results: dict, run_dir: Path) -> dict[str, Any]:
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
         train_records = [r for r in records if "loss" in r]
         tail = train_records[len(train_records) - max(1, len(train_records) // 5) :] if train_records else []
-        keys = sorted({k for r in tail for k in r if k.startswith(("analysis/", "mixer/"))})
+        keys = sorted({k for r in tail for k in r if k.startswith(("analysis/", "mixer/", "prototypes/"))})
         for key in keys:
             values = [r[key] for r in tail if isinstance(r.get(key), (int, float))]
             if values:

@@ -129,6 +129,7 @@ class LatteCLIP(Method):
     def setup_training(self, ctx: TrainContext) -> None:
         super().setup_training(ctx)
         self.bank = PrototypeBank(self.zero_shot_classifier()).to(self.device)
+        self.start_prototypes = self.bank.vectors.clone()  # setup runs before a resumed run loads its weights: the zero-shot start
         self.zs_labels = ctx.zero_shot_labels.to(self.device)
         self.class_texts = self.info.class_texts()
         kinds = [kind for kind in ("image", "group") if kind in self.options.texts]
@@ -246,6 +247,8 @@ class LatteCLIP(Method):
         for position, kind in enumerate(self.options.texts):
             metrics[f"mixer/weight_{kind}"] = weights[:, position].mean().item()
         metrics["loss"] = loss.item()
+        # drift: how far the descriptions have moved the classifier (1.0 = still the zero-shot class texts)
+        metrics["prototypes/cos_to_start"] = (F.normalize(prototypes, dim=-1) * self.start_prototypes).sum(-1).mean().item()
         metrics["analysis/pl_agreement"] = (labels["zs"] == labels["ft"]).float().mean().item()
         return StepResult(
             loss,
