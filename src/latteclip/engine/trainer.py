@@ -314,8 +314,13 @@ class Trainer:
         # the warm-up stays short on short runs: at most a tenth of the steps
         warmup_steps = min(cfg.warmup_steps, total_steps // 10)
         self.schedule = {"total_steps": total_steps, "warmup_steps": warmup_steps, "steps_per_epoch": steps_per_epoch, "epochs": epochs}
+        def method_log(record: dict[str, Any]) -> None:
+            # a resumed run's set-up repeats what the killed run logged up to its checkpoint: kept once, not twice
+            if resume_state is None or record.get("step", 0) > resume_state["step"]:
+                log.write(record)
+
         ctx = TrainContext(
-            train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, log.write,
+            train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, method_log,
             extract_features=self.features_of, eval_transform=self.session.dataset("train").transform, steps_per_epoch=steps_per_epoch,
         )
         t0 = time.time()
