@@ -85,14 +85,17 @@ def collaborate(candidates: torch.Tensor, text_odds: torch.Tensor, vision_odds: 
     return label, kept, (joint < 0) & first_occurrences(candidates)
 
 
-def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy averaged within each label present, then over those labels: a class gains nothing by being frequent."""
+def class_balanced_mean(losses: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-sample losses averaged within each label present, then over those labels: a class gains nothing by being frequent."""
     if labels.numel() == 0:
-        return 0.0 * logits.sum()
-    losses = F.cross_entropy(logits, labels, reduction="none")
-    counts = torch.bincount(labels, minlength=logits.shape[1]).to(losses.dtype)
-    present = int((counts > 0).sum())
-    return (losses / counts[labels]).sum() / present
+        return losses.sum() * 0.0
+    counts = torch.bincount(labels, minlength=num_classes).to(losses.dtype)
+    return (losses / counts[labels]).sum() / int((counts > 0).sum())
+
+
+def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, class-balanced (`class_balanced_mean`)."""
+    return class_balanced_mean(F.cross_entropy(logits, labels, reduction="none"), labels, logits.shape[1]) if labels.numel() else 0.0 * logits.sum()
 
 
 def prior_matching(logits: torch.Tensor) -> torch.Tensor:
@@ -102,11 +105,11 @@ def prior_matching(logits: torch.Tensor) -> torch.Tensor:
 
 
 def yes_no_loss(features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor, answer: int, scale) -> torch.Tensor:
-    """Cross-entropy of the pairs of `labels` towards `answer` (YES or NO), averaged; zero without samples."""
+    """Cross-entropy of the pairs of `labels` towards `answer` (YES or NO), class-balanced over `labels`; zero without samples."""
     if labels.numel() == 0:
         return 0.0 * features.sum()
     logits = yes_no_logits(features, positive, negative, labels, scale)
-    return F.cross_entropy(logits, torch.full_like(labels, answer))
+    return class_balanced_mean(F.cross_entropy(logits, torch.full_like(labels, answer), reduction="none"), labels, positive.shape[0])
 
 
 def random_other_classes(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -178,6 +181,7 @@ class CoftOptions:
     negative_weight: float = 1.0  # "no" on the pair of a random class other than a kept label
     noisy_weight: float = 1.0  # "no" on the pair of each rejected candidate label ("not class y" on the low-confidence samples)
     balance_weight: float = 1.0  # prior matching: KL(batch-mean prediction || uniform), per model; 0 = off
+    relabel: bool = True  # candidates: the round label and both models' predictions; off = the round label only
 
 
 @dataclass
@@ -302,17 +306,19 @@ class Coft(Method):
         self.ctx.log({"step": step + 1, "coft/round": round_index, "coft/labels_changed": changed,
                       "coft/labels_top_class_share": (counts.max() / counts.sum().clamp_min(1)).item()})
 
-    def choose(self, round_labels: torch.Tensor, frozen: torch.Tensor, vision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The collaboration on images seen by T (`frozen`) and V (`vision`): (label, kept, rejected, candidates)."""
+    def choose(self, round_labels: torch.Tensor, frozen: torch.Tensor, vision: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The collaboration on images seen by T (`frozen`) and V (`vision`): (label, kept, rejected, candidates, T and V agree)."""
         scale = self.logit_scale()
         positive, negative = (t.detach() for t in self.prompt_features())
         vision_positive, vision_negative = (t.detach() for t in self.vision_pair())
         text_prediction = (frozen @ self.class_weights(positive).t()).argmax(dim=1)
         vision_prediction = (vision @ vision_positive.t()).argmax(dim=1)
         candidates = torch.stack([round_labels, text_prediction, vision_prediction], dim=1)
+        if not self.options.relabel:  # the models only judge the round's label
+            candidates = candidates[:, :1].expand(-1, 3)
         text_odds = clean_log_odds(frozen, positive, negative, candidates, scale)
         vision_odds = clean_log_odds(vision, vision_positive, vision_negative, candidates, scale)
-        return (*collaborate(candidates, text_odds, vision_odds), candidates)
+        return (*collaborate(candidates, text_odds, vision_odds), candidates, text_prediction == vision_prediction)
 
     # --- training: one step -------------------------------------------------------------------------------
     def training_step(self, batch: dict, step: int) -> StepResult:
@@ -329,7 +335,7 @@ class Coft(Method):
         frozen = self.frozen[index].to(self.device)
         vision = self.adapted(features)
         with torch.no_grad():
-            labels, kept, rejected, candidates = self.choose(round_labels, frozen, vision.detach())
+            labels, kept, rejected, candidates, agree = self.choose(round_labels, frozen, vision.detach())
         if self.warming_up(step):
             labels, kept, rejected = round_labels, torch.ones_like(kept), torch.zeros_like(rejected)
 
@@ -343,7 +349,7 @@ class Coft(Method):
         metrics: dict[str, float] = {"phase": float(phase), "round": float(round_index), "kept": kept.float().mean().item()}
         metrics.update({f"text/{k}": v.item() for k, v in text.items()})
         metrics.update({f"vision/{k}": v.item() for k, v in loss_vision.items()})
-        metrics["coft/agreement"] = (candidates[:, 1] == candidates[:, 2]).float().mean().item()  # label-free: T's vs V's prediction
+        metrics["coft/agreement"] = agree.float().mean().item()  # label-free: T's prediction against V's
         metrics["coft/rejected"] = rejected.float().sum(dim=1).gt(0).float().mean().item()
         loss, state = self.extra_loss(batch, vision, kept, labels, loss, metrics)
         metrics["loss"] = loss.item()
