@@ -172,7 +172,7 @@ def phase_schedule(step: int, total_steps: int, rounds: int, phase1_fraction: fl
 @dataclass
 class CoftOptions:
     phase1_fraction: float = 0.25  # share of each round in phase 1 (encoder frozen); the rest is phase 2 (encoder fine-tuned)
-    clean_warmup_fraction: float = 0.05  # share of the run, at its start, in which every round label is kept (the prompts know nothing yet)
+    clean_warmup_fraction: float = 0.15  # share of the run, at its start, in which every round label is kept (the prompts know nothing yet)
     prompt_init: str = ""  # positive context words; "" = the first template's words before the class name
     negative_prompt_init: str = ""  # negative context words; "" = "not " + the positive context
     adapter_reduction: int = 4  # adapter bottleneck width = feature dim / this
