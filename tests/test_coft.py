@@ -1,4 +1,4 @@
-"""CoFT and CoFT+: the closed-form pieces, the phases' gradients, and runs through the CLI with resume."""
+"""CoFT and CoFT+: the closed-form pieces, the two models' collaboration, the phases' gradients, and runs through the CLI with resume."""
 
 from __future__ import annotations
 
@@ -19,12 +19,20 @@ from latteclip.engine.trainer import build_optimizer, scaled_groups
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import TrainContext
 from latteclip.methods.coft import (
+    NO,
+    YES,
     CoftPlus,
+    balanced_cross_entropy,
+    clean_log_odds,
     clean_probability,
+    collaborate,
     ema_update,
     load_class_descriptions,
     momentum_contrastive_loss,
+    phase_schedule,
+    prior_matching,
     random_other_classes,
+    yes_no_loss,
 )
 from latteclip.models import TokenCache, class_text_features, encode_texts, load_clip
 from latteclip.models.adapter import FeatureAdapter
@@ -42,6 +50,104 @@ def test_clean_probability_on_hand_computed_values():
     p = clean_probability(v, positive, negative, torch.tensor([0, 1]), 2.0)
     assert torch.allclose(p, torch.tensor([math.exp(2) / (math.exp(2) + 1), 1 / (1 + math.exp(2))]))
     assert bool(p[0] > 0.5) and bool(p[1] < 0.5)
+
+
+def test_clean_log_odds_on_hand_computed_values():
+    """log(p / (1 - p)) = s * (cos(v, t+_c) - cos(v, t-_c)) for each candidate c of each image."""
+    v = torch.tensor([[2.0, 0.0]])
+    positive = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    negative = torch.tensor([[0.0, 1.0], [0.8, 0.6]])
+    odds = clean_log_odds(v, positive, negative, torch.tensor([[0, 1, 1]]), 3.0)
+    assert torch.allclose(odds, torch.tensor([[3.0, 3.0 * (0.6 - 0.8), 3.0 * (0.6 - 0.8)]]))
+    p = clean_probability(v, positive, negative, torch.tensor([1]), 3.0)
+    assert torch.allclose(odds[:, 1], (p / (1 - p)).log())
+
+
+def test_collaboration_keeps_the_label_of_the_model_that_is_right():
+    """Candidates per image: (round label, T's prediction, V's prediction); the two models' log-odds add.
+
+    Image 0: T predicts class 0 (wrong), V predicts 2 (right). T doubts its own label a little
+    (+0.5) and finds 2 plausible (+0.2); V rejects 0 (-2.0) and backs 2 (+1.5). Joint: 0 -> -1.5,
+    2 -> +1.7: kept, with 2; 0 is rejected once although it is two of the candidates.
+    Image 1: both agree on 1 and both back it: kept with 1, nothing rejected.
+    Image 2: every candidate has a negative joint log-odds: not kept, both distinct candidates rejected.
+    """
+    candidates = torch.tensor([[0, 0, 2], [1, 1, 1], [0, 3, 0]])
+    text_odds = torch.tensor([[0.5, 0.5, 0.2], [1.0, 1.0, 1.0], [-0.5, 0.3, -0.5]])
+    vision_odds = torch.tensor([[-2.0, -2.0, 1.5], [0.5, 0.5, 0.5], [0.1, -1.0, 0.1]])
+    label, kept, rejected = collaborate(candidates, text_odds, vision_odds)
+    assert label.tolist() == [2, 1, 0]  # image 2: the best of the rejected candidates (-0.4 against -0.7)
+    assert kept.tolist() == [True, True, False]
+    assert rejected.tolist() == [[True, False, False], [False, False, False], [True, True, False]]
+
+
+def test_collaboration_from_the_two_models_features():
+    """The same decision from real cosines (s = 10): T (frozen features, its prompts) is wrong, V (its features, its class vectors) right.
+
+    T sees the image at 0 degrees; its pairs: class 0 (yes 0, no 60 degrees), class 1 (yes 30, no 60).
+    It predicts 0 (cos 1 against cos 30) with log-odds 10 (1 - cos 60) = 5, and gives class 1
+    10 (cos 30 - cos 60) = 3.66. V sees the image at 90 degrees; its pairs: class 0 (yes 0, no 90),
+    class 1 (yes 60, no 30). It predicts 1 with log-odds 10 (cos 30 - cos 60) = 3.66 and rejects 0 with -10.
+    Joint: class 0 -> -5, class 1 -> 7.32: the image is kept with V's label, and "not 0" is trained.
+    """
+    def unit(*degrees: float) -> torch.Tensor:
+        angle = torch.deg2rad(torch.tensor(degrees))
+        return torch.stack([angle.cos(), angle.sin()], dim=1)
+
+    scale = 10.0
+    candidates = torch.tensor([[0, 0, 1]])  # (round label, T's prediction, V's prediction)
+    text_odds = clean_log_odds(unit(0), unit(0, 30), unit(60, 60), candidates, scale)
+    vision_odds = clean_log_odds(unit(90), unit(0, 60), unit(90, 30), candidates, scale)
+    c30, c60 = math.cos(math.radians(30)), math.cos(math.radians(60))
+    assert torch.allclose(text_odds, torch.tensor([[10 * (1 - c60), 10 * (1 - c60), 10 * (c30 - c60)]]), atol=1e-5)
+    assert torch.allclose(vision_odds, torch.tensor([[-10.0, -10.0, 10 * (c30 - c60)]]), atol=1e-5)
+    assert (unit(0) @ unit(0, 30).t()).argmax().item() == 0 and (unit(90) @ unit(0, 60).t()).argmax().item() == 1
+    label, kept, rejected = collaborate(candidates, text_odds, vision_odds)
+    assert label.tolist() == [1] and kept.tolist() == [True]
+    assert rejected.tolist() == [[True, False, False]]
+
+
+def test_balanced_cross_entropy_weighs_each_class_equally():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])
+    expected = (math.log(1 + math.exp(-2)) + math.log(2)) / 2  # class 0's mean, class 1's mean, averaged
+    assert math.isclose(balanced_cross_entropy(logits, labels).item(), expected, rel_tol=1e-6)
+    assert not math.isclose(balanced_cross_entropy(logits, labels).item(), torch.nn.functional.cross_entropy(logits, labels).item())
+    assert balanced_cross_entropy(logits[:0], labels[:0]).item() == 0.0
+
+
+def test_prior_matching_is_zero_when_balanced_and_log_c_when_collapsed():
+    spread = torch.tensor([[50.0, 0.0, 0.0], [0.0, 50.0, 0.0], [0.0, 0.0, 50.0]])
+    assert prior_matching(spread).item() == pytest.approx(0.0, abs=1e-6)
+    collapsed = torch.tensor([[50.0, 0.0, 0.0], [50.0, 0.0, 0.0]])
+    assert prior_matching(collapsed).item() == pytest.approx(math.log(3), abs=1e-6)
+    half = torch.tensor([[0.0, 0.0], [0.0, 0.0]])  # mean (1/2, 1/2) of two classes
+    assert prior_matching(half).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_yes_and_no_losses_on_hand_computed_values():
+    """cos(v, t+) = 1, cos(v, t-) = 0, s = 1: "yes" costs log(1 + e^-1), "no" log(1 + e)."""
+    v = torch.tensor([[1.0, 0.0]])
+    positive, negative = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    label = torch.tensor([0])
+    assert math.isclose(yes_no_loss(v, positive, negative, label, YES, 1.0).item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)
+    assert math.isclose(yes_no_loss(v, positive, negative, label, NO, 1.0).item(), math.log(1 + math.exp(1)), rel_tol=1e-6)
+    assert yes_no_loss(v[:0], positive, negative, label[:0], NO, 1.0).item() == 0.0
+
+
+def test_phases_are_shares_of_the_step_budget():
+    """Two rounds, phase 1 a quarter of each: the same options give the same shape at 80 and at 2000 steps."""
+    def phases(total: int) -> list[tuple[int, int]]:
+        return [phase_schedule(step, total, 2, 0.25) for step in range(total)]
+
+    short = phases(80)
+    assert short[0] == (0, 1) and short[9] == (0, 1) and short[10] == (0, 2) and short[39] == (0, 2)
+    assert short[40] == (1, 1) and short[49] == (1, 1) and short[50] == (1, 2) and short[79] == (1, 2)
+    long = phases(2000)
+    assert long[249] == (0, 1) and long[250] == (0, 2) and long[1000] == (1, 1) and long[1250] == (1, 2)
+    for schedule, total in ((short, 80), (long, 2000)):
+        assert sum(phase == 1 for _, phase in schedule) == total // 4
+    assert {p for _, p in (phase_schedule(s, 7, 1, 0.0) for s in range(7))} == {2}  # no phase 1 at all
 
 
 def test_ema_update_moves_toward_the_online_weights_and_copies_buffers():
@@ -126,16 +232,17 @@ def test_coft_starts_as_zero_shot_clip(eurosat_zip):
         assert torch.allclose(method.encode_images(images), torch.nn.functional.normalize(method.model.encode_image(images), dim=-1), atol=1e-6)
 
 
-def test_phase_one_trains_prompts_and_adapter_phase_two_only_the_image_encoder(eurosat_zip, tmp_path):
-    config, session = coft_session(str(eurosat_zip.parent), phase1_steps=1, clean_warmup_steps=1)
+def test_phase_one_trains_the_light_parts_phase_two_also_the_image_encoder(eurosat_zip, tmp_path):
+    """Phase 1: T's contexts, V's adapter and class vectors; phase 2 adds V's image encoder; the text tower never trains."""
+    config, session = coft_session(str(eurosat_zip.parent), phase1_fraction=0.25, clean_warmup_fraction=0.25)
     method = session.method
     train_set = session.dataset("train", train_time=True)
     method.setup_training(TrainContext(
-        train_set, None, tmp_path, 0,
+        train_set, None, tmp_path, 0, total_steps=4,
         extract_features=lambda encode, dataset, desc="": extract_features(encode, dataset, CPU, 64, 0),
     ))
     optimizer = build_optimizer(scaled_groups(method.parameters()), config)
-    # encoder at the base rate, prompts and adapter at peft_lr_scale (100) times it; each split by weight decay
+    # encoder at the base rate, the light parts at peft_lr_scale (100) times it; each split by weight decay
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3, 1e-3, 0.1, 0.1])
     batch = collate([train_set[i] for i in range(8)])
 
@@ -145,6 +252,7 @@ def test_phase_one_trains_prompts_and_adapter_phase_two_only_the_image_encoder(e
             "text tower": torch.cat([p.detach().flatten() for p in method.model.transformer.parameters()]).clone(),
             "context": torch.cat([method.positive.context.detach().flatten(), method.negative.context.detach().flatten()]).clone(),
             "adapter": torch.cat([p.detach().flatten() for p in method.adapter.parameters()]).clone(),
+            "vision class vectors": torch.cat([p.detach().flatten() for p in method.head.values()]).clone(),
         }
 
     def train_step(step: int) -> set[str]:
@@ -155,8 +263,9 @@ def test_phase_one_trains_prompts_and_adapter_phase_two_only_the_image_encoder(e
         after = snapshot()
         return {name for name in before if not torch.equal(before[name], after[name])}
 
-    assert train_step(0) == {"context", "adapter"}
-    assert train_step(1) == {"encoder"}
+    assert method.schedule(0) == (0, 1) and method.schedule(1) == (0, 2)
+    assert train_step(0) == {"context", "adapter", "vision class vectors"}
+    assert train_step(1) == {"encoder", "context", "adapter", "vision class vectors"}
 
 
 # --- runs through the command line ----------------------------------------------------------------------
@@ -182,11 +291,14 @@ def assert_eval_reproduces(run) -> None:
 
 
 def test_coft_runs_both_phases_and_eval_matches(eurosat_zip, tmp_path):
-    args = train_args(str(eurosat_zip.parent), tmp_path, "coft", "run", "--max-steps", "4", "--phase1-steps", "2", "--clean-warmup-steps", "1")
+    args = train_args(str(eurosat_zip.parent), tmp_path, "coft", "run", "--max-steps", "4", "--phase1-fraction", "0.5", "--clean-warmup-fraction", "0.25")
     assert main(args) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in records if "phase" in r] == [1.0, 1.0, 2.0, 2.0]
-    assert [r["step"] for r in records if "coft/model1_clean" in r] == [3]  # model 1 judged once, at the switch
+    steps = [r for r in records if "phase" in r]
+    assert [r["phase"] for r in steps] == [1.0, 1.0, 2.0, 2.0]
+    assert steps[0]["kept"] == 1.0 and steps[0]["coft/rejected"] == 0.0  # the warm-up step keeps every round label
+    for record in steps:  # the analysis of the judgement reads labels (EuroSAT has them); training never does
+        assert 0.0 <= record["analysis/clean_judgement_acc"] <= 1.0 and "text/not" in record and "vision/prior" in record
     assert_eval_reproduces(tmp_path / "run")
 
 
@@ -207,18 +319,20 @@ def test_coft_plus_rounds_resume_to_the_same_result(eurosat_zip, tmp_path, monke
     root = str(eurosat_zip.parent)
     store = tmp_path / "store.sqlite"
     fill_store(root, store)
-    extra = ["--max-steps", "7", "--round-steps", "3", "--phase1-steps", "1", "--clean-warmup-steps", "1", "--queue-size", "12", "--store", str(store)]
+    extra = ["--max-steps", "7", "--rounds", "3", "--phase1-fraction", "0.5", "--clean-warmup-fraction", "0.2",
+             "--queue-size", "12", "--store", str(store)]
     assert main(train_args(root, tmp_path, "coft_plus", "straight", *extra)) == 0
     straight = tmp_path / "straight"
     records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "coft/round" in r] == [1, 4, 7]  # pseudo-labels refreshed at steps 0, 3, 6
-    assert [r["phase"] for r in records if "phase" in r] == [1.0, 2.0, 2.0, 1.0, 2.0, 2.0, 1.0]
+    # rounds of 2, 2 and 3 steps: pseudo-labels refreshed at steps 0, 2, 4; phase 1 half of each (rounded)
+    assert [r["step"] for r in records if "coft/round" in r] == [1, 3, 5]
+    assert [r["phase"] for r in records if "phase" in r] == [1.0, 2.0, 1.0, 2.0, 1.0, 1.0, 2.0]
     assert_eval_reproduces(straight)
 
     original = CoftPlus.training_step
 
     def interrupted(self, batch, step):
-        if step == 4:  # killed inside round 1, before model 1 judged the training set for its phase 2
+        if step == 3:  # killed inside round 1, in its phase 2
             raise KeyboardInterrupt
         return original(self, batch, step)
 
@@ -230,7 +344,7 @@ def test_coft_plus_rounds_resume_to_the_same_result(eurosat_zip, tmp_path, monke
     a, b = load_checkpoint(straight / "final.pt"), load_checkpoint(tmp_path / "resumed" / "final.pt")
     for key in a["model"]:
         assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
-    for key in ("queue_keys", "descriptions", "pseudo_labels", "verdict_clean"):
+    for key in ("queue_keys", "descriptions", "pseudo_labels"):
         assert torch.allclose(a["method_state"][key].float(), b["method_state"][key].float(), atol=1e-6), key
     assert a["method_state"]["queue_position"] == b["method_state"]["queue_position"]
     for key in a["method_state"]["key_encoder"]:

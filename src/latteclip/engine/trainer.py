@@ -322,6 +322,7 @@ class Trainer:
         ctx = TrainContext(
             train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, method_log,
             extract_features=self.features_of, eval_transform=self.session.dataset("train").transform, steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
         )
         t0 = time.time()
         method.setup_training(ctx)
@@ -394,7 +395,12 @@ class Trainer:
                     record = {"step": step + 1, "epoch": epoch, "lr": cfg.lr * scale, **result.metrics}
                     if result.pseudo_labels is not None and method.info.labelled:
                         # analysis only: reads the true labels of the batch, never fed back to training
-                        record["analysis/pseudo_label_acc"] = (result.pseudo_labels == batch["label"]).float().mean().item()
+                        correct = result.pseudo_labels == batch["label"]
+                        record["analysis/pseudo_label_acc"] = correct.float().mean().item()
+                        if result.kept is not None:  # is "clean" said of the right labels, and how right are the kept ones
+                            record["analysis/clean_judgement_acc"] = (result.kept == correct).float().mean().item()
+                            if bool(result.kept.any()):
+                                record["analysis/kept_label_acc"] = correct[result.kept].float().mean().item()
                     if step == 0 or (cfg.log_every > 0 and (step + 1) % cfg.log_every == 0):
                         log.write(record)
                 step += 1

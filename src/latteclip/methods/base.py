@@ -39,6 +39,7 @@ class TrainContext:
     # run without gradients on the run's device with its evaluation batch size and workers
     extract_features: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     steps_per_epoch: int = 1  # optimizer steps in one pass over the training split
+    total_steps: int = 1  # optimizer steps of the whole run: methods with phases give each a share of it
 
 
 @dataclass
@@ -46,6 +47,7 @@ class StepResult:
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
     pseudo_labels: torch.Tensor | None = None  # the labels trained on, for the pseudo-label analysis
+    kept: torch.Tensor | None = None  # which of those labels the method judged clean, for the analysis of that judgement
     state: dict[str, Any] = field(default_factory=dict)  # what after_optimizer_step needs
 
 

@@ -1,25 +1,22 @@
 """CoFT and CoFT+ (arXiv 2602.04337; method.md section 3), in the project's reading of the abstract.
 
-What is fixed by the abstract and what the project chose is listed in docs/methods.md. In short:
-- Pseudo-labels y come from the frozen zero-shot classifier at round 0 and, for CoFT+, from the
-  current model at the start of every later round.
-- Dual prompts: learnable positive and negative context vectors (CoOp-style, shared by the
-  classes) on the frozen text tower give t+_c and t-_c; the probability that y is clean for an
-  image feature v is p_clean = softmax(s * [cos(v, t+_y), cos(v, t-_y)])[0]; clean when > 0.5.
-- Visual adaptation module: a residual bottleneck adapter on the image features, starting at
-  the identity; the yes/no losses of the dual prompts flow into it (the negative prompt's
-  regularisation).
-- Phase 1 (`phase1_steps`): the image encoder is frozen, the prompts and adapter learn from the
-  samples whose pseudo-label the dual prompts judge clean.
-- Phase 2: prompts and adapter are frozen and the image encoder is fully fine-tuned. Two models
-  collaborate: model 1, the prompt model as phase 1 left it (judged once, on the frozen image
-  features of the whole training split), and model 2, the image encoder being fine-tuned (judged
-  live, on each batch, with the same prompts). A pseudo-label is kept when both judge it clean;
-  when both judge it noisy but predict the same class, that class replaces it; otherwise the
-  sample is left out of the classification loss.
-- CoFT+ adds rounds of (phase 1, phase 2) with refreshed pseudo-labels, a momentum encoder with a
-  queue of keys for a supervised momentum-contrastive loss, and LLM class descriptions as extra
-  class text.
+docs/methods.md reads the abstract sentence by sentence and lists the project's own choices. In short:
+- Two models of different modalities collaborate. The text-side model T learns positive and
+  negative prompts (CoOp context vectors on the frozen text tower) over the frozen pre-trained
+  image encoder's features; the vision-side model V is the image encoder, then a residual
+  adapter, then its own pair of class vectors (started at T's initial prompt features).
+- Each model has its own sample-dependent clean probability of a label y for an image:
+  p = softmax(s * [cos(x, pos_y), cos(x, neg_y)])[0], with x and (pos, neg) its own. For each
+  training image the candidates are the round's pseudo-label and each model's prediction; the
+  two models' clean log-odds are added (two independent judges of one yes/no event), the
+  candidate with the highest sum is trained on when that sum is positive (joint p > 1/2) and
+  every candidate with a negative sum gets the negative prompt's "not y" term. No threshold is set.
+- Phases are fractions of each round: phase 1 trains T's prompts and V's adapter and class
+  vectors (encoder frozen), phase 2 also fully fine-tunes V's image encoder. Predictions are V's.
+- Against collapse: class-balanced cross-entropy and a prior-matching term on each model.
+- CoFT+: rounds restart from pseudo-labels refreshed by the same collaborative choice over the
+  whole training split; a momentum encoder with a queue for a supervised momentum-contrastive
+  loss; LLM class descriptions added to the class texts. Both can be switched off.
 """
 
 from __future__ import annotations
@@ -56,6 +53,63 @@ def yes_no_logits(image_features: torch.Tensor, positive: torch.Tensor, negative
 def clean_probability(image_features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """p_clean = softmax(s * [cos(v, t+_y), cos(v, t-_y)])[0]: the label y is judged clean when above 0.5."""
     return yes_no_logits(image_features, positive, negative, labels, scale).softmax(dim=-1)[:, YES]
+
+
+def clean_log_odds(image_features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """[B, K] log(p_clean / (1 - p_clean)) = s * (cos(v, t+_c) - cos(v, t-_c)) of each image for each of its K candidate labels."""
+    b, k = candidates.shape
+    logits = yes_no_logits(image_features.repeat_interleave(k, dim=0), positive, negative, candidates.reshape(-1), scale)
+    return (logits[:, YES] - logits[:, NO]).reshape(b, k)
+
+
+def first_occurrences(candidates: torch.Tensor) -> torch.Tensor:
+    """[B, K] True where a candidate label is not a repeat of an earlier one in its row."""
+    repeats = (candidates.unsqueeze(2) == candidates.unsqueeze(1)).tril(diagonal=-1).any(dim=2)
+    return ~repeats
+
+
+def collaborate(candidates: torch.Tensor, text_odds: torch.Tensor, vision_odds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two models' joint verdict on each image's candidate labels: (label, kept, rejected).
+
+    The clean log-odds of the two models add (independent judges of the same yes/no event, even
+    prior): joint p_clean > 1/2 exactly when the sum is positive. The label is the candidate with
+    the highest sum, kept for the cross-entropy when that sum is positive; `rejected` [B, K] marks
+    each distinct candidate whose sum is negative, for the "not y" term. A label one model gets
+    wrong is thus replaced by the other's when the wrong model doubts its own label less than the
+    right model doubts it.
+    """
+    joint = text_odds + vision_odds
+    best = joint.argmax(dim=1)
+    label = candidates.gather(1, best.unsqueeze(1)).squeeze(1)
+    kept = joint.gather(1, best.unsqueeze(1)).squeeze(1) > 0
+    return label, kept, (joint < 0) & first_occurrences(candidates)
+
+
+def class_balanced_mean(losses: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-sample losses averaged within each label present, then over those labels: a class gains nothing by being frequent."""
+    if labels.numel() == 0:
+        return losses.sum() * 0.0
+    counts = torch.bincount(labels, minlength=num_classes).to(losses.dtype)
+    return (losses / counts[labels]).sum() / int((counts > 0).sum())
+
+
+def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, class-balanced (`class_balanced_mean`)."""
+    return class_balanced_mean(F.cross_entropy(logits, labels, reduction="none"), labels, logits.shape[1]) if labels.numel() else 0.0 * logits.sum()
+
+
+def prior_matching(logits: torch.Tensor) -> torch.Tensor:
+    """KL(mean prediction of the batch || uniform) = sum_c pbar_c log(C pbar_c): zero when the batch spreads evenly over the classes."""
+    mean = logits.softmax(dim=1).mean(dim=0)
+    return (mean * (mean.clamp_min(1e-12) * mean.shape[0]).log()).sum()
+
+
+def yes_no_loss(features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor, answer: int, scale) -> torch.Tensor:
+    """Cross-entropy of the pairs of `labels` towards `answer` (YES or NO), class-balanced over `labels`; zero without samples."""
+    if labels.numel() == 0:
+        return 0.0 * features.sum()
+    logits = yes_no_logits(features, positive, negative, labels, scale)
+    return class_balanced_mean(F.cross_entropy(logits, torch.full_like(labels, answer), reduction="none"), labels, positive.shape[0])
 
 
 def random_other_classes(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -106,26 +160,39 @@ def load_class_descriptions(path: str, classnames: list[str], class_keys: list[s
     return {c: list(dict.fromkeys(texts)) for c, texts in found.items() if texts}
 
 
+def phase_schedule(step: int, total_steps: int, rounds: int, phase1_fraction: float) -> tuple[int, int]:
+    """(round, phase) of a step: `rounds` equal rounds of the run, phase 1 for the first `phase1_fraction` of each."""
+    round_index = min(rounds - 1, ((step + 1) * rounds - 1) // total_steps)  # the last round whose start is not after the step
+    start = round_index * total_steps // rounds
+    length = (round_index + 1) * total_steps // rounds - start
+    return round_index, 1 if step - start < round(phase1_fraction * length) else 2
+
+
 # --- the method ----------------------------------------------------------------------------------------
 @dataclass
 class CoftOptions:
-    phase1_steps: int = 500  # parameter-efficient phase (per round for CoFT+); full fine-tuning after it
+    phase1_fraction: float = 0.25  # share of each round in phase 1 (encoder frozen); the rest is phase 2 (encoder fine-tuned)
+    clean_warmup_fraction: float = 0.15  # share of the run, at its start, in which every round label is kept (the prompts know nothing yet)
     prompt_init: str = ""  # positive context words; "" = the first template's words before the class name
     negative_prompt_init: str = ""  # negative context words; "" = "not " + the positive context
     adapter_reduction: int = 4  # adapter bottleneck width = feature dim / this
-    peft_lr_scale: float = 100.0  # prompts and adapter learn at this multiple of the base learning rate
-    clean_warmup_steps: int = 50  # first steps of training: every pseudo-label counts as clean
-    positive_weight: float = 1.0  # weight of the yes-term on the label's prompt pair
-    negative_weight: float = 1.0  # weight of the no-term on a random other class's prompt pair
+    peft_lr_scale: float = 100.0  # prompts, adapter and class vectors learn at this multiple of the base learning rate
+    positive_weight: float = 1.0  # "yes" on the pair of each kept label
+    negative_weight: float = 1.0  # "no" on the pair of a random class other than a kept label
+    noisy_weight: float = 1.0  # "no" on the pair of each rejected candidate label ("not class y" on the low-confidence samples)
+    balance_weight: float = 1.0  # prior matching: KL(batch-mean prediction || uniform), per model; 0 = off
+    relabel: bool = True  # candidates: the round label and both models' predictions; off = the round label only
 
 
 @dataclass
 class CoftPlusOptions(CoftOptions):
-    round_steps: int = 1000  # steps per round (phase 1 then phase 2); pseudo-labels refreshed at each round start
+    rounds: int = 2  # equal rounds of (phase 1, phase 2); pseudo-labels refreshed collaboratively at each round start
+    momentum_contrast: bool = True  # the momentum encoder, its queue and the supervised momentum-contrastive term
     ema_momentum: float = 0.999  # momentum of the key encoder
     queue_size: int = 4096  # keys kept for the momentum-contrastive loss
     contrastive_temperature: float = 0.07
     contrastive_weight: float = 1.0
+    llm_descriptions: bool = True  # LLM class descriptions added to the class texts; off = CoFT's class texts
     class_descriptions: str = ""  # JSON {class name: [LLM texts]}; else kind 'class' texts of --store
     description_weight: float = 1.0  # class weights = normalize(t+_c + this * mean description feature)
 
@@ -139,29 +206,34 @@ class Coft(Method):
         super().__init__(loaded, info, options, device)
         if info.num_classes < 2:
             raise LatteclipError("CoFT needs at least two classes (the negative prompt pushes away a class other than the label)")
-        if options.phase1_steps < 0 or options.clean_warmup_steps < 0:
-            raise LatteclipError("--phase1-steps and --clean-warmup-steps cannot be negative")
+        for name in ("phase1_fraction", "clean_warmup_fraction"):
+            if not 0.0 <= getattr(options, name) < 1.0:
+                raise LatteclipError(f"--{name.replace('_', '-')} {getattr(options, name)} must lie in [0, 1): it is a share of the run's steps")
         prefix, suffix = split_template(info.templates[0])
         positive_init = options.prompt_init or prefix or "a photo of a"
         negative_init = options.negative_prompt_init or f"not {positive_init}"
+        # the text-side model T: learnable positive and negative prompts
         self.positive = PromptLearner(self.model, loaded.tokenizer, info.classnames, positive_init, suffix).to(device)
         self.negative = PromptLearner(self.model, loaded.tokenizer, info.classnames, negative_init, suffix).to(device)
         with torch.no_grad():
-            dim = self.positive.features(self.model).shape[-1]
-        self.adapter = FeatureAdapter(dim, options.adapter_reduction).to(device)
+            positive, negative = self.prompt_features()
+        # the vision-side model V: the image encoder, the adapter and its own pair of class vectors
+        self.adapter = FeatureAdapter(positive.shape[-1], options.adapter_reduction).to(device)
+        self.head = nn.ParameterDict({"positive": nn.Parameter(positive.clone()), "negative": nn.Parameter(negative.clone())})
         self.descriptions: torch.Tensor | None = None  # [C, d] mean LLM-description feature per class (CoFT+)
-        self.pseudo_labels: torch.Tensor | None = None
+        self.pseudo_labels: torch.Tensor | None = None  # the round's labels of every training image
         self.labels_round = -1
-        self.verdict_clean: torch.Tensor | None = None  # model 1's p_clean of every training image, for phase 2
-        self.verdict_prediction: torch.Tensor | None = None
-        self.verdict_round = -1
-        self.round_features: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (round, frozen features, readable)
-        self.round_prompts: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (round, t+, t-) of the round's phase 2
+        self.frozen: torch.Tensor | None = None  # [N, d] the pre-trained encoder's features of the training images: T's view
 
     # --- schedule --------------------------------------------------------------------------------------
+    def rounds(self) -> int:
+        return 1
+
     def schedule(self, step: int) -> tuple[int, int]:
-        """(round, phase) of a step: CoFT has one round, phase 1 for the first `phase1_steps` steps."""
-        return 0, 1 if step < self.options.phase1_steps else 2
+        return phase_schedule(step, self.ctx.total_steps, self.rounds(), self.options.phase1_fraction)
+
+    def warming_up(self, step: int) -> bool:
+        return step < round(self.options.clean_warmup_fraction * self.ctx.total_steps)
 
     # --- models --------------------------------------------------------------------------------------
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -172,18 +244,15 @@ class Coft(Method):
         return F.normalize(self.adapter(features), dim=-1)
 
     def prompt_features(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t+, t-) [C, d] each, normalised; gradients reach the context vectors."""
+        """T's (t+, t-) [C, d] each, normalised; gradients reach the context vectors."""
         return self.positive.features(self.model), self.negative.features(self.model)
 
-    def frozen_prompt_features(self, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t+, t-) of the round's phase 2, computed once: the prompts and the text tower do not move in phase 2."""
-        if self.round_prompts is None or self.round_prompts[0] != round_index:
-            with torch.no_grad():
-                self.round_prompts = (round_index, *self.prompt_features())
-        return self.round_prompts[1], self.round_prompts[2]
+    def vision_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """V's (positive, negative) class vectors [C, d], normalised."""
+        return F.normalize(self.head["positive"], dim=-1), F.normalize(self.head["negative"], dim=-1)
 
     def class_weights(self, positive: torch.Tensor) -> torch.Tensor:
-        """The classifier: the positive prompts, plus the class descriptions when there are any (CoFT+)."""
+        """T's classifier: the positive prompts, plus the class descriptions when there are any (CoFT+)."""
         if self.descriptions is None:
             return positive
         return F.normalize(positive + self.options.description_weight * self.descriptions, dim=-1)
@@ -192,128 +261,128 @@ class Coft(Method):
         return self.adapted(self.image_features(images))
 
     def classifier(self) -> torch.Tensor:
+        """Predictions are V's: the adapted features against its positive class vectors."""
         with torch.no_grad():
-            return self.class_weights(self.positive.features(self.model))
+            return self.vision_pair()[0]
 
     # --- training: setup ------------------------------------------------------------------------------
     def setup_training(self, ctx: TrainContext) -> None:
         super().setup_training(ctx)
+        if ctx.total_steps < self.rounds():
+            raise LatteclipError(f"CoFT+ runs {self.rounds()} rounds but the run has {ctx.total_steps} steps; pass --rounds {ctx.total_steps} or more steps")
         self.eval_train_set = ctx.train_set.with_transform(eval_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std))
         self.model.requires_grad_(False)
         self.model.visual.requires_grad_(True)
+        # the engine calls this before a resumed run loads its weights: these are the pre-trained encoder's features
+        self.frozen, self.readable = self.training_features("frozen encoder features")
+
+    def training_features(self, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """norm(f(x)) of every training image (evaluation transform) with the encoder as it is now."""
+        was_training = self.model.training
+        self.model.eval()
+        features, valid = self.ctx.extract_features(self.image_features, self.eval_train_set, desc=desc)
+        self.model.train(was_training)
+        return features, valid
 
     def parameters(self) -> list[nn.Parameter | dict]:
-        peft = [self.positive.context, self.negative.context, *self.adapter.parameters()]
+        peft = [self.positive.context, self.negative.context, *self.adapter.parameters(), *self.head.values()]
         return [*self.model.visual.parameters(), {"params": peft, "lr_scale": self.options.peft_lr_scale}]
 
-    def frozen_features(self, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """norm(f(x)) of every training image (evaluation transform) with the encoder as the round began.
-
-        The encoder does not move in phase 1, so the same features serve the round's pseudo-labels
-        and, at the phase switch, model 1's verdict; they are kept in memory for the round.
-        """
-        if self.round_features is None or self.round_features[0] != round_index:
-            was_training = self.model.training
-            self.model.eval()
-            features, valid = self.ctx.extract_features(self.image_features, self.eval_train_set, desc=f"round {round_index} features")
-            self.model.train(was_training)
-            self.round_features = (round_index, features, valid)
-        return self.round_features[1], self.round_features[2]
-
+    @torch.no_grad()
     def start_round(self, round_index: int, step: int) -> None:
-        """Pseudo-labels of the round: zero-shot (with descriptions, when given) at round 0, the current model after."""
-        features, valid = self.frozen_features(round_index)
-        with torch.no_grad():
-            if round_index == 0:
-                weights, adapted = self.class_weights(self.zero_shot_classifier()), features.to(self.device)
-            else:
-                weights, adapted = self.classifier(), self.adapted(features.to(self.device))
-            labels = (adapted @ weights.t()).argmax(dim=1).cpu()
-        labels[~valid] = -1
+        """The round's pseudo-labels: zero-shot at round 0; later, both models' collaborative choice over the training split."""
+        frozen = self.frozen.to(self.device)
+        if round_index == 0:
+            labels = (frozen @ self.class_weights(self.zero_shot_classifier()).t()).argmax(dim=1)
+        else:
+            current, _ = self.training_features(f"round {round_index} labels")
+            labels = self.choose(self.pseudo_labels.clamp_min(0).to(self.device), frozen, self.adapted(current.to(self.device)))[0]
+        labels = labels.cpu()
+        labels[~self.readable] = -1
+        valid = self.readable
         changed = (labels != self.pseudo_labels)[valid].float().mean().item() if self.pseudo_labels is not None else 1.0
+        counts = torch.bincount(labels[valid], minlength=self.info.num_classes)
         self.pseudo_labels, self.labels_round = labels, round_index
-        self.ctx.log({"step": step + 1, "coft/round": round_index, "coft/labels_changed": changed})
+        self.ctx.log({"step": step + 1, "coft/round": round_index, "coft/labels_changed": changed,
+                      "coft/labels_top_class_share": (counts.max() / counts.sum().clamp_min(1)).item()})
 
-    def judge_training_set(self, round_index: int, step: int) -> None:
-        """Model 1's verdict for phase 2: the prompt model (frozen encoder + adapter + dual prompts) on every image."""
-        features, valid = self.frozen_features(round_index)
-        positive, negative = self.frozen_prompt_features(round_index)
-        with torch.no_grad():
-            adapted = self.adapted(features.to(self.device))
-            labels = self.pseudo_labels.clamp_min(0).to(self.device)
-            self.verdict_clean = clean_probability(adapted, positive, negative, labels, self.logit_scale()).cpu()
-            self.verdict_prediction = (adapted @ self.class_weights(positive).t()).argmax(dim=1).cpu()
-        self.verdict_clean[~valid] = 0.0
-        self.verdict_round = round_index
-        self.ctx.log({"step": step + 1, "coft/model1_clean": (self.verdict_clean[valid] > 0.5).float().mean().item()})
+    def choose(self, round_labels: torch.Tensor, frozen: torch.Tensor, vision: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The collaboration on images seen by T (`frozen`) and V (`vision`): (label, kept, rejected, candidates, T and V agree)."""
+        scale = self.logit_scale()
+        positive, negative = (t.detach() for t in self.prompt_features())
+        vision_positive, vision_negative = (t.detach() for t in self.vision_pair())
+        text_prediction = (frozen @ self.class_weights(positive).t()).argmax(dim=1)
+        vision_prediction = (vision @ vision_positive.t()).argmax(dim=1)
+        candidates = torch.stack([round_labels, text_prediction, vision_prediction], dim=1)
+        if not self.options.relabel:  # the models only judge the round's label
+            candidates = candidates[:, :1].expand(-1, 3)
+        text_odds = clean_log_odds(frozen, positive, negative, candidates, scale)
+        vision_odds = clean_log_odds(vision, vision_positive, vision_negative, candidates, scale)
+        return (*collaborate(candidates, text_odds, vision_odds), candidates, text_prediction == vision_prediction)
 
     # --- training: one step -------------------------------------------------------------------------------
     def training_step(self, batch: dict, step: int) -> StepResult:
         round_index, phase = self.schedule(step)
         if self.labels_round != round_index:
             self.start_round(round_index, step)
-        if phase == 2 and self.verdict_round != round_index:
-            self.judge_training_set(round_index, step)
         index = batch["index"].cpu()
-        labels = self.pseudo_labels[index].to(self.device)
-        scale = self.logit_scale()
-        self.adapter.requires_grad_(phase == 1)
-        if phase == 1:
+        round_labels = self.pseudo_labels[index].clamp_min(0).to(self.device)
+        if phase == 1:  # parameter-efficient: the encoder does not move
             with torch.no_grad():
                 features = self.image_features(batch["image"])
-            positive, negative = self.prompt_features()
         else:
             features = self.image_features(batch["image"])
-            positive, negative = self.frozen_prompt_features(round_index)
-        queries = self.adapted(features)
-        weights = self.class_weights(positive)
-        logits = scale * queries @ weights.t()
-        keep, train_labels = self.filter_labels(phase, step, index, queries.detach(), positive.detach(), negative.detach(), labels, logits.detach())
+        frozen = self.frozen[index].to(self.device)
+        vision = self.adapted(features)
+        with torch.no_grad():
+            labels, kept, rejected, candidates, agree = self.choose(round_labels, frozen, vision.detach())
+        if self.warming_up(step):
+            labels, kept, rejected = round_labels, torch.ones_like(kept), torch.zeros_like(rejected)
 
-        metrics: dict[str, float] = {"phase": float(phase), "round": float(round_index), "kept": keep.float().mean().item()}
-        loss_ce = F.cross_entropy(logits[keep], train_labels[keep]) if bool(keep.any()) else 0.0 * logits.sum()
-        # yes on the pair of the label trained on (the model's own prediction where the label was not kept) ...
-        yes_labels = torch.where(keep, train_labels, logits.detach().argmax(dim=1))
-        yes_targets = torch.full_like(labels, YES)
-        loss_yes = F.cross_entropy(yes_no_logits(queries, positive, negative, yes_labels, scale), yes_targets)
-        # ... and no on the pair of a random other class: the negative prompt's hold on the visual features
         generator = torch.Generator().manual_seed(hash((self.ctx.seed, step)) & 0x7FFFFFFF)
-        others = random_other_classes(train_labels, self.info.num_classes, generator)
-        loss_no = F.cross_entropy(yes_no_logits(queries, positive, negative, others, scale), torch.full_like(labels, NO))
-        loss = loss_ce + self.options.positive_weight * loss_yes + self.options.negative_weight * loss_no
-        metrics.update(loss_ce=loss_ce.item(), loss_yes=loss_yes.item(), loss_no=loss_no.item())
-        loss, state = self.extra_loss(batch, queries, keep, train_labels, loss, metrics)
+        others = random_other_classes(labels, self.info.num_classes, generator)
+        positive, negative = self.prompt_features()
+        text = self.model_loss(frozen, self.class_weights(positive), positive, negative, labels, kept, rejected, candidates, others)
+        vision_positive, vision_negative = self.vision_pair()
+        loss_vision = self.model_loss(vision, vision_positive, vision_positive, vision_negative, labels, kept, rejected, candidates, others)
+        loss = text["loss"] + loss_vision["loss"]
+        metrics: dict[str, float] = {"phase": float(phase), "round": float(round_index), "kept": kept.float().mean().item()}
+        metrics.update({f"text/{k}": v.item() for k, v in text.items()})
+        metrics.update({f"vision/{k}": v.item() for k, v in loss_vision.items()})
+        metrics["coft/agreement"] = agree.float().mean().item()  # label-free: T's prediction against V's
+        metrics["coft/rejected"] = rejected.float().sum(dim=1).gt(0).float().mean().item()
+        loss, state = self.extra_loss(batch, vision, kept, labels, loss, metrics)
         metrics["loss"] = loss.item()
-        return StepResult(loss, metrics, pseudo_labels=torch.where(keep, train_labels, labels), state=state)
+        return StepResult(loss, metrics, pseudo_labels=labels, kept=kept, state=state)
 
-    def filter_labels(
+    def model_loss(
         self,
-        phase: int,
-        step: int,
-        index: torch.Tensor,
-        queries: torch.Tensor,
+        features: torch.Tensor,
+        weights: torch.Tensor,
         positive: torch.Tensor,
         negative: torch.Tensor,
         labels: torch.Tensor,
-        logits: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keep mask, label to train on) for the batch.
-
-        Phase 1: the labels the dual prompts judge clean (all of them during the warm-up, before the
-        prompts have learned anything). Phase 2: the collaboration of model 1 (verdict made at the
-        phase switch) and model 2 (the current encoder): kept when both judge the label clean,
-        replaced by their common prediction when both judge it noisy but agree on another class.
-        """
-        clean_now = clean_probability(queries, positive, negative, labels, self.logit_scale()) > 0.5
-        if phase == 1:
-            keep = torch.ones_like(clean_now) if step < self.options.clean_warmup_steps else clean_now
-            return keep, labels
-        clean_before = self.verdict_clean[index].to(self.device) > 0.5
-        predicted_before = self.verdict_prediction[index].to(self.device)
-        predicted_now = logits.argmax(dim=1)
-        both_clean = clean_before & clean_now
-        recovered = ~clean_before & ~clean_now & (predicted_before == predicted_now)
-        return both_clean | recovered, torch.where(both_clean, labels, predicted_before)
+        kept: torch.Tensor,
+        rejected: torch.Tensor,
+        candidates: torch.Tensor,
+        others: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """One model's terms: balanced cross-entropy and "yes" on kept labels, "no" on a random other class of
+        each kept sample and on every rejected candidate, and prior matching on the whole batch."""
+        opts = self.options
+        scale = self.logit_scale()
+        logits = scale * features @ weights.t()
+        terms = {
+            "ce": balanced_cross_entropy(logits[kept], labels[kept]),
+            "yes": yes_no_loss(features[kept], positive, negative, labels[kept], YES, scale),
+            "no": yes_no_loss(features[kept], positive, negative, others[kept], NO, scale),
+            "not": yes_no_loss(features.repeat_interleave(candidates.shape[1], dim=0)[rejected.reshape(-1)],
+                               positive, negative, candidates.reshape(-1)[rejected.reshape(-1)], NO, scale),
+            "prior": prior_matching(logits),
+        }
+        terms["loss"] = (terms["ce"] + opts.positive_weight * terms["yes"] + opts.negative_weight * terms["no"]
+                         + opts.noisy_weight * terms["not"] + opts.balance_weight * terms["prior"])
+        return terms
 
     def extra_loss(
         self, batch: dict, queries: torch.Tensor, keep: torch.Tensor, train_labels: torch.Tensor, loss: torch.Tensor, metrics: dict[str, float]
@@ -327,26 +396,20 @@ class Coft(Method):
             "positive": self.positive.state_dict(),
             "negative": self.negative.state_dict(),
             "adapter": self.adapter.state_dict(),
+            "head": self.head.state_dict(),
             "descriptions": None if self.descriptions is None else self.descriptions.cpu(),
             "pseudo_labels": self.pseudo_labels,
             "labels_round": self.labels_round,
-            "verdict_clean": self.verdict_clean,
-            "verdict_prediction": self.verdict_prediction,
-            "verdict_round": self.verdict_round,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.positive.load_state_dict(state["positive"])
         self.negative.load_state_dict(state["negative"])
         self.adapter.load_state_dict(state["adapter"])
+        self.head.load_state_dict(state["head"])
         self.descriptions = None if state["descriptions"] is None else state["descriptions"].to(self.device)
         self.pseudo_labels = state["pseudo_labels"]
         self.labels_round = state["labels_round"]
-        self.verdict_clean = state["verdict_clean"]
-        self.verdict_prediction = state["verdict_prediction"]
-        self.verdict_round = state["verdict_round"]
-        self.round_features = None
-        self.round_prompts = None
 
 
 class CoftPlus(Coft):
@@ -355,24 +418,27 @@ class CoftPlus(Coft):
 
     def __init__(self, loaded, info, options: CoftPlusOptions, device: torch.device):
         super().__init__(loaded, info, options, device)
-        if not options.phase1_steps < options.round_steps:
-            raise LatteclipError(f"--phase1-steps ({options.phase1_steps}) must be below --round-steps ({options.round_steps}) so that each round has a phase 2")
+        if options.rounds < 1:
+            raise LatteclipError(f"--rounds {options.rounds} must be at least 1")
         if not 0.0 <= options.ema_momentum < 1.0 or options.queue_size < 1:
             raise LatteclipError("--ema-momentum must lie in [0, 1) and --queue-size be at least 1")
-        self.online = nn.ModuleDict({"visual": self.model.visual, "adapter": self.adapter})
-        self.key_encoder = copy.deepcopy(self.online).requires_grad_(False).eval()
-        dim = self.adapter.up.out_features
-        self.queue_keys = torch.zeros(options.queue_size, dim, device=device)
-        self.queue_labels = torch.full((options.queue_size,), -1, dtype=torch.long, device=device)  # -1: empty slot
-        self.queue_position = 0
+        self.key_encoder: nn.ModuleDict | None = None
+        if options.momentum_contrast:
+            self.online = nn.ModuleDict({"visual": self.model.visual, "adapter": self.adapter})
+            self.key_encoder = copy.deepcopy(self.online).requires_grad_(False).eval()
+            dim = self.adapter.up.out_features
+            self.queue_keys = torch.zeros(options.queue_size, dim, device=device)
+            self.queue_labels = torch.full((options.queue_size,), -1, dtype=torch.long, device=device)  # -1: empty slot
+            self.queue_position = 0
 
-    def schedule(self, step: int) -> tuple[int, int]:
-        round_index, position = divmod(step, self.options.round_steps)
-        return round_index, 1 if position < self.options.phase1_steps else 2
+    def rounds(self) -> int:
+        return self.options.rounds
 
     def setup_training(self, ctx: TrainContext) -> None:
         super().setup_training(ctx)
         opts = self.options
+        if not opts.llm_descriptions:
+            return
         if opts.class_descriptions:
             texts = load_class_descriptions(opts.class_descriptions, self.info.classnames, self.info.class_keys)
         elif ctx.store:
@@ -382,9 +448,12 @@ class CoftPlus(Coft):
         if not texts:
             raise LatteclipError(
                 "CoFT+ needs LLM class descriptions: pass --class-descriptions FILE.json "
-                '({"class name": ["description", ...]}) or a --store holding kind \'class\' descriptions of the training images'
+                '({"class name": ["description", ...]}) or a --store holding kind \'class\' descriptions of the training images '
+                "(or --no-llm-descriptions to run without them)"
             )
         self.descriptions = self.description_features(texts)
+        with torch.no_grad():  # V starts from the same classifier as T (a resumed run then loads its trained vectors)
+            self.head["positive"].copy_(self.class_weights(self.head["positive"]))
 
     def store_descriptions(self, store_path: str) -> dict[int, list[str]]:
         """Kind 'class' texts of the training images in the description store, grouped by the image's zero-shot class."""
@@ -401,11 +470,10 @@ class CoftPlus(Coft):
             store.close()
         if not any(texts):
             return {}
-        features, valid = self.frozen_features(0)
         with torch.no_grad():
-            classes = (features.to(self.device) @ self.zero_shot_classifier().t()).argmax(dim=1).cpu()
+            classes = (self.frozen.to(self.device) @ self.zero_shot_classifier().t()).argmax(dim=1).cpu()
         grouped: dict[int, list[str]] = {}
-        for text, c, readable in zip(texts, classes.tolist(), valid.tolist()):
+        for text, c, readable in zip(texts, classes.tolist(), self.readable.tolist()):
             if text and readable:
                 grouped.setdefault(c, []).append(text)
         return {c: list(dict.fromkeys(t)) for c, t in grouped.items()}
@@ -422,6 +490,8 @@ class CoftPlus(Coft):
         self, batch: dict, queries: torch.Tensor, keep: torch.Tensor, train_labels: torch.Tensor, loss: torch.Tensor, metrics: dict[str, float]
     ) -> tuple[torch.Tensor, dict]:
         """The momentum-contrastive term: kept queries against this batch's keys and the queue."""
+        if self.key_encoder is None:
+            return loss, {}
         with torch.no_grad():
             keys = F.normalize(self.key_encoder["adapter"](F.normalize(self.key_encoder["visual"](batch["image"]), dim=-1)), dim=-1).float()
         key_labels = torch.where(keep, train_labels, torch.full_like(train_labels, -1))
@@ -436,6 +506,8 @@ class CoftPlus(Coft):
         return loss + self.options.contrastive_weight * loss_mc, {"keys": keys[keep], "key_labels": train_labels[keep]}
 
     def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:
+        if self.key_encoder is None:
+            return
         ema_update(self.key_encoder, self.online, self.options.ema_momentum)
         # under torchrun every rank enqueues the keys of the whole global batch, so queues stay identical
         self.enqueue(distributed.gather(result.state["keys"]), distributed.gather(result.state["key_labels"]))
@@ -450,17 +522,20 @@ class CoftPlus(Coft):
         self.queue_position = int((self.queue_position + keys.shape[0]) % size)
 
     def state_dict(self) -> dict:
-        return {
-            **super().state_dict(),
-            "key_encoder": {k: v.detach().cpu() for k, v in self.key_encoder.state_dict().items()},
-            "queue_keys": self.queue_keys.cpu(),
-            "queue_labels": self.queue_labels.cpu(),
-            "queue_position": self.queue_position,
-        }
+        state = super().state_dict()
+        if self.key_encoder is not None:
+            state.update(
+                key_encoder={k: v.detach().cpu() for k, v in self.key_encoder.state_dict().items()},
+                queue_keys=self.queue_keys.cpu(),
+                queue_labels=self.queue_labels.cpu(),
+                queue_position=self.queue_position,
+            )
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.key_encoder.load_state_dict(state["key_encoder"])
-        self.queue_keys = state["queue_keys"].to(self.device)
-        self.queue_labels = state["queue_labels"].to(self.device)
-        self.queue_position = state["queue_position"]
+        if self.key_encoder is not None:
+            self.key_encoder.load_state_dict(state["key_encoder"])
+            self.queue_keys = state["queue_keys"].to(self.device)
+            self.queue_labels = state["queue_labels"].to(self.device)
+            self.queue_position = state["queue_position"]
