@@ -3,6 +3,7 @@
     PYTHONPATH=src python benchmarks/domain_shift.py              # the full table (hours on 2 CPU cores)
     PYTHONPATH=src python benchmarks/domain_shift.py --shifts rotation --methods zeroshot,flyp_pl \\
         --seeds 0 --out /tmp/slice.md                             # a slice
+    PYTHONPATH=src python benchmarks/domain_shift.py --sweep --reads-labels   # and the description sweep (reads labels)
 
 It runs the `benchmark` variant of the demo's experiment file (`configs/demo.yaml`: the same
 method list, every shift, seeds 0-2, the whole bundled target split). Per shift, the options an
@@ -12,11 +13,17 @@ Every run is cached in its run folder, so a stopped benchmark continues where it
 Its section of docs/results.md records the command, the machine, the choices, the table (mean ±
 sample std over seeds), and, for the label-free methods, the measured pseudo-label accuracy and
 mixer weights with every shift where a method does not beat zero-shot or FLYP + pseudo-labels.
+
+`--sweep` (ANALYSIS, READS THE TRUE LABELS of the training images, refused without `--reads-labels`)
+then trains LatteCLIP on blur-noise with texts that name the true class for a share q of the images
+and another class otherwise, q in SWEEP_SHARES, and writes a section with a plot of top-1 against q
+beside the zero-shot and FLYP + pseudo-labels levels of the main table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -26,13 +33,17 @@ from typing import Any
 
 import torch
 from latteclip.cli.demo import check_stages, prepare_stages
+from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
+from latteclip.engine.describing import true_class_descriptions
 from latteclip.engine.domain_shift import (
     Experiment,
+    deep_merge,
     aggregate,
     elapsed,
     format_cell,
     load_experiment,
     package_experiment_file,
+    pretrain_describer,
     pretrain_source,
     results_table,
     run_config,
@@ -43,11 +54,15 @@ from latteclip.engine.domain_shift import (
 )
 from latteclip.config import comma_list
 from latteclip.errors import LatteclipError
+from latteclip.report.plots import plot_against_share
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_page import RESULTS, write_section  # noqa: E402  (the shared page writer beside this script)
 
 Cells = dict[tuple[str, str], list[dict[str, Any]]]
+SWEEP_SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
+SWEEP_SHIFT = "blur-noise"
+SWEEP_NEEDS = ("zeroshot", "flyp_pl", "latteclip")  # entries (by name) the sweep reads or reruns
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,7 +78,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads (default: one per idle core, from the load average)")
     parser.add_argument("--output", help="folder of the run folders (default: runs/benchmark)")
     parser.add_argument("--out", default=str(RESULTS), help="the results page whose domain_shift section is written (default: docs/results.md)")
-    return parser.parse_args(argv)
+    parser.add_argument("--sweep", action="store_true", help=f"also the description sweep on {SWEEP_SHIFT}: LatteCLIP with texts naming the "
+                        "true class for a share q of the images (ANALYSIS: reads the true training labels; needs --reads-labels)")
+    parser.add_argument("--reads-labels", dest="reads_labels", action="store_true",
+                        help="allow --sweep to read the true labels of the training images")
+    args = parser.parse_args(argv)
+    if args.sweep and not args.reads_labels:
+        raise LatteclipError("--sweep writes descriptions from the TRUE labels of the training images (analysis only): "
+                             "pass --reads-labels as well to run it")
+    return args
 
 
 def experiment_from(args: argparse.Namespace) -> Experiment:
@@ -95,25 +118,99 @@ def run_benchmark(experiment: Experiment) -> tuple[dict, Cells, list[dict[str, A
     print(f"pre-training {experiment.model} on the clean source domain (cached)", flush=True)
     source = pretrain_source(experiment)
     print(f"  zero-shot top-1 on the clean test set: {100 * source.summary['clean_test_top1']:.2f}% ({elapsed(started)})", flush=True)
+    describer = pretrain_describer(experiment)
+    if describer is not None:
+        print(f"  describer {experiment.describer['model']}: {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set "
+              f"({elapsed(started)})", flush=True)
     cells: Cells = {}
     choices: list[dict[str, Any]] = []
     for shift in experiment.shifts:
         for entry in experiment.methods:
             choice, scores = select(
-                experiment, entry, shift, source.path, lambda msg: print(f"  {msg}", flush=True),
+                experiment, entry, shift, lambda msg: print(f"  {msg}", flush=True),
                 prepare=lambda config, entry=entry: prepare_stages(experiment, entry, config),
             )
             if scores:
                 choices.append({"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores})
             for seed in experiment.seeds:
                 print(f"{entry.label} on {experiment.target(shift)}, seed {seed} ({elapsed(started)})", flush=True)
-                config = run_config(experiment, entry, experiment.target(shift), seed, source.path, f"{shift}/{entry.name}-s{seed}", choice)
+                config = run_config(experiment, entry, experiment.target(shift), seed, f"{shift}/{entry.name}-s{seed}", choice)
                 results = run_or_reuse(config, lambda c, entry=entry: prepare_stages(experiment, entry, c))
                 summary = run_summary(results, config.run_dir)
                 summary["seed"] = seed
                 cells.setdefault((entry.name, shift), []).append(summary)
                 print(f"  top-1 {100 * results['top1']:.2f}%", flush=True)
-    return source.summary, cells, choices
+    return {"source": source.summary, "describer": describer.summary if describer else None}, cells, choices
+
+
+def check_sweep(experiment: Experiment) -> None:
+    """Refuse, before any work, a sweep whose reference rows are not in the benchmark."""
+    names = {entry.name for entry in experiment.methods}
+    missing = [name for name in SWEEP_NEEDS if name not in names]
+    if SWEEP_SHIFT not in experiment.shifts or missing:
+        raise LatteclipError(f"--sweep needs the shift {SWEEP_SHIFT} and the entries {', '.join(SWEEP_NEEDS)} in the benchmark "
+                             f"(missing: {', '.join(missing + ([] if SWEEP_SHIFT in experiment.shifts else [SWEEP_SHIFT]))})")
+
+
+def run_sweep(experiment: Experiment, choices: list[dict[str, Any]]) -> dict[float, list[dict[str, Any]]]:
+    """LatteCLIP on the sweep's shift with true-class texts at each share (READS THE TRUE LABELS), with its chosen options."""
+    entry = next(e for e in experiment.methods if e.name == "latteclip")
+    choice = next((c["chosen"] for c in choices if c["entry"] == entry.name and c["shift"] == SWEEP_SHIFT), {})
+    store_path = experiment.output / "sweep" / "true-class-descriptions.sqlite"
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"ANALYSIS: the description sweep writes texts from the TRUE labels of {experiment.target(SWEEP_SHIFT)}'s training "
+          f"images into {store_path}", flush=True)
+    results: dict[float, list[dict[str, Any]]] = {}
+    for share in SWEEP_SHARES:
+        model = f"true-class-q{share}"
+        swept = dataclasses.replace(entry, needs=[], overrides=deep_merge(
+            entry.overrides, {"store": str(store_path), "method_options": {"describer_model": model + ANALYSIS_TAG}}))
+        for seed in experiment.seeds:
+            config = run_config(experiment, swept, experiment.target(SWEEP_SHIFT), seed, f"sweep/q{share}/{entry.name}-s{seed}", choice)
+
+            def describe(c, share=share, model=model) -> None:
+                store = DescriptionStore(c.store)
+                try:
+                    true_class_descriptions(c, share, store, model, reads_labels=True)
+                finally:
+                    store.close()
+
+            print(f"LatteCLIP with true-class texts for {100 * share:.0f}% of the images, seed {seed}", flush=True)
+            run = run_or_reuse(config, describe)
+            summary = run_summary(run, config.run_dir)
+            summary["seed"] = seed
+            results.setdefault(share, []).append(summary)
+            print(f"  top-1 {100 * run['top1']:.2f}%", flush=True)
+    return results
+
+
+def sweep_section(experiment: Experiment, cells: Cells, sweep: dict[float, list[dict[str, Any]]], figure: Path, page: Path) -> str:
+    """The sweep's section: what it reads, the plot, and its table."""
+    by_name = {e.name: e for e in experiment.methods}
+    lines = {by_name[name].label: aggregate([r["top1"] for r in cells[(name, SWEEP_SHIFT)]])["mean"] for name in ("zeroshot", "flyp_pl")}
+    lines["LatteCLIP with the describer's texts"] = aggregate([r["top1"] for r in cells[("latteclip", SWEEP_SHIFT)]])["mean"]
+    plot_against_share(list(sweep), [[r["top1"] for r in runs] for runs in sweep.values()], "LatteCLIP", lines, figure,
+                       "share q of training images whose texts name the true class")
+    try:
+        shown = figure.relative_to(page.parent)
+    except ValueError:
+        shown = figure
+    parts = [
+        f"**Analysis: reads the true labels of the training images.** LatteCLIP on `{experiment.target(SWEEP_SHIFT)}`, with "
+        "its chosen options, where each training image's image and group texts name its true class with probability q and "
+        "another class drawn at random otherwise (text: the class's first template and a sentence of the clothing vocabulary "
+        "made of that class's nouns and attributes), stored under an analysis model name in a separate store. The dashed "
+        "lines are the main table's means on the same shift.",
+        "",
+        f"![LatteCLIP top-1 against the share of true-class texts]({shown})",
+        "",
+        "| q | top-1 % (mean ± std over seeds) | " + " | ".join(f"seed {s}" for s in experiment.seeds) + " |",
+        "|---|---|" + "---|" * len(experiment.seeds),
+    ]
+    for share, runs in sweep.items():
+        parts.append(f"| {share} | {format_cell([r['top1'] for r in runs])} | " + " | ".join(f"{100 * r['top1']:.2f}" for r in runs) + " |")
+    parts += ["", "Reference levels: " + "; ".join(f"{name} {100 * value:.2f}%" for name, value in lines.items()) + "."]
+    return "\n".join(parts)
 
 
 def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
@@ -182,8 +279,9 @@ def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choi
         f"{seconds / 60:.1f} minutes (runs already in {experiment.output} are reused, not rerun).",
         "",
         f"- Source: `{experiment.model}` pre-trained from random weights with labels (method `pretrain`) on `fmnist` "
-        f"(root `{experiment.root}`): {pretrained['steps']} steps, {100 * pretrained['clean_test_top1']:.2f}% zero-shot top-1 "
-        f"on the clean test set.",
+        f"(root `{experiment.root}`): {pretrained['source']['steps']} steps, {100 * pretrained['source']['clean_test_top1']:.2f}% "
+        f"zero-shot top-1 on the clean test set.",
+        *describer_lines(experiment, pretrained["describer"]),
         f"- Targets: `{experiment.dataset_prefix}-<shift>`, training images never seen in pre-training, adapted without their "
         f"labels (except the supervised oracle); top-1 on the shifted test split. Shared run options: "
         f"`{json.dumps(run, sort_keys=True)}`.",
@@ -238,19 +336,42 @@ def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choi
     return "\n".join(parts)
 
 
+def describer_lines(experiment: Experiment, describer: dict | None) -> list[str]:
+    if describer is None:
+        return []
+    return [
+        f"- Describer (the offline stand-in for the paper's LMM, writing LatteCLIP's image and group texts): "
+        f"`{experiment.describer['model']}` pre-trained the same way with the options "
+        f"`{json.dumps(experiment.describer.get('pretrain') or {}, sort_keys=True)}`: {describer['steps']} steps, "
+        f"{100 * describer['clean_test_top1']:.2f}% zero-shot top-1 on the clean test set; its row \"describer zero-shot\" is "
+        "its accuracy on each target. Both models' captions are half class templates, half sentences of the clothing "
+        "vocabulary made of each class's nouns and attributes (`data/fmnist/class_attributes.json`); no target image or label.",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         experiment = experiment_from(args)
+        if args.sweep:
+            check_sweep(experiment)
         use_threads(experiment.threads)
         started = time.time()
         pretrained, cells, choices = run_benchmark(experiment)
+        body = results_section(experiment, pretrained, cells, choices, time.time() - started)
+        write_section("domain_shift", "Domain shift: Fashion-MNIST, tiny CLIP pre-trained on the clean source domain", body, Path(args.out))
+        print(f"results page: {args.out} (section domain_shift)")
+        if args.sweep:
+            sweep = run_sweep(experiment, choices)
+            page = Path(args.out)
+            figure = page.parent / "figures" / "description_sweep.png"
+            figure.parent.mkdir(parents=True, exist_ok=True)
+            write_section("description_sweep", f"Analysis (reads labels): LatteCLIP against the share of true-class texts, {SWEEP_SHIFT}",
+                          sweep_section(experiment, cells, sweep, figure, page), page)
+            print(f"results page: {args.out} (section description_sweep, figure {figure})")
     except LatteclipError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    body = results_section(experiment, pretrained, cells, choices, time.time() - started)
-    write_section("domain_shift", "Domain shift: Fashion-MNIST, tiny CLIP pre-trained on the clean source domain", body, Path(args.out))
-    print(f"results page: {args.out} (section domain_shift)")
     return 0
 
 

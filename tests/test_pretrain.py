@@ -15,8 +15,9 @@ from latteclip.data import build_dataset
 from latteclip.engine import pretraining
 from latteclip.engine.pretraining import pretrain_key, pretrained_weights
 from latteclip.errors import LatteclipError
-from latteclip.methods.base import NoOptions, TrainContext
-from latteclip.methods.pretrain import ContrastivePretraining
+from latteclip.methods.base import TrainContext
+from latteclip.describe.clip_vocab import read_vocabulary
+from latteclip.methods.pretrain import ContrastivePretraining, PretrainOptions
 from latteclip.models import load_clip
 
 TINY = {"method": "pretrain", "root": "bundled", "limit": 48, "epochs": 1, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 1, "workers": 0}
@@ -24,7 +25,7 @@ TINY = {"method": "pretrain", "root": "bundled", "limit": 48, "epochs": 1, "batc
 
 def test_captions_name_the_true_class_and_replay_per_step(tmp_path):
     info = build_dataset("fmnist", "bundled", "test").info
-    method = ContrastivePretraining(load_clip("latte-fmnist", "random"), info, NoOptions(), torch.device("cpu"))
+    method = ContrastivePretraining(load_clip("latte-fmnist", "random"), info, PretrainOptions(), torch.device("cpu"))
     method.setup_training(TrainContext(build_dataset("fmnist", "bundled", "train"), None, tmp_path, seed=3))
     labels = torch.tensor([0, 9, 1, 1])
     captions = method.captions(labels, step=5)
@@ -35,6 +36,34 @@ def test_captions_name_the_true_class_and_replay_per_step(tmp_path):
     assert len(used) > 3  # templates vary across steps
 
 
+def test_attribute_captions_use_only_the_words_of_the_true_class(tmp_path):
+    info = build_dataset("fmnist", "bundled", "test").info
+    vocab, _ = read_vocabulary(None, "fmnist")
+    method = ContrastivePretraining(load_clip("latte-fmnist", "random"), info, PretrainOptions(attribute_captions=0.5), torch.device("cpu"))
+    method.setup_training(TrainContext(build_dataset("fmnist", "bundled", "train"), None, tmp_path, seed=3))
+    labels = torch.tensor([1] * 40 + [8] * 40)
+    captions = method.captions(labels, step=2)
+    templates = {label: {t.format(info.classnames[label]) for t in info.templates} for label in (1, 8)}
+    sentences = [(c, label) for c, label in zip(captions, labels.tolist()) if c not in templates[label]]
+    assert 20 <= len(sentences) <= 60  # about half the captions are attribute sentences
+    for caption, label in sentences:
+        words = info.class_attributes[info.classnames[label]]
+        noun = next(n for n in words["object"] if caption.startswith(f"{n} with "))
+        rest = caption[len(noun) + len(" with ") : -1]
+        shape, look = rest.split(" and ", 1)
+        assert shape in words["shape"] and look in words["look"]
+    # the project's class words are words of the describer's vocabulary, slot by slot
+    for words in info.class_attributes.values():
+        for slot, phrases in words.items():
+            assert set(phrases) <= set(vocab["slots"][slot]["phrases"])
+    assert method.captions(labels, step=2) == captions
+    with pytest.raises(LatteclipError, match="between 0 and 1"):
+        ContrastivePretraining(method.loaded, info, PretrainOptions(attribute_captions=1.5), torch.device("cpu"))
+    eurosat = dataclasses.replace(info, name="eurosat", class_attributes={})
+    with pytest.raises(LatteclipError, match="has none for t-shirt or top"):
+        ContrastivePretraining(method.loaded, eurosat, PretrainOptions(attribute_captions=0.5), torch.device("cpu"))
+
+
 def test_cache_key_follows_what_decides_the_weights():
     config = resolve_config(dict(TINY))
     assert config.model == "latte-fmnist" and config.dataset == "fmnist" and config.pretrained == "random"
@@ -42,6 +71,8 @@ def test_cache_key_follows_what_decides_the_weights():
     assert pretrain_key(dataclasses.replace(config, workers=3, output="elsewhere")) == key
     assert pretrain_key(dataclasses.replace(config, lr=config.lr / 2)) != key
     assert pretrain_key(dataclasses.replace(config, limit=32)) != key
+    assert pretrain_key(dataclasses.replace(config, augment_policy="randaugment")) != key
+    assert pretrain_key(dataclasses.replace(config, method_options={"attribute_captions": 0.25})) != key
     with pytest.raises(LatteclipError, match="method 'pretrain'"):
         pretrained_weights(dataclasses.replace(config, method="flyp_pl"))
 

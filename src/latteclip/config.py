@@ -59,6 +59,7 @@ class RunConfig:
     sgd_momentum: float = 0.9
     grad_clip: float | None = None
     augment: bool = True
+    augment_policy: str = "clip"  # clip: the paper's crop + colour jitter + grey; trivial-augment-wide or randaugment on top of the crop
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     grad_checkpointing: bool = False  # recompute activations in backward: large models in less memory
     compile: bool = False  # torch.compile the image tower and the text transformer (in place)
@@ -139,6 +140,7 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "log_every": (0, False), "seed": (0, False),
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENT_POLICIES = ("clip", "trivial-augment-wide", "randaugment")
 DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
 
@@ -152,6 +154,9 @@ def check_values(merged: dict[str, Any], origins: dict[str, str]) -> None:
             raise LatteclipError(f"{_label('betas', origins.get('betas', 'defaults'))} must be two numbers in [0, 1), not {list(merged['betas'])}")
     if merged.get("precision", "auto") not in PRECISIONS:
         raise LatteclipError(f"{_label('precision', origins['precision'])} must be one of {', '.join(PRECISIONS)}, not {merged['precision']!r}")
+    if merged.get("augment_policy", "clip") not in AUGMENT_POLICIES:
+        raise LatteclipError(f"{_label('augment_policy', origins['augment_policy'])} must be one of {', '.join(AUGMENT_POLICIES)}, "
+                             f"not {merged['augment_policy']!r}")
     if not DEVICE_PATTERN.fullmatch(merged.get("device", "auto")):
         raise LatteclipError(f"{_label('device', origins['device'])} must be auto, cpu, cuda or cuda:N, not {merged['device']!r}")
 

@@ -1,6 +1,6 @@
 """`demo`: the whole pipeline offline on CPU, on the Fashion-MNIST subset bundled with the package.
 
-Pre-trains the tiny CLIP once (cached), adapts it without labels to shifted target domains with
+Pre-trains the tiny CLIP and the describer's once (cached), adapts it without labels to shifted target domains with
 every method of `configs/demo.yaml`, prints the table and writes it with the run's summary.
 Every stage is cached or resumable: a second demo reuses the pre-trained model and the finished
 runs, and a stopped one continues where it was.
@@ -42,6 +42,7 @@ def run_demo(args: argparse.Namespace) -> int:
         load_experiment,
         machine_description,
         package_experiment_file,
+        pretrain_describer,
         pretrain_source,
         results_table,
         run_config,
@@ -64,14 +65,24 @@ def run_demo(args: argparse.Namespace) -> int:
     check_stages(experiment)
     threads = use_threads(experiment.threads)
     started = time.time()
-    stages = 1 + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
+    pretrainings = 2 if experiment.describer else 1
+    stages = pretrainings + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
     stage = 1
 
-    print(f"demo: {stages - 1} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in {experiment.output}", flush=True)
+    print(f"demo: {stages - pretrainings} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in {experiment.output}", flush=True)
     print(f"[{stage}/{stages}] pre-training {experiment.model} with labels on the clean source domain (cached after the first demo)", flush=True)
     source = pretrain_source(experiment)
     how = "reused from the cache" if source.cached else "trained now"
     print(f"      {how}: zero-shot top-1 {100 * source.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})", flush=True)
+    describer = None
+    if experiment.describer:
+        stage += 1
+        print(f"[{stage}/{stages}] pre-training the describer {experiment.describer['model']} (the LMM's stand-in) with labels on "
+              "the same clean source images (cached after the first demo)", flush=True)
+        describer = pretrain_describer(experiment)
+        how = "reused from the cache" if describer.cached else "trained now"
+        print(f"      {how}: zero-shot top-1 {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})",
+              flush=True)
 
     cells: dict[tuple[str, str], list[dict]] = {}
     run_dirs: dict[tuple[str, str], Path] = {}
@@ -81,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 stage += 1
                 dataset = experiment.target(shift)
                 print(f"[{stage}/{stages}] {entry.label} on {dataset} (seed {seed})", flush=True)
-                config = run_config(experiment, entry, dataset, seed, source.path, f"{shift}/{entry.name}-s{seed}")
+                config = run_config(experiment, entry, dataset, seed, f"{shift}/{entry.name}-s{seed}")
                 results = run_or_reuse(config, lambda c, entry=entry: prepare_stages(experiment, entry, c))
                 cells.setdefault((entry.name, shift), []).append(run_summary(results, config.run_dir))
                 run_dirs.setdefault((entry.name, shift), config.run_dir)
@@ -103,6 +114,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "experiment": experiment.source,
         "quick": bool(args.quick),
         "pretrained": source.summary,
+        "describer": describer.summary if describer else None,
         "cells": {f"{name}|{shift}": runs for (name, shift), runs in cells.items()},
         "machine": machine_description(),
         "seconds": time.time() - started,

@@ -54,7 +54,11 @@ def _describe_parser(parser: argparse.ArgumentParser) -> None:
                        help="name each image's zero-shot label in the prompt")
     group.add_argument("--true-class-members", dest="true_class_members", type=int, metavar="K",
                        help="ANALYSIS ONLY, READS THE TRUE LABELS: groups with K images of the anchor's true class")
-    group.add_argument("--vocabulary", help="phrase file of the offline describer (default: the bundled one)")
+    group.add_argument("--vocabulary", help="phrase file of the offline describer (default: the bundled one for the dataset)")
+    group.add_argument("--describer-model", dest="describer_model", metavar="NAME",
+                       help="offline: the OpenCLIP model that describes, e.g. ViT-L-14 (default: the adapted --model)")
+    group.add_argument("--describer-pretrained", dest="describer_pretrained", metavar="TAG|FILE",
+                       help="offline: the describer's weights, an OpenCLIP tag or a weights file (default: random)")
     group = parser.add_argument_group("run")
     group.add_argument("--config", help="YAML file of options (describe options under 'describe:'); flags override it")
     group.add_argument("--workers", type=int, help="data-loading processes for the zero-shot label pass")

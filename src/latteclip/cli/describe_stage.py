@@ -33,7 +33,8 @@ from latteclip.errors import LatteclipError
 from latteclip.paths import atomic_write_bytes
 
 LMM_OPTIONS = ("lmm", "lmm_url", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size", "concurrency", "stop_after_failures")
-DESCRIBE_OPTIONS = LMM_OPTIONS + ("kinds", "group_size", "group_draw", "with_label", "true_class_members", "vocabulary")
+DESCRIBE_OPTIONS = LMM_OPTIONS + ("kinds", "group_size", "group_draw", "with_label", "true_class_members", "vocabulary",
+                                  "describer_model", "describer_pretrained")
 UNMAPPED = "(unmapped)"
 
 

@@ -25,6 +25,8 @@ def _pretrain_parser(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", type=int)
     group.add_argument("--max-steps", dest="max_steps", type=int)
     group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--augment-policy", dest="augment_policy", choices=["clip", "trivial-augment-wide", "randaugment"],
+                       help="train-time augmentation after the crop (default clip: colour jitter and grey)")
     parser.add_argument("--out", help="also copy the weights to this file (.safetensors)")
     parser.add_argument("--force", action="store_true", help="train again even when the cache holds these weights")
 

@@ -68,6 +68,11 @@ def spec() -> dict:
     return json.loads(resources.files("latteclip.data").joinpath("fmnist", "fmnist.json").read_text())
 
 
+def class_attributes() -> dict[str, dict[str, list[str]]]:
+    """Object nouns and attribute phrases of each class, written by the project (`fmnist/class_attributes.json`)."""
+    return json.loads(resources.files("latteclip.data").joinpath("fmnist", "class_attributes.json").read_text())["classes"]
+
+
 def bundled_path() -> Path:
     return Path(str(resources.files("latteclip.data").joinpath("fmnist", BUNDLED_FILE)))
 
@@ -259,6 +264,7 @@ def build_fmnist(name: str, root: str, split: str, options: DatasetOptions):
         list(names["templates"]),
         names["domain"],
         f"Fashion-MNIST {data.origin}; {pools}",
+        class_attributes=class_attributes(),
     )
     return info, parts, source
 

@@ -19,15 +19,24 @@ def eval_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> T.Compo
     )
 
 
-def train_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD, augment: bool = True) -> T.Compose:
-    """OpenCLIP's training crop (scale 0.9-1.0) plus the paper's colour jitter (p 0.8) and random grey (p 0.2)."""
+def train_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD, augment: bool = True, policy: str = "clip") -> T.Compose:
+    """OpenCLIP's training crop (scale 0.9-1.0), then the policy's own operations.
+
+    clip: the paper's colour jitter (p 0.8) and random grey (p 0.2). trivial-augment-wide and randaugment:
+    torchvision's generic policies (one or two random operations of random strength per image), for a
+    model that should not depend on the look of its training images without being tuned to any one shift.
+    """
     if not augment:
         return eval_transform(image_size, mean, std)
+    operations = {
+        "clip": [T.RandomApply([T.ColorJitter(0.5, 0.5, 0.5, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)],
+        "trivial-augment-wide": [T.TrivialAugmentWide()],
+        "randaugment": [T.RandAugment()],
+    }[policy]
     return T.Compose(
         [
             T.RandomResizedCrop(image_size, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomApply([T.ColorJitter(0.5, 0.5, 0.5, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
+            *operations,
             T.ToTensor(),
             T.Normalize(mean, std),
         ]

@@ -1,35 +1,60 @@
-"""The `offline` describer: a SUBSTITUTE for an LMM that ranks attribute phrases with CLIP itself.
+"""The `offline` describer: a SUBSTITUTE for an LMM that ranks a vocabulary's phrases with a CLIP model.
 
-Like CLIP-interrogator, it scores every phrase of a vocabulary (`attribute_vocab.json`, or the
-user's file) against the image with the CLIP model and writes the best ones of each slot into
-a fixed sentence. It needs no server and no weights beyond the CLIP model, so the whole pipeline
-runs offline; its texts are poorer than an LMM's and it ignores the prompt. For a group it
-scores the mean feature of the group's images: the attributes they share.
+Like CLIP-interrogator, it scores every phrase of a vocabulary (object nouns, as an LMM names what
+it sees, and attribute phrases) against the image and writes the best ones of each slot into a
+short sentence. It needs no server, so the whole pipeline runs offline; it ignores the prompt.
+The CLIP model is the adapted one by default, or any OpenCLIP model (`--describer-model`), e.g.
+a ViT-L-14 describing for a ViT-B-32: like an LMM, a describer that knows more than the model it
+teaches. A group is described from its collage: the mean feature of the collage's cells, i.e.
+the attributes its images share.
+
+Vocabularies are data: `describe/vocabularies/<name>.json` names the datasets it is the default
+for; any other dataset reads the generic `describe/attribute_vocab.json`, and `--vocabulary FILE`
+replaces both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from latteclip.data.collage import CANVAS_SIZE, GAP, cell_boxes, fit_box
 from latteclip.data.transforms import eval_transform
 from latteclip.describe.backend import Describer, ItemFailed, Request
 from latteclip.errors import LatteclipError
 from latteclip.models import LoadedModel, TokenCache, encode_texts
 
+GENERIC_VOCABULARY = "attribute_vocab.json"
 
-def read_vocabulary(path: str | Path | None = None) -> tuple[dict, str]:
+
+def bundled_vocabulary(dataset: str) -> str:
+    """The bundled vocabulary file (relative to the describe package) that is the default for `dataset`.
+
+    A name in a vocabulary's `datasets` matches that dataset and its variants: fmnist matches fmnist-blur-noise.
+    """
+    folder = resources.files("latteclip.describe").joinpath("vocabularies")
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".json"):
+            names = json.loads(entry.read_text()).get("datasets") or []
+            if any(dataset == name or dataset.startswith(f"{name}-") for name in names):
+                return f"vocabularies/{entry.name}"
+    return GENERIC_VOCABULARY
+
+
+def read_vocabulary(path: str | Path | None = None, dataset: str = "") -> tuple[dict, str]:
     """The vocabulary (checked) and a short digest of its content, which goes into the model id."""
     if path is None:
-        text = resources.files("latteclip.describe").joinpath("attribute_vocab.json").read_text()
-        origin = "describe/attribute_vocab.json"
+        origin = f"describe/{bundled_vocabulary(dataset)}"
+        text = resources.files("latteclip.describe").joinpath(*origin.split("/")[1:]).read_text()
     else:
         if not Path(path).is_file():
             raise LatteclipError(f"vocabulary file {path} does not exist")
@@ -47,6 +72,8 @@ def read_vocabulary(path: str | Path | None = None) -> tuple[dict, str]:
             raise LatteclipError(f"vocabulary file {origin}: slot '{name}' needs a non-empty list of phrases")
         if not 1 <= int(slot.get("pick", 1)) <= len(phrases):
             raise LatteclipError(f"vocabulary file {origin}: slot '{name}' picks {slot.get('pick')} of {len(phrases)} phrases")
+        if "template" in slot and (not isinstance(slot["template"], str) or "{phrase}" not in slot["template"]):
+            raise LatteclipError(f"vocabulary file {origin}: slot '{name}' has a 'template' without {{phrase}}")
     for key, needed in (("template", "{phrase}"), ("sentence", "")):
         if not isinstance(vocab.get(key), str) or needed not in vocab[key]:
             raise LatteclipError(f"vocabulary file {origin} needs a '{key}' string" + (f" containing {needed}" if needed else ""))
@@ -55,6 +82,36 @@ def read_vocabulary(path: str | Path | None = None) -> tuple[dict, str]:
     except (KeyError, IndexError, ValueError) as err:
         raise LatteclipError(f"vocabulary file {origin}: sentence uses a placeholder that is not a slot or {{domain}} ({err})") from err
     return vocab, hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def compose(vocab: dict, picks: Mapping[str, Sequence[str]], domain: str) -> str:
+    """The vocabulary's sentence with each slot's chosen phrases ("a and b" when a slot picks two)."""
+    return vocab["sentence"].format(domain=domain, **{name: " and ".join(picks[name]) for name in vocab["slots"]})
+
+
+def compose_at_random(vocab: dict, phrases: Mapping[str, Sequence[str]], domain: str, rng: random.Random) -> str:
+    """A sentence of the vocabulary's form whose phrases are drawn from `phrases` (slot -> allowed phrases)."""
+    picks = {}
+    for name, slot in vocab["slots"].items():
+        allowed = list(phrases[name])
+        picks[name] = rng.sample(allowed, min(int(slot.get("pick", 1)), len(allowed)))
+    return compose(vocab, picks, domain)
+
+
+def describer_model_id(model_name: str, pretrained: str | None, digest: str) -> str:
+    """The model name the descriptions are stored under (what LatteCLIP's describer_model option names)."""
+    weights = Path(pretrained).name if pretrained else "random"
+    return f"clip-vocab:{model_name}:{weights}:{digest}"
+
+
+def collage_cells(collage: Image.Image, sizes: Sequence[tuple[int, int]]) -> list[Image.Image]:
+    """The pictures of a group as its collage shows them (data/collage.py's layout for images of these sizes).
+
+    What an LMM sees: each image resized into its cell of the grid, without the black around it.
+    """
+    gap = round(GAP * collage.width / CANVAS_SIZE)
+    cells = cell_boxes(len(sizes), collage.width, gap)
+    return [collage.crop(fit_box(size, cell)) for size, cell in zip(sizes, cells)]
 
 
 class ClipVocabularyDescriber(Describer):
@@ -67,22 +124,23 @@ class ClipVocabularyDescriber(Describer):
         device: torch.device | str = "cpu",
         vocabulary: str | Path | None = None,
         batch_size: int = 64,
+        dataset: str = "",
     ):
         self.loaded = loaded
         loaded.model.eval()
         self.domain = domain
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.vocab, digest = read_vocabulary(vocabulary)
-        weights = Path(loaded.pretrained).name if loaded.pretrained else "random"
-        self.model = f"clip-vocab:{loaded.model_name}:{weights}:{digest}"
+        self.vocab, digest = read_vocabulary(vocabulary, dataset)
+        self.model = describer_model_id(loaded.model_name, loaded.pretrained, digest)
         self.transform = eval_transform(loaded.image_size, loaded.mean, loaded.std)
         self._lock = threading.Lock()  # one forward pass at a time: the model is shared
         tokens = TokenCache(loaded.tokenizer)
         self.slots = {}
         with torch.no_grad():
             for name, slot in self.vocab["slots"].items():
-                texts = [self.vocab["template"].format(domain=domain, phrase=p) for p in slot["phrases"]]
+                template = slot.get("template", self.vocab["template"])
+                texts = [template.format(domain=domain, phrase=p) for p in slot["phrases"]]
                 features = encode_texts(loaded.model, tokens, texts, self.device).float()
                 self.slots[name] = (slot["phrases"], features, int(slot.get("pick", 1)))
 
@@ -91,8 +149,8 @@ class ClipVocabularyDescriber(Describer):
         picks = {}
         for name, (phrases, features, pick) in self.slots.items():
             order = (features @ feature).argsort(descending=True)[:pick].tolist()
-            picks[name] = " and ".join(phrases[i] for i in order)
-        return self.vocab["sentence"].format(domain=self.domain, **picks)
+            picks[name] = [phrases[i] for i in order]
+        return compose(self.vocab, picks, self.domain)
 
     @torch.no_grad()
     def image_features(self, images: Sequence) -> torch.Tensor:
@@ -104,7 +162,7 @@ class ClipVocabularyDescriber(Describer):
         return torch.cat(features)
 
     def describe(self, requests: Sequence[Request], stop: threading.Event) -> list[str | ItemFailed]:
-        pictures = [list(r.parts) or [r.image] for r in requests]
+        pictures = [collage_cells(r.image, [p.size for p in r.parts]) if r.parts else [r.image] for r in requests]
         flat = [image for group in pictures for image in group]
         with self._lock:
             features = self.image_features(flat)

@@ -39,7 +39,9 @@ class DescribeSettings:
     with_label: bool = False  # the prompt variant that names the zero-shot label
     true_class_members: int | None = None  # ANALYSIS ONLY: groups with this many images of the TRUE class
     prompts: Any = None  # a prompts file, or a mapping of prompt name -> template
-    vocabulary: str | None = None  # the offline describer's phrase file
+    vocabulary: str | None = None  # the offline describer's phrase file (default: the bundled one for the dataset)
+    describer_model: str | None = None  # offline: the OpenCLIP model that describes (default: the adapted model)
+    describer_pretrained: str | None = None  # its weights: an OpenCLIP tag or a file (default: random weights)
     stop_after_failures: int = DEFAULT_STOP_AFTER_FAILURES
     answer_cutoff: float = DEFAULT_CUTOFF  # LMM zero-shot: least similarity that maps an answer to a class
 
@@ -60,6 +62,10 @@ class DescribeSettings:
                 raise LatteclipError(f"--{name.replace('_', '-')} must be positive")
         if self.concurrency is not None and self.concurrency < 1:
             raise LatteclipError("--concurrency must be at least 1")
+        if self.describer_pretrained and not self.describer_model:
+            raise LatteclipError("--describer-pretrained needs --describer-model NAME (the OpenCLIP model the weights are for)")
+        if self.describer_model and self.lmm not in (None, "offline"):
+            raise LatteclipError(f"--describer-model chooses the CLIP model of --lmm offline; --lmm {self.lmm} describes with --lmm-model")
         if self.lmm_retries < 0:
             raise LatteclipError("--lmm-retries cannot be negative")
         return self
@@ -80,8 +86,13 @@ def resolve_settings(from_config: Mapping[str, Any], from_cli: Mapping[str, Any]
     return DescribeSettings(**values).check()
 
 
-def build_describer(settings: DescribeSettings, domain: str, loaded: LoadedModel | None, device: torch.device) -> Describer:
-    """The describer the settings name; `loaded` is the CLIP model (used by the offline substitute)."""
+def build_describer(
+    settings: DescribeSettings, domain: str, loaded: LoadedModel | None, device: torch.device, dataset: str = ""
+) -> Describer:
+    """The describer the settings name; `loaded` is the adapted CLIP model (the offline substitute's default model).
+
+    `dataset` picks the offline describer's bundled vocabulary.
+    """
     if settings.lmm == "openai":
         from latteclip.describe.openai_http import OpenAIDescriber
 
@@ -93,7 +104,11 @@ def build_describer(settings: DescribeSettings, domain: str, loaded: LoadedModel
     if settings.lmm == "offline":
         from latteclip.describe.clip_vocab import ClipVocabularyDescriber
 
+        if settings.describer_model:
+            from latteclip.models import load_clip
+
+            loaded = load_clip(settings.describer_model, settings.describer_pretrained, device)
         if loaded is None:
-            raise LatteclipError("the offline describer needs the CLIP model (--model/--pretrained)")
-        return ClipVocabularyDescriber(loaded, domain, device, settings.vocabulary, settings.lmm_batch_size)
+            raise LatteclipError("the offline describer needs a CLIP model (--describer-model, or --model/--pretrained)")
+        return ClipVocabularyDescriber(loaded, domain, device, settings.vocabulary, settings.lmm_batch_size, dataset)
     raise LatteclipError(f"choose a describer with --lmm ({', '.join(BACKENDS)})")

@@ -6,21 +6,23 @@ pass (the same cache training reads). `latteclip describe` and `latteclip adapt`
 
 from __future__ import annotations
 
+import random
 from typing import Callable
 
 import torch
 
 from latteclip.config import RunConfig
-from latteclip.data import ImageDataset
+from latteclip.data import ImageDataset, build_dataset
 from latteclip.data.transforms import eval_transform
+from latteclip.describe.clip_vocab import compose_at_random, read_vocabulary
 from latteclip.describe.groups import draw_pseudo_label_groups, draw_true_class_groups
-from latteclip.describe.jobs import Job, group_jobs, image_jobs
+from latteclip.describe.jobs import Job, group_jobs, image_hashes, image_jobs
 from latteclip.describe.prompts import Prompts
 from latteclip.describe.runner import Runner, Summary
 from latteclip.describe.settings import DescribeSettings, build_describer
 from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
 from latteclip.engine.features import zero_shot_labels
-from latteclip.engine.session import pick_device, seed_everything
+from latteclip.engine.session import dataset_options, pick_device, seed_everything
 from latteclip.errors import LatteclipError
 from latteclip.models import LoadedModel, TokenCache, load_clip
 
@@ -71,9 +73,10 @@ def describe_training_images(
     analysis = check_analysis(settings, train)
     names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in settings.kinds}
     needs_labels = any(names_label.values()) or (wants_groups and not analysis)
-    device, loaded = device_and_model(config, needs_clip=needs_labels or settings.lmm == "offline")
+    own_clip = settings.lmm == "offline" and not settings.describer_model  # the offline describer ranks with the adapted model
+    device, loaded = device_and_model(config, needs_clip=needs_labels or own_clip)
     # the server is asked (reachable, key, model) before the zero-shot pass, so a wrong setting costs nothing
-    describer = build_describer(settings, info.domain, loaded, device)
+    describer = build_describer(settings, info.domain, loaded, device, info.name)
     labels = pseudo_labels(config, train, loaded, device) if needs_labels else None
 
     def prompt_for(kind: str) -> Callable[[int], str]:
@@ -105,3 +108,43 @@ def describe_training_images(
     finally:
         describer.close()
     return summary, f"{describer.backend} {describer.model}"
+
+
+def true_class_descriptions(
+    config: RunConfig, share: float, store: DescriptionStore, model: str, reads_labels: bool = False
+) -> int:
+    """ANALYSIS ONLY, READS THE TRUE LABELS: image and group texts naming the true class for a share of the images.
+
+    For the sweep of what LatteCLIP gains from its texts as they get better: each training image's text
+    names its true class with probability `share` and another class drawn at random otherwise (seeded by
+    the run's seed and the share). A text is the class's first template followed by a sentence of the
+    dataset's vocabulary made of that class's nouns and attributes (when the dataset has them). Both
+    kinds are stored under `model` + ANALYSIS_TAG, which label-free training reads only when named.
+    Returns the number of images described.
+    """
+    if not reads_labels:
+        raise LatteclipError("true-class descriptions read the TRUE labels of the training images (analysis only): "
+                             "ask for them explicitly (reads_labels=True; the benchmark's --reads-labels)")
+    if not 0.0 <= share <= 1.0:
+        raise LatteclipError(f"the share of true-class descriptions must be between 0 and 1, not {share}")
+    train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
+    info = train.info
+    if not info.labelled:
+        raise LatteclipError(f"true-class descriptions need labels and {info.name} has none (unlabeled images)")
+    vocab = read_vocabulary(None, info.name)[0] if info.class_attributes else None
+    rng = random.Random(f"{config.seed}:{share}")
+    rows = []
+    for sample, image_hash in zip(train.samples, image_hashes(train, progress=False)):
+        if image_hash is None:
+            continue
+        for kind in ("image", "group"):
+            label = sample.label
+            if rng.random() >= share:
+                label = rng.choice([c for c in range(info.num_classes) if c != sample.label])
+            name = info.classnames[label]
+            text = info.templates[0].format(name)
+            if vocab is not None:
+                text += " " + compose_at_random(vocab, info.class_attributes[name], info.domain, rng)
+            rows.append((image_hash, kind, "", "analysis", model + ANALYSIS_TAG, text, sample.path, info.name, {"share": share}, ""))
+    store.put_many(rows)
+    return len(rows) // 2

@@ -8,6 +8,11 @@ a list of method entries, so that a new method is one more entry.
 Hyper-parameters listed under an entry's `search` are chosen per target domain on held-out
 training images (the `fmnist-heldout-<shift>` view: train on the rest of the training split,
 score top-1 on the held-out part); test labels are never read for a choice.
+
+An optional `describer` section pre-trains a second CLIP the same way (its own model config,
+seed and augmentation policy, still only on the labelled source domain): the offline describer
+of the description stage, a stand-in for the paper's LMM, and the model of entries with
+`weights: describer` (its own zero-shot accuracy, as the paper reports LLaVA's).
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ import torch
 import yaml
 
 from latteclip.config import FIELD_NAMES, RunConfig, read_yaml, resolve_config
+from latteclip.describe.clip_vocab import describer_model_id, read_vocabulary
 from latteclip.engine.pretraining import PretrainedWeights, pretrained_weights
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
 from latteclip.methods import get_method
 
-ENTRY_KEYS = {"name", "method", "label", "search", "needs"}
+ENTRY_KEYS = {"name", "method", "label", "search", "needs", "weights"}
+WEIGHTS = ("source", "describer")  # the pre-trained models an entry may start from
 
 
 @dataclass
@@ -46,6 +53,7 @@ class MethodEntry:
     overrides: dict[str, Any] = field(default_factory=dict)  # RunConfig fields (method_options included)
     search: dict[str, list[Any]] = field(default_factory=dict)  # RunConfig field -> candidate values
     needs: list[str] = field(default_factory=list)  # stages that must run first, e.g. descriptions
+    weights: str = "source"  # source: the adapted model; describer: the describer's model and weights
 
     def candidates(self) -> list[dict[str, Any]]:
         """Every combination of the search grid (one empty choice when there is no grid)."""
@@ -70,6 +78,8 @@ class Experiment:
     threads: int = 0  # torch threads; 0: one per idle core
     report: str | None = None  # the entry whose runs the per-shift reports are about
     describe: dict[str, Any] = field(default_factory=dict)  # options of the description stage (`latteclip describe`)
+    describer: dict[str, Any] = field(default_factory=dict)  # model: NAME, pretrain: {run options}; empty: none
+    weights: dict[str, Path] = field(default_factory=dict)  # "source" / "describer" -> weights file, once pre-trained
 
     def target(self, shift: str) -> str:
         return f"{self.dataset_prefix}-{shift}"
@@ -83,10 +93,10 @@ class Experiment:
         return [entry for entry, m in zip(self.methods, methods) if m.trains and not m.reads_train_labels]
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
     return merged
 
 
@@ -106,14 +116,18 @@ def _parse_entry(raw: Any, where: str) -> MethodEntry:
         raise LatteclipError(f"{where} ({raw['method']}): 'search' maps a run option to a non-empty list of values")
     _check_fields(search, f"{where} ({raw['method']}) search")
     name = str(raw.get("name", raw["method"]))
-    return MethodEntry(name, raw["method"], str(raw.get("label", name)), overrides, search, list(raw.get("needs") or []))
+    weights = str(raw.get("weights", "source"))
+    if weights not in WEIGHTS:
+        raise LatteclipError(f"{where} ({raw['method']}): 'weights: {weights}' must be one of {', '.join(WEIGHTS)}")
+    return MethodEntry(name, raw["method"], str(raw.get("label", name)), overrides, search, list(raw.get("needs") or []), weights)
 
 
 def package_experiment_file(name: str) -> Path:
     return Path(str(resources.files("latteclip").joinpath("configs", f"{name}.yaml")))
 
 
-TOP_KEYS = {"root", "model", "output", "threads", "seeds", "dataset_prefix", "pretrain", "shifts", "run", "methods", "report", "describe"}
+TOP_KEYS = {"root", "model", "output", "threads", "seeds", "dataset_prefix", "pretrain", "shifts", "run", "methods", "more_methods",
+            "report", "describe", "describer"}
 
 
 def _check_top_keys(data: dict[str, Any], path: str | Path) -> None:
@@ -132,13 +146,15 @@ def load_experiment(path: str | Path, variant: str | None = None, overrides: dic
     if variant:
         if variant not in data:
             raise LatteclipError(f"{path} has no '{variant}' section")
-        data = _deep_merge(data, data[variant])
-    data = _deep_merge(data, overrides or {})
+        data = deep_merge(data, data[variant])
+    data = deep_merge(data, overrides or {})
     for key in ("pretrain", "run"):
         _check_fields(data.get(key) or {}, f"{path}: {key}")
     methods = [_parse_entry(raw, str(path)) for raw in data.get("methods") or []]
     if not methods:
         raise LatteclipError(f"{path}: 'methods' lists no method")
+    # `more_methods` (e.g. the benchmark's ablations) are appended, so a variant adds rows without repeating the list
+    methods += [_parse_entry(raw, str(path)) for raw in data.get("more_methods") or []]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise LatteclipError(f"{path}: two method entries share a name; give one a distinct 'name:'")
@@ -161,7 +177,21 @@ def load_experiment(path: str | Path, variant: str | None = None, overrides: dic
         threads=int(data.get("threads", 0)),
         report=data.get("report"),
         describe=dict(data.get("describe") or {}),
+        describer=_describer_section(data.get("describer"), path, methods),
     )
+
+
+def _describer_section(raw: Any, path: str | Path, methods: list[MethodEntry]) -> dict[str, Any]:
+    describer = dict(raw or {})
+    unknown = sorted(set(describer) - {"model", "pretrain"})
+    if describer and (unknown or "model" not in describer):
+        raise LatteclipError(f"{path}: 'describer' holds model: NAME and pretrain: {{run options}}"
+                             + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    _check_fields(describer.get("pretrain") or {}, f"{path}: describer: pretrain")
+    needing = [entry.name for entry in methods if entry.weights == "describer"]
+    if needing and not describer:
+        raise LatteclipError(f"{path}: entries {', '.join(needing)} start from 'weights: describer' but there is no 'describer' section")
+    return describer
 
 
 def cpu_times() -> tuple[int, int] | None:
@@ -210,29 +240,67 @@ def use_threads(threads: int) -> int:
 def pretrain_source(experiment: Experiment) -> PretrainedWeights:
     """The source model: the experiment's pre-training, from the cache when it was done before."""
     values = {"method": "pretrain", "model": experiment.model, "root": experiment.root, **experiment.pretrain}
-    return pretrained_weights(resolve_config(values))
+    source = pretrained_weights(resolve_config(values))
+    experiment.weights["source"] = source.path
+    return source
 
 
-def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: int, weights: Path, name: str, choice: dict[str, Any] | None = None) -> RunConfig:
-    """One run's configuration: package defaults, then the shared run options, the entry's, and the chosen values."""
+def pretrain_describer(experiment: Experiment) -> PretrainedWeights | None:
+    """The describer's model (None without a `describer` section), pre-trained or from the cache.
+
+    It starts from the source's pre-training options with the section's own on top, and becomes the
+    description stage's `describer_model` / `describer_pretrained`.
+    """
+    if not experiment.describer:
+        return None
+    model = experiment.describer["model"]
+    values = deep_merge({"method": "pretrain", "model": model, "root": experiment.root, **experiment.pretrain},
+                         experiment.describer.get("pretrain") or {})
+    describer = pretrained_weights(resolve_config(values))
+    experiment.weights["describer"] = describer.path
+    experiment.describe = {**experiment.describe, "describer_model": model, "describer_pretrained": str(describer.path)}
+    return describer
+
+
+def offline_describer_name(describe: dict[str, Any], dataset: str, model: str, pretrained: str) -> str | None:
+    """The model name the offline describer stores its texts under for `dataset` (None for other describers)."""
+    if describe.get("lmm") != "offline":
+        return None
+    _, digest = read_vocabulary(describe.get("vocabulary"), dataset)
+    if describe.get("describer_model"):
+        return describer_model_id(describe["describer_model"], describe.get("describer_pretrained"), digest)
+    return describer_model_id(model, pretrained, digest)
+
+
+def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: int, name: str, choice: dict[str, Any] | None = None) -> RunConfig:
+    """One run's configuration: package defaults, then the shared run options, the entry's, and the chosen values.
+
+    An entry that needs descriptions reads those of the experiment's describer only (unless it names its own).
+    """
+    if entry.weights not in experiment.weights:
+        raise LatteclipError(f"the {entry.weights} model of {experiment.source} is not pre-trained yet (pretrain_{entry.weights} first)")
     values: dict[str, Any] = {
         "method": entry.method,
         "dataset": dataset,
         "root": experiment.root,
-        "model": experiment.model,
-        "pretrained": str(weights),
+        "model": experiment.describer["model"] if entry.weights == "describer" else experiment.model,
+        "pretrained": str(experiment.weights[entry.weights]),
         "seed": seed,
         "output": str(experiment.output),
         "name": name,
     }
-    values = _deep_merge(values, experiment.run)
-    values = _deep_merge(values, entry.overrides)
-    values = _deep_merge(values, choice or {})
+    values = deep_merge(values, experiment.run)
+    values = deep_merge(values, entry.overrides)
+    values = deep_merge(values, choice or {})
     options = values.get("method_options") or {}
     if options.get("class_descriptions") and not Path(options["class_descriptions"]).is_absolute():
         # files named in an experiment are relative to the experiment file
         where = (Path(experiment.source).parent / options["class_descriptions"]).resolve()
         values["method_options"] = {**options, "class_descriptions": str(where)}
+    if "descriptions" in entry.needs and "describer_model" not in (values.get("method_options") or {}):
+        described_by = offline_describer_name(experiment.describe, dataset, values["model"], values["pretrained"])
+        if described_by:
+            values["method_options"] = {**(values.get("method_options") or {}), "describer_model": described_by}
     return resolve_config(values)
 
 
@@ -288,7 +356,6 @@ def select(
     experiment: Experiment,
     entry: MethodEntry,
     shift: str,
-    weights: Path,
     progress: Callable[[str], None],
     prepare: Callable[[RunConfig], None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -304,7 +371,7 @@ def select(
         tag = "-".join(f"{k}{v}" for k, v in choice.items())
         name = f"select/{shift}/{entry.name}/{tag}"
         progress(f"choose {entry.label} on held-out {shift} images: {choice}")
-        config = run_config(experiment, entry, experiment.heldout(shift), experiment.seeds[0], weights, name, choice)
+        config = run_config(experiment, entry, experiment.heldout(shift), experiment.seeds[0], name, choice)
         results = run_or_reuse(config, prepare)
         scores.append({"choice": choice, "heldout_top1": results["top1"]})
     best = max(range(len(scores)), key=lambda i: (scores[i]["heldout_top1"], -i))

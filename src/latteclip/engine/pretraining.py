@@ -22,6 +22,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from latteclip.config import RunConfig
 from latteclip.data import build_dataset
+from latteclip.describe.clip_vocab import read_vocabulary
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.features import dataset_fingerprint
 from latteclip.engine.session import dataset_options
@@ -49,6 +50,9 @@ def pretrain_key(config: RunConfig) -> str:
     train_set = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
     decisive["train_samples"] = dataset_fingerprint(train_set)
     decisive["root"] = str(Path(config.root).resolve()) if Path(config.root).exists() else config.root
+    if config.method_options.get("attribute_captions"):  # the words the captions are written from
+        decisive["class_attributes"] = train_set.info.class_attributes
+        decisive["vocabulary"] = read_vocabulary(None, config.dataset)[1]
     return hashlib.sha1(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -51,7 +51,7 @@ class Session:
         """A split with the evaluation transform, or with seeded train-time augmentation."""
         cfg = self.config
         if train_time:
-            transform = train_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std, cfg.augment)
+            transform = train_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std, cfg.augment, cfg.augment_policy)
         else:
             transform = eval_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std)
         data = build_dataset(cfg.dataset, cfg.root, split, transform, dataset_options(cfg))

@@ -179,3 +179,22 @@ def plot_grouped_bars(labels: Sequence[str], series: dict[str, Sequence[float]],
     if len(series) > 1:
         axes.legend(loc="lower right", fontsize=8)
     return _save(figure, path)
+
+
+def plot_against_share(
+    shares: Sequence[float], runs: Sequence[Sequence[float]], label: str, lines: dict[str, float], path: Path, xlabel: str
+) -> Path:
+    """Top-1 of each run (several seeds per share: mean and each seed) against a share, with reference levels as lines."""
+    figure = _figure(6.5, 4.0)
+    axes = figure.add_subplot()
+    means = [100 * sum(r) / len(r) for r in runs]
+    for share, values in zip(shares, runs):
+        axes.scatter([share] * len(values), [100 * v for v in values], color=SUBJECT_COLOUR, alpha=0.35, s=14)
+    axes.plot(shares, means, color=SUBJECT_COLOUR, marker="o", label=f"{label} (mean over seeds)")
+    for (name, value), colour in zip(lines.items(), [ZERO_SHOT_COLOUR, *PALETTE]):
+        axes.axhline(100 * value, color=colour, linestyle="--", linewidth=1.3, label=f"{name} {100 * value:.2f}%")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("test top-1 accuracy (%)")
+    axes.set_xticks(list(shares))
+    axes.legend(fontsize=8, loc="best")
+    return _save(figure, path)
