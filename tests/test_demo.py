@@ -52,6 +52,16 @@ def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, mon
     stage = yaml.safe_load((output / "describe" / "fmnist-rotation-s0.yaml").read_text())
     assert stage["describe"]["lmm"] == "offline" and stage["limit"] == 100 and stage["pretrained"].endswith(".safetensors")
     assert "image: 100 images, 100 described now" in printed
+    # ... written by the describer, a second CLIP pre-trained on the source domain, and read by that name only
+    describer = summary["describer"]
+    assert stage["describe"]["describer_model"] == "latte-fmnist-describer" == describer["config"]["model"]
+    assert stage["describe"]["describer_pretrained"] == describer["weights"] != stage["pretrained"]
+    assert describer["config"]["seed"] == 1 and describer["config"]["augment_policy"] == "trivial-augment-wide"
+    assert describer["config"]["method_options"] == summary["pretrained"]["config"]["method_options"] == {"attribute_captions": 0.5}
+    latte = yaml.safe_load((output / "rotation" / "latteclip-s0" / "config.yaml").read_text())
+    assert latte["method_options"]["describer_model"].startswith(f"clip-vocab:latte-fmnist-describer:{Path(describer['weights']).name}:")
+    zero_shot_of_describer = yaml.safe_load((output / "rotation" / "describer_zeroshot-s0" / "config.yaml").read_text())
+    assert zero_shot_of_describer["pretrained"] == describer["weights"] and "| describer zero-shot |" in printed
     assert summary["cells"]["latteclip|rotation"][0]["steps"] == 2
     table = (output / "results.md").read_text()
 
@@ -82,6 +92,13 @@ def test_experiment_file_mistakes_are_named(tmp_path, capsys):
     assert "give the describer under 'describe:'" in capsys.readouterr().err
     with pytest.raises(LatteclipError, match="'report: coft' names no method entry"):
         load_experiment(demo_config(tmp_path, methods=[{"method": "flyp_pl"}], report="coft"))
+    with pytest.raises(LatteclipError, match="start from 'weights: describer' but there is no 'describer' section"):
+        load_experiment(demo_config(tmp_path, describer={}, methods=[{"method": "zeroshot", "weights": "describer"}]))
+    with pytest.raises(LatteclipError, match="'weights: teacher' must be one of source, describer"):
+        load_experiment(demo_config(tmp_path, methods=[{"method": "zeroshot", "weights": "teacher"}]))
+    benchmark = load_experiment(package_experiment_file("demo"), "benchmark")
+    assert [e.name for e in benchmark.methods][-2:] == ["latteclip_class", "latteclip_class_image"]  # more_methods: appended rows
+    assert [e.name for e in load_experiment(package_experiment_file("demo")).methods][-1] == "oracle"
     quick = load_experiment(package_experiment_file("demo"), "quick")
     assert quick.run["max_steps"] == 2 and quick.run["lr"] == load_experiment(package_experiment_file("demo")).run["lr"]
 
@@ -98,7 +115,8 @@ def test_choice_is_made_on_held_out_training_images(tmp_path, monkeypatch):
         return {"top1": heldout_top1[(config.lr, config.max_steps)]}
 
     monkeypatch.setattr(domain_shift, "run_or_reuse", fake_run)
-    choice, scores = select(experiment, entry, "rotation", tmp_path / "weights.safetensors", lambda message: None)
+    experiment.weights["source"] = tmp_path / "weights.safetensors"
+    choice, scores = select(experiment, entry, "rotation", lambda message: None)
     assert set(seen) == {"fmnist-heldout-rotation"} and len(scores) == 6
     assert choice == {"lr": 1e-5, "max_steps": 10}  # tied with lr 1e-4: the earlier candidate wins
 
@@ -119,7 +137,7 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     spec = importlib.util.spec_from_file_location("domain_shift_benchmark", REPO / "benchmarks" / "domain_shift.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    config = demo_config(tmp_path, methods=[
+    config = demo_config(tmp_path, describer={}, methods=[
         {"method": "zeroshot", "label": "CLIP zero-shot"},
         {"method": "flyp_pl", "label": "FLYP + pseudo-labels", "search": {"lr": [1e-5, 1e-4]}},
     ])
@@ -156,3 +174,41 @@ def test_idle_cores_come_from_cpu_use_measured_now(monkeypatch):
     monkeypatch.setattr(domain_shift, "cpu_times", lambda: None)  # no /proc: the load average decides
     monkeypatch.setattr(domain_shift.os, "getloadavg", lambda: (0.4, 0.0, 0.0))
     assert domain_shift.idle_cores(window_s=0) == 4
+
+
+def test_the_description_sweep_reads_labels_only_when_asked(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("domain_shift_benchmark", REPO / "benchmarks" / "domain_shift.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    out = tmp_path / "results.md"
+    assert benchmark.main(["--sweep", "--output", str(tmp_path / "runs"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TRUE labels" in err and "pass --reads-labels" in err
+    assert not out.exists() and not (tmp_path / "runs").exists()
+    assert benchmark.main(["--sweep", "--reads-labels", "--shifts", "rotation", "--output", str(tmp_path / "runs"), "--out", str(out)]) == 2
+    assert "--sweep needs the shift blur-noise" in capsys.readouterr().err and not out.exists()
+
+
+def test_true_class_descriptions_name_the_true_class_for_the_share_asked(tmp_path):
+    from latteclip.data import build_dataset
+    from latteclip.describe.jobs import image_hashes
+    from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
+    from latteclip.engine.describing import true_class_descriptions
+    from latteclip.engine.session import dataset_options
+
+    config = resolve_config({"method": "latteclip", "dataset": "fmnist-blur-noise", "root": "bundled", "limit": 200, "seed": 0})
+    store = DescriptionStore(tmp_path / "sweep.sqlite")
+    with pytest.raises(LatteclipError, match="read the TRUE labels"):
+        true_class_descriptions(config, 0.3, store, "q0.3")
+    assert not list(store.rows())
+    assert true_class_descriptions(config, 0.3, store, "q0.3", reads_labels=True) == 200
+    train = build_dataset("fmnist-blur-noise", "bundled", "train", None, dataset_options(config))
+    hashes = image_hashes(train, progress=False)
+    assert store.get_texts(hashes, "image") == [None] * 200  # analysis texts are read only by their model name
+    info = train.info
+    for kind in ("image", "group"):
+        texts = store.get_texts(hashes, kind, model="q0.3" + ANALYSIS_TAG)
+        named = [next(c for c, name in enumerate(info.classnames) if text.startswith(info.templates[0].format(name))) for text in texts]
+        true = sum(n == s.label for n, s in zip(named, train.samples)) / 200
+        assert 0.2 < true < 0.4, true  # about 30% name the true class, the rest another class
+    store.close()

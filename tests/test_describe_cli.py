@@ -78,7 +78,7 @@ def test_offline_substitute_end_to_end_with_export_and_import(eurosat_folder, tr
     # what the LatteCLIP method reads: a text for every training image, of both kinds
     image_texts = store.get_texts(hashes, "image")
     group_texts = store.get_texts(hashes, "group")
-    assert all(t and t.startswith("land use with ") for t in image_texts + group_texts)
+    assert all(t and " texture, " in t and t.endswith(".") for t in image_texts + group_texts)  # the land-use vocabulary
     count_before = len(rows)
     assert main(args) == 0 and len(list(store.rows())) == count_before  # a rerun adds nothing
 
@@ -166,3 +166,55 @@ def test_an_unreadable_image_is_reported_for_each_kind_and_fails_the_run(eurosat
     assert "group: 9 images, 8 described now, 0 already stored, 1 failed" in out
     failed = [line.strip() for line in out.splitlines() if line.strip().startswith("failed ")]
     assert len(failed) == 2 and all("broken.jpg" in line and "unreadable image" in line for line in failed)
+
+
+def test_offline_describer_with_its_own_model_writes_what_that_model_sees(eurosat_folder, train, labels, tmp_path, capsys):
+    """latte-tiny is adapted; a second tiny config (latte-fmnist-describer, its own weights file) describes."""
+    import threading
+
+    from safetensors.torch import save_file
+
+    from latteclip.data.collage import make_collage
+    from latteclip.describe.backend import Request
+    from latteclip.describe.clip_vocab import ClipVocabularyDescriber, describer_model_id, read_vocabulary
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(7)
+    weights = tmp_path / "describer.safetensors"
+    save_file({k: v.contiguous() for k, v in load_clip("latte-fmnist-describer", "random").model.state_dict().items()}, weights)
+    store_path = tmp_path / "own.sqlite"
+    args = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--lmm", "offline", "--store", str(store_path),
+            "--describer-model", "latte-fmnist-describer", "--describer-pretrained", str(weights), "--lmm-batch-size", "16",
+            "--limit", "20", *TINY]
+    assert main(args) == 0
+    name = describer_model_id("latte-fmnist-describer", str(weights), read_vocabulary(None, "eurosat")[1])
+    assert f"descriptions by offline-clip {name}" in capsys.readouterr().out
+    store = DescriptionStore(store_path)
+    rows = list(store.rows())
+    assert {r["model"] for r in rows} == {name} and len(rows) == 2 * 20
+    # what the describer's own model says of each image, and of each group's collage (groups: the ADAPTED model's labels)
+    describer = ClipVocabularyDescriber(load_clip("latte-fmnist-describer", str(weights)), "land use", dataset="eurosat")
+    index_of_path = {s.path: i for i, s in enumerate(train.samples)}
+    stop = threading.Event()
+    for row in rows[:6] + [r for r in rows if r["kind"] == "group"][:6]:
+        members = [train.load_image(index_of_path[p]) for p in (row["meta"]["cells"] if row["kind"] == "group" else [row["image"]])]
+        request = Request(make_collage(members), "", parts=tuple(members)) if row["kind"] == "group" else Request(members[0], "")
+        assert describer.describe([request], stop)[0] == row["text"]
+        if row["kind"] == "group":
+            assert {labels[index_of_path[p]] for p in row["meta"]["cells"]} == {labels[index_of_path[row["image"]]]}
+    adapted = ClipVocabularyDescriber(load_clip("latte-tiny", "random"), "land use", dataset="eurosat")
+    own_texts = [r["text"] for r in rows if r["kind"] == "image"]
+    assert own_texts != [adapted.describe([Request(train.load_image(index_of_path[r["image"]]), "")], stop)[0]
+                         for r in rows if r["kind"] == "image"]
+    described = [h for h in image_hashes(train, progress=False) if h in {r["image_hash"] for r in rows}]
+    assert len(described) == 20 and all(all(store.get_texts(described, kind, model=name)) for kind in ("image", "group"))
+    count = len(rows)
+    assert main(args) == 0 and len(list(store.rows())) == count  # resumed: nothing left to describe
+
+
+def test_describer_options_are_checked_before_any_work(eurosat_folder, capsys):
+    base = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), *TINY]
+    assert main([*base, "--lmm", "offline", "--describer-pretrained", "openai"]) == 2
+    assert "--describer-pretrained needs --describer-model NAME" in capsys.readouterr().err
+    assert main([*base, "--lmm", "openai", "--lmm-url", "http://127.0.0.1:9/v1", "--describer-model", "ViT-L-14"]) == 2
+    assert "--describer-model chooses the CLIP model of --lmm offline" in capsys.readouterr().err

@@ -16,7 +16,8 @@ def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose and reach the LMM (shared by `describe` and `zeroshot --lmm`)."""
     group = parser.add_argument_group("LMM")
     group.add_argument("--lmm", choices=BACKENDS, help="openai: a chat-completions server; transformers: a model in this "
-                       "process; offline: a substitute that ranks attribute phrases with the CLIP model (no LMM)")
+                       "process; offline: a substitute that ranks a vocabulary's nouns and attribute phrases with a CLIP model "
+                       "(--describer-model; default the adapted model; no LMM)")
     group.add_argument("--lmm-url", dest="lmm_url", action="append", type=comma_list,
                        help="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1 (repeat to share the work)")
     group.add_argument("--lmm-model", dest="lmm_model", help="served model name (openai; default: asked from the server), "

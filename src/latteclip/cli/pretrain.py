@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from latteclip.cli import add_data_arguments, add_model_arguments, command, config_from_args
+from latteclip.config import AUGMENT_POLICIES
 
 
 @command("pretrain", "contrastive pre-training on image-caption pairs made from labels (default: the demo's tiny CLIP on Fashion-MNIST); cached")
@@ -25,7 +26,7 @@ def _pretrain_parser(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", type=int)
     group.add_argument("--max-steps", dest="max_steps", type=int)
     group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--augment-policy", dest="augment_policy", choices=["clip", "trivial-augment-wide", "randaugment"],
+    group.add_argument("--augment-policy", dest="augment_policy", choices=AUGMENT_POLICIES,
                        help="train-time augmentation after the crop (default clip: colour jitter and grey)")
     parser.add_argument("--out", help="also copy the weights to this file (.safetensors)")
     parser.add_argument("--force", action="store_true", help="train again even when the cache holds these weights")
