@@ -20,7 +20,7 @@ from latteclip.describe.clip_vocab import read_vocabulary
 from latteclip.methods.pretrain import ContrastivePretraining, PretrainOptions
 from latteclip.models import load_clip
 
-TINY = {"method": "pretrain", "root": "bundled", "limit": 48, "epochs": 1, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 1, "workers": 0}
+TINY = {"method": "pretrain", "dataset": "fmnist", "root": "bundled", "limit": 48, "epochs": 1, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 1, "workers": 0}
 
 
 def test_captions_name_the_true_class_and_replay_per_step(tmp_path):
@@ -119,3 +119,15 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, monkeypat
     weights = load_file(str(resumed.path))
     assert weights.keys() == straight.keys()
     assert all(torch.allclose(weights[k], straight[k], atol=1e-6) for k in straight)
+
+
+def test_augment_policy_is_a_generic_torchvision_policy_or_refused():
+    from torchvision import transforms as T
+
+    from latteclip.data.transforms import train_transform
+
+    steps = [type(t) for t in train_transform(28, augment=True, policy="trivial-augment-wide").transforms]
+    assert T.TrivialAugmentWide in steps and T.ColorJitter not in steps and T.RandomResizedCrop in steps
+    assert T.RandAugment in [type(t) for t in train_transform(28, policy="randaugment").transforms]
+    with pytest.raises(LatteclipError, match="--augment-policy must be one of clip, trivial-augment-wide, randaugment, not 'autoaugment'"):
+        resolve_config({**TINY, "augment_policy": "autoaugment"})
