@@ -19,9 +19,10 @@ if TYPE_CHECKING:  # importing torch and OpenCLIP here would slow every command'
     from latteclip.describe.backend import Describer
     from latteclip.models import LoadedModel
 
-BACKENDS = ("openai", "transformers", "offline")
+BACKENDS = ("openai", "transformers", "offline", "batch")  # batch: OpenAI Batch files (describe --batch-out/--batch-in)
 DESCRIBABLE_KINDS = ("image", "group")
 DEFAULT_STOP_AFTER_FAILURES = 20
+ANSWER_FORMATS = ("text", "json-schema")  # LMM zero-shot: free text (the paper), or constrained to the class names
 
 
 @dataclass
@@ -42,6 +43,7 @@ class DescribeSettings:
     vocabulary: str | None = None  # the offline describer's phrase file
     stop_after_failures: int = DEFAULT_STOP_AFTER_FAILURES
     answer_cutoff: float = DEFAULT_CUTOFF  # LMM zero-shot: least similarity that maps an answer to a class
+    lmm_answer_format: str = "text"  # LMM zero-shot: text, or json-schema (response_format enum of the class names)
 
     def check(self) -> "DescribeSettings":
         if self.lmm is not None and self.lmm not in BACKENDS:
@@ -60,6 +62,8 @@ class DescribeSettings:
                 raise LatteclipError(f"--{name.replace('_', '-')} must be positive")
         if self.concurrency is not None and self.concurrency < 1:
             raise LatteclipError("--concurrency must be at least 1")
+        if self.lmm_answer_format not in ANSWER_FORMATS:
+            raise LatteclipError(f"--lmm-answer-format {self.lmm_answer_format} must be one of {', '.join(ANSWER_FORMATS)}")
         if self.lmm_retries < 0:
             raise LatteclipError("--lmm-retries cannot be negative")
         return self
@@ -96,4 +100,6 @@ def build_describer(settings: DescribeSettings, domain: str, loaded: LoadedModel
         if loaded is None:
             raise LatteclipError("the offline describer needs the CLIP model (--model/--pretrained)")
         return ClipVocabularyDescriber(loaded, domain, device, settings.vocabulary, settings.lmm_batch_size)
+    if settings.lmm == "batch":
+        raise LatteclipError("--lmm batch writes and reads OpenAI Batch files: use it with describe --batch-out/--batch-in")
     raise LatteclipError(f"choose a describer with --lmm ({', '.join(BACKENDS)})")
