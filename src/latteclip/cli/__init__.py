@@ -160,6 +160,7 @@ COMMAND_MODULES = [
     "latteclip.cli.pretrain",
     "latteclip.cli.demo",
     "latteclip.cli.adapt",
+    "latteclip.cli.data",
 ]
 
 
