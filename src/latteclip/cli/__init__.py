@@ -164,6 +164,28 @@ COMMAND_MODULES = [
 ]
 
 
+# One description per option that several commands share; a flag added without help gets its text from here.
+OPTION_HELP = {
+    "seed": "seed of the split, the subset, sampling and initialisation",
+    "eval_batch_size": "images per batch in feature and evaluation passes",
+    "batch_size": "images per optimisation step (the global batch over all processes)",
+    "lr": "base learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear warm-up steps before the cosine schedule",
+    "epochs": "passes over the training split (or --max-steps, whichever ends first)",
+    "max_steps": "stop at this step or after --epochs, whichever first",
+    "grad_clip": "clip the gradient norm to this value (none: no clipping)",
+    "augment": "random resized crops and flips of training images",
+    "precision": "auto: bf16 autocast on GPU, fp32 on CPU",
+    "grad_checkpointing": "recompute activations in the backward pass: large models in less memory",
+    "checkpoint_every": "write last.pt every N steps (what --resume continues from)",
+    "log_every": "log training metrics every N steps",
+    "device": "auto, cpu, cuda, cuda:1",
+    "workers": "data-loading worker processes",
+    "format": "table, csv or jsonl",
+}
+
+
 class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Help that ends each option with its default: the flag's own, else the package default of the option it sets
     (configs/defaults.yaml, the run config, the describe settings), so `--help` never shows a stale copy."""
@@ -196,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (add_arguments, run, help_text) in COMMANDS.items():
         child = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
         add_arguments(child)
+        for action in child._actions:
+            if action.option_strings and not action.help:
+                action.help = OPTION_HELP.get(action.dest, "")
         child.set_defaults(run=run)
     return parser
 
