@@ -159,7 +159,11 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self._key_rejected():
                 return
-            if server.models_route and self.path.rstrip("/").endswith("/v1/models"):
+            if self.path.rstrip("/").endswith("/stats"):  # for the benchmark, whose server is another process
+                counts = server.requests_per_key()
+                stats = {"requests": sum(counts.values()), "keys": len(counts), "most_per_key": max(counts.values(), default=0)}
+                self._send(200, json.dumps(stats).encode())
+            elif server.models_route and self.path.rstrip("/").endswith("/v1/models"):
                 ids = [server.model] if server.listed is None else server.listed
                 self._send(200, json.dumps({"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}).encode())
             else:
