@@ -54,7 +54,7 @@ def test_batch_requests_answers_and_reruns(eurosat_folder, tmp_path, capsys):
     batch = [*common, "--lmm", "batch", "--lmm-model", MODEL]
     train = build_dataset("eurosat", eurosat_folder, "train")
     hashes = image_hashes(train, progress=False)
-    prompt = load_prompts().description("image", train.info.domain)
+    prompt = load_prompts(train.info.prompts).description("image", train.info.domain)
     jobs = {custom_id(job): job for job in image_jobs(train, hashes, lambda i: prompt)}
 
     assert main([*batch, "--batch-out", str(tmp_path / "requests.jsonl")]) == 0

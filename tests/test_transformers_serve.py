@@ -103,8 +103,8 @@ def test_describe_and_lmm_zeroshot_through_transformers_serve_equal_the_in_proce
     stop = threading.Event()
     try:
         for split, kind, prompt_of in (
-            ("train", "image", lambda info: load_prompts().description("image", info.domain)),
-            ("test", "zeroshot", lambda info: load_prompts().multiple_choice(info.classnames, info.domain)),
+            ("train", "image", lambda info: load_prompts(info.prompts).description("image", info.domain)),
+            ("test", "zeroshot", lambda info: load_prompts(info.prompts).multiple_choice(info.classnames, info.domain)),
         ):
             data = build_dataset("eurosat", eurosat_folder, split, options=DatasetOptions(limit=IMAGES))
             hashes = image_hashes(data, progress=False)
