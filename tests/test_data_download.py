@@ -74,7 +74,8 @@ def test_fgvc_aircraft_reads_its_split_lists_in_both_layouts(layout, tmp_path):
             (base / "images" / f"{image}.jpg").write_bytes(jpeg((number * 80, 0, 0)))
     train = build_dataset("fgvc_aircraft", tmp_path, "train")
     test = build_dataset("fgvc_aircraft", tmp_path, "test")
-    assert train.info.classnames == variants
+    assert train.info.classnames == ["707-320", "a320", "cessna 172"]  # CoOp's names, lower-cased (--prompt-set latteclip)
+    assert build_dataset("fgvc_aircraft", tmp_path, "train", options=DatasetOptions(prompt_set="clip")).info.classnames == variants
     assert [(s.path, s.label) for s in train.samples] == [("0001.jpg", 1), ("0002.jpg", 0), ("0003.jpg", 2)]
     assert [(s.path, s.label) for s in test.samples] == [("0004.jpg", 1), ("0005.jpg", 2)]
     assert train.read_bytes(0) == (base / "images" / "0001.jpg").read_bytes()

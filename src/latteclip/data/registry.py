@@ -404,6 +404,7 @@ def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
     if split_path is None and spec.get("split_lists") and options.split_file != "none":
         keys, parts, split_source = _read_split_lists(spec["split_lists"], base, name)
         _check_present(parts, source, base / spec["split_lists"]["test" if split == "test" else "train"], split)
+        coop_names = {k: coop_classname(k) for k in keys}
     elif split_path is None:
         if spec["class_key"] != "folder":
             raise LatteclipError(
