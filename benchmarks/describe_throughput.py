@@ -62,9 +62,9 @@ def timed_run(jobs, url: str, concurrency: int, folder: Path, timeout: float = 1
             "failed": summary.counts["image"].failed}
 
 
-def client_overhead(jobs, folder: Path) -> dict:
+def client_overhead(jobs, folder: Path, url: str) -> dict:
     """Per request, no server: build the picture and the JSON body, then write the answer to SQLite."""
-    describer = OpenAIDescriber(["http://127.0.0.1:9/v1"], model="bench")  # never contacted
+    describer = OpenAIDescriber([url])  # asked only which model it serves; the loop sends nothing
     store = DescriptionStore(folder / "overhead.sqlite")
     parts: dict[str, list[float]] = {"request": [], "store": [], "total": []}
     for job in jobs:
@@ -107,7 +107,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            overhead = client_overhead(jobs, folder)
+            overhead = client_overhead(jobs, folder, url)
             serial = timed_run(jobs, url, 1, folder)
             concurrent = timed_run(jobs, url, args.concurrency, folder)
             queued = timed_run(jobs, queue_url, args.concurrency, folder, timeout=args.queue_timeout)

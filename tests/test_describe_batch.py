@@ -60,14 +60,14 @@ def test_batch_requests_answers_and_reruns(eurosat_folder, tmp_path, capsys):
     assert main([*batch, "--batch-out", str(tmp_path / "requests.jsonl")]) == 0
     lines = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert len(lines) == len(set(hashes)) == len({line["custom_id"] for line in lines})
-    live = OpenAIDescriber(["http://127.0.0.1:9/v1"], model=MODEL)  # never contacted: only its request bodies
-    for line in lines[:10]:
-        assert (line["method"], line["url"]) == ("POST", "/v1/chat/completions")
-        assert line["body"] == json.loads(live.payload(jobs[line["custom_id"]].build()))
     assert main([*batch, "--batch-out", str(tmp_path / "requests.jsonl")]) == 2  # an existing file is not overwritten
 
     failing = {lines[4]["custom_id"]}
     with FakeLMMServer(model=MODEL) as server:
+        live = OpenAIDescriber([server.url], model=MODEL)  # only its request bodies: what the live client would send
+        for line in lines[:10]:
+            assert (line["method"], line["url"]) == ("POST", "/v1/chat/completions")
+            assert line["body"] == json.loads(live.payload(jobs[line["custom_id"]].build()))
         answer_with(server, tmp_path / "requests.jsonl", tmp_path / "results.jsonl", failing)
         assert main([*batch, "--batch-in", str(tmp_path / "results.jsonl")]) == 1  # one request has no answer yet
         store = DescriptionStore(store_path)

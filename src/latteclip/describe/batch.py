@@ -61,7 +61,7 @@ def write_requests(jobs: Sequence[Job], store: DescriptionStore, model: str, pat
 
 
 def result_text(record: dict) -> tuple[str | None, str]:
-    """(answer, "") of one results line, or (None, why not). Reads the OpenAI Batch API and `vllm run-batch`
+    """(answer, its finish_reason or "") of one results line, or (None, why not). Reads the OpenAI Batch API and `vllm run-batch`
     output ({custom_id, response: {status_code, body: chat completion}, error}) and older vLLM lines whose
     `response` is the completion itself."""
     if record.get("error"):
@@ -75,10 +75,10 @@ def result_text(record: dict) -> tuple[str | None, str]:
     if status != 200:
         return None, f"HTTP {status}"
     try:
-        text = answer_text(completion)  # type: ignore[arg-type]
-    except (KeyError, IndexError, TypeError):
+        text, finish = answer_text(completion), completion["choices"][0].get("finish_reason")  # type: ignore[index]
+    except (KeyError, IndexError, TypeError, AttributeError):
         return None, "malformed chat completion"
-    return (text, "") if text else (None, "empty answer")
+    return (text, str(finish or "")) if text else (None, "empty answer")
 
 
 def read_results(jobs: Sequence[Job], store: DescriptionStore, model: str, path: str | Path, dataset_name: str) -> tuple[Summary, int]:
@@ -88,7 +88,7 @@ def read_results(jobs: Sequence[Job], store: DescriptionStore, model: str, path:
         raise LatteclipError(f"batch results file {path} does not exist")
     summary, pending, followers = plan(jobs, stored_keys(store, BACKEND, model, jobs))
     by_id = {custom_id(job): job for job in pending}
-    answered: dict[str, tuple[Job, str]] = {}
+    answered: dict[str, tuple[Job, str, str]] = {}  # custom_id -> (job, text, finish_reason)
     failed: dict[str, tuple[Job, str]] = {}
     unmatched = 0
     for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
@@ -104,12 +104,14 @@ def read_results(jobs: Sequence[Job], store: DescriptionStore, model: str, path:
             continue
         text, why = result_text(record)
         if text is not None:
-            answered[custom_id(job)] = (job, text)
+            answered[custom_id(job)] = (job, text, why)
             failed.pop(custom_id(job), None)
         elif custom_id(job) not in answered:
             failed[custom_id(job)] = (job, why)
-    store.put_many([(job.image_hash, job.kind, job.prompt, BACKEND, model + job.model_tag, text, job.image, dataset_name, job.meta, job.variant)
-                    for job, text in answered.values()])
+    # the finish_reason is kept beside the text, as the live client keeps it ("length" marks a cut answer)
+    store.put_many([(job.image_hash, job.kind, job.prompt, BACKEND, model + job.model_tag, text, job.image, dataset_name,
+                     {**(job.meta or {}), "finish_reason": finish} if finish else job.meta, job.variant)
+                    for job, text, finish in answered.values()])
     for job in pending:
         counts, key = summary.counts[job.kind], custom_id(job)
         if key in answered:
