@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import warnings
 from pathlib import Path
@@ -71,6 +72,7 @@ def _flag_kind(annotation: str) -> str:
     return base if base in ("bool", "int", "float", "str") else "str"
 
 
+@functools.lru_cache(maxsize=1)
 def method_option_flags() -> dict[str, tuple[str, str, str]]:
     """Every option of every registered method, as option name -> (kind, description, which methods and defaults).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import io
@@ -68,8 +69,9 @@ def declared_options(method: str) -> list[DeclaredOption]:
     return _fields_of(*options_at) if options_at else []
 
 
+@functools.lru_cache(maxsize=None)
 def _parsed(module: str) -> tuple[ast.Module, dict[int, str]]:
-    """A module's syntax tree and the comment ending each line (by line number)."""
+    """A module's syntax tree and the comment ending each line (by line number); each module is read once."""
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise RuntimeError(f"method module {module} not found")
