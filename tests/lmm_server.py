@@ -9,6 +9,10 @@ require an API key (`api_key`: 401 otherwise), list other models than it runs (`
 `/models` route (`models_route=False`), refuse requests for another model with HTTP 400
 (`pinned`), and say why an answer ended (`finish_reason`).
 
+`one_at_a_time` makes it answer like `transformers serve`: requests wait in a queue and are answered in turn.
+A request with a `response_format` must carry a JSON schema that is an enum of strings (else HTTP 400);
+its answer is then one of those strings as JSON, picked by the image hash (`constrained_answer`).
+
 Run as a script (`python tests/lmm_server.py --delay 0.1`) it serves in its own process and
 prints its base URL, which is how the benchmark keeps server and client CPU apart.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -34,6 +39,25 @@ def expected_answer(image_hash: str, prompt: str) -> str:
     return f"image {image_hash[:12]} asked {hashlib.sha1(prompt.encode()).hexdigest()[:8]}"
 
 
+def constrained_answer(image_hash: str, choices: list[str]) -> str:
+    """The choice a constrained request gets: fixed by the image, so a test knows every answer."""
+    return choices[int(image_hash, 16) % len(choices)]
+
+
+def schema_choices(response_format: object) -> list[str] | None:
+    """The enum of a `json_schema` response_format as OpenAI specifies it, or None when it is malformed."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("schema"), dict):
+        return None
+    schema = spec["schema"]
+    choices = schema.get("enum")
+    if schema.get("type") != "string" or not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+        return None
+    return choices
+
+
 @dataclass
 class Seen:
     """One request as the server saw it."""
@@ -46,12 +70,18 @@ class Seen:
     image_size: tuple[int, int]
 
 
+class _Listener(ThreadingHTTPServer):
+    request_queue_size = 128  # many connections at once, like real servers (the default 5 drops SYNs: 1 s stalls)
+    daemon_threads = True
+
+
 @dataclass
 class FakeLMMServer:
     delay: float = 0.0
     model: str = "fake-llava"
     faults: Callable[[str, int], str] | None = None
     hang_seconds: float = 2.0
+    one_at_a_time: bool = False
     answer: Callable[[str, str], str] = expected_answer
     api_key: str | None = None
     listed: list[str] | None = None  # what GET /models lists (default: the model it runs)
@@ -61,10 +91,10 @@ class FakeLMMServer:
     seen: list[Seen] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _attempts: Counter = field(default_factory=Counter)
+    _turn: threading.Lock = field(default_factory=threading.Lock)  # held while answering, when one_at_a_time
 
     def start(self) -> str:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self.httpd.daemon_threads = True
+        self.httpd = _Listener(("127.0.0.1", 0), _handler_for(self))
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         return self.url
@@ -129,7 +159,11 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self._key_rejected():
                 return
-            if server.models_route and self.path.rstrip("/").endswith("/v1/models"):
+            if self.path.rstrip("/").endswith("/stats"):  # for the benchmark, whose server is another process
+                counts = server.requests_per_key()
+                stats = {"requests": sum(counts.values()), "keys": len(counts), "most_per_key": max(counts.values(), default=0)}
+                self._send(200, json.dumps(stats).encode())
+            elif server.models_route and self.path.rstrip("/").endswith("/v1/models"):
                 ids = [server.model] if server.listed is None else server.listed
                 self._send(200, json.dumps({"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}).encode())
             else:
@@ -155,13 +189,17 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
             size = Image.open(io.BytesIO(data)).size
             attempt = server.next_attempt(image_hash, prompt)
             outcome = server.faults(image_hash, attempt) if server.faults else "ok"
+            if "response_format" in body and outcome == "ok":
+                choices = schema_choices(body["response_format"])
+                outcome = "400" if choices is None else "choice"
             server.record(Seen(image_hash, prompt, outcome, body, dict(self.headers), size))
-            if server.delay:
-                time.sleep(server.delay)
-            try:
-                self._reply(outcome, body, image_hash, prompt)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (timeout test)
+            with server._turn if server.one_at_a_time else contextlib.nullcontext():
+                if server.delay:
+                    time.sleep(server.delay)
+                try:
+                    self._reply(outcome, body, image_hash, prompt)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
 
         def _reply(self, outcome: str, body: dict, image_hash: str, prompt: str) -> None:
             if outcome in ("500", "400", "404", "401"):
@@ -175,6 +213,9 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, b'{"choices": [{"message": ')
             elif outcome == "empty":
                 self._send(200, _completion(body["model"], "", server.finish_reason))
+            elif outcome == "choice":
+                choices = schema_choices(body["response_format"]) or []
+                self._send(200, _completion(body["model"], json.dumps(constrained_answer(image_hash, choices)), server.finish_reason))
             elif outcome == "drop":
                 self.close_connection = True
                 self.connection.shutdown(2)
@@ -194,8 +235,9 @@ def _completion(model: str, text: str, finish_reason: str = "stop") -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delay", type=float, default=0.1, help="seconds before each answer")
+    parser.add_argument("--one-at-a-time", action="store_true", help="answer requests in turn, like transformers serve")
     args = parser.parse_args()
-    server = FakeLMMServer(delay=args.delay)
+    server = FakeLMMServer(delay=args.delay, one_at_a_time=args.one_at_a_time)
     print(server.start(), flush=True)
     try:
         threading.Event().wait()

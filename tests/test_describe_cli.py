@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.lmm_server import FakeLMMServer
+from tests.lmm_server import FakeLMMServer, constrained_answer
 
 from latteclip.cli import main
 from latteclip.data import build_dataset
@@ -147,6 +147,32 @@ def test_lmm_zeroshot_accuracy_and_unmapped_share(eurosat_folder, tmp_path):
     assert len(confusion) == 10 and all(len(row) == 11 for row in confusion) and sum(r[10] for r in confusion) == 15
     lines = [json.loads(line) for line in (Path(tmp_path / "runs" / "lmm" / "answers.jsonl")).read_text().splitlines()]
     assert sum(line["how"] == "unmapped" for line in lines) == 15
+
+
+def test_lmm_zeroshot_with_json_schema_answers_maps_every_answer_exactly(eurosat_folder, tmp_path):
+    test = build_dataset("eurosat", eurosat_folder, "test")
+    names = test.info.classnames
+    hashes = image_hashes(test, progress=False)
+    args = ["zeroshot", "--dataset", "eurosat", "--root", str(eurosat_folder), "--lmm", "openai", "--store",
+            str(tmp_path / "zs.sqlite"), "--output", str(tmp_path / "runs")]
+    # the server answers free text with a sentence no class name is close to, and a constrained request with
+    # one of the schema's names (it refuses a malformed response_format with HTTP 400)
+    with FakeLMMServer(answer=lambda image_hash, prompt: "I cannot tell.") as server:
+        assert main([*args, "--lmm-url", server.url, "--name", "text"]) == 0
+        assert all("response_format" not in s.body for s in server.seen)  # the default body is unchanged
+        free = len(server.seen)
+        assert main([*args, "--lmm-url", server.url, "--name", "schema", "--lmm-answer-format", "json-schema"]) == 0
+        constrained = server.seen[free:]
+    assert len(constrained) == len(set(hashes))  # stored apart from the free-text answers to the same prompt
+    assert {s.outcome for s in constrained} == {"choice"}
+    assert all(s.body["response_format"] == {"type": "json_schema", "json_schema": {"name": "class_name",
+               "schema": {"type": "string", "enum": names}}} for s in constrained)
+    lines = [json.loads(line) for line in (tmp_path / "runs" / "schema" / "answers.jsonl").read_text().splitlines()]
+    assert [line["mapped"] for line in lines] == [constrained_answer(h, names) for h in hashes]
+    assert {line["how"] for line in lines} == {"exact"}
+    expected_top1 = sum(constrained_answer(h, names) == names[s.label] for h, s in zip(hashes, test.samples)) / len(test)
+    assert json.loads((tmp_path / "runs" / "schema" / "results.json").read_text())["top1"] == pytest.approx(expected_top1)
+    assert json.loads((tmp_path / "runs" / "text" / "results.json").read_text())["test"]["answers"]["unmapped"] == len(test)
 
 
 def test_an_unreadable_image_is_reported_for_each_kind_and_fails_the_run(eurosat_folder, tmp_path, capsys):

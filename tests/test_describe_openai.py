@@ -135,6 +135,31 @@ def test_a_wrong_route_stops_at_once_with_a_hint(train, hashes, tmp_path):
     assert summary.counts["image"].not_asked >= len(train) - 4
 
 
+def test_a_one_at_a_time_server_gets_fewer_requests_in_flight_and_none_twice(train, hashes, tmp_path):
+    # 32 in flight x 30 ms = 0.96 s of queue against a 0.4 s timeout: without waiting on a server that keeps
+    # answering, and without fewer requests in flight, the queue's tail would time out and be sent again
+    store = DescriptionStore(tmp_path / "d.sqlite")
+    with FakeLMMServer(delay=0.03, one_at_a_time=True) as server:
+        desc = describer(server.url, timeout=0.4, retries=0)
+        summary = run(train, hashes, store, desc, concurrency=32)
+        requests = server.requests_per_key()
+    assert summary.complete, summary.lines()
+    assert len(requests) == len(set(hashes)) and set(requests.values()) == {1}
+    assert desc.limit.peak == 32 and desc.limit.lowest is not None and desc.limit.lowest <= 16
+
+
+def test_429s_lower_the_requests_in_flight_and_answers_raise_them_again(train, hashes, tmp_path):
+    store = DescriptionStore(tmp_path / "d.sqlite")
+    with FakeLMMServer(delay=0.01, faults=lambda h, attempt: "429" if attempt == 1 and h < "8" else "ok") as server:
+        desc = describer(server.url)
+        summary = run(train, hashes, store, desc, concurrency=16)
+        requests = server.requests_per_key()
+    assert summary.complete
+    assert {n for (h, _), n in requests.items() if h < "8"} == {2} and {n for (h, _), n in requests.items() if h >= "8"} == {1}
+    assert desc.limit.lowest is not None and desc.limit.lowest < 16
+    assert desc.limit.limit is None or desc.limit.limit > desc.limit.lowest  # grew back on the answers after the 429s
+
+
 def test_work_is_shared_over_endpoints_and_a_dead_one_is_avoided(train, hashes, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -10,6 +10,7 @@ a method's own per-dataset file when one exists (`configs/<method>/<dataset>.yam
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,11 @@ from latteclip.values import at_least, coerce
 def comma_list(text: str) -> list[str]:
     """A list spelled as one string, on the command line or in a config: "a, b,,c" -> [a, b, c]."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def machine_cpus() -> int:
+    """CPU cores this process may use: the default number of data-loading workers."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass
@@ -65,7 +71,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the image tower and the text transformer (in place)
     # running
     device: str = "auto"
-    workers: int = 4
+    workers: int = field(default_factory=machine_cpus)
     eval_every: int = 200
     checkpoint_every: int = 100
     log_every: int = 10
@@ -98,6 +104,11 @@ def _package_yaml(*parts: str) -> dict[str, Any]:
     if not path.is_file():
         return {}
     return yaml.safe_load(path.read_text()) or {}
+
+
+def package_defaults() -> dict[str, Any]:
+    """Every option's value before a method, dataset, user file or flag sets it (what `--help` shows)."""
+    return {**RunConfig().to_dict(), **_package_yaml("defaults.yaml")}
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

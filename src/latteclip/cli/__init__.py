@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import sys
-import types
-import typing
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -65,42 +63,52 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
 
 
-def _field_type(options_cls: type, name: str) -> Any:
-    return typing.get_type_hints(options_cls)[name]
+def _flag_kind(annotation: str) -> str:
+    """bool, list, int, float or str: how a method option's annotation is read from the command line."""
+    parts = [p.strip() for p in annotation.replace("Optional[", "").rstrip("]").split("|") if p.strip() != "None"]
+    base = parts[0] if parts else "str"
+    if base.startswith(("list", "tuple")):
+        return "list"
+    return base if base in ("bool", "int", "float", "str") else "str"
 
 
-def method_option_flags() -> dict[str, tuple[Any, str]]:
-    """Every option of every registered method, as flag name -> (type, help)."""
-    from latteclip.methods import REGISTRY, get_method
+@functools.lru_cache(maxsize=1)
+def method_option_flags() -> dict[str, tuple[str, str, str]]:
+    """Every option of every registered method, as option name -> (kind, description, which methods and defaults).
 
-    flags: dict[str, tuple[Any, str]] = {}
-    for name in REGISTRY:
-        cls = get_method(name)
-        for f in dataclasses.fields(cls.Options):
-            kind = _field_type(cls.Options, f.name)
-            if f.name in flags and flags[f.name][0] != kind:
-                raise RuntimeError(f"method option {f.name} has two types across methods")
-            methods = flags.get(f.name, (kind, ""))[1]
-            flags[f.name] = (kind, f"{methods}, {name}".strip(", "))
-    return flags
+    Read from the methods' source (`declared_options`), so building the parser never imports torch.
+    """
+    from latteclip.methods import REGISTRY, declared_options
+
+    kinds: dict[str, str] = {}
+    descriptions: dict[str, str] = {}
+    defaults: dict[str, list[str]] = {}
+    for method in REGISTRY:
+        for option in declared_options(method):
+            kind = _flag_kind(option.annotation)
+            if kinds.setdefault(option.name, kind) != kind:
+                raise RuntimeError(f"method option {option.name} has two types across methods")
+            descriptions.setdefault(option.name, option.description)
+            default = ",".join(map(str, option.default)) if isinstance(option.default, list) else option.default
+            defaults.setdefault(option.name, []).append(f"{method}: {default!s}" if default != "" else f"{method}: ''")
+    return {name: (kinds[name], descriptions[name], "; ".join(defaults[name])) for name in kinds}
 
 
 def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
     from latteclip.config import comma_list
 
-    group = parser.add_argument_group("method options (each applies to the methods named)")
-    for name, (kind, methods) in sorted(method_option_flags().items()):
+    group = parser.add_argument_group("method options (each applies to the methods named, default after the name; "
+                                      "configs/<method>/<dataset>.yaml may set others)")
+    for name, (kind, description, methods) in sorted(method_option_flags().items()):
         flag = "--" + name.replace("_", "-")
         dest = f"mopt_{name}"
-        origin = typing.get_origin(kind)
-        if kind is bool:
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=f"({methods})")
-        elif origin in (list, tuple):
-            group.add_argument(flag, dest=dest, metavar="A,B", type=comma_list, help=f"comma-separated ({methods})")
-        else:  # int, float, str, and optional ones (`str | None` is types.UnionType, `Optional[str]` typing.Union)
-            optional = origin in (typing.Union, types.UnionType)
-            base = next((a for a in typing.get_args(kind) if a is not type(None)), str) if optional else kind
-            group.add_argument(flag, dest=dest, metavar=name.upper(), type=base if base in (int, float, str) else str, help=f"({methods})")
+        help_text = f"{description} ({methods})".replace("%", "%%")
+        if kind == "bool":
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind == "list":
+            group.add_argument(flag, dest=dest, metavar="A,B", type=comma_list, help=help_text)
+        else:
+            group.add_argument(flag, dest=dest, metavar=name.upper(), type={"int": int, "float": float}.get(kind, str), help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, **fixed: Any):
@@ -154,19 +162,67 @@ COMMAND_MODULES = [
     "latteclip.cli.pretrain",
     "latteclip.cli.demo",
     "latteclip.cli.adapt",
+    "latteclip.cli.data",
 ]
 
 
+# One description per option that several commands share; a flag added without help gets its text from here.
+OPTION_HELP = {
+    "seed": "seed of the split, the subset, sampling and initialisation",
+    "eval_batch_size": "images per batch in feature and evaluation passes",
+    "batch_size": "images per optimisation step (the global batch over all processes)",
+    "lr": "base learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear warm-up steps before the cosine schedule",
+    "epochs": "passes over the training split (or --max-steps, whichever ends first)",
+    "max_steps": "stop at this step or after --epochs, whichever first",
+    "grad_clip": "clip the gradient norm to this value (none: no clipping)",
+    "augment": "random resized crops and flips of training images",
+    "precision": "auto: bf16 autocast on GPU, fp32 on CPU",
+    "grad_checkpointing": "recompute activations in the backward pass: large models in less memory",
+    "checkpoint_every": "write last.pt every N steps (what --resume continues from)",
+    "log_every": "log training metrics every N steps",
+    "device": "auto, cpu, cuda, cuda:1",
+    "workers": "data-loading worker processes",
+    "format": "table, csv or jsonl",
+}
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that ends each option with its default: the flag's own, else the package default of the option it sets
+    (configs/defaults.yaml, the run config, the describe settings), so `--help` never shows a stale copy."""
+
+    package: dict[str, Any] = {}
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.help is argparse.SUPPRESS or "default" in text:
+            return text
+        value = action.default if action.default not in (None, argparse.SUPPRESS) else self.package.get(action.dest)
+        if value in (None, False, "", [], {}) or isinstance(action, argparse._HelpAction):
+            return text
+        shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        return f"{text} (default: {shown.replace('%', '%%')})".strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import dataclasses
     import importlib
+
+    from latteclip.config import package_defaults
+    from latteclip.describe.settings import DescribeSettings
 
     for module in COMMAND_MODULES:
         importlib.import_module(module)
+    DefaultsHelpFormatter.package = {**dataclasses.asdict(DescribeSettings()), **package_defaults()}
     parser = argparse.ArgumentParser(prog="latteclip", description="Adapt CLIP models to a domain without labels.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, run, help_text) in COMMANDS.items():
-        child = sub.add_parser(name, help=help_text, description=help_text)
+        child = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
         add_arguments(child)
+        for action in child._actions:
+            if action.option_strings and not action.help:
+                action.help = OPTION_HELP.get(action.dest, "")
         child.set_defaults(run=run)
     return parser
 

@@ -9,7 +9,7 @@ import argparse
 
 from latteclip.cli import add_data_arguments, add_model_arguments, command
 from latteclip.config import comma_list
-from latteclip.describe.settings import BACKENDS
+from latteclip.describe.settings import ANSWER_FORMATS, BACKENDS
 
 
 def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,17 +17,20 @@ def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("LMM")
     group.add_argument("--lmm", choices=BACKENDS, help="openai: a chat-completions server; transformers: a model in this "
                        "process; offline: a substitute that ranks a vocabulary's nouns and attribute phrases with a CLIP model "
-                       "(--describer-model; default the adapted model; no LMM)")
+                       "(--describer-model; default the adapted model; no LMM); batch (describe): OpenAI Batch files, "
+                       "--batch-out then --batch-in")
     group.add_argument("--lmm-url", dest="lmm_url", action="append", type=comma_list,
                        help="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1 (repeat to share the work)")
     group.add_argument("--lmm-model", dest="lmm_model", help="served model name (openai; default: asked from the server), "
                        "or a local folder / hub id (transformers)")
-    group.add_argument("--lmm-timeout", dest="lmm_timeout", type=float, help="seconds per HTTP request (default 120)")
-    group.add_argument("--lmm-retries", dest="lmm_retries", type=int, help="retries after 429/5xx/timeouts/bad answers (default 5)")
-    group.add_argument("--lmm-batch-size", dest="lmm_batch_size", type=int, help="images per forward pass in-process (default 8)")
-    group.add_argument("--concurrency", type=int, help="requests in flight (default 64 for openai, 1 in-process)")
+    group.add_argument("--lmm-timeout", dest="lmm_timeout", type=float, help="seconds a request waits while its server answers nothing "
+                       "(a server that keeps answering others is waited for, with fewer requests in flight)")
+    group.add_argument("--lmm-retries", dest="lmm_retries", type=int, help="retries after 429/5xx/timeouts/bad answers")
+    group.add_argument("--lmm-batch-size", dest="lmm_batch_size", type=int, help="images per forward pass in-process")
+    group.add_argument("--concurrency", type=int, help="requests in flight at most (default 64 for openai, lowered while the server "
+                       "is saturated; 1 in-process)")
     group.add_argument("--stop-after-failures", dest="stop_after_failures", type=int,
-                       help="stop the run after this many failed images in a row (default 20)")
+                       help="stop the run after this many failed images in a row")
     group.add_argument("--store", help="description store, SQLite (default: descriptions.sqlite in the cache folder)")
     group.add_argument("--prompts", help="JSON/YAML file replacing any of the prompts (image, image_with_label, group, "
                        "group_with_label, lmm_zeroshot), or 'paper' for the paper's printed wording (default: the authors' runs)")
@@ -36,7 +39,10 @@ def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:
 def add_lmm_zeroshot_arguments(parser: argparse.ArgumentParser) -> None:
     add_lmm_arguments(parser)
     parser.add_argument("--answer-cutoff", dest="answer_cutoff", type=float,
-                        help="with --lmm: least string similarity that maps an answer to a class (default 0.5)")
+                        help="with --lmm: least string similarity that maps an answer to a class")
+    parser.add_argument("--lmm-answer-format", dest="lmm_answer_format", choices=ANSWER_FORMATS,
+                        help="with --lmm openai: text (free answers, the paper's baseline) or json-schema (the server may "
+                        "answer only a class name: OpenAI response_format, for vLLM, SGLang, Ollama)")
 
 
 # --- describe -----------------------------------------------------------------------------------------
@@ -64,6 +70,10 @@ def _describe_parser(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", help="YAML file of options (describe options under 'describe:'); flags override it")
     group.add_argument("--workers", type=int, help="data-loading processes for the zero-shot label pass")
     group.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+    group.add_argument("--batch-out", dest="batch_out", metavar="FILE.jsonl", help="with --lmm batch: write every missing "
+                       "request as an OpenAI Batch file (for vllm run-batch or the OpenAI Batch API); needs --lmm-model")
+    group.add_argument("--batch-in", dest="batch_in", metavar="RESULTS.jsonl", help="with --lmm batch: store the answers "
+                       "of a Batch results file (vllm run-batch or OpenAI Batch API output)")
     group.add_argument("--import", dest="import_file", metavar="FILE.jsonl", help="load descriptions made elsewhere first")
     group.add_argument("--export", metavar="FILE.jsonl", help="write every stored description of the dataset's training "
                        "images, one JSON object per line")

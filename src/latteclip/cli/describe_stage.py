@@ -20,7 +20,7 @@ import torch
 from latteclip.cli import config_from_args, print_summary
 from latteclip.config import RunConfig, save_config
 from latteclip.data import ImageDataset, build_dataset
-from latteclip.describe.answers import map_answer, mapping_counts
+from latteclip.describe.answers import class_choice_format, constrained_text, map_answer, mapping_counts
 from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.prompts import Prompts, load_prompts
 from latteclip.describe.runner import Runner, Summary
@@ -76,7 +76,8 @@ def describe_command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     settings = _settings(args, config, DESCRIBE_OPTIONS)
     if not (settings.lmm or args.import_file or args.export):
-        raise LatteclipError("nothing to do: choose a describer with --lmm (openai, transformers, offline), or pass --import/--export")
+        raise LatteclipError("nothing to do: choose a describer with --lmm (openai, transformers, offline, batch), or pass --import/--export")
+    _check_batch_options(args, settings)
     if settings.true_class_members is not None and settings.lmm and not config.store:
         raise LatteclipError("--true-class-members makes groups from the TRUE labels: pass a separate --store FILE for them, "
                              "so label-free training never reads them by accident")
@@ -91,7 +92,8 @@ def describe_command(args: argparse.Namespace) -> int:
             print(f"imported {count} descriptions from {args.import_file} into {store.path}")
         summary = None
         if settings.lmm:
-            summary, describer_name = describe_training_images(config, settings, _prompts(args, settings, train.info.prompts), train, hashes, store)
+            summary, describer_name = describe_training_images(config, settings, _prompts(args, settings, train.info.prompts), train,
+                                                               hashes, store, args.batch_out, args.batch_in)
             _print_summary(summary, describer_name)
         if args.export:
             images = {h: s.path for s, h in zip(train.samples, hashes) if h is not None}
@@ -102,6 +104,17 @@ def describe_command(args: argparse.Namespace) -> int:
     if unreadable:
         print(f"{len(unreadable)} training images could not be read (first: {unreadable[0]})")
     return 0 if (summary is None or summary.complete) and not unreadable else 1
+
+
+def _check_batch_options(args: argparse.Namespace, settings: DescribeSettings) -> None:
+    files = bool(args.batch_out) + bool(args.batch_in)
+    if settings.lmm == "batch" and files != 1:
+        raise LatteclipError("--lmm batch needs one of --batch-out FILE.jsonl (write the requests) or --batch-in RESULTS.jsonl "
+                             "(store the answers)")
+    if files and settings.lmm != "batch":
+        raise LatteclipError("--batch-out/--batch-in go with --lmm batch")
+    if settings.lmm == "batch" and not settings.lmm_model:
+        raise LatteclipError("--lmm batch needs --lmm-model NAME: the model the batch runs (each request names it)")
 
 
 def _image_hasher(dataset: ImageDataset, hashes: list[str | None]):
@@ -128,10 +141,13 @@ def lmm_zeroshot_command(args: argparse.Namespace) -> int:
     """Ask the LMM to pick each test image's class among the class names; map answers; write a run folder."""
     started = time.time()
     config = config_from_args(args, method="lmm_zeroshot")
-    settings = _settings(args, config, LMM_OPTIONS + ("answer_cutoff",))
+    settings = _settings(args, config, LMM_OPTIONS + ("answer_cutoff", "lmm_answer_format"))
     if settings.lmm == "offline":
         raise LatteclipError("the offline describer ignores prompts, so it cannot answer the multiple-choice question: "
                              "use --lmm openai or --lmm transformers")
+    constrained = settings.lmm_answer_format == "json-schema"
+    if constrained and settings.lmm != "openai":
+        raise LatteclipError("--lmm-answer-format json-schema sends an OpenAI response_format: use it with --lmm openai")
     test = build_dataset(config.dataset, config.root, "test", None, dataset_options(config))
     info = test.info
     prompt = _prompts(args, settings, info.prompts).multiple_choice(info.classnames, info.domain)
@@ -141,8 +157,10 @@ def lmm_zeroshot_command(args: argparse.Namespace) -> int:
     try:
         hashes = image_hashes(test)
         runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
-        summary = runner.run(image_jobs(test, hashes, lambda i: prompt, kind="zeroshot"))
-        answers = store.get_texts([h or "" for h in hashes], "zeroshot", model=describer.model, prompt=prompt)
+        variant = settings.lmm_answer_format if constrained else ""
+        response_format = class_choice_format(info.classnames) if constrained else None
+        summary = runner.run(image_jobs(test, hashes, lambda i: prompt, "zeroshot", response_format, variant))
+        answers = store.get_texts([h or "" for h in hashes], "zeroshot", model=describer.model, prompt=prompt, variant=variant)
     finally:
         describer.close()
         store.close()
@@ -153,7 +171,7 @@ def lmm_zeroshot_command(args: argparse.Namespace) -> int:
 
     classnames = info.classnames
     valid = torch.tensor([a is not None for a in answers])
-    mapped = [map_answer(a or "", classnames, settings.answer_cutoff) for a in answers]
+    mapped = [map_answer(constrained_text(a or "") if constrained else a or "", classnames, settings.answer_cutoff) for a in answers]
     predictions = torch.tensor([m.label if m.label is not None else len(classnames) for m in mapped])
     # an extra "(unmapped)" class keeps wrong-because-unmapped answers visible in the confusion matrix
     report = accuracy_report(predictions, test.labels, valid, [*classnames, UNMAPPED])
@@ -172,7 +190,8 @@ def lmm_zeroshot_command(args: argparse.Namespace) -> int:
         "unreadable_train_images": 0,
         "unreadable_test_images": report["unreadable"],
         "timings": {"total_s": time.time() - started},
-        "lmm": {"backend": describer.backend, "model": describer.model, "prompt": prompt, "answer_cutoff": settings.answer_cutoff},
+        "lmm": {"backend": describer.backend, "model": describer.model, "prompt": prompt, "answer_cutoff": settings.answer_cutoff,
+                "answer_format": settings.lmm_answer_format},
     }
     _write_lmm_run(config, settings, results, test, answers, mapped)
     print_summary(results)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from latteclip.cli import command
+from latteclip.config import machine_cpus
 from latteclip.errors import LatteclipError
 from latteclip.paths import check_writable_file
 from latteclip.values import at_least
@@ -69,7 +70,7 @@ def _predict_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["table", "csv", "jsonl"], default="table")
     parser.add_argument("--out", help="write to this file instead of standard output")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    parser.add_argument("--workers", type=int, default=machine_cpus(), help="data-loading worker processes")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
 
 

@@ -17,6 +17,7 @@ from latteclip.cli import (
     print_summary,
 )
 from latteclip.cli.describe import add_lmm_zeroshot_arguments, run_lmm_zeroshot
+from latteclip.config import machine_cpus
 from latteclip.errors import LatteclipError
 from latteclip.paths import check_writable_file
 from latteclip.values import at_least
@@ -125,7 +126,7 @@ def _eval_parser(parser):
     parser.add_argument("--checkpoint", required=True, help="a run's final.pt")
     add_data_arguments(parser)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=machine_cpus(), help="data-loading worker processes")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=256)
     parser.add_argument("--out", help="where to write the JSON report (default: eval.json beside the checkpoint)")
 

@@ -401,7 +401,11 @@ def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
         raise LatteclipError(f"dataset root {root} does not exist")
     source, base = _locate(spec, root_path)
     split_path = _find_split_file(spec, base, root_path, options)
-    if split_path is None:
+    if split_path is None and spec.get("split_lists") and options.split_file != "none":
+        keys, parts, split_source = _read_split_lists(spec["split_lists"], base, name)
+        _check_present(parts, source, base / spec["split_lists"]["test" if split == "test" else "train"], split)
+        coop_names = {k: coop_classname(k) for k in keys}
+    elif split_path is None:
         if spec["class_key"] != "folder":
             raise LatteclipError(
                 f"{name} needs its split file {spec.get('split_file') or '(CoOp split)'}: pass --split-file PATH"
@@ -434,6 +438,29 @@ def _build_spec(name: str, root: str, split: str, options: DatasetOptions):
         classnames, templates = [spec["classnames"].get(k, k.replace("_", " ")) for k in keys], list(spec["templates"])
     info = DatasetInfo(name, classnames, keys, templates, spec["domain"], split_source, dict(spec.get("prompts", {})))
     return info, parts, source
+
+
+def _read_split_lists(lists: dict[str, str], base: Path, name: str) -> tuple[list[str], dict[str, list[Sample]], str]:
+    """The official split lists (FGVC-Aircraft: `images_variant_<part>.txt` lines "<image id> <class>" and the class
+    order in `variants.txt`), which CoOp's layout and torchvision's download both keep next to `images/`."""
+    files = {part: base / file for part, file in lists.items()}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise LatteclipError(f"{name}: {missing[0]} is missing (the dataset's split lists); pass --split-file PATH or "
+                             "download the dataset again (latteclip data download)")
+    keys = [line.strip() for line in files["classes"].read_text(encoding="utf-8").splitlines() if line.strip()]
+    index = {key: i for i, key in enumerate(keys)}
+    parts: dict[str, list[Sample]] = {}
+    for part in ("train", "val", "test"):
+        parts[part] = []
+        for number, line in enumerate(files[part].read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            image, _, key = line.strip().partition(" ")
+            if key not in index:
+                raise LatteclipError(f"{files[part]}, line {number}: class '{key}' is not in {files['classes']}")
+            parts[part].append(Sample(f"{image}.jpg", index[key]))
+    return keys, parts, str(files["train"].parent)
 
 
 def _scan_class_folders(source: ImageSource) -> tuple[list[str], dict[int, list[str]]]:

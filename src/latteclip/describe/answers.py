@@ -13,6 +13,7 @@ name no class ("I cannot tell") stay below the cutoff instead of landing on a ra
 from __future__ import annotations
 
 import difflib
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
@@ -52,6 +53,21 @@ def map_answer(answer: str, classnames: Sequence[str], cutoff: float = DEFAULT_C
     if scores[best] < cutoff:
         return MappedAnswer(None, "unmapped", scores[best])
     return MappedAnswer(best, "similar", scores[best])
+
+
+def class_choice_format(classnames: Sequence[str]) -> dict:
+    """The OpenAI `response_format` that lets the model answer only one of the class names (a JSON string):
+    `--lmm-answer-format json-schema`, for servers with constrained decoding (vLLM, SGLang, Ollama)."""
+    return {"type": "json_schema", "json_schema": {"name": "class_name", "schema": {"type": "string", "enum": list(classnames)}}}
+
+
+def constrained_text(answer: str) -> str:
+    """The class name inside a constrained answer ("\"Forest\"" -> "Forest"); the answer itself when it is not a JSON string."""
+    try:
+        value = json.loads(answer)
+    except ValueError:
+        return answer
+    return value if isinstance(value, str) else answer
 
 
 def mapping_counts(mapped: Sequence[MappedAnswer]) -> dict[str, float]:

@@ -26,13 +26,15 @@ class Request:
     """One question to the LMM: a picture and a prompt.
 
     `encoded` is the original file when it can be sent as is (no re-encoding cost, no loss);
-    `parts` are a group's own images, for describers that look at members one by one.
+    `parts` are a group's own images, for describers that look at members one by one;
+    `response_format` is the OpenAI constraint on the answer (a JSON schema), for servers that accept it.
     """
 
     image: Image.Image
     prompt: str
     encoded: bytes | None = None
     parts: tuple[Image.Image, ...] = ()
+    response_format: dict | None = None
 
     def data_url(self) -> str:
         data, mime = self.encoded_bytes()

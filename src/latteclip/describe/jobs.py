@@ -56,14 +56,16 @@ def load_picture(dataset: ImageDataset, index: int) -> tuple[Image.Image, bytes 
 
 
 def image_jobs(
-    dataset: ImageDataset, hashes: Sequence[str | None], prompt_for: Callable[[int], str], kind: str = "image"
+    dataset: ImageDataset, hashes: Sequence[str | None], prompt_for: Callable[[int], str], kind: str = "image",
+    response_format: dict | None = None, variant: str = "",
 ) -> list[Job]:
-    """One job per readable image: the image itself with its prompt."""
+    """One job per readable image: the image itself with its prompt (and the answer's constraint, if any;
+    constrained answers are stored under their own `variant`, apart from free-text ones)."""
 
     def builder(index: int, prompt: str) -> Callable[[], Request]:
         def build() -> Request:
             image, data = load_picture(dataset, index)
-            return Request(image, prompt, encoded=data)
+            return Request(image, prompt, encoded=data, response_format=response_format)
 
         return build
 
@@ -71,7 +73,7 @@ def image_jobs(
     for index, image_hash in enumerate(hashes):
         if image_hash is not None:
             prompt = prompt_for(index)
-            jobs.append(Job(image_hash, kind, prompt, dataset.samples[index].path, builder(index, prompt)))
+            jobs.append(Job(image_hash, kind, prompt, dataset.samples[index].path, builder(index, prompt), variant))
     return jobs
 
 

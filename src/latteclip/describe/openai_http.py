@@ -9,6 +9,11 @@ at temperature 0 the model gives the same answer again. Answers that show the co
 itself is wrong (401, 403, 404, a model the server does not serve) stop the run at once, and
 before any image is sent the servers are asked (GET /models) whether they answer, accept the key
 and serve the model.
+
+A request times out only when its server has answered nothing for `--lmm-timeout` seconds: a server
+that keeps answering others holds it in a queue, and sending it again would only make the queue longer.
+Such late answers and 429s lower the number of requests in flight (`AdaptiveLimit`); answers in time
+raise it again, so one `--concurrency` suits vLLM and a server that answers one request at a time.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import http.client
 import json
 import os
 import random
+import select
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 from urllib.parse import urlsplit
 
+from latteclip.describe.adaptive import AdaptiveLimit
 from latteclip.describe.backend import Answer, BackendStopped, Describer, ItemFailed, Request
 from latteclip.errors import LatteclipError
 
@@ -32,6 +39,34 @@ RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 STOPPING_STATUS = {401: "rejected the API key", 403: "refused access", 404: "has no such route or model"}
 MAX_TOKENS = 77
 MAX_REST_SECONDS = 30.0
+CHAT_ROUTE = "/chat/completions"
+
+
+def chat_body(model: str, request: Request, max_tokens: int = MAX_TOKENS) -> dict:
+    """The chat-completions request for one picture and prompt: what the live client sends and batch files hold.
+
+    Only OpenAI fields, since some servers (`transformers serve`) refuse any other with HTTP 422; `response_format`
+    only when the request asks for constrained answers.
+    """
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": request.data_url()}},
+            {"type": "text", "text": request.prompt},
+        ],
+    }
+    body = {"model": model, "messages": [message], "temperature": 0, "max_tokens": max_tokens}
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    return body
+
+
+def answer_text(completion: dict) -> str:
+    """The answer of a chat completion, whitespace collapsed ("" when empty); KeyError/IndexError/TypeError when malformed."""
+    content = completion["choices"][0]["message"]["content"]
+    if isinstance(content, list):  # some servers return content parts
+        content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return " ".join(str(content or "").split())
 
 
 def api_key_from_environment() -> str | None:
@@ -52,6 +87,7 @@ class Endpoint:
     path: str
     failures_in_row: int = 0
     rest_until: float = 0.0
+    last_answer: float = float("-inf")  # when it last answered anything (time.monotonic)
 
     @classmethod
     def parse(cls, url: str) -> "Endpoint":
@@ -105,9 +141,10 @@ class EndpointPool:
 class RetryableError(Exception):
     """A failure another try may not meet; `wait` is the server's Retry-After, when it sent one."""
 
-    def __init__(self, reason: str, wait: float | None = None):
+    def __init__(self, reason: str, wait: float | None = None, overload: bool = False):
         super().__init__(reason)
         self.wait = wait
+        self.overload = overload  # a sign of a saturated server (429, timeout): fewer requests in flight
 
 
 class EmptyAnswer(RetryableError):
@@ -143,6 +180,7 @@ class OpenAIDescriber(Describer):
         self.api_key = api_key if api_key is not None else api_key_from_environment()
         self.max_tokens = max_tokens
         self._local = threading.local()
+        self.limit = AdaptiveLimit()
         self.model = self.check_servers(model)
 
     # --- HTTP ------------------------------------------------------------------------------------
@@ -169,15 +207,18 @@ class OpenAIDescriber(Describer):
         if connection is not None:
             connection.close()
 
-    def _exchange(self, endpoint: Endpoint, method: str, route: str, body: bytes | None) -> tuple[int, bytes, str | None]:
+    def _exchange(self, endpoint: Endpoint, method: str, route: str, body: bytes | None,
+                  sent_at: float | None = None) -> tuple[int, bytes, str | None]:
         """(status, body, Retry-After) of one call; a kept-alive connection the server closed is reopened once."""
         for fresh in (False, True):
             connection = self._connection(endpoint)
             reused = connection.sock is not None
             try:
                 connection.request(method, endpoint.path + route, body=body, headers=self._headers())
+                self._await_answer(endpoint, connection, time.monotonic() if sent_at is None else sent_at)
                 response = connection.getresponse()
                 data = response.read()
+                endpoint.last_answer = time.monotonic()
                 if response.getheader("Connection", "").lower() == "close":
                     self._drop_connection(endpoint)
                 return response.status, data, response.getheader("Retry-After")
@@ -185,9 +226,26 @@ class OpenAIDescriber(Describer):
                 self._drop_connection(endpoint)
                 if reused and not fresh and isinstance(err, (BrokenPipeError, ConnectionResetError)):
                     continue  # the server closed an idle kept-alive connection: not a failure of this request
-                kind = "timed out" if isinstance(err, TimeoutError) else f"connection failed ({type(err).__name__}: {err})"
-                raise RetryableError(f"{endpoint.url} {kind}") from err
+                timed_out = isinstance(err, TimeoutError)
+                kind = "timed out" if timed_out else f"connection failed ({type(err).__name__}: {err})"
+                raise RetryableError(f"{endpoint.url} {kind}", overload=timed_out) from err
         raise AssertionError("unreachable: the second try either returns or raises")
+
+    def _await_answer(self, endpoint: Endpoint, connection: http.client.HTTPConnection, sent_at: float) -> None:
+        """Wait for the answer to begin; past the timeout only while the server answers others (then it is a queue,
+        and the limiter hears of it once); TimeoutError when it has answered nothing for the whole timeout."""
+        told = False
+        while True:
+            now = time.monotonic()
+            deadline = max(sent_at, endpoint.last_answer) + self.timeout
+            if now >= deadline:
+                raise TimeoutError(f"no answer within {self.timeout:g} s")
+            if not told and now >= sent_at + self.timeout:
+                self.limit.overloaded(sent_at)
+                told = True
+            readable, _, _ = select.select([connection.sock], [], [], min(deadline - now, 0.25))
+            if readable:
+                return
 
     def _listed_models(self, endpoint: Endpoint) -> tuple[int, bytes, list[str] | None]:
         """(status, body, the model ids of GET /models or None when the answer holds no list)."""
@@ -245,15 +303,7 @@ class OpenAIDescriber(Describer):
         )
 
     def payload(self, request: Request) -> bytes:
-        message = {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": request.data_url()}},
-                {"type": "text", "text": request.prompt},
-            ],
-        }
-        body = {"model": self.model, "messages": [message], "temperature": 0, "max_tokens": self.max_tokens}
-        return json.dumps(body).encode("utf-8")
+        return json.dumps(chat_body(self.model, request, self.max_tokens)).encode("utf-8")
 
     # --- one request with retries ----------------------------------------------------------------
     def describe(self, requests: Sequence[Request], stop: threading.Event) -> list[str | ItemFailed]:
@@ -266,27 +316,36 @@ class OpenAIDescriber(Describer):
         for attempt in range(self.retries + 1):
             if stop.is_set():
                 return ItemFailed(f"not finished: the run stopped ({reason or 'before an answer'})")
+            sent_at = self.limit.acquire(stop)
+            if sent_at is None:
+                return ItemFailed(f"not finished: the run stopped ({reason or 'before an answer'})")
             endpoint = self.pool.pick()
             try:
-                text = self._answer(endpoint, body)
-                self.pool.succeeded(endpoint)
-                return text
+                text = self._answer(endpoint, body, sent_at)
             except RetryableError as err:
-                reason = str(err)
+                if err.overload:
+                    self.limit.overloaded(sent_at)
+                reason, wait = str(err), err.wait
                 empty += isinstance(err, EmptyAnswer)
                 if empty == 2:
                     return ItemFailed(f"{reason} twice (at temperature 0 a third try gives the same)")
-                if attempt == self.retries:
-                    break
-                delay = err.wait if err.wait is not None else min(self.max_backoff, self.backoff * 2**attempt)
-                stop.wait(delay * random.uniform(0.75, 1.25))
             except ItemFailed as err:
                 return err
+            else:
+                self.pool.succeeded(endpoint)
+                self.limit.succeeded()
+                return text
+            finally:
+                self.limit.release()
+            if attempt == self.retries:
+                break
+            delay = wait if wait is not None else min(self.max_backoff, self.backoff * 2**attempt)
+            stop.wait(delay * random.uniform(0.75, 1.25))
         return ItemFailed(f"{reason} (gave up after {self.retries + 1} tries)")
 
-    def _answer(self, endpoint: Endpoint, body: bytes) -> Answer:
+    def _answer(self, endpoint: Endpoint, body: bytes, sent_at: float) -> Answer:
         try:
-            status, data, retry_after = self._exchange(endpoint, "POST", "/chat/completions", body)
+            status, data, retry_after = self._exchange(endpoint, "POST", CHAT_ROUTE, body, sent_at)
         except RetryableError:
             self.pool.failed(endpoint)
             raise
@@ -301,17 +360,15 @@ class OpenAIDescriber(Describer):
         if status in RETRYABLE_STATUS or status >= 500:
             if status >= 500:
                 self.pool.failed(endpoint)
-            raise RetryableError(f"{endpoint.url} answered HTTP {status}: {_snippet(data)}", _seconds(retry_after, self.max_backoff))
+            raise RetryableError(f"{endpoint.url} answered HTTP {status}: {_snippet(data)}", _seconds(retry_after, self.max_backoff),
+                                 overload=status == 429)
         if status != 200:
             raise ItemFailed(f"{endpoint.url} refused the request (HTTP {status}: {_snippet(data)})")
         try:
-            choice = json.loads(data)["choices"][0]
-            content, finish_reason = choice["message"]["content"], choice.get("finish_reason")
+            completion = json.loads(data)
+            text, finish_reason = answer_text(completion), completion["choices"][0].get("finish_reason")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             raise RetryableError(f"{endpoint.url} sent a malformed answer ({type(err).__name__}): {_snippet(data)}") from err
-        if isinstance(content, list):  # some servers return content parts
-            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-        text = " ".join(str(content or "").split())
         if not text:
             raise EmptyAnswer(f"{endpoint.url} sent an empty answer")
         return Answer(text, str(finish_reason) if finish_reason else None)

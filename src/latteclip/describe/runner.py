@@ -66,6 +66,31 @@ class Summary:
         return out
 
 
+def stored_keys(store: DescriptionStore, backend: str, model: str, jobs: Sequence[Job]) -> set:
+    """The job keys (model tag included) that the store answers for this backend and model."""
+    return {(tag, *key) for tag in {job.model_tag for job in jobs} for key in store.keys(backend, model + tag)}
+
+
+def plan(jobs: Sequence[Job], stored: set) -> tuple[Summary, list[Job], Counter]:
+    """What to ask: the jobs whose key is not `stored`, each key once (`followers` counts the identical jobs that
+    wait on a pending one), and a summary that has counted the rest as already stored. Batch files use it too."""
+    summary = Summary()
+    pending: list[Job] = []
+    followers: Counter = Counter()
+    queued = set()
+    for job in jobs:
+        counts = summary.counts[job.kind]
+        counts.total += 1
+        if job.key in stored:
+            counts.cached += 1
+        elif job.key in queued:
+            followers[job.key] += 1
+        else:
+            queued.add(job.key)
+            pending.append(job)
+    return summary, pending, followers
+
+
 class Runner:
     """Runs one list of jobs once (a cancelled runner stays cancelled: make a new one to go on)."""
 
@@ -94,23 +119,8 @@ class Runner:
 
     def run(self, jobs: Sequence[Job]) -> Summary:
         started = time.monotonic()
-        summary = Summary()
         describer = self.describer
-        tags = {job.model_tag for job in jobs}
-        stored = {(tag, *key) for tag in tags for key in self.store.keys(describer.backend, describer.model + tag)}
-        pending: list[Job] = []
-        followers: Counter = Counter()  # jobs that ask what a pending job asks (identical images)
-        queued = set()
-        for job in jobs:
-            counts = summary.counts[job.kind]
-            counts.total += 1
-            if job.key in stored:
-                counts.cached += 1
-            elif job.key in queued:
-                followers[job.key] += 1
-            else:
-                queued.add(job.key)
-                pending.append(job)
+        summary, pending, followers = plan(jobs, stored_keys(self.store, describer.backend, describer.model, jobs))
 
         work: queue.Queue[Job] = queue.Queue()
         for job in pending:

@@ -19,9 +19,10 @@ if TYPE_CHECKING:  # importing torch and OpenCLIP here would slow every command'
     from latteclip.describe.backend import Describer
     from latteclip.models import LoadedModel
 
-BACKENDS = ("openai", "transformers", "offline")
+BACKENDS = ("openai", "transformers", "offline", "batch")  # batch: OpenAI Batch files (describe --batch-out/--batch-in)
 DESCRIBABLE_KINDS = ("image", "group")
 DEFAULT_STOP_AFTER_FAILURES = 20
+ANSWER_FORMATS = ("text", "json-schema")  # LMM zero-shot: free text (the paper), or constrained to the class names
 
 
 @dataclass
@@ -44,6 +45,7 @@ class DescribeSettings:
     describer_pretrained: str | None = None  # its weights: an OpenCLIP tag or a file (default: random weights)
     stop_after_failures: int = DEFAULT_STOP_AFTER_FAILURES
     answer_cutoff: float = DEFAULT_CUTOFF  # LMM zero-shot: least similarity that maps an answer to a class
+    lmm_answer_format: str = "text"  # LMM zero-shot: text, or json-schema (response_format enum of the class names)
 
     def check(self) -> "DescribeSettings":
         if self.lmm is not None and self.lmm not in BACKENDS:
@@ -66,6 +68,8 @@ class DescribeSettings:
             raise LatteclipError("--describer-pretrained needs --describer-model NAME (the OpenCLIP model the weights are for)")
         if self.describer_model and self.lmm not in (None, "offline"):
             raise LatteclipError(f"--describer-model chooses the CLIP model of --lmm offline; --lmm {self.lmm} describes with --lmm-model")
+        if self.lmm_answer_format not in ANSWER_FORMATS:
+            raise LatteclipError(f"--lmm-answer-format {self.lmm_answer_format} must be one of {', '.join(ANSWER_FORMATS)}")
         if self.lmm_retries < 0:
             raise LatteclipError("--lmm-retries cannot be negative")
         return self
@@ -111,4 +115,6 @@ def build_describer(
         if loaded is None:
             raise LatteclipError("the offline describer needs a CLIP model (--describer-model, or --model/--pretrained)")
         return ClipVocabularyDescriber(loaded, domain, device, settings.vocabulary, settings.lmm_batch_size, dataset)
+    if settings.lmm == "batch":
+        raise LatteclipError("--lmm batch writes and reads OpenAI Batch files: use it with describe --batch-out/--batch-in")
     raise LatteclipError(f"choose a describer with --lmm ({', '.join(BACKENDS)})")

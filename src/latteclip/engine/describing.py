@@ -14,6 +14,7 @@ import torch
 from latteclip.config import RunConfig
 from latteclip.data import ImageDataset, build_dataset
 from latteclip.data.transforms import eval_transform
+from latteclip.describe.batch import read_results, write_requests
 from latteclip.describe.clip_vocab import compose_at_random, read_vocabulary
 from latteclip.describe.groups import draw_pseudo_label_groups, draw_true_class_groups
 from latteclip.describe.jobs import Job, group_jobs, image_hashes, image_jobs
@@ -62,8 +63,11 @@ def describe_training_images(
     train: ImageDataset,
     hashes: list[str | None],
     store: DescriptionStore,
+    batch_out: str | None = None,
+    batch_in: str | None = None,
 ) -> tuple[Summary, str]:
     """Ask the describer for every description of `settings.kinds` the store lacks; the summary and the describer's name.
+    With `--lmm batch`, write those requests to `batch_out` instead, or store the answers of `batch_in`.
 
     Groups drawn from the TRUE labels (`settings.true_class_members`, analysis) are stored under the model name
     plus ANALYSIS_TAG, so that training reads them only when asked for that model by name.
@@ -76,7 +80,8 @@ def describe_training_images(
     own_clip = settings.lmm == "offline" and not settings.describer_model  # the offline describer ranks with the adapted model
     device, loaded = device_and_model(config, needs_clip=needs_labels or own_clip)
     # the server is asked (reachable, key, model) before the zero-shot pass, so a wrong setting costs nothing
-    describer = build_describer(settings, info.domain, loaded, device, info.name)
+    describer = build_describer(settings, info.domain, loaded, device, info.name) if settings.lmm != "batch" else None
+    model = describer.model if describer is not None else settings.lmm_model or ""
     labels = pseudo_labels(config, train, loaded, device) if needs_labels else None
 
     def prompt_for(kind: str) -> Callable[[int], str]:
@@ -93,7 +98,7 @@ def describe_training_images(
     if wants_groups:
         if analysis:
             print(f"ANALYSIS MODE: groups hold {settings.true_class_members} of {settings.group_size} images of the "
-                  f"anchor's TRUE class; these groups read the labels and are stored as model '{describer.model}{ANALYSIS_TAG}', "
+                  f"anchor's TRUE class; these groups read the labels and are stored as model '{model}{ANALYSIS_TAG}', "
                   "which label-free training reads only when named (--describer-model)")
             true_labels = [s.label if h is not None else -1 for s, h in zip(train.samples, hashes)]  # unread: no group
             groups = draw_true_class_groups(true_labels, settings.group_size, settings.true_class_members, config.seed)
@@ -102,6 +107,8 @@ def describe_training_images(
             groups = draw_pseudo_label_groups(labels, settings.group_size, config.seed, settings.group_draw)
             draw = f"{settings.group_draw} draw by zero-shot label of {config.model} {config.pretrained or 'random'}"
         jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
+    if describer is None:
+        return _batch_files(jobs, store, model, info.name, batch_out, batch_in)
     runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
     try:
         summary = runner.run(jobs)
@@ -148,3 +155,23 @@ def true_class_descriptions(
             rows.append((image_hash, kind, "", "analysis", model + ANALYSIS_TAG, text, sample.path, info.name, {"share": share}, ""))
     store.put_many(rows)
     return len(rows) // 2
+
+
+def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_name: str, batch_out: str | None,
+                 batch_in: str | None) -> tuple[Summary, str]:
+    """--batch-out: the requests the store lacks, as an OpenAI Batch file; --batch-in: the answers of a results file."""
+    if batch_out:
+        summary, written = write_requests(jobs, store, model, batch_out)
+        if written:
+            print(f"wrote {written} requests to {batch_out}: run them (e.g. vllm run-batch -i {batch_out} -o "
+                  f"RESULTS.jsonl --model {model}), then store the answers with the same command and --batch-in RESULTS.jsonl")
+        else:
+            print("nothing to write: the store holds an answer to every request")
+        return summary, f"batch file for {model}"
+    if not batch_in:
+        raise LatteclipError("--lmm batch needs --batch-out FILE.jsonl or --batch-in RESULTS.jsonl")
+    summary, unmatched = read_results(jobs, store, model, batch_in, dataset_name)
+    if unmatched:
+        print(f"{unmatched} lines of {batch_in} match no request still missing (already stored, or another dataset, "
+              "prompt or model): left as they are")
+    return summary, f"batch results of {model}"

@@ -190,8 +190,8 @@ class CoftPlusOptions(CoftOptions):
     momentum_contrast: bool = True  # the momentum encoder, its queue and the supervised momentum-contrastive term
     ema_momentum: float = 0.999  # momentum of the key encoder
     queue_size: int = 4096  # keys kept for the momentum-contrastive loss
-    contrastive_temperature: float = 0.07
-    contrastive_weight: float = 1.0
+    contrastive_temperature: float = 0.07  # temperature of the momentum-contrastive loss
+    contrastive_weight: float = 1.0  # weight of the momentum-contrastive loss in the total
     llm_descriptions: bool = True  # LLM class descriptions added to the class texts; off = CoFT's class texts
     class_descriptions: str = ""  # JSON {class name: [LLM texts]}; else kind 'class' texts of --store
     description_weight: float = 1.0  # class weights = normalize(t+_c + this * mean description feature)
