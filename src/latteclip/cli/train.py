@@ -153,15 +153,11 @@ def run_eval(args: argparse.Namespace) -> int:
     root = args.root or saved["root"]
     # the training run's data options (limit, split file, names) describe its own dataset only
     inherited = saved if (dataset, root) == (saved["dataset"], saved["root"]) else {}
-    options = DatasetOptions(
-        limit=args.limit if args.limit is not None else inherited.get("limit"),
-        seed=args.seed if args.seed is not None else saved.get("seed", 0),
-        classnames_file=args.classnames or inherited.get("classnames"),
-        templates_file=args.templates or inherited.get("templates"),
-        domain=args.domain or inherited.get("domain"),
-        split_file=args.split_file or inherited.get("split_file"),
-        prompt_set=args.prompt_set or saved.get("prompt_set", "clip"),
-    )
+    given = {k: getattr(args, k) for k in ("limit", "seed", "classnames", "templates", "domain", "split_file", "prompt_set")}
+    options = DatasetOptions.from_run({
+        **inherited, "seed": saved.get("seed", 0), "prompt_set": saved.get("prompt_set", "clip"),
+        **{k: v for k, v in given.items() if v is not None and v != ""},
+    })
     test_set = build_dataset(dataset, root, "test", None, options)  # the data is checked before the model loads
     device = pick_device(args.device)
     method = method_from_checkpoint(payload, device)

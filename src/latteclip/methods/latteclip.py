@@ -25,14 +25,10 @@ from latteclip.engine.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
 from latteclip.models import PrototypeBank, encode_texts
+from latteclip.models.prototypes import full_precision
 
 TEXT_KINDS = ("class", "image", "group")
 MIXER_EPS = 1e-6
-
-
-def full_precision(tensor: torch.Tensor):
-    """Autocast off on the tensor's device: the prototype arithmetic runs in fp32 under bf16/fp16 training."""
-    return torch.autocast(tensor.device.type, enabled=False)
 
 
 def mixer_weights(text_features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -49,19 +45,22 @@ def mixer_weights(text_features: torch.Tensor, prototypes: torch.Tensor) -> torc
 
 
 def mixed_text_embedding(text_features: torch.Tensor, prototypes: torch.Tensor, use_mixer: bool = True) -> torch.Tensor:
-    """The mixer's weighted mean of each sample's K texts, sum_T w(T) e(T) / sum_T w(T), [B, d] in fp32.
+    """The mixer's weighted mean of each sample's K texts, sum_T w(T) e(T) / sum_T w(T), [B, d] in fp32."""
+    return mix_with_weights(text_features, prototypes, use_mixer)[0]
 
-    Each weight gets 1e-6 so that a sample whose texts all tie (weight 0) falls back to the plain
-    mean instead of dividing by zero. Mixer off: all weights 1.
+
+def mix_with_weights(text_features: torch.Tensor, prototypes: torch.Tensor, use_mixer: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mix [B, d] and Eq. (1)'s weight of each text [B, K] (so a step reports the weights it used).
+
+    Each weight gets 1e-6 in the mix so that a sample whose texts all tie (weight 0) falls back to the
+    plain mean instead of dividing by zero. Mixer off: the mix weighs every text 1.
     """
     batch, k, dim = text_features.shape
     with full_precision(text_features):
         features = text_features.float()
-        if use_mixer:
-            weights = mixer_weights(features.reshape(batch * k, dim), prototypes).view(batch, k) + MIXER_EPS
-        else:
-            weights = torch.ones(batch, k, device=features.device)
-        return (weights.unsqueeze(-1) * features).sum(dim=1) / weights.sum(dim=1, keepdim=True)
+        weights = mixer_weights(features.reshape(batch * k, dim), prototypes).view(batch, k)
+        mixing = weights + MIXER_EPS if use_mixer else torch.ones_like(weights)
+        return (mixing.unsqueeze(-1) * features).sum(dim=1) / mixing.sum(dim=1, keepdim=True), weights
 
 
 def prototype_text_embedding(
@@ -227,14 +226,14 @@ class LatteCLIP(Method):
         with torch.no_grad(), full_precision(u):
             ft_labels = (u.detach().float() @ F.normalize(prototypes, dim=-1).t()).argmax(dim=-1)
         labels = {"zs": self.zs_labels[indices], "ft": ft_labels}
-        k = len(self.options.texts)
         features = self.step_text_features(indices.tolist(), labels, step)
 
         loss = u.new_zeros(())
         metrics: dict[str, float] = {}
-        embeddings, embedding_labels = [], []
+        embeddings, embedding_labels, step_weights = [], [], []
         for kind in self.label_kinds:
-            mixed = mixed_text_embedding(features[kind], prototypes, self.options.mixer)
+            mixed, weights = mix_with_weights(features[kind], prototypes, self.options.mixer)
+            step_weights.append(weights)
             t = blend_with_prototypes(mixed, prototypes[labels[kind]], self.options.alpha)
             part = contrastive_loss(u, F.normalize(t, dim=-1), self.model.logit_scale)
             loss = loss + part
@@ -242,8 +241,7 @@ class LatteCLIP(Method):
             # what the prototypes move to: t (alpha is the momentum), or the mixed texts alone without momentum
             embeddings.append(t.detach() if self.options.momentum else mixed.detach())
             embedding_labels.append(labels[kind])
-        stacked = torch.cat([features[kind].detach() for kind in self.label_kinds])
-        weights = mixer_weights(stacked.reshape(-1, stacked.shape[-1]), prototypes).view(-1, k)
+        weights = torch.cat(step_weights)
         for position, kind in enumerate(self.options.texts):
             metrics[f"mixer/weight_{kind}"] = weights[:, position].mean().item()
         metrics["loss"] = loss.item()

@@ -24,6 +24,7 @@ from torch import nn
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
 from latteclip.models import class_text_features, encode_texts
+from latteclip.models.prototypes import full_precision
 
 SOLVERS = ("iterative", "closed_form")
 
@@ -240,7 +241,7 @@ class Reclip(Method):
         self.model.train(was_training)
         opts = self.options
         # the sparse solver and the SVD run in float32 even when the step runs under mixed precision
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+        with torch.no_grad(), full_precision(self.initial_text):
             current_text = self.ensemble_text_features()
             branches = {}
             for branch, features, seeds in (

@@ -8,6 +8,11 @@ import torch.nn.functional as F
 from latteclip.distributed import all_reduce_sum
 
 
+def full_precision(tensor: torch.Tensor):
+    """Autocast off on the tensor's device: arithmetic that must stay fp32 under bf16/fp16 training."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 class PrototypeBank:
     """Class prototypes p_c, initialised from the class text features z_c.
 
@@ -38,7 +43,7 @@ class PrototypeBank:
 
     @torch.no_grad()
     def momentum_update(self, embeddings: torch.Tensor, labels: torch.Tensor, mu: float) -> None:
-        with torch.autocast(self.vectors.device.type, enabled=False):
+        with full_precision(self.vectors):
             sums, counts = self.class_sums(embeddings, labels)
             self.apply_sums(all_reduce_sum(sums), all_reduce_sum(counts), mu)
 
