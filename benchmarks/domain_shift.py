@@ -32,34 +32,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from latteclip.cli.demo import check_stages, prepare_stages
+from latteclip.config import comma_list
 from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
 from latteclip.engine.describing import true_class_descriptions
-from latteclip.engine.domain_shift import (
-    Experiment,
-    deep_merge,
-    aggregate,
-    elapsed,
-    format_cell,
-    load_experiment,
-    package_experiment_file,
-    pretrain_describer,
-    pretrain_source,
-    results_table,
-    run_config,
-    run_or_reuse,
-    run_summary,
-    select,
-    use_threads,
-)
-from latteclip.config import comma_list
 from latteclip.errors import LatteclipError
+from latteclip.experiments.archive import RunArchive
+from latteclip.experiments.machine import use_threads
+from latteclip.experiments.runner import ExperimentRuns, finished_run, run_config, run_experiment
+from latteclip.experiments.spec import Experiment, deep_merge, load_experiment, package_experiment_file
+from latteclip.experiments.tables import Cells, aggregate, format_cell, results_table
 from latteclip.report.plots import plot_against_share
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_page import RESULTS, write_section  # noqa: E402  (the shared page writer beside this script)
 
-Cells = dict[tuple[str, str], list[dict[str, Any]]]
+ARCHIVE = Path(__file__).resolve().parent / "archive"
 SWEEP_SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
 SWEEP_SHIFT = "blur-noise"
 SWEEP_NEEDS = ("zeroshot", "flyp_pl", "latteclip")  # entries (by name) the sweep reads or reruns
@@ -77,6 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="class-balanced subset of N target images per split")
     parser.add_argument("--threads", type=int, help="torch threads (default: one per idle core, from the load average)")
     parser.add_argument("--output", help="folder of the run folders (default: runs/benchmark)")
+    parser.add_argument("--archive", default=str(ARCHIVE), help="folder of the archived results a checkout keeps (default: "
+                        "benchmarks/archive); 'none': only the run folders")
+    parser.add_argument("--rerun", help="comma-separated entries to train anew, not reused from run folders or the archive "
+                        "(after a change to their method's code)")
     parser.add_argument("--out", default=str(RESULTS), help="the results page whose domain_shift section is written (default: docs/results.md)")
     parser.add_argument("--sweep", action="store_true", help=f"also the description sweep on {SWEEP_SHIFT}: LatteCLIP with texts naming the "
                         "true class for a share q of the images (ANALYSIS: reads the true training labels; needs --reads-labels)")
@@ -112,37 +103,6 @@ def experiment_from(args: argparse.Namespace) -> Experiment:
     return experiment
 
 
-def run_benchmark(experiment: Experiment) -> tuple[dict, Cells, list[dict[str, Any]]]:
-    started = time.time()
-    check_stages(experiment)
-    print(f"pre-training {experiment.model} on the clean source domain (cached)", flush=True)
-    source = pretrain_source(experiment)
-    print(f"  zero-shot top-1 on the clean test set: {100 * source.summary['clean_test_top1']:.2f}% ({elapsed(started)})", flush=True)
-    describer = pretrain_describer(experiment)
-    if describer is not None:
-        print(f"  describer {experiment.describer['model']}: {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set "
-              f"({elapsed(started)})", flush=True)
-    cells: Cells = {}
-    choices: list[dict[str, Any]] = []
-    for shift in experiment.shifts:
-        for entry in experiment.methods:
-            choice, scores = select(
-                experiment, entry, shift, lambda msg: print(f"  {msg}", flush=True),
-                prepare=lambda config, entry=entry: prepare_stages(experiment, entry, config),
-            )
-            if scores:
-                choices.append({"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores})
-            for seed in experiment.seeds:
-                print(f"{entry.label} on {experiment.target(shift)}, seed {seed} ({elapsed(started)})", flush=True)
-                config = run_config(experiment, entry, experiment.target(shift), seed, f"{shift}/{entry.name}-s{seed}", choice)
-                results = run_or_reuse(config, lambda c, entry=entry: prepare_stages(experiment, entry, c))
-                summary = run_summary(results, config.run_dir)
-                summary["seed"] = seed
-                cells.setdefault((entry.name, shift), []).append(summary)
-                print(f"  top-1 {100 * results['top1']:.2f}%", flush=True)
-    return {"source": source.summary, "describer": describer.summary if describer else None}, cells, choices
-
-
 def check_sweep(experiment: Experiment) -> None:
     """Refuse, before any work, a sweep whose reference rows are not in the benchmark."""
     names = {entry.name for entry in experiment.methods}
@@ -152,7 +112,7 @@ def check_sweep(experiment: Experiment) -> None:
                              f"(missing: {', '.join(missing + ([] if SWEEP_SHIFT in experiment.shifts else [SWEEP_SHIFT]))})")
 
 
-def run_sweep(experiment: Experiment, choices: list[dict[str, Any]]) -> dict[float, list[dict[str, Any]]]:
+def run_sweep(experiment: Experiment, choices: list[dict[str, Any]], archive: RunArchive | None) -> dict[float, list[dict[str, Any]]]:
     """LatteCLIP on the sweep's shift with true-class texts at each share (READS THE TRUE LABELS), with its chosen options."""
     entry = next(e for e in experiment.methods if e.name == "latteclip")
     choice = next((c["chosen"] for c in choices if c["entry"] == entry.name and c["shift"] == SWEEP_SHIFT), {})
@@ -176,11 +136,9 @@ def run_sweep(experiment: Experiment, choices: list[dict[str, Any]]) -> dict[flo
                     store.close()
 
             print(f"LatteCLIP with true-class texts for {100 * share:.0f}% of the images, seed {seed}", flush=True)
-            run = run_or_reuse(config, describe)
-            summary = run_summary(run, config.run_dir)
-            summary["seed"] = seed
-            results.setdefault(share, []).append(summary)
-            print(f"  top-1 {100 * run['top1']:.2f}%", flush=True)
+            run = finished_run(config, describe, archive)
+            results.setdefault(share, []).append({**run.summary, "seed": seed})
+            print(f"  top-1 {100 * run.results['top1']:.2f}%" + (" (from the archive)" if run.archived else ""), flush=True)
     return results
 
 
@@ -274,13 +232,16 @@ def analysis_table(experiment: Experiment, cells: Cells, prefix: str, percent: b
     return "\n".join(lines)
 
 
-def results_section(experiment: Experiment, pretrained: dict, cells: Cells, choices: list[dict], seconds: float) -> str:
+def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float, archive: RunArchive | None) -> str:
     """The body of the page's domain-shift section (the command and the machine head it)."""
     run = experiment.run
+    cells, choices = runs.cells, runs.choices
+    pretrained = {name: weights.summary if weights else None for name, weights in runs.pretrained.items()}
+    kept = f" or archived in {archive.folder.name}/ (results kept in the repository, see its README)" if archive else ""
     seeds = ", ".join(str(s) for s in experiment.seeds)
     parts = [
         f"Torch threads: {torch.get_num_threads()}. Finished {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} after "
-        f"{seconds / 60:.1f} minutes (runs already in {experiment.output} are reused, not rerun).",
+        f"{seconds / 60:.1f} minutes (runs already in {experiment.output}{kept} are reused, not rerun).",
         "",
         f"- Source: `{experiment.model}` pre-trained from random weights with labels (method `pretrain`) on `fmnist` "
         f"(root `{experiment.root}`): {pretrained['source']['steps']} steps, {100 * pretrained['source']['clean_test_top1']:.2f}% "
@@ -359,19 +320,21 @@ def main(argv: list[str] | None = None) -> int:
         experiment = experiment_from(args)
         if args.sweep:
             check_sweep(experiment)
+        archive = None if args.archive == "none" else RunArchive(args.archive)
+        fresh = frozenset(comma_list(args.rerun)) if args.rerun else frozenset()
         use_threads(experiment.threads)
         started = time.time()
-        pretrained, cells, choices = run_benchmark(experiment)
-        body = results_section(experiment, pretrained, cells, choices, time.time() - started)
+        runs = run_experiment(experiment, choose=True, progress=lambda line: print(line, flush=True), archive=archive, fresh=fresh)
+        body = results_section(experiment, runs, time.time() - started, archive)
         write_section("domain_shift", "Domain shift: Fashion-MNIST, tiny CLIP pre-trained on the clean source domain", body, Path(args.out))
         print(f"results page: {args.out} (section domain_shift)")
         if args.sweep:
-            sweep = run_sweep(experiment, choices)
+            sweep = run_sweep(experiment, runs.choices, archive)
             page = Path(args.out)
             figure = page.parent / "figures" / "description_sweep.png"
             figure.parent.mkdir(parents=True, exist_ok=True)
             write_section("description_sweep", f"Analysis (reads labels): LatteCLIP against the share of true-class texts, {SWEEP_SHIFT}",
-                          sweep_section(experiment, cells, sweep, figure, page), page)
+                          sweep_section(experiment, runs.cells, sweep, figure, page), page)
             print(f"results page: {args.out} (section description_sweep, figure {figure})")
     except LatteclipError as err:
         print(f"error: {err}", file=sys.stderr)

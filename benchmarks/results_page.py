@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from latteclip.engine.domain_shift import machine_description
+from latteclip.experiments.machine import machine_description
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 HEADER = "# Measured results\n\nEvery section below is written by the benchmark script it names; nothing here is typed by hand.\n"

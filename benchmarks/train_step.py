@@ -136,7 +136,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", variant] + [a for a in sys.argv[1:]]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    from latteclip.engine.domain_shift import machine_description
+    from latteclip.experiments.machine import machine_description
 
     machine = machine_description()
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{machine['cpu']}, {machine['cores']} cores"

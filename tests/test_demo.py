@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import yaml
 
 from latteclip.cli import main
 from latteclip.config import resolve_config
-from latteclip.engine import domain_shift, pretraining
-from latteclip.engine.domain_shift import load_experiment, package_experiment_file, run_or_reuse, select
+from latteclip.engine import pretraining
+from latteclip.experiments import machine, runner
+from latteclip.experiments.runner import FinishedRun, run_or_reuse, select
+from latteclip.experiments.spec import load_experiment, package_experiment_file
 from latteclip.errors import LatteclipError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +72,7 @@ def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, mon
         pytest.fail("a second demo must reuse the cached pre-training and the finished runs")
 
     monkeypatch.setattr(pretraining, "run_training", no_training)
-    monkeypatch.setattr(domain_shift, "run_training", no_training)
+    monkeypatch.setattr(runner, "run_training", no_training)
     assert main(["demo", "--quick", "--output", str(output), "--threads", "1"]) == 0
     assert "reused from the cache" in capsys.readouterr().out
     assert (output / "results.md").read_text() == table
@@ -110,11 +113,11 @@ def test_choice_is_made_on_held_out_training_images(tmp_path, monkeypatch):
     heldout_top1 = {(1e-6, 10): 0.50, (1e-5, 10): 0.61, (1e-4, 10): 0.61, (1e-6, 20): 0.55, (1e-5, 20): 0.40, (1e-4, 20): 0.30}
     seen = []
 
-    def fake_run(config, prepare=None):
+    def fake_run(config, prepare=None, archive=None, fresh=False):
         seen.append(config.dataset)
-        return {"top1": heldout_top1[(config.lr, config.max_steps)]}
+        return FinishedRun({"top1": heldout_top1[(config.lr, config.max_steps)]}, {})
 
-    monkeypatch.setattr(domain_shift, "run_or_reuse", fake_run)
+    monkeypatch.setattr(runner, "finished_run", fake_run)
     experiment.weights["source"] = tmp_path / "weights.safetensors"
     choice, scores = select(experiment, entry, "rotation", lambda message: None)
     assert set(seen) == {"fmnist-heldout-rotation"} and len(scores) == 6
@@ -126,8 +129,8 @@ def test_finished_runs_are_reused_only_with_the_same_configuration(tmp_path, mon
               "limit": 30, "workers": 0, "output": str(tmp_path), "name": "zs"}
     first = run_or_reuse(resolve_config(values))
     calls = []
-    real = domain_shift.run_training
-    monkeypatch.setattr(domain_shift, "run_training", lambda config: calls.append(config) or real(config))
+    real = runner.run_training
+    monkeypatch.setattr(runner, "run_training", lambda config: calls.append(config) or real(config))
     assert run_or_reuse(resolve_config(values)) == first and not calls
     changed = run_or_reuse(resolve_config({**values, "limit": 20}))
     assert len(calls) == 1 and changed["test"]["n"] == 20
@@ -143,7 +146,7 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     ])
     out = tmp_path / "results.md"
     argv = ["--config", str(config), "--variant", "quick", "--shifts", "tint", "--seeds", "0,1", "--threads", "1",
-            "--output", str(tmp_path / "runs"), "--out", str(out)]
+            "--output", str(tmp_path / "runs"), "--out", str(out), "--archive", str(tmp_path / "archive")]
     out.write_text("# Measured results\n\n<!-- other:start -->\n## Another benchmark\n<!-- other:end -->\n")
     monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "domain_shift.py"), *argv])
     assert benchmark.main(argv) == 0
@@ -154,6 +157,19 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     assert '| tint | FLYP + pseudo-labels | {"lr": 1e-05}: ' in page
     assert "| tint | CLIP zero-shot | 1 |" in page
     assert "| CLIP zero-shot | predictions/top_class_share |" in page
+    # a new checkout has no run folders: the archive's entries stand in for them, with nothing trained
+    table = page[page.index("### Top-1"):page.index("### Hyper-parameters")]
+    assert len(list((tmp_path / "archive").rglob("*.json"))) == 6  # 2 held-out candidates + 2 entries x 2 seeds
+    monkeypatch.setattr(runner, "run_training", lambda config: pytest.fail("an archived run must not train again"))
+    shutil.rmtree(tmp_path / "runs")
+    assert benchmark.main(argv) == 0
+    again = out.read_text()
+    assert again[again.index("### Top-1"):again.index("### Hyper-parameters")] == table
+    # --rerun trains an entry anew (after a change to its code)
+    monkeypatch.setattr(runner, "run_training", lambda config: pytest.fail(f"only flyp_pl reruns, not {config.method}")
+                        if config.method != "flyp_pl" else {"top1": 0.5, "steps": 2, "timings": {}, "test": {}})
+    assert benchmark.main([*argv, "--rerun", "flyp_pl"]) == 0
+    assert "| FLYP + pseudo-labels | 50.00 ± 0.00 |" in out.read_text()
 
 
 def test_run_summary_averages_the_last_fifth_of_training_and_measures_the_prediction_spread(tmp_path):
@@ -161,19 +177,19 @@ def test_run_summary_averages_the_last_fifth_of_training_and_measures_the_predic
     records.append({"step": 10, "eval/top1": 0.5})  # an evaluation line is not a training record
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     results = {"top1": 0.375, "steps": 10, "timings": {"total_s": 3.0}, "test": {"confusion": [[3, 1], [4, 0]]}}
-    summary = domain_shift.run_summary(results, tmp_path)
+    summary = runner.run_summary(results, tmp_path)
     assert summary["analysis/pseudo_label_acc"] == pytest.approx(0.95)  # steps 9 and 10
     assert summary["predictions/top_class_share"] == pytest.approx(7 / 8)  # 7 of 8 test images predicted as class 0
 
 
 def test_idle_cores_come_from_cpu_use_measured_now(monkeypatch):
-    monkeypatch.setattr(domain_shift.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 4)
     samples = iter([(100, 400), (250, 600)])  # 150 busy of 200 jiffies: 3 of 4 cores busy
-    monkeypatch.setattr(domain_shift, "cpu_times", lambda: next(samples))
-    assert domain_shift.idle_cores(window_s=0) == 1
-    monkeypatch.setattr(domain_shift, "cpu_times", lambda: None)  # no /proc: the load average decides
-    monkeypatch.setattr(domain_shift.os, "getloadavg", lambda: (0.4, 0.0, 0.0))
-    assert domain_shift.idle_cores(window_s=0) == 4
+    monkeypatch.setattr(machine, "cpu_times", lambda: next(samples))
+    assert machine.idle_cores(window_s=0) == 1
+    monkeypatch.setattr(machine, "cpu_times", lambda: None)  # no /proc: the load average decides
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (0.4, 0.0, 0.0))
+    assert machine.idle_cores(window_s=0) == 4
 
 
 def test_the_description_sweep_reads_labels_only_when_asked(tmp_path, capsys):

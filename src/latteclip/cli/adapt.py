@@ -45,7 +45,7 @@ def _adapt_parser(parser: argparse.ArgumentParser) -> None:
 
 @_adapt_parser
 def run_adapt(args: argparse.Namespace) -> int:
-    from latteclip.engine.domain_shift import run_or_reuse
+    from latteclip.experiments.runner import run_or_reuse
     from latteclip.methods import build_options, get_method
 
     method_cls = get_method(args.method)
@@ -102,20 +102,9 @@ def _describe_settings(args: argparse.Namespace, config, kinds: list[str], group
 
 
 def _describe(config, settings, args: argparse.Namespace) -> None:
-    from latteclip.data import build_dataset
-    from latteclip.describe.jobs import image_hashes
-    from latteclip.describe.prompts import load_prompts
-    from latteclip.describe.store import DescriptionStore
-    from latteclip.engine.describing import describe_training_images
-    from latteclip.engine.session import dataset_options
+    from latteclip.engine.describing import describe_run
 
-    train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
-    store = DescriptionStore(config.store)
-    try:
-        summary, describer = describe_training_images(config, settings, load_prompts(train.info.prompts, settings.prompts, args.prompts), train,
-                                                      image_hashes(train), store)
-    finally:
-        store.close()
+    summary, describer = describe_run(config, settings, args.prompts)
     print(f"      {describer}: " + "; ".join(summary.lines()[:3]), flush=True)
     if not summary.complete:
         raise LatteclipError(f"the description stage did not finish ({summary.lines()[-1]}); run the same command again: "

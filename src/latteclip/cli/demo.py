@@ -12,17 +12,13 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import yaml
+from typing import TYPE_CHECKING
 
 from latteclip.cli import command
 from latteclip.config import comma_list
-from latteclip.errors import LatteclipError
 
 if TYPE_CHECKING:
-    from latteclip.config import RunConfig
-    from latteclip.engine.domain_shift import Experiment, MethodEntry
+    from latteclip.experiments.spec import Experiment
 
 
 @command("demo", "the whole pipeline offline on CPU: pre-train a tiny CLIP on Fashion-MNIST, adapt it to shifted domains without labels, print the table")
@@ -37,19 +33,10 @@ def _demo_parser(parser: argparse.ArgumentParser) -> None:
 
 @_demo_parser
 def run_demo(args: argparse.Namespace) -> int:
-    from latteclip.engine.domain_shift import (
-        elapsed,
-        load_experiment,
-        machine_description,
-        package_experiment_file,
-        pretrain_describer,
-        pretrain_source,
-        results_table,
-        run_config,
-        run_or_reuse,
-        run_summary,
-        use_threads,
-    )
+    from latteclip.experiments.machine import elapsed, machine_description, use_threads
+    from latteclip.experiments.runner import run_experiment
+    from latteclip.experiments.spec import load_experiment, package_experiment_file
+    from latteclip.experiments.tables import results_table
 
     overrides = {
         key: value
@@ -62,43 +49,14 @@ def run_demo(args: argparse.Namespace) -> int:
         if value is not None
     }
     experiment = load_experiment(args.config or package_experiment_file("demo"), "quick" if args.quick else None, overrides)
-    check_stages(experiment)
     threads = use_threads(experiment.threads)
     started = time.time()
-    pretrainings = 2 if experiment.describer else 1
-    stages = pretrainings + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
-    stage = 1
+    runs_count = len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
+    print(f"demo: {runs_count} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in {experiment.output}", flush=True)
+    runs = run_experiment(experiment, choose=False, progress=lambda line: print(line, flush=True))
+    source, describer = runs.pretrained["source"], runs.pretrained["describer"]
 
-    print(f"demo: {stages - pretrainings} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in {experiment.output}", flush=True)
-    print(f"[{stage}/{stages}] pre-training {experiment.model} with labels on the clean source domain (cached after the first demo)", flush=True)
-    source = pretrain_source(experiment)
-    how = "reused from the cache" if source.cached else "trained now"
-    print(f"      {how}: zero-shot top-1 {100 * source.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})", flush=True)
-    describer = None
-    if experiment.describer:
-        stage += 1
-        print(f"[{stage}/{stages}] pre-training the describer {experiment.describer['model']} (the LMM's stand-in) with labels on "
-              "the same clean source images (cached after the first demo)", flush=True)
-        describer = pretrain_describer(experiment)
-        how = "reused from the cache" if describer.cached else "trained now"
-        print(f"      {how}: zero-shot top-1 {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})",
-              flush=True)
-
-    cells: dict[tuple[str, str], list[dict]] = {}
-    run_dirs: dict[tuple[str, str], Path] = {}
-    for shift in experiment.shifts:
-        for entry in experiment.methods:
-            for seed in experiment.seeds:
-                stage += 1
-                dataset = experiment.target(shift)
-                print(f"[{stage}/{stages}] {entry.label} on {dataset} (seed {seed})", flush=True)
-                config = run_config(experiment, entry, dataset, seed, f"{shift}/{entry.name}-s{seed}")
-                results = run_or_reuse(config, lambda c, entry=entry: prepare_stages(experiment, entry, c))
-                cells.setdefault((entry.name, shift), []).append(run_summary(results, config.run_dir))
-                run_dirs.setdefault((entry.name, shift), config.run_dir)
-                print(f"      top-1 {100 * results['top1']:.2f}% ({elapsed(started)})", flush=True)
-
-    table = results_table(experiment, cells)
+    table = results_table(experiment, runs.cells)
     header = (
         f"Pre-trained {experiment.model}: {100 * source.summary['clean_test_top1']:.2f}% zero-shot top-1 on the clean "
         f"Fashion-MNIST test set. Target domains: top-1 (%) on each shifted test split"
@@ -115,63 +73,17 @@ def run_demo(args: argparse.Namespace) -> int:
         "quick": bool(args.quick),
         "pretrained": source.summary,
         "describer": describer.summary if describer else None,
-        "cells": {f"{name}|{shift}": runs for (name, shift), runs in cells.items()},
+        "cells": {f"{name}|{shift}": cell for (name, shift), cell in runs.cells.items()},
         "machine": machine_description(),
         "seconds": time.time() - started,
     }
     (experiment.output / "demo.json").write_text(json.dumps(summary, indent=1))
     (experiment.output / "results.md").write_text(f"{header}\n\n{table}\n")
     print(f"\ntable and summary: {experiment.output / 'results.md'}, {experiment.output / 'demo.json'}")
-    for path in write_reports(experiment, run_dirs):
+    for path in write_reports(experiment, runs.run_dirs):
         print(f"report: {path}")
     print(f"demo finished in {elapsed(started)}")
     return 0
-
-
-STAGES = ("descriptions",)
-
-
-def check_stages(experiment: Experiment) -> None:
-    """Refuse, before any work, an entry that needs a stage the demo does not know."""
-    for entry in experiment.methods:
-        unknown = [stage for stage in entry.needs if stage not in STAGES]
-        if unknown:
-            raise LatteclipError(
-                f"{experiment.source}: method entry '{entry.name}' needs stage(s) {', '.join(unknown)}; the demo runs: {', '.join(STAGES)}"
-            )
-        if "descriptions" in entry.needs and not experiment.describe.get("lmm"):
-            raise LatteclipError(f"{experiment.source}: '{entry.name}' needs descriptions: give the describer under 'describe:' (e.g. lmm: offline)")
-
-
-def prepare_stages(experiment: Experiment, entry: MethodEntry, config: RunConfig) -> None:
-    """Run the stages `entry` needs for the training images of `config` (only what is missing is done)."""
-    if "descriptions" in entry.needs:
-        describe_training_images(config, experiment.describe, experiment.output / "describe")
-
-
-def describe_training_images(config: RunConfig, describe: dict[str, Any], folder: Path) -> None:
-    """`latteclip describe` over the training images `config` trains on, into the store it reads.
-
-    The command is given a config file (kept in `folder`) with the run's data, model and store
-    options, so the images described are exactly the run's; the store skips images already
-    described, so a repeated call only hashes the images.
-    """
-    from latteclip.cli import main
-
-    values = {key: getattr(config, key) for key in DESCRIBE_RUN_KEYS}
-    values["describe"] = dict(describe)
-    path = folder / f"{config.dataset}-s{config.seed}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-    code = main(["describe", "--config", str(path)])
-    if code != 0:
-        raise LatteclipError(f"the description stage for {config.dataset} did not finish (`latteclip describe --config {path}` "
-                             f"exited {code}); run the demo again to continue it")
-
-
-# What decides which images the description stage sees, with which model, and where it stores the texts.
-DESCRIBE_RUN_KEYS = ("dataset", "root", "limit", "seed", "classnames", "templates", "domain", "split_file",
-                     "model", "pretrained", "device", "store", "workers", "eval_batch_size")
 
 
 def write_reports(experiment: Experiment, run_dirs: dict[tuple[str, str], Path]) -> list[Path]:

@@ -18,7 +18,7 @@ from latteclip.describe.batch import read_results, write_requests
 from latteclip.describe.clip_vocab import compose_at_random, read_vocabulary
 from latteclip.describe.groups import draw_pseudo_label_groups, draw_true_class_groups
 from latteclip.describe.jobs import Job, group_jobs, image_hashes, image_jobs
-from latteclip.describe.prompts import Prompts
+from latteclip.describe.prompts import Prompts, load_prompts
 from latteclip.describe.runner import Runner, Summary
 from latteclip.describe.settings import DescribeSettings, build_describer
 from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
@@ -115,6 +115,23 @@ def describe_training_images(
     finally:
         describer.close()
     return summary, f"{describer.backend} {describer.model}"
+
+
+def describe_run(
+    config: RunConfig, settings: DescribeSettings, prompts_file: str | None = None
+) -> tuple[Summary, str]:
+    """The description stage for the training images `config` trains on, into the store it reads; one call.
+
+    Prompts: the bundled ones, the dataset's own, the settings' `prompts`, then `prompts_file`. The store skips
+    what it holds, so a repeated call only hashes the images.
+    """
+    train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
+    prompts = load_prompts(train.info.prompts, settings.prompts, prompts_file)
+    store = DescriptionStore(config.store)
+    try:
+        return describe_training_images(config, settings, prompts, train, image_hashes(train), store)
+    finally:
+        store.close()
 
 
 def true_class_descriptions(

@@ -1,0 +1,299 @@
+"""Runs of an experiment: its pre-trainings, each entry's choice on held-out images, every (shift, entry, seed) run.
+
+A finished run is reused when its run folder holds results of the same configuration, or when the
+experiment's archive (small files a checkout keeps, see `archive.py`) does; an interrupted one resumes
+from its last checkpoint, so a stopped demo or benchmark continues where it was and reaches the same
+numbers. The description stage an entry needs runs as a library call before the entry's run trains.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from latteclip.config import RunConfig, resolve_config
+from latteclip.describe.clip_vocab import describer_model_id, read_vocabulary
+from latteclip.describe.settings import resolve_settings
+from latteclip.engine.describing import describe_run
+from latteclip.engine.pretraining import PretrainedWeights, pretrained_weights
+from latteclip.engine.trainer import run_training
+from latteclip.errors import LatteclipError
+from latteclip.experiments.archive import RunArchive, comparable
+from latteclip.experiments.machine import elapsed
+from latteclip.experiments.spec import Experiment, MethodEntry, deep_merge
+from latteclip.experiments.tables import Cells
+
+Progress = Callable[[str], None]
+STAGES = ("descriptions",)  # what an entry may list under `needs`
+
+
+def pretrain_source(experiment: Experiment) -> PretrainedWeights:
+    """The source model: the experiment's pre-training, from the cache when it was done before."""
+    values = {"method": "pretrain", "model": experiment.model, "root": experiment.root, **experiment.pretrain}
+    source = pretrained_weights(resolve_config(values))
+    experiment.weights["source"] = source.path
+    return source
+
+
+def pretrain_describer(experiment: Experiment) -> PretrainedWeights | None:
+    """The describer's model (None without a `describer` section), pre-trained or from the cache.
+
+    It starts from the source's pre-training options with the section's own on top, and becomes the
+    description stage's `describer_model` / `describer_pretrained`.
+    """
+    if not experiment.describer:
+        return None
+    model = experiment.describer["model"]
+    values = deep_merge({"method": "pretrain", "model": model, "root": experiment.root, **experiment.pretrain},
+                         experiment.describer.get("pretrain") or {})
+    describer = pretrained_weights(resolve_config(values))
+    experiment.weights["describer"] = describer.path
+    experiment.describe = {**experiment.describe, "describer_model": model, "describer_pretrained": str(describer.path)}
+    return describer
+
+
+def offline_describer_name(describe: dict[str, Any], dataset: str, model: str, pretrained: str) -> str | None:
+    """The model name the offline describer stores its texts under for `dataset` (None for other describers)."""
+    if describe.get("lmm") != "offline":
+        return None
+    _, digest = read_vocabulary(describe.get("vocabulary"), dataset)
+    if describe.get("describer_model"):
+        return describer_model_id(describe["describer_model"], describe.get("describer_pretrained"), digest)
+    return describer_model_id(model, pretrained, digest)
+
+
+def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: int, name: str, choice: dict[str, Any] | None = None) -> RunConfig:
+    """One run's configuration: package defaults, then the shared run options, the entry's, and the chosen values.
+
+    An entry that needs descriptions reads those of the experiment's describer only (unless it names its own).
+    """
+    if entry.weights not in experiment.weights:
+        raise LatteclipError(f"the {entry.weights} model of {experiment.source} is not pre-trained yet (pretrain_{entry.weights} first)")
+    values: dict[str, Any] = {
+        "method": entry.method,
+        "dataset": dataset,
+        "root": experiment.root,
+        "model": experiment.describer["model"] if entry.weights == "describer" else experiment.model,
+        "pretrained": str(experiment.weights[entry.weights]),
+        "seed": seed,
+        "output": str(experiment.output),
+        "name": name,
+    }
+    values = deep_merge(values, experiment.run)
+    values = deep_merge(values, entry.overrides)
+    values = deep_merge(values, choice or {})
+    options = values.get("method_options") or {}
+    if options.get("class_descriptions") and not Path(options["class_descriptions"]).is_absolute():
+        # files named in an experiment are relative to the experiment file
+        where = (Path(experiment.source).parent / options["class_descriptions"]).resolve()
+        values["method_options"] = {**options, "class_descriptions": str(where)}
+    if "descriptions" in entry.needs and "describer_model" not in (values.get("method_options") or {}):
+        described_by = offline_describer_name(experiment.describe, dataset, values["model"], values["pretrained"])
+        if described_by:
+            values["method_options"] = {**(values.get("method_options") or {}), "describer_model": described_by}
+    return resolve_config(values)
+
+
+def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None = None, fresh: bool = False) -> dict:
+    """Train and evaluate, or return the results of a finished run with the same configuration in its folder.
+
+    An interrupted run with the same configuration continues from its last checkpoint. `prepare` (e.g.
+    the description stage for the run's training images) runs only when the run trains. `fresh` trains
+    anew even over a finished run of the same configuration (its code changed).
+    """
+    run_dir = config.run_dir
+    saved_config = run_dir / "config.yaml"
+    same = not fresh and saved_config.is_file() and comparable(yaml.safe_load(saved_config.read_text()) or {}) == comparable(config.to_dict())
+    if same and (run_dir / "results.json").is_file():
+        return json.loads((run_dir / "results.json").read_text())
+    config.resume = same and (run_dir / "last.pt").is_file()
+    config.overwrite = not config.resume  # the experiment's own folder: a run of another configuration is replaced
+    if prepare is not None:
+        prepare(config)
+    return run_training(config)
+
+
+@dataclass
+class FinishedRun:
+    results: dict[str, Any]  # the run's results.json
+    summary: dict[str, Any]  # what the tables read of it (run_summary)
+    archived: bool = False  # taken from the archive: nothing ran now and the run folder may be absent
+
+
+def finished_run(
+    config: RunConfig, prepare: Callable[[RunConfig], None] | None = None, archive: RunArchive | None = None, fresh: bool = False
+) -> FinishedRun:
+    """`run_or_reuse`, preceded by the archive (when its entry has the same configuration) and recorded in it after."""
+    if archive is not None and not fresh:
+        kept = archive.get(config)
+        if kept is not None:
+            return FinishedRun(kept["results"], kept["summary"], archived=True)
+    results = run_or_reuse(config, prepare, fresh)
+    summary = run_summary(results, config.run_dir)
+    if archive is not None:
+        archive.put(config, results, summary)
+    return FinishedRun(results, summary)
+
+
+def run_summary(results: dict, run_dir: Path) -> dict[str, Any]:
+    """Top-1 plus what the training log says about pseudo-labels, mixer weights and prototype drift (averaged over its last fifth).
+
+    `predictions/top_class_share` is the share of test predictions given to the most-predicted class (column sums
+    of the confusion matrix: no label is read): self-training that collapses onto one class shows there.
+    """
+    summary: dict[str, Any] = {"top1": results["top1"], "steps": results["steps"], "seconds": results["timings"].get("total_s")}
+    confusion = results.get("test", {}).get("confusion")
+    if confusion:
+        predicted = [sum(column) for column in zip(*confusion)]
+        summary["predictions/top_class_share"] = max(predicted) / max(1, sum(predicted))
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+        train_records = [r for r in records if "loss" in r]
+        tail = train_records[len(train_records) - max(1, len(train_records) // 5) :] if train_records else []
+        keys = sorted({k for r in tail for k in r if k.startswith(("analysis/", "mixer/", "prototypes/"))})
+        for key in keys:
+            values = [r[key] for r in tail if isinstance(r.get(key), (int, float))]
+            if values:
+                summary[key] = sum(values) / len(values)
+    return summary
+
+
+def select(
+    experiment: Experiment,
+    entry: MethodEntry,
+    shift: str,
+    progress: Progress,
+    prepare: Callable[[RunConfig], None] | None = None,
+    archive: RunArchive | None = None,
+    fresh: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The grid point with the best held-out top-1 (first seed); ties go to the earlier candidate.
+
+    `prepare` runs before each candidate's run that trains (e.g. the description stage for its training images).
+    """
+    candidates = entry.candidates()
+    if len(candidates) == 1:
+        return candidates[0], []
+    scores = []
+    for choice in candidates:
+        tag = "-".join(f"{k}{v}" for k, v in choice.items())
+        name = f"select/{shift}/{entry.name}/{tag}"
+        progress(f"choose {entry.label} on held-out {shift} images: {choice}")
+        config = run_config(experiment, entry, experiment.heldout(shift), experiment.seeds[0], name, choice)
+        run = finished_run(config, prepare, archive, fresh)
+        scores.append({"choice": choice, "heldout_top1": run.results["top1"]})
+    best = max(range(len(scores)), key=lambda i: (scores[i]["heldout_top1"], -i))
+    return scores[best]["choice"], scores
+
+
+def check_stages(experiment: Experiment) -> None:
+    """Refuse, before any work, an entry that needs a stage the experiments do not know."""
+    for entry in experiment.methods:
+        unknown = [stage for stage in entry.needs if stage not in STAGES]
+        if unknown:
+            raise LatteclipError(
+                f"{experiment.source}: method entry '{entry.name}' needs stage(s) {', '.join(unknown)}; the demo runs: {', '.join(STAGES)}"
+            )
+        if "descriptions" in entry.needs and not experiment.describe.get("lmm"):
+            raise LatteclipError(f"{experiment.source}: '{entry.name}' needs descriptions: give the describer under 'describe:' (e.g. lmm: offline)")
+
+
+def prepare_stages(experiment: Experiment, entry: MethodEntry, config: RunConfig, progress: Progress = print) -> None:
+    """Run the stages `entry` needs for the training images of `config` (only what is missing is done)."""
+    if "descriptions" in entry.needs:
+        describe_training_images(config, experiment.describe, experiment.output / "describe", progress)
+
+
+# What decides which images the description stage sees, with which model, and where it stores the texts.
+DESCRIBE_RUN_KEYS = ("dataset", "root", "limit", "seed", "classnames", "templates", "domain", "split_file",
+                     "model", "pretrained", "device", "store", "workers", "eval_batch_size")
+
+
+def describe_training_images(config: RunConfig, describe: dict[str, Any], folder: Path, progress: Progress = print) -> None:
+    """The description stage (`engine.describing.describe_run`) over the training images `config` trains on.
+
+    The stage's options are recorded in `folder` (what `latteclip describe --config FILE` would repeat by
+    hand); the store skips images already described, so a repeated call only hashes the images.
+    """
+    settings = resolve_settings(describe, {})
+    record = {key: getattr(config, key) for key in DESCRIBE_RUN_KEYS}
+    record["describe"] = dict(describe)
+    path = folder / f"{config.dataset}-s{config.seed}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(record, sort_keys=False))
+    summary, describer = describe_run(config, settings)
+    progress(f"      descriptions by {describer}:")
+    for line in summary.lines():
+        progress(f"        {line}")
+    if not summary.complete:
+        raise LatteclipError(f"the description stage for {config.dataset} did not finish ({summary.lines()[-1]}); run again to "
+                             f"continue it (`latteclip describe --config {path}` does the same by hand)")
+
+
+@dataclass
+class ExperimentRuns:
+    """What an experiment measured: the pre-trainings' summaries, per-(entry, shift) run summaries and the choices made."""
+
+    pretrained: dict[str, PretrainedWeights | None]  # "source", "describer"
+    cells: Cells = field(default_factory=dict)
+    choices: list[dict[str, Any]] = field(default_factory=list)  # per shift and searched entry: the scores and the choice
+    run_dirs: dict[tuple[str, str], Path] = field(default_factory=dict)  # (entry, shift) -> the first seed's run folder
+
+
+def run_experiment(
+    experiment: Experiment,
+    choose: bool,
+    progress: Progress = print,
+    archive: RunArchive | None = None,
+    fresh: frozenset[str] = frozenset(),
+) -> ExperimentRuns:
+    """Pre-train (cached), then every entry on every shift and seed: the one loop of the demo and the benchmark.
+
+    `choose`: pick each entry's `search` options on held-out training images first (the benchmark), else
+    run the configured options (the demo). Entries named in `fresh` train anew instead of being reused.
+    """
+    check_stages(experiment)
+    started = time.time()
+    pretrainings = 2 if experiment.describer else 1
+    stages = pretrainings + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
+    stage = 1
+    progress(f"[{stage}/{stages}] pre-training {experiment.model} with labels on the clean source domain (cached after the first run)")
+    source = pretrain_source(experiment)
+    how = "reused from the cache" if source.cached else "trained now"
+    progress(f"      {how}: zero-shot top-1 {100 * source.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})")
+    describer = None
+    if experiment.describer:
+        stage += 1
+        progress(f"[{stage}/{stages}] pre-training the describer {experiment.describer['model']} (the LMM's stand-in) with labels on "
+                 "the same clean source images (cached after the first run)")
+        describer = pretrain_describer(experiment)
+        how = "reused from the cache" if describer.cached else "trained now"
+        progress(f"      {how}: zero-shot top-1 {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})")
+    if archive is not None:
+        archive.bind(experiment.weights)
+    runs = ExperimentRuns({"source": source, "describer": describer})
+    for shift in experiment.shifts:
+        for entry in experiment.methods:
+            prepare = lambda config, entry=entry: prepare_stages(experiment, entry, config, progress)  # noqa: E731
+            choice: dict[str, Any] = {}
+            if choose:
+                choice, scores = select(experiment, entry, shift, progress, prepare, archive, entry.name in fresh)
+                if scores:
+                    runs.choices.append({"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores})
+            for seed in experiment.seeds:
+                stage += 1
+                dataset = experiment.target(shift)
+                progress(f"[{stage}/{stages}] {entry.label} on {dataset} (seed {seed})")
+                config = run_config(experiment, entry, dataset, seed, f"{shift}/{entry.name}-s{seed}", choice)
+                run = finished_run(config, prepare, archive, entry.name in fresh)
+                runs.cells.setdefault((entry.name, shift), []).append({**run.summary, "seed": seed})
+                runs.run_dirs.setdefault((entry.name, shift), config.run_dir)
+                kept = ", from the archive" if run.archived else ""
+                progress(f"      top-1 {100 * run.results['top1']:.2f}% ({elapsed(started)}{kept})")
+    return runs
