@@ -238,7 +238,7 @@ def test_phase_one_trains_the_light_parts_phase_two_also_the_image_encoder(euros
     method = session.method
     train_set = session.dataset("train", train_time=True)
     method.setup_training(TrainContext(
-        train_set, None, tmp_path, 0, total_steps=4,
+        train_set, None, tmp_path, 0, total_steps=4, eval_transform=session.loaded.eval_transform(),
         extract_features=lambda encode, dataset, desc="": extract_features(encode, dataset, CPU, 64, 0),
     ))
     optimizer = build_optimizer(scaled_groups(method.parameters()), config)

@@ -18,7 +18,7 @@ from latteclip.describe.groups import draw_pseudo_label_groups
 from latteclip.describe.jobs import group_variant
 from latteclip.describe.store import DescriptionStore, image_key
 from latteclip.engine.checkpoint import load_checkpoint
-from latteclip.engine.losses import contrastive_loss
+from latteclip.models.losses import contrastive_loss
 from latteclip.engine.session import method_from_checkpoint
 from latteclip.methods.base import TrainContext
 from latteclip.methods.latteclip import LatteCLIP, LatteCLIPOptions, mixer_weights, prototype_text_embedding

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from latteclip.engine.losses import MAX_LOGIT_SCALE, contrastive_loss
+from latteclip.models.losses import MAX_LOGIT_SCALE, contrastive_loss
 
 
 def log_sum_exp(values: list[float]) -> float:

@@ -1,6 +1,6 @@
 """Run configuration: merged in a fixed order, then frozen and saved with the run.
 
-Order (later wins): package defaults (`configs/defaults.yaml`), the dataset's published schedule
+Order (later wins): the defaults declared on `RunConfig` (each with its help text), the dataset's published schedule
 (`configs/datasets/<dataset>.yaml`: epochs, warm-up and learning rate of the LatteCLIP authors' runs,
 shared by every method that fine-tunes CLIP), the method's defaults (`configs/methods/<method>.yaml`),
 a method's own per-dataset file when one exists (`configs/<method>/<dataset>.yaml`), the user's
@@ -34,56 +34,87 @@ def machine_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+# What changing an option does, which decides where it counts (the sets below are derived from it):
+#   result: what the run computes. log: what it records along the way (evaluations, checkpoints, log lines).
+#   speed: how fast, on which hardware. data: where the input files are. name: which run folder.
+#   files: where outputs and description stores are written. call: this call only (resume, overwrite).
+OPTION_KINDS = ("result", "log", "speed", "data", "name", "files", "call")
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, kind: str = "result", choices: tuple[str, ...] | None = None,
+           flag: bool = True, factory: Any = dataclasses.MISSING) -> Any:
+    """A RunConfig field with its help text (the flag's), its kind (OPTION_KINDS) and its choices."""
+    if kind not in OPTION_KINDS:
+        raise ValueError(f"option kind {kind} is not one of {OPTION_KINDS}")
+    metadata = {"help": help, "kind": kind, "choices": choices, "flag": flag}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENT_POLICIES = ("clip", "trivial-augment-wide", "randaugment")
+OPTIMIZERS = ("adamw", "sgd")
+PROMPT_SETS = ("latteclip", "clip")
+
+
 @dataclass
 class RunConfig:
     # what to adapt, and to which data
-    method: str = "zeroshot"
-    model: str = "ViT-B-32"
-    pretrained: str = "laion2b_s34b_b79k"
-    dataset: str = "eurosat"
-    root: str = ""
-    limit: int | None = None
-    seed: int = 0
-    classnames: str | None = None
-    templates: str | None = None
-    domain: str | None = None
-    split_file: str | None = None
-    prompt_set: str = "latteclip"  # paper datasets: the LatteCLIP authors' class names and template, or clip's own
+    method: str = option("zeroshot", help="zeroshot, flyp_pl, oracle, latteclip, reclip, coft, coft_plus")
+    model: str = option("ViT-B-32", help="OpenCLIP model name (ViT-B-32, ...) or hf-hub:org/name")
+    pretrained: str = option("laion2b_s34b_b79k", help="pretrained tag, weights file (.pt/.bin/.safetensors), or 'random'")
+    dataset: str = option("eurosat", help="eurosat, dtd, ..., folder (a folder per class), csv (path,label) or images (unlabeled)")
+    root: str = option("", help="the dataset's folder, archive, or CSV file (images: a folder, or a .txt list of paths)", kind="data")
+    limit: int | None = option(None, help="a seeded subset of N images per split (uniform for training, class-balanced for evaluation)")
+    seed: int = option(0, help="seed of the split, the subset, sampling and initialisation")
+    classnames: str | None = option(None, help="file mapping folder names to prompt names (JSON, or 'key: name' lines); "
+                                    "for --dataset images: one class name per line, or a JSON list")
+    templates: str | None = option(None, help="file of prompt templates with {} (JSON list or one per line)")
+    domain: str | None = option(None, help="the domain word used in description prompts (e.g. 'land use')")
+    split_file: str | None = option(None, help="a CoOp split JSON, or 'none' for the seeded 50/20/30 split")
+    prompt_set: str = option("latteclip", choices=PROMPT_SETS,
+                             help="class names and template of a paper dataset: latteclip (default: the authors' runs, CoOp "
+                             "names lower-cased, one template) or clip (CLIP's names and templates)")
     # labelled images to measure accuracy on instead of the dataset's test split (required for accuracy on `images`)
-    eval_dataset: str | None = None
-    eval_root: str | None = None
+    eval_dataset: str | None = option(None, help="a labelled dataset (folder, csv, eurosat, ...) with the same class names to "
+                                      "measure accuracy on instead of the test split")
+    eval_root: str | None = option(None, help="the --eval-dataset's folder, archive or CSV file")
     # optimisation (method.md 1.3 reference values)
-    batch_size: int = 512
-    lr: float = 1e-7
-    weight_decay: float = 0.2
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    warmup_steps: int = 50
-    max_steps: int | None = None  # None: --epochs alone decides (the authors' runs); the paper's text: 2000 with 50 epochs
-    epochs: int | None = 50  # None: the method's own rule (ReCLIP: min(100, N / 5000 + 2))
-    optimizer: str = "adamw"  # adamw, or sgd (ReCLIP's, with sgd_momentum)
-    sgd_momentum: float = 0.9
-    grad_clip: float | None = None
-    augment: bool = True
-    augment_policy: str = "clip"  # clip: the paper's crop + colour jitter + grey; trivial-augment-wide or randaugment on top of the crop
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
-    grad_checkpointing: bool = False  # recompute activations in backward: large models in less memory
-    compile: bool = False  # torch.compile the image tower and the text transformer (in place)
+    batch_size: int = option(512, help="images per optimisation step (the global batch over all processes)")
+    lr: float = option(1e-7, help="base learning rate (AdamW)")
+    weight_decay: float = option(0.2, help="AdamW weight decay")
+    betas: tuple[float, float] = option((0.9, 0.98), help="AdamW betas", flag=False)
+    eps: float = option(1e-6, help="AdamW epsilon", flag=False)
+    warmup_steps: int = option(50, help="linear warm-up steps before the cosine schedule")
+    max_steps: int | None = option(None, help="stop at this step or after --epochs, whichever first (default: --epochs alone, "
+                                   "the authors' runs; the paper's text: 2000 with 50 epochs)")
+    epochs: int | None = option(50, help="passes over the training split (or --max-steps, whichever ends first)")
+    optimizer: str = option("adamw", choices=OPTIMIZERS, help="adamw, or sgd (ReCLIP's, with --sgd-momentum)")
+    sgd_momentum: float = option(0.9, help="momentum of --optimizer sgd")
+    grad_clip: float | None = option(None, help="clip the gradient norm to this value (none: no clipping)")
+    augment: bool = option(True, help="train-time augmentation: the random crop, then --augment-policy")
+    augment_policy: str = option("clip", choices=AUGMENT_POLICIES,
+                                 help="train-time augmentation after the crop: clip (the paper's colour jitter and grey), "
+                                 "trivial-augment-wide or randaugment")
+    precision: str = option("auto", choices=PRECISIONS, help="auto: bf16 autocast on GPU, fp32 on CPU")
+    grad_checkpointing: bool = option(False, help="recompute activations in the backward pass: large models in less memory")
+    compile: bool = option(False, help="torch.compile the image tower and the text transformer (GPU)")
     # running
-    device: str = "auto"
-    workers: int = field(default_factory=machine_cpus)
-    eval_every: int = 200
-    checkpoint_every: int = 100
-    log_every: int = 10
-    eval_batch_size: int = 256
-    output: str = "runs"
-    name: str | None = None
-    resume: bool = False
-    overwrite: bool = False  # a fresh run may replace a finished or interrupted one in its folder
-    store: str | None = None  # description store (SQLite) for methods that read descriptions
-    method_options: dict[str, Any] = field(default_factory=dict)
+    device: str = option("auto", help="auto, cpu, cuda, cuda:1", kind="speed")
+    workers: int = option(help="data-loading worker processes", kind="speed", factory=machine_cpus)
+    eval_every: int = option(200, help="evaluate on test every N steps (0: only at the end)", kind="log")
+    checkpoint_every: int = option(100, help="write last.pt every N steps (what --resume continues from)", kind="log")
+    log_every: int = option(10, help="log training metrics every N steps", kind="log")
+    eval_batch_size: int = option(256, help="images per batch in feature and evaluation passes", kind="speed")
+    output: str = option("runs", help="folder that holds run folders", kind="files")
+    name: str | None = option(None, help="run folder name (default METHOD-DATASET-sSEED)", kind="name")
+    resume: bool = option(False, help="continue the run in the run folder from last.pt", kind="call")
+    overwrite: bool = option(False, help="replace a finished or interrupted run of the same name (refused otherwise)", kind="call")
+    store: str | None = option(None, help="description store (SQLite) for methods that read descriptions", kind="files")
+    method_options: dict[str, Any] = option(help="the method's own options (configs/methods/<method>.yaml)", flag=False, factory=dict)
     # options of the description stage (`latteclip describe`, `zeroshot --lmm`), here so one file configures every command
-    describe: dict[str, Any] = field(default_factory=dict)
+    describe: dict[str, Any] = option(help="options of the description stage", flag=False, factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -97,6 +128,17 @@ class RunConfig:
 
 FIELD_NAMES = {f.name for f in dataclasses.fields(RunConfig)}
 FIELD_TYPES = typing.get_type_hints(RunConfig)
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def fields_of_kind(*kinds: str) -> frozenset[str]:
+    return frozenset(name for name, f in FIELDS.items() if f.metadata["kind"] in kinds)
+
+
+# Derived from the kinds, so that a new option counts everywhere the moment it is declared:
+NOT_COMPARED = fields_of_kind("call")  # a finished run is reused when everything else is equal
+RESUME_MAY_CHANGE = fields_of_kind("call", "files", "name", "data", "speed")  # a resumed run replays the same steps
+NOT_IN_WEIGHTS_KEY = fields_of_kind("call", "files", "name", "speed", "log")  # pre-training's cache key (root: by resolved path)
 
 
 def _package_yaml(*parts: str) -> dict[str, Any]:
@@ -108,7 +150,7 @@ def _package_yaml(*parts: str) -> dict[str, Any]:
 
 def package_defaults() -> dict[str, Any]:
     """Every option's value before a method, dataset, user file or flag sets it (what `--help` shows)."""
-    return {**RunConfig().to_dict(), **_package_yaml("defaults.yaml")}
+    return RunConfig().to_dict()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -150,8 +192,6 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "warmup_steps": (0, False), "workers": (0, False), "eval_every": (0, False), "checkpoint_every": (0, False),
     "log_every": (0, False), "seed": (0, False),
 }
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUGMENT_POLICIES = ("clip", "trivial-augment-wide", "randaugment")
 DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
 
@@ -163,11 +203,10 @@ def check_values(merged: dict[str, Any], origins: dict[str, str]) -> None:
     for beta in merged.get("betas", ()):
         if not 0 <= beta < 1:
             raise LatteclipError(f"{_label('betas', origins.get('betas', 'defaults'))} must be two numbers in [0, 1), not {list(merged['betas'])}")
-    if merged.get("precision", "auto") not in PRECISIONS:
-        raise LatteclipError(f"{_label('precision', origins['precision'])} must be one of {', '.join(PRECISIONS)}, not {merged['precision']!r}")
-    if merged.get("augment_policy", "clip") not in AUGMENT_POLICIES:
-        raise LatteclipError(f"{_label('augment_policy', origins['augment_policy'])} must be one of {', '.join(AUGMENT_POLICIES)}, "
-                             f"not {merged['augment_policy']!r}")
+    for key, spec in FIELDS.items():
+        choices = spec.metadata["choices"]
+        if choices and key in merged and merged[key] not in choices:
+            raise LatteclipError(f"{_label(key, origins.get(key, 'defaults'))} must be one of {', '.join(choices)}, not {merged[key]!r}")
     if not DEVICE_PATTERN.fullmatch(merged.get("device", "auto")):
         raise LatteclipError(f"{_label('device', origins['device'])} must be auto, cpu, cuda or cuda:N, not {merged['device']!r}")
 
@@ -175,11 +214,10 @@ def check_values(merged: dict[str, Any], origins: dict[str, str]) -> None:
 def resolve_config(cli: dict[str, Any], config_file: str | None = None) -> RunConfig:
     """Merge defaults, method and dataset files, the user's file, then the command line."""
     user = read_yaml(config_file) if config_file else {}
-    method = cli.get("method") or user.get("method") or _package_yaml("defaults.yaml").get("method", "zeroshot")
-    dataset = cli.get("dataset") or user.get("dataset") or _package_yaml("defaults.yaml").get("dataset", "eurosat")
+    method = cli.get("method") or user.get("method") or RunConfig.method
+    dataset = cli.get("dataset") or user.get("dataset") or RunConfig.dataset
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
-    merged = _merge(merged, _package_yaml("defaults.yaml"), "configs/defaults.yaml", origins)
     merged = _merge(merged, _package_yaml("datasets", f"{dataset}.yaml"), f"configs/datasets/{dataset}.yaml", origins)
     merged = _merge(merged, _package_yaml("methods", f"{method}.yaml"), f"configs/methods/{method}.yaml", origins)
     merged = _merge(merged, _package_yaml(method, f"{dataset}.yaml"), f"configs/{method}/{dataset}.yaml", origins)

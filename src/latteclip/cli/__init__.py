@@ -28,39 +28,38 @@ def command(name: str, help_text: str):
 
 
 # --- shared argument groups -------------------------------------------------------------------------
+def add_option_arguments(group: argparse._ActionsContainer, *names: str) -> None:
+    """Flags for RunConfig fields, generated from the fields' types, help texts and choices (config.option)."""
+    import typing
+
+    from latteclip.config import FIELD_TYPES, FIELDS
+
+    for name in names:
+        spec = FIELDS[name]
+        if not spec.metadata["flag"]:
+            raise ValueError(f"RunConfig.{name} has no command-line flag")
+        kinds = [t for t in typing.get_args(FIELD_TYPES[name]) if t is not type(None)] or [FIELD_TYPES[name]]
+        flag = "--" + name.replace("_", "-")
+        help_text = spec.metadata["help"].replace("%", "%%")
+        if kinds[0] is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=name, type=kinds[0], choices=spec.metadata["choices"], help=help_text)
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, required_root: bool = True) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", help="eurosat, dtd, ..., folder (a folder per class), csv (path,label) or images (unlabeled)")
-    group.add_argument("--root", help="the dataset's folder, archive, or CSV file (images: a folder, or a .txt list of paths)")
-    group.add_argument("--limit", type=int, help="a seeded subset of N images per split (uniform for training, class-balanced for evaluation)")
-    group.add_argument("--classnames", help="file mapping folder names to prompt names (JSON, or 'key: name' lines); "
-                       "for --dataset images: one class name per line, or a JSON list")
-    group.add_argument("--templates", help="file of prompt templates with {} (JSON list or one per line)")
-    group.add_argument("--domain", help="the domain word used in description prompts (e.g. 'land use')")
-    group.add_argument("--split-file", dest="split_file", help="a CoOp split JSON, or 'none' for the seeded 50/20/30 split")
-    group.add_argument("--prompt-set", dest="prompt_set", choices=["latteclip", "clip"],
-                       help="class names and template of a paper dataset: latteclip (default: the authors' runs, CoOp "
-                       "names lower-cased, one template) or clip (CLIP's names and templates)")
-    group.add_argument("--seed", type=int)
+    add_option_arguments(parser.add_argument_group("data"), "dataset", "root", "limit", "classnames", "templates", "domain", "split_file",
+                         "prompt_set", "seed")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", help="OpenCLIP model name (ViT-B-32, ...) or hf-hub:org/name")
-    group.add_argument("--pretrained", help="pretrained tag, weights file (.pt/.bin/.safetensors), or 'random'")
-    group.add_argument("--device", help="auto, cpu, cuda, cuda:1")
+    add_option_arguments(parser.add_argument_group("model"), "model", "pretrained", "device")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--config", help="YAML file of options; command-line flags override it")
-    group.add_argument("--output", help="folder that holds run folders (default runs/)")
-    group.add_argument("--name", help="run folder name (default METHOD-DATASET-sSEED)")
-    group.add_argument(
-        "--overwrite", action="store_true", default=None, help="replace a finished or interrupted run of the same name (refused otherwise)"
-    )
-    group.add_argument("--workers", type=int, help="data-loading worker processes")
-    group.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+    add_option_arguments(group, "output", "name", "overwrite", "workers", "eval_batch_size")
 
 
 def _flag_kind(annotation: str) -> str:
@@ -130,10 +129,7 @@ def config_from_args(args: argparse.Namespace, **fixed: Any):
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("evaluation (optional for unlabeled --dataset images)")
-    group.add_argument("--eval-dataset", dest="eval_dataset", help="a labelled dataset (folder, csv, eurosat, ...) with the same "
-                       "class names to measure accuracy on instead of the test split")
-    group.add_argument("--eval-root", dest="eval_root", help="the --eval-dataset's folder, archive or CSV file")
+    add_option_arguments(parser.add_argument_group("evaluation (optional for unlabeled --dataset images)"), "eval_dataset", "eval_root")
 
 
 def print_summary(results: dict) -> None:
@@ -167,30 +163,15 @@ COMMAND_MODULES = [
 
 
 # One description per option that several commands share; a flag added without help gets its text from here.
-OPTION_HELP = {
-    "seed": "seed of the split, the subset, sampling and initialisation",
-    "eval_batch_size": "images per batch in feature and evaluation passes",
-    "batch_size": "images per optimisation step (the global batch over all processes)",
-    "lr": "base learning rate (AdamW)",
-    "weight_decay": "AdamW weight decay",
-    "warmup_steps": "linear warm-up steps before the cosine schedule",
-    "epochs": "passes over the training split (or --max-steps, whichever ends first)",
-    "max_steps": "stop at this step or after --epochs, whichever first",
-    "grad_clip": "clip the gradient norm to this value (none: no clipping)",
-    "augment": "random resized crops and flips of training images",
-    "precision": "auto: bf16 autocast on GPU, fp32 on CPU",
-    "grad_checkpointing": "recompute activations in the backward pass: large models in less memory",
-    "checkpoint_every": "write last.pt every N steps (what --resume continues from)",
-    "log_every": "log training metrics every N steps",
-    "device": "auto, cpu, cuda, cuda:1",
-    "workers": "data-loading worker processes",
+# Help of flags that set no run option (those that do take the option's own, config.RunConfig).
+FLAG_HELP = {
     "format": "table, csv or jsonl",
 }
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Help that ends each option with its default: the flag's own, else the package default of the option it sets
-    (configs/defaults.yaml, the run config, the describe settings), so `--help` never shows a stale copy."""
+    (the run config's declared defaults, the describe settings), so `--help` never shows a stale copy."""
 
     package: dict[str, Any] = {}
 
@@ -209,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     import dataclasses
     import importlib
 
-    from latteclip.config import package_defaults
+    from latteclip.config import FIELDS, package_defaults
     from latteclip.describe.settings import DescribeSettings
 
     for module in COMMAND_MODULES:
@@ -222,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(child)
         for action in child._actions:
             if action.option_strings and not action.help:
-                action.help = OPTION_HELP.get(action.dest, "")
+                action.help = FIELDS[action.dest].metadata["help"] if action.dest in FIELDS else FLAG_HELP.get(action.dest, "")
         child.set_defaults(run=run)
     return parser
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from latteclip.cli import add_eval_arguments, add_method_option_arguments, add_model_arguments, command, config_from_args
+from latteclip.cli import add_eval_arguments, add_method_option_arguments, add_model_arguments, add_option_arguments, command, config_from_args
 from latteclip.cli.describe import add_lmm_arguments
 from latteclip.errors import LatteclipError
 
@@ -22,9 +22,7 @@ def _adapt_parser(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("your images")
     group.add_argument("--root", required=True, help="a folder of images (searched recursively) or a .txt file listing image paths")
     group.add_argument("--classnames", required=True, help="the class names: one per line, or a JSON list")
-    group.add_argument("--templates", help="file of prompt templates with {} (JSON list or one per line)")
-    group.add_argument("--domain", help="the domain word used in description prompts (e.g. 'satellite image')")
-    group.add_argument("--seed", type=int)
+    add_option_arguments(group, "templates", "domain", "seed")
     parser.add_argument("--method", default="latteclip", help="a label-free method: latteclip (default), flyp_pl, reclip, coft, coft_plus")
     add_eval_arguments(parser)
     add_model_arguments(parser)
@@ -33,19 +31,13 @@ def _adapt_parser(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", help="YAML file of options (describe options under 'describe:'); flags override it")
     group.add_argument("--output", help="folder that holds the adaptation folder (default runs/)")
     group.add_argument("--name", help="adaptation folder name (default adapt-ROOTNAME)")
-    group.add_argument("--workers", type=int, help="data-loading worker processes")
-    group.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
-    group.add_argument("--batch-size", dest="batch_size", type=int)
-    group.add_argument("--lr", type=float)
-    group.add_argument("--max-steps", dest="max_steps", type=int, help="stop at this step or after --epochs, whichever first")
-    group.add_argument("--epochs", type=int)
-    group.add_argument("--warmup-steps", dest="warmup_steps", type=int)
+    add_option_arguments(group, "workers", "eval_batch_size", "batch_size", "lr", "max_steps", "epochs", "warmup_steps")
     add_method_option_arguments(parser)
 
 
 @_adapt_parser
 def run_adapt(args: argparse.Namespace) -> int:
-    from latteclip.experiments.runner import run_or_reuse
+    from latteclip.experiments.runner import group_options, run_or_reuse
     from latteclip.methods import build_options, get_method
 
     method_cls = get_method(args.method)
@@ -60,7 +52,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     config = config_from_args(args, **base, method=args.method, name=args.method)
     options = build_options(method_cls, dict(config.method_options))
     kinds = [kind for kind in getattr(options, "texts", []) if kind != "class"]  # what the method reads from the store
-    settings = _describe_settings(args, config, kinds, getattr(options, "group_size", None))
+    settings = _describe_settings(args, config, kinds, group_options(config))
 
     print(f"[1/5] zero-shot {config.model} on {config.root}", flush=True)
     zero_shot_results = run_or_reuse(zero_shot)
@@ -84,7 +76,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_settings(args: argparse.Namespace, config, kinds: list[str], group_size: int | None):
+def _describe_settings(args: argparse.Namespace, config, kinds: list[str], groups: dict):
     """The description stage's settings; a method that reads descriptions needs a describer, checked before any work."""
     from latteclip.describe.settings import resolve_settings
 
@@ -93,7 +85,7 @@ def _describe_settings(args: argparse.Namespace, config, kinds: list[str], group
     given = {name: getattr(args, name, None) for name in ("lmm", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size",
                                                           "concurrency", "stop_after_failures")}
     given["lmm_url"] = [url for urls in args.lmm_url for url in urls] if args.lmm_url else None
-    given.update(kinds=kinds, group_size=group_size)
+    given.update(kinds=kinds, **groups)  # how groups are drawn: the method's option, read back when it trains
     settings = resolve_settings(config.describe, given)
     if not settings.lmm:
         raise LatteclipError(f"--method {args.method} reads image descriptions: choose a describer with --lmm openai --lmm-url URL "

@@ -28,9 +28,9 @@ from latteclip.describe.settings import DescribeSettings, build_describer, resol
 from latteclip.describe.store import DescriptionStore, image_key
 from latteclip.engine.describing import check_analysis, describe_training_images, device_and_model
 from latteclip.engine.evaluate import accuracy_report
+from latteclip.engine.results import RunResults, write_results
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
-from latteclip.paths import atomic_write_bytes
 
 LMM_OPTIONS = ("lmm", "lmm_url", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size", "concurrency", "stop_after_failures")
 DESCRIBE_OPTIONS = LMM_OPTIONS + ("kinds", "group_size", "group_draw", "with_label", "true_class_members", "vocabulary",
@@ -178,7 +178,7 @@ def lmm_zeroshot_command(args: argparse.Namespace) -> int:
     report["per_class"].pop(UNMAPPED)
     report["confusion"] = report["confusion"][: len(classnames)]
     report["answers"] = mapping_counts([m for m, ok in zip(mapped, valid.tolist()) if ok])
-    results = {
+    results: RunResults = {
         "method": "lmm_zeroshot",
         "dataset": config.dataset,
         "model": describer.model,
@@ -202,7 +202,7 @@ def lmm_zeroshot_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_lmm_run(config: RunConfig, settings: DescribeSettings, results: dict, test: ImageDataset, answers, mapped) -> None:
+def _write_lmm_run(config: RunConfig, settings: DescribeSettings, results: RunResults, test: ImageDataset, answers, mapped) -> None:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     config.describe = {k: v for k, v in vars(settings).items() if v is not None}
@@ -215,5 +215,5 @@ def _write_lmm_run(config: RunConfig, settings: DescribeSettings, results: dict,
                 "mapped": classnames[m.label] if m.label is not None else None, "how": m.how,
                 "similarity": round(m.similarity, 4),
             }) + "\n")
-    atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
+    write_results(run_dir, results)
 

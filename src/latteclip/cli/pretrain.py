@@ -6,8 +6,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from latteclip.cli import add_data_arguments, add_model_arguments, command, config_from_args
-from latteclip.config import AUGMENT_POLICIES
+from latteclip.cli import add_data_arguments, add_model_arguments, add_option_arguments, command, config_from_args
 
 
 @command("pretrain", "contrastive pre-training on image-caption pairs made from labels (default: the demo's tiny CLIP on Fashion-MNIST); cached")
@@ -16,18 +15,9 @@ def _pretrain_parser(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     group = parser.add_argument_group("run (the run folder lives in the cache: <cache>/pretrained/runs/<key>)")
     group.add_argument("--config", help="YAML file of options; command-line flags override it")
-    group.add_argument("--workers", type=int, help="data-loading worker processes")
-    group.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--batch-size", dest="batch_size", type=int)
-    group.add_argument("--lr", type=float)
-    group.add_argument("--weight-decay", dest="weight_decay", type=float)
-    group.add_argument("--warmup-steps", dest="warmup_steps", type=int)
-    group.add_argument("--epochs", type=int)
-    group.add_argument("--max-steps", dest="max_steps", type=int)
-    group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--augment-policy", dest="augment_policy", choices=AUGMENT_POLICIES,
-                       help="train-time augmentation after the crop (default clip: colour jitter and grey)")
+    add_option_arguments(group, "workers", "eval_batch_size")
+    add_option_arguments(parser.add_argument_group("optimisation"), "batch_size", "lr", "weight_decay", "warmup_steps", "epochs",
+                         "max_steps", "augment", "augment_policy")
     parser.add_argument("--out", help="also copy the weights to this file (.safetensors)")
     parser.add_argument("--force", action="store_true", help="train again even when the cache holds these weights")
 

@@ -11,6 +11,7 @@ from latteclip.cli import (
     add_eval_arguments,
     add_method_option_arguments,
     add_model_arguments,
+    add_option_arguments,
     add_run_arguments,
     command,
     config_from_args,
@@ -25,28 +26,14 @@ from latteclip.values import at_least
 
 # --- commands -----------------------------------------------------------------------------------------
 def _train_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", help="zeroshot, flyp_pl, oracle, latteclip, ...")
+    add_option_arguments(parser, "method")
     add_data_arguments(parser)
     add_eval_arguments(parser)
     add_model_arguments(parser)
     add_run_arguments(parser)
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--batch-size", dest="batch_size", type=int)
-    group.add_argument("--lr", type=float)
-    group.add_argument("--weight-decay", dest="weight_decay", type=float)
-    group.add_argument("--warmup-steps", dest="warmup_steps", type=int)
-    group.add_argument("--max-steps", dest="max_steps", type=int, help="stop at this step or after --epochs, whichever first")
-    group.add_argument("--epochs", type=int)
-    group.add_argument("--grad-clip", dest="grad_clip", type=float)
-    group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    group.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_true", default=None)
-    group.add_argument("--compile", action="store_true", default=None, help="torch.compile the towers (GPU)")
-    group.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate on test every N steps (0: only at the end)")
-    group.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
-    group.add_argument("--log-every", dest="log_every", type=int)
-    group.add_argument("--resume", action="store_true", default=None, help="continue the run in the run folder from last.pt")
-    group.add_argument("--store", help="description store (SQLite) for methods that read descriptions")
+    add_option_arguments(parser.add_argument_group("optimisation"), "batch_size", "lr", "weight_decay", "warmup_steps", "max_steps",
+                         "epochs", "optimizer", "sgd_momentum", "grad_clip", "augment", "augment_policy", "precision",
+                         "grad_checkpointing", "compile", "eval_every", "checkpoint_every", "log_every", "resume", "store")
     add_method_option_arguments(parser)
 
 
@@ -133,15 +120,10 @@ def _eval_parser(parser):
 
 @_eval_parser
 def run_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from latteclip.data import DatasetOptions, build_dataset
-    from latteclip.data.transforms import eval_transform
     from latteclip.engine.checkpoint import load_final_checkpoint
-    from latteclip.engine.evaluate import accuracy_report
-    from latteclip.engine.features import extract_features, predict_labels
+    from latteclip.engine.evaluate import evaluate
     from latteclip.engine.session import method_from_checkpoint, pick_device
-    from latteclip.engine.trainer import autocast_for_precision
 
     at_least(args.batch_size, 1, "--batch-size")
     at_least(args.workers, 0, "--workers")
@@ -162,15 +144,11 @@ def run_eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     method = method_from_checkpoint(payload, device)
     loaded = method.loaded
-    test_set.transform = eval_transform(loaded.image_size, loaded.mean, loaded.std)
+    test_set.transform = loaded.eval_transform()
     if test_set.info.num_classes != method.info.num_classes:
         raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has {method.info.num_classes}")
     # the precision the run evaluated with, so that the accuracy matches its results.json on GPU too
-    with torch.no_grad(), autocast_for_precision(saved.get("precision", "auto"), device):
-        features, valid = extract_features(method.encode_images, test_set, device, args.batch_size, args.workers, desc="evaluate")
-        classifier = method.classifier().float()
-    predictions = predict_labels(features, valid, classifier)
-    report = accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
+    report = evaluate(method, test_set, device, args.batch_size, args.workers, saved.get("precision", "auto"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset, **report}, indent=1))
     print(f"{payload['method']} checkpoint on {dataset}: top-1 {100 * report['top1']:.2f}% on {report['n']} test images -> {out}")

@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from latteclip.config import PROMPT_SETS
 from latteclip.data.datasets import DatasetInfo, ImageDataset, Sample
 from latteclip.data.sources import FolderSource, ImageSource, ZipSource
 from latteclip.errors import LatteclipError
@@ -65,7 +66,6 @@ class DatasetOptions:
         )
 
 
-PROMPT_SETS = ("latteclip", "clip")
 
 
 Builder = Callable[[str, str, str, DatasetOptions], tuple[DatasetInfo, dict[str, list[Sample]], ImageSource]]

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from latteclip.data.collage import CANVAS_SIZE, GAP, cell_boxes, fit_box
-from latteclip.data.transforms import eval_transform
 from latteclip.describe.backend import Describer, ItemFailed, Request
 from latteclip.errors import LatteclipError
 from latteclip.models import LoadedModel, TokenCache, encode_texts
@@ -133,7 +132,7 @@ class ClipVocabularyDescriber(Describer):
         self.batch_size = batch_size
         self.vocab, digest = read_vocabulary(vocabulary, dataset)
         self.model = describer_model_id(loaded.model_name, loaded.pretrained, digest)
-        self.transform = eval_transform(loaded.image_size, loaded.mean, loaded.std)
+        self.transform = loaded.eval_transform()
         self._lock = threading.Lock()  # one forward pass at a time: the model is shared
         tokens = TokenCache(loaded.tokenizer)
         self.slots = {}

@@ -13,7 +13,6 @@ import torch
 
 from latteclip.config import RunConfig
 from latteclip.data import ImageDataset, build_dataset
-from latteclip.data.transforms import eval_transform
 from latteclip.describe.batch import read_results, write_requests
 from latteclip.describe.clip_vocab import compose_at_random, read_vocabulary
 from latteclip.describe.groups import draw_pseudo_label_groups, draw_true_class_groups
@@ -40,7 +39,7 @@ def device_and_model(config: RunConfig, needs_clip: bool) -> tuple[torch.device,
 
 def pseudo_labels(config: RunConfig, train: ImageDataset, loaded: LoadedModel, device: torch.device) -> list[int]:
     """c_zs of every training image, through the engine's cache (training reads the same labels)."""
-    dataset = train.with_transform(eval_transform(loaded.image_size, loaded.mean, loaded.std))
+    dataset = train.with_transform(loaded.eval_transform())
     info = dataset.info
     return zero_shot_labels(
         loaded, TokenCache(loaded.tokenizer), info.classnames, info.templates[0], dataset, device,

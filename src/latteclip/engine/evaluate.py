@@ -1,8 +1,46 @@
-"""Accuracy of a classifier on a labelled split: top-1, per class, confusion matrix."""
+"""Accuracy of a method's classifier on a labelled split (top-1, per class, confusion matrix): one evaluation
+for training runs, `latteclip eval` and the experiments."""
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING
+
 import torch
+
+from latteclip.data import ImageDataset
+from latteclip.engine.features import extract_features, predict_labels
+
+if TYPE_CHECKING:
+    from latteclip.methods.base import Method
+
+
+def autocast_for_precision(precision: str, device: torch.device):
+    """bf16 autocast on GPU for `auto`/`bf16`, fp16 for `fp16`; fp32 on CPU. `eval` uses the run's setting."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cuda" and precision == "fp16":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def evaluate(
+    method: Method, test_set: ImageDataset, device: torch.device, batch_size: int, workers: int, precision: str,
+    cache_key: str | None = None,
+) -> dict:
+    """The accuracy report of `method` on `test_set` (with its evaluation transform), in eval mode and the run's precision.
+
+    `cache_key` (the untrained model's weights) lets a zero-shot pass reuse cached features.
+    """
+    was_training = method.model.training
+    method.model.eval()
+    try:
+        with torch.no_grad(), autocast_for_precision(precision, device):
+            features, valid = extract_features(method.encode_images, test_set, device, batch_size, workers, "evaluate", cache_key)
+            classifier = method.classifier().float()
+    finally:
+        method.model.train(was_training)
+    return accuracy_report(predict_labels(features, valid, classifier), test_set.labels, valid, method.info.classnames)
 
 
 def accuracy_report(predictions: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, classnames: list[str]) -> dict:

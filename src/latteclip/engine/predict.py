@@ -12,7 +12,6 @@ from torch.utils.data import Dataset
 from latteclip.data import CorruptImage
 from latteclip.data.datasets import decode_image
 from latteclip.data.registry import IMAGE_EXTENSIONS
-from latteclip.data.transforms import eval_transform
 from latteclip.engine.features import extract_features
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method
@@ -78,7 +77,7 @@ def predict_files(
 ) -> list[Prediction]:
     """Top-k classes of each file, in the order given; unreadable files get an empty prediction."""
     loaded = method.loaded
-    data = ImageFiles(files, eval_transform(loaded.image_size, loaded.mean, loaded.std))
+    data = ImageFiles(files, loaded.eval_transform())
     method.model.eval()
     features, valid = extract_features(method.encode_images, data, method.device, batch_size, workers, desc="predict")
     readable = valid.nonzero().flatten().tolist()

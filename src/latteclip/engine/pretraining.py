@@ -20,19 +20,18 @@ from typing import Any
 import open_clip
 from safetensors.torch import save as safetensors_bytes
 
-from latteclip.config import RunConfig
+from latteclip.config import NOT_IN_WEIGHTS_KEY, RunConfig
 from latteclip.data import build_dataset
 from latteclip.describe.clip_vocab import read_vocabulary
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.features import dataset_fingerprint
+from latteclip.engine.results import read_results
 from latteclip.engine.session import dataset_options
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
 from latteclip.models import register_project_configs
 from latteclip.paths import atomic_write_bytes, cache_dir
 
-# Options that change how a run is shown or stored, never the weights it produces.
-NOT_IN_KEY = {"output", "name", "resume", "overwrite", "workers", "device", "eval_every", "log_every", "checkpoint_every", "eval_batch_size", "store"}
 
 
 @dataclass
@@ -45,7 +44,7 @@ class PretrainedWeights:
 def pretrain_key(config: RunConfig) -> str:
     """A hash of what decides the pre-trained weights."""
     register_project_configs()
-    decisive = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_KEY}
+    decisive = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_WEIGHTS_KEY}
     decisive["model_config"] = open_clip.get_model_config(config.model)
     train_set = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
     decisive["train_samples"] = dataset_fingerprint(train_set)
@@ -74,7 +73,7 @@ def pretrained_weights(config: RunConfig, force: bool = False) -> PretrainedWeig
         shutil.rmtree(run_dir)
     final = run_dir / "final.pt"
     if final.is_file():
-        results = json.loads((run_dir / "results.json").read_text())
+        results = read_results(run_dir)
     else:
         run = dataclasses.replace(config, output=str(run_dir.parent), name=key, resume=(run_dir / "last.pt").is_file())
         results = run_training(run)

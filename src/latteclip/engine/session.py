@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,6 @@ from latteclip.data import DatasetOptions, ImageDataset, build_dataset
 from latteclip.data.datasets import DatasetInfo
 from latteclip.data.registry import align_classes, build_info
 from latteclip.errors import LatteclipError
-from latteclip.data.transforms import eval_transform, train_transform
 from latteclip.methods import build_options, get_method
 from latteclip.methods.base import Method
 from latteclip.models import LoadedModel, load_clip
@@ -47,23 +46,23 @@ class Session:
     loaded: LoadedModel
     method: Method
 
+    built: dict[str, ImageDataset] = field(default_factory=dict, repr=False)  # each split's files, scanned once per run
+
     def dataset(self, split: str, train_time: bool = False) -> ImageDataset:
-        """A split with the evaluation transform, or with seeded train-time augmentation."""
+        """A split with the evaluation transform, or with seeded train-time augmentation (the same samples)."""
         cfg = self.config
+        if split not in self.built:
+            self.built[split] = build_dataset(cfg.dataset, cfg.root, split, self.loaded.eval_transform(), dataset_options(cfg))
+        data = self.built[split]
         if train_time:
-            transform = train_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std, cfg.augment, cfg.augment_policy)
-        else:
-            transform = eval_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std)
-        data = build_dataset(cfg.dataset, cfg.root, split, transform, dataset_options(cfg))
-        if train_time:
-            data.item_seed = cfg.seed
+            return data.with_transform(self.loaded.train_transform(cfg.augment, cfg.augment_policy), item_seed=cfg.seed)
         return data
 
     def evaluation_set(self) -> ImageDataset | None:
         """The labelled images accuracy is measured on: `--eval-dataset`, else the test split; None without labels."""
         cfg = self.config
         if cfg.eval_dataset:
-            transform = eval_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std)
+            transform = self.loaded.eval_transform()
             data = build_dataset(cfg.eval_dataset, cfg.eval_root or "", "test", transform, DatasetOptions(seed=cfg.seed))
             return align_classes(data, self.method.info)
         if not self.method.info.labelled:
@@ -71,8 +70,9 @@ class Session:
         return self.dataset("test")
 
 
-def open_session(config: RunConfig) -> Session:
-    device = pick_device(config.device)
+def open_session(config: RunConfig, device: torch.device | None = None) -> Session:
+    """The run's model and method on `device` (default: the config's, picked now)."""
+    device = device or pick_device(config.device)
     seed_everything(config.seed)
     method_cls = get_method(config.method)
     options = build_options(method_cls, dict(config.method_options))

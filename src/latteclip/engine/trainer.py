@@ -8,7 +8,6 @@ resumed with `--resume` therefore replays exactly the steps an uninterrupted run
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -23,19 +22,19 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from latteclip import distributed
-from latteclip.config import RunConfig, save_config
+from latteclip.config import RESUME_MAY_CHANGE, RunConfig, save_config
 from latteclip.data import ImageDataset, collate
 from latteclip.engine.checkpoint import load_checkpoint, save_checkpoint
 from latteclip.engine.diagnostics import label_free_diagnostics
-from latteclip.engine.evaluate import accuracy_report
-from latteclip.engine.features import extract_features, predict_labels, zero_shot_labels
-from latteclip.engine.losses import MAX_LOGIT_SCALE
+from latteclip.engine.evaluate import autocast_for_precision, evaluate
+from latteclip.engine.features import extract_features, zero_shot_labels
+from latteclip.models.losses import MAX_LOGIT_SCALE
+from latteclip.engine.results import RunResults, write_results
 from latteclip.engine.run_folder import check_run_folder, prepare_run_folder
 from latteclip.engine.schedule import cosine_with_warmup
 from latteclip.engine.session import Session, inference_payload, open_session
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import TrainContext
-from latteclip.paths import atomic_write_bytes
 
 
 class MetricsLog:
@@ -117,8 +116,6 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-# Settings that may differ between a run and its resumption without changing what is computed.
-RESUME_MAY_CHANGE = {"resume", "overwrite", "workers", "device", "eval_batch_size", "output", "name", "root", "store"}
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
@@ -134,15 +131,6 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Pat
 
 def autocast_for(config: RunConfig, device: torch.device):
     return autocast_for_precision(config.precision, device)
-
-
-def autocast_for_precision(precision: str, device: torch.device):
-    """bf16 autocast on GPU for `auto`/`bf16`, fp16 for `fp16`; fp32 on CPU. `eval` uses the run's setting."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cuda" and precision == "fp16":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 def scaled_groups(params) -> list[tuple[float, list[torch.Tensor]]]:
@@ -163,9 +151,6 @@ def scaled_groups(params) -> list[tuple[float, list[torch.Tensor]]]:
     return groups
 
 
-OPTIMIZERS = ("adamw", "sgd")
-
-
 def build_optimizer(groups: list[tuple[float, list[torch.Tensor]]], config: RunConfig) -> torch.optim.Optimizer:
     """The run's optimizer, chosen per method in its config (AdamW for CLIP fine-tuning, SGD for ReCLIP).
 
@@ -175,8 +160,6 @@ def build_optimizer(groups: list[tuple[float, list[torch.Tensor]]], config: RunC
     if config.optimizer == "sgd":
         param_groups = [{"params": params, "lr": config.lr * scale} for scale, params in groups]
         return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)
-    if config.optimizer != "adamw":
-        raise LatteclipError(f"optimizer {config.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     param_groups = []
     for scale, params in groups:
         param_groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": config.lr * scale})
@@ -209,15 +192,8 @@ class Trainer:
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, test_set: ImageDataset, pristine: bool = False) -> dict:
-        method = self.method
-        was_training = method.model.training
-        method.model.eval()
-        features, valid = self.features_of(method.encode_images, test_set, "evaluate", self.pristine_key() if pristine else None)
-        with torch.no_grad(), autocast_for(self.config, self.device):
-            classifier = method.classifier().float()
-        method.model.train(was_training)
-        predictions = predict_labels(features, valid, classifier)
-        return accuracy_report(predictions, test_set.labels, valid, method.info.classnames)
+        return evaluate(self.method, test_set, self.device, self.config.eval_batch_size, self.config.workers, self.config.precision,
+                        self.pristine_key() if pristine else None)
 
     def features_of(
         self, encode, dataset: ImageDataset, desc: str = "features", cache_key: str | None = None
@@ -321,7 +297,7 @@ class Trainer:
 
         ctx = TrainContext(
             train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, method_log,
-            extract_features=self.features_of, eval_transform=self.session.dataset("train").transform, steps_per_epoch=steps_per_epoch,
+            extract_features=self.features_of, eval_transform=self.session.loaded.eval_transform(), steps_per_epoch=steps_per_epoch,
             total_steps=total_steps,
         )
         t0 = time.time()
@@ -444,14 +420,14 @@ class Trainer:
             },
         )
 
-    def finish(self, report: dict | None, log: MetricsLog, steps: int, started: float) -> dict:
+    def finish(self, report: dict | None, log: MetricsLog, steps: int, started: float) -> RunResults:
         """Write final.pt and results.json: accuracy on labelled images, or label-free diagnostics (`report` None)."""
         cfg = self.config
         payload = inference_payload(self.session)
         payload["model"] = self.method.model.state_dict()
         diagnostics = self.diagnostics() if report is None else None
         self.timings["total_s"] = time.time() - started
-        results = {
+        results: RunResults = {
             "method": self.method.name,
             "dataset": cfg.dataset,
             "model": cfg.model,
@@ -474,15 +450,16 @@ class Trainer:
         payload["results"] = {"top1": results["top1"], "steps": steps}
         if distributed.is_main():
             save_checkpoint(self.run_dir / "final.pt", payload)
-            atomic_write_bytes(self.run_dir / "results.json", json.dumps(results, indent=1).encode())
+            write_results(self.run_dir, results)
         distributed.barrier()
         return results
 
 
-def run_training(config: RunConfig) -> dict:
+def run_training(config: RunConfig) -> RunResults:
     """Train (or evaluate) one run; under torchrun every process calls this and rank 0 writes."""
     from latteclip.engine.session import pick_device
 
     check_run_folder(config)  # before anything is loaded: a refusal costs nothing and touches nothing
-    distributed.init_from_environment(pick_device(config.device).type)
-    return Trainer(open_session(config)).run()
+    device = pick_device(config.device)
+    distributed.init_from_environment(device.type)
+    return Trainer(open_session(config, device)).run()

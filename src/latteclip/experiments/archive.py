@@ -15,12 +15,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from latteclip.config import RunConfig
+from latteclip.config import NOT_COMPARED, RunConfig, fields_of_kind
 from latteclip.paths import atomic_write_bytes
 
-# Options that name where a run is written, never what it computes.
-NOT_COMPARED = ("resume", "overwrite")
-WHERE_WRITTEN = ("output", "store")
+WHERE_WRITTEN = fields_of_kind("files")  # the archive is read from other checkouts, whose run folders are elsewhere
 
 
 def comparable(data: dict[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,11 @@ from latteclip.config import RunConfig, resolve_config
 from latteclip.describe.clip_vocab import describer_model_id, read_vocabulary
 from latteclip.describe.settings import resolve_settings
 from latteclip.engine.describing import describe_run
+from latteclip.engine.results import RunResults, has_results, read_results
 from latteclip.engine.pretraining import PretrainedWeights, pretrained_weights
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
+from latteclip.methods import build_options, get_method
 from latteclip.experiments.archive import RunArchive, comparable
 from latteclip.experiments.machine import elapsed
 from latteclip.experiments.spec import Experiment, MethodEntry, deep_merge
@@ -99,7 +101,7 @@ def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: i
     return resolve_config(values)
 
 
-def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None = None, fresh: bool = False) -> dict:
+def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None = None, fresh: bool = False) -> RunResults:
     """Train and evaluate, or return the results of a finished run with the same configuration in its folder.
 
     An interrupted run with the same configuration continues from its last checkpoint. `prepare` (e.g.
@@ -109,8 +111,8 @@ def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None 
     run_dir = config.run_dir
     saved_config = run_dir / "config.yaml"
     same = not fresh and saved_config.is_file() and comparable(yaml.safe_load(saved_config.read_text()) or {}) == comparable(config.to_dict())
-    if same and (run_dir / "results.json").is_file():
-        return json.loads((run_dir / "results.json").read_text())
+    if same and has_results(run_dir):
+        return read_results(run_dir)
     config.resume = same and (run_dir / "last.pt").is_file()
     config.overwrite = not config.resume  # the experiment's own folder: a run of another configuration is replaced
     if prepare is not None:
@@ -120,7 +122,7 @@ def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None 
 
 @dataclass
 class FinishedRun:
-    results: dict[str, Any]  # the run's results.json
+    results: RunResults  # the run's results.json
     summary: dict[str, Any]  # what the tables read of it (run_summary)
     archived: bool = False  # taken from the archive: nothing ran now and the run folder may be absent
 
@@ -140,7 +142,7 @@ def finished_run(
     return FinishedRun(results, summary)
 
 
-def run_summary(results: dict, run_dir: Path) -> dict[str, Any]:
+def run_summary(results: RunResults, run_dir: Path) -> dict[str, Any]:
     """Top-1 plus what the training log says about pseudo-labels, mixer weights and prototype drift (averaged over its last fifth).
 
     `predictions/top_class_share` is the share of test predictions given to the most-predicted class (column sums
@@ -210,6 +212,12 @@ def prepare_stages(experiment: Experiment, entry: MethodEntry, config: RunConfig
         describe_training_images(config, experiment.describe, experiment.output / "describe", progress)
 
 
+def group_options(config: RunConfig) -> dict[str, Any]:
+    """The run's method's group_size and group_draw (defaults included), for the description stage that feeds it."""
+    options = build_options(get_method(config.method), dict(config.method_options))
+    return {name: getattr(options, name) for name in ("group_size", "group_draw") if hasattr(options, name)}
+
+
 # What decides which images the description stage sees, with which model, and where it stores the texts.
 DESCRIBE_RUN_KEYS = ("dataset", "root", "limit", "seed", "classnames", "templates", "domain", "split_file",
                      "model", "pretrained", "device", "store", "workers", "eval_batch_size")
@@ -219,9 +227,10 @@ def describe_training_images(config: RunConfig, describe: dict[str, Any], folder
     """The description stage (`engine.describing.describe_run`) over the training images `config` trains on.
 
     The stage's options are recorded in `folder` (what `latteclip describe --config FILE` would repeat by
-    hand); the store skips images already described, so a repeated call only hashes the images.
+    hand); the store skips images already described, so a repeated call only hashes the images. How groups are
+    drawn is the method's own option (LatteCLIP redraws them to read each image's group), so it is taken from there.
     """
-    settings = resolve_settings(describe, {})
+    settings = resolve_settings(describe, group_options(config))
     record = {key: getattr(config, key) for key in DESCRIBE_RUN_KEYS}
     record["describe"] = dict(describe)
     path = folder / f"{config.dataset}-s{config.seed}.yaml"

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from latteclip.data import DatasetInfo, ImageDataset
 from latteclip.errors import LatteclipError
 from latteclip.models import LoadedModel, TokenCache, class_text_features
+from latteclip.models.losses import capped_scale
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Method:
 
     def logit_scale(self) -> torch.Tensor:
         """exp of the model's temperature, detached and capped at 100: the scale of cosine logits for methods that do not train it."""
-        return self.model.logit_scale.detach().exp().clamp(max=100.0)
+        return capped_scale(self.model.logit_scale.detach())
 
     def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:
         """State updates that follow the weights (momentum, EMA encoders, queues)."""

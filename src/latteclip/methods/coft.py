@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from latteclip import distributed
-from latteclip.data.transforms import eval_transform
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
 from latteclip.models import encode_texts
@@ -270,7 +269,7 @@ class Coft(Method):
         super().setup_training(ctx)
         if ctx.total_steps < self.rounds():
             raise LatteclipError(f"CoFT+ runs {self.rounds()} rounds but the run has {ctx.total_steps} steps; pass --rounds {ctx.total_steps} or more steps")
-        self.eval_train_set = ctx.train_set.with_transform(eval_transform(self.loaded.image_size, self.loaded.mean, self.loaded.std))
+        self.eval_train_set = ctx.train_set.with_transform(ctx.eval_transform)
         self.model.requires_grad_(False)
         self.model.visual.requires_grad_(True)
         # the engine calls this before a resumed run loads its weights: these are the pre-trained encoder's features

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from latteclip.engine.losses import contrastive_loss
+from latteclip.models.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, NoOptions, StepResult
 from latteclip.models import encode_texts

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from latteclip.describe.groups import GROUP_DRAWS, draw_pseudo_label_groups
 from latteclip.describe.jobs import group_variant, image_hashes
 from latteclip.describe.store import DescriptionStore
-from latteclip.engine.losses import contrastive_loss
+from latteclip.models.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
 from latteclip.models import PrototypeBank, encode_texts

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from latteclip.describe.clip_vocab import compose_at_random, read_vocabulary
-from latteclip.engine.losses import contrastive_loss
+from latteclip.models.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult
 from latteclip.models import encode_texts

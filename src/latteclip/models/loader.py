@@ -11,10 +11,12 @@ import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import open_clip
 import torch
 
+from latteclip.data.transforms import eval_transform, train_transform
 from latteclip.errors import LatteclipError
 
 _CONFIGS_ADDED = False
@@ -39,6 +41,14 @@ class LoadedModel:
     mean: tuple
     std: tuple
     init_digest: str = ""  # random weights depend on the seed: a digest of them tells runs apart
+
+    def eval_transform(self) -> Callable:
+        """The model's evaluation preprocessing (its image size and normalisation)."""
+        return eval_transform(self.image_size, self.mean, self.std)
+
+    def train_transform(self, augment: bool, policy: str) -> Callable:
+        """Its train-time preprocessing: the crop and the augmentation policy (data/transforms.py)."""
+        return train_transform(self.image_size, self.mean, self.std, augment, policy)
 
     @property
     def weights_id(self) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from latteclip.errors import LatteclipError
+from latteclip.engine.results import RunResults, read_results
 
 EVAL_KEY = "eval/top1"
 TEXT_KINDS = ("class", "image", "group")
@@ -23,7 +24,7 @@ class Run:
 
     folder: Path
     config: dict[str, Any]
-    results: dict[str, Any]
+    results: RunResults
     train_records: list[dict[str, Any]] = field(default_factory=list)  # per-step records (loss, lr, method metrics)
     eval_records: list[dict[str, Any]] = field(default_factory=list)  # {"step", "eval/top1"}
     # gallery.json (LatteCLIP): [{"image": path in the dataset, "zs_label", "ft_label", "texts": {kind: text},
@@ -143,10 +144,7 @@ def load_run(folder: str | Path) -> Run:
     folder = Path(folder)
     if not folder.is_dir():
         raise LatteclipError(f"run folder {folder} does not exist")
-    results_path = folder / "results.json"
-    if not results_path.is_file():
-        raise LatteclipError(f"{folder} has no results.json: it is not a finished run (finish it with `latteclip train --resume`)")
-    results = _read_json(results_path, "run results")
+    results = read_results(folder)
     config_path = folder / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     train, evals = read_metrics(folder / "metrics.jsonl")

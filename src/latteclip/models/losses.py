@@ -9,7 +9,13 @@ import torch.nn.functional as F
 
 from latteclip.distributed import gather_with_grad, is_distributed
 
-MAX_LOGIT_SCALE = math.log(100.0)
+MAX_SCALE = 100.0  # CLIP's cap on the softmax temperature's inverse
+MAX_LOGIT_SCALE = math.log(MAX_SCALE)  # the same cap on the learnable log-scale, applied after each step
+
+
+def capped_scale(logit_scale: torch.Tensor) -> torch.Tensor:
+    """exp(logit_scale), at most MAX_SCALE: the factor every method's logits are multiplied by."""
+    return logit_scale.exp().clamp(max=MAX_SCALE)
 
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -25,7 +31,7 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
         dtype = torch.promote_types(image_features.dtype, text_features.dtype)
         both = gather_with_grad(torch.cat([image_features.to(dtype), text_features.to(dtype)], dim=1))
         image_features, text_features = both[:, :width], both[:, width:]
-    scale = logit_scale.exp().clamp(max=100.0)
+    scale = capped_scale(logit_scale)
     logits = scale * image_features @ text_features.t()
     targets = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
