@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from latteclip.config import resolve_config
+from latteclip.errors import LatteclipError
+from latteclip.methods import build_options, get_method
 
 
 @pytest.mark.parametrize("method", ["latteclip", "flyp_pl", "oracle"])
@@ -20,15 +22,35 @@ def test_every_clip_fine_tuning_method_reads_the_published_schedule(method):
 
 def test_latteclip_defaults_are_the_authors_rule():
     config = resolve_config({"method": "latteclip", "dataset": "eurosat"})
-    assert config.method_options["mu"] == 0.0 and config.method_options["alpha"] == 0.99
+    options = build_options(get_method("latteclip"), config.method_options)  # one place for the defaults: the Options dataclass
+    assert options.mu == 0.0 and options.alpha == 0.99
     assert (config.epochs, config.warmup_steps, config.batch_size, config.prompt_set) == (15, 40, 512, "latteclip")
 
 
 def test_reclip_runs_as_its_authors_ran_it_whatever_the_dataset_file_says(tmp_path):
     config = resolve_config({"method": "reclip", "dataset": "food101"})
     assert (config.optimizer, config.lr, config.sgd_momentum, config.weight_decay) == ("sgd", 1e-3, 0.9, 1e-4)
-    assert (config.batch_size, config.augment, config.epochs, config.method_options["refresh_every"]) == (64, False, None, 0)
+    options = build_options(get_method("reclip"), config.method_options)
+    assert (config.batch_size, config.augment, config.epochs, options.refresh_every) == (64, False, None, 0)
     user = tmp_path / "mine.yaml"
     user.write_text("epochs: 3\nlr: 5.0e-4\n")
     overridden = resolve_config({"method": "reclip", "dataset": "food101", "lr": 2e-3}, str(user))
     assert (overridden.epochs, overridden.lr) == (3, 2e-3)  # the user's file, then the command line
+
+
+def test_where_an_option_counts_follows_from_its_declared_kind():
+    """The sets that decide resume, the pre-training cache key and run reuse come from each field's kind,
+    and equal what they were when they were three hand-kept lists (so cached weights and runs stay valid)."""
+    from latteclip.config import FIELDS, NOT_COMPARED, NOT_IN_WEIGHTS_KEY, OPTION_KINDS, RESUME_MAY_CHANGE, fields_of_kind
+
+    assert RESUME_MAY_CHANGE == {"resume", "overwrite", "workers", "device", "eval_batch_size", "output", "name", "root", "store"}
+    assert NOT_IN_WEIGHTS_KEY == {"output", "name", "resume", "overwrite", "workers", "device", "eval_every", "log_every",
+                                  "checkpoint_every", "eval_batch_size", "store"}
+    assert NOT_COMPARED == {"resume", "overwrite"}
+    assert set().union(*(fields_of_kind(kind) for kind in OPTION_KINDS)) == set(FIELDS)
+    assert all(f.metadata["help"] for f in FIELDS.values())
+
+
+def test_a_choice_option_is_refused_before_any_work(tmp_path):
+    with pytest.raises(LatteclipError, match=r"--optimizer must be one of adamw, sgd, not 'adam'"):
+        resolve_config({"optimizer": "adam"})

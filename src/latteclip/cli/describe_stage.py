@@ -1,41 +1,30 @@
-"""The work behind `describe` and `zeroshot --lmm`: where the description layer meets the engine.
-
-The zero-shot pseudo-labels that groups are drawn by come from the engine's cached feature pass
-(the same cache training reads), and the LMM baseline's accuracy uses the engine's report, so
-its results.json sits beside those of the other methods.
-"""
+"""`describe` and `zeroshot --lmm` once their arguments are parsed: options into typed settings, then the
+library calls (engine.describing for the description stage, engine.lmm_zeroshot for the LMM baseline),
+plus the store's JSON-lines import and export."""
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
-import time
 from pathlib import PurePosixPath
 from typing import Callable
 
-import torch
-
 from latteclip.cli import config_from_args, print_summary
-from latteclip.config import RunConfig, save_config
+from latteclip.config import RunConfig
 from latteclip.data import ImageDataset, build_dataset
-from latteclip.describe.answers import class_choice_format, constrained_text, map_answer, mapping_counts
-from latteclip.describe.jobs import image_hashes, image_jobs
+from latteclip.describe.jobs import image_hashes
 from latteclip.describe.prompts import Prompts, load_prompts
-from latteclip.describe.runner import Runner, Summary
-from latteclip.describe.settings import DescribeSettings, build_describer, resolve_settings
+from latteclip.describe.runner import Summary
+from latteclip.describe.settings import DescribeSettings, resolve_settings
 from latteclip.describe.store import DescriptionStore, image_key
-from latteclip.engine.describing import check_analysis, describe_training_images, device_and_model
-from latteclip.engine.evaluate import accuracy_report
-from latteclip.engine.results import RunResults, write_results
+from latteclip.engine.describing import check_analysis, describe_training_images
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
 
 LMM_OPTIONS = ("lmm", "lmm_url", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size", "concurrency", "stop_after_failures")
 DESCRIBE_OPTIONS = LMM_OPTIONS + ("kinds", "group_size", "group_draw", "with_label", "true_class_members", "vocabulary",
                                   "describer_model", "describer_pretrained")
-UNMAPPED = "(unmapped)"
 
 
 def _settings(args: argparse.Namespace, config: RunConfig, names: tuple[str, ...]) -> DescribeSettings:
@@ -139,81 +128,17 @@ def _image_hasher(dataset: ImageDataset, hashes: list[str | None]):
 @interruptible
 def lmm_zeroshot_command(args: argparse.Namespace) -> int:
     """Ask the LMM to pick each test image's class among the class names; map answers; write a run folder."""
-    started = time.time()
+    from latteclip.engine.lmm_zeroshot import lmm_zero_shot
+
     config = config_from_args(args, method="lmm_zeroshot")
     settings = _settings(args, config, LMM_OPTIONS + ("answer_cutoff", "lmm_answer_format"))
-    if settings.lmm == "offline":
-        raise LatteclipError("the offline describer ignores prompts, so it cannot answer the multiple-choice question: "
-                             "use --lmm openai or --lmm transformers")
-    constrained = settings.lmm_answer_format == "json-schema"
-    if constrained and settings.lmm != "openai":
-        raise LatteclipError("--lmm-answer-format json-schema sends an OpenAI response_format: use it with --lmm openai")
-    test = build_dataset(config.dataset, config.root, "test", None, dataset_options(config))
-    info = test.info
-    prompt = _prompts(args, settings, info.prompts).multiple_choice(info.classnames, info.domain)
-    device, _ = device_and_model(config, needs_clip=False)
-    describer = build_describer(settings, info.domain, None, device)
-    store = DescriptionStore(config.store)
-    try:
-        hashes = image_hashes(test)
-        runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
-        variant = settings.lmm_answer_format if constrained else ""
-        response_format = class_choice_format(info.classnames) if constrained else None
-        summary = runner.run(image_jobs(test, hashes, lambda i: prompt, "zeroshot", response_format, variant))
-        answers = store.get_texts([h or "" for h in hashes], "zeroshot", model=describer.model, prompt=prompt, variant=variant)
-    finally:
-        describer.close()
-        store.close()
-    _print_summary(summary, f"{describer.backend} {describer.model}")
-    if not summary.complete:
+    results = lmm_zero_shot(config, settings, args.prompts, _print_summary)
+    if results is None:
         print("some test images have no answer yet: rerun the same command to ask for the rest (answers are kept)")
         return 1
-
-    classnames = info.classnames
-    valid = torch.tensor([a is not None for a in answers])
-    mapped = [map_answer(constrained_text(a or "") if constrained else a or "", classnames, settings.answer_cutoff) for a in answers]
-    predictions = torch.tensor([m.label if m.label is not None else len(classnames) for m in mapped])
-    # an extra "(unmapped)" class keeps wrong-because-unmapped answers visible in the confusion matrix
-    report = accuracy_report(predictions, test.labels, valid, [*classnames, UNMAPPED])
-    report["per_class"].pop(UNMAPPED)
-    report["confusion"] = report["confusion"][: len(classnames)]
-    report["answers"] = mapping_counts([m for m, ok in zip(mapped, valid.tolist()) if ok])
-    results: RunResults = {
-        "method": "lmm_zeroshot",
-        "dataset": config.dataset,
-        "model": describer.model,
-        "pretrained": describer.backend,
-        "seed": config.seed,
-        "steps": 0,
-        "top1": report["top1"],
-        "test": report,
-        "unreadable_train_images": 0,
-        "unreadable_test_images": report["unreadable"],
-        "timings": {"total_s": time.time() - started},
-        "lmm": {"backend": describer.backend, "model": describer.model, "prompt": prompt, "answer_cutoff": settings.answer_cutoff,
-                "answer_format": settings.lmm_answer_format},
-    }
-    _write_lmm_run(config, settings, results, test, answers, mapped)
     print_summary(results)
-    counts = report["answers"]
+    counts = results["test"]["answers"]
     print(f"answers: {counts['exact']} exact, {counts['case_insensitive']} case-insensitive, {counts['similar']} by "
           f"similarity, {counts['unmapped']} unmapped ({100 * counts['unmapped_share']:.1f}%, counted wrong)")
     print(f"run folder: {config.run_dir}")
     return 0
-
-
-def _write_lmm_run(config: RunConfig, settings: DescribeSettings, results: RunResults, test: ImageDataset, answers, mapped) -> None:
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.describe = {k: v for k, v in vars(settings).items() if v is not None}
-    save_config(config, run_dir / "config.yaml")
-    classnames = test.info.classnames
-    with open(run_dir / "answers.jsonl", "w", encoding="utf-8") as handle:
-        for sample, answer, m in zip(test.samples, answers, mapped):
-            handle.write(json.dumps({
-                "image": sample.path, "label": classnames[sample.label], "answer": answer,
-                "mapped": classnames[m.label] if m.label is not None else None, "how": m.how,
-                "similarity": round(m.similarity, 4),
-            }) + "\n")
-    write_results(run_dir, results)
-
