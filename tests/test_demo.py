@@ -228,3 +228,24 @@ def test_true_class_descriptions_name_the_true_class_for_the_share_asked(tmp_pat
         true = sum(n == s.label for n, s in zip(named, train.samples)) / 200
         assert 0.2 < true < 0.4, true  # about 30% name the true class, the rest another class
     store.close()
+
+
+def test_the_archive_reuses_a_run_only_with_the_same_configuration_and_weights(tmp_path):
+    from latteclip.experiments.archive import RunArchive
+
+    weights = tmp_path / "source.safetensors"
+    weights.write_bytes(b"weights one")
+    values = {"method": "flyp_pl", "dataset": "fmnist-tint", "root": "bundled", "model": "latte-fmnist", "pretrained": str(weights),
+              "output": str(tmp_path / "runs"), "name": "tint/flyp_pl-s0"}
+    archive = RunArchive(tmp_path / "archive")
+    assert archive.bind({"source": weights}) == []
+    config = resolve_config(values)
+    archive.put(config, {"top1": 0.5}, {"top1": 0.5, "seed": 0})
+    moved = resolve_config({**values, "output": str(tmp_path / "elsewhere")})  # another checkout's run folders
+    assert archive.get(moved)["results"] == {"top1": 0.5}
+    assert archive.get(resolve_config({**values, "lr": 1e-4})) is None  # another configuration
+    weights.write_bytes(b"weights two")  # the same path, other weights (pre-trained with another thread count)
+    fresh = RunArchive(tmp_path / "archive")
+    warnings = fresh.bind({"source": weights})
+    assert len(warnings) == 1 and "1 archived runs" in warnings[0] and "not reused" in warnings[0]
+    assert fresh.get(moved) is None

@@ -38,9 +38,20 @@ class RunArchive:
         self.weights: dict[str, str] = {}
         self._digests: dict[str, str] = {}
 
-    def bind(self, weights: dict[str, Path]) -> None:
-        """The experiment's pre-trained weights files, which every entry's key then holds by content."""
+    def bind(self, weights: dict[str, Path]) -> list[str]:
+        """The experiment's pre-trained weights files, which every entry's key then holds by content.
+
+        Returns a warning per archived set of other weights (pre-trained elsewhere, e.g. with another thread
+        count): their entries are not reused.
+        """
         self.weights = {name: self._digest(path) for name, path in sorted(weights.items())}
+        others: dict[str, int] = {}
+        for path in sorted(self.folder.rglob("*.json")) if self.folder.is_dir() else []:
+            bound = json.loads(path.read_text()).get("key", {}).get("experiment_weights")
+            if bound != self.weights:
+                others[json.dumps(bound, sort_keys=True)] = others.get(json.dumps(bound, sort_keys=True), 0) + 1
+        return [f"{count} archived runs in {self.folder} were made from other pre-trained weights ({bound}; these are "
+                f"{json.dumps(self.weights, sort_keys=True)}): they are not reused" for bound, count in others.items()]
 
     def _digest(self, path: str | Path) -> str:
         key = str(path)

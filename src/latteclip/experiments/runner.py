@@ -285,7 +285,8 @@ def run_experiment(
         how = "reused from the cache" if describer.cached else "trained now"
         progress(f"      {how}: zero-shot top-1 {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})")
     if archive is not None:
-        archive.bind(experiment.weights)
+        for warning in archive.bind(experiment.weights):
+            progress(f"warning: {warning}")
     runs = ExperimentRuns({"source": source, "describer": describer})
     for shift in experiment.shifts:
         for entry in experiment.methods:
