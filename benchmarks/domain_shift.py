@@ -129,11 +129,8 @@ def run_sweep(experiment: Experiment, choices: list[dict[str, Any]], archive: Ru
             config = run_config(experiment, swept, experiment.target(SWEEP_SHIFT), seed, f"sweep/q{share}/{entry.name}-s{seed}", choice)
 
             def describe(c, share=share, model=model) -> None:
-                store = DescriptionStore(c.store)
-                try:
+                with DescriptionStore(c.store) as store:
                     true_class_descriptions(c, share, store, model, reads_labels=True)
-                finally:
-                    store.close()
 
             print(f"LatteCLIP with true-class texts for {100 * share:.0f}% of the images, seed {seed}", flush=True)
             run = finished_run(config, describe, archive)

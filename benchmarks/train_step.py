@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-EUROSAT_ZIP = REPO.parent / "shared" / "data" / "eurosat" / "EuroSAT.zip"
+# the project's data folder, as the tests read it (LATTECLIP_SHARED_DATA, default ../shared/data beside the checkout)
+SHARED_DATA = Path(os.environ.get("LATTECLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
+EUROSAT_ZIP = SHARED_DATA / "eurosat" / "EuroSAT.zip"
 WORDS = ("green fields crossed by a narrow road with scattered houses and dense trees along a river bank "
          "under clear sky showing bright patches of farmland and industrial roofs near the lake").split()
 
@@ -39,7 +41,6 @@ def synthetic_description(i: int, kind: str) -> str:
 
 def build(args, variant: str):
     from latteclip.data import DatasetOptions, build_dataset, collate
-    from latteclip.data.transforms import eval_transform
     from latteclip.describe.store import DescriptionStore, image_key
     from latteclip.engine.trainer import build_optimizer, scaled_groups
     from latteclip.config import RunConfig
@@ -50,7 +51,7 @@ def build(args, variant: str):
     torch.manual_seed(0)
     device = torch.device(args.device)
     loaded = load_clip(args.model, "random", device)
-    transform = eval_transform(loaded.image_size, loaded.mean, loaded.std)
+    transform = loaded.eval_transform()
     train = build_dataset("eurosat", EUROSAT_ZIP, "train", transform, DatasetOptions(limit=args.batch_size))
     tmp = Path(tempfile.mkdtemp())
     store = DescriptionStore(tmp / "d.sqlite")

@@ -61,45 +61,38 @@ def run_chromium(*args: str) -> str:
     return done.stdout
 
 
-def latteclip_like_copy(flyp: Path, target: Path) -> Path:
-    """The real flyp run plus the records and files the LatteCLIP method writes (that method is not in this branch)."""
-    target.mkdir()
-    for name in ("config.yaml", "metrics.jsonl", "results.json"):
-        shutil.copy(flyp / name, target / name)
-    records = [json.loads(line) for line in (target / "metrics.jsonl").read_text().splitlines()]
-    for record in records:
-        if "loss" in record:
-            step = record["step"]
-            record.update({"mixer/weight_class": 0.05 + 0.001 * step, "mixer/weight_image": 0.09, "mixer/weight_group": 0.07,
-                           "analysis/pl_agreement": 1.0 - 0.05 * step})
-    (target / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    config = load_run(target).config
-    train = build_dataset("eurosat", config["root"], "train", None, DatasetOptions(limit=config["limit"], seed=config["seed"]))
-    names = train.info.classnames
-    gallery = []
-    for sample in train.samples[:2]:
-        members = [s.path for s in train.samples if s.label == sample.label and s.path != sample.path][:3]
-        gallery.append({"image": sample.path, "zs_label": names[sample.label], "ft_label": names[(sample.label + 1) % 10],
-                        "texts": {"class": f"a centered satellite photo of {names[sample.label]}.",
-                                  "image": "Green fields divided by <straight> roads & hedges.", "group": "Rectangular green plots."},
-                        "weights": {"class": 0.04, "image": 0.12, "group": 0.08}, "group_members": members})
-    # the second image's collage as the describe stage saves it (672x672); the first one's is drawn from its members
-    (target / "collages").mkdir()
-    train.load_image(1).resize((672, 672)).save(target / "collages" / "group1.png")
-    gallery[1]["collage"] = "collages/group1.png"
-    (target / "gallery.json").write_text(json.dumps(gallery))
-    (target / "mixer_weights.json").write_text(json.dumps({"class": [0.01, 0.02, 0.03], "image": [0.05, 0.07], "group": [0.04, 0.06]}))
-    return target
+@pytest.fixture(scope="module")
+def latteclip_run(tiny_runs, eurosat_zip, tmp_path_factory) -> Path:
+    """A real LatteCLIP run beside the tiny zeroshot run: the offline describe stage (latte-tiny, random weights)
+    writes image and group texts with each group's members, then image texts with HTML characters are imported
+    over them (the newest text wins), and LatteCLIP trains 8 steps, showing 2 images in its gallery."""
+    output = tiny_runs["zeroshot"].parent
+    store = output / "latte-descriptions.sqlite"
+    common = ["--dataset", "eurosat", "--root", str(eurosat_zip), "--model", "latte-tiny", "--pretrained", "random", "--limit", "40",
+              "--workers", "0", "--device", "cpu", "--store", str(store)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LATTECLIP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert main(["describe", *common, "--lmm", "offline"]) == 0
+        train = build_dataset("eurosat", str(eurosat_zip), "train", None, DatasetOptions(limit=40))
+        lines = tmp_path_factory.mktemp("import") / "texts.jsonl"
+        lines.write_text("".join(json.dumps({"image": sample.path, "kind": "image", "prompt": "p", "model": "hand-written",
+                                             "text": f"Green fields divided by <straight> roads & hedges, tile {i}."}) + "\n"
+                                 for i, sample in enumerate(train.samples)))
+        assert main(["describe", *common, "--import", str(lines)]) == 0
+        assert main(["train", "--method", "latteclip", "--name", "latteclip", "--max-steps", "8", "--batch-size", "16", "--lr", "1e-3",
+                     "--warmup-steps", "0", "--eval-every", "4", "--log-every", "1", "--gallery-size", "2", "--output", str(output),
+                     *common]) == 0
+    return output / "latteclip"
 
 
-def test_report_shows_every_panel_in_a_browser(tiny_runs, tmp_path, capsys):
-    run = latteclip_like_copy(tiny_runs["flyp"], tmp_path / "latte-like")
-    assert main(["report", str(run), str(tiny_runs["zeroshot"])]) == 0
-    page = run / "report" / "report.html"
+def test_report_shows_every_panel_in_a_browser(latteclip_run, tiny_runs, tmp_path, capsys):
+    run = latteclip_run
+    assert main(["report", str(run), str(tiny_runs["zeroshot"]), "--out", str(tmp_path / "report")]) == 0
+    page = tmp_path / "report" / "report.html"
     assert f"report: {page}" in capsys.readouterr().out
     text = page.read_text()
     assert re.findall(r'<img src="(?!data:image/png;base64,)', text) == [] and "http" not in text.split("</style>")[1].split("<pre>")[0]
-    assert "Green fields divided by &lt;straight&gt; roads &amp; hedges." in text
+    assert "Green fields divided by &lt;straight&gt; roads &amp; hedges, tile " in text
 
     probe_page = page.with_name("probe.html")
     probe_page.write_text(text.replace("</body>", BROWSER_PROBE + "</body>"))
@@ -115,16 +108,16 @@ def test_report_shows_every_panel_in_a_browser(tiny_runs, tmp_path, capsys):
     assert sorted(i["file"] for i in shown["images"]) == sorted(files)
     size = {i["file"]: (i["width"], i["height"]) for i in shown["images"]}
     assert size["gallery_00_image.png"] == (128, 128)  # 64x64 EuroSAT image shown at 128 px
-    assert size["gallery_00_group.png"] == (2 * 64 + 3 * 4, 2 * 64 + 3 * 4)  # 2x2 member grid, 64 px cells, 4 px gaps
-    assert size["gallery_01_group.png"] == (256, 256)  # the saved 672x672 collage, scaled to 256 px
+    for number in ("00", "01"):  # each group as the describe stage drew it: 2x2 member grid, 64 px cells, 4 px gaps
+        assert size[f"gallery_{number}_group.png"] == (2 * 64 + 3 * 4, 2 * 64 + 3 * 4)
     for image in shown["images"]:
         with Image.open(page.parent / image["file"]) as beside:
             assert image["complete"] and (image["width"], image["height"]) == beside.size, image
         assert image["shown"] > 50, image
 
-    flyp, zero_shot = (json.loads((tiny_runs[k] / "results.json").read_text())["top1"] for k in ("flyp", "zeroshot"))
-    assert f"{100 * flyp:.2f}%" in shown["headline"] and f"{100 * zero_shot:.2f}%" in shown["headline"]
-    assert f"{100 * (flyp - zero_shot):+.2f}" in shown["headline"] and "zeroshot run zeroshot" in shown["headline"]
+    latte, zero_shot = (json.loads((folder / "results.json").read_text())["top1"] for folder in (run, tiny_runs["zeroshot"]))
+    assert f"{100 * latte:.2f}%" in shown["headline"] and f"{100 * zero_shot:.2f}%" in shown["headline"]
+    assert f"{100 * (latte - zero_shot):+.2f}" in shown["headline"] and "zeroshot run zeroshot" in shown["headline"]
 
     screenshot = tmp_path / "report.png"
     run_chromium("--window-size=1200,3000", f"--screenshot={screenshot}", page.as_uri())

@@ -72,8 +72,7 @@ def describe_command(args: argparse.Namespace) -> int:
                              "so label-free training never reads them by accident")
     train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
     check_analysis(settings, train)
-    store = DescriptionStore(config.store)
-    try:
+    with DescriptionStore(config.store) as store:
         hashes = image_hashes(train)
         unreadable = [s.path for s, h in zip(train.samples, hashes) if h is None]
         if args.import_file:
@@ -88,8 +87,6 @@ def describe_command(args: argparse.Namespace) -> int:
             images = {h: s.path for s, h in zip(train.samples, hashes) if h is not None}
             count = store.export_jsonl(args.export, images)
             print(f"exported {count} descriptions of {train.info.name} to {args.export}")
-    finally:
-        store.close()
     if unreadable:
         print(f"{len(unreadable)} training images could not be read (first: {unreadable[0]})")
     return 0 if (summary is None or summary.complete) and not unreadable else 1

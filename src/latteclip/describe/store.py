@@ -93,6 +93,12 @@ class DescriptionStore:
         with self._lock:
             self._db.close()
 
+    def __enter__(self) -> "DescriptionStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def put(
         self,
         image_hash: str,

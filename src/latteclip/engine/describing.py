@@ -126,11 +126,8 @@ def describe_run(
     """
     train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
     prompts = load_prompts(train.info.prompts, settings.prompts, prompts_file)
-    store = DescriptionStore(config.store)
-    try:
+    with DescriptionStore(config.store) as store:
         return describe_training_images(config, settings, prompts, train, image_hashes(train), store)
-    finally:
-        store.close()
 
 
 def true_class_descriptions(

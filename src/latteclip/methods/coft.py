@@ -462,11 +462,8 @@ class CoftPlus(Coft):
         if not Path(store_path).is_file():
             raise LatteclipError(f"description store {store_path} does not exist")
         hashes = image_hashes(self.ctx.train_set)  # None for an unreadable image: it gets no text
-        store = DescriptionStore(store_path)
-        try:
+        with DescriptionStore(store_path) as store:
             texts = store.get_texts(hashes, "class")
-        finally:
-            store.close()
         if not any(texts):
             return {}
         with torch.no_grad():

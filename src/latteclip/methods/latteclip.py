@@ -160,12 +160,9 @@ class LatteCLIP(Method):
 
     def load_descriptions(self, kind: str, hashes: list[str | None], ctx: TrainContext) -> list[str | None]:
         """The `kind` text of each training image (None where there is none; an unreadable image has none)."""
-        store = DescriptionStore(ctx.store)
-        try:
+        with DescriptionStore(ctx.store) as store:
             preferred = self.group_variants if kind == "group" else None
             texts = store.get_texts(hashes, kind, model=self.options.describer_model, preferred_variants=preferred)
-        finally:
-            store.close()
         # an unreadable image is skipped by training and never described, so it is not counted missing
         missing = sum(t is None for t, h in zip(texts, hashes) if h is not None)
         if missing and self.options.missing_descriptions == "error":
@@ -275,8 +272,7 @@ class LatteCLIP(Method):
     # --- artefacts for the report ----------------------------------------------------------------
     def group_members(self, indices: list[int]) -> dict[int, list[str]]:
         """The images of each anchor's group collage in cell order, as the describe stage recorded them."""
-        store = DescriptionStore(self.ctx.store)
-        try:
+        with DescriptionStore(self.ctx.store) as store:
             wanted = {self.image_hashes[i]: i for i in indices if self.image_hashes[i] is not None}
             found: dict[int, list[str]] = {}
             exact: set[int] = set()  # the run's own draw wins, as in load_descriptions
@@ -289,8 +285,6 @@ class LatteCLIP(Method):
                     if self.group_variants and row["variant"] == self.group_variants[index]:
                         exact.add(index)
             return found
-        finally:
-            store.close()
 
     @torch.no_grad()
     def finish_training(self) -> None:

@@ -3,6 +3,9 @@
 CLIP's text transformer is causal and pools at the end-of-text token (the highest id in the
 sequence), so the tokens after the longest text's end never influence any pooled feature:
 cutting every sequence to that length gives the same features at a fraction of the cost.
+`encode_tokens` / `encode_embedded` are OpenCLIP's text-tower forward on the cut sequences, kept because
+that cut is most of the fast LatteCLIP step's speed-up (`benchmarks/train_step.py`: fast_text against the
+77-token reference, in docs/results.md) and pinned to OpenCLIP's `encode_text` by tests/test_models.py.
 """
 
 from __future__ import annotations

@@ -80,11 +80,6 @@ def collage(images: list[Image.Image], cell: int = THUMBNAIL // 2, gap: int = 4)
     return canvas
 
 
-def open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 def save_png(image: Image.Image, path: Path) -> Path:
     image.save(path, format="PNG")
     return path

@@ -28,7 +28,7 @@ class Run:
     train_records: list[dict[str, Any]] = field(default_factory=list)  # per-step records (loss, lr, method metrics)
     eval_records: list[dict[str, Any]] = field(default_factory=list)  # {"step", "eval/top1"}
     # gallery.json (LatteCLIP): [{"image": path in the dataset, "zs_label", "ft_label", "texts": {kind: text},
-    #   "weights": {kind: w}, "group_members": [paths], optional "collage": PNG path relative to the run folder}]
+    #   "weights": {kind: w}, "group_members": [paths]}]
     gallery: list[dict[str, Any]] | None = None
     mixer_weights: dict[str, list[float]] | None = None  # mixer_weights.json (LatteCLIP): {kind: [sampled weights]}
 

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from latteclip.report import plots
-from latteclip.report.gallery import THUMBNAIL, collage, gallery_paths, load_gallery_images, open_rgb, save_png, thumbnail
+from latteclip.report.gallery import collage, gallery_paths, load_gallery_images, save_png, thumbnail
 from latteclip.report.html import Panel, embed_png, note, table
 from latteclip.report.runs import EVAL_KEY, TEXT_KINDS, Comparison, Run, per_class_gain
 
@@ -163,14 +163,6 @@ def _weight_cell(weight: float | None, largest: float) -> str:
     return f'<td class="weight"><span class="bar" style="width:{width}px"></span>{weight:.3f}</td>'
 
 
-def _inside(folder: Path, relpath: str | None) -> Path | None:
-    """`folder / relpath` when it is a file inside `folder`: a shared run's gallery.json cannot make the report read other files."""
-    if not isinstance(relpath, str) or not relpath:
-        return None
-    path = (folder / relpath).resolve()
-    return path if path.is_relative_to(folder.resolve()) and path.is_file() else None
-
-
 def gallery_panel(subject: Run, out: Path) -> Panel:
     """Training images with their texts, mixer weights and both pseudo-labels (the paper's Figure 7)."""
     title = "Gallery: training images, texts, mixer weights, pseudo-labels"
@@ -184,16 +176,11 @@ def gallery_panel(subject: Run, out: Path) -> Panel:
         if image is not None:
             path = save_png(thumbnail(image), out / f"gallery_{number:02d}_image.png")
             figures.append(embed_png(path, f"training image {entry['image']}", "training image"))
-        collage_file = _inside(subject.folder, entry.get("collage"))
-        if collage_file is not None:
-            group_png = save_png(thumbnail(open_rgb(collage_file), 2 * THUMBNAIL), out / f"gallery_{number:02d}_group.png")
-            figures.append(embed_png(group_png, f"group collage of {entry['image']}", "group collage"))
-        else:
-            members = [entry["image"]] + [m for m in entry.get("group_members", []) if m != entry["image"]]
-            member_images = [pictures.images[m] for m in members if m in pictures.images]
-            if len(member_images) > 1:
-                group_png = save_png(collage(member_images), out / f"gallery_{number:02d}_group.png")
-                figures.append(embed_png(group_png, f"group of {entry['image']}", f"group ({len(member_images)} images)"))
+        members = list(entry.get("group_members", []))  # the collage's cells in order, as the LMM saw them (the anchor may be absent)
+        member_images = [pictures.images[m] for m in members if m in pictures.images]
+        if len(member_images) > 1:
+            group_png = save_png(collage(member_images), out / f"gallery_{number:02d}_group.png")
+            figures.append(embed_png(group_png, f"group of {entry['image']}", f"group ({len(member_images)} images)"))
         zs, ft = entry.get("zs_label", "?"), entry.get("ft_label", "?")
         badge = '<span class="badge agree">agree</span>' if zs == ft else '<span class="badge disagree">disagree</span>'
         labels = f"zero-shot label <b>{escape(zs)}</b> · fine-tuning label <b>{escape(ft)}</b> {badge}"

@@ -1,0 +1,108 @@
+"""What gradient synchronisation costs: the share of a data-parallel step spent in `average_gradients`.
+
+    python benchmarks/grad_sync.py                        # ViT-B-32, 2 CPU processes (gloo), batch 8 each
+    python benchmarks/grad_sync.py --device cuda --nproc 2 --write-results
+
+Each process runs the contrastive step of FLYP/LatteCLIP on random images and texts (global-batch loss
+through `gather_with_grad`), then the project's one flat all-reduce per dtype. The step is timed without
+the synchronisation and the synchronisation alone, so the page can say what overlapping it with the
+backward pass (DistributedDataParallel's bucketed all-reduce) could save at most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def worker(rank: int, args: argparse.Namespace, port: int, queue) -> None:
+    from latteclip import distributed
+    from latteclip.models import load_clip
+    from latteclip.models.losses import contrastive_loss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(args.nproc), LOCAL_RANK=str(rank))
+    torch.set_num_threads(args.threads)
+    device = torch.device(f"cuda:{rank}" if args.device == "cuda" else "cpu")
+    dist.init_process_group("nccl" if args.device == "cuda" else "gloo", rank=rank, world_size=args.nproc)
+    torch.manual_seed(0)
+    loaded = load_clip(args.model, "random", device)
+    model = loaded.model.train()
+    images = torch.randn(args.batch_size, 3, loaded.image_size, loaded.image_size, device=device)
+    tokens = loaded.tokenizer([f"a photo of object number {i}" for i in range(args.batch_size)]).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    steps, syncs = [], []
+    for i in range(args.warmup + args.steps):
+        model.zero_grad(set_to_none=True)
+        sync()
+        start = time.perf_counter()
+        image_features = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        text_features = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
+        contrastive_loss(image_features, text_features, model.logit_scale).backward()
+        sync()
+        middle = time.perf_counter()
+        distributed.average_gradients(params)
+        sync()
+        end = time.perf_counter()
+        if i >= args.warmup:
+            steps.append(middle - start)
+            syncs.append(end - middle)
+    if rank == 0:
+        numel = sum(p.numel() for p in params)
+        queue.put({"compute_s": statistics.mean(steps), "sync_s": statistics.mean(syncs), "parameters": numel})
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per process")
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--port", type=int, default=29517)
+    parser.add_argument("--write-results", action="store_true", help="write the figures into docs/results.md")
+    args = parser.parse_args()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # other jobs on the machine share its cores
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    mp.start_processes(worker, args=(args, args.port, queue), nprocs=args.nproc, start_method="spawn")
+    row = queue.get()
+    share = row["sync_s"] / (row["compute_s"] + row["sync_s"])
+    print(f"{args.model}, {args.nproc} x {args.device}, batch {args.batch_size} per process, {row['parameters'] / 1e6:.1f} M trained "
+          f"parameters: forward + backward {row['compute_s']:.3f} s, gradient all-reduce {row['sync_s']:.3f} s ({100 * share:.1f}% of the step)")
+    if args.write_results:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from results_page import write_section
+
+        body = "\n".join([
+            "| processes | batch per process | trained parameters (M) | forward + backward (s) | flat all-reduce (s) | share of the step |",
+            "|---|---|---|---|---|---|",
+            f"| {args.nproc} x {args.device} | {args.batch_size} | {row['parameters'] / 1e6:.1f} | {row['compute_s']:.3f} | "
+            f"{row['sync_s']:.3f} | {100 * share:.1f}% |",
+            "",
+            f"Mean of {args.steps} steps after {args.warmup} warm-up step(s); {args.threads} torch thread(s) per process; load "
+            f"average {load:.1f} when it started (on {os.cpu_count()} cores). The "
+            "all-reduce runs after the backward pass; overlapping it with the backward pass (DistributedDataParallel's "
+            "buckets) could save at most its share.",
+        ])
+        write_section(f"grad_sync_{args.device}", f"Gradient synchronisation, {args.model}, {args.nproc} processes, {args.device}", body)
+
+
+if __name__ == "__main__":
+    main()
