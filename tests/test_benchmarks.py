@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -10,6 +12,7 @@ import sys
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_runs_both_variants(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(

@@ -315,6 +315,7 @@ def fill_store(root: str, path) -> None:
     store.close()
 
 
+@pytest.mark.slow
 def test_coft_plus_rounds_resume_to_the_same_result(eurosat_zip, tmp_path, monkeypatch):
     root = str(eurosat_zip.parent)
     store = tmp_path / "store.sqlite"

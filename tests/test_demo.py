@@ -33,6 +33,7 @@ def demo_config(tmp_path: Path, **changes) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, monkeypatch):
     output = tmp_path / "demo"
     assert main(["demo", "--quick", "--output", str(output), "--threads", "1"]) == 0
@@ -136,6 +137,7 @@ def test_finished_runs_are_reused_only_with_the_same_configuration(tmp_path, mon
     assert len(calls) == 1 and changed["test"]["n"] == 20
 
 
+@pytest.mark.slow
 def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("domain_shift_benchmark", REPO / "benchmarks" / "domain_shift.py")
     benchmark = importlib.util.module_from_spec(spec)

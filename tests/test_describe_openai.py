@@ -206,6 +206,7 @@ def test_cancelled_runner_then_rerun_asks_only_for_the_rest(train, hashes, tmp_p
     assert set(asked_again) == set(hashes) - stored_first and set(asked_again.values()) == {1}
 
 
+@pytest.mark.slow
 def test_killed_describe_process_resumes_without_repeating_stored_requests(eurosat_folder, tmp_path):
     store_path = tmp_path / "killed.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from latteclip.data import DatasetOptions, build_dataset
@@ -41,6 +42,7 @@ def _train(tmp_path, name: str, nproc: int) -> tuple[list[float], dict]:
     return losses, load_checkpoint(tmp_path / name / "final.pt")
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     _fill_store(tmp_path / "d.sqlite")
     single_losses, single = _train(tmp_path, "single", 1)

@@ -169,6 +169,7 @@ def kill_half_way(process: subprocess.Popen, run_dir: Path, after_step: int) -> 
     return step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_killed_run_resumes_to_the_same_result(full_run, eurosat_zip, workers):
     output = full_run.parent
