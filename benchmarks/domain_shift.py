@@ -49,6 +49,8 @@ from results_page import RESULTS, write_section  # noqa: E402  (the shared page 
 ARCHIVE = Path(__file__).resolve().parent / "archive"
 SWEEP_SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
 SWEEP_SHIFT = "blur-noise"
+SHARE = "predictions/top_class_share"
+COLLAPSE_MARGIN = 0.05  # a label-free method's top-class share this far above zero-shot's is reported as collapse
 SWEEP_NEEDS = ("zeroshot", "flyp_pl", "latteclip")  # entries (by name) the sweep reads or reruns
 
 
@@ -169,7 +171,8 @@ def sweep_section(experiment: Experiment, cells: Cells, sweep: dict[float, list[
 
 
 def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
-    """Every shift where a label-free trained method does not beat zero-shot, the describer's zero-shot or FLYP + pseudo-labels."""
+    """Every shift where a label-free trained method does not beat zero-shot, the describer's zero-shot or FLYP + pseudo-labels,
+    or gives more than COLLAPSE_MARGIN more of its test predictions to one class than zero-shot."""
     by_method: dict[str, Any] = {}
     for entry in experiment.methods:
         if entry.weights == "source":
@@ -196,6 +199,11 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
                         + (f"; measured (analysis/ and mixer/: training log, last fifth; predictions/: test split): {', '.join(measured)}" if measured else "")
                         + "."
                     )
+            share, zero_share = (aggregate([r[SHARE] for r in of if SHARE in r])["mean"] if any(SHARE in r for r in of) else None
+                                 for of in (runs, zeroshot_runs))
+            if share is not None and zero_share is not None and share > zero_share + COLLAPSE_MARGIN:
+                lines.append(f"- {shift}: {entry.label} gives {100 * share:.1f}% of its test predictions to one class, more than "
+                             f"{100 * COLLAPSE_MARGIN:.0f} points above zero-shot's {100 * zero_share:.1f}% (collapse onto a class).")
     return lines
 
 
@@ -276,6 +284,8 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
         ("Mixer weights during training (last fifth of training)", "mixer/", False),
         ("Prototype drift: mean cosine of LatteCLIP's prototypes with their zero-shot start (1 = unmoved; last fifth of training)",
          "prototypes/", False),
+        ("CoFT's two models (label-free): share of a batch where T and V predict the same class, and share with a rejected "
+         "candidate label (last fifth of training)", "coft/", True),
         ("Share of test predictions given to the most-predicted class (no label read; the test split is balanced, "
          "so 10% is an even spread and a rise over zero-shot is self-training collapsing onto one class)", "predictions/", True),
     ):
@@ -286,7 +296,8 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
     trained = [entry.label for entry in experiment.label_free_trainers()]
     if not trained:
         comparisons = ["No label-free method that trains was run."]
-    parts += ["", "### Where a label-free method does not beat zero-shot, the describer's zero-shot or FLYP + pseudo-labels (mean over seeds)", ""]
+    parts += ["", "### Where a label-free method does not beat zero-shot, the describer's zero-shot or FLYP + pseudo-labels, or collapses "
+              "(mean over seeds)", ""]
     parts += comparisons or [f"Each label-free method that trains ({', '.join(trained)}) beats the baselines on every shift measured "
                              "(zero-shot, the describer's zero-shot, and FLYP + pseudo-labels for the other methods)."]
     parts += ["", "### Every run", "", "| shift | method | seed | top-1 % | steps | seconds |", "|---|---|---|---|---|---|"]

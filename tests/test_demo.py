@@ -251,3 +251,20 @@ def test_the_archive_reuses_a_run_only_with_the_same_configuration_and_weights(t
     warnings = fresh.bind({"source": weights})
     assert len(warnings) == 1 and "1 archived runs" in warnings[0] and "not reused" in warnings[0]
     assert fresh.get(moved) is None
+
+
+def test_the_page_names_every_shift_where_a_method_loses_or_collapses(tmp_path):
+    spec = importlib.util.spec_from_file_location("domain_shift_benchmark", REPO / "benchmarks" / "domain_shift.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    experiment = load_experiment(demo_config(tmp_path, describer={}, shifts=["tint", "rotation"], methods=[
+        {"method": "zeroshot", "label": "CLIP zero-shot"}, {"method": "flyp_pl", "label": "FLYP"}, {"method": "coft", "label": "CoFT"}]))
+    share = "predictions/top_class_share"
+    cells = {("zeroshot", "tint"): [{"top1": 0.40, share: 0.30}], ("flyp_pl", "tint"): [{"top1": 0.50, share: 0.20}],
+             ("coft", "tint"): [{"top1": 0.55, share: 0.37}, {"top1": 0.53, share: 0.35}],  # wins, but 36% > 30% + 5
+             ("zeroshot", "rotation"): [{"top1": 0.22, share: 0.30}], ("flyp_pl", "rotation"): [{"top1": 0.24, share: 0.20}],
+             ("coft", "rotation"): [{"top1": 0.23, share: 0.34}]}  # beats zero-shot, not FLYP; 34% is within 5 points
+    lines = benchmark.label_free_comparisons(experiment, cells)
+    assert [line.split(":")[0] for line in lines] == ["- tint", "- rotation"]  # the experiment's order of shifts
+    assert lines[1].startswith("- rotation: CoFT (23.00%) does not beat FLYP (24.00%)")
+    assert lines[0] == "- tint: CoFT gives 36.0% of its test predictions to one class, more than 5 points above zero-shot's 30.0% (collapse onto a class)."

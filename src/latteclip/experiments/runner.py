@@ -31,6 +31,7 @@ from latteclip.experiments.spec import Experiment, MethodEntry, deep_merge
 from latteclip.experiments.tables import Cells
 
 Progress = Callable[[str], None]
+SUMMARY_PREFIXES = ("analysis/", "mixer/", "prototypes/", "coft/")  # training-log metrics a run's summary averages
 STAGES = ("descriptions",)  # what an entry may list under `needs`
 
 
@@ -143,7 +144,8 @@ def finished_run(
 
 
 def run_summary(results: RunResults, run_dir: Path) -> dict[str, Any]:
-    """Top-1 plus what the training log says about pseudo-labels, mixer weights and prototype drift (averaged over its last fifth).
+    """Top-1 plus what the training log says about pseudo-labels, mixer weights, prototype drift and CoFT's two models
+    (their agreement and rejections, label-free), averaged over its last fifth.
 
     `predictions/top_class_share` is the share of test predictions given to the most-predicted class (column sums
     of the confusion matrix: no label is read): self-training that collapses onto one class shows there.
@@ -158,7 +160,7 @@ def run_summary(results: RunResults, run_dir: Path) -> dict[str, Any]:
         records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
         train_records = [r for r in records if "loss" in r]
         tail = train_records[len(train_records) - max(1, len(train_records) // 5) :] if train_records else []
-        keys = sorted({k for r in tail for k in r if k.startswith(("analysis/", "mixer/", "prototypes/"))})
+        keys = sorted({k for r in tail for k in r if k.startswith(SUMMARY_PREFIXES)})
         for key in keys:
             values = [r[key] for r in tail if isinstance(r.get(key), (int, float))]
             if values:
