@@ -242,7 +242,8 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
     run = experiment.run
     cells, choices = runs.cells, runs.choices
     pretrained = {name: weights.summary if weights else None for name, weights in runs.pretrained.items()}
-    kept = f" or archived in {archive.folder.name}/ (results kept in the repository, see its README)" if archive else ""
+    shown = archive.folder.resolve().relative_to(ARCHIVE.parents[1]) if archive and archive.folder.resolve().is_relative_to(ARCHIVE.parents[1]) else None
+    kept = f" or archived in {shown or archive.folder}/ (finished runs kept in the repository: docs/domain_shift.md)" if archive else ""
     seeds = ", ".join(str(s) for s in experiment.seeds)
     parts = [
         f"Torch threads: {torch.get_num_threads()}. Finished {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} after "
