@@ -136,11 +136,12 @@ def test_a_wrong_route_stops_at_once_with_a_hint(train, hashes, tmp_path):
 
 
 def test_a_one_at_a_time_server_gets_fewer_requests_in_flight_and_none_twice(train, hashes, tmp_path):
-    # 32 in flight x 30 ms = 0.96 s of queue against a 0.4 s timeout: without waiting on a server that keeps
+    # 32 in flight x 60 ms = 1.92 s of queue against a 0.8 s timeout: without waiting on a server that keeps
     # answering, and without fewer requests in flight, the queue's tail would time out and be sent again
+    # (timeouts well above a loaded machine's scheduling delays: at 30 ms / 0.4 s it failed beside two benchmarks)
     store = DescriptionStore(tmp_path / "d.sqlite")
-    with FakeLMMServer(delay=0.03, one_at_a_time=True) as server:
-        desc = describer(server.url, timeout=0.4, retries=0)
+    with FakeLMMServer(delay=0.06, one_at_a_time=True) as server:
+        desc = describer(server.url, timeout=0.8, retries=0)
         summary = run(train, hashes, store, desc, concurrency=32)
         requests = server.requests_per_key()
     assert summary.complete, summary.lines()
