@@ -114,7 +114,7 @@ def check_sweep(experiment: Experiment) -> None:
                              f"(missing: {', '.join(missing + ([] if SWEEP_SHIFT in experiment.shifts else [SWEEP_SHIFT]))})")
 
 
-def run_sweep(experiment: Experiment, choices: list[dict[str, Any]], archive: RunArchive | None) -> dict[float, list[dict[str, Any]]]:
+def run_sweep(experiment: Experiment, choices: list[dict[str, Any]], archive: RunArchive | None, fresh: bool = False) -> dict[float, list[dict[str, Any]]]:
     """LatteCLIP on the sweep's shift with true-class texts at each share (READS THE TRUE LABELS), with its chosen options."""
     entry = next(e for e in experiment.methods if e.name == "latteclip")
     choice = next((c["chosen"] for c in choices if c["entry"] == entry.name and c["shift"] == SWEEP_SHIFT), {})
@@ -135,7 +135,7 @@ def run_sweep(experiment: Experiment, choices: list[dict[str, Any]], archive: Ru
                     true_class_descriptions(c, share, store, model, reads_labels=True)
 
             print(f"LatteCLIP with true-class texts for {100 * share:.0f}% of the images, seed {seed}", flush=True)
-            run = finished_run(config, describe, archive)
+            run = finished_run(config, describe, archive, fresh)
             results.setdefault(share, []).append({**run.summary, "seed": seed})
             print(f"  top-1 {100 * run.results['top1']:.2f}%" + (" (from the archive)" if run.archived else ""), flush=True)
     return results
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         write_section("domain_shift", "Domain shift: Fashion-MNIST, tiny CLIP pre-trained on the clean source domain", body, Path(args.out))
         print(f"results page: {args.out} (section domain_shift)")
         if args.sweep:
-            sweep = run_sweep(experiment, runs.choices, archive)
+            sweep = run_sweep(experiment, runs.choices, archive, "latteclip" in fresh)
             page = Path(args.out)
             figure = page.parent / "figures" / "description_sweep.png"
             figure.parent.mkdir(parents=True, exist_ok=True)
