@@ -47,7 +47,7 @@ def add_option_arguments(group: argparse._ActionsContainer, *names: str) -> None
             group.add_argument(flag, dest=name, type=kinds[0], choices=spec.metadata["choices"], help=help_text)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, required_root: bool = True) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     add_option_arguments(parser.add_argument_group("data"), "dataset", "root", "limit", "classnames", "templates", "domain", "split_file",
                          "prompt_set", "seed")
 
