@@ -31,7 +31,9 @@ def file_digest(path: str | Path) -> str:
 
 
 class RunArchive:
-    """One JSON file per run name under `folder`: {"key": ..., "results": ..., "summary": ..., "commit": ...}."""
+    """One JSON file per run name under `folder`: {"key": ..., "results": ..., "summary": ..., "commit": the checkout that
+    recorded it}. Results depend on the code only through the key, so after a change to a method's code its entries are
+    rerun on purpose (the benchmark's --rerun)."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
