@@ -9,6 +9,7 @@ another path), and only with the same pre-trained source and describer weights (
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -51,7 +52,8 @@ class RunArchive:
         for path in sorted(self.folder.rglob("*.json")) if self.folder.is_dir() else []:
             bound = json.loads(path.read_text()).get("key", {}).get("experiment_weights")
             if bound != self.weights:
-                others[json.dumps(bound, sort_keys=True)] = others.get(json.dumps(bound, sort_keys=True), 0) + 1
+                name = json.dumps(bound, sort_keys=True)
+                others[name] = others.get(name, 0) + 1
         return [f"{count} archived runs in {self.folder} were made from other pre-trained weights ({bound}; these are "
                 f"{json.dumps(self.weights, sort_keys=True)}): they are not reused" for bound, count in others.items()]
 
@@ -90,6 +92,7 @@ class RunArchive:
         atomic_write_bytes(self.path(config), (json.dumps(entry, indent=1, sort_keys=True) + "\n").encode())
 
 
+@functools.cache
 def _commit() -> str | None:
     """The code's git commit, for the record (None outside a checkout)."""
     try:
