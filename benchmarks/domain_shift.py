@@ -17,7 +17,8 @@ mixer weights with every shift where a method does not beat zero-shot or FLYP + 
 `--sweep` (ANALYSIS, READS THE TRUE LABELS of the training images, refused without `--reads-labels`)
 then trains LatteCLIP on blur-noise with texts that name the true class for a share q of the images
 and another class otherwise, q in SWEEP_SHARES, and writes a section with a plot of top-1 against q
-beside the zero-shot and FLYP + pseudo-labels levels of the main table.
+beside the zero-shot and FLYP + pseudo-labels levels of the main table, and a section on what the describer's
+image texts know that the pseudo-labels do not, per shift (`experiments.text_signal`).
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from latteclip.engine.describing import true_class_descriptions
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive
 from latteclip.experiments.machine import use_threads
-from latteclip.experiments.runner import ExperimentRuns, finished_run, run_config, run_experiment
+from latteclip.experiments.runner import ExperimentRuns, finished_run, prepare_stages, run_config, run_experiment
 from latteclip.experiments.spec import Experiment, deep_merge, load_experiment, package_experiment_file
 from latteclip.experiments.tables import Cells, aggregate, format_cell, results_table
+from latteclip.experiments.text_signal import TextSignal, run_text_signal
 from latteclip.report.plots import plot_against_share
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -168,6 +170,40 @@ def sweep_section(experiment: Experiment, cells: Cells, sweep: dict[float, list[
         parts.append(f"| {share} | {format_cell([r['top1'] for r in runs])} | " + " | ".join(f"{100 * r['top1']:.2f}" for r in runs) + " |")
     parts += ["", "Reference levels: " + "; ".join(f"{name} {100 * value:.2f}%" for name, value in lines.items()) + "."]
     return "\n".join(parts)
+
+
+def text_signals(experiment: Experiment, choices: list[dict[str, Any]]) -> dict[str, TextSignal]:
+    """Per shift, what the image texts of LatteCLIP's first seed know beside its pseudo-labels (READS THE TRUE LABELS)."""
+    entry = next(e for e in experiment.methods if e.name == "latteclip")
+    signals = {}
+    for shift in experiment.shifts:
+        choice = next((c["chosen"] for c in choices if c["entry"] == entry.name and c["shift"] == shift), {})
+        config = run_config(experiment, entry, experiment.target(shift), experiment.seeds[0], f"{shift}/{entry.name}-s{experiment.seeds[0]}", choice)
+        prepare_stages(experiment, entry, config, lambda line: print(line, flush=True))  # only hashes images already described
+        print(f"ANALYSIS: what the image texts of {config.dataset} know (reads its true training labels)", flush=True)
+        signals[shift] = run_text_signal(config, reads_labels=True)
+    return signals
+
+
+def text_signal_section(signals: dict[str, TextSignal]) -> str:
+    """The table of text_signals, with what each column says about LatteCLIP's prototype update."""
+    lines = [
+        "**Analysis: reads the true labels of the training images.** For each target's training images, the image text "
+        "the describer wrote (the texts LatteCLIP reads) is given the class whose text it is nearest to in the pre-trained "
+        "model, the way the model being adapted reads it, and compared with the image's true class and its zero-shot "
+        "pseudo-label. LatteCLIP's target for an image is 99% its pseudo-label's prototype (Eq. 2, alpha 0.99), and a "
+        "prototype moves towards the mean text of the images pseudo-labelled with its class; the last column counts the "
+        "pseudo-classes whose mean image text is nearest their own class text, where the update can only reinforce the "
+        "pseudo-label whatever single texts know.",
+        "",
+        "| shift | images | pseudo-label accuracy % | texts naming the true class % | wrong pseudo-labels | of those, text names the true class % "
+        "| of those, text repeats the wrong class % | pseudo-classes whose mean text is nearest their own class |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for shift, s in signals.items():
+        lines.append(f"| {shift} | {s.images} | {100 * s.pseudo_label_acc:.1f} | {100 * s.text_acc:.1f} | {s.wrong_labels} | "
+                     f"{100 * s.text_true_where_wrong:.1f} | {100 * s.text_repeats_wrong:.1f} | {s.classes_nearest_own} of {s.classes} |")
+    return "\n".join(lines)
 
 
 def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
@@ -345,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
             write_section("description_sweep", f"Analysis (reads labels): LatteCLIP against the share of true-class texts, {SWEEP_SHIFT}",
                           sweep_section(experiment, runs.cells, sweep, figure, page), page)
             print(f"results page: {args.out} (section description_sweep, figure {figure})")
+            write_section("description_signal", "Analysis (reads labels): what the describer's image texts know beside the pseudo-labels",
+                          text_signal_section(text_signals(experiment, runs.choices)), page)
+            print(f"results page: {args.out} (section description_signal)")
     except LatteclipError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
