@@ -223,18 +223,21 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
                 continue
             mean = aggregate([r["top1"] for r in runs])["mean"]
             zeroshot_runs = cells.get((by_method["zeroshot"].name, shift), []) if "zeroshot" in by_method else []
-            measured = measurements(runs, zeroshot_runs)
+            beaten_by = []
             for baseline in baselines:
                 base_runs = cells.get((baseline.name, shift), [])
                 if baseline is entry or not base_runs:
                     continue
                 base = aggregate([r["top1"] for r in base_runs])["mean"]
                 if mean <= base:
-                    lines.append(
-                        f"- {shift}: {entry.label} ({100 * mean:.2f}%) does not beat {baseline.label} ({100 * base:.2f}%)"
-                        + (f"; measured (analysis/ and mixer/: training log, last fifth; predictions/: test split): {', '.join(measured)}" if measured else "")
-                        + "."
-                    )
+                    beaten_by.append(f"{baseline.label} ({100 * base:.2f}%)")
+            if beaten_by:
+                measured = measurements(runs, zeroshot_runs)
+                lines.append(
+                    f"- {shift}: {entry.label} ({100 * mean:.2f}%) does not beat {', '.join(beaten_by)}"
+                    + (f"; measured (analysis/ and mixer/: training log, last fifth; predictions/: test split): {', '.join(measured)}" if measured else "")
+                    + "."
+                )
             share, zero_share = (aggregate([r[SHARE] for r in of if SHARE in r])["mean"] if any(SHARE in r for r in of) else None
                                  for of in (runs, zeroshot_runs))
             if share is not None and zero_share is not None and share > zero_share + COLLAPSE_MARGIN:

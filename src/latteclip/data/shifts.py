@@ -74,6 +74,8 @@ def cutout(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _rgb(out)
 
 
+UNSHIFTED = "clean"  # the target domain without corruption: a reference, not a domain shift
+
 SHIFTS: dict[str, Shift] = {
     "clean": clean,
     "blur-noise": blur_noise,

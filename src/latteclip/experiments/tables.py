@@ -6,6 +6,7 @@ import math
 import statistics
 from typing import Any
 
+from latteclip.data.shifts import UNSHIFTED
 from latteclip.experiments.spec import Experiment
 
 Cells = dict[tuple[str, str], list[dict[str, Any]]]
@@ -25,10 +26,30 @@ def format_cell(values: list[float]) -> str:
     return f"{stats['mean']:.2f}" if stats["n"] == 1 else f"{stats['mean']:.2f} ± {stats['std']:.2f}"
 
 
+def shifted_mean(cells: Cells, entry: str, shifts: list[str], key: str = "top1") -> float | None:
+    """The mean over the shifted domains (all but UNSHIFTED) of an entry's seed means; None if a cell is missing."""
+    means = []
+    for shift in (s for s in shifts if s != UNSHIFTED):
+        values = [run[key] for run in cells.get((entry, shift), []) if key in run]
+        if not values:
+            return None
+        means.append(aggregate(values)["mean"])
+    return sum(means) / len(means) if means else None
+
+
 def results_table(experiment: Experiment, cells: Cells, key: str = "top1") -> str:
-    """Markdown table: one row per method entry, one column per shift, `key` of each run averaged over seeds."""
-    lines = ["| method | " + " | ".join(experiment.shifts) + " |", "|---|" + "---|" * len(experiment.shifts)]
+    """Markdown table: one row per method entry, one column per shift, `key` of each run averaged over seeds.
+
+    With two shifted domains or more, a last column gives the mean over them (the clean reference left out).
+    """
+    shifted = [s for s in experiment.shifts if s != UNSHIFTED]
+    with_mean = len(shifted) > 1
+    head = experiment.shifts + (["mean of the shifted domains"] if with_mean else [])
+    lines = ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for entry in experiment.methods:
         row = [format_cell([run[key] for run in cells.get((entry.name, shift), []) if key in run]) for shift in experiment.shifts]
+        if with_mean:
+            mean = shifted_mean(cells, entry.name, experiment.shifts, key)
+            row.append(f"{100 * mean:.2f}" if mean is not None else "–")
         lines.append(f"| {entry.label} | " + " | ".join(row) + " |")
     return "\n".join(lines)
