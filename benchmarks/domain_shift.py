@@ -40,7 +40,7 @@ from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive
 from latteclip.experiments.machine import use_threads
 from latteclip.experiments.runner import ExperimentRuns, finished_run, prepare_stages, run_config, run_experiment
-from latteclip.experiments.spec import Experiment, deep_merge, load_experiment, package_experiment_file
+from latteclip.experiments.spec import Experiment, MethodEntry, deep_merge, load_experiment, package_experiment_file
 from latteclip.experiments.tables import Cells, aggregate, format_cell, results_table
 from latteclip.experiments.text_signal import TextSignal, run_text_signal
 from latteclip.report.plots import plot_against_share
@@ -116,10 +116,15 @@ def check_sweep(experiment: Experiment) -> None:
                              f"(missing: {', '.join(missing + ([] if SWEEP_SHIFT in experiment.shifts else [SWEEP_SHIFT]))})")
 
 
+def latteclip_with_choice(experiment: Experiment, choices: list[dict[str, Any]], shift: str) -> tuple[MethodEntry, dict[str, Any]]:
+    """The benchmark's LatteCLIP entry and the options chosen for it on `shift`'s held-out images."""
+    entry = next(e for e in experiment.methods if e.name == "latteclip")
+    return entry, next((c["chosen"] for c in choices if c["entry"] == entry.name and c["shift"] == shift), {})
+
+
 def run_sweep(experiment: Experiment, choices: list[dict[str, Any]], archive: RunArchive | None, fresh: bool = False) -> dict[float, list[dict[str, Any]]]:
     """LatteCLIP on the sweep's shift with true-class texts at each share (READS THE TRUE LABELS), with its chosen options."""
-    entry = next(e for e in experiment.methods if e.name == "latteclip")
-    choice = next((c["chosen"] for c in choices if c["entry"] == entry.name and c["shift"] == SWEEP_SHIFT), {})
+    entry, choice = latteclip_with_choice(experiment, choices, SWEEP_SHIFT)
     store_path = experiment.output / "sweep" / "true-class-descriptions.sqlite"
     store_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"ANALYSIS: the description sweep writes texts from the TRUE labels of {experiment.target(SWEEP_SHIFT)}'s training "
@@ -174,10 +179,9 @@ def sweep_section(experiment: Experiment, cells: Cells, sweep: dict[float, list[
 
 def text_signals(experiment: Experiment, choices: list[dict[str, Any]]) -> dict[str, TextSignal]:
     """Per shift, what the image texts of LatteCLIP's first seed know beside its pseudo-labels (READS THE TRUE LABELS)."""
-    entry = next(e for e in experiment.methods if e.name == "latteclip")
     signals = {}
     for shift in experiment.shifts:
-        choice = next((c["chosen"] for c in choices if c["entry"] == entry.name and c["shift"] == shift), {})
+        entry, choice = latteclip_with_choice(experiment, choices, shift)
         config = run_config(experiment, entry, experiment.target(shift), experiment.seeds[0], f"{shift}/{entry.name}-s{experiment.seeds[0]}", choice)
         prepare_stages(experiment, entry, config, lambda line: print(line, flush=True))  # only hashes images already described
         print(f"ANALYSIS: what the image texts of {config.dataset} know (reads its true training labels)", flush=True)

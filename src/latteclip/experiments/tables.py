@@ -26,10 +26,10 @@ def format_cell(values: list[float]) -> str:
     return f"{stats['mean']:.2f}" if stats["n"] == 1 else f"{stats['mean']:.2f} ± {stats['std']:.2f}"
 
 
-def shifted_mean(cells: Cells, entry: str, shifts: list[str], key: str = "top1") -> float | None:
-    """The mean over the shifted domains (all but UNSHIFTED) of an entry's seed means; None if a cell is missing."""
+def shifted_mean(cells: Cells, entry: str, shifted: list[str], key: str = "top1") -> float | None:
+    """The mean over the shifted domains `shifted` of an entry's seed means; None if a cell is missing."""
     means = []
-    for shift in (s for s in shifts if s != UNSHIFTED):
+    for shift in shifted:
         values = [run[key] for run in cells.get((entry, shift), []) if key in run]
         if not values:
             return None
@@ -49,7 +49,7 @@ def results_table(experiment: Experiment, cells: Cells, key: str = "top1") -> st
     for entry in experiment.methods:
         row = [format_cell([run[key] for run in cells.get((entry.name, shift), []) if key in run]) for shift in experiment.shifts]
         if with_mean:
-            mean = shifted_mean(cells, entry.name, experiment.shifts, key)
+            mean = shifted_mean(cells, entry.name, shifted, key)
             row.append(f"{100 * mean:.2f}" if mean is not None else "–")
         lines.append(f"| {entry.label} | " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -49,11 +49,8 @@ def text_signal(text_features: torch.Tensor, class_features: torch.Tensor, pseud
     def share(hits: torch.Tensor) -> float:
         return hits.float().mean().item() if hits.numel() else float("nan")
 
-    own, present = 0, 0
-    for c in pseudo_labels.unique().tolist():
-        mean = F.normalize(texts[pseudo_labels == c].mean(dim=0), dim=-1)
-        present += 1
-        own += int((mean @ classes.t()).argmax()) == c
+    present = pseudo_labels.unique().tolist()
+    own = sum(int((F.normalize(texts[pseudo_labels == c].mean(dim=0), dim=-1) @ classes.t()).argmax()) == c for c in present)
     return TextSignal(
         images=len(pseudo_labels),
         pseudo_label_acc=share(~wrong),
@@ -62,7 +59,7 @@ def text_signal(text_features: torch.Tensor, class_features: torch.Tensor, pseud
         text_true_where_wrong=share(text_labels[wrong] == true_labels[wrong]),
         text_repeats_wrong=share(text_labels[wrong] == pseudo_labels[wrong]),
         classes_nearest_own=own,
-        classes=present,
+        classes=len(present),
     )
 
 
