@@ -15,18 +15,17 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 from latteclip.config import resolve_config
 from latteclip.data.shifts import SHIFTS, UNSHIFTED
-from latteclip.engine.features import class_text_features, extract_features
+from latteclip.engine.features import frozen_image_features
 from latteclip.engine.session import open_session
+from latteclip.models import class_text_features
 
 
 def margin_auc(margin: torch.Tensor, right: torch.Tensor) -> float:
     """P(margin of a right pseudo-label > margin of a wrong one), ties counted half (Mann-Whitney)."""
-    wins = (margin[right][:, None] > margin[~right][None, :]).float().mean()
-    ties = (margin[right][:, None] == margin[~right][None, :]).float().mean()
-    return (wins + ties / 2).item()
+    difference = margin[right][:, None] - margin[~right][None, :]
+    return ((difference > 0).float().mean() + (difference == 0).float().mean() / 2).item()
 
 
 @torch.no_grad()
@@ -35,9 +34,7 @@ def shift_signal(pretrained: str, shift: str) -> str:
                              "pretrained": pretrained, "device": "cpu"})
     session = open_session(config)
     data, method, loaded = session.dataset("train"), session.method, session.loaded
-    features, valid = extract_features(lambda x: F.normalize(loaded.model.encode_image(x), dim=-1), data, session.device,
-                                       config.eval_batch_size, 0, desc=f"{shift} features",
-                                       cache_key=f"{loaded.model_name}|{loaded.weights_id}|image")
+    features, valid = frozen_image_features(loaded, data, session.device, config.eval_batch_size)
     classifier = class_text_features(loaded.model, method.tokens, method.info.classnames, [method.info.templates[0]], session.device)
     top = (features[valid] @ classifier.float().cpu().t()).topk(3, dim=-1)
     truth = data.labels[valid]

@@ -97,6 +97,25 @@ def predict_labels(features: torch.Tensor, valid: torch.Tensor, classifier: torc
     return labels
 
 
+def frozen_image_features(
+    loaded: LoadedModel, dataset: ImageDataset, device: torch.device, batch_size: int = 256, workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised image features of the frozen model for every image of `dataset`, and which could be read.
+
+    Cached on disk under the weights, so training, the description stage and analyses that need the
+    zero-shot scores compute them once between them.
+    """
+    return extract_features(
+        lambda x: torch.nn.functional.normalize(loaded.model.encode_image(x), dim=-1),
+        dataset,
+        device,
+        batch_size,
+        workers,
+        desc="zero-shot labels",
+        cache_key=f"{loaded.model_name}|{loaded.weights_id}|image",
+    )
+
+
 def zero_shot_labels(
     loaded: LoadedModel,
     tokens: TokenCache,
@@ -107,19 +126,7 @@ def zero_shot_labels(
     batch_size: int = 256,
     workers: int = 0,
 ) -> torch.Tensor:
-    """c_zs (method.md 1.1) of every image of `dataset` (evaluation transform) with the frozen model.
-
-    The image features are cached on disk under the weights, so training and the description
-    stage, which both need these labels, compute them once between them.
-    """
-    features, valid = extract_features(
-        lambda x: torch.nn.functional.normalize(loaded.model.encode_image(x), dim=-1),
-        dataset,
-        device,
-        batch_size,
-        workers,
-        desc="zero-shot labels",
-        cache_key=f"{loaded.model_name}|{loaded.weights_id}|image",
-    )
+    """c_zs (method.md 1.1) of every image of `dataset` (evaluation transform) with the frozen model."""
+    features, valid = frozen_image_features(loaded, dataset, device, batch_size, workers)
     classifier = class_text_features(loaded.model, tokens, classnames, [template], device)
     return predict_labels(features, valid, classifier)
