@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from latteclip.cli import main
-from latteclip.cli.predict import load_trained_method
+from latteclip.api import load_model
 from latteclip.engine.export import export_open_clip
 from latteclip.errors import LatteclipError
 from latteclip.methods.flyp import FlypPseudoLabels
@@ -84,7 +84,7 @@ class ImageAdapter(FlypPseudoLabels):
 
 
 def test_methods_that_change_the_image_path_are_refused(tiny_runs, tmp_path):
-    trained = load_trained_method(str(tiny_runs["flyp"] / "final.pt"), "cpu")
+    trained = load_model(str(tiny_runs["flyp"] / "final.pt"), "cpu")
     adapted = ImageAdapter(trained.loaded, trained.info, trained.options, trained.device)
     with pytest.raises(LatteclipError, match="method adapted changes the image path"):
         export_open_clip(adapted, tmp_path / "out")

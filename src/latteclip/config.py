@@ -42,17 +42,34 @@ OPTION_KINDS = ("result", "log", "speed", "data", "name", "files", "call")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, kind: str = "result", choices: tuple[str, ...] | None = None,
-           flag: bool = True, factory: Any = dataclasses.MISSING) -> Any:
-    """A RunConfig field with its help text (the flag's), its kind (OPTION_KINDS) and its choices."""
+           flag: bool = True, factory: Any = dataclasses.MISSING, group: str | None = None) -> Any:
+    """A field of a settings dataclass (RunConfig, a method's options, DescribeSettings) with what its command-line
+    flag shows: the help text, its kind (OPTION_KINDS), its choices, and the help section it is listed under."""
     if kind not in OPTION_KINDS:
         raise ValueError(f"option kind {kind} is not one of {OPTION_KINDS}")
-    metadata = {"help": help, "kind": kind, "choices": choices, "flag": flag}
+    metadata = {"help": help, "kind": kind, "choices": choices, "flag": flag, "group": group}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How passes over images run (evaluation, features, predictions): the four values always travel together."""
+
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    batch_size: int = 256  # images per batch
+    workers: int = 0  # data-loading worker processes
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+
+    def check(self) -> "Inference":
+        """Refuses a value that would fail later, naming the flag that sets it."""
+        at_least(self.batch_size, 1, "--batch-size")
+        at_least(self.workers, 0, "--workers")
+        return self
 AUGMENT_POLICIES = ("clip", "trivial-augment-wide", "randaugment")
 OPTIMIZERS = ("adamw", "sgd")
 PROMPT_SETS = ("latteclip", "clip")
@@ -115,6 +132,11 @@ class RunConfig:
     method_options: dict[str, Any] = option(help="the method's own options (configs/methods/<method>.yaml)", flag=False, factory=dict)
     # options of the description stage (`latteclip describe`, `zeroshot --lmm`), here so one file configures every command
     describe: dict[str, Any] = option(help="options of the description stage", flag=False, factory=dict)
+
+    @property
+    def inference(self) -> Inference:
+        """How this run's evaluation and feature passes run."""
+        return Inference(self.device, self.eval_batch_size, self.workers, self.precision)
 
     @property
     def run_dir(self) -> Path:
@@ -228,6 +250,17 @@ def resolve_config(cli: dict[str, Any], config_file: str | None = None) -> RunCo
         return RunConfig(**merged)
     except TypeError as err:
         raise LatteclipError(f"bad configuration: {err}") from err
+
+
+def configure(values: dict[str, Any], config_file: str | None = None) -> RunConfig:
+    """`resolve_config`, then what a run needs of it: a dataset root, kept as an absolute path when it exists, so
+    that the run folder stays usable from any directory."""
+    config = resolve_config(values, config_file)
+    if not config.root:
+        raise LatteclipError("no dataset root: pass --root DIR (or set root: in the --config file)")
+    paths = {name: str(Path(value).resolve()) for name in ("root", "eval_root")
+             if (value := getattr(config, name)) and Path(value).exists()}
+    return dataclasses.replace(config, **paths)
 
 
 def save_config(config: RunConfig, path: Path) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import types
+import typing
 import warnings
-from pathlib import Path
 from typing import Any, Callable
 
 from latteclip.errors import LatteclipError
@@ -27,24 +28,53 @@ def command(name: str, help_text: str):
     return wrap
 
 
-# --- shared argument groups -------------------------------------------------------------------------
-def add_option_arguments(group: argparse._ActionsContainer, *names: str) -> None:
-    """Flags for RunConfig fields, generated from the fields' types, help texts and choices (config.option)."""
-    import typing
+# --- flags, generated from the settings dataclasses (config.option: help, kind, choices, group) ---------------
+class CommaList(argparse.Action):
+    """A list option: comma-separated values; repeating the flag adds to the list (e.g. several --lmm-url)."""
 
-    from latteclip.config import FIELD_TYPES, FIELDS
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from latteclip.config import comma_list
 
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *comma_list(values)])
+
+
+def flag_type(hint: Any) -> type:
+    """bool, list, int, float or str: how a field's type annotation is read from the command line."""
+    unions = (typing.Union, types.UnionType)
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_origin(hint) in unions else [hint]
+    base = typing.get_origin(kinds[0]) or kinds[0]
+    return list if base in (list, tuple) else base if base in (bool, int, float) else str
+
+
+def add_flag(group: argparse._ActionsContainer, name: str, hint: Any, help_text: str, dest: str | None = None,
+             choices: tuple[str, ...] | None = None) -> None:
+    """One flag `--name-with-dashes` for a field; None when not given, so the config file's value stands."""
+    flag, kind, help_text = "--" + name.replace("_", "-"), flag_type(hint), help_text.replace("%", "%%")
+    if kind is bool:
+        group.add_argument(flag, dest=dest or name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif kind is list:
+        group.add_argument(flag, dest=dest or name, action=CommaList, metavar="A,B", help=help_text)
+    else:
+        group.add_argument(flag, dest=dest or name, type=kind, choices=choices, metavar=None if choices else name.upper(),
+                           help=help_text)
+
+
+def add_field_flags(group: argparse._ActionsContainer, settings: type, *names: str) -> None:
+    """Flags for fields of a settings dataclass (RunConfig, DescribeSettings), from their declarations."""
+    import dataclasses
+
+    fields, hints = {f.name: f for f in dataclasses.fields(settings)}, typing.get_type_hints(settings)
     for name in names:
-        spec = FIELDS[name]
-        if not spec.metadata["flag"]:
-            raise ValueError(f"RunConfig.{name} has no command-line flag")
-        kinds = [t for t in typing.get_args(FIELD_TYPES[name]) if t is not type(None)] or [FIELD_TYPES[name]]
-        flag = "--" + name.replace("_", "-")
-        help_text = spec.metadata["help"].replace("%", "%%")
-        if kinds[0] is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            group.add_argument(flag, dest=name, type=kinds[0], choices=spec.metadata["choices"], help=help_text)
+        if not fields[name].metadata["flag"]:
+            raise ValueError(f"{settings.__name__}.{name} has no command-line flag")
+        add_flag(group, name, hints[name], fields[name].metadata["help"], choices=fields[name].metadata["choices"])
+
+
+def add_option_arguments(group: argparse._ActionsContainer, *names: str) -> None:
+    """Flags for RunConfig fields."""
+    from latteclip.config import RunConfig
+
+    add_field_flags(group, RunConfig, *names)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,70 +92,104 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_option_arguments(group, "output", "name", "overwrite", "workers", "eval_batch_size")
 
 
-def _flag_kind(annotation: str) -> str:
-    """bool, list, int, float or str: how a method option's annotation is read from the command line."""
-    parts = [p.strip() for p in annotation.replace("Optional[", "").rstrip("]").split("|") if p.strip() != "None"]
-    base = parts[0] if parts else "str"
-    if base.startswith(("list", "tuple")):
-        return "list"
-    return base if base in ("bool", "int", "float", "str") else "str"
+def add_describe_arguments(parser: argparse.ArgumentParser, *sections: str) -> None:
+    """The DescribeSettings flags of the help sections named (describe.settings: LMM, WHAT, ANSWERS)."""
+    import dataclasses
+
+    from latteclip.describe.settings import DescribeSettings
+
+    for section in sections:
+        names = [f.name for f in dataclasses.fields(DescribeSettings) if f.metadata["group"] == section]
+        add_field_flags(parser.add_argument_group(section), DescribeSettings, *names)
+
+
+def add_lmm_arguments(parser: argparse.ArgumentParser, *sections: str) -> None:
+    """The flags that choose and reach the LMM (describe, adapt, zeroshot --lmm), the store and the prompts."""
+    from latteclip.describe.settings import LMM
+
+    add_describe_arguments(parser, LMM, *sections)
+    group = parser.add_argument_group("descriptions")
+    add_option_arguments(group, "store")
+    group.add_argument("--prompts", help="JSON/YAML file replacing any of the prompts (image, image_with_label, group, "
+                       "group_with_label, lmm_zeroshot), or 'paper' for the paper's printed wording (default: the authors' runs)")
+
+
+def describe_settings(args: argparse.Namespace, config):
+    """The description stage's settings: defaults, the config's `describe:` mapping, then the flags given."""
+    import dataclasses
+
+    from latteclip.describe.settings import DescribeSettings, resolve_settings
+
+    return resolve_settings(config.describe, {f.name: getattr(args, f.name, None) for f in dataclasses.fields(DescribeSettings)})
 
 
 @functools.lru_cache(maxsize=1)
-def method_option_flags() -> dict[str, tuple[str, str, str]]:
-    """Every option of every registered method, as option name -> (kind, description, which methods and defaults).
+def method_option_flags() -> dict[str, tuple[Any, str, str]]:
+    """Every option of every registered method, as option name -> (type hint, help, which methods and defaults)."""
+    import dataclasses
 
-    Read from the methods' source (`declared_options`), so building the parser never imports torch.
-    """
-    from latteclip.methods import REGISTRY, declared_options
+    from latteclip.methods.options import OPTIONS
 
-    kinds: dict[str, str] = {}
+    hints: dict[str, Any] = {}
     descriptions: dict[str, str] = {}
     defaults: dict[str, list[str]] = {}
-    for method in REGISTRY:
-        for option in declared_options(method):
-            kind = _flag_kind(option.annotation)
-            if kinds.setdefault(option.name, kind) != kind:
-                raise RuntimeError(f"method option {option.name} has two types across methods")
-            descriptions.setdefault(option.name, option.description)
-            default = ",".join(map(str, option.default)) if isinstance(option.default, list) else option.default
-            defaults.setdefault(option.name, []).append(f"{method}: {default!s}" if default != "" else f"{method}: ''")
-    return {name: (kinds[name], descriptions[name], "; ".join(defaults[name])) for name in kinds}
+    for method, options in OPTIONS.items():
+        for field in dataclasses.fields(options):
+            hint = typing.get_type_hints(options)[field.name]
+            if flag_type(hints.setdefault(field.name, hint)) is not flag_type(hint):
+                raise RuntimeError(f"method option {field.name} has two types across methods")
+            descriptions.setdefault(field.name, field.metadata["help"])
+            default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+            shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+            defaults.setdefault(field.name, []).append(f"{method}: {shown or chr(39) * 2}")
+    return {name: (hints[name], descriptions[name], "; ".join(defaults[name])) for name in hints}
 
 
 def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
-    from latteclip.config import comma_list
-
     group = parser.add_argument_group("method options (each applies to the methods named, default after the name; "
                                       "configs/<method>/<dataset>.yaml may set others)")
-    for name, (kind, description, methods) in sorted(method_option_flags().items()):
-        flag = "--" + name.replace("_", "-")
-        dest = f"mopt_{name}"
-        help_text = f"{description} ({methods})".replace("%", "%%")
-        if kind == "bool":
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif kind == "list":
-            group.add_argument(flag, dest=dest, metavar="A,B", type=comma_list, help=help_text)
-        else:
-            group.add_argument(flag, dest=dest, metavar=name.upper(), type={"int": int, "float": float}.get(kind, str), help=help_text)
+    for name, (hint, description, methods) in sorted(method_option_flags().items()):
+        add_flag(group, name, hint, f"{description} ({methods})", dest=f"mopt_{name}")
 
 
 def config_from_args(args: argparse.Namespace, **fixed: Any):
-    from latteclip.config import FIELD_NAMES, resolve_config
+    """The RunConfig of the flags given (and of --config FILE), with `fixed` values on top."""
+    from latteclip.config import configure
+
+    return configure(run_values(args, **fixed), getattr(args, "config", None))
+
+
+def run_values(args: argparse.Namespace, **fixed: Any) -> dict[str, Any]:
+    """The run options the flags set (None: not given), method options under method_options."""
+    from latteclip.config import FIELD_NAMES
 
     values = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None}
     values.update({k: v for k, v in fixed.items() if v is not None})
     options = {k[5:]: v for k, v in vars(args).items() if k.startswith("mopt_") and v is not None}
     if options:
         values["method_options"] = options
-    config = resolve_config(values, getattr(args, "config", None))
-    if not config.root:
-        raise LatteclipError("no dataset root: pass --root DIR (or set root: in the --config file)")
-    if Path(config.root).exists():
-        config.root = str(Path(config.root).resolve())  # the run folder stays usable from any directory
-    if config.eval_root and Path(config.eval_root).exists():
-        config.eval_root = str(Path(config.eval_root).resolve())
-    return config
+    return values
+
+
+def interruptible(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Ctrl-C ends a describing command with a note that the answers received are kept (the runner has stored them)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except KeyboardInterrupt:
+            print("interrupted: every answer received is stored; run the same command again for the rest", file=sys.stderr)
+            return 130
+
+    return run
+
+
+def print_descriptions(summary, describer_name: str) -> None:
+    """What a describer did (the runner's summary), as `describe` and `zeroshot --lmm` print it."""
+    print(f"descriptions by {describer_name}:")
+    for line in summary.lines():
+        print(f"  {line}")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ def _demo_parser(parser: argparse.ArgumentParser) -> None:
 @_demo_parser
 def run_demo(args: argparse.Namespace) -> int:
     from latteclip.experiments.machine import elapsed, machine_description, use_threads
-    from latteclip.experiments.runner import run_experiment
+    from latteclip.api import run_experiment
     from latteclip.experiments.spec import load_experiment, package_experiment_file
     from latteclip.experiments.tables import results_table
 

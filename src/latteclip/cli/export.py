@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from latteclip.cli import command
-from latteclip.errors import LatteclipError
-from latteclip.paths import check_writable_folder
 
 
 @command("export", "write a checkpoint as plain OpenCLIP weights + classifier (safetensors) + README")
@@ -19,16 +16,10 @@ def _export_parser(parser: argparse.ArgumentParser) -> None:
 
 @_export_parser
 def run_export(args: argparse.Namespace) -> int:
-    from latteclip.cli.predict import load_trained_method
-    from latteclip.engine.export import export_open_clip
+    from latteclip import api
 
-    out = Path(args.out)
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise LatteclipError(f"--out {out} is not empty; pass --overwrite to replace what it holds, or another folder")
-    if not out.is_dir():
-        check_writable_folder(out, "--out")
-    method = load_trained_method(args.checkpoint, "cpu")
-    files = export_open_clip(method, out)
-    print(f"exported {files.arch} ({method.name}, {method.info.num_classes} classes) to {files.folder}: "
+    done = api.export(args.checkpoint, args.out, args.overwrite)
+    files = done.files
+    print(f"exported {files.arch} ({done.method}, {done.classes} classes) to {files.folder}: "
           f"{files.weights.name}, {files.classifier.name}, README.md")
     return 0

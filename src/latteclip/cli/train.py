@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from latteclip.cli import (
     add_data_arguments,
     add_eval_arguments,
+    add_lmm_arguments,
     add_method_option_arguments,
     add_model_arguments,
     add_option_arguments,
     add_run_arguments,
     command,
     config_from_args,
+    describe_settings,
+    interruptible,
+    print_descriptions,
     print_summary,
 )
-from latteclip.cli.describe import add_lmm_zeroshot_arguments, run_lmm_zeroshot
 from latteclip.config import machine_cpus
-from latteclip.errors import LatteclipError
-from latteclip.paths import check_writable_file
-from latteclip.values import at_least
+from latteclip.describe.settings import ANSWERS
 
 
 # --- commands -----------------------------------------------------------------------------------------
@@ -66,15 +65,13 @@ def run_train(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from latteclip.engine.trainer import run_training
+    from latteclip import api, distributed
 
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return relaunch_with_torchrun(args.nproc, sys.argv[1:] if args.argv is None else args.argv)
 
     config = config_from_args(args)
-    results = run_training(config)
-    from latteclip import distributed
-
+    results = api.train(config)
     if distributed.is_main():
         print_summary(results)
         print(f"run folder: {config.run_dir}")
@@ -88,22 +85,41 @@ def _zeroshot_parser(parser):
     add_model_arguments(parser)
     add_run_arguments(parser)
     parser.add_argument("--ensemble", action="store_true", help="average every template of the dataset")
-    add_lmm_zeroshot_arguments(parser)  # --lmm ...: the LMM zero-shot baseline instead of CLIP's
+    add_lmm_arguments(parser, ANSWERS)  # --lmm ...: the LMM zero-shot baseline instead of CLIP's
 
 
 @_zeroshot_parser
 def run_zeroshot(args: argparse.Namespace) -> int:
-    from latteclip.engine.trainer import run_training
+    import dataclasses
+
+    from latteclip import api
 
     if args.lmm:
         return run_lmm_zeroshot(args)
-
-    ensemble = bool(args.ensemble)
     config = config_from_args(args, method="zeroshot")
     # zero-shot has one option; other methods' options in a shared --config file do not apply to it
-    config.method_options = {"ensemble": ensemble or bool(config.method_options.get("ensemble", False))}
-    results = run_training(config)
+    ensemble = bool(args.ensemble) or bool(config.method_options.get("ensemble", False))
+    config = dataclasses.replace(config, method_options={"ensemble": ensemble})
+    results = api.train(config)
     print_summary(results)
+    print(f"run folder: {config.run_dir}")
+    return 0
+
+
+@interruptible
+def run_lmm_zeroshot(args: argparse.Namespace) -> int:
+    """`zeroshot --lmm ...`: the LMM picks each test image's class among the class names; writes a run folder."""
+    from latteclip import api
+
+    config = config_from_args(args, method="lmm_zeroshot")
+    results = api.lmm_zero_shot(config, describe_settings(args, config), args.prompts, print_descriptions)
+    if results is None:
+        print("some test images have no answer yet: rerun the same command to ask for the rest (answers are kept)")
+        return 1
+    print_summary(results)
+    counts = results["test"]["answers"]
+    print(f"answers: {counts['exact']} exact, {counts['case_insensitive']} case-insensitive, {counts['similar']} by "
+          f"similarity, {counts['unmapped']} unmapped ({100 * counts['unmapped_share']:.1f}%, counted wrong)")
     print(f"run folder: {config.run_dir}")
     return 0
 
@@ -120,38 +136,13 @@ def _eval_parser(parser):
 
 @_eval_parser
 def run_eval(args: argparse.Namespace) -> int:
-    from latteclip.data import DatasetOptions, build_dataset
-    from latteclip.engine.checkpoint import load_final_checkpoint
-    from latteclip.engine.evaluate import evaluate
-    from latteclip.engine.session import method_from_checkpoint, pick_device
+    from latteclip import api
+    from latteclip.config import Inference
 
-    at_least(args.batch_size, 1, "--batch-size")
-    at_least(args.workers, 0, "--workers")
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
-    check_writable_file(out, "--out")
-    payload = load_final_checkpoint(args.checkpoint)
-    saved = payload["config"]
-    dataset = args.dataset or saved["dataset"]
-    root = args.root or saved["root"]
-    # the training run's data options (limit, split file, names) describe its own dataset only
-    inherited = saved if (dataset, root) == (saved["dataset"], saved["root"]) else {}
-    given = {k: getattr(args, k) for k in ("limit", "seed", "classnames", "templates", "domain", "split_file", "prompt_set")}
-    options = DatasetOptions.from_run({
-        **inherited, "seed": saved.get("seed", 0), "prompt_set": saved.get("prompt_set", "clip"),
-        **{k: v for k, v in given.items() if v is not None and v != ""},
-    })
-    test_set = build_dataset(dataset, root, "test", None, options)  # the data is checked before the model loads
-    device = pick_device(args.device)
-    method = method_from_checkpoint(payload, device)
-    loaded = method.loaded
-    test_set.transform = loaded.eval_transform()
-    if test_set.info.num_classes != method.info.num_classes:
-        raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has {method.info.num_classes}")
-    # the precision the run evaluated with, so that the accuracy matches its results.json on GPU too
-    report = evaluate(method, test_set, device, args.batch_size, args.workers, saved.get("precision", "auto"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset, **report}, indent=1))
-    print(f"{payload['method']} checkpoint on {dataset}: top-1 {100 * report['top1']:.2f}% on {report['n']} test images -> {out}")
+    data = {k: getattr(args, k) for k in api.DATA_OPTIONS}
+    inference = Inference(args.device, args.batch_size, args.workers)
+    done = api.evaluate(args.checkpoint, args.dataset, args.root, data, inference, args.out)
+    report = done.report
+    print(f"{done.method} checkpoint on {done.dataset}: top-1 {100 * report['top1']:.2f}% on {report['n']} test images "
+          f"-> {done.out}")
     return 0
-
-

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+from latteclip.config import option
 from latteclip.describe.answers import DEFAULT_CUTOFF
 from latteclip.describe.groups import GROUP_DRAWS
 from latteclip.errors import LatteclipError
@@ -25,27 +26,50 @@ DEFAULT_STOP_AFTER_FAILURES = 20
 ANSWER_FORMATS = ("text", "json-schema")  # LMM zero-shot: free text (the paper), or constrained to the class names
 
 
-@dataclass
+LMM, WHAT, ANSWERS = "LMM", "what to describe", "LMM zero-shot (zeroshot --lmm)"  # the help sections of the flags
+
+
+@dataclass(frozen=True)
 class DescribeSettings:
-    lmm: str | None = None  # openai, transformers or offline (the CLIP-vocabulary substitute)
-    lmm_url: list[str] = field(default_factory=list)
-    lmm_model: str | None = None  # openai: asked from the server when not given
-    lmm_timeout: float = 120.0  # seconds per HTTP request
-    lmm_retries: int = 5  # further tries of a request after a 429, 5xx, timeout or bad answer
-    lmm_batch_size: int = 8  # requests per forward pass of an in-process model
-    concurrency: int | None = None  # requests in flight (default: 64 for openai, 1 in-process)
-    kinds: list[str] = field(default_factory=lambda: list(DESCRIBABLE_KINDS))
-    group_size: int = 4
-    group_draw: str = "class"  # class: random images of the anchor's zero-shot class (the authors' runs); anchor: it and others
-    with_label: bool = False  # the prompt variant that names the zero-shot label
-    true_class_members: int | None = None  # ANALYSIS ONLY: groups with this many images of the TRUE class
-    prompts: Any = None  # a prompts file, or a mapping of prompt name -> template
-    vocabulary: str | None = None  # the offline describer's phrase file (default: the bundled one for the dataset)
-    describer_model: str | None = None  # offline: the OpenCLIP model that describes (default: the adapted model)
-    describer_pretrained: str | None = None  # its weights: an OpenCLIP tag or a file (default: random weights)
-    stop_after_failures: int = DEFAULT_STOP_AFTER_FAILURES
-    answer_cutoff: float = DEFAULT_CUTOFF  # LMM zero-shot: least similarity that maps an answer to a class
-    lmm_answer_format: str = "text"  # LMM zero-shot: text, or json-schema (response_format enum of the class names)
+    """How the description stage (and the LMM zero-shot baseline) runs: the `describe:` mapping of a config file
+    and the flags of `describe`, `adapt` and `zeroshot --lmm`, declared once here."""
+
+    lmm: str | None = option(None, choices=BACKENDS, group=LMM, help="openai: a chat-completions server; transformers: a "
+                             "model in this process; offline: a substitute that ranks a vocabulary's nouns and attribute "
+                             "phrases with a CLIP model (--describer-model; default the adapted model; no LMM); batch "
+                             "(describe): OpenAI Batch files, --batch-out then --batch-in")
+    lmm_url: list[str] = option(factory=list, kind="speed", group=LMM, help="base URL of an OpenAI-compatible server, "
+                                "e.g. http://host:8000/v1 (repeat to share the work)")
+    lmm_model: str | None = option(None, group=LMM, help="served model name (openai; default: asked from the server), "
+                                   "or a local folder / hub id (transformers)")
+    lmm_timeout: float = option(120.0, kind="speed", group=LMM, help="seconds a request waits while its server answers "
+                                "nothing (a server that keeps answering others is waited for, with fewer requests in flight)")
+    lmm_retries: int = option(5, kind="speed", group=LMM, help="retries after 429/5xx/timeouts/bad answers")
+    lmm_batch_size: int = option(8, kind="speed", group=LMM, help="images per forward pass in-process")
+    concurrency: int | None = option(None, kind="speed", group=LMM, help="requests in flight at most (default 64 for "
+                                     "openai, lowered while the server is saturated; 1 in-process)")
+    stop_after_failures: int = option(DEFAULT_STOP_AFTER_FAILURES, kind="speed", group=LMM,
+                                      help="stop the run after this many failed images in a row")
+    kinds: list[str] = option(factory=lambda: list(DESCRIBABLE_KINDS), group=WHAT, help="what to describe: image,group")
+    group_size: int = option(4, group=WHAT, help="images per group collage: 2, 4, 8, 16")
+    group_draw: str = option("class", choices=GROUP_DRAWS, group=WHAT, help="class (the authors' runs): each group is "
+                             "random images of one zero-shot class; anchor (the paper's text): an image and others of "
+                             "its zero-shot class")
+    with_label: bool = option(False, group=WHAT, help="name each image's zero-shot label in the prompt")
+    true_class_members: int | None = option(None, group=WHAT, help="ANALYSIS ONLY, READS THE TRUE LABELS: groups with "
+                                            "K images of the anchor's true class")
+    prompts: Any = option(None, flag=False, help="a prompts file, or a mapping of prompt name -> template")
+    vocabulary: str | None = option(None, group=WHAT, help="phrase file of the offline describer (default: the bundled "
+                                    "one for the dataset)")
+    describer_model: str | None = option(None, group=WHAT, help="offline: the OpenCLIP model that describes, e.g. "
+                                         "ViT-L-14 (default: the adapted --model)")
+    describer_pretrained: str | None = option(None, group=WHAT, help="offline: the describer's weights, an OpenCLIP "
+                                              "tag or a weights file (default: random)")
+    answer_cutoff: float = option(DEFAULT_CUTOFF, group=ANSWERS, help="with --lmm: least string similarity that maps "
+                                  "an answer to a class")
+    lmm_answer_format: str = option("text", choices=ANSWER_FORMATS, group=ANSWERS, help="with --lmm openai: text (free "
+                                    "answers, the paper's baseline) or json-schema (the server may answer only a class "
+                                    "name: OpenAI response_format, for vLLM, SGLang, Ollama)")
 
     def check(self) -> "DescribeSettings":
         if self.lmm is not None and self.lmm not in BACKENDS:

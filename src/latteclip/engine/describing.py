@@ -7,6 +7,7 @@ pass (the same cache training reads). `latteclip describe` and `latteclip adapt`
 from __future__ import annotations
 
 import random
+from pathlib import PurePosixPath
 from typing import Callable
 
 import torch
@@ -20,7 +21,7 @@ from latteclip.describe.jobs import Job, group_jobs, image_hashes, image_jobs
 from latteclip.describe.prompts import Prompts, load_prompts
 from latteclip.describe.runner import Runner, Summary
 from latteclip.describe.settings import DescribeSettings, build_describer
-from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
+from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore, image_key
 from latteclip.engine.features import zero_shot_labels
 from latteclip.engine.session import dataset_options, pick_device, seed_everything
 from latteclip.errors import LatteclipError
@@ -128,6 +129,24 @@ def describe_run(
     prompts = load_prompts(train.info.prompts, settings.prompts, prompts_file)
     with DescriptionStore(config.store) as store:
         return describe_training_images(config, settings, prompts, train, image_hashes(train), store)
+
+
+def image_hasher(dataset: ImageDataset, hashes: list[str | None]) -> Callable[[str], str | None]:
+    """Path under the dataset root -> content hash, for imported lines that name images by path."""
+    known = {s.path: h for s, h in zip(dataset.samples, hashes) if h is not None}
+
+    def hash_of(path: str) -> str | None:
+        if path in known:
+            return known[path]
+        parts = PurePosixPath(path.replace("\\", "/"))
+        if parts.is_absolute() or ".." in parts.parts:
+            raise LatteclipError(f"imported image path {path} is not inside the dataset root: give a path relative to --root")
+        try:
+            return image_key(dataset.source.read(path))
+        except (OSError, KeyError):
+            return None
+
+    return hash_of
 
 
 def true_class_descriptions(

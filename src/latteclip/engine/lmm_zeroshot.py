@@ -4,6 +4,7 @@ sits beside those of the other methods."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Callable
@@ -93,8 +94,8 @@ def lmm_zero_shot(
 def _write_lmm_run(config: RunConfig, settings: DescribeSettings, results: RunResults, test: ImageDataset, answers, mapped) -> None:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.describe = {k: v for k, v in vars(settings).items() if v is not None}
-    save_config(config, run_dir / "config.yaml")
+    described = {k: v for k, v in vars(settings).items() if v is not None}
+    save_config(dataclasses.replace(config, describe=described), run_dir / "config.yaml")
     classnames = test.info.classnames
     with open(run_dir / "answers.jsonl", "w", encoding="utf-8") as handle:
         for sample, answer, m in zip(test.samples, answers, mapped):

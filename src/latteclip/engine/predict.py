@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -91,3 +94,42 @@ def predict_files(
         results[index].classes = [names[c] for c in top.indices[row].tolist()]
         results[index].scores = top.values[row].tolist()
     return results
+
+
+# --- predictions as text (`latteclip predict --format`, adapt's predictions.csv) -----------------------------------
+def format_table(predictions: Sequence[Prediction], top_k: int) -> str:
+    """Aligned columns: the image, then class and score for each rank."""
+    header = ["image"] + [cell for rank in range(1, top_k + 1) for cell in (f"top-{rank}", "score")]
+    rows = [header]
+    for p in predictions:
+        if p.readable:
+            rows.append([str(p.path)] + [cell for name, score in zip(p.classes, p.scores) for cell in (name, f"{score:.4f}")])
+        else:
+            rows.append([str(p.path), "(unreadable: skipped)"])
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows) + "\n"
+
+
+def format_csv(predictions: Sequence[Prediction]) -> str:
+    """One row per image: path, class, score, then class_2, score_2, ... for the rest of the top-k.
+
+    An unreadable image keeps its row, with the class and scores left empty.
+    """
+    top_k = max((len(p.classes) for p in predictions), default=1)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "class", "score", *[f"{kind}_{rank}" for rank in range(2, top_k + 1) for kind in ("class", "score")]])
+    for p in predictions:
+        cells = [cell for name, score in zip(p.classes, p.scores) for cell in (name, f"{score:.6f}")]
+        writer.writerow([str(p.path), *cells, *[""] * (2 * top_k - len(cells))])
+    return buffer.getvalue()
+
+
+def format_jsonl(predictions: Sequence[Prediction]) -> str:
+    """One object per readable image: {"path", "top": [{"class", "score"}, ...]}."""
+    return "".join(
+        json.dumps({"path": str(p.path), "top": [{"class": n, "score": round(s, 6)} for n, s in zip(p.classes, p.scores)]}) + "\n"
+        for p in predictions
+        if p.readable
+    )
+

@@ -8,6 +8,7 @@ numbers. The description stage an entry needs runs as a library call before the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import yaml
 
 from latteclip.config import RunConfig, resolve_config
 from latteclip.describe.clip_vocab import describer_model_id, read_vocabulary
-from latteclip.describe.settings import resolve_settings
+from latteclip.describe.settings import DescribeSettings, resolve_settings
 from latteclip.engine.describing import describe_run
 from latteclip.engine.results import RunResults, has_results, read_results
 from latteclip.engine.pretraining import PretrainedWeights, pretrained_weights
@@ -114,8 +115,9 @@ def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None 
     same = not fresh and saved_config.is_file() and comparable(yaml.safe_load(saved_config.read_text()) or {}) == comparable(config.to_dict())
     if same and has_results(run_dir):
         return read_results(run_dir)
-    config.resume = same and (run_dir / "last.pt").is_file()
-    config.overwrite = not config.resume  # the experiment's own folder: a run of another configuration is replaced
+    resume = same and (run_dir / "last.pt").is_file()
+    # the experiment's own folder: a run of another configuration is replaced
+    config = dataclasses.replace(config, resume=resume, overwrite=not resume)
     if prepare is not None:
         prepare(config)
     return run_training(config)
@@ -211,7 +213,9 @@ def check_stages(experiment: Experiment) -> None:
 def prepare_stages(experiment: Experiment, entry: MethodEntry, config: RunConfig, progress: Progress = print) -> None:
     """Run the stages `entry` needs for the training images of `config` (only what is missing is done)."""
     if "descriptions" in entry.needs:
-        describe_training_images(config, experiment.describe, experiment.output / "describe", progress)
+        # how groups are drawn is the method's own option (LatteCLIP redraws them to read each image's group)
+        settings = resolve_settings(experiment.describe, group_options(config))
+        describe_stage(config, settings, experiment.output / "describe", progress)
 
 
 def group_options(config: RunConfig) -> dict[str, Any]:
@@ -225,20 +229,26 @@ DESCRIBE_RUN_KEYS = ("dataset", "root", "limit", "seed", "classnames", "template
                      "model", "pretrained", "device", "store", "workers", "eval_batch_size")
 
 
-def describe_training_images(config: RunConfig, describe: dict[str, Any], folder: Path, progress: Progress = print) -> None:
-    """The description stage (`engine.describing.describe_run`) over the training images `config` trains on.
+def settings_record(settings: DescribeSettings) -> dict[str, Any]:
+    """The settings that differ from the defaults: what `latteclip describe --config FILE` needs to repeat them."""
+    defaults = DescribeSettings()
+    return {name: value for name, value in dataclasses.asdict(settings).items() if value != getattr(defaults, name)}
+
+
+def describe_stage(config: RunConfig, settings: DescribeSettings, folder: Path, progress: Progress = print,
+                   prompts: str | None = None) -> None:
+    """The description stage (`engine.describing.describe_run`) over the training images `config` trains on,
+    refused with a line saying how to continue when it did not finish (the demo, the benchmark and `adapt`).
 
     The stage's options are recorded in `folder` (what `latteclip describe --config FILE` would repeat by
-    hand); the store skips images already described, so a repeated call only hashes the images. How groups are
-    drawn is the method's own option (LatteCLIP redraws them to read each image's group), so it is taken from there.
+    hand); the store skips images already described, so a repeated call only hashes the images.
     """
-    settings = resolve_settings(describe, group_options(config))
     record = {key: getattr(config, key) for key in DESCRIBE_RUN_KEYS}
-    record["describe"] = dict(describe)
+    record["describe"] = settings_record(settings)
     path = folder / f"{config.dataset}-s{config.seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(record, sort_keys=False))
-    summary, describer = describe_run(config, settings)
+    summary, describer = describe_run(config, settings, prompts)
     progress(f"      descriptions by {describer}:")
     for line in summary.lines():
         progress(f"        {line}")

@@ -17,12 +17,8 @@ import torch.nn.functional as F
 from latteclip.data import DatasetInfo, ImageDataset
 from latteclip.errors import LatteclipError
 from latteclip.models import LoadedModel, TokenCache, class_text_features
+from latteclip.methods.options import NoOptions
 from latteclip.models.losses import capped_scale
-
-
-@dataclass
-class NoOptions:
-    """Methods without options of their own."""
 
 
 @dataclass

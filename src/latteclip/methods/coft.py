@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 from latteclip import distributed
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
+from latteclip.methods.options import CoftOptions, CoftPlusOptions
 from latteclip.models import encode_texts
 from latteclip.models.adapter import FeatureAdapter
 from latteclip.models.prompt_learner import PromptLearner, split_template
@@ -168,34 +168,6 @@ def phase_schedule(step: int, total_steps: int, rounds: int, phase1_fraction: fl
 
 
 # --- the method ----------------------------------------------------------------------------------------
-@dataclass
-class CoftOptions:
-    phase1_fraction: float = 0.25  # share of each round in phase 1 (encoder frozen); the rest is phase 2 (encoder fine-tuned)
-    clean_warmup_fraction: float = 0.15  # share of the run, at its start, in which every round label is kept (the prompts know nothing yet)
-    prompt_init: str = ""  # positive context words; "" = the first template's words before the class name
-    negative_prompt_init: str = ""  # negative context words; "" = "not " + the positive context
-    adapter_reduction: int = 4  # adapter bottleneck width = feature dim / this
-    peft_lr_scale: float = 100.0  # prompts, adapter and class vectors learn at this multiple of the base learning rate
-    positive_weight: float = 1.0  # "yes" on the pair of each kept label
-    negative_weight: float = 1.0  # "no" on the pair of a random class other than a kept label
-    noisy_weight: float = 1.0  # "no" on the pair of each rejected candidate label ("not class y" on the low-confidence samples)
-    balance_weight: float = 1.0  # prior matching: KL(batch-mean prediction || uniform), per model; 0 = off
-    relabel: bool = True  # candidates: the round label and both models' predictions; off = the round label only
-
-
-@dataclass
-class CoftPlusOptions(CoftOptions):
-    rounds: int = 2  # equal rounds of (phase 1, phase 2); pseudo-labels refreshed collaboratively at each round start
-    momentum_contrast: bool = True  # the momentum encoder, its queue and the supervised momentum-contrastive term
-    ema_momentum: float = 0.999  # momentum of the key encoder
-    queue_size: int = 4096  # keys kept for the momentum-contrastive loss
-    contrastive_temperature: float = 0.07  # temperature of the momentum-contrastive loss
-    contrastive_weight: float = 1.0  # weight of the momentum-contrastive loss in the total
-    llm_descriptions: bool = True  # LLM class descriptions added to the class texts; off = CoFT's class texts
-    class_descriptions: str = ""  # JSON {class name: [LLM texts]}; else kind 'class' texts of --store
-    description_weight: float = 1.0  # class weights = normalize(t+_c + this * mean description feature)
-
-
 class Coft(Method):
     name = "coft"
     exportable_to_open_clip = False  # the feature adapter sits after the image tower

@@ -9,22 +9,17 @@ oracle takes the true label and is the only method that reads them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from latteclip.models.losses import contrastive_loss
 from latteclip.errors import LatteclipError
-from latteclip.methods.base import Method, NoOptions, StepResult
+from latteclip.methods.base import Method, StepResult
+from latteclip.methods.options import FlypOptions, NoOptions
 from latteclip.models import encode_texts
 
 PSEUDO_LABEL_SOURCES = ("zero-shot", "current")
-
-
-@dataclass
-class FlypOptions:
-    pseudo_labels: str = "zero-shot"  # zero-shot: c_zs fixed before training (the authors' runs); current: argmax of the live model
 
 
 class FlypPseudoLabels(Method):

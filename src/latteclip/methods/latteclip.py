@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +23,10 @@ from latteclip.describe.store import DescriptionStore
 from latteclip.models.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
+from latteclip.methods.options import LatteCLIPOptions, TEXT_KINDS
 from latteclip.models import PrototypeBank, encode_texts
 from latteclip.models.prototypes import full_precision
 
-TEXT_KINDS = ("class", "image", "group")
 MIXER_EPS = 1e-6
 
 
@@ -83,24 +82,6 @@ def blend_with_prototypes(mixed: torch.Tensor, label_prototypes: torch.Tensor, a
     """The last term of Eq. (2), in fp32: (1 - alpha) * mixed + alpha * p_c."""
     with full_precision(mixed):
         return (1.0 - alpha) * mixed.float() + alpha * label_prototypes.float()
-
-
-@dataclass
-class LatteCLIPOptions:
-    texts: list[str] = field(default_factory=lambda: list(TEXT_KINDS))  # any non-empty subset of class,image,group
-    mixer: bool = True  # Dynamic Feature Mixer; off = every text weighs 1
-    loss_zs: bool = True  # L_con(u, t_zs)
-    loss_ft: bool = True  # L_con(u, t_ft)
-    momentum: bool = True  # off: the prototype is replaced by the normalised batch mean of the mixed texts (no alpha)
-    alpha: float = 0.99  # Eq. (2); with mu = 0 also the momentum of the prototypes (the authors' rule)
-    mu: float = 0.0  # > 0: the paper's literal second momentum on top of Eq. (2), p <- normalize((1 - mu) t + mu p)
-    describer_model: str | None = None  # read descriptions of this LMM only (default: the newest per image)
-    group_size: int = 4  # the describe stage's --group-size: with the run's seed it names the group drawn for each image
-    group_draw: str = "class"  # the describe stage's --group-draw (class: the authors' groups of one zero-shot class)
-    group_text: str = "random"  # random: each visit reads the group of a random image of its zero-shot class (the authors); own: its own group
-    missing_descriptions: str = "error"  # or "class": use the class text where a description is missing
-    fast_text: bool = True  # encode each distinct text once, tokens cut to the longest (exact); off = reference cost
-    gallery_size: int = 12  # training images shown with their texts and weights in the report
 
 
 class LatteCLIP(Method):

@@ -16,7 +16,6 @@ understands the words a describer uses.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +24,8 @@ from latteclip.describe.clip_vocab import compose_at_random, read_vocabulary
 from latteclip.models.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult
+from latteclip.methods.options import PretrainOptions
 from latteclip.models import encode_texts
-
-
-@dataclass
-class PretrainOptions:
-    attribute_captions: float = 0.0  # share of captions written from the class's nouns and attributes instead of a class template
 
 
 class ContrastivePretraining(Method):

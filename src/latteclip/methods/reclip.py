@@ -14,7 +14,6 @@ only where the two branches' labels agree. Inference averages the two branches' 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
+from latteclip.methods.options import ReclipOptions
 from latteclip.models import class_text_features, encode_texts
 from latteclip.models.prototypes import full_precision
 
@@ -156,17 +156,6 @@ def text_tower(model: nn.Module) -> list[nn.Module]:
 
 
 # --- the method ----------------------------------------------------------------------------------------
-@dataclass
-class ReclipOptions:
-    lp_neighbors: int = 20  # k of the k-nearest-neighbour graph
-    lp_alpha: float = 0.99  # propagation strength in (I - alpha S) F = Y
-    lp_solver: str = "iterative"  # iterative (conjugate gradient, sparse) or closed_form (dense solve)
-    lp_iterations: int = 20  # conjugate-gradient steps of the iterative solver
-    projection_drop: int = 1  # leading principal directions of the class texts removed
-    projection_max_dim: int = 0  # keep at most this many text directions (0: all)
-    refresh_every: int = 0  # steps between two label propagations over the training split (0: once per epoch, the authors')
-
-
 class Reclip(Method):
     name = "reclip"
     exportable_to_open_clip = False  # two branches and a projection: not one OpenCLIP image tower

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
 from latteclip.methods.base import Method
+from latteclip.methods.options import ZeroShotOptions
 from latteclip.models import class_text_features
-
-
-@dataclass
-class ZeroShotOptions:
-    ensemble: bool = False  # average all the dataset's templates instead of the first
 
 
 class ZeroShot(Method):

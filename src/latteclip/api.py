@@ -1,0 +1,329 @@
+"""latteclip from Python: one function per job, taking typed settings and returning typed results.
+
+The command line parses its flags into these settings, calls these functions and prints what they return, so a
+notebook gets exactly what a command does. `configure` (and `adapt_config`) build a `RunConfig` the way the
+command line does: package defaults, the dataset's and method's files, a YAML file, then the values given.
+Layer: above the engine, the experiments and the report (adapt writes one); below the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from latteclip.config import Inference, RunConfig
+from latteclip.config import configure as configure_values
+from latteclip.data import DatasetOptions, build_dataset
+from latteclip.describe.jobs import image_hashes
+from latteclip.describe.runner import Summary
+from latteclip.describe.settings import DescribeSettings
+from latteclip.describe.store import DescriptionStore
+from latteclip.engine.checkpoint import load_final_checkpoint
+from latteclip.describe.prompts import load_prompts
+from latteclip.engine.describing import check_analysis, describe_training_images, image_hasher
+from latteclip.engine.evaluate import evaluate as evaluate_method
+from latteclip.engine.export import ExportedFiles, export_open_clip
+from latteclip.engine.lmm_zeroshot import lmm_zero_shot as lmm_zero_shot_run
+from latteclip.engine.predict import Prediction, collect_images, format_csv, predict_files
+from latteclip.engine.results import RunResults
+from latteclip.engine.session import dataset_options, method_from_checkpoint, pick_device
+from latteclip.engine.trainer import run_training
+from latteclip.errors import LatteclipError
+from latteclip.experiments.runner import ExperimentRuns, describe_stage, group_options, run_or_reuse
+from latteclip.experiments.runner import run_experiment as run_experiment_loop
+from latteclip.experiments.spec import Experiment, load_experiment
+from latteclip.methods import build_options, get_method
+from latteclip.methods.base import Method
+from latteclip.paths import atomic_write_bytes, check_writable_file, check_writable_folder
+from latteclip.report import write_report
+from latteclip.values import at_least
+
+__all__ = ["configure", "adapt_config", "adapt", "describe", "train", "evaluate", "predict", "export", "load_model",
+           "lmm_zero_shot", "run_experiment", "Adaptation", "Descriptions", "Evaluation", "Export", "Inference"]
+
+Progress = Callable[[str], None]
+PREDICTIONS_FILE = "predictions.csv"
+ADAPT_STEPS = 5
+
+
+def configure(config_file: str | None = None, **options: Any) -> RunConfig:
+    """A run's configuration as the command line builds it: package defaults, the dataset's schedule, the method's
+    defaults, `config_file`, then `options` (RunConfig fields; a method's own under method_options={...})."""
+    return configure_values(options, config_file)
+
+
+def train(config: RunConfig) -> RunResults:
+    """Train (or evaluate zero-shot) the run `config` describes, in `config.run_dir`; its results.json."""
+    return run_training(config)
+
+
+def load_model(checkpoint: str | Path, device: str = "cpu") -> Method:
+    """The method saved in a run's final.pt, rebuilt for inference on `device`."""
+    return method_from_checkpoint(load_final_checkpoint(checkpoint), pick_device(device))
+
+
+# --- measuring and using a trained checkpoint ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Evaluation:
+    checkpoint: Path
+    method: str
+    dataset: str
+    report: dict[str, Any]  # top1, n, unreadable, per_class, confusion (engine.evaluate)
+    out: Path  # the JSON file it was written to
+
+
+DATA_OPTIONS = ("limit", "seed", "classnames", "templates", "domain", "split_file", "prompt_set")
+
+
+def evaluate(checkpoint: str | Path, dataset: str | None = None, root: str | None = None,
+             data: Mapping[str, Any] | None = None, inference: Inference = Inference(),
+             out: str | Path | None = None) -> Evaluation:
+    """Accuracy of a run's final.pt on the test split of its own dataset, or of `dataset` at `root`.
+
+    `data` sets DATA_OPTIONS of the test data; the training run's own apply only to its own dataset. The
+    precision is the run's, so the accuracy matches its results.json on GPU too. Written to `out` (default:
+    eval.json beside the checkpoint).
+    """
+    inference.check()
+    out = Path(out) if out else Path(checkpoint).with_name("eval.json")
+    check_writable_file(out, "--out")
+    payload = load_final_checkpoint(checkpoint)
+    saved = payload["config"]
+    dataset, root = dataset or saved["dataset"], root or saved["root"]
+    inherited = saved if (dataset, root) == (saved["dataset"], saved["root"]) else {}
+    given = {k: v for k, v in (data or {}).items() if k in DATA_OPTIONS and v is not None and v != ""}
+    options = DatasetOptions.from_run({**inherited, "seed": saved.get("seed", 0),
+                                       "prompt_set": saved.get("prompt_set", "clip"), **given})
+    test_set = build_dataset(dataset, root, "test", None, options)  # the data is checked before the model loads
+    device = pick_device(inference.device)
+    method = method_from_checkpoint(payload, device)
+    test_set.transform = method.loaded.eval_transform()
+    if test_set.info.num_classes != method.info.num_classes:
+        raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has "
+                             f"{method.info.num_classes}")
+    report = evaluate_method(method, test_set, device, inference.batch_size, inference.workers,
+                             saved.get("precision", "auto"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"checkpoint": str(checkpoint), "dataset": dataset, **report}, indent=1))
+    return Evaluation(Path(checkpoint), payload["method"], dataset, report, out)
+
+
+def predict(model: str | Path | Method, paths: Sequence[str | Path], top_k: int = 5,
+            inference: Inference = Inference(device="cpu", batch_size=64)) -> list[Prediction]:
+    """Top-k classes of image files and of the images under folders (recursive), in that order.
+
+    `model` is a run's final.pt or a method `load_model` returned. Unreadable files keep an empty prediction;
+    refused when no file at all could be read.
+    """
+    at_least(top_k, 1, "--top-k")
+    inference.check()
+    files = collect_images(paths)
+    method = model if isinstance(model, Method) else load_model(model, inference.device)
+    predictions = predict_files(method, files, top_k, inference.batch_size, inference.workers)
+    if not any(p.readable for p in predictions):
+        raise LatteclipError(f"none of the {len(files)} files could be read as an image (first: {files[0]}); "
+                             "nothing was written")
+    return predictions
+
+
+@dataclass(frozen=True)
+class Export:
+    files: ExportedFiles
+    method: str
+    classes: int
+
+
+def export(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Export:
+    """A run's final.pt as plain OpenCLIP weights, a classifier file and a README in `out`.
+
+    A non-empty `out` is refused unless `overwrite`.
+    """
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise LatteclipError(f"--out {out} is not empty; pass --overwrite to replace what it holds, or another folder")
+    if not out.is_dir():
+        check_writable_folder(out, "--out")
+    method = load_model(checkpoint, "cpu")
+    return Export(export_open_clip(method, out), method.name, method.info.num_classes)
+
+
+# --- the description stage ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Descriptions:
+    store: Path
+    dataset: str
+    summary: Summary | None  # None when no describer ran (import or export only)
+    describer: str | None  # its backend and model, as the summary names it
+    imported: int | None  # lines imported (None: no import)
+    exported: int | None  # lines exported (None: no export)
+    unreadable: list[str]  # training images that could not be read (never described)
+
+    @property
+    def complete(self) -> bool:
+        """Every description asked for is stored and every image was readable."""
+        return (self.summary is None or self.summary.complete) and not self.unreadable
+
+
+def check_describe_request(config: RunConfig, settings: DescribeSettings, batch_out: str | None,
+                           batch_in: str | None, moves: bool) -> None:
+    """Refuse, before any work, a description request that cannot be carried out."""
+    if not (settings.lmm or moves):
+        raise LatteclipError("nothing to do: choose a describer with --lmm (openai, transformers, offline, batch), "
+                             "or pass --import/--export")
+    files = bool(batch_out) + bool(batch_in)
+    if settings.lmm == "batch" and files != 1:
+        raise LatteclipError("--lmm batch needs one of --batch-out FILE.jsonl (write the requests) or --batch-in "
+                             "RESULTS.jsonl (store the answers)")
+    if files and settings.lmm != "batch":
+        raise LatteclipError("--batch-out/--batch-in go with --lmm batch")
+    if settings.lmm == "batch" and not settings.lmm_model:
+        raise LatteclipError("--lmm batch needs --lmm-model NAME: the model the batch runs (each request names it)")
+    if settings.true_class_members is not None and settings.lmm and not config.store:
+        raise LatteclipError("--true-class-members makes groups from the TRUE labels: pass a separate --store FILE for "
+                             "them, so label-free training never reads them by accident")
+
+
+def describe(config: RunConfig, settings: DescribeSettings, prompts: str | None = None, batch_out: str | None = None,
+             batch_in: str | None = None, import_file: str | None = None,
+             export_file: str | None = None) -> Descriptions:
+    """Describe every training image of `config`'s dataset that the store lacks; import/export JSON lines.
+
+    `prompts` is a prompts file or 'paper' (over the bundled ones, the dataset's and `settings.prompts`).
+    With `settings.lmm == "batch"`: write the missing requests to `batch_out`, or store the answers of `batch_in`.
+    """
+    check_describe_request(config, settings, batch_out, batch_in, bool(import_file or export_file))
+    train_set = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
+    check_analysis(settings, train_set)
+    with DescriptionStore(config.store) as store:
+        hashes = image_hashes(train_set)
+        imported = exported = None
+        if import_file:
+            imported = store.import_jsonl(import_file, image_hasher(train_set, hashes), train_set.info.name)
+        summary = describer = None
+        if settings.lmm:
+            stage_prompts = load_prompts(train_set.info.prompts, settings.prompts, prompts)
+            summary, describer = describe_training_images(config, settings, stage_prompts, train_set, hashes, store,
+                                                          batch_out, batch_in)
+        if export_file:
+            images = {h: s.path for s, h in zip(train_set.samples, hashes) if h is not None}
+            exported = store.export_jsonl(export_file, images)
+        unreadable = [s.path for s, h in zip(train_set.samples, hashes) if h is None]
+        return Descriptions(store.path, train_set.info.name, summary, describer, imported, exported, unreadable)
+
+
+def lmm_zero_shot(config: RunConfig, settings: DescribeSettings, prompts: str | None = None,
+                  on_answers: Callable[[Summary, str], None] | None = None) -> RunResults | None:
+    """The LMM zero-shot baseline: the LMM picks each test image's class; a run folder like other methods'.
+
+    None while some test images have no answer yet (a rerun asks for the rest); `on_answers` sees the describer's
+    summary and name before scoring.
+    """
+    return lmm_zero_shot_run(config, settings, prompts, on_answers)
+
+
+# --- the whole job on unlabeled images ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Adaptation:
+    zero_shot: RunResults  # the zero-shot run's results.json
+    adapted: RunResults  # the adapted run's
+    zero_shot_dir: Path
+    run_dir: Path  # the adapted run's folder (final.pt)
+    predictions: Path  # predictions.csv: every input image's top classes
+    report: Path  # report.html
+    store: Path  # the description store
+
+    @property
+    def model(self) -> Path:
+        return self.run_dir / "final.pt"
+
+
+def adapt_config(root: str, classnames: str, config_file: str | None = None, **options: Any) -> RunConfig:
+    """The adapted run's configuration: every image under `root` (a folder, or a .txt list) with the class names of
+    `classnames`, trained with options["method"] (default latteclip) in OUTPUT/NAME/METHOD (default
+    runs/adapt-ROOTNAME), with the adaptation folder's own description store unless options["store"] names one."""
+    method = options.get("method") or "latteclip"
+    method_cls = get_method(method)
+    if method_cls.reads_train_labels or not method_cls.trains:
+        raise LatteclipError(f"adapt trains a label-free method; --method {method} is not one "
+                             "(latteclip, flyp_pl, reclip, coft, coft_plus)")
+    folder = Path(options.get("output") or "runs") / (options.get("name") or f"adapt-{Path(root).stem}")
+    fixed = {"dataset": "images", "root": root, "classnames": classnames, "method": method, "output": str(folder),
+             "name": method, "store": options.get("store") or str(folder / "descriptions.sqlite")}
+    return configure_values({**options, **fixed}, config_file)
+
+
+def described_kinds(config: RunConfig) -> list[str]:
+    """What the run's method reads from the description store (LatteCLIP: its image and group texts)."""
+    options = build_options(get_method(config.method), dict(config.method_options))
+    return [kind for kind in getattr(options, "texts", []) if kind != "class"]
+
+
+def adapt(config: RunConfig, settings: DescribeSettings | None = None, prompts: str | None = None,
+          progress: Progress = print) -> Adaptation:
+    """Zero-shot, descriptions, training, predictions.csv and the report, each reused when already done.
+
+    `config` is the adapted run's (see `adapt_config`); the zero-shot run sits beside it. `settings` choose the
+    describer when the method reads descriptions (which kinds to describe is the method's). A rerun after a kill
+    picks up where it stopped.
+    """
+    folder = Path(config.output)
+    zero_shot = dataclasses.replace(config, method="zeroshot", name="zeroshot", method_options={})
+    kinds = described_kinds(config)
+    if kinds and (settings is None or not settings.lmm):
+        raise LatteclipError(f"--method {config.method} reads image descriptions: choose a describer with --lmm openai "
+                             "--lmm-url URL (a multimodal model behind an OpenAI-compatible server), --lmm transformers "
+                             "or --lmm offline")
+    progress(f"[1/{ADAPT_STEPS}] zero-shot {config.model} on {config.root}")
+    zero_shot_results = run_or_reuse(zero_shot)
+    progress(f"      {measured(zero_shot_results)}; run folder {zero_shot.run_dir}")
+    progress(f"[2/{ADAPT_STEPS}] descriptions ({', '.join(kinds) or f'none: {config.method} reads none'})")
+    if kinds:
+        stage = dataclasses.replace(settings, kinds=kinds, **group_options(config))  # groups as the method reads them
+        describe_stage(config, stage, folder / "describe", progress, prompts)
+    progress(f"[3/{ADAPT_STEPS}] training {config.method}")
+    results = run_or_reuse(config)
+    progress(f"      {measured(results)}; run folder {config.run_dir}")
+    progress(f"[4/{ADAPT_STEPS}] predictions for every image")
+    predictions = write_predictions(config, folder / PREDICTIONS_FILE)
+    progress(f"[5/{ADAPT_STEPS}] report")
+    report = write_report([config.run_dir, zero_shot.run_dir], folder / "report")
+    store = Path(config.store) if config.store else DescriptionStore(None).path
+    return Adaptation(zero_shot_results, results, zero_shot.run_dir, config.run_dir, predictions, report, store)
+
+
+def write_predictions(config: RunConfig, path: Path) -> Path:
+    """predictions.csv for every training image of `config` (the rows of `predict --format csv`), unless newer than
+    the run's final.pt."""
+    final = config.run_dir / "final.pt"
+    if path.is_file() and path.stat().st_mtime >= final.stat().st_mtime:
+        return path
+    images = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
+    files = [Path(images.source.location) / sample.path for sample in images.samples]
+    method = load_model(final, config.device)
+    rows = predict_files(method, files, min(5, method.info.num_classes), config.eval_batch_size, config.workers)
+    atomic_write_bytes(path, format_csv(rows).encode())
+    return path
+
+
+def measured(results: RunResults) -> str:
+    """One line on what a run measured: top-1 with labels, the label-free diagnostics without."""
+    if results["top1"] is not None:
+        return f"top-1 {100 * results['top1']:.2f}% on {results['evaluated_on']}"
+    adapted = results["diagnostics"]["adapted"]
+    return (f"no labels: {100 * adapted['top_class_share']:.1f}% of images in the top class ({adapted['top_class']}), "
+            f"{100 * results['diagnostics']['changed_from_zero_shot']:.1f}% changed from zero-shot")
+
+
+def run_experiment(experiment: Experiment | str | Path, choose: bool = False, progress: Progress = print,
+                   **kwargs: Any) -> ExperimentRuns:
+    """Every entry of an experiment file (the demo's, the benchmark's) on every shift and seed; pre-training cached.
+
+    `choose`: pick each entry's `search` options on held-out images first (the benchmark). `kwargs` go to
+    `experiments.runner.run_experiment` (archive, fresh).
+    """
+    if not isinstance(experiment, Experiment):
+        experiment = load_experiment(experiment)
+    return run_experiment_loop(experiment, choose, progress, **kwargs)
