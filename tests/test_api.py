@@ -52,7 +52,8 @@ def test_the_readme_example_runs_and_returns_what_the_run_folders_hold(example_f
     assert sorted(Path(r["path"]).name for r in rows) == sorted(TILES)
     again = {p.path.name: p for p in api.predict(adapted.model, ["my_tiles/"], top_k=5)}
     assert all(again[Path(r["path"]).name].classes[0] == r["class"] for r in rows)
-    assert adapted.report.is_file() and adapted.store.resolve() == example_folder / "runs/adapt-my_tiles/descriptions.sqlite"
+    assert adapted.report.is_file()
+    assert adapted.store.resolve() == example_folder / "runs/adapt-my_tiles/descriptions.sqlite"
     assert (example_folder / "exported" / "open_clip_model.safetensors").is_file()
 
 

@@ -98,14 +98,12 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, root: str | Non
     options = DatasetOptions.from_run({**inherited, "seed": saved.get("seed", 0),
                                        "prompt_set": saved.get("prompt_set", "clip"), **given})
     test_set = build_dataset(dataset, root, "test", None, options)  # the data is checked before the model loads
-    device = pick_device(inference.device)
-    method = method_from_checkpoint(payload, device)
+    method = method_from_checkpoint(payload, pick_device(inference.device))
     test_set.transform = method.loaded.eval_transform()
     if test_set.info.num_classes != method.info.num_classes:
         raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has "
                              f"{method.info.num_classes}")
-    report = evaluate_method(method, test_set, device, inference.batch_size, inference.workers,
-                             saved.get("precision", "auto"))
+    report = evaluate_method(method, test_set, dataclasses.replace(inference, precision=saved.get("precision", "auto")))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"checkpoint": str(checkpoint), "dataset": dataset, **report}, indent=1))
     return Evaluation(Path(checkpoint), payload["method"], dataset, report, out)
@@ -122,7 +120,7 @@ def predict(model: str | Path | Method, paths: Sequence[str | Path], top_k: int 
     inference.check()
     files = collect_images(paths)
     method = model if isinstance(model, Method) else load_model(model, inference.device)
-    predictions = predict_files(method, files, top_k, inference.batch_size, inference.workers)
+    predictions = predict_files(method, files, top_k, inference)
     if not any(p.readable for p in predictions):
         raise LatteclipError(f"none of the {len(files)} files could be read as an image (first: {files[0]}); "
                              "nothing was written")
@@ -273,9 +271,9 @@ def adapt(config: RunConfig, settings: DescribeSettings | None = None, prompts: 
     zero_shot = dataclasses.replace(config, method="zeroshot", name="zeroshot", method_options={})
     kinds = described_kinds(config)
     if kinds and (settings is None or not settings.lmm):
-        raise LatteclipError(f"--method {config.method} reads image descriptions: choose a describer with --lmm openai "
-                             "--lmm-url URL (a multimodal model behind an OpenAI-compatible server), --lmm transformers "
-                             "or --lmm offline")
+        raise LatteclipError(f"--method {config.method} reads image descriptions: choose a describer with --lmm "
+                             "openai --lmm-url URL (a multimodal model behind an OpenAI-compatible server), --lmm "
+                             "transformers or --lmm offline")
     progress(f"[1/{ADAPT_STEPS}] zero-shot {config.model} on {config.root}")
     zero_shot_results = run_or_reuse(zero_shot)
     progress(f"      {measured(zero_shot_results)}; run folder {zero_shot.run_dir}")
@@ -303,7 +301,7 @@ def write_predictions(config: RunConfig, path: Path) -> Path:
     images = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
     files = [Path(images.source.location) / sample.path for sample in images.samples]
     method = load_model(final, config.device)
-    rows = predict_files(method, files, min(5, method.info.num_classes), config.eval_batch_size, config.workers)
+    rows = predict_files(method, files, min(5, method.info.num_classes), config.inference)
     atomic_write_bytes(path, format_csv(rows).encode())
     return path
 

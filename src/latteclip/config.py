@@ -75,8 +75,10 @@ OPTIMIZERS = ("adamw", "sgd")
 PROMPT_SETS = ("latteclip", "clip")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
+    """Every option of a run, merged once (resolve_config) and then frozen: a changed copy is `dataclasses.replace`."""
+
     # what to adapt, and to which data
     method: str = option("zeroshot", help="zeroshot, flyp_pl, oracle, latteclip, reclip, coft, coft_plus")
     model: str = option("ViT-B-32", help="OpenCLIP model name (ViT-B-32, ...) or hf-hub:org/name")

@@ -31,7 +31,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.out:
         check_writable_file(Path(args.out), "--out")
-    predictions = api.predict(args.checkpoint, args.paths, args.top_k, Inference(args.device, args.batch_size, args.workers))
+    inference = Inference(args.device, args.batch_size, args.workers)
+    predictions = api.predict(args.checkpoint, args.paths, args.top_k, inference)
     if args.format == "table":
         text = format_table(predictions, max(len(p.classes) for p in predictions))
     else:

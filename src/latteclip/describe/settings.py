@@ -34,16 +34,17 @@ class DescribeSettings:
     """How the description stage (and the LMM zero-shot baseline) runs: the `describe:` mapping of a config file
     and the flags of `describe`, `adapt` and `zeroshot --lmm`, declared once here."""
 
-    lmm: str | None = option(None, choices=BACKENDS, group=LMM, help="openai: a chat-completions server; transformers: a "
-                             "model in this process; offline: a substitute that ranks a vocabulary's nouns and attribute "
-                             "phrases with a CLIP model (--describer-model; default the adapted model; no LMM); batch "
-                             "(describe): OpenAI Batch files, --batch-out then --batch-in")
+    lmm: str | None = option(None, choices=BACKENDS, group=LMM, help="openai: a chat-completions server; transformers: "
+                             "a model in this process; offline: a substitute that ranks a vocabulary's nouns and "
+                             "attribute phrases with a CLIP model (--describer-model; default the adapted model; no "
+                             "LMM); batch (describe): OpenAI Batch files, --batch-out then --batch-in")
     lmm_url: list[str] = option(factory=list, kind="speed", group=LMM, help="base URL of an OpenAI-compatible server, "
                                 "e.g. http://host:8000/v1 (repeat to share the work)")
     lmm_model: str | None = option(None, group=LMM, help="served model name (openai; default: asked from the server), "
                                    "or a local folder / hub id (transformers)")
     lmm_timeout: float = option(120.0, kind="speed", group=LMM, help="seconds a request waits while its server answers "
-                                "nothing (a server that keeps answering others is waited for, with fewer requests in flight)")
+                                "nothing (a server that keeps answering others is waited for, with fewer requests in "
+                                "flight)")
     lmm_retries: int = option(5, kind="speed", group=LMM, help="retries after 429/5xx/timeouts/bad answers")
     lmm_batch_size: int = option(8, kind="speed", group=LMM, help="images per forward pass in-process")
     concurrency: int | None = option(None, kind="speed", group=LMM, help="requests in flight at most (default 64 for "

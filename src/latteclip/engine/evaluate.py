@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from latteclip.config import Inference
 from latteclip.data import ImageDataset
 from latteclip.engine.features import extract_features, predict_labels
 
@@ -24,19 +25,19 @@ def autocast_for_precision(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def evaluate(
-    method: Method, test_set: ImageDataset, device: torch.device, batch_size: int, workers: int, precision: str,
-    cache_key: str | None = None,
-) -> dict:
-    """The accuracy report of `method` on `test_set` (with its evaluation transform), in eval mode and the run's precision.
+def evaluate(method: Method, test_set: ImageDataset, inference: Inference, cache_key: str | None = None) -> dict:
+    """The accuracy report of `method` on `test_set` (with its evaluation transform), in eval mode, on the method's
+    device with the batch size, workers and precision of `inference` (the run's precision).
 
     `cache_key` (the untrained model's weights) lets a zero-shot pass reuse cached features.
     """
+    device = method.device
     was_training = method.model.training
     method.model.eval()
     try:
-        with torch.no_grad(), autocast_for_precision(precision, device):
-            features, valid = extract_features(method.encode_images, test_set, device, batch_size, workers, "evaluate", cache_key)
+        with torch.no_grad(), autocast_for_precision(inference.precision, device):
+            features, valid = extract_features(method.encode_images, test_set, device, inference.batch_size,
+                                               inference.workers, "evaluate", cache_key)
             classifier = method.classifier().float()
     finally:
         method.model.train(was_training)

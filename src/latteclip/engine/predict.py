@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from latteclip.config import Inference
 from latteclip.data import CorruptImage
 from latteclip.data.datasets import decode_image
 from latteclip.data.registry import IMAGE_EXTENSIONS
@@ -71,18 +72,16 @@ def class_probabilities(image_features: torch.Tensor, classifier: torch.Tensor, 
 
 
 @torch.no_grad()
-def predict_files(
-    method: Method,
-    files: Sequence[Path],
-    top_k: int = 5,
-    batch_size: int = 64,
-    workers: int = 0,
-) -> list[Prediction]:
-    """Top-k classes of each file, in the order given; unreadable files get an empty prediction."""
+def predict_files(method: Method, files: Sequence[Path], top_k: int, inference: Inference) -> list[Prediction]:
+    """Top-k classes of each file, in the order given; unreadable files get an empty prediction.
+
+    On the method's device with the batch size and workers of `inference`, in fp32 (scores for people to read).
+    """
     loaded = method.loaded
     data = ImageFiles(files, loaded.eval_transform())
     method.model.eval()
-    features, valid = extract_features(method.encode_images, data, method.device, batch_size, workers, desc="predict")
+    features, valid = extract_features(method.encode_images, data, method.device, inference.batch_size,
+                                       inference.workers, desc="predict")
     readable = valid.nonzero().flatten().tolist()
     names = method.info.classnames
     results = [Prediction(path, [], []) for path in data.files]

@@ -192,8 +192,7 @@ class Trainer:
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, test_set: ImageDataset, pristine: bool = False) -> dict:
-        return evaluate(self.method, test_set, self.device, self.config.eval_batch_size, self.config.workers, self.config.precision,
-                        self.pristine_key() if pristine else None)
+        return evaluate(self.method, test_set, self.config.inference, self.pristine_key() if pristine else None)
 
     def features_of(
         self, encode, dataset: ImageDataset, desc: str = "features", cache_key: str | None = None
