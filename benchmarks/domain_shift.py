@@ -133,7 +133,7 @@ def run_sweep(experiment: Experiment, choices: list[dict[str, Any]], archive: Ru
     for share in SWEEP_SHARES:
         model = f"true-class-q{share}"
         swept = dataclasses.replace(entry, needs=[], overrides=deep_merge(
-            entry.overrides, {"store": str(store_path), "method_options": {"describer_model": model + ANALYSIS_TAG}}))
+            entry.overrides, {"store": str(store_path), "method_options": {"described_by": model + ANALYSIS_TAG}}))
         for seed in experiment.seeds:
             config = run_config(experiment, swept, experiment.target(SWEEP_SHIFT), seed, f"sweep/q{share}/{entry.name}-s{seed}", choice)
 

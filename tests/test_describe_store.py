@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from latteclip.describe.store import DescriptionStore, image_key
+from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore, image_key
 from latteclip.errors import LatteclipError
 
 PROMPT = "Describe the land use in the photo concisely, using less than 20 words."
@@ -111,3 +111,23 @@ def test_a_bad_import_line_is_named_and_nothing_is_written(tmp_path, line, messa
     with pytest.raises(LatteclipError, match=message):
         store.import_jsonl(path, {"a.jpg": image_key(b"a")}.get)
     assert list(store.rows()) == []
+
+
+def test_a_description_set_reads_back_the_rows_its_stage_asked_for(tmp_path):
+    """The contract of a description stage is stored with its rows; reading a set gives those rows, not the newest."""
+    store = DescriptionStore(tmp_path / "d.sqlite")
+    store.put("h1", "image", "p1", "openai", "llava", "asked for")
+    store.put("h1", "image", "p2", "openai", "llava", "another prompt, newer")
+    rows = [("h1", "image", "p1", "llava", ""), ("h2", "image", "p1", "llava", "")]
+    name = store.record_set("eurosat", {"describer": "openai llava", "seed": 0}, rows)
+    assert store.record_set("eurosat", {"describer": "openai llava", "seed": 0}, rows[::-1]) == name  # recorded once
+    assert store.set_rows(name, ["h1", "h2", None], "image") == [("asked for", ""), (None, ""), (None, None)]
+    found = store.sets_for("eurosat", ["h1", "h3"], "image")
+    assert [(s.name, s.contract, s.images) for s in found] == [(name, {"describer": "openai llava", "seed": 0}, 1)]
+    assert store.sets_for("dtd", ["h1"], "image") == [] and store.sets_for("eurosat", ["h1"], "group") == []
+    assert store.has_sets("eurosat", "image") and not store.has_sets("eurosat", "group")
+    # groups drawn from the true labels are read only when their model is named
+    store.record_set("eurosat", {"analysis": True}, [("h1", "group", "g", "llava" + ANALYSIS_TAG, "")])
+    assert store.sets_for("eurosat", ["h1"], "group") == []
+    assert len(store.sets_for("eurosat", ["h1"], "group", model="llava" + ANALYSIS_TAG)) == 1
+    store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -317,19 +318,25 @@ def test_eurosat_run_trains_saves_prototypes_and_eval_reproduces(tmp_path, capsy
     assert any("mixer/weight_group" in r for r in records) and any("analysis/pl_agreement" in r for r in records)
 
 
-def test_a_run_reads_the_group_its_seed_drew_even_when_other_draws_are_newer(eurosat_batch, tmp_path):
+def test_a_run_reads_the_description_set_of_its_seed_even_when_another_is_newer(eurosat_batch, tmp_path):
     loaded, train, fixture_store, _, _ = eurosat_batch
     zs = torch.zeros(len(train), dtype=torch.long)  # one label: each seed draws other groups from the 19 other images
     store_path = tmp_path / "descriptions.sqlite"
     shutil.copyfile(fixture_store, store_path)
     hashes = [image_key(train.read_bytes(i)) for i in range(len(train))]
     store = DescriptionStore(store_path)
-    for seed, text in ((0, "this run's draw"), (1, "a later draw of seed 1")):  # the seed-1 rows are the newest
+    for seed, text in ((0, "this run's draw"), (1, "a later draw of seed 1")):  # the seed-1 set is the newest
+        members = []
         for anchor, cells in enumerate(draw_pseudo_label_groups(zs.tolist(), 4, seed)):
             variant = group_variant([hashes[i] for i in cells])
             store.put(hashes[anchor], "group", "g", "test", "m", text, variant=variant, meta={"cells": [f"seed{seed}"]})
+            members.append((hashes[anchor], "group", "g", "m", variant))
+        store.record_set(train.info.name, {"describer": "test m", "group_size": 4, "seed": seed}, members)
     store.close()
     method = LatteCLIP(loaded, train.info, LatteCLIPOptions(), torch.device("cpu"))
     method.setup_training(TrainContext(train, zs, tmp_path, 0, str(store_path)))
     assert set(method.descriptions["group"]) == {"this run's draw"}
     assert method.group_members([0])[0] == ["seed0"]  # the gallery shows the same group
+    # the contract of what was read is in the run folder; the image texts come from the store's rows of before sets
+    assert json.loads((tmp_path / "descriptions.json").read_text()) == {
+        "group": {"set": ANY, "describer": "test m", "group_size": 4, "seed": 0}}

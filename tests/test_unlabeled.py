@@ -247,4 +247,4 @@ def test_true_class_groups_are_read_only_by_name(labelled, tmp_path, capsys):
     store.close()
     train_args = ["train", "--method", "latteclip", *data, "--texts", "class,group", "--output", str(tmp_path), *TINY, *STEPS]
     assert main(train_args) == 2 and "have no group description" in capsys.readouterr().err
-    assert main([*train_args, "--describer-model", next(iter(models)), "--name", "asked-by-name"]) == 0
+    assert main([*train_args, "--described-by", next(iter(models)), "--name", "asked-by-name"]) == 0

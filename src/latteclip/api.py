@@ -32,7 +32,7 @@ from latteclip.engine.results import RunResults
 from latteclip.engine.session import dataset_options, method_from_checkpoint, pick_device
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
-from latteclip.experiments.runner import ExperimentRuns, describe_stage, group_options, run_or_reuse
+from latteclip.experiments.runner import ExperimentRuns, describe_stage, run_or_reuse
 from latteclip.experiments.runner import run_experiment as run_experiment_loop
 from latteclip.experiments.spec import Experiment, load_experiment
 from latteclip.methods import build_options, get_method
@@ -279,8 +279,7 @@ def adapt(config: RunConfig, settings: DescribeSettings | None = None, prompts: 
     progress(f"      {measured(zero_shot_results)}; run folder {zero_shot.run_dir}")
     progress(f"[2/{ADAPT_STEPS}] descriptions ({', '.join(kinds) or f'none: {config.method} reads none'})")
     if kinds:
-        stage = dataclasses.replace(settings, kinds=kinds, **group_options(config))  # groups as the method reads them
-        describe_stage(config, stage, folder / "describe", progress, prompts)
+        describe_stage(config, dataclasses.replace(settings, kinds=kinds), folder / "describe", progress, prompts)
     progress(f"[3/{ADAPT_STEPS}] training {config.method}")
     results = run_or_reuse(config)
     progress(f"      {measured(results)}; run folder {config.run_dir}")

@@ -7,6 +7,10 @@ an image is found again whatever path or archive the image is read from.
 `variant` tells apart answers to the same prompt about different pictures of one anchor image:
 a group description is stored under its anchor's hash, and its variant names the exact group
 (size and members), so a different draw is a new request instead of a false cache hit.
+
+A description set records how one description stage made its texts (describer, prompts, group size and draw,
+seed: its contract) and, for each image and kind, the exact row it asked for; the method that reads
+descriptions picks a set and reads those rows back, instead of re-deriving them by convention.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -46,9 +51,34 @@ CREATE TABLE IF NOT EXISTS descriptions (
     PRIMARY KEY (image_hash, kind, prompt, backend, model, variant)
 );
 CREATE INDEX IF NOT EXISTS by_hash_kind ON descriptions (image_hash, kind);
+CREATE TABLE IF NOT EXISTS description_sets (
+    name TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    contract TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS set_members (
+    set_name TEXT NOT NULL,
+    image_hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    model TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    PRIMARY KEY (set_name, image_hash, kind)
+);
 """
 COLUMNS = ("image_hash", "kind", "prompt", "backend", "model", "text", "image", "dataset", "meta", "created", "variant")
 EXPORT_FIELDS = ("image", "image_hash", "kind", "text", "prompt", "backend", "model", "variant", "dataset", "meta", "created")
+
+
+@dataclass(frozen=True)
+class DescriptionSet:
+    """What one description stage asked for: its name (a digest of the contract and the rows) and its contract."""
+
+    name: str
+    contract: dict  # dataset, describer, prompts, group_size, group_draw, seed, with_label, zero-shot labels, analysis
+    created: float
+    images: int  # how many of the images asked about it holds
 
 
 def image_key(data: bytes) -> str:
@@ -184,6 +214,66 @@ class DescriptionStore:
                     if preferred.get(image_hash) is not None and row_variant == preferred[image_hash]:
                         exact.add(image_hash)
         return [found.get(h) for h in image_hashes]
+
+    # --- description sets: how texts were made, read back by the method that uses them --------------------------
+    def record_set(self, dataset: str, contract: dict, members: Sequence[tuple[str, str, str, str, str]]) -> str:
+        """Record a description stage's contract and its (image_hash, kind, prompt, model, variant) rows; its name.
+
+        The same contract over the same rows is one set, recorded once (a rerun of the stage finds it).
+        """
+        rows = sorted(set(members))
+        name = hashlib.sha1(json.dumps([dataset, contract, rows], sort_keys=True).encode()).hexdigest()[:16]
+        with self._lock, self._db:
+            self._db.execute("INSERT OR IGNORE INTO description_sets VALUES (?,?,?,?)",
+                             (name, dataset, json.dumps(contract, sort_keys=True), time.time()))
+            self._db.executemany("INSERT OR REPLACE INTO set_members VALUES (?,?,?,?,?,?)", [(name, *row) for row in rows])
+        return name
+
+    def has_sets(self, dataset: str, kind: str) -> bool:
+        """Whether a description stage recorded its contract for `kind` texts of `dataset` (an earlier version's
+        stores have none)."""
+        with self._lock:
+            found = self._db.execute("SELECT 1 FROM set_members m JOIN description_sets s ON s.name = m.set_name "
+                                     "WHERE s.dataset=? AND m.kind=? LIMIT 1", (dataset, kind)).fetchone()
+        return found is not None
+
+    def sets_for(self, dataset: str, image_hashes: Sequence[str | None], kind: str, model: str | None = None) -> list[DescriptionSet]:
+        """The sets of `dataset` holding `kind` rows of some of these images, oldest first.
+
+        Sets whose rows are by `model` when it is given; otherwise none of analysis groups (ANALYSIS_TAG models),
+        which are read only when named.
+        """
+        hashes = [h for h in dict.fromkeys(image_hashes) if h is not None]
+        counts: Counter = Counter()
+        with self._lock:
+            for start in range(0, len(hashes), 500):
+                chunk = hashes[start : start + 500]
+                query = (f"SELECT set_name, COUNT(*) FROM set_members WHERE kind=? AND image_hash IN "
+                         f"({','.join('?' * len(chunk))}) AND " + ("model=?" if model else "substr(model, -?) != ?")
+                         + " GROUP BY set_name")
+                params = (kind, *chunk, *((model,) if model else (len(ANALYSIS_TAG), ANALYSIS_TAG)))
+                counts.update(dict(self._db.execute(query, params).fetchall()))
+            found = self._db.execute("SELECT name, contract, created FROM description_sets WHERE dataset=? "
+                                     "ORDER BY created, rowid", (dataset,)).fetchall()
+        return [DescriptionSet(name, json.loads(contract), created, counts[name]) for name, contract, created in found
+                if counts[name]]
+
+    def set_rows(self, name: str, image_hashes: Sequence[str | None], kind: str) -> list[tuple[str | None, str | None]]:
+        """(text, variant) of each image's `kind` row in the set (None, None where it has none; text None where
+        the row was asked for but not answered yet); the newest answer wins when the row was answered twice."""
+        found: dict[str, tuple[str | None, str | None]] = {}
+        hashes = [h for h in dict.fromkeys(image_hashes) if h is not None]
+        with self._lock:
+            for start in range(0, len(hashes), 500):
+                chunk = hashes[start : start + 500]
+                rows = self._db.execute(
+                    "SELECT m.image_hash, d.text, m.variant FROM set_members m LEFT JOIN descriptions d ON "
+                    "d.image_hash=m.image_hash AND d.kind=m.kind AND d.prompt=m.prompt AND d.model=m.model AND "
+                    f"d.variant=m.variant WHERE m.set_name=? AND m.kind=? AND m.image_hash IN ({','.join('?' * len(chunk))}) "
+                    "ORDER BY d.created, d.rowid", (name, kind, *chunk)).fetchall()
+                for image_hash, text, variant in rows:
+                    found[image_hash] = (text, variant)
+        return [found.get(h, (None, None)) if h is not None else (None, None) for h in image_hashes]
 
     def rows(self, dataset: str | None = None, image_hashes: Iterable[str] | None = None) -> Iterator[dict]:
         """All rows, oldest first; only those of `dataset` and/or of the given image hashes when asked."""

@@ -56,6 +56,20 @@ def check_analysis(settings: DescribeSettings, train: ImageDataset) -> bool:
     return analysis
 
 
+def draw_groups(config: RunConfig, settings: DescribeSettings, train: ImageDataset, hashes: list[str | None],
+                labels: list[int] | None, model: str, analysis: bool) -> tuple[list[list[int] | None], str]:
+    """Each anchor's group cells and how they were drawn: by zero-shot label, or (analysis) by the TRUE labels."""
+    if not analysis:
+        groups = draw_pseudo_label_groups(labels, settings.group_size, config.seed, settings.group_draw)
+        return groups, f"{settings.group_draw} draw by zero-shot label of {config.model} {config.pretrained or 'random'}"
+    print(f"ANALYSIS MODE: groups hold {settings.true_class_members} of {settings.group_size} images of the "
+          f"anchor's TRUE class; these groups read the labels and are stored as model '{model}{ANALYSIS_TAG}', "
+          "which label-free training reads only when named (--described-by)")
+    true_labels = [s.label if h is not None else -1 for s, h in zip(train.samples, hashes)]  # unread: no group
+    groups = draw_true_class_groups(true_labels, settings.group_size, settings.true_class_members, config.seed)
+    return groups, f"true class, {settings.true_class_members} of {settings.group_size} (analysis, reads labels)"
+
+
 def describe_training_images(
     config: RunConfig,
     settings: DescribeSettings,
@@ -96,17 +110,10 @@ def describe_training_images(
     if "image" in settings.kinds:
         jobs += image_jobs(train, hashes, prompt_for("image"))
     if wants_groups:
-        if analysis:
-            print(f"ANALYSIS MODE: groups hold {settings.true_class_members} of {settings.group_size} images of the "
-                  f"anchor's TRUE class; these groups read the labels and are stored as model '{model}{ANALYSIS_TAG}', "
-                  "which label-free training reads only when named (--describer-model)")
-            true_labels = [s.label if h is not None else -1 for s, h in zip(train.samples, hashes)]  # unread: no group
-            groups = draw_true_class_groups(true_labels, settings.group_size, settings.true_class_members, config.seed)
-            draw = f"true class, {settings.true_class_members} of {settings.group_size} (analysis, reads labels)"
-        else:
-            groups = draw_pseudo_label_groups(labels, settings.group_size, config.seed, settings.group_draw)
-            draw = f"{settings.group_draw} draw by zero-shot label of {config.model} {config.pretrained or 'random'}"
+        groups, draw = draw_groups(config, settings, train, hashes, labels, model, analysis)
         jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
+    contract = description_contract(config, settings, describer.backend if describer else "batch", model, jobs, analysis)
+    store.record_set(info.name, contract, [(j.image_hash, j.kind, j.prompt, model + j.model_tag, j.variant) for j in jobs])
     if describer is None:
         return _batch_files(jobs, store, model, info.name, batch_out, batch_in)
     runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
@@ -115,6 +122,23 @@ def describe_training_images(
     finally:
         describer.close()
     return summary, f"{describer.backend} {describer.model}"
+
+
+def description_contract(config: RunConfig, settings: DescribeSettings, backend: str, model: str, jobs: list[Job],
+                         analysis: bool) -> dict:
+    """What identifies how a stage's texts were made, stored with them (DescriptionStore.record_set) and read back
+    by the method that uses them: describer, prompts, group size and draw, the seed and zero-shot model of the draw."""
+    return {
+        "describer": f"{backend} {model}",
+        "kinds": list(settings.kinds),
+        "prompts": {kind: sorted({job.prompt for job in jobs if job.kind == kind}) for kind in settings.kinds},
+        "with_label": settings.with_label,
+        "group_size": settings.group_size,
+        "group_draw": f"true class, {settings.true_class_members} of the group" if analysis else settings.group_draw,
+        "seed": config.seed,
+        "zero_shot_labels": f"{config.model} {config.pretrained or 'random'}",
+        "analysis": analysis,
+    }
 
 
 def describe_run(
@@ -186,6 +210,9 @@ def true_class_descriptions(
                 text += " " + compose_at_random(vocab, info.class_attributes[name], info.domain, rng)
             rows.append((image_hash, kind, "", "analysis", model + ANALYSIS_TAG, text, sample.path, info.name, {"share": share}, ""))
     store.put_many(rows)
+    contract = {"describer": "analysis true-class texts", "kinds": ["image", "group"], "share": share,
+                "seed": config.seed, "analysis": True}
+    store.record_set(info.name, contract, [(row[0], row[1], row[2], row[4], row[9]) for row in rows])
     return len(rows) // 2
 
 

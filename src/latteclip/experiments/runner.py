@@ -25,7 +25,6 @@ from latteclip.engine.results import RunResults, has_results, read_results
 from latteclip.engine.pretraining import PretrainedWeights, pretrained_weights
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
-from latteclip.methods import build_options, get_method
 from latteclip.experiments.archive import RunArchive, comparable
 from latteclip.experiments.machine import elapsed
 from latteclip.experiments.spec import Experiment, MethodEntry, deep_merge
@@ -96,10 +95,10 @@ def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: i
         # files named in an experiment are relative to the experiment file
         where = (Path(experiment.source).parent / options["class_descriptions"]).resolve()
         values["method_options"] = {**options, "class_descriptions": str(where)}
-    if "descriptions" in entry.needs and "describer_model" not in (values.get("method_options") or {}):
+    if "descriptions" in entry.needs and "described_by" not in (values.get("method_options") or {}):
         described_by = offline_describer_name(experiment.describe, dataset, values["model"], values["pretrained"])
         if described_by:
-            values["method_options"] = {**(values.get("method_options") or {}), "describer_model": described_by}
+            values["method_options"] = {**(values.get("method_options") or {}), "described_by": described_by}
     return resolve_config(values)
 
 
@@ -213,15 +212,7 @@ def check_stages(experiment: Experiment) -> None:
 def prepare_stages(experiment: Experiment, entry: MethodEntry, config: RunConfig, progress: Progress = print) -> None:
     """Run the stages `entry` needs for the training images of `config` (only what is missing is done)."""
     if "descriptions" in entry.needs:
-        # how groups are drawn is the method's own option (LatteCLIP redraws them to read each image's group)
-        settings = resolve_settings(experiment.describe, group_options(config))
-        describe_stage(config, settings, experiment.output / "describe", progress)
-
-
-def group_options(config: RunConfig) -> dict[str, Any]:
-    """The run's method's group_size and group_draw (defaults included), for the description stage that feeds it."""
-    options = build_options(get_method(config.method), dict(config.method_options))
-    return {name: getattr(options, name) for name in ("group_size", "group_draw") if hasattr(options, name)}
+        describe_stage(config, resolve_settings(experiment.describe, {}), experiment.output / "describe", progress)
 
 
 # What decides which images the description stage sees, with which model, and where it stores the texts.

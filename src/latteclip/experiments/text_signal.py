@@ -74,7 +74,7 @@ def run_text_signal(config: RunConfig, reads_labels: bool = False) -> TextSignal
                               session.device, config.eval_batch_size, config.workers)
     hashes = image_hashes(data, progress=False)
     with DescriptionStore(config.store) as store:
-        texts = store.get_texts(hashes, "image", model=getattr(method.options, "describer_model", None))
+        texts = store.get_texts(hashes, "image", model=getattr(method.options, "described_by", None))
     keep = [i for i, (text, label) in enumerate(zip(texts, pseudo.tolist())) if text is not None and label >= 0]
     if not keep:
         raise LatteclipError(f"no training image of {config.dataset} has an image description in {config.store}: run the describe stage first")

@@ -12,14 +12,14 @@ point where the paper's text and the authors' runs differ, and which one is the 
 from __future__ import annotations
 
 import json
+import logging
 import random
 
 import torch
 import torch.nn.functional as F
 
-from latteclip.describe.groups import GROUP_DRAWS, draw_pseudo_label_groups
-from latteclip.describe.jobs import group_variant, image_hashes
-from latteclip.describe.store import DescriptionStore
+from latteclip.describe.jobs import image_hashes
+from latteclip.describe.store import DescriptionSet, DescriptionStore
 from latteclip.models.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
@@ -28,6 +28,7 @@ from latteclip.models import PrototypeBank, encode_texts
 from latteclip.models.prototypes import full_precision
 
 MIXER_EPS = 1e-6
+log = logging.getLogger(__name__)
 
 
 def mixer_weights(text_features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -100,8 +101,6 @@ class LatteCLIP(Method):
             raise LatteclipError("--missing-descriptions must be 'error' or 'class'")
         if options.group_text not in ("random", "own"):
             raise LatteclipError("--group-text must be 'random' (a group of the image's zero-shot class per visit) or 'own'")
-        if options.group_draw not in GROUP_DRAWS:
-            raise LatteclipError(f"--group-draw must be one of {', '.join(GROUP_DRAWS)}")
         self.bank: PrototypeBank | None = None
         self.label_kinds = [k for k, on in (("zs", options.loss_zs), ("ft", options.loss_ft)) if on]
 
@@ -114,7 +113,7 @@ class LatteCLIP(Method):
         self.class_texts = self.info.class_texts()
         kinds = [kind for kind in ("image", "group") if kind in self.options.texts]
         self.image_hashes = image_hashes(ctx.train_set, progress=False) if kinds else []  # None: unreadable
-        self.group_variants = self.drawn_group_variants(ctx.seed) if "group" in kinds else []
+        self.group_variants: list[str | None] = []  # the group each image's text describes (the gallery shows it)
         self.descriptions = {kind: self.load_descriptions(kind, self.image_hashes, ctx) for kind in kinds}
         self.group_pools = self.described_images_by_class() if "group" in kinds else {}
 
@@ -126,24 +125,35 @@ class LatteCLIP(Method):
                 pools.setdefault(label, []).append(index)
         return pools
 
-    def drawn_group_variants(self, seed: int) -> list[str | None]:
-        """The group the describe stage drew for each image with this run's seed and zero-shot labels.
-
-        Its description is read in preference to newer ones of other draws (another seed's describe stage),
-        so a run reads the same texts however the store grows; without it, the newest group description wins.
-        """
-        groups = draw_pseudo_label_groups(self.zs_labels.tolist(), self.options.group_size, seed, self.options.group_draw)
-        variants: list[str | None] = []
-        for cells in groups:
-            cell_hashes = [self.image_hashes[i] for i in cells or []]
-            variants.append(group_variant(cell_hashes) if cells is not None and None not in cell_hashes else None)
-        return variants
+    def description_set(self, store: DescriptionStore, kind: str, hashes: list[str | None]) -> DescriptionSet | None:
+        """The description stage whose `kind` texts this run reads: by `described_by` when named, the one drawn with
+        the run's seed first, then the newest; its contract (describer, prompts, groups, seed) goes to the run folder."""
+        sets = store.sets_for(self.info.name, hashes, kind, self.options.described_by)
+        if not sets:
+            return None
+        chosen = max(sets, key=lambda found: (found.contract.get("seed") == self.ctx.seed, found.created))
+        record = self.ctx.run_dir / "descriptions.json"
+        recorded = json.loads(record.read_text()) if record.is_file() else {}
+        record.write_text(json.dumps({**recorded, kind: {"set": chosen.name, **chosen.contract}}, indent=1))
+        return chosen
 
     def load_descriptions(self, kind: str, hashes: list[str | None], ctx: TrainContext) -> list[str | None]:
-        """The `kind` text of each training image (None where there is none; an unreadable image has none)."""
+        """The `kind` text of each training image from the description set it reads (None where there is none; an
+        unreadable image has none). A store of an earlier version, which recorded no sets, gives its newest texts."""
         with DescriptionStore(ctx.store) as store:
-            preferred = self.group_variants if kind == "group" else None
-            texts = store.get_texts(hashes, kind, model=self.options.describer_model, preferred_variants=preferred)
+            chosen = self.description_set(store, kind, hashes)
+            if chosen is not None:
+                rows = store.set_rows(chosen.name, hashes, kind)
+                texts = [text for text, _ in rows]
+                if kind == "group":
+                    self.group_variants = [variant for _, variant in rows]
+            elif store.has_sets(self.info.name, kind):
+                texts = [None] * len(hashes)  # described, but not by the describer asked for (or analysis groups only)
+            else:
+                log.warning("%s records no description sets (written by an earlier version): reading the newest %s text "
+                            "of each image; run the same `latteclip describe` again to record how they were made",
+                            store.path, kind)
+                texts = store.get_texts(hashes, kind, model=self.options.described_by)
         # an unreadable image is skipped by training and never described, so it is not counted missing
         missing = sum(t is None for t, h in zip(texts, hashes) if h is not None)
         if missing and self.options.missing_descriptions == "error":

@@ -96,12 +96,10 @@ class LatteCLIPOptions:
     alpha: float = option(0.99, help="Eq. (2); with mu = 0 also the momentum of the prototypes (the authors' rule)")
     mu: float = option(0.0, help="> 0: the paper's literal second momentum on top of Eq. (2), p <- normalize((1 - mu) "
                                  "t + mu p)")
-    describer_model: str | None = option(None, help="read descriptions of this LMM only (default: the newest per "
-                                                    "image)")
-    group_size: int = option(4, help="the describe stage's --group-size: with the run's seed it names the group drawn "
-                                     "for each image")
-    group_draw: str = option("class", help="the describe stage's --group-draw (class: the authors' groups of one "
-                                           "zero-shot class)")
+    described_by: str | None = option(None, help="read the description set whose texts are by this describer (its "
+                                      "store name, e.g. clip-vocab:..., or one ending in +true-class-members for "
+                                      "the analysis); default: the newest set of the training images, the one drawn "
+                                      "with the run's seed first")
     group_text: str = option("random", help="random: each visit reads the group of a random image of its zero-shot "
                                             "class (the authors); own: its own group")
     missing_descriptions: str = option("error", help='or "class": use the class text where a description is missing')
