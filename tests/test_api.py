@@ -64,3 +64,27 @@ def test_library_refusals_name_the_value(tmp_path):
         api.configure(method="zeroshot", dataset="eurosat")
     with pytest.raises(LatteclipError, match="--top-k must be at least 1"):
         api.predict(tmp_path / "final.pt", [tmp_path], top_k=0)
+
+
+LAYERS = ("data", "models", "describe", "methods", "engine", "experiments", "report", "api", "cli")
+
+
+def test_layers_import_only_the_layers_below_and_no_command_imports_another():
+    """api may call the experiments and the report, never the reverse; a command module imports only cli/__init__."""
+    import ast
+
+    source = REPO / "src" / "latteclip"
+    upward = []
+    for path in source.rglob("*.py"):
+        parts = path.relative_to(source).with_suffix("").parts
+        layer = "cli" if parts[0] == "__main__" else parts[0] if parts[0] in LAYERS else None  # __main__: `python -m`
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in (n.split(".") for n in names if n.startswith("latteclip.")):
+                target = name[1] if name[1] in LAYERS else None
+                if target and (layer is None or LAYERS.index(target) > LAYERS.index(layer)):
+                    upward.append((str(path.relative_to(source)), ".".join(name)))
+                if layer == "cli" and target == "cli" and len(name) > 2 and parts[-1] != "__init__":
+                    upward.append((str(path.relative_to(source)), ".".join(name)))
+    assert upward == []

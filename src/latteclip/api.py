@@ -20,7 +20,7 @@ from latteclip.data import DatasetOptions, build_dataset
 from latteclip.describe.jobs import image_hashes
 from latteclip.describe.runner import Summary
 from latteclip.describe.settings import DescribeSettings
-from latteclip.describe.store import DescriptionStore
+from latteclip.describe.store import DescriptionStore, default_store_path
 from latteclip.engine.checkpoint import load_final_checkpoint
 from latteclip.describe.prompts import load_prompts
 from latteclip.engine.describing import check_analysis, describe_training_images, image_hasher
@@ -32,6 +32,7 @@ from latteclip.engine.results import RunResults
 from latteclip.engine.session import dataset_options, method_from_checkpoint, pick_device
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
+from latteclip.experiments.archive import RunArchive
 from latteclip.experiments.runner import ExperimentRuns, describe_stage, run_or_reuse
 from latteclip.experiments.runner import run_experiment as run_experiment_loop
 from latteclip.experiments.spec import Experiment, load_experiment
@@ -287,7 +288,7 @@ def adapt(config: RunConfig, settings: DescribeSettings | None = None, prompts: 
     predictions = write_predictions(config, folder / PREDICTIONS_FILE)
     progress(f"[5/{ADAPT_STEPS}] report")
     report = write_report([config.run_dir, zero_shot.run_dir], folder / "report")
-    store = Path(config.store) if config.store else DescriptionStore(None).path
+    store = Path(config.store) if config.store else default_store_path()
     return Adaptation(zero_shot_results, results, zero_shot.run_dir, config.run_dir, predictions, report, store)
 
 
@@ -315,12 +316,12 @@ def measured(results: RunResults) -> str:
 
 
 def run_experiment(experiment: Experiment | str | Path, choose: bool = False, progress: Progress = print,
-                   **kwargs: Any) -> ExperimentRuns:
+                   archive: RunArchive | None = None, fresh: frozenset[str] = frozenset()) -> ExperimentRuns:
     """Every entry of an experiment file (the demo's, the benchmark's) on every shift and seed; pre-training cached.
 
-    `choose`: pick each entry's `search` options on held-out images first (the benchmark). `kwargs` go to
-    `experiments.runner.run_experiment` (archive, fresh).
+    `choose`: pick each entry's `search` options on held-out images first (the benchmark). `archive`: finished runs
+    a checkout keeps, reused when their configuration is the same; entries named in `fresh` train anew.
     """
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment)
-    return run_experiment_loop(experiment, choose, progress, **kwargs)
+    return run_experiment_loop(experiment, choose, progress, archive, fresh)

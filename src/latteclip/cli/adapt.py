@@ -10,6 +10,7 @@ import argparse
 
 from latteclip.cli import (
     add_eval_arguments,
+    add_field_flags,
     add_lmm_arguments,
     add_method_option_arguments,
     add_model_arguments,
@@ -18,6 +19,7 @@ from latteclip.cli import (
     describe_settings,
     run_values,
 )
+from latteclip.describe.settings import WHAT, DescribeSettings
 
 
 @command("adapt", "adapt a CLIP model to your unlabeled images: zero-shot, descriptions, training, predictions CSV, report")
@@ -30,6 +32,7 @@ def _adapt_parser(parser: argparse.ArgumentParser) -> None:
     add_eval_arguments(parser)
     add_model_arguments(parser)
     add_lmm_arguments(parser)
+    add_field_flags(parser.add_argument_group(WHAT), DescribeSettings, "group_size", "group_draw")
     group = parser.add_argument_group("run")
     group.add_argument("--config", help="YAML file of options (describe options under 'describe:'); flags override it")
     group.add_argument("--output", help="folder that holds the adaptation folder (default runs/)")
