@@ -363,9 +363,13 @@ class DescriptionStore:
                 if image_hash is None:
                     raise LatteclipError(f"{where}: image {record['image']} is not in the dataset; check --dataset/--root")
             records.append((image_hash, record))
-        self.put_many([
+        rows = [
             (image_hash, record["kind"], record["prompt"], record.get("backend") or "import", record["model"], record["text"],
              record.get("image"), dataset or record.get("dataset"), record.get("meta"), record.get("variant") or "")
             for image_hash, record in records
-        ])
+        ]
+        self.put_many(rows)
+        for name in sorted({row[7] or "" for row in rows}):  # what was imported is read back as its own set
+            members = [(row[0], row[1], row[2], row[4], row[9]) for row in rows if (row[7] or "") == name]
+            self.record_set(name, {"describer": f"imported from {file.name}"}, members)
         return len(records)

@@ -126,12 +126,13 @@ class LatteCLIP(Method):
         return pools
 
     def description_set(self, store: DescriptionStore, kind: str, hashes: list[str | None]) -> DescriptionSet | None:
-        """The description stage whose `kind` texts this run reads: by `described_by` when named, the one drawn with
-        the run's seed first, then the newest; its contract (describer, prompts, groups, seed) goes to the run folder."""
+        """The description stage (or import) whose `kind` texts this run reads: by `described_by` when named, the newest
+        of those drawn with the run's seed (or imported), else the newest; its contract goes to the run folder."""
         sets = store.sets_for(self.info.name, hashes, kind, self.options.described_by)
         if not sets:
             return None
-        chosen = max(sets, key=lambda found: (found.contract.get("seed") == self.ctx.seed, found.created))
+        # a set without a seed (imported texts) draws nothing, so it is as good as one of the run's seed
+        chosen = max(sets, key=lambda found: (found.contract.get("seed", self.ctx.seed) == self.ctx.seed, found.created))
         record = self.ctx.run_dir / "descriptions.json"
         recorded = json.loads(record.read_text()) if record.is_file() else {}
         record.write_text(json.dumps({**recorded, kind: {"set": chosen.name, **chosen.contract}}, indent=1))
