@@ -81,7 +81,8 @@ except SystemExit:
 
 
 def test_train_help_takes_under_half_a_second():
-    """Import, parser and help text of the largest command, timed inside the process (best of three on a busy machine)."""
+    """Import, parser and help text of the largest command, timed inside the process (best of three: a busy
+    machine)."""
     seconds = []
     for _ in range(3):
         done = subprocess.run([sys.executable, "-c", TIMED], capture_output=True, text=True, timeout=60,

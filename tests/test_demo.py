@@ -64,7 +64,8 @@ def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, mon
     assert describer["config"]["seed"] == 1 and describer["config"]["augment_policy"] == "trivial-augment-wide"
     assert describer["config"]["method_options"] == summary["pretrained"]["config"]["method_options"] == {"attribute_captions": 0.5}
     latte = yaml.safe_load((output / "rotation" / "latteclip-s0" / "config.yaml").read_text())
-    assert latte["method_options"]["described_by"].startswith(f"clip-vocab:latte-fmnist-describer:{Path(describer['weights']).name}:")
+    weights = Path(describer["weights"]).name
+    assert latte["method_options"]["described_by"].startswith(f"clip-vocab:latte-fmnist-describer:{weights}:")
     zero_shot_of_describer = yaml.safe_load((output / "rotation" / "describer_zeroshot-s0" / "config.yaml").read_text())
     assert zero_shot_of_describer["pretrained"] == describer["weights"] and "| describer zero-shot |" in printed
     assert summary["cells"]["latteclip|rotation"][0]["steps"] == 2

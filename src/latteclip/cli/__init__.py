@@ -55,8 +55,8 @@ def add_flag(group: argparse._ActionsContainer, name: str, hint: Any, help_text:
     elif kind is list:
         group.add_argument(flag, dest=dest or name, action=CommaList, metavar="A,B", help=help_text)
     else:
-        group.add_argument(flag, dest=dest or name, type=kind, choices=choices, metavar=None if choices else name.upper(),
-                           help=help_text)
+        group.add_argument(flag, dest=dest or name, type=kind, choices=choices,
+                           metavar=None if choices else name.upper(), help=help_text)
 
 
 def add_field_flags(group: argparse._ActionsContainer, settings: type, *names: str) -> None:
@@ -111,7 +111,8 @@ def add_lmm_arguments(parser: argparse.ArgumentParser, *sections: str) -> None:
     group = parser.add_argument_group("descriptions")
     add_option_arguments(group, "store")
     group.add_argument("--prompts", help="JSON/YAML file replacing any of the prompts (image, image_with_label, group, "
-                       "group_with_label, lmm_zeroshot), or 'paper' for the paper's printed wording (default: the authors' runs)")
+                       "group_with_label, lmm_zeroshot), or 'paper' for the paper's printed wording (default: the "
+                       "authors' runs)")
 
 
 def describe_settings(args: argparse.Namespace, config):
@@ -120,7 +121,8 @@ def describe_settings(args: argparse.Namespace, config):
 
     from latteclip.describe.settings import DescribeSettings, resolve_settings
 
-    return resolve_settings(config.describe, {f.name: getattr(args, f.name, None) for f in dataclasses.fields(DescribeSettings)})
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(DescribeSettings)}
+    return resolve_settings(config.describe, given)
 
 
 @functools.lru_cache(maxsize=1)
@@ -179,7 +181,8 @@ def interruptible(command: Callable[[argparse.Namespace], int]) -> Callable[[arg
         try:
             return command(args)
         except KeyboardInterrupt:
-            print("interrupted: every answer received is stored; run the same command again for the rest", file=sys.stderr)
+            print("interrupted: every answer received is stored; run the same command again for the rest",
+                  file=sys.stderr)
             return 130
 
     return run

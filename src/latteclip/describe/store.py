@@ -226,7 +226,8 @@ class DescriptionStore:
         with self._lock, self._db:
             self._db.execute("INSERT OR IGNORE INTO description_sets VALUES (?,?,?,?)",
                              (name, dataset, json.dumps(contract, sort_keys=True), time.time()))
-            self._db.executemany("INSERT OR REPLACE INTO set_members VALUES (?,?,?,?,?,?)", [(name, *row) for row in rows])
+            self._db.executemany("INSERT OR REPLACE INTO set_members VALUES (?,?,?,?,?,?)",
+                                 [(name, *row) for row in rows])
         return name
 
     def has_sets(self, dataset: str, kind: str) -> bool:
@@ -237,7 +238,8 @@ class DescriptionStore:
                                      "WHERE s.dataset=? AND m.kind=? LIMIT 1", (dataset, kind)).fetchone()
         return found is not None
 
-    def sets_for(self, dataset: str, image_hashes: Sequence[str | None], kind: str, model: str | None = None) -> list[DescriptionSet]:
+    def sets_for(self, dataset: str, image_hashes: Sequence[str | None], kind: str,
+                 model: str | None = None) -> list[DescriptionSet]:
         """The sets of `dataset` holding `kind` rows of some of these images, oldest first.
 
         Sets whose rows are by `model` when it is given; otherwise none of analysis groups (ANALYSIS_TAG models),
@@ -269,7 +271,8 @@ class DescriptionStore:
                 rows = self._db.execute(
                     "SELECT m.image_hash, d.text, m.variant FROM set_members m LEFT JOIN descriptions d ON "
                     "d.image_hash=m.image_hash AND d.kind=m.kind AND d.prompt=m.prompt AND d.model=m.model AND "
-                    f"d.variant=m.variant WHERE m.set_name=? AND m.kind=? AND m.image_hash IN ({','.join('?' * len(chunk))}) "
+                    "d.variant=m.variant WHERE m.set_name=? AND m.kind=? AND m.image_hash IN "
+                    f"({','.join('?' * len(chunk))}) "
                     "ORDER BY d.created, d.rowid", (name, kind, *chunk)).fetchall()
                 for image_hash, text, variant in rows:
                     found[image_hash] = (text, variant)

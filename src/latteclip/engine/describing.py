@@ -61,7 +61,8 @@ def draw_groups(config: RunConfig, settings: DescribeSettings, train: ImageDatas
     """Each anchor's group cells and how they were drawn: by zero-shot label, or (analysis) by the TRUE labels."""
     if not analysis:
         groups = draw_pseudo_label_groups(labels, settings.group_size, config.seed, settings.group_draw)
-        return groups, f"{settings.group_draw} draw by zero-shot label of {config.model} {config.pretrained or 'random'}"
+        drawn_by = f"{config.model} {config.pretrained or 'random'}"
+        return groups, f"{settings.group_draw} draw by zero-shot label of {drawn_by}"
     print(f"ANALYSIS MODE: groups hold {settings.true_class_members} of {settings.group_size} images of the "
           f"anchor's TRUE class; these groups read the labels and are stored as model '{model}{ANALYSIS_TAG}', "
           "which label-free training reads only when named (--described-by)")
@@ -112,8 +113,9 @@ def describe_training_images(
     if wants_groups:
         groups, draw = draw_groups(config, settings, train, hashes, labels, model, analysis)
         jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
-    contract = description_contract(config, settings, describer.backend if describer else "batch", model, jobs, analysis)
-    store.record_set(info.name, contract, [(j.image_hash, j.kind, j.prompt, model + j.model_tag, j.variant) for j in jobs])
+    backend = describer.backend if describer else "batch"
+    store.record_set(info.name, description_contract(config, settings, backend, model, jobs, analysis),
+                     [(j.image_hash, j.kind, j.prompt, model + j.model_tag, j.variant) for j in jobs])
     if describer is None:
         return _batch_files(jobs, store, model, info.name, batch_out, batch_in)
     runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
@@ -164,7 +166,8 @@ def image_hasher(dataset: ImageDataset, hashes: list[str | None]) -> Callable[[s
             return known[path]
         parts = PurePosixPath(path.replace("\\", "/"))
         if parts.is_absolute() or ".." in parts.parts:
-            raise LatteclipError(f"imported image path {path} is not inside the dataset root: give a path relative to --root")
+            raise LatteclipError(f"imported image path {path} is not inside the dataset root: give a path relative "
+                                 "to --root")
         try:
             return image_key(dataset.source.read(path))
         except (OSError, KeyError):

@@ -102,7 +102,8 @@ def format_table(predictions: Sequence[Prediction], top_k: int) -> str:
     rows = [header]
     for p in predictions:
         if p.readable:
-            rows.append([str(p.path)] + [cell for name, score in zip(p.classes, p.scores) for cell in (name, f"{score:.4f}")])
+            cells = [cell for name, score in zip(p.classes, p.scores) for cell in (name, f"{score:.4f}")]
+            rows.append([str(p.path), *cells])
         else:
             rows.append([str(p.path), "(unreadable: skipped)"])
     widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(header))]
@@ -117,7 +118,8 @@ def format_csv(predictions: Sequence[Prediction]) -> str:
     top_k = max((len(p.classes) for p in predictions), default=1)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "class", "score", *[f"{kind}_{rank}" for rank in range(2, top_k + 1) for kind in ("class", "score")]])
+    others = [f"{kind}_{rank}" for rank in range(2, top_k + 1) for kind in ("class", "score")]
+    writer.writerow(["path", "class", "score", *others])
     for p in predictions:
         cells = [cell for name, score in zip(p.classes, p.scores) for cell in (name, f"{score:.6f}")]
         writer.writerow([str(p.path), *cells, *[""] * (2 * top_k - len(cells))])
@@ -126,9 +128,7 @@ def format_csv(predictions: Sequence[Prediction]) -> str:
 
 def format_jsonl(predictions: Sequence[Prediction]) -> str:
     """One object per readable image: {"path", "top": [{"class", "score"}, ...]}."""
-    return "".join(
-        json.dumps({"path": str(p.path), "top": [{"class": n, "score": round(s, 6)} for n, s in zip(p.classes, p.scores)]}) + "\n"
-        for p in predictions
-        if p.readable
-    )
+    lines = [{"path": str(p.path), "top": [{"class": n, "score": round(s, 6)} for n, s in zip(p.classes, p.scores)]}
+             for p in predictions if p.readable]
+    return "".join(json.dumps(line) + "\n" for line in lines)
 

@@ -132,11 +132,16 @@ class LatteCLIP(Method):
         if not sets:
             return None
         # a set without a seed (imported texts) draws nothing, so it is as good as one of the run's seed
-        chosen = max(sets, key=lambda found: (found.contract.get("seed", self.ctx.seed) == self.ctx.seed, found.created))
+        seed = self.ctx.seed
+        chosen = max(sets, key=lambda found: (found.contract.get("seed", seed) == seed, found.created))
+        self.record_read(kind, {"set": chosen.name, **chosen.contract})
+        return chosen
+
+    def record_read(self, kind: str, what: dict) -> None:
+        """descriptions.json in the run folder: which texts of each kind the run read, and how they were made."""
         record = self.ctx.run_dir / "descriptions.json"
         recorded = json.loads(record.read_text()) if record.is_file() else {}
-        record.write_text(json.dumps({**recorded, kind: {"set": chosen.name, **chosen.contract}}, indent=1))
-        return chosen
+        record.write_text(json.dumps({**recorded, kind: what}, indent=1))
 
     def load_descriptions(self, kind: str, hashes: list[str | None], ctx: TrainContext) -> list[str | None]:
         """The `kind` text of each training image from the description set it reads (None where there is none; an
@@ -151,9 +156,11 @@ class LatteCLIP(Method):
             elif store.has_sets(self.info.name, kind):
                 texts = [None] * len(hashes)  # described, but not by the describer asked for (or analysis groups only)
             else:
-                log.warning("%s records no description sets (written by an earlier version): reading the newest %s text "
-                            "of each image; run the same `latteclip describe` again to record how they were made",
-                            store.path, kind)
+                note = (f"{store.path} records no description sets (written by an earlier version): the newest {kind} "
+                        "text of each image is read; run the same `latteclip describe` again to record how they were "
+                        "made")
+                log.warning(note)
+                self.record_read(kind, {"set": None, "note": note})
                 texts = store.get_texts(hashes, kind, model=self.options.described_by)
         # an unreadable image is skipped by training and never described, so it is not counted missing
         missing = sum(t is None for t, h in zip(texts, hashes) if h is not None)
