@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from types import SimpleNamespace
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from latteclip.config import resolve_config
-from latteclip.engine.session import open_session
+from latteclip.engine.evaluate import autocast_for_precision
+from latteclip.engine.session import open_session, pick_device, resolve_precision
+from latteclip.errors import LatteclipError
 
 
 def session_of(root: str, method: str, **options):
@@ -60,3 +66,83 @@ def test_flyp_current_labels_under_bf16_autocast_equal_the_fp32_labels(eurosat_z
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = method.labels_for({}, features)
     assert torch.equal(expected, got)
+
+
+# --- device under torchrun (item 3) ------------------------------------------------------------------------------
+@pytest.fixture
+def four_gpus(monkeypatch):
+    """A node with 4 GPUs, as far as torch.cuda's availability and count say (nothing else is mocked)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+
+def torchrun(monkeypatch, local_rank: int, world_size: int) -> None:
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+
+
+@pytest.mark.parametrize("name", ["auto", "cuda", "cuda:2"])
+def test_under_torchrun_each_process_takes_its_local_ranks_gpu(four_gpus, monkeypatch, name):
+    torchrun(monkeypatch, local_rank=2, world_size=4)
+    assert pick_device(name) == torch.device("cuda", 2)
+
+
+def test_under_torchrun_another_gpu_index_is_refused_in_one_line(four_gpus, monkeypatch):
+    torchrun(monkeypatch, local_rank=1, world_size=4)
+    with pytest.raises(LatteclipError, match=r"^--device cuda:0 contradicts torchrun's LOCAL_RANK=1: .*CUDA_VISIBLE_DEVICES$"):
+        pick_device("cuda:0")
+
+
+def test_more_processes_than_gpus_is_refused(four_gpus, monkeypatch):
+    torchrun(monkeypatch, local_rank=5, world_size=8)
+    with pytest.raises(LatteclipError, match="LOCAL_RANK=5 has no GPU: this node shows 4"):
+        pick_device("cuda")
+
+
+def test_without_torchrun_the_named_gpu_is_used(four_gpus, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert pick_device("cuda:3") == torch.device("cuda", 3)
+    torchrun(monkeypatch, local_rank=0, world_size=1)  # torchrun with one process: no other rank to collide with
+    assert pick_device("cuda:3") == torch.device("cuda", 3)
+
+
+def test_cpu_and_bad_names(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    torchrun(monkeypatch, local_rank=1, world_size=2)
+    assert pick_device("auto") == torch.device("cpu") and pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(LatteclipError, match="shows no CUDA GPU"):
+        pick_device("cuda")
+    with pytest.raises(LatteclipError, match="--device gpu0 is not a device"):
+        pick_device("gpu0")
+
+
+# --- what `--precision auto` computes in (item 9) ---------------------------------------------------------------
+@pytest.fixture
+def gpu_of_capability(monkeypatch):
+    """Mock only the CUDA device's compute capability (7.0 = V100, 7.5 = T4, 8.0 = A100, 9.0 = H100)."""
+    def set_major(major: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(major=major))
+    return set_major
+
+
+@pytest.mark.parametrize("major, auto", [(7, "fp32"), (8, "bf16"), (9, "bf16")])
+def test_auto_is_bf16_only_where_the_gpu_does_it_natively(gpu_of_capability, major, auto):
+    gpu_of_capability(major)
+    cuda = torch.device("cuda", 0)
+    assert resolve_precision("auto", cuda) == auto
+    assert resolve_precision("bf16", cuda) == "bf16" and resolve_precision("fp16", cuda) == "fp16"  # asked for: honoured
+    assert resolve_precision("fp32", cuda) == "fp32"
+    context = autocast_for_precision("auto", cuda)
+    if auto == "fp32":
+        assert isinstance(context, contextlib.nullcontext)
+    else:
+        assert context.fast_dtype == torch.bfloat16 and context.device == "cuda"
+
+
+def test_the_cpu_always_computes_in_fp32(gpu_of_capability):
+    gpu_of_capability(9)
+    for precision in ("auto", "bf16", "fp16", "fp32"):
+        assert resolve_precision(precision, torch.device("cpu")) == "fp32"
+        assert isinstance(autocast_for_precision(precision, torch.device("cpu")), contextlib.nullcontext)
