@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from latteclip.config import resolve_config
 from latteclip.engine.evaluate import autocast_for_precision
+from latteclip.engine.features import extract_features, feature_cache_key
 from latteclip.engine.session import open_session, pick_device, resolve_precision
 from latteclip.errors import LatteclipError
 
@@ -146,3 +147,23 @@ def test_the_cpu_always_computes_in_fp32(gpu_of_capability):
     for precision in ("auto", "bf16", "fp16", "fp32"):
         assert resolve_precision(precision, torch.device("cpu")) == "fp32"
         assert isinstance(autocast_for_precision(precision, torch.device("cpu")), contextlib.nullcontext)
+
+
+# --- the feature cache knows the device type and precision (item 2, cache part) ---------------------------------
+def test_feature_cache_key_changes_with_precision_and_device(eurosat_zip, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATTECLIP_CACHE", str(tmp_path / "cache"))
+    session = session_of(str(eurosat_zip.parent), "zeroshot")
+    data, cpu = session.dataset("test"), torch.device("cpu")
+    keys = {"cpu fp32": feature_cache_key("w", data, cpu), "cuda fp32": feature_cache_key("w", data, torch.device("cuda"))}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        keys["cpu bf16"] = feature_cache_key("w", data, cpu)
+    assert len(set(keys.values())) == 3
+
+    encode = session.method.encode_images
+    fp32, _ = extract_features(encode, data, cpu, 64, 0, cache_key="w")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # not the fp32 entry read back: its own pass, its own entry
+        bf16, _ = extract_features(encode, data, cpu, 64, 0, cache_key="w")
+    assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, atol=0.05)
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 2
+    again, _ = extract_features(lambda images: 1 / 0, data, cpu, 64, 0, cache_key="w")  # read back, not recomputed
+    assert torch.equal(again, fp32)
