@@ -30,5 +30,5 @@ def run_export(args: argparse.Namespace) -> int:
     method = load_trained_method(args.checkpoint, "cpu")
     files = export_open_clip(method, out)
     print(f"exported {files.arch} ({method.name}, {method.info.num_classes} classes) to {files.folder}: "
-          f"{files.weights.name}, {files.classifier.name}, README.md")
+          f"{files.weights.name}, {files.classifier.name}, {files.benchmark_classifier.name}, README.md")
     return 0
