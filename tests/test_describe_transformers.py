@@ -40,7 +40,8 @@ def tiny_llava(tmp_path_factory) -> str:
     word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     word_level.decoder = decoders.WordPiece()  # joins words with spaces
     # transformers 5 names the image token; 4.x only needs it to be a special token
-    image_token = ({"extra_special_tokens": {"image_token": "<image>"}} if int(transformers.__version__.split(".")[0]) >= 5
+    major = int(transformers.__version__.split(".")[0])
+    image_token = ({"extra_special_tokens": {"image_token": "<image>"}} if major >= 5
                    else {"additional_special_tokens": ["<image>"]})
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
                                         eos_token="</s>", **image_token)
@@ -170,8 +171,10 @@ def test_concurrent_batches_use_the_processor_under_its_lock(describer, train):
     describer.processor = spy
     try:
         results: dict[int, list] = {}
-        threads = [threading.Thread(target=lambda i=i: results.update({i: describer.describe(requests[i : i + 2], stop)}))
-                   for i in (0, 2, 4)]
+        def run(i: int) -> None:
+            results[i] = describer.describe(requests[i : i + 2], stop)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in (0, 2, 4)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -45,8 +45,9 @@ print(json.dumps({{
 def test_plain_open_clip_gives_the_same_predictions(tiny_runs, tiny_test_images, tmp_path, capsys):
     out = tmp_path / "exported"
     assert main(["export", "--checkpoint", str(tiny_runs["flyp"] / "final.pt"), "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"open_clip_model.safetensors", "open_clip_config.json", "latte-tiny.json",
-                                                "classifier.safetensors", "clip_benchmark_classifier.pt", "README.md"}
+    assert {p.name for p in out.iterdir()} == {
+        "open_clip_model.safetensors", "open_clip_config.json", "latte-tiny.json", "classifier.safetensors",
+        "clip_benchmark_classifier.pt", "README.md"}
     with safe_open(str(out / "classifier.safetensors"), "pt") as f:
         assert f.get_tensor("class_weights").shape == (10, 64)
         assert json.loads(f.metadata()["classnames"])[3] == "highway or road"
@@ -95,8 +96,8 @@ def test_methods_that_change_the_image_path_are_refused(tiny_runs, tmp_path):
 # CLIP_benchmark 1.6.2: models/open_clip.py loads the model, metrics/zeroshot_classification.py the --load_clfs file
 # and scores every image with `100. * F.normalize(model.encode_image(images), dim=-1) @ classifier`.
 # its `eurosat` is torchvision's EuroSAT, an ImageFolder: labels in the sorted order of the class folders
-CLIP_BENCHMARK_EUROSAT = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop",
-                          "Residential", "River", "SeaLake"]
+CLIP_BENCHMARK_EUROSAT = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+                          "PermanentCrop", "Residential", "River", "SeaLake"]
 
 
 def test_clip_benchmark_reads_the_classifier_and_scores_as_our_classifier(tiny_runs, tiny_test_images, tmp_path):
@@ -108,7 +109,8 @@ def test_clip_benchmark_reads_the_classifier_and_scores_as_our_classifier(tiny_r
     classifier = torch.load(str(out / "clip_benchmark_classifier.pt"), map_location="cpu")  # as CLIP_benchmark loads it
     model, _, transform = open_clip.create_model_and_transforms("local-dir:" + str(out), pretrained="laion400m_e32")
     model.eval()
-    images = torch.stack([transform(Image.open(p).convert("RGB")) for p in sorted(tiny_test_images.rglob("*.jpg"))[::4]])
+    paths = sorted(tiny_test_images.rglob("*.jpg"))[::4]
+    images = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():
         logits = 100.0 * torch.nn.functional.normalize(model.encode_image(images), dim=-1) @ classifier
 

@@ -256,7 +256,7 @@ class HostReads(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in ("item", "tolist", "__int__", "__index__", "__bool__", "__float__", "cpu", "numpy"):
+        if getattr(func, "__name__", "") in ("item", "tolist", "__int__", "__index__", "__bool__", "__float__", "cpu"):
             cls.reads.append(func.__name__)
         return super().__torch_function__(func, types, args, kwargs or {})
 

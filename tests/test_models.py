@@ -151,7 +151,7 @@ def test_class_text_features_average_the_templates(tiny):
 
 
 class WordTokenizer:
-    """A Hugging Face-style tokenizer: ids by word, end token 2 and pad id 1, so the end token is never the highest id."""
+    """A Hugging Face-style tokenizer: ids by word, end token 2, pad id 1: the end token is never the highest id."""
 
     def __init__(self, context_length: int):
         self.context_length = context_length

@@ -36,11 +36,12 @@ class TransformersDescriber(Describer):
         self.device = torch.device(device)
         try:
             self.processor = AutoProcessor.from_pretrained(model)
-            self.lmm = AutoModelForImageTextToText.from_pretrained(
-                model, device_map={"": self.device}, **{dtype_argument(transformers.__version__): model_dtype(self.device)}
-            ).eval()
+            dtype = {dtype_argument(transformers.__version__): model_dtype(self.device)}
+            self.lmm = AutoModelForImageTextToText.from_pretrained(model, device_map={"": self.device}, **dtype).eval()
         except ImportError as err:  # transformers 4.x places weights with accelerate
-            raise LatteclipError(f"loading {model} onto {self.device} needs accelerate: pip install 'latteclip[transformers]'") from err
+            raise LatteclipError(
+                f"loading {model} onto {self.device} needs accelerate: pip install 'latteclip[transformers]'"
+            ) from err
         except (OSError, ValueError) as err:
             raise LatteclipError(f"cannot load the image-text-to-text model {model}: {str(err).splitlines()[0]}") from err
         if not getattr(self.processor, "chat_template", None):

@@ -39,7 +39,7 @@ CLIP_BENCHMARK_VERSION = "1.6.2"  # the release whose --load_clfs format and loc
 
 @dataclass
 class BenchmarkOrder:
-    """The class order of CLIP_benchmark's copy of a dataset: its name there and, per benchmark label, our class index."""
+    """The class order of CLIP_benchmark's copy of a dataset: its name there and, per benchmark label, our class."""
 
     dataset: str | None  # None: the spec names no benchmark dataset, so the columns keep this export's label order
     classes: list[int]
@@ -57,7 +57,7 @@ class ExportedFiles:
 
 
 def clip_benchmark_order(info: DatasetInfo) -> BenchmarkOrder:
-    """CLIP_benchmark's labels of `info`'s dataset, from the spec's `clip_benchmark` entry (class keys in its label order).
+    """CLIP_benchmark's labels of `info`'s dataset, from the spec's `clip_benchmark` entry (its class keys in order).
 
     Without an entry, or when the trained classes are not exactly the benchmark's, the columns keep our label order.
     """

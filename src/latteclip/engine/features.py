@@ -27,7 +27,7 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
 
 
 def compute_precision(device: torch.device) -> str:
-    """The precision an encoder called now on `device` computes in: the autocast dtype where autocast is on, else fp32."""
+    """The precision an encoder called now on `device` computes in: the autocast dtype if autocast is on, else fp32."""
     if torch.is_autocast_enabled(device.type):
         return str(torch.get_autocast_dtype(device.type)).removeprefix("torch.")
     return "fp32"

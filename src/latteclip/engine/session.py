@@ -43,8 +43,8 @@ def pick_device(name: str) -> torch.device:
         return device
     if device.index is not None and device.index != local_rank:
         raise LatteclipError(
-            f"--device {name} contradicts torchrun's LOCAL_RANK={local_rank}: each process uses the GPU of its local rank; "
-            "pass --device cuda (or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES"
+            f"--device {name} contradicts torchrun's LOCAL_RANK={local_rank}: each process uses the GPU of its "
+            "local rank; pass --device cuda (or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES"
         )
     count = torch.cuda.device_count()
     if local_rank >= count:

@@ -308,7 +308,9 @@ class Coft(Method):
                       "coft/labels_top_class_share": (counts.max() / counts.sum().clamp_min(1)).item()})
 
     def choose(self, round_labels: torch.Tensor, frozen: torch.Tensor, vision: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The collaboration on images seen by T (`frozen`) and V (`vision`): (label, kept, rejected, candidates, T and V agree).
+        """The collaboration on images seen by T (`frozen`) and V (`vision`).
+
+        Returns (label, kept, rejected, candidates, T and V agree).
 
         In fp32 whatever autocast the step runs under: bf16 cosines move in steps of about 0.002, so
         near-ties would flip and a GPU run would label differently from a CPU run.

@@ -201,8 +201,10 @@ class LatteCLIP(Method):
         tokens = self.loaded.tokenizer(texts).to(self.device)
         return F.normalize(self.model.encode_text(tokens), dim=-1)
 
-    def step_text_features(self, indices: list[int], labels: dict[str, list[int]], step: int) -> dict[str, torch.Tensor]:
-        """[B, K, d] text features per label kind (labels on the host); the image and group texts are shared by both kinds."""
+    def step_text_features(
+        self, indices: list[int], labels: dict[str, list[int]], step: int
+    ) -> dict[str, torch.Tensor]:
+        """[B, K, d] text features per label kind (labels on the host); image and group texts serve both kinds."""
         slots: dict[str, list[str]] = {}
         for kind in self.label_kinds:
             if "class" in self.options.texts:

@@ -48,7 +48,7 @@ def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def causal_text_tower(model: torch.nn.Module) -> bool:
-    """Whether `model` is an OpenCLIP CLIP whose text tower is token embedding, causal transformer, pooling at the argmax id.
+    """Whether `model` is an OpenCLIP CLIP whose text tower is token embedding, causal transformer, argmax-id pooling.
 
     Only then do the tokens after the pooled one change nothing, so only then may sequences be cut.
     """
