@@ -39,8 +39,12 @@ def tiny_llava(tmp_path_factory) -> str:
     word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     word_level.decoder = decoders.WordPiece()  # joins words with spaces
+    # transformers 5 names the image token; 4.x only needs it to be a special token
+    major = int(transformers.__version__.split(".")[0])
+    image_token = ({"extra_special_tokens": {"image_token": "<image>"}} if major >= 5
+                   else {"additional_special_tokens": ["<image>"]})
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                        eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
+                                        eos_token="</s>", **image_token)
     image_processor = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                                               image_grid_pinpoints=PINPOINTS)
     # a CLIP vision tower adds its class token, which the "default" feature strategy drops: one extra token
@@ -54,13 +58,13 @@ def tiny_llava(tmp_path_factory) -> str:
                                   num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
                                   pad_token_id=1, bos_token_id=2, eos_token_id=3),
         image_token_index=vocab["<image>"], image_grid_pinpoints=PINPOINTS, vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
+        vision_feature_layer=-1, image_seq_length=16,  # (32 / 8)^2 patches: transformers < 4.50 compares against it
     )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-llava-next")
     model = LlavaNextForConditionalGeneration(config)
     with torch.no_grad():  # a random model often ends at once; zero logits for special tokens keep it talking
-        model.lm_head.weight[: len(special)] = 0
+        model.get_output_embeddings().weight[: len(special)] = 0
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
@@ -110,3 +114,72 @@ def test_runner_describes_images_and_collages_in_batches(describer, train, tmp_p
     assert all(texts)
     again = Runner(describer, store, "eurosat", progress=False).run(jobs)
     assert again.counts["image"].cached == 12 and again.counts["group"].cached == 12
+
+
+@pytest.mark.parametrize("version, keyword", [("4.45.0", "torch_dtype"), ("4.55.4", "torch_dtype"), ("4.56.0", "dtype"),
+                                              ("5.25.0", "dtype")])
+def test_the_dtype_keyword_follows_the_installed_transformers(version, keyword):
+    from latteclip.describe.hf_local import dtype_argument
+
+    assert dtype_argument(version) == keyword
+
+
+def test_weights_load_straight_onto_the_device(tiny_llava, monkeypatch):
+    """`device_map` places each weight as it is read, instead of the whole model in CPU memory and then a copy."""
+    from transformers import AutoModelForImageTextToText
+
+    from latteclip.describe.hf_local import TransformersDescriber
+
+    asked: list[dict] = []
+    load = AutoModelForImageTextToText.from_pretrained
+
+    def recorded(*args, **kwargs):
+        asked.append(kwargs)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", recorded)
+    describer = TransformersDescriber(tiny_llava, "cpu")
+    keyword = "dtype" if tuple(map(int, transformers.__version__.split(".")[:2])) >= (4, 56) else "torch_dtype"
+    assert asked == [{"device_map": {"": torch.device("cpu")}, keyword: torch.float32}]
+    assert describer.lmm.dtype == torch.float32 and describer.lmm.device == torch.device("cpu")
+
+
+class LockedUse:
+    """The real processor, recording for each use whether the describer's processor lock was held."""
+
+    def __init__(self, processor, lock: threading.Lock):
+        self.processor, self.lock, self.unlocked = processor, lock, []
+
+    def __call__(self, *args, **kwargs):
+        self.unlocked.append("__call__") if not self.lock.locked() else None
+        return self.processor(*args, **kwargs)
+
+    def __getattr__(self, name):
+        attribute = getattr(self.processor, name)
+        if name in ("apply_chat_template", "batch_decode") and not self.lock.locked():
+            self.unlocked.append(name)
+        return attribute
+
+
+def test_concurrent_batches_use_the_processor_under_its_lock(describer, train):
+    hashes = image_hashes(train, progress=False)
+    prompt = load_prompts().description("image", "land use")
+    requests = [job.build() for job in image_jobs(train, hashes, lambda i: prompt)[::10][:6]]
+    stop = threading.Event()
+    alone = [describer.describe(requests[i : i + 2], stop) for i in (0, 2, 4)]
+    spy = LockedUse(describer.processor, describer._processor_lock)
+    describer.processor = spy
+    try:
+        results: dict[int, list] = {}
+        def run(i: int) -> None:
+            results[i] = describer.describe(requests[i : i + 2], stop)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in (0, 2, 4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+    finally:
+        describer.processor = spy.processor
+    assert spy.unlocked == []
+    assert [results[i] for i in (0, 2, 4)] == alone

@@ -14,7 +14,8 @@ from safetensors import safe_open
 
 from latteclip.cli import main
 from latteclip.api import load_model
-from latteclip.engine.export import export_open_clip
+from latteclip.data.datasets import DatasetInfo
+from latteclip.engine.export import clip_benchmark_order, export_open_clip
 from latteclip.errors import LatteclipError
 from latteclip.methods.flyp import FlypPseudoLabels
 
@@ -45,7 +46,8 @@ def test_plain_open_clip_gives_the_same_predictions(tiny_runs, tiny_test_images,
     out = tmp_path / "exported"
     assert main(["export", "--checkpoint", str(tiny_runs["flyp"] / "final.pt"), "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {
-        "open_clip_model.safetensors", "open_clip_config.json", "latte-tiny.json", "classifier.safetensors", "README.md"}
+        "open_clip_model.safetensors", "open_clip_config.json", "latte-tiny.json", "classifier.safetensors",
+        "clip_benchmark_classifier.pt", "README.md"}
     with safe_open(str(out / "classifier.safetensors"), "pt") as f:
         assert f.get_tensor("class_weights").shape == (10, 64)
         assert json.loads(f.metadata()["classnames"])[3] == "highway or road"
@@ -89,3 +91,46 @@ def test_methods_that_change_the_image_path_are_refused(tiny_runs, tmp_path):
     with pytest.raises(LatteclipError, match="method adapted changes the image path"):
         export_open_clip(adapted, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# CLIP_benchmark 1.6.2: models/open_clip.py loads the model, metrics/zeroshot_classification.py the --load_clfs file
+# and scores every image with `100. * F.normalize(model.encode_image(images), dim=-1) @ classifier`.
+# its `eurosat` is torchvision's EuroSAT, an ImageFolder: labels in the sorted order of the class folders
+CLIP_BENCHMARK_EUROSAT = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+                          "PermanentCrop", "Residential", "River", "SeaLake"]
+
+
+def test_clip_benchmark_reads_the_classifier_and_scores_as_our_classifier(tiny_runs, tiny_test_images, tmp_path):
+    import open_clip
+    from PIL import Image
+
+    out = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(tiny_runs["flyp"] / "final.pt"), "--out", str(out)]) == 0
+    classifier = torch.load(str(out / "clip_benchmark_classifier.pt"), map_location="cpu")  # as CLIP_benchmark loads it
+    model, _, transform = open_clip.create_model_and_transforms("local-dir:" + str(out), pretrained="laion400m_e32")
+    model.eval()
+    paths = sorted(tiny_test_images.rglob("*.jpg"))[::4]
+    images = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        logits = 100.0 * torch.nn.functional.normalize(model.encode_image(images), dim=-1) @ classifier
+
+    trained = load_model(str(tiny_runs["flyp"] / "final.pt"), "cpu")
+    assert classifier.shape == (64, 10) and trained.info.class_keys == CLIP_BENCHMARK_EUROSAT  # already its order
+    with torch.no_grad():
+        ours = 100.0 * trained.encode_images(images) @ trained.classifier().t()
+    torch.testing.assert_close(logits, ours, rtol=1e-5, atol=1e-4)
+    readme = (out / "README.md").read_text()
+    assert f'--model "local-dir:{out.resolve()}" --load_clfs "{out.resolve()}/clip_benchmark_classifier.pt"' in readme
+    assert "--dataset eurosat " in readme
+
+
+def test_clip_benchmark_columns_follow_the_benchmarks_class_order():
+    keys = CLIP_BENCHMARK_EUROSAT
+    shuffled = [keys[i] for i in (3, 0, 9, 1, 2, 8, 4, 5, 6, 7)]
+    info = DatasetInfo("eurosat", [k.lower() for k in shuffled], shuffled, ["{}"], "land use")
+    order = clip_benchmark_order(info)
+    assert order.dataset == "eurosat" and [shuffled[c] for c in order.classes] == keys
+    # classes the benchmark does not have in that form, or a dataset it does not know: our own order, no dataset name
+    assert clip_benchmark_order(DatasetInfo("eurosat", ["a", "b"], keys[:2], ["{}"], "land use")).dataset is None
+    own = clip_benchmark_order(DatasetInfo("my-folder", ["x", "y", "z"], ["x", "y", "z"], ["{}"], "things"))
+    assert own.dataset is None and own.classes == [0, 1, 2]

@@ -250,6 +250,34 @@ def test_each_visit_reads_the_group_of_a_random_image_of_its_zero_shot_class(eur
         assert {own.description("group", i, step) for step in range(40)} == {group_text[i]}
 
 
+class HostReads(torch.Tensor):
+    """Counts the reads that would copy a CUDA tensor to the host, each a device sync (`int(t[i])`, `.item()`, ...)."""
+
+    reads: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("item", "tolist", "__int__", "__index__", "__bool__", "__float__", "cpu"):
+            cls.reads.append(func.__name__)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_no_device_sync_per_sample(eurosat_batch, tmp_path):
+    """The zero-shot labels live on the device: per-image lookups must not read them back one by one."""
+    method = make_method(eurosat_batch, tmp_path, gallery_size=4)
+    method.zs_labels = method.zs_labels.as_subclass(HostReads)  # as if on a GPU
+    batch = eurosat_batch[4]
+    reads = []
+    for size in (4, 12):
+        HostReads.reads.clear()
+        method.training_step({k: v[:size] for k, v in batch.items()}, 0)
+        reads.append(len(HostReads.reads))
+    assert reads[0] == reads[1]  # a few per step (metrics), none per sample
+    HostReads.reads.clear()
+    method.finish_training()
+    assert HostReads.reads == [] and (tmp_path / "gallery.json").is_file()
+
+
 def test_fast_step_equals_reference_step_loss_and_gradients(eurosat_batch, tmp_path):
     method = make_method(eurosat_batch, tmp_path)
     batch = eurosat_batch[4]

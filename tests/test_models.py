@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
+import open_clip
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -147,3 +148,40 @@ def test_class_text_features_average_the_templates(tiny):
             per_template = torch.nn.functional.normalize(tiny.model.encode_text(tiny.tokenizer([t.format(name) for t in templates])), dim=-1)
             expected = torch.nn.functional.normalize(per_template.mean(dim=0), dim=-1)
             torch.testing.assert_close(classifier[row], expected, rtol=1e-5, atol=1e-6)
+
+
+class WordTokenizer:
+    """A Hugging Face-style tokenizer: ids by word, end token 2, pad id 1: the end token is never the highest id."""
+
+    def __init__(self, context_length: int):
+        self.context_length = context_length
+        self.vocab: dict[str, int] = {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        rows = torch.ones(len(texts), self.context_length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            ids = [self.vocab.setdefault(word, 60 - len(self.vocab)) for word in text.split()] + [2]
+            rows[row, : len(ids)] = torch.tensor(ids)
+        return rows
+
+
+@pytest.mark.parametrize("tower", ["siglip_like", "clip_without_causal_mask"])
+def test_towers_that_see_every_token_get_the_full_sequence(tower):
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    vision = CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16)
+    torch.manual_seed(0)
+    if tower == "siglip_like":  # no causal mask, pooled at the last position, pad id 1
+        text = CLIPTextCfg(context_length=16, vocab_size=64, width=32, heads=2, layers=1, no_causal_mask=True,
+                           pool_type="last", pad_id=1)
+        model = open_clip.CustomTextCLIP(16, vision, text)
+    else:  # pooled at the argmax id, but every token sees every other
+        text = CLIPTextCfg(context_length=16, vocab_size=64, width=32, heads=2, layers=1, no_causal_mask=True)
+        model = open_clip.CLIP(16, vision, text)
+    tokenizer = WordTokenizer(16)
+    texts = ["a river near the forest", "lake", "a river near the forest", "houses and roads"]
+    assert tokenizer(texts)[0].argmax() == 0  # the highest id is the first word, not the end token
+    with torch.no_grad():
+        fast = encode_texts(model, TokenCache(tokenizer), texts, normalize=False)
+        reference = model.encode_text(tokenizer(texts))
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)

@@ -116,7 +116,7 @@ class RunConfig:
     augment_policy: str = option("clip", choices=AUGMENT_POLICIES,
                                  help="train-time augmentation after the crop: clip (the paper's colour jitter and grey), "
                                  "trivial-augment-wide or randaugment")
-    precision: str = option("auto", choices=PRECISIONS, help="auto: bf16 autocast on GPU, fp32 on CPU")
+    precision: str = option("auto", choices=PRECISIONS, help="auto: bf16 autocast on GPUs with native bf16, else fp32")
     grad_checkpointing: bool = option(False, help="recompute activations in the backward pass: large models in less memory")
     compile: bool = option(False, help="torch.compile the image tower and the text transformer (GPU)")
     # running

@@ -21,5 +21,5 @@ def run_export(args: argparse.Namespace) -> int:
     done = api.export(args.checkpoint, args.out, args.overwrite)
     files = done.files
     print(f"exported {files.arch} ({done.method}, {done.classes} classes) to {files.folder}: "
-          f"{files.weights.name}, {files.classifier.name}, README.md")
+          f"{files.weights.name}, {files.classifier.name}, {files.benchmark_classifier.name}, README.md")
     return 0

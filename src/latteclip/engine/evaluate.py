@@ -11,18 +11,18 @@ import torch
 from latteclip.config import Inference
 from latteclip.data import ImageDataset
 from latteclip.engine.features import extract_features, predict_labels
+from latteclip.engine.session import resolve_precision
 
 if TYPE_CHECKING:
     from latteclip.methods.base import Method
 
 
 def autocast_for_precision(precision: str, device: torch.device):
-    """bf16 autocast on GPU for `auto`/`bf16`, fp16 for `fp16`; fp32 on CPU. `eval` uses the run's setting."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cuda" and precision == "fp16":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    """Autocast to what `resolve_precision` says the run computes in (none for fp32). `eval` uses the run's setting."""
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if resolved == "bf16" else torch.float16)
 
 
 def evaluate(method: Method, test_set: ImageDataset, inference: Inference, cache_key: str | None = None) -> dict:

@@ -8,7 +8,9 @@ The folder holds:
   with `open_clip.add_model_config`;
 - `classifier.safetensors`: `class_weights` [C, d] (normalised), `logit_scale` (log of the scale, as
   in CLIP), class names in the metadata;
-- `README.md`: how to use them.
+- `clip_benchmark_classifier.pt`: the same weights as the [d, C] tensor CLIP_benchmark's `--load_clfs`
+  reads (`torch.load`), columns in the benchmark's class order when the dataset spec names it;
+- `README.md`: how to use them, and how to evaluate with CLIP_benchmark.
 Only methods whose predictions are exactly `normalize(model.encode_image(x)) @ class_weights.T`
 can be exported; the others set `exportable_to_open_clip = False` and are refused.
 """
@@ -23,12 +25,24 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
+from latteclip.data.datasets import DatasetInfo
+from latteclip.data.registry import load_spec, spec_names
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CLASSIFIER_FILE = "classifier.safetensors"
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+CLIP_BENCHMARK_FILE = "clip_benchmark_classifier.pt"
+CLIP_BENCHMARK_VERSION = "1.6.2"  # the release whose --load_clfs format and local-dir loading were checked
+
+
+@dataclass
+class BenchmarkOrder:
+    """The class order of CLIP_benchmark's copy of a dataset: its name there and, per benchmark label, our class."""
+
+    dataset: str | None  # None: the spec names no benchmark dataset, so the columns keep this export's label order
+    classes: list[int]
 
 
 @dataclass
@@ -38,6 +52,25 @@ class ExportedFiles:
     weights: Path
     classifier: Path
     model_config: Path | None  # set when plain OpenCLIP does not know `arch` by itself
+    benchmark_classifier: Path
+    benchmark_order: BenchmarkOrder
+
+
+def clip_benchmark_order(info: DatasetInfo) -> BenchmarkOrder:
+    """CLIP_benchmark's labels of `info`'s dataset, from the spec's `clip_benchmark` entry (its class keys in order).
+
+    Without an entry, or when the trained classes are not exactly the benchmark's, the columns keep our label order.
+    """
+    entry = load_spec(info.name).get("clip_benchmark") if info.name in spec_names() else None
+    if entry is None or sorted(entry["class_keys"]) != sorted(info.class_keys):
+        return BenchmarkOrder(None, list(range(info.num_classes)))
+    ours = {key: c for c, key in enumerate(info.class_keys)}
+    return BenchmarkOrder(entry["dataset"], [ours[key] for key in entry["class_keys"]])
+
+
+def save_benchmark_classifier(class_weights: torch.Tensor, order: BenchmarkOrder, path: Path) -> None:
+    """[d, C] columns in the benchmark's order, a plain tensor: `torch.load` reads it with weights_only."""
+    torch.save(class_weights[order.classes].t().contiguous().clone(), path)
 
 
 def model_config_of(model_name: str) -> dict:
@@ -101,8 +134,10 @@ def export_open_clip(method: Method, out: Path) -> ExportedFiles:
             "model": model_name,
         },
     )
-    files = ExportedFiles(out, arch, weights, classifier, config_file)
-    (out / "README.md").write_text(readme_text(files, method, preprocess))
+    order = clip_benchmark_order(method.info)
+    save_benchmark_classifier(class_weights, order, out / CLIP_BENCHMARK_FILE)
+    files = ExportedFiles(out, arch, weights, classifier, config_file, out / CLIP_BENCHMARK_FILE, order)
+    (out / "README.md").write_text(readme_text(files, method, preprocess) + clip_benchmark_text(files, method.info))
     return files
 
 
@@ -146,4 +181,38 @@ print(classnames[probs.argmax().item()], probs.max().item())
 
 `open_clip.create_model_and_transforms("local-dir:{files.folder.resolve()}")` also works: it reads
 `{OPEN_CLIP_CONFIG_FILE}` (model and preprocessing) and `{files.weights.name}` from the folder.
+"""
+
+
+def clip_benchmark_text(files: ExportedFiles, info: DatasetInfo) -> str:
+    """The README section on evaluating with CLIP_benchmark: its classifier file, class order and a command."""
+    folder, order = files.folder.resolve(), files.benchmark_order
+    names = ", ".join(f"{info.classnames[c]} ({info.class_keys[c]})" for c in order.classes)
+    if order.dataset is not None:
+        where = f"in the label order of CLIP_benchmark's `{order.dataset}`: {names}"
+        dataset = order.dataset
+    else:
+        where = (f"in this export's label order, as CLIP_benchmark must then present the classes (for example a "
+                 f"webdataset built with this class list): {names}")
+        dataset = "DATASET"
+    return f"""
+## Evaluate with CLIP_benchmark
+
+CLIP_benchmark {CLIP_BENCHMARK_VERSION} builds its own zero-shot classifier unless `--load_clfs` gives it one.
+`{files.benchmark_classifier.name}` holds this run's class weights as the [d, C] tensor it reads, columns {where}.
+
+```bash
+pip install clip_benchmark=={CLIP_BENCHMARK_VERSION} "numpy<2.4"
+clip_benchmark eval --task zeroshot_classification --dataset {dataset} --dataset_root DATA_DIR --no_amp \\
+    --model "local-dir:{folder}" --load_clfs "{folder / files.benchmark_classifier.name}" \\
+    --output "{info.name}_latteclip.json"
+```
+
+DATA_DIR is where CLIP_benchmark finds (or downloads) its own copy of the dataset; it reads its own split, so
+its numbers need not equal this run's. `local-dir:` loads the model and its preprocessing from
+`{OPEN_CLIP_CONFIG_FILE}` and `{files.weights.name}` (`--pretrained` is then ignored); it is the only way for a
+model config OpenCLIP does not ship. CLIP_benchmark multiplies cosines by 100 rather than by the model's logit
+scale, which ranks the classes the same. `--no_amp` scores in fp32 like `latteclip eval` on the CPU (its default
+autocast can flip near-tied images). NumPy 2.4 breaks CLIP_benchmark {CLIP_BENCHMARK_VERSION}'s accuracy (`float()`
+of a 1-element array), hence the pin.
 """

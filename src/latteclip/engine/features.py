@@ -26,6 +26,20 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
     return digest.hexdigest()
 
 
+def compute_precision(device: torch.device) -> str:
+    """The precision an encoder called now on `device` computes in: the autocast dtype if autocast is on, else fp32."""
+    if torch.is_autocast_enabled(device.type):
+        return str(torch.get_autocast_dtype(device.type)).removeprefix("torch.")
+    return "fp32"
+
+
+def feature_cache_key(cache_key: str, dataset: ImageDataset, device: torch.device) -> str:
+    """The cache entry of `cache_key`'s features of `dataset`: also keyed by the device type and the precision in use,
+    so that a bf16 GPU pass is never read back by an fp32 CPU run, nor the reverse."""
+    parts = f"{cache_key}|{device.type}|{compute_precision(device)}|{dataset_fingerprint(dataset)}|{dataset.transform}"
+    return hashlib.sha1(parts.encode()).hexdigest()
+
+
 @torch.no_grad()
 def extract_features(
     encode: Callable[[torch.Tensor], torch.Tensor],
@@ -39,13 +53,12 @@ def extract_features(
     """Features [N, d] of every image and a mask of the readable ones (unreadable rows are zero).
 
     With `cache_key` (a description of the frozen weights), the result is stored on disk and the
-    next call with the same weights, samples and transform reads it back instead. Under torchrun
+    next call with the same weights, samples, transform, device type and precision reads it back instead. Under torchrun
     each rank encodes every W-th image and the shards are gathered, so all ranks get all rows.
     """
     path = None
     if cache_key is not None:
-        key = hashlib.sha1(f"{cache_key}|{dataset_fingerprint(dataset)}|{dataset.transform}".encode()).hexdigest()
-        path = cache_dir() / "features" / f"{key}.safetensors"
+        path = cache_dir() / "features" / f"{feature_cache_key(cache_key, dataset, device)}.safetensors"
         if path.is_file():
             try:  # safetensors: reading a cache entry someone else wrote cannot run code
                 saved = load_file(str(path))

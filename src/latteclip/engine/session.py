@@ -21,12 +21,57 @@ from latteclip.models import LoadedModel, load_clip
 
 
 def pick_device(name: str) -> torch.device:
-    """`auto` is the GPU when there is one; under torchrun each process takes its LOCAL_RANK's GPU."""
+    """`auto` is the GPU when there is one; under torchrun each process takes its LOCAL_RANK's GPU.
+
+    Under torchrun `cuda:N` is refused unless N is the process's local rank: the same flag reaches
+    every rank, so honouring it would put all ranks on GPU N (NCCL fails), and silently replacing it
+    would hide that the user's choice was ignored. GPUs for a multi-process job are chosen with
+    CUDA_VISIBLE_DEVICES. Every refusal comes before any process group exists.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise LatteclipError(f"--device {name} is not a device: use auto, cpu, cuda or cuda:N") from err
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise LatteclipError(f"--device {name}: this machine shows no CUDA GPU (use --device cpu or auto)")
+    local_rank = torchrun_local_rank()
+    if local_rank is None:
+        return device
+    if device.index is not None and device.index != local_rank:
+        raise LatteclipError(
+            f"--device {name} contradicts torchrun's LOCAL_RANK={local_rank}: each process uses the GPU of its "
+            "local rank; pass --device cuda (or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise LatteclipError(f"torchrun's LOCAL_RANK={local_rank} has no GPU: this node shows {count}; "
+                             f"start at most {count} processes per node (--nproc-per-node {count})")
+    return torch.device("cuda", local_rank)
+
+
+def torchrun_local_rank() -> int | None:
+    """This process's local rank when torchrun started several processes, else None."""
+    if "LOCAL_RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return int(os.environ["LOCAL_RANK"])
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run really computes in: fp32, bf16 or fp16 (the --precision flag may say `auto`).
+
+    `auto` is bf16 autocast only on a GPU that does bf16 natively (Ampere or newer); elsewhere it is
+    fp32, not fp16: on V100 / T4 emulated bf16 is slower than fp32, and fp16 would need loss scaling
+    and change results, which a user should ask for (--precision fp16). The CPU always runs fp32.
+    """
+    if device.type != "cuda" or precision == "fp32":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    return precision
 
 
 def seed_everything(seed: int) -> None:

@@ -36,6 +36,7 @@ from latteclip.methods.options import CoftOptions, CoftPlusOptions
 from latteclip.models import encode_texts
 from latteclip.models.adapter import FeatureAdapter
 from latteclip.models.prompt_learner import PromptLearner, split_template
+from latteclip.models.prototypes import full_precision
 
 YES, NO = 0, 1  # the two outcomes of a dual-prompt pair
 
@@ -264,7 +265,8 @@ class Coft(Method):
         """The round's pseudo-labels: zero-shot at round 0; later, both models' collaborative choice over the training split."""
         frozen = self.frozen.to(self.device)
         if round_index == 0:
-            labels = (frozen @ self.class_weights(self.zero_shot_classifier()).t()).argmax(dim=1)
+            with full_precision(frozen):  # fp32 like the cached zero-shot labels, whatever autocast the step runs under
+                labels = (frozen @ self.class_weights(self.zero_shot_classifier()).t()).argmax(dim=1)
         else:
             current, _ = self.training_features(f"round {round_index} labels")
             labels = self.choose(self.pseudo_labels.clamp_min(0).to(self.device), frozen, self.adapted(current.to(self.device)))[0]
@@ -278,18 +280,26 @@ class Coft(Method):
                       "coft/labels_top_class_share": (counts.max() / counts.sum().clamp_min(1)).item()})
 
     def choose(self, round_labels: torch.Tensor, frozen: torch.Tensor, vision: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The collaboration on images seen by T (`frozen`) and V (`vision`): (label, kept, rejected, candidates, T and V agree)."""
-        scale = self.logit_scale()
-        positive, negative = (t.detach() for t in self.prompt_features())
-        vision_positive, vision_negative = (t.detach() for t in self.vision_pair())
-        text_prediction = (frozen @ self.class_weights(positive).t()).argmax(dim=1)
-        vision_prediction = (vision @ vision_positive.t()).argmax(dim=1)
-        candidates = torch.stack([round_labels, text_prediction, vision_prediction], dim=1)
-        if not self.options.relabel:  # the models only judge the round's label
-            candidates = candidates[:, :1].expand(-1, 3)
-        text_odds = clean_log_odds(frozen, positive, negative, candidates, scale)
-        vision_odds = clean_log_odds(vision, vision_positive, vision_negative, candidates, scale)
-        return (*collaborate(candidates, text_odds, vision_odds), candidates, text_prediction == vision_prediction)
+        """The collaboration on images seen by T (`frozen`) and V (`vision`).
+
+        Returns (label, kept, rejected, candidates, T and V agree).
+
+        In fp32 whatever autocast the step runs under: bf16 cosines move in steps of about 0.002, so
+        near-ties would flip and a GPU run would label differently from a CPU run.
+        """
+        with full_precision(frozen):
+            frozen, vision = frozen.float(), vision.float()
+            scale = self.logit_scale()
+            positive, negative = (t.detach().float() for t in self.prompt_features())
+            vision_positive, vision_negative = (t.detach().float() for t in self.vision_pair())
+            text_prediction = (frozen @ self.class_weights(positive).t()).argmax(dim=1)
+            vision_prediction = (vision @ vision_positive.t()).argmax(dim=1)
+            candidates = torch.stack([round_labels, text_prediction, vision_prediction], dim=1)
+            if not self.options.relabel:  # the models only judge the round's label
+                candidates = candidates[:, :1].expand(-1, 3)
+            text_odds = clean_log_odds(frozen, positive, negative, candidates, scale)
+            vision_odds = clean_log_odds(vision, vision_positive, vision_negative, candidates, scale)
+            return (*collaborate(candidates, text_odds, vision_odds), candidates, text_prediction == vision_prediction)
 
     # --- training: one step -------------------------------------------------------------------------------
     def training_step(self, batch: dict, step: int) -> StepResult:

@@ -18,6 +18,7 @@ from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult
 from latteclip.methods.options import FlypOptions, NoOptions
 from latteclip.models import encode_texts
+from latteclip.models.prototypes import full_precision
 
 PSEUDO_LABEL_SOURCES = ("zero-shot", "current")
 
@@ -36,8 +37,9 @@ class FlypPseudoLabels(Method):
     def labels_for(self, batch: dict, image_features: torch.Tensor) -> torch.Tensor:
         if self.needs_zero_shot_labels:
             return self.ctx.zero_shot_labels.to(image_features.device)[batch["index"]]
-        with torch.no_grad():
-            return (image_features.detach() @ self.classifier().t()).argmax(dim=-1)
+        # fp32 whatever autocast the step runs under: bf16 cosines would flip near-ties (GPU and CPU runs would differ)
+        with torch.no_grad(), full_precision(image_features):
+            return (image_features.detach().float() @ self.classifier().float().t()).argmax(dim=-1)
 
     def training_step(self, batch: dict, step: int) -> StepResult:
         image_features = F.normalize(self.model.encode_image(batch["image"]), dim=-1)

@@ -109,7 +109,8 @@ class LatteCLIP(Method):
         super().setup_training(ctx)
         self.bank = PrototypeBank(self.zero_shot_classifier()).to(self.device)
         self.start_prototypes = self.bank.vectors.clone()  # setup runs before a resumed run loads its weights: the zero-shot start
-        self.zs_labels = ctx.zero_shot_labels.to(self.device)
+        self.zs_labels = ctx.zero_shot_labels.to(self.device)  # indexed by whole batches in a step
+        self.zs_label_of: list[int] = ctx.zero_shot_labels.tolist()  # per image on the host: no device sync per sample
         self.class_texts = self.info.class_texts()
         kinds = [kind for kind in ("image", "group") if kind in self.options.texts]
         self.image_hashes = image_hashes(ctx.train_set, progress=False) if kinds else []  # None: unreadable
@@ -120,7 +121,7 @@ class LatteCLIP(Method):
     def described_images_by_class(self) -> dict[int, list[int]]:
         """The images of each zero-shot class that have a group description: the groups a visit draws from."""
         pools: dict[int, list[int]] = {}
-        for index, (label, text) in enumerate(zip(self.zs_labels.tolist(), self.descriptions["group"])):
+        for index, (label, text) in enumerate(zip(self.zs_label_of, self.descriptions["group"])):
             if label >= 0 and text is not None:
                 pools.setdefault(label, []).append(index)
         return pools
@@ -182,11 +183,11 @@ class LatteCLIP(Method):
         visit draws anew, as in the authors' runs, and a resumed run draws the same.
         """
         if kind == "group" and step is not None and self.options.group_text == "random":
-            pool = self.group_pools.get(int(self.zs_labels[index]))
+            pool = self.group_pools.get(self.zs_label_of[index])
             if pool:
                 index = random.Random(f"{self.ctx.seed}:{step}:{index}").choice(pool)
         text = self.descriptions[kind][index]
-        return text if text is not None else self.class_texts[int(self.zs_labels[index])]
+        return text if text is not None else self.class_texts[self.zs_label_of[index]]
 
     def sample_texts(self, index: int, label: int) -> list[str]:
         """The texts of one image for one pseudo-label, in the order of options.texts."""
@@ -199,12 +200,14 @@ class LatteCLIP(Method):
         tokens = self.loaded.tokenizer(texts).to(self.device)
         return F.normalize(self.model.encode_text(tokens), dim=-1)
 
-    def step_text_features(self, indices: list[int], labels: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
-        """[B, K, d] text features per label kind; the image and group texts are shared by both kinds."""
+    def step_text_features(
+        self, indices: list[int], labels: dict[str, list[int]], step: int
+    ) -> dict[str, torch.Tensor]:
+        """[B, K, d] text features per label kind (labels on the host); image and group texts serve both kinds."""
         slots: dict[str, list[str]] = {}
         for kind in self.label_kinds:
             if "class" in self.options.texts:
-                slots[f"class_{kind}"] = [self.class_texts[c] for c in labels[kind].tolist()]
+                slots[f"class_{kind}"] = [self.class_texts[c] for c in labels[kind]]
         for kind in ("image", "group"):
             if kind in self.options.texts:
                 slots[kind] = [self.description(kind, i, step) for i in indices]
@@ -222,7 +225,10 @@ class LatteCLIP(Method):
         with torch.no_grad(), full_precision(u):
             ft_labels = (u.detach().float() @ F.normalize(prototypes, dim=-1).t()).argmax(dim=-1)
         labels = {"zs": self.zs_labels[indices], "ft": ft_labels}
-        features = self.step_text_features(indices.tolist(), labels, step)
+        index_list = indices.tolist()
+        # the texts need the labels on the host: the zero-shot ones are there already, ft's cost one copy per step
+        host_labels = {"zs": [self.zs_label_of[i] for i in index_list], "ft": ft_labels.tolist()}
+        features = self.step_text_features(index_list, host_labels, step)
 
         loss = u.new_zeros(())
         metrics: dict[str, float] = {}
@@ -290,12 +296,12 @@ class LatteCLIP(Method):
         """Write gallery.json (a few images with texts, weights and both labels) and mixer_weights.json."""
         dataset = self.ctx.train_set
         rng = random.Random(self.ctx.seed)
-        valid = [i for i in range(len(dataset)) if int(self.zs_labels[i]) >= 0]
+        valid = [i for i, label in enumerate(self.zs_label_of) if label >= 0]
         picks = sorted(rng.sample(valid, min(len(valid), 512)))
         prototypes = self.bank.vectors
         names = self.info.classnames
         k = len(self.options.texts)
-        texts = [t for i in picks for t in self.sample_texts(i, int(self.zs_labels[i]))]
+        texts = [t for i in picks for t in self.sample_texts(i, self.zs_label_of[i])]
         features = self.encode(texts).float()
         weights = mixer_weights(features, prototypes).view(len(picks), k)
         distribution = {kind: weights[:, j].tolist() for j, kind in enumerate(self.options.texts)}
@@ -312,7 +318,7 @@ class LatteCLIP(Method):
                 if not item.get("corrupt"):
                     u = F.normalize(self.model.encode_image(item["image"].unsqueeze(0).to(self.device)), dim=-1)
                     ft_label = int((u.float() @ F.normalize(prototypes, dim=-1).t()).argmax())
-            zs_label = int(self.zs_labels[i])
+            zs_label = self.zs_label_of[i]
             gallery.append(
                 {
                     "image": dataset.samples[i].path,

@@ -2,7 +2,9 @@
 
 CLIP's text transformer is causal and pools at the end-of-text token (the highest id in the
 sequence), so the tokens after the longest text's end never influence any pooled feature:
-cutting every sequence to that length gives the same features at a fraction of the cost.
+cutting every sequence to that length gives the same features at a fraction of the cost. Other
+towers (Hugging Face, SigLIP: no causal mask, an end token that is not the highest id, a pad id
+that is not 0) see every token, so they get the tokenizer's full sequences.
 `encode_tokens` / `encode_embedded` are OpenCLIP's text-tower forward on the cut sequences, kept because
 that cut is most of the fast LatteCLIP step's speed-up (`benchmarks/train_step.py`: fast_text against the
 77-token reference, in docs/results.md) and pinned to OpenCLIP's `encode_text` by tests/test_models.py.
@@ -46,8 +48,11 @@ def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def causal_text_tower(model: torch.nn.Module) -> bool:
-    """Whether `model` is an OpenCLIP CLIP whose text tower is token embedding, causal transformer, end-of-text pooling."""
-    return isinstance(model, open_clip.CLIP) and model.text_pool_type == "argmax"
+    """Whether `model` is an OpenCLIP CLIP whose text tower is token embedding, causal transformer, argmax-id pooling.
+
+    Only then do the tokens after the pooled one change nothing, so only then may sequences be cut.
+    """
+    return isinstance(model, open_clip.CLIP) and model.text_pool_type == "argmax" and model.attn_mask is not None
 
 
 def encode_embedded(model: torch.nn.Module, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -69,22 +74,15 @@ def encode_embedded(model: torch.nn.Module, x: torch.Tensor, tokens: torch.Tenso
 
 
 def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """`model.encode_text` for tokens of any length up to the context length (unnormalised).
+    """`model.encode_text` (unnormalised) for full sequences, or for sequences cut by `trim_tokens` on a causal tower.
 
-    OpenCLIP's `CLIP.encode_text` adds the full 77-row positional table, so shorter sequences
-    go through the same layers here with the table and causal mask cut to their length. Other
-    text towers (Hugging Face, custom) get their full-length tokens back.
+    OpenCLIP's `CLIP.encode_text` adds the full 77-row positional table, so for a `causal_text_tower`
+    shorter sequences go through the same layers here with the table and causal mask cut to their
+    length. Other text towers (Hugging Face, SigLIP, custom) need the sequences as tokenised.
     """
     if not causal_text_tower(model):
-        return model.encode_text(_pad_to_context(tokens, model))
+        return model.encode_text(tokens)
     return encode_embedded(model, model.token_embedding(tokens), tokens)
-
-
-def _pad_to_context(tokens: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
-    context = getattr(model, "context_length", tokens.shape[1])
-    if tokens.shape[1] < context:
-        tokens = F.pad(tokens, (0, context - tokens.shape[1]))
-    return tokens
 
 
 def encode_texts(
@@ -94,9 +92,12 @@ def encode_texts(
     device: torch.device | str = "cpu",
     normalize: bool = True,
 ) -> torch.Tensor:
-    """Features of `texts` [N, d]: each distinct text encoded once, tokens trimmed (gradients flow)."""
+    """Features of `texts` [N, d]: each distinct text encoded once, tokens cut where exact (gradients flow)."""
     distinct, inverse = unique_with_inverse(texts)
-    feats = encode_tokens(model, trim_tokens(tokens(distinct)).to(device))
+    ids = tokens(distinct)
+    if causal_text_tower(model):
+        ids = trim_tokens(ids)  # on the host, before the copy: no device sync
+    feats = encode_tokens(model, ids.to(device))
     if normalize:
         feats = F.normalize(feats, dim=-1)
     return feats[inverse.to(feats.device)]
