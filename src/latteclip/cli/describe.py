@@ -27,6 +27,10 @@ def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:
                        "(a server that keeps answering others is waited for, with fewer requests in flight)")
     group.add_argument("--lmm-retries", dest="lmm_retries", type=int, help="retries after 429/5xx/timeouts/bad answers")
     group.add_argument("--lmm-batch-size", dest="lmm_batch_size", type=int, help="images per forward pass in-process")
+    group.add_argument("--lmm-ca-bundle", dest="lmm_ca_bundle", metavar="FILE", help="PEM file of the CA that signed the "
+                       "server's certificate (a gateway on an internal CA; default: the system's trust store)")
+    group.add_argument("--lmm-insecure", dest="lmm_insecure", action="store_true", default=None,
+                       help="do not check the server's TLS certificate. Proxies come from HTTPS_PROXY/HTTP_PROXY/NO_PROXY")
     group.add_argument("--concurrency", type=int, help="requests in flight at most (default 64 for openai, lowered while the server "
                        "is saturated; 1 in-process)")
     group.add_argument("--stop-after-failures", dest="stop_after_failures", type=int,

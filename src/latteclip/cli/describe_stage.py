@@ -22,7 +22,8 @@ from latteclip.engine.describing import check_analysis, describe_training_images
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
 
-LMM_OPTIONS = ("lmm", "lmm_url", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size", "concurrency", "stop_after_failures")
+LMM_OPTIONS = ("lmm", "lmm_url", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size", "lmm_ca_bundle", "lmm_insecure",
+               "concurrency", "stop_after_failures")
 DESCRIBE_OPTIONS = LMM_OPTIONS + ("kinds", "group_size", "group_draw", "with_label", "true_class_members", "vocabulary",
                                   "describer_model", "describer_pretrained")
 
