@@ -76,8 +76,11 @@ def _describe_parser(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
     group.add_argument("--batch-out", dest="batch_out", metavar="FILE.jsonl", help="with --lmm batch: write every missing "
                        "request as an OpenAI Batch file (for vllm run-batch or the OpenAI Batch API); needs --lmm-model")
-    group.add_argument("--batch-in", dest="batch_in", metavar="RESULTS.jsonl", help="with --lmm batch: store the answers "
-                       "of a Batch results file (vllm run-batch or OpenAI Batch API output)")
+    group.add_argument("--batch-shards", dest="batch_shards", type=int, metavar="N", help="with --batch-out: N request "
+                       "files of near-equal size, FILE-1-of-N.jsonl ... (one per node)")
+    group.add_argument("--batch-in", dest="batch_in", metavar="RESULTS.jsonl", nargs="+", help="with --lmm batch: store the "
+                       "answers of Batch results files (vllm run-batch or OpenAI Batch API output): paths or quoted glob "
+                       "patterns such as 'results-*.jsonl'")
     group.add_argument("--import", dest="import_file", metavar="FILE.jsonl", help="load descriptions made elsewhere first")
     group.add_argument("--export", metavar="FILE.jsonl", help="write every stored description of the dataset's training "
                        "images, one JSON object per line")

@@ -49,6 +49,7 @@ class DescribeSettings:
     stop_after_failures: int = DEFAULT_STOP_AFTER_FAILURES
     answer_cutoff: float = DEFAULT_CUTOFF  # LMM zero-shot: least similarity that maps an answer to a class
     lmm_answer_format: str = "text"  # LMM zero-shot: text, or json-schema (response_format enum of the class names)
+    batch_shards: int = 1  # --lmm batch: request files --batch-out writes, dealt line by line (requests-K-of-N.jsonl)
 
     def check(self) -> "DescribeSettings":
         if self.lmm is not None and self.lmm not in BACKENDS:
@@ -62,7 +63,7 @@ class DescribeSettings:
             raise LatteclipError(f"--group-draw {self.group_draw} must be one of {', '.join(GROUP_DRAWS)}")
         if self.true_class_members is not None and not 1 <= self.true_class_members <= self.group_size:
             raise LatteclipError(f"--true-class-members must be between 1 and the group size {self.group_size}")
-        for name in ("lmm_timeout", "lmm_batch_size", "stop_after_failures"):
+        for name in ("lmm_timeout", "lmm_batch_size", "stop_after_failures", "batch_shards"):
             if getattr(self, name) <= 0:
                 raise LatteclipError(f"--{name.replace('_', '-')} must be positive")
         if self.concurrency is not None and self.concurrency < 1:

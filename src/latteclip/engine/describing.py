@@ -7,7 +7,7 @@ pass (the same cache training reads). `latteclip describe` and `latteclip adapt`
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -63,10 +63,11 @@ def describe_training_images(
     hashes: list[str | None],
     store: DescriptionStore,
     batch_out: str | None = None,
-    batch_in: str | None = None,
+    batch_in: Sequence[str] | None = None,
 ) -> tuple[Summary, str]:
     """Ask the describer for every description of `settings.kinds` the store lacks; the summary and the describer's name.
-    With `--lmm batch`, write those requests to `batch_out` instead, or store the answers of `batch_in`.
+    With `--lmm batch`, write those requests to `batch_out` instead (`settings.batch_shards` files), or store the
+    answers of the results files `batch_in` (paths or glob patterns).
 
     Groups drawn from the TRUE labels (`settings.true_class_members`, analysis) are stored under the model name
     plus ANALYSIS_TAG, so that training reads them only when asked for that model by name.
@@ -107,7 +108,7 @@ def describe_training_images(
             draw = f"{settings.group_draw} draw by zero-shot label of {config.model} {config.pretrained or 'random'}"
         jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
     if describer is None:
-        return _batch_files(jobs, store, model, info.name, batch_out, batch_in)
+        return _batch_files(jobs, store, model, info.name, batch_out, batch_in, settings.batch_shards)
     runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
     try:
         summary = runner.run(jobs)
@@ -171,13 +172,19 @@ def true_class_descriptions(
 
 
 def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_name: str, batch_out: str | None,
-                 batch_in: str | None) -> tuple[Summary, str]:
-    """--batch-out: the requests the store lacks, as an OpenAI Batch file; --batch-in: the answers of a results file."""
+                 batch_in: Sequence[str] | None, shards: int = 1) -> tuple[Summary, str]:
+    """--batch-out: the requests the store lacks, as OpenAI Batch files (`shards` of them); --batch-in: the answers of
+    results files."""
     if batch_out:
-        summary, written = write_requests(jobs, store, model, batch_out)
-        if written:
-            print(f"wrote {written} requests to {batch_out}: run them (e.g. vllm run-batch -i {batch_out} -o "
+        summary, files = write_requests(jobs, store, model, batch_out, shards=shards)
+        if len(files) == 1:
+            print(f"wrote {files[0][1]} requests to {files[0][0]}: run them (e.g. vllm run-batch -i {files[0][0]} -o "
                   f"RESULTS.jsonl --model {model}), then store the answers with the same command and --batch-in RESULTS.jsonl")
+        elif files:
+            print(f"wrote {sum(n for _, n in files)} requests to {len(files)} files: "
+                  f"{', '.join(f'{name} ({n})' for name, n in files)}; run each on a node of its own (e.g. vllm run-batch "
+                  f"-i {files[0][0]} -o results-1.jsonl --model {model}), then store all the answers with the same "
+                  "command and --batch-in 'results-*.jsonl'")
         else:
             print("nothing to write: the store holds an answer to every request")
         return summary, f"batch file for {model}"
@@ -185,6 +192,6 @@ def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_n
         raise LatteclipError("--lmm batch needs --batch-out FILE.jsonl or --batch-in RESULTS.jsonl")
     summary, unmatched = read_results(jobs, store, model, batch_in, dataset_name)
     if unmatched:
-        print(f"{unmatched} lines of {batch_in} match no request still missing (already stored, or another dataset, "
-              "prompt or model): left as they are")
+        print(f"{unmatched} lines of {', '.join(batch_in)} match no request still missing (already stored, or another "
+              "dataset, prompt or model): left as they are")
     return summary, f"batch results of {model}"
