@@ -181,10 +181,11 @@ def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_n
             print(f"wrote {files[0][1]} requests to {files[0][0]}: run them (e.g. vllm run-batch -i {files[0][0]} -o "
                   f"RESULTS.jsonl --model {model}), then store the answers with the same command and --batch-in RESULTS.jsonl")
         elif files:
-            print(f"wrote {sum(n for _, n in files)} requests to {len(files)} files: "
-                  f"{', '.join(f'{name} ({n})' for name, n in files)}; run each on a node of its own (e.g. vllm run-batch "
-                  f"-i {files[0][0]} -o results-1.jsonl --model {model}), then store all the answers with the same "
-                  "command and --batch-in 'results-*.jsonl'")
+            sizes = [n for _, n in files]
+            print(f"wrote {sum(sizes)} requests to {len(files)} files in {files[0][0].parent}, {files[0][0].name} to "
+                  f"{files[-1][0].name} ({min(sizes)} to {max(sizes)} requests each): run each on a node of its own (e.g. "
+                  f"vllm run-batch -i {files[0][0]} -o results-1.jsonl --model {model}), then store all the answers with "
+                  "the same command and --batch-in 'results-*.jsonl'")
         else:
             print("nothing to write: the store holds an answer to every request")
         return summary, f"batch file for {model}"
