@@ -94,7 +94,7 @@ class FakeLMMServer:
     finish_reason: str = "stop"
     certificate: str | None = None  # PEM file of the server's key and certificate chain: HTTPS
     seen: list[Seen] = field(default_factory=list)
-    arrivals: list[tuple[tuple[str, int], dict]] = field(default_factory=list)  # (peer address, headers) of every request
+    arrivals: list[tuple[tuple[str, int], dict]] = field(default_factory=list)  # (peer, headers) of every request
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _attempts: Counter = field(default_factory=Counter)
     _turn: threading.Lock = field(default_factory=threading.Lock)  # held while answering, when one_at_a_time

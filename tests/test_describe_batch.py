@@ -109,8 +109,8 @@ def test_batch_options_are_checked_first(eurosat_folder, tmp_path, capsys, flags
 
 def test_shards_for_a_cluster_and_several_results_files(eurosat_folder, tmp_path, capsys):
     store_path = tmp_path / "d.sqlite"
-    batch = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--kinds", "image", "--store", str(store_path),
-             "--lmm", "batch", "--lmm-model", MODEL]
+    batch = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--kinds", "image",
+             "--store", str(store_path), "--lmm", "batch", "--lmm-model", MODEL]
     train = build_dataset("eurosat", eurosat_folder, "train")
     hashes = image_hashes(train, progress=False)
     prompt = load_prompts(train.info.prompts).description("image", train.info.domain)
@@ -122,7 +122,8 @@ def test_shards_for_a_cluster_and_several_results_files(eurosat_folder, tmp_path
     ids = [[json.loads(line)["custom_id"] for line in shard.read_text().splitlines()] for shard in shards]
     assert sum(map(len, ids)) == len(every_id) == len(set().union(*ids)) and set().union(*ids) == every_id
     assert {len(lines) for lines in ids} <= {len(every_id) // 4, -(-len(every_id) // 4)}  # near-equal: one line apart
-    assert main([*batch, "--batch-out", str(tmp_path / "requests.jsonl"), "--batch-shards", "4"]) == 2  # not overwritten
+    # the shards are not overwritten
+    assert main([*batch, "--batch-out", str(tmp_path / "requests.jsonl"), "--batch-shards", "4"]) == 2
 
     with FakeLMMServer(model=MODEL) as server:
         failing = ids[0][0]
@@ -136,7 +137,8 @@ def test_shards_for_a_cluster_and_several_results_files(eurosat_folder, tmp_path
         with DescriptionStore(store_path) as store:
             assert list(store.rows()) == []
         # a path and a glob pattern (as the shell passes a quoted one)
-        assert main([*batch, "--batch-in", str(tmp_path / "results-1.jsonl"), str(tmp_path / "results-[23].jsonl")]) == 1
+        assert main([*batch, "--batch-in", str(tmp_path / "results-1.jsonl"), str(tmp_path / "results-[23].jsonl")]) \
+            == 1
         with DescriptionStore(store_path) as store:
             texts = dict(zip(hashes, store.get_texts(hashes, "image", model=MODEL, prompt=prompt)))
         stored = {h for h, text in texts.items() if text is not None}
@@ -144,7 +146,7 @@ def test_shards_for_a_cluster_and_several_results_files(eurosat_folder, tmp_path
         assert stored == {by_id[i] for i in ids[0] + ids[1] + ids[2] if i != failing}
         assert all(texts[h] == expected_answer(h, prompt) for h in stored)
 
-        # only what is missing is written again: the fourth shard and the failed line; 40 files asked for, one per request
+        # only what is missing is written again, the fourth shard and the failed line: 40 files asked, one per request
         assert main([*batch, "--batch-out", str(tmp_path / "again.jsonl"), "--batch-shards", "40"]) == 0
         missing = len(ids[3]) + 1
         again = [tmp_path / f"again-{k:02d}-of-{missing}.jsonl" for k in range(1, missing + 1)]
@@ -153,16 +155,20 @@ def test_shards_for_a_cluster_and_several_results_files(eurosat_folder, tmp_path
         for k, shard in enumerate(again, start=1):
             answer_with(server, shard, tmp_path / f"again-results-{k:02d}.jsonl")
         capsys.readouterr()
-        assert main([*batch, "--batch-in", str(tmp_path / "again-results-*.jsonl"), str(tmp_path / "results-*.jsonl")]) == 0
+        patterns = [str(tmp_path / "again-results-*.jsonl"), str(tmp_path / "results-*.jsonl")]
+        assert main([*batch, "--batch-in", *patterns]) == 0
         # every line of the first results files is stored already, but the failed one (answered by the again files, the
         # answer wins over the error in any order): matched by nothing, nothing overwritten
         assert f"{sum(map(len, ids[:3])) - 1} lines of" in capsys.readouterr().out
         with DescriptionStore(store_path) as store:
-            assert store.get_texts(hashes, "image", model=MODEL, prompt=prompt) == [expected_answer(h, prompt) for h in hashes]
+            texts = store.get_texts(hashes, "image", model=MODEL, prompt=prompt)
+        assert texts == [expected_answer(h, prompt) for h in hashes]
         assert main([*batch, "--batch-out", str(tmp_path / "none.jsonl"), "--batch-shards", "4"]) == 0
         assert not list(tmp_path.glob("none*"))
 
 
 def test_shard_names_sort_in_order():
-    assert [p.name for p in shard_paths("out/requests.jsonl", 12)[:2]] == ["requests-01-of-12.jsonl", "requests-02-of-12.jsonl"]
+    names = [p.name for p in shard_paths("out/requests.jsonl", 12)]
+    assert names[:2] == ["requests-01-of-12.jsonl", "requests-02-of-12.jsonl"]
+    assert names[-1] == "requests-12-of-12.jsonl"
     assert str(shard_paths("out/requests.jsonl", 3)[2]) == "out/requests-3-of-3.jsonl"

@@ -32,8 +32,8 @@ PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
 def describe_args(eurosat_folder: Path, store: Path, url: str, *flags: str) -> list[str]:
-    return ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--kinds", "image", "--store", str(store),
-            "--lmm", "openai", "--lmm-url", url, "--concurrency", "4", *flags]
+    return ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--kinds", "image",
+            "--store", str(store), "--lmm", "openai", "--lmm-url", url, "--concurrency", "4", *flags]
 
 
 @pytest.fixture
@@ -56,9 +56,9 @@ def http_proxy(tmp_path):
     )
     try:
         deadline = time.monotonic() + 60
-        while not (port_file.exists() and port_file.read_text().strip()) and process.poll() is None and time.monotonic() < deadline:
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert process.poll() is None and time.monotonic() < deadline, "proxy.py did not start (see proxy.log)"
             time.sleep(0.05)
-        assert port_file.exists() and port_file.read_text().strip(), f"proxy.py did not start: {(tmp_path / 'proxy.log').read_text()}"
         yield f"http://127.0.0.1:{port_file.read_text().split()[0]}"
     finally:
         process.terminate()
@@ -73,7 +73,8 @@ def first_vias(arrivals: list[tuple[tuple[str, int], dict]]) -> dict[tuple[str, 
     return first
 
 
-def test_every_request_goes_through_the_proxy_of_the_environment(eurosat_folder, tmp_path, http_proxy, no_proxy_settings):
+def test_every_request_goes_through_the_proxy_of_the_environment(eurosat_folder, tmp_path, http_proxy,
+                                                                 no_proxy_settings):
     train = build_dataset("eurosat", eurosat_folder, "train")
     hashes = image_hashes(train, progress=False)
     prompt = load_prompts(train.info.prompts).description("image", train.info.domain)
@@ -116,10 +117,12 @@ def test_a_server_on_an_internal_ca_needs_its_bundle_or_insecure(eurosat_folder,
         errors = [line for line in printed if line.startswith("error:")]
         assert len(errors) == 1 and printed[-1] == errors[0], printed
         error = errors[0]
-        assert "TLS certificate is not trusted" in error and "--lmm-ca-bundle FILE" in error and "--lmm-insecure" in error
+        assert "TLS certificate is not trusted" in error
+        assert "--lmm-ca-bundle FILE" in error and "--lmm-insecure" in error
         assert server.arrivals == []
 
-        assert main(describe_args(eurosat_folder, tmp_path / "bundle.sqlite", server.url, "--lmm-ca-bundle", str(ca))) == 0
+        with_bundle = describe_args(eurosat_folder, tmp_path / "bundle.sqlite", server.url, "--lmm-ca-bundle", str(ca))
+        assert main(with_bundle) == 0
         answered = len(server.seen)
         with DescriptionStore(tmp_path / "bundle.sqlite") as store:
             assert answered == len({row["image_hash"] for row in store.rows()}) > 0
@@ -135,7 +138,9 @@ def test_a_server_on_an_internal_ca_needs_its_bundle_or_insecure(eurosat_folder,
 ])
 def test_tls_options_are_checked_first(eurosat_folder, tmp_path, certificates, capsys, flags, message):
     (tmp_path / "notes.txt").write_text("not a certificate\n")
-    names = {"ca": str(certificates[0]), "missing": str(tmp_path / "missing.pem"), "not_pem": str(tmp_path / "notes.txt")}
-    argv = describe_args(eurosat_folder, tmp_path / "d.sqlite", "https://127.0.0.1:9/v1", *[f.format(**names) for f in flags])
+    names = {"ca": str(certificates[0]), "missing": str(tmp_path / "missing.pem"),
+             "not_pem": str(tmp_path / "notes.txt")}
+    argv = describe_args(eurosat_folder, tmp_path / "d.sqlite", "https://127.0.0.1:9/v1",
+                         *[flag.format(**names) for flag in flags])
     assert main(argv) == 2
     assert message in capsys.readouterr().err

@@ -27,10 +27,10 @@ def add_lmm_arguments(parser: argparse.ArgumentParser) -> None:
                        "(a server that keeps answering others is waited for, with fewer requests in flight)")
     group.add_argument("--lmm-retries", dest="lmm_retries", type=int, help="retries after 429/5xx/timeouts/bad answers")
     group.add_argument("--lmm-batch-size", dest="lmm_batch_size", type=int, help="images per forward pass in-process")
-    group.add_argument("--lmm-ca-bundle", dest="lmm_ca_bundle", metavar="FILE", help="PEM file of the CA that signed the "
-                       "server's certificate (a gateway on an internal CA; default: the system's trust store)")
+    group.add_argument("--lmm-ca-bundle", dest="lmm_ca_bundle", metavar="FILE", help="PEM file of the CA that signed "
+                       "the server's certificate (a gateway on an internal CA; default: the system's trust store)")
     group.add_argument("--lmm-insecure", dest="lmm_insecure", action="store_true", default=None,
-                       help="do not check the server's TLS certificate. Proxies come from HTTPS_PROXY/HTTP_PROXY/NO_PROXY")
+                       help="do not check the server's TLS certificate (proxies: HTTPS_PROXY, HTTP_PROXY, NO_PROXY)")
     group.add_argument("--concurrency", type=int, help="requests in flight at most (default 64 for openai, lowered while the server "
                        "is saturated; 1 in-process)")
     group.add_argument("--stop-after-failures", dest="stop_after_failures", type=int,
@@ -78,9 +78,9 @@ def _describe_parser(parser: argparse.ArgumentParser) -> None:
                        "request as an OpenAI Batch file (for vllm run-batch or the OpenAI Batch API); needs --lmm-model")
     group.add_argument("--batch-shards", dest="batch_shards", type=int, metavar="N", help="with --batch-out: N request "
                        "files of near-equal size, FILE-1-of-N.jsonl ... (one per node)")
-    group.add_argument("--batch-in", dest="batch_in", metavar="RESULTS.jsonl", nargs="+", help="with --lmm batch: store the "
-                       "answers of Batch results files (vllm run-batch or OpenAI Batch API output): paths or quoted glob "
-                       "patterns such as 'results-*.jsonl'")
+    group.add_argument("--batch-in", dest="batch_in", metavar="RESULTS.jsonl", nargs="+", help="with --lmm batch: "
+                       "store the answers of Batch results files (vllm run-batch or OpenAI Batch API output): paths or "
+                       "quoted glob patterns such as 'results-*.jsonl'")
     group.add_argument("--import", dest="import_file", metavar="FILE.jsonl", help="load descriptions made elsewhere first")
     group.add_argument("--export", metavar="FILE.jsonl", help="write every stored description of the dataset's training "
                        "images, one JSON object per line")

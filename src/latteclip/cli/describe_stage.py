@@ -22,8 +22,8 @@ from latteclip.engine.describing import check_analysis, describe_training_images
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
 
-LMM_OPTIONS = ("lmm", "lmm_url", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size", "lmm_ca_bundle", "lmm_insecure",
-               "concurrency", "stop_after_failures")
+LMM_OPTIONS = ("lmm", "lmm_url", "lmm_model", "lmm_timeout", "lmm_retries", "lmm_batch_size", "lmm_ca_bundle",
+               "lmm_insecure", "concurrency", "stop_after_failures")
 DESCRIBE_OPTIONS = LMM_OPTIONS + ("kinds", "group_size", "group_draw", "with_label", "true_class_members", "vocabulary",
                                   "describer_model", "describer_pretrained", "batch_shards")
 
@@ -101,7 +101,7 @@ def _check_batch_options(args: argparse.Namespace, settings: DescribeSettings) -
     if files and settings.lmm != "batch":
         raise LatteclipError("--batch-out/--batch-in go with --lmm batch")
     if settings.batch_shards > 1 and not args.batch_out:
-        raise LatteclipError("--batch-shards N splits the requests that --batch-out writes: pass --batch-out FILE.jsonl")
+        raise LatteclipError("--batch-shards N splits the requests --batch-out writes: pass --batch-out FILE.jsonl")
     if settings.lmm == "batch" and not settings.lmm_model:
         raise LatteclipError("--lmm batch needs --lmm-model NAME: the model the batch runs (each request names it)")
 

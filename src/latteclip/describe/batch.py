@@ -40,7 +40,7 @@ def custom_id(job: Job) -> str:
 
 
 def shard_paths(path: str | Path, shards: int) -> list[Path]:
-    """The names of `shards` request files for `path`: `stem-K-of-N.suffix`, K zero-padded so that they sort in order."""
+    """The names of `shards` request files for `path`: `stem-K-of-N.suffix`, K zero-padded so they sort in order."""
     target = Path(path)
     width = len(str(shards))
     return [target.with_name(f"{target.stem}-{k:0{width}d}-of-{shards}{target.suffix}") for k in range(1, shards + 1)]
@@ -55,7 +55,8 @@ def write_requests(jobs: Sequence[Job], store: DescriptionStore, model: str, pat
     if not pending:
         return summary, []
     target = Path(path)
-    previous = [target] if shards == 1 else sorted(target.parent.glob(f"{glob.escape(target.stem)}-*-of-*{target.suffix}"))
+    shard_pattern = f"{glob.escape(target.stem)}-*-of-*{target.suffix}"
+    previous = [target] if shards == 1 else sorted(target.parent.glob(shard_pattern))
     if any(file.exists() for file in previous):
         raise LatteclipError(f"batch file {previous[0]} exists: pass another --batch-out FILE or remove it")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,8 @@ def write_requests(jobs: Sequence[Job], store: DescriptionStore, model: str, pat
                 summary.failures.append((job.kind, job.image, f"unreadable image ({err})"))
                 continue
             shard = sum(counts) % len(handles)  # dealt in turn: line counts differ by one at most
-            handles[shard].write(json.dumps({"custom_id": custom_id(job), "method": "POST", "url": BATCH_URL, "body": body}) + "\n")
+            line = {"custom_id": custom_id(job), "method": "POST", "url": BATCH_URL, "body": body}
+            handles[shard].write(json.dumps(line) + "\n")
             counts[shard] += 1
     used = [count for count in counts if count]  # all but when every image was unreadable
     names = ([target] if shards == 1 else shard_paths(target, len(used)))[: len(used)]

@@ -34,7 +34,7 @@ class DescribeSettings:
     lmm_timeout: float = 120.0  # seconds per HTTP request
     lmm_retries: int = 5  # further tries of a request after a 429, 5xx, timeout or bad answer
     lmm_batch_size: int = 8  # requests per forward pass of an in-process model
-    lmm_ca_bundle: str | None = None  # openai: PEM file of the CA that signed the server's certificate (not the system's)
+    lmm_ca_bundle: str | None = None  # openai: PEM file of the CA of the server's certificate (instead of the system's)
     lmm_insecure: bool = False  # openai: do not check the server's TLS certificate
     concurrency: int | None = None  # requests in flight (default: 64 for openai, 1 in-process)
     kinds: list[str] = field(default_factory=lambda: list(DESCRIBABLE_KINDS))
@@ -77,9 +77,9 @@ class DescribeSettings:
         if self.lmm_retries < 0:
             raise LatteclipError("--lmm-retries cannot be negative")
         if self.lmm_ca_bundle and self.lmm_insecure:
-            raise LatteclipError("--lmm-ca-bundle checks the server's certificate and --lmm-insecure skips the check: pass one")
+            raise LatteclipError("--lmm-ca-bundle checks the server's certificate, --lmm-insecure skips it: pass one")
         if self.lmm_ca_bundle and not Path(self.lmm_ca_bundle).is_file():
-            raise LatteclipError(f"--lmm-ca-bundle {self.lmm_ca_bundle} is not a file: give the PEM file of the server's CA")
+            raise LatteclipError(f"--lmm-ca-bundle {self.lmm_ca_bundle} is not a file: give the PEM file of the CA")
         return self
 
 
@@ -109,7 +109,7 @@ def build_describer(
         from latteclip.describe.openai_http import OpenAIDescriber
 
         return OpenAIDescriber(settings.lmm_url, settings.lmm_model, settings.lmm_timeout, settings.lmm_retries,
-                               concurrency=settings.concurrency, ca_bundle=settings.lmm_ca_bundle, insecure=settings.lmm_insecure)
+                               ca_bundle=settings.lmm_ca_bundle, insecure=settings.lmm_insecure)
     if settings.lmm == "transformers":
         from latteclip.describe.hf_local import TransformersDescriber
 

@@ -66,8 +66,7 @@ def describe_training_images(
     batch_in: Sequence[str] | None = None,
 ) -> tuple[Summary, str]:
     """Ask the describer for every description of `settings.kinds` the store lacks; the summary and the describer's name.
-    With `--lmm batch`, write those requests to `batch_out` instead (`settings.batch_shards` files), or store the
-    answers of the results files `batch_in` (paths or glob patterns).
+    With `--lmm batch`, write those requests to `batch_out` (`settings.batch_shards` files) or store the answers of `batch_in`.
 
     Groups drawn from the TRUE labels (`settings.true_class_members`, analysis) are stored under the model name
     plus ANALYSIS_TAG, so that training reads them only when asked for that model by name.
@@ -183,9 +182,9 @@ def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_n
         elif files:
             sizes = [n for _, n in files]
             print(f"wrote {sum(sizes)} requests to {len(files)} files in {files[0][0].parent}, {files[0][0].name} to "
-                  f"{files[-1][0].name} ({min(sizes)} to {max(sizes)} requests each): run each on a node of its own (e.g. "
-                  f"vllm run-batch -i {files[0][0]} -o results-1.jsonl --model {model}), then store all the answers with "
-                  "the same command and --batch-in 'results-*.jsonl'")
+                  f"{files[-1][0].name} ({min(sizes)} to {max(sizes)} requests each): run each on a node of its own "
+                  f"(e.g. vllm run-batch -i {files[0][0]} -o results-1.jsonl --model {model}), then store all the "
+                  "answers with the same command and --batch-in 'results-*.jsonl'")
         else:
             print("nothing to write: the store holds an answer to every request")
         return summary, f"batch file for {model}"
