@@ -16,17 +16,17 @@ A request times out only when its server has answered nothing for `--lmm-timeout
 that keeps answering others holds it in a queue, and sending it again would only make the queue longer.
 Such late answers and 429s lower the number of requests in flight (`AdaptiveLimit`); answers in time
 raise it again, so one `--concurrency` suits vLLM and a server that answers one request at a time.
-The requests run on httpx's AsyncClient in an event loop of the describer's own, because a request
-given up by that rule must be cancelled while it waits, which a blocking read cannot be.
+The wait for an answer to begin is ours (httpx's read timeout is fixed): httpcore's trace hook, called as
+the request starts reading its answer, waits on the connection's socket by that rule.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 import os
 import random
+import select
+import socket
 import ssl
 import threading
 import time
@@ -88,6 +88,7 @@ class Endpoint:
     """One server: its base URL, and how long to rest it after failures."""
 
     url: str
+    origin: tuple[str, str, int | None]  # scheme, host, port: what a kept-alive connection serves
     failures_in_row: int = 0
     rest_until: float = 0.0
     last_answer: float = float("-inf")  # when it last answered anything (time.monotonic)
@@ -105,7 +106,7 @@ class Endpoint:
         if not valid:
             raise LatteclipError(f"--lmm-url {url} is not an http(s) URL; give the server's base, e.g. "
                                  "http://host:8000/v1")
-        return cls(base)
+        return cls(base, (parts.scheme, parts.hostname, parts.port))
 
 
 def certificate_check(ca_bundle: str | None = None, insecure: bool = False) -> ssl.SSLContext | bool:
@@ -128,51 +129,34 @@ def untrusted_certificate(err: BaseException) -> ssl.SSLCertVerificationError | 
     return cause
 
 
-class EventLoopClient:
-    """httpx AsyncClients on an event loop in a thread of its own, called from the runner's threads; a call that is
-    given up is cancelled (its connection closed) instead of blocking its thread until the server answers.
+class ThreadClients:
+    """An httpx Client for each runner thread, with one kept-alive connection per endpoint: as many connections as
+    requests in flight. One client shared by every thread would cost more CPU than the rest of the stage, since
+    httpcore's pool looks at every connection and every waiting request each time one is sent or answered (13 ms of
+    CPU per request at 64 in flight, against 0.8 ms for the whole request here before httpx)."""
 
-    Each calling thread has a client of its own, with one kept-alive connection per endpoint, so the connections
-    number the requests in flight: one client shared by all would cost more CPU than the rest of the stage, since
-    httpcore's pool looks at every connection and every waiting request each time one is sent or answered
-    (13 ms of CPU per request at 64 in flight, against 0.8 ms with a client per thread).
-    """
-
-    def __init__(self, headers: dict[str, str], verify: ssl.SSLContext | bool, endpoints: int, connect_timeout: float):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="lmm-http")
-        self.thread.start()
-        # no read timeout: the describer decides when a silent server has had long enough (`_await_answer`)
-        timeout = httpx.Timeout(connect=connect_timeout, read=None, write=connect_timeout, pool=None)
+    def __init__(self, headers: dict[str, str], verify: ssl.SSLContext | bool, endpoints: int, timeout: float):
         limits = httpx.Limits(max_connections=endpoints, max_keepalive_connections=endpoints)
-        self.options = {"headers": headers, "verify": verify, "limits": limits, "timeout": timeout, "trust_env": True}
-        self.clients: list[httpx.AsyncClient] = []
+        # the SSL context is made once: making one per client (httpx's default) costs tens of ms each
+        self.options = {"headers": headers, "verify": verify, "limits": limits, "timeout": httpx.Timeout(timeout),
+                        "trust_env": True}
+        self.clients: list[httpx.Client] = []
         self._local = threading.local()
         self._lock = threading.Lock()
 
-    def _client(self) -> httpx.AsyncClient:
-        """This thread's client."""
+    def client(self) -> tuple[httpx.Client, dict[tuple, socket.socket]]:
+        """This thread's client, and the socket of its connection to each origin (filled by `send`'s trace)."""
         if not hasattr(self._local, "client"):
-            self._local.client = httpx.AsyncClient(**self.options)
+            self._local.client, self._local.sockets = httpx.Client(**self.options), {}
             with self._lock:
                 self.clients.append(self._local.client)
-        return self._local.client
-
-    def send(self, method: str, url: str, body: bytes | None) -> concurrent.futures.Future:
-        """The call under way: its future gives the response, body read, or the httpx error."""
-        return asyncio.run_coroutine_threadsafe(self._client().request(method, url, content=body), self.loop)
+        return self._local.client, self._local.sockets
 
     def close(self) -> None:
-        if self.loop.is_closed():
-            return
-
-        async def close_all() -> None:
-            await asyncio.gather(*(client.aclose() for client in self.clients))
-
-        asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
+        with self._lock:
+            for client in self.clients:
+                client.close()
+            self.clients.clear()
 
 
 @dataclass
@@ -249,7 +233,7 @@ class OpenAIDescriber(Describer):
         self.api_key = api_key if api_key is not None else api_key_from_environment()
         self.max_tokens = max_tokens
         self.limit = AdaptiveLimit()
-        self.http = EventLoopClient(self._headers(), certificate_check(ca_bundle, insecure), len(urls), timeout)
+        self.http = ThreadClients(self._headers(), certificate_check(ca_bundle, insecure), len(urls), timeout)
         try:
             self.model = self.check_servers(model)
         except LatteclipError:
@@ -269,9 +253,18 @@ class OpenAIDescriber(Describer):
     def _exchange(self, endpoint: Endpoint, method: str, route: str, body: bytes | None,
                   sent_at: float | None = None) -> tuple[int, bytes, str | None]:
         """(status, body, Retry-After) of one call (httpx drops a kept-alive connection the server has closed)."""
-        call = self.http.send(method, endpoint.url + route, body)
+        client, sockets = self.http.client()
+        sent_at = time.monotonic() if sent_at is None else sent_at
+
+        def trace(event: str, info: dict) -> None:
+            """httpcore's trace hook: remember the connection's socket; wait for the answer by our rule."""
+            if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+                sockets[endpoint.origin] = info["return_value"].get_extra_info("socket")
+            elif event == "http11.receive_response_headers.started" and endpoint.origin in sockets:
+                self._await_answer(endpoint, sockets[endpoint.origin], sent_at)
+
         try:
-            response = self._await_answer(endpoint, call, time.monotonic() if sent_at is None else sent_at)
+            response = client.request(method, endpoint.url + route, content=body, extensions={"trace": trace})
         except (httpx.HTTPError, TimeoutError) as err:
             certificate = untrusted_certificate(err)
             if certificate is not None:
@@ -285,23 +278,22 @@ class OpenAIDescriber(Describer):
         endpoint.last_answer = time.monotonic()
         return response.status_code, response.content, response.headers.get("Retry-After")
 
-    def _await_answer(self, endpoint: Endpoint, call: concurrent.futures.Future, sent_at: float) -> httpx.Response:
-        """Wait for the answer; past the timeout only while the server answers others (then it is a queue, and the
-        limiter hears of it once); the call is cancelled and TimeoutError raised when the server has answered nothing
-        for the whole timeout."""
+    def _await_answer(self, endpoint: Endpoint, connection: socket.socket, sent_at: float) -> None:
+        """Wait for the answer to begin; past the timeout only while the server answers others (then it is a queue,
+        and the limiter hears of it once); TimeoutError when it has answered nothing for the whole timeout (raised
+        in the trace hook, it ends the request and its connection)."""
         told = False
         while True:
             now = time.monotonic()
             deadline = max(sent_at, endpoint.last_answer) + self.timeout
             if now >= deadline:
-                call.cancel()
                 raise TimeoutError(f"no answer within {self.timeout:g} s")
             if not told and now >= sent_at + self.timeout:
                 self.limit.overloaded(sent_at)
                 told = True
-            done, _ = concurrent.futures.wait([call], timeout=min(deadline - now, 0.25))
-            if done:
-                return call.result()
+            readable, _, _ = select.select([connection], [], [], min(deadline - now, 0.25))
+            if readable:
+                return
 
     def _listed_models(self, endpoint: Endpoint) -> tuple[int, bytes, list[str] | None]:
         """(status, body, the model ids of GET /models or None when the answer holds no list)."""
