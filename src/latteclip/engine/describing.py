@@ -66,7 +66,7 @@ def describe_training_images(
     batch_in: Sequence[str] | None = None,
 ) -> tuple[Summary, str]:
     """Ask the describer for every description of `settings.kinds` the store lacks; the summary and the describer's name.
-    With `--lmm batch`, write those requests to `batch_out` (`settings.batch_shards` files) or store the answers of `batch_in`.
+    With `--lmm batch`, write them to `batch_out` (`settings.batch_shards` files) or store the answers of `batch_in`.
 
     Groups drawn from the TRUE labels (`settings.true_class_members`, analysis) are stored under the model name
     plus ANALYSIS_TAG, so that training reads them only when asked for that model by name.
