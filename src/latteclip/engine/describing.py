@@ -63,7 +63,7 @@ def describe_training_images(
     hashes: list[str | None],
     store: DescriptionStore,
     batch_out: str | None = None,
-    batch_in: Sequence[str] | None = None,
+    batch_in: str | Sequence[str] | None = None,
 ) -> tuple[Summary, str]:
     """Ask the describer for every description of `settings.kinds` the store lacks; the summary and the describer's name.
     With `--lmm batch`, write them to `batch_out` (`settings.batch_shards` files) or store the answers of `batch_in`.
@@ -171,7 +171,7 @@ def true_class_descriptions(
 
 
 def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_name: str, batch_out: str | None,
-                 batch_in: Sequence[str] | None, shards: int = 1) -> tuple[Summary, str]:
+                 batch_in: str | Sequence[str] | None, shards: int = 1) -> tuple[Summary, str]:
     """--batch-out: the requests the store lacks, as OpenAI Batch files (`shards` of them); --batch-in: the answers of
     results files."""
     if batch_out:
@@ -192,6 +192,7 @@ def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_n
         raise LatteclipError("--lmm batch needs --batch-out FILE.jsonl or --batch-in RESULTS.jsonl")
     summary, unmatched = read_results(jobs, store, model, batch_in, dataset_name)
     if unmatched:
-        print(f"{unmatched} lines of {', '.join(batch_in)} match no request still missing (already stored, or another "
-              "dataset, prompt or model): left as they are")
+        files = batch_in if isinstance(batch_in, str) else ", ".join(batch_in)
+        print(f"{unmatched} lines of {files} match no request still missing (already stored, or another dataset, "
+              "prompt or model): left as they are")
     return summary, f"batch results of {model}"
