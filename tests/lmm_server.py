@@ -9,6 +9,9 @@ require an API key (`api_key`: 401 otherwise), list other models than it runs (`
 `/models` route (`models_route=False`), refuse requests for another model with HTTP 400
 (`pinned`), and say why an answer ended (`finish_reason`).
 
+With `certificate` (a PEM file of its key and certificate chain) it serves HTTPS. `arrivals` keeps every
+request's peer address (one per connection) and headers in the order they came, GET /models included.
+
 `one_at_a_time` makes it answer like `transformers serve`: requests wait in a queue and are answered in turn.
 A request with a `response_format` must carry a JSON schema that is an enum of strings (else HTTP 400);
 its answer is then one of those strings as JSON, picked by the image hash (`constrained_answer`).
@@ -25,6 +28,7 @@ import contextlib
 import hashlib
 import io
 import json
+import ssl
 import threading
 import time
 from collections import Counter
@@ -88,20 +92,26 @@ class FakeLMMServer:
     models_route: bool = True
     pinned: bool = False
     finish_reason: str = "stop"
+    certificate: str | None = None  # PEM file of the server's key and certificate chain: HTTPS
     seen: list[Seen] = field(default_factory=list)
+    arrivals: list[tuple[tuple[str, int], dict]] = field(default_factory=list)  # (peer, headers) of every request
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _attempts: Counter = field(default_factory=Counter)
     _turn: threading.Lock = field(default_factory=threading.Lock)  # held while answering, when one_at_a_time
 
     def start(self) -> str:
         self.httpd = _Listener(("127.0.0.1", 0), _handler_for(self))
+        if self.certificate:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.certificate)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         return self.url
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        return f"{'https' if self.certificate else 'http'}://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def stop(self) -> None:
         self.httpd.shutdown()
@@ -156,7 +166,12 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
             self._send(401, b'{"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}')
             return True
 
+        def _arrived(self) -> None:
+            with server._lock:
+                server.arrivals.append((self.client_address[:2], dict(self.headers)))
+
         def do_GET(self) -> None:
+            self._arrived()
             if self._key_rejected():
                 return
             if self.path.rstrip("/").endswith("/stats"):  # for the benchmark, whose server is another process
@@ -170,6 +185,7 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
                 self._send(404, b'{"error": "no such route"}')
 
         def do_POST(self) -> None:
+            self._arrived()
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self._key_rejected():
                 return

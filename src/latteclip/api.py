@@ -167,7 +167,7 @@ class Descriptions:
 
 
 def check_describe_request(config: RunConfig, settings: DescribeSettings, batch_out: str | None,
-                           batch_in: str | None, moves: bool) -> None:
+                           batch_in: str | list[str] | None, moves: bool) -> None:
     """Refuse, before any work, a description request that cannot be carried out."""
     if not (settings.lmm or moves):
         raise LatteclipError("nothing to do: choose a describer with --lmm (openai, transformers, offline, batch), "
@@ -178,6 +178,8 @@ def check_describe_request(config: RunConfig, settings: DescribeSettings, batch_
                              "RESULTS.jsonl (store the answers)")
     if files and settings.lmm != "batch":
         raise LatteclipError("--batch-out/--batch-in go with --lmm batch")
+    if settings.batch_shards > 1 and not batch_out:
+        raise LatteclipError("--batch-shards N splits the requests --batch-out writes: pass --batch-out FILE.jsonl")
     if settings.lmm == "batch" and not settings.lmm_model:
         raise LatteclipError("--lmm batch needs --lmm-model NAME: the model the batch runs (each request names it)")
     if settings.true_class_members is not None and settings.lmm and not config.store:
@@ -186,7 +188,7 @@ def check_describe_request(config: RunConfig, settings: DescribeSettings, batch_
 
 
 def describe(config: RunConfig, settings: DescribeSettings, prompts: str | None = None, batch_out: str | None = None,
-             batch_in: str | None = None, import_file: str | None = None,
+             batch_in: str | list[str] | None = None, import_file: str | None = None,
              export_file: str | None = None) -> Descriptions:
     """Describe every training image of `config`'s dataset that the store lacks; import/export JSON lines.
 

@@ -17,7 +17,7 @@ from latteclip.cli import (
     interruptible,
     print_descriptions,
 )
-from latteclip.describe.settings import WHAT
+from latteclip.describe.settings import BATCH, WHAT
 
 
 @command("describe", "image and group descriptions of every training image from an LMM, stored for training")
@@ -25,14 +25,15 @@ def _describe_parser(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_model_arguments(parser)
     add_lmm_arguments(parser)
-    add_describe_arguments(parser, WHAT)
+    add_describe_arguments(parser, WHAT, BATCH)
     group = parser.add_argument_group("run")
     group.add_argument("--config", help="YAML file of options (describe options under 'describe:'); flags override it")
     add_option_arguments(group, "workers", "eval_batch_size")  # of the zero-shot label pass that draws the groups
     group.add_argument("--batch-out", dest="batch_out", metavar="FILE.jsonl", help="with --lmm batch: write every missing "
                        "request as an OpenAI Batch file (for vllm run-batch or the OpenAI Batch API); needs --lmm-model")
-    group.add_argument("--batch-in", dest="batch_in", metavar="RESULTS.jsonl", help="with --lmm batch: store the answers "
-                       "of a Batch results file (vllm run-batch or OpenAI Batch API output)")
+    group.add_argument("--batch-in", dest="batch_in", metavar="RESULTS.jsonl", nargs="+", help="with --lmm batch: "
+                       "store the answers of Batch results files (vllm run-batch or OpenAI Batch API output): paths or "
+                       "quoted glob patterns such as 'results-*.jsonl'")
     group.add_argument("--import", dest="import_file", metavar="FILE.jsonl", help="load descriptions made elsewhere first")
     group.add_argument("--export", metavar="FILE.jsonl", help="write every stored description of the dataset's training "
                        "images, one JSON object per line")

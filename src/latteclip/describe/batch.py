@@ -7,15 +7,21 @@ rules: what the store holds is never asked or overwritten, each key is asked onc
 under backend `openai` with the requested model, so live runs and batch files skip each other's answers.
 A line's `custom_id` is its store key: kind, image hash, variant, a digest of the prompt, and the model tag
 of label-reading analysis groups.
+
+For N nodes running `vllm run-batch` at once, the requests can be split into shards (`requests-1-of-N.jsonl`, ...)
+dealt line by line, so their line counts differ by one at most and each holds the same mix of image and group
+requests; the results files come back together (several paths, or a glob pattern).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from latteclip.data import CorruptImage
 from latteclip.describe.jobs import Job
@@ -33,20 +39,31 @@ def custom_id(job: Job) -> str:
     return f"{job.kind}:{job.image_hash}:{job.variant}:{hashlib.sha1(job.prompt.encode()).hexdigest()[:16]}{job.model_tag}"
 
 
-def write_requests(jobs: Sequence[Job], store: DescriptionStore, model: str, path: str | Path,
-                   max_tokens: int = MAX_TOKENS) -> tuple[Summary, int]:
-    """Write every request the store lacks to `path` (none: no file); the summary (of what is stored or unreadable)
-    and the number of lines."""
-    summary, pending, followers = plan(jobs, stored_keys(store, BACKEND, model, jobs))
+def shard_paths(path: str | Path, shards: int) -> list[Path]:
+    """The names of `shards` request files for `path`: `stem-K-of-N.suffix`, K zero-padded so they sort in order."""
     target = Path(path)
+    width = len(str(shards))
+    return [target.with_name(f"{target.stem}-{k:0{width}d}-of-{shards}{target.suffix}") for k in range(1, shards + 1)]
+
+
+def write_requests(jobs: Sequence[Job], store: DescriptionStore, model: str, path: str | Path,
+                   max_tokens: int = MAX_TOKENS, shards: int = 1) -> tuple[Summary, list[tuple[Path, int]]]:
+    """Write every request the store lacks to `path`, or dealt over `shards` files (`shard_paths`; fewer when there are
+    fewer requests, none when there are none); the summary (of what is stored or unreadable) and each file written with
+    its number of lines."""
+    summary, pending, followers = plan(jobs, stored_keys(store, BACKEND, model, jobs))
     if not pending:
-        return summary, 0
-    if target.exists():
-        raise LatteclipError(f"batch file {target} exists: pass another --batch-out FILE or remove it")
+        return summary, []
+    target = Path(path)
+    shard_pattern = f"{glob.escape(target.stem)}-*-of-*{target.suffix}"
+    previous = [target] if shards == 1 else sorted(target.parent.glob(shard_pattern))
+    if any(file.exists() for file in previous):
+        raise LatteclipError(f"batch file {previous[0]} exists: pass another --batch-out FILE or remove it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    written = 0
-    with open(partial, "w", encoding="utf-8") as handle:
+    partials = [target.with_name(f"{target.name}.{k}.partial") for k in range(min(shards, len(pending)))]
+    counts = [0] * len(partials)
+    with contextlib.ExitStack() as files:
+        handles = [files.enter_context(open(partial, "w", encoding="utf-8")) for partial in partials]
         for job in pending:
             try:
                 body = chat_body(model, job.build(), max_tokens)
@@ -54,10 +71,17 @@ def write_requests(jobs: Sequence[Job], store: DescriptionStore, model: str, pat
                 summary.counts[job.kind].failed += 1 + followers[job.key]
                 summary.failures.append((job.kind, job.image, f"unreadable image ({err})"))
                 continue
-            handle.write(json.dumps({"custom_id": custom_id(job), "method": "POST", "url": BATCH_URL, "body": body}) + "\n")
-            written += 1
-    os.replace(partial, target)
-    return summary, written
+            shard = sum(counts) % len(handles)  # dealt in turn: line counts differ by one at most
+            line = {"custom_id": custom_id(job), "method": "POST", "url": BATCH_URL, "body": body}
+            handles[shard].write(json.dumps(line) + "\n")
+            counts[shard] += 1
+    used = [count for count in counts if count]  # all but when every image was unreadable
+    names = ([target] if shards == 1 else shard_paths(target, len(used)))[: len(used)]
+    for partial, name in zip(partials, names):
+        os.replace(partial, name)
+    for partial in partials[len(used):]:
+        partial.unlink()
+    return summary, list(zip(names, used))
 
 
 def result_text(record: dict) -> tuple[str | None, str]:
@@ -81,24 +105,46 @@ def result_text(record: dict) -> tuple[str | None, str]:
     return (text, str(finish or "")) if text else (None, "empty answer")
 
 
-def read_results(jobs: Sequence[Job], store: DescriptionStore, model: str, path: str | Path, dataset_name: str) -> tuple[Summary, int]:
-    """Store the answers of a results file for the jobs the store lacks; (summary, lines that matched no such job)."""
-    file = Path(path)
-    if not file.is_file():
-        raise LatteclipError(f"batch results file {path} does not exist")
+def results_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The results files named by paths and glob patterns (quoted, for the shell to leave them: 'results-*.jsonl'),
+    each once and in order; one line naming the path when one is missing, so nothing is read before all are there."""
+    files: list[Path] = []
+    for name in [paths] if isinstance(paths, (str, Path)) else paths:
+        matches = sorted(glob.glob(str(name))) if glob.escape(str(name)) != str(name) else [str(name)]
+        if not matches:
+            raise LatteclipError(f"batch results pattern {name} matches no file")
+        for match in matches:
+            if not Path(match).is_file():
+                raise LatteclipError(f"batch results file {match} does not exist")
+            files.append(Path(match))
+    return list(dict.fromkeys(files))
+
+
+def result_records(file: Path) -> Iterator[dict | None]:
+    """The JSON object of each non-blank line of a results file (None for a line that is not an object)."""
+    with open(file, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LatteclipError(f"{file}, line {number} is not valid JSON: {err.msg}") from err
+            yield record if isinstance(record, dict) else None
+
+
+def read_results(jobs: Sequence[Job], store: DescriptionStore, model: str, paths: str | Path | Sequence[str | Path],
+                 dataset_name: str) -> tuple[Summary, int]:
+    """Store the answers of one or more results files (`results_files`) for the jobs the store lacks; (summary, lines
+    that matched no such job). A request answered in one file and failed in another counts as answered."""
+    files = results_files(paths)
     summary, pending, followers = plan(jobs, stored_keys(store, BACKEND, model, jobs))
     by_id = {custom_id(job): job for job in pending}
     answered: dict[str, tuple[Job, str, str]] = {}  # custom_id -> (job, text, finish_reason)
     failed: dict[str, tuple[Job, str]] = {}
     unmatched = 0
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LatteclipError(f"{path}, line {number} is not valid JSON: {err.msg}") from err
-        job = by_id.get(record.get("custom_id")) if isinstance(record, dict) else None
+    for record in (record for file in files for record in result_records(file)):
+        job = by_id.get(record.get("custom_id")) if record is not None else None
         if job is None:  # stored already, or asked by another dataset, prompt or model
             unmatched += 1
             continue

@@ -1,33 +1,40 @@
 """The `openai` describer: the chat-completions protocol over HTTP (vLLM, SGLang, llama.cpp, Ollama, ...).
 
-The stage is I/O-bound, so the runner keeps many requests in flight (one thread each, each with
-its own keep-alive connection per endpoint) and spreads them over every `--lmm-url`. A request
-that meets a 429, a 5xx, a timeout, a dropped connection, malformed JSON or an empty answer is
-retried with exponential back-off, on the next healthy endpoint; an endpoint that fails is rested
-for a while so a dead server does not slow the others. An empty answer is asked once more only:
-at temperature 0 the model gives the same answer again. Answers that show the configuration
-itself is wrong (401, 403, 404, a model the server does not serve) stop the run at once, and
-before any image is sent the servers are asked (GET /models) whether they answer, accept the key
-and serve the model.
+The stage is I/O-bound, so the runner keeps many requests in flight (one thread each) and spreads them
+over every `--lmm-url`. The transport is httpx: it keeps connections alive (one per thread and endpoint:
+as many as requests in flight), it takes proxies from the environment (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
+NO_PROXY), and the servers' certificates are checked against the system's trust store, a `--lmm-ca-bundle`
+file, or not at all (`--lmm-insecure`). A request that meets a 429, a 5xx, a timeout, a dropped connection, malformed
+JSON or an empty answer is retried with exponential back-off, on the next healthy endpoint; an endpoint
+that fails is rested for a while so a dead server does not slow the others. An empty answer is asked once
+more only: at temperature 0 the model gives the same answer again. Answers that show the configuration
+itself is wrong (401, 403, 404, a model the server does not serve, an untrusted certificate) stop the run
+at once, and before any image is sent the servers are asked (GET /models) whether they answer, accept the
+key and serve the model.
 
 A request times out only when its server has answered nothing for `--lmm-timeout` seconds: a server
 that keeps answering others holds it in a queue, and sending it again would only make the queue longer.
 Such late answers and 429s lower the number of requests in flight (`AdaptiveLimit`); answers in time
 raise it again, so one `--concurrency` suits vLLM and a server that answers one request at a time.
+The wait for an answer to begin is ours (httpx's read timeout is fixed): httpcore's trace hook, called as
+the request starts reading its answer, waits on the connection's socket by that rule.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import random
 import select
+import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 from urllib.parse import urlsplit
+
+import httpx
 
 from latteclip.describe.adaptive import AdaptiveLimit
 from latteclip.describe.backend import Answer, BackendStopped, Describer, ItemFailed, Request
@@ -78,13 +85,10 @@ def api_key_from_environment() -> str | None:
 
 @dataclass
 class Endpoint:
-    """One server: where to connect, and how long to rest it after failures."""
+    """One server: its base URL, and how long to rest it after failures."""
 
     url: str
-    scheme: str
-    host: str
-    port: int
-    path: str
+    origin: tuple[str, str, int | None]  # scheme, host, port: what a kept-alive connection serves
     failures_in_row: int = 0
     rest_until: float = 0.0
     last_answer: float = float("-inf")  # when it last answered anything (time.monotonic)
@@ -95,17 +99,64 @@ class Endpoint:
         if base.endswith("/chat/completions"):
             base = base[: -len("/chat/completions")]
         parts = urlsplit(base)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise LatteclipError(f"--lmm-url {url} is not an http(s) URL; give the server's base, e.g. http://host:8000/v1")
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError as err:
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError as err:  # urlsplit reads the port only when asked
             raise LatteclipError(f"--lmm-url {url} has a bad port: {err}") from err
-        return cls(base, parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+        if not valid:
+            raise LatteclipError(f"--lmm-url {url} is not an http(s) URL; give the server's base, e.g. "
+                                 "http://host:8000/v1")
+        return cls(base, (parts.scheme, parts.hostname, parts.port))
 
-    def connect(self, timeout: float) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        return cls(self.host, self.port, timeout=timeout)
+
+def certificate_check(ca_bundle: str | None = None, insecure: bool = False) -> ssl.SSLContext | bool:
+    """How servers' certificates are checked: the system's trust store as `http.client` did (OpenSSL honours
+    SSL_CERT_FILE / SSL_CERT_DIR), only the CA bundle given (a gateway on an internal CA), or not at all."""
+    if insecure:
+        return False
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as err:
+        raise LatteclipError(f"--lmm-ca-bundle {ca_bundle} is not a readable PEM file of CA certificates ({err}): "
+                             "give the file of the CA that signed the server's certificate") from err
+
+
+def untrusted_certificate(err: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate failure behind a connection error (httpx wraps httpcore's, which wraps ssl's), if any."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
+class ThreadClients:
+    """An httpx Client for each runner thread, with one kept-alive connection per endpoint: as many connections as
+    requests in flight. One client shared by every thread would cost more CPU than all the rest of the stage at
+    64 in flight, since httpcore's pool looks at every connection and every waiting request each time one is sent
+    or answered."""
+
+    def __init__(self, headers: dict[str, str], verify: ssl.SSLContext | bool, endpoints: int, timeout: float):
+        limits = httpx.Limits(max_connections=endpoints, max_keepalive_connections=endpoints)
+        # the SSL context is made once: making one per client (httpx's default) costs tens of ms each
+        self.options = {"headers": headers, "verify": verify, "limits": limits, "timeout": httpx.Timeout(timeout),
+                        "trust_env": True}
+        self.clients: list[httpx.Client] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def client(self) -> tuple[httpx.Client, dict[tuple, socket.socket]]:
+        """This thread's client, and the socket of its connection to each origin (kept by the describer's trace)."""
+        if not hasattr(self._local, "client"):
+            self._local.client, self._local.sockets = httpx.Client(**self.options), {}
+            with self._lock:
+                self.clients.append(self._local.client)
+        return self._local.client, self._local.sockets
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self.clients:
+                client.close()
+            self.clients.clear()
 
 
 @dataclass
@@ -169,6 +220,8 @@ class OpenAIDescriber(Describer):
         max_backoff: float = 30.0,
         api_key: str | None = None,
         max_tokens: int = MAX_TOKENS,
+        ca_bundle: str | None = None,
+        insecure: bool = False,
     ):
         if not urls:
             raise LatteclipError("the openai backend needs at least one --lmm-url (e.g. http://localhost:8000/v1)")
@@ -179,9 +232,16 @@ class OpenAIDescriber(Describer):
         self.max_backoff = max_backoff
         self.api_key = api_key if api_key is not None else api_key_from_environment()
         self.max_tokens = max_tokens
-        self._local = threading.local()
         self.limit = AdaptiveLimit()
-        self.model = self.check_servers(model)
+        self.http = ThreadClients(self._headers(), certificate_check(ca_bundle, insecure), len(urls), timeout)
+        try:
+            self.model = self.check_servers(model)
+        except LatteclipError:
+            self.http.close()
+            raise
+
+    def close(self) -> None:
+        self.http.close()
 
     # --- HTTP ------------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -190,50 +250,38 @@ class OpenAIDescriber(Describer):
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def _connections(self) -> dict[str, http.client.HTTPConnection]:
-        """This thread's kept-alive connections, one per endpoint."""
-        if not hasattr(self._local, "connections"):
-            self._local.connections = {}
-        return self._local.connections
-
-    def _connection(self, endpoint: Endpoint) -> http.client.HTTPConnection:
-        connections = self._connections()
-        if endpoint.url not in connections:
-            connections[endpoint.url] = endpoint.connect(self.timeout)
-        return connections[endpoint.url]
-
-    def _drop_connection(self, endpoint: Endpoint) -> None:
-        connection = self._connections().pop(endpoint.url, None)
-        if connection is not None:
-            connection.close()
-
     def _exchange(self, endpoint: Endpoint, method: str, route: str, body: bytes | None,
                   sent_at: float | None = None) -> tuple[int, bytes, str | None]:
-        """(status, body, Retry-After) of one call; a kept-alive connection the server closed is reopened once."""
-        for fresh in (False, True):
-            connection = self._connection(endpoint)
-            reused = connection.sock is not None
-            try:
-                connection.request(method, endpoint.path + route, body=body, headers=self._headers())
-                self._await_answer(endpoint, connection, time.monotonic() if sent_at is None else sent_at)
-                response = connection.getresponse()
-                data = response.read()
-                endpoint.last_answer = time.monotonic()
-                if response.getheader("Connection", "").lower() == "close":
-                    self._drop_connection(endpoint)
-                return response.status, data, response.getheader("Retry-After")
-            except (OSError, http.client.HTTPException) as err:
-                self._drop_connection(endpoint)
-                if reused and not fresh and isinstance(err, (BrokenPipeError, ConnectionResetError)):
-                    continue  # the server closed an idle kept-alive connection: not a failure of this request
-                timed_out = isinstance(err, TimeoutError)
-                kind = "timed out" if timed_out else f"connection failed ({type(err).__name__}: {err})"
-                raise RetryableError(f"{endpoint.url} {kind}", overload=timed_out) from err
-        raise AssertionError("unreachable: the second try either returns or raises")
+        """(status, body, Retry-After) of one call (httpx drops a kept-alive connection the server has closed)."""
+        client, sockets = self.http.client()
+        sent_at = time.monotonic() if sent_at is None else sent_at
 
-    def _await_answer(self, endpoint: Endpoint, connection: http.client.HTTPConnection, sent_at: float) -> None:
+        def trace(event: str, info: dict) -> None:
+            """httpcore's trace hook: remember the connection's socket; wait for the answer by our rule."""
+            if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+                sockets[endpoint.origin] = info["return_value"].get_extra_info("socket")
+            elif event == "http11.receive_response_headers.started" and endpoint.origin in sockets:
+                self._await_answer(endpoint, sockets[endpoint.origin], sent_at)
+
+        try:
+            response = client.request(method, endpoint.url + route, content=body, extensions={"trace": trace})
+        except (httpx.HTTPError, TimeoutError) as err:
+            certificate = untrusted_certificate(err)
+            if certificate is not None:
+                raise BackendStopped(
+                    f"{endpoint.url}: its TLS certificate is not trusted ({certificate.verify_message}): pass "
+                    "--lmm-ca-bundle FILE with the CA that signed it, or --lmm-insecure to skip the check"
+                ) from err
+            timed_out = isinstance(err, (TimeoutError, httpx.TimeoutException))
+            kind = "timed out" if timed_out else f"connection failed ({type(err).__name__}: {err})"
+            raise RetryableError(f"{endpoint.url} {kind}", overload=timed_out) from err
+        endpoint.last_answer = time.monotonic()
+        return response.status_code, response.content, response.headers.get("Retry-After")
+
+    def _await_answer(self, endpoint: Endpoint, connection: socket.socket, sent_at: float) -> None:
         """Wait for the answer to begin; past the timeout only while the server answers others (then it is a queue,
-        and the limiter hears of it once); TimeoutError when it has answered nothing for the whole timeout."""
+        and the limiter hears of it once); TimeoutError when it has answered nothing for the whole timeout (raised
+        in the trace hook, it ends the request and its connection)."""
         told = False
         while True:
             now = time.monotonic()
@@ -243,7 +291,7 @@ class OpenAIDescriber(Describer):
             if not told and now >= sent_at + self.timeout:
                 self.limit.overloaded(sent_at)
                 told = True
-            readable, _, _ = select.select([connection.sock], [], [], min(deadline - now, 0.25))
+            readable, _, _ = select.select([connection], [], [], min(deadline - now, 0.25))
             if readable:
                 return
 
@@ -266,6 +314,8 @@ class OpenAIDescriber(Describer):
             except RetryableError as err:
                 problems.append(str(err))
                 continue
+            except BackendStopped as err:  # an untrusted certificate
+                raise LatteclipError(str(err)) from err
             reached = True
             if status in (401, 403):
                 raise LatteclipError(

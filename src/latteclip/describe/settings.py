@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from latteclip.config import option
@@ -27,6 +28,7 @@ ANSWER_FORMATS = ("text", "json-schema")  # LMM zero-shot: free text (the paper)
 
 
 LMM, WHAT, ANSWERS = "LMM", "what to describe", "LMM zero-shot (zeroshot --lmm)"  # the help sections of the flags
+BATCH = "OpenAI Batch files (describe --lmm batch)"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class DescribeSettings:
                                 "flight)")
     lmm_retries: int = option(5, kind="speed", group=LMM, help="retries after 429/5xx/timeouts/bad answers")
     lmm_batch_size: int = option(8, kind="speed", group=LMM, help="images per forward pass in-process")
+    lmm_ca_bundle: str | None = option(None, kind="speed", group=LMM, help="PEM file of the CA that signed the "
+                                       "server's certificate (a gateway on an internal CA; default: the system's "
+                                       "trust store)")
+    lmm_insecure: bool = option(False, kind="speed", group=LMM, help="do not check the server's TLS certificate "
+                                "(proxies come from HTTPS_PROXY, HTTP_PROXY, NO_PROXY)")
     concurrency: int | None = option(None, kind="speed", group=LMM, help="requests in flight at most (default 64 for "
                                      "openai, lowered while the server is saturated; 1 in-process)")
     stop_after_failures: int = option(DEFAULT_STOP_AFTER_FAILURES, kind="speed", group=LMM,
@@ -71,6 +78,8 @@ class DescribeSettings:
     lmm_answer_format: str = option("text", choices=ANSWER_FORMATS, group=ANSWERS, help="with --lmm openai: text (free "
                                     "answers, the paper's baseline) or json-schema (the server may answer only a class "
                                     "name: OpenAI response_format, for vLLM, SGLang, Ollama)")
+    batch_shards: int = option(1, kind="speed", group=BATCH, help="with --batch-out: N request files of near-equal "
+                               "size, FILE-1-of-N.jsonl ... (one per node)")
 
     def check(self) -> "DescribeSettings":
         if self.lmm is not None and self.lmm not in BACKENDS:
@@ -84,7 +93,7 @@ class DescribeSettings:
             raise LatteclipError(f"--group-draw {self.group_draw} must be one of {', '.join(GROUP_DRAWS)}")
         if self.true_class_members is not None and not 1 <= self.true_class_members <= self.group_size:
             raise LatteclipError(f"--true-class-members must be between 1 and the group size {self.group_size}")
-        for name in ("lmm_timeout", "lmm_batch_size", "stop_after_failures"):
+        for name in ("lmm_timeout", "lmm_batch_size", "stop_after_failures", "batch_shards"):
             if getattr(self, name) <= 0:
                 raise LatteclipError(f"--{name.replace('_', '-')} must be positive")
         if self.concurrency is not None and self.concurrency < 1:
@@ -97,6 +106,10 @@ class DescribeSettings:
             raise LatteclipError(f"--lmm-answer-format {self.lmm_answer_format} must be one of {', '.join(ANSWER_FORMATS)}")
         if self.lmm_retries < 0:
             raise LatteclipError("--lmm-retries cannot be negative")
+        if self.lmm_ca_bundle and self.lmm_insecure:
+            raise LatteclipError("--lmm-ca-bundle checks the server's certificate, --lmm-insecure skips it: pass one")
+        if self.lmm_ca_bundle and not Path(self.lmm_ca_bundle).is_file():
+            raise LatteclipError(f"--lmm-ca-bundle {self.lmm_ca_bundle} is not a file: give the PEM file of the CA")
         return self
 
 
@@ -125,7 +138,8 @@ def build_describer(
     if settings.lmm == "openai":
         from latteclip.describe.openai_http import OpenAIDescriber
 
-        return OpenAIDescriber(settings.lmm_url, settings.lmm_model, settings.lmm_timeout, settings.lmm_retries)
+        return OpenAIDescriber(settings.lmm_url, settings.lmm_model, settings.lmm_timeout, settings.lmm_retries,
+                               ca_bundle=settings.lmm_ca_bundle, insecure=settings.lmm_insecure)
     if settings.lmm == "transformers":
         from latteclip.describe.hf_local import TransformersDescriber
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from pathlib import PurePosixPath
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -79,10 +79,10 @@ def describe_training_images(
     hashes: list[str | None],
     store: DescriptionStore,
     batch_out: str | None = None,
-    batch_in: str | None = None,
+    batch_in: str | Sequence[str] | None = None,
 ) -> tuple[Summary, str]:
     """Ask the describer for every description of `settings.kinds` the store lacks; the summary and the describer's name.
-    With `--lmm batch`, write those requests to `batch_out` instead, or store the answers of `batch_in`.
+    With `--lmm batch`, write them to `batch_out` (`settings.batch_shards` files) or store the answers of `batch_in`.
 
     Groups drawn from the TRUE labels (`settings.true_class_members`, analysis) are stored under the model name
     plus ANALYSIS_TAG, so that training reads them only when asked for that model by name.
@@ -117,7 +117,7 @@ def describe_training_images(
     store.record_set(info.name, description_contract(config, settings, backend, model, jobs, analysis),
                      [(j.image_hash, j.kind, j.prompt, model + j.model_tag, j.variant) for j in jobs])
     if describer is None:
-        return _batch_files(jobs, store, model, info.name, batch_out, batch_in)
+        return _batch_files(jobs, store, model, info.name, batch_out, batch_in, settings.batch_shards)
     runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
     try:
         summary = runner.run(jobs)
@@ -220,13 +220,20 @@ def true_class_descriptions(
 
 
 def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_name: str, batch_out: str | None,
-                 batch_in: str | None) -> tuple[Summary, str]:
-    """--batch-out: the requests the store lacks, as an OpenAI Batch file; --batch-in: the answers of a results file."""
+                 batch_in: str | Sequence[str] | None, shards: int = 1) -> tuple[Summary, str]:
+    """--batch-out: the requests the store lacks, as OpenAI Batch files (`shards` of them); --batch-in: the answers of
+    results files."""
     if batch_out:
-        summary, written = write_requests(jobs, store, model, batch_out)
-        if written:
-            print(f"wrote {written} requests to {batch_out}: run them (e.g. vllm run-batch -i {batch_out} -o "
+        summary, files = write_requests(jobs, store, model, batch_out, shards=shards)
+        if len(files) == 1:
+            print(f"wrote {files[0][1]} requests to {files[0][0]}: run them (e.g. vllm run-batch -i {files[0][0]} -o "
                   f"RESULTS.jsonl --model {model}), then store the answers with the same command and --batch-in RESULTS.jsonl")
+        elif files:
+            sizes = [n for _, n in files]
+            print(f"wrote {sum(sizes)} requests to {len(files)} files in {files[0][0].parent}, {files[0][0].name} to "
+                  f"{files[-1][0].name} ({min(sizes)} to {max(sizes)} requests each): run each on a node of its own "
+                  f"(e.g. vllm run-batch -i {files[0][0]} -o results-1.jsonl --model {model}), then store all the "
+                  "answers with the same command and --batch-in 'results-*.jsonl'")
         else:
             print("nothing to write: the store holds an answer to every request")
         return summary, f"batch file for {model}"
@@ -234,6 +241,7 @@ def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_n
         raise LatteclipError("--lmm batch needs --batch-out FILE.jsonl or --batch-in RESULTS.jsonl")
     summary, unmatched = read_results(jobs, store, model, batch_in, dataset_name)
     if unmatched:
-        print(f"{unmatched} lines of {batch_in} match no request still missing (already stored, or another dataset, "
+        files = batch_in if isinstance(batch_in, str) else ", ".join(batch_in)
+        print(f"{unmatched} lines of {files} match no request still missing (already stored, or another dataset, "
               "prompt or model): left as they are")
     return summary, f"batch results of {model}"

@@ -1,0 +1,146 @@
+"""The `openai` describer where users are: behind an HTTP proxy named by the environment, and in front of a server
+whose certificate an internal CA signed.
+
+The proxy is a real one (proxy.py from PyPI, a process of its own on 127.0.0.1). It adds `Via: 1.1 proxy.py ...` to
+the first request of each connection it forwards (later ones on a kept-alive connection it passes as they are), and
+the test server records the peer and headers of every request. A connection comes from one peer, so a run went
+through the proxy when the first request of every connection the server accepted carries that header, and around
+it when no request does. NO_PROXY is removed for the proxied run: httpx sends even 127.0.0.1 to the proxy unless
+NO_PROXY names it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tests.lmm_server import FakeLMMServer, expected_answer
+
+from latteclip.cli import main
+from latteclip.data import build_dataset
+from latteclip.describe.jobs import image_hashes
+from latteclip.describe.prompts import load_prompts
+from latteclip.describe.store import DescriptionStore
+
+pytest.importorskip("proxy", reason="the proxy test needs proxy.py: pip install -e '.[test]'")
+trustme = pytest.importorskip("trustme", reason="the TLS test needs trustme: pip install -e '.[test]'")
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def describe_args(eurosat_folder: Path, store: Path, url: str, *flags: str) -> list[str]:
+    return ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--kinds", "image",
+            "--store", str(store), "--lmm", "openai", "--lmm-url", url, "--concurrency", "4", *flags]
+
+
+@pytest.fixture
+def no_proxy_settings(monkeypatch):
+    """A clean slate: none of the proxy variables, in either case, from the machine running the tests."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def http_proxy(tmp_path):
+    """proxy.py listening on a free port of 127.0.0.1; its URL."""
+    port_file = tmp_path / "proxy.port"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "--hostname", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+         "--num-workers", "1", "--num-acceptors", "1", "--log-file", str(tmp_path / "proxy.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert process.poll() is None and time.monotonic() < deadline, "proxy.py did not start (see proxy.log)"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text().split()[0]}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def first_vias(arrivals: list[tuple[tuple[str, int], dict]]) -> dict[tuple[str, int], str | None]:
+    """The Via header of the first request on each connection the server accepted (by peer address)."""
+    first: dict[tuple[str, int], str | None] = {}
+    for peer, headers in arrivals:
+        first.setdefault(peer, headers.get("Via"))
+    return first
+
+
+def test_every_request_goes_through_the_proxy_of_the_environment(eurosat_folder, tmp_path, http_proxy,
+                                                                 no_proxy_settings):
+    train = build_dataset("eurosat", eurosat_folder, "train")
+    hashes = image_hashes(train, progress=False)
+    prompt = load_prompts(train.info.prompts).description("image", train.info.domain)
+    with FakeLMMServer() as server:
+        no_proxy_settings.setenv("HTTP_PROXY", http_proxy)
+        assert main(describe_args(eurosat_folder, tmp_path / "proxied.sqlite", server.url)) == 0
+        proxied = list(server.arrivals)
+        # the server's every request, the model check and one per image, came on a connection proxy.py opened
+        assert len(proxied) == 1 + len(set(hashes)) == 1 + len(server.seen)
+        connections = first_vias(proxied)
+        assert connections and all(via and via.startswith("1.1 proxy.py") for via in connections.values()), connections
+        with DescriptionStore(tmp_path / "proxied.sqlite") as store:
+            assert store.get_texts(hashes, "image", model="fake-llava") == [expected_answer(h, prompt) for h in hashes]
+
+        # the same run with NO_PROXY naming the server goes around the proxy: no request carries its header
+        no_proxy_settings.setenv("NO_PROXY", "127.0.0.1")
+        assert main(describe_args(eurosat_folder, tmp_path / "direct.sqlite", server.url)) == 0
+        direct = server.arrivals[len(proxied):]
+        assert len(direct) == 1 + len(set(hashes)) and {headers.get("Via") for _, headers in direct} == {None}
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    """An internal CA and a certificate it signed for 127.0.0.1: (the CA's PEM file, the server's key and chain)."""
+    folder = tmp_path_factory.mktemp("tls")
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(folder / "ca.pem"))
+    authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(folder / "server.pem"))
+    return folder / "ca.pem", folder / "server.pem"
+
+
+def test_a_server_on_an_internal_ca_needs_its_bundle_or_insecure(eurosat_folder, tmp_path, certificates, capsys,
+                                                                 no_proxy_settings):
+    ca, server_pem = certificates
+    with FakeLMMServer(certificate=str(server_pem)) as server:
+        assert server.url.startswith("https://")
+        capsys.readouterr()
+        assert main(describe_args(eurosat_folder, tmp_path / "refused.sqlite", server.url)) == 2
+        printed = capsys.readouterr().err.replace("\r", "\n").splitlines()  # the progress bars, then the error
+        errors = [line for line in printed if line.startswith("error:")]
+        assert len(errors) == 1 and printed[-1] == errors[0], printed
+        error = errors[0]
+        assert "TLS certificate is not trusted" in error
+        assert "--lmm-ca-bundle FILE" in error and "--lmm-insecure" in error
+        assert server.arrivals == []
+
+        with_bundle = describe_args(eurosat_folder, tmp_path / "bundle.sqlite", server.url, "--lmm-ca-bundle", str(ca))
+        assert main(with_bundle) == 0
+        answered = len(server.seen)
+        with DescriptionStore(tmp_path / "bundle.sqlite") as store:
+            assert answered == len({row["image_hash"] for row in store.rows()}) > 0
+
+        assert main(describe_args(eurosat_folder, tmp_path / "insecure.sqlite", server.url, "--lmm-insecure")) == 0
+        assert len(server.seen) == 2 * answered
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lmm-ca-bundle", "{ca}", "--lmm-insecure"], "pass one"),
+    (["--lmm-ca-bundle", "{missing}"], "is not a file"),
+    (["--lmm-ca-bundle", "{not_pem}"], "is not a readable PEM file"),
+])
+def test_tls_options_are_checked_first(eurosat_folder, tmp_path, certificates, capsys, flags, message):
+    (tmp_path / "notes.txt").write_text("not a certificate\n")
+    names = {"ca": str(certificates[0]), "missing": str(tmp_path / "missing.pem"),
+             "not_pem": str(tmp_path / "notes.txt")}
+    argv = describe_args(eurosat_folder, tmp_path / "d.sqlite", "https://127.0.0.1:9/v1",
+                         *[flag.format(**names) for flag in flags])
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
