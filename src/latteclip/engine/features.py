@@ -33,9 +33,10 @@ def compute_precision(device: torch.device) -> str:
     return "fp32"
 
 
-def feature_cache_key(cache_key: str, dataset: ImageDataset, device: torch.device) -> str:
+def feature_cache_key(cache_key: str, dataset: ImageDataset, device: torch.device | str) -> str:
     """The cache entry of `cache_key`'s features of `dataset`: also keyed by the device type and the precision in use,
     so that a bf16 GPU pass is never read back by an fp32 CPU run, nor the reverse."""
+    device = torch.device(device)
     parts = f"{cache_key}|{device.type}|{compute_precision(device)}|{dataset_fingerprint(dataset)}|{dataset.transform}"
     return hashlib.sha1(parts.encode()).hexdigest()
 
