@@ -117,7 +117,7 @@ def test_checkpointed_rng_states_replay_the_same_draws():
 
     import numpy as np
 
-    from latteclip.engine.trainer import restore_rng_states, rng_states
+    from latteclip.engine.train_state import restore_rng_states, rng_states
 
     saved = rng_states(torch.device("cpu"))
     first = (torch.rand(3), random.random(), np.random.rand(2))

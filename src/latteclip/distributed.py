@@ -103,6 +103,26 @@ def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
             offset += g.numel()
 
 
+def every_rank(flag: bool) -> bool:
+    """True when `flag` holds on every rank: how ranks agree to take the same path around collectives."""
+    if not is_distributed():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    votes = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MIN)
+    return bool(votes.item())
+
+
+def local_world_size() -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 when run alone)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if is_distributed() else 1
+
+
+def workers_per_process(workers: int) -> int:
+    """--workers is per machine: each of its processes loads with its share (at least one when any are asked)."""
+    return workers if workers == 0 else max(1, workers // local_world_size())
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
