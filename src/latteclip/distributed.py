@@ -2,8 +2,9 @@
 
 Every rank holds the same model and method state. Each takes its slice of the global batch;
 features are gathered with gradients so the contrastive loss is the global-batch loss; gradients
-are averaged; per-class sums are all-reduced before any momentum update. With one process every
-helper is the identity, so single-process code pays nothing.
+are averaged (in buckets, over the tensors any rank has a gradient for); per-class sums are
+all-reduced before any momentum update. Ranks agree (`every_rank`) before any path that skips a
+collective. With one process every helper is the identity, so single-process code pays nothing.
 """
 
 from __future__ import annotations
@@ -83,24 +84,49 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+BUCKET_BYTES = 25 * 2**20  # DistributedDataParallel's default bucket size
+
+
 @torch.no_grad()
-def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
-    """Mean of the gradients over ranks, in one flat all-reduce per dtype (no per-tensor calls)."""
-    if not is_distributed():
+def average_gradients(parameters: list[torch.nn.Parameter], bucket_bytes: int = BUCKET_BYTES) -> None:
+    """Mean of the gradients over ranks, one all-reduce per bucket of at most `bucket_bytes` (one dtype each).
+
+    Ranks first agree on which tensors have a gradient anywhere: one that has none on this rank but
+    has one on another counts as zero here, so every rank reduces the same tensors in the same order
+    (a rank that left one out would wait forever, or add up the wrong numbers). Buckets bound the
+    extra memory to one bucket, not a second copy of every gradient.
+    """
+    if not is_distributed() or not parameters:
         return
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for p in parameters:
-        if p.grad is not None:
-            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    anywhere = torch.tensor([p.grad is not None for p in parameters], dtype=torch.uint8, device=parameters[0].device)
+    dist.all_reduce(anywhere, op=dist.ReduceOp.MAX)
+    grads = []
+    for p, used in zip(parameters, anywhere.tolist()):
+        if used and p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if used:
+            grads.append(p.grad)
     scale = 1.0 / world_size()
-    for grads in by_dtype.values():
-        flat = torch.cat([g.reshape(-1) for g in grads])
+    for bucket in _buckets(grads, bucket_bytes):
+        flat = torch.cat([g.reshape(-1) for g in bucket])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.mul_(scale)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for g, part in zip(bucket, flat.split([g.numel() for g in bucket])):
+            g.copy_(part.view_as(g))
+
+
+def _buckets(grads: list[torch.Tensor], bucket_bytes: int) -> list[list[torch.Tensor]]:
+    """Consecutive gradients of one dtype, cut where a bucket would pass `bucket_bytes` (a larger tensor alone)."""
+    buckets: list[list[torch.Tensor]] = []
+    size = 0
+    for g in grads:
+        nbytes = g.numel() * g.element_size()
+        if not buckets or g.dtype != buckets[-1][0].dtype or size + nbytes > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(g)
+        size += nbytes
+    return buckets
 
 
 def every_rank(flag: bool) -> bool:
@@ -111,6 +137,13 @@ def every_rank(flag: bool) -> bool:
     votes = torch.tensor([int(flag)], device=device)
     dist.all_reduce(votes, op=dist.ReduceOp.MIN)
     return bool(votes.item())
+
+
+def union(indices: set[int], device: torch.device) -> set[int]:
+    """Every rank's indices together (such as the images each found unreadable in its slices)."""
+    if not is_distributed():
+        return indices
+    return set(gather(torch.tensor(sorted(indices), dtype=torch.long, device=device)).tolist())
 
 
 def local_world_size() -> int:

@@ -125,7 +125,7 @@ class TrainState:
             "grad_scaler": self.scaler.state_dict(),
             "rng": rng_states(self.device),
             "metrics_lines": metrics_lines,
-            "unreadable": sorted(self.unreadable),
+            "unreadable": sorted(distributed.union(self.unreadable, self.device)),
             "config": run_identity(self.config, self.device),
         }
 

@@ -295,7 +295,7 @@ class Trainer:
             "top1": report["top1"] if report else None,
             "test": report,
             "diagnostics": diagnostics,
-            "unreadable_train_images": len(self.unreadable),
+            "unreadable_train_images": len(distributed.union(self.unreadable, self.device)),  # every rank's slices
             "unreadable_test_images": report["unreadable"] if report else 0,
             "schedule": self.schedule.record() if self.schedule else None,
             "precision": precision_in_use(cfg.precision, self.device),
