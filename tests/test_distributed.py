@@ -68,6 +68,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 
 
+def test_workers_are_shared_by_the_processes_of_a_machine(monkeypatch):
+    from latteclip import distributed
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun --nproc-per-node 4
+    assert [distributed.workers_per_process(w) for w in (0, 2, 8, 10)] == [0, 1, 2, 2]
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert distributed.workers_per_process(8) == 8
+
+
 # --- collectives never diverge: each case fails (with a timeout) instead of hanging when ranks take different paths ---
 
 COLLECTIVE_TIMEOUT = timedelta(seconds=60)  # a rank left waiting raises after this, and the test fails

@@ -196,6 +196,40 @@ def test_resume_refuses_changed_settings(full_run, eurosat_zip, capsys):
     assert code == 2 and "lr: 0.0001 -> 0.5" in capsys.readouterr().err
 
 
+def test_resume_identity_holds_the_precision_in_use_and_the_device_type(full_run, tmp_path):
+    """--precision auto is fp32 on CPU and bf16 on a GPU, fp16 only on a GPU: a run resumed on the other kind of
+    device would silently change precision (or load a disabled grad scaler's empty state): refused instead."""
+    import dataclasses
+    import warnings
+
+    from latteclip.config import RunConfig
+    from latteclip.engine.train_state import RUNTIME_KEYS, check_resumable, run_identity
+    from latteclip.errors import LatteclipError
+
+    assert load_checkpoint(full_run / "last.pt")["config"]["precision_in_use"] == "fp32"
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    with warnings.catch_warnings():  # autocast warns that this machine has no CUDA: only its settings are read
+        warnings.simplefilter("ignore")
+        for precision, on_cpu, on_gpu in (("auto", "fp32", "bf16"), ("fp16", "fp32", "fp16"), ("fp32", "fp32", "fp32")):
+            config = dataclasses.replace(RunConfig(), precision=precision)
+            started, resumed = run_identity(config, cpu), run_identity(config, gpu)
+            assert (started["precision_in_use"], resumed["precision_in_use"]) == (on_cpu, on_gpu)
+            with pytest.raises(LatteclipError, match="device_type: 'cpu' -> 'cuda'"):
+                check_resumable(started, resumed, tmp_path)
+    older = {k: v for k, v in started.items() if k not in RUNTIME_KEYS}  # a last.pt written before these keys
+    check_resumable(older, run_identity(config, cpu), tmp_path)
+
+
+def test_an_old_pickle_last_pt_says_what_to_run_instead(eurosat_zip, tmp_path, capsys):
+    import numpy as np
+
+    (tmp_path / "old").mkdir()
+    torch.save({"step": 3, "rng": {"numpy": np.random.get_state()}}, tmp_path / "old" / "last.pt")
+    assert main(flyp_args(eurosat_zip, tmp_path, "old", "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "last.pt is a pickle" in err and "--overwrite instead of --resume" in err
+
+
 def test_eval_reproduces_the_reported_accuracy(full_run):
     results = json.loads((full_run / "results.json").read_text())
     assert main(["eval", "--checkpoint", str(full_run / "final.pt"), "--device", "cpu"]) == 0

@@ -148,7 +148,7 @@ def union(indices: set[int], device: torch.device) -> set[int]:
 
 def local_world_size() -> int:
     """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 when run alone)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if is_distributed() else 1
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def workers_per_process(workers: int) -> int:

@@ -33,12 +33,13 @@ def precision_in_use(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-RUNTIME_KEYS = ("precision_in_use", "device_type")
+RUNTIME_KEYS = ("precision_in_use", "device_type", "deterministic_kernels")
 
 
 def run_identity(config: RunConfig, device: torch.device) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues: the settings, the precision and the device type."""
-    runtime = (precision_in_use(config.precision, device), device.type)
+    """What a resumed run must share with the run it continues: the settings, the precision, the device type and
+    whether CUDA kernels are deterministic (what changes the numbers, beyond the config)."""
+    runtime = (precision_in_use(config.precision, device), device.type, torch.are_deterministic_algorithms_enabled())
     return {**config.to_dict(), **dict(zip(RUNTIME_KEYS, runtime))}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import warnings
 
@@ -310,6 +311,13 @@ class Trainer:
         return results
 
 
+def use_deterministic_kernels() -> None:
+    """--deterministic: CUDA kernels that give the same bits every time (scatter-adds, embedding backward, cuBLAS)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before the model loads
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def run_training(config: RunConfig) -> RunResults:
     """Train (or evaluate) one run; under torchrun every process calls this and rank 0 writes."""
     from latteclip.engine.session import pick_device
@@ -317,4 +325,6 @@ def run_training(config: RunConfig) -> RunResults:
     check_run_folder(config)  # before anything is loaded: a refusal costs nothing and touches nothing
     device = pick_device(config.device)
     distributed.init_from_environment(device.type)
+    if config.deterministic and device.type == "cuda":  # CPU kernels are deterministic already
+        use_deterministic_kernels()
     return Trainer(open_session(config, device)).run()
