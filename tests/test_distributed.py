@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ import torch.multiprocessing as mp
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.describe.store import DescriptionStore, image_key
 from latteclip.engine.checkpoint import load_checkpoint
-from tests.conftest import EUROSAT_ZIP
+from tests.conftest import EUROSAT_ZIP, copy_scenes
 
 STEPS = 6
 
@@ -104,19 +103,30 @@ def _gradient_worker(rank: int, port: int, out: Path) -> None:
 
     _join_group(rank, port)
     shared, first_only, unused = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
-    shared.grad = torch.full((3,), 1.0 + 2 * rank)  # 1 on rank 0, 3 on rank 1
-    if rank == 0:
-        first_only.grad = torch.full((3,), 4.0)  # a branch only rank 0's batch went through
-    distributed.average_gradients([shared, first_only, unused], bucket_bytes=8)  # a bucket per tensor
-    (out / f"{rank}.json").write_text(json.dumps([shared.grad.tolist(), first_only.grad.tolist(), unused.grad is None]))
+    sync = distributed.GradientSync([shared, first_only, unused], bucket_bytes=8)  # a bucket per tensor
+    seen = []
+    for same_graph in (True, False):
+        loss = (shared * (1.0 + 2 * rank)).sum()  # gradient 1 on rank 0, 3 on rank 1
+        if rank == 0 or same_graph:
+            loss = loss + (first_only * 4.0).sum()  # a branch only rank 0's batch goes through, in the second step
+        shared.grad = first_only.grad = None
+        sync.start(loss)
+        loss.backward()
+        sync.finish()
+        seen.append([shared.grad.tolist(), first_only.grad.tolist(), unused.grad is None, sync.overlap])
+    (out / f"{rank}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()
 
 
 def test_ranks_with_different_gradient_sets_average_the_same_tensors(tmp_path):
     _spawn_two(_gradient_worker, tmp_path)
     for rank in (0, 1):
-        # the mean over ranks, a missing gradient counting as zero; a tensor no rank trained keeps no gradient
-        assert json.loads((tmp_path / f"{rank}.json").read_text()) == [[2.0] * 3, [2.0] * 3, True]
+        # the mean over ranks, a missing gradient counting as zero; a tensor no rank trained keeps no gradient;
+        # buckets overlap the backward pass when the ranks' graphs reach the same tensors, and start after it otherwise
+        assert json.loads((tmp_path / f"{rank}.json").read_text()) == [
+            [[2.0] * 3, [4.0] * 3, True, True],
+            [[2.0] * 3, [2.0] * 3, True, False],
+        ]
 
 
 def _cache_worker(rank: int, port: int, out: Path) -> None:
@@ -152,11 +162,7 @@ def test_a_feature_cache_only_some_ranks_see_is_not_read_by_any(tmp_path, monkey
 def test_a_rank_whose_slice_is_all_unreadable_skips_the_step_with_the_others(eurosat_folder, tmp_path):
     from latteclip.engine.schedule import epoch_batches
 
-    root = tmp_path / "scenes"
-    for key in ("Forest", "River", "SeaLake"):
-        (root / key).mkdir(parents=True)
-        for image in sorted((eurosat_folder / "2750" / key).iterdir())[:6]:
-            shutil.copy(image, root / key / image.name)
+    root = copy_scenes(eurosat_folder, tmp_path / "scenes", 6)
     train = build_dataset("folder", root, "train")
     first_batch = epoch_batches(len(train), 4, 0, 0)[0]
     for index in first_batch[2:]:  # rank 1's half of step 1: nothing it can read

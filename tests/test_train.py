@@ -21,6 +21,7 @@ from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.schedule import cosine_with_warmup
+from tests.conftest import copy_scenes
 
 TOTAL_STEPS = 24
 LR = 1e-4
@@ -318,11 +319,8 @@ def test_config_file_with_command_line_overrides(eurosat_zip, tmp_path):
 
 
 def test_unreadable_images_are_skipped_and_counted(eurosat_folder, tmp_path):
-    root = tmp_path / "scenes"
+    root = copy_scenes(eurosat_folder, tmp_path / "scenes", 10)
     for key in ("Forest", "River", "SeaLake"):
-        (root / key).mkdir(parents=True)
-        for image in sorted((eurosat_folder / "2750" / key).iterdir())[:10]:
-            shutil.copy(image, root / key / image.name)
         for n in range(2):
             (root / key / f"broken_{n}.jpg").write_bytes(b"\x00garbage, not a JPEG")
     broken = {

@@ -87,44 +87,109 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 BUCKET_BYTES = 25 * 2**20  # DistributedDataParallel's default bucket size
 
 
-@torch.no_grad()
-def average_gradients(parameters: list[torch.nn.Parameter], bucket_bytes: int = BUCKET_BYTES) -> None:
-    """Mean of the gradients over ranks, one all-reduce per bucket of at most `bucket_bytes` (one dtype each).
+class GradientSync:
+    """The mean of the gradients over ranks, all-reduced in buckets as the backward pass finishes them (DDP's way).
 
-    Ranks first agree on which tensors have a gradient anywhere: one that has none on this rank but
-    has one on another counts as zero here, so every rank reduces the same tensors in the same order
-    (a rank that left one out would wait forever, or add up the wrong numbers). Buckets bound the
-    extra memory to one bucket, not a second copy of every gradient.
+    Each bucket is one flat buffer whose slices are the gradients themselves (`.grad` views, as DDP's
+    `gradient_as_bucket_view`): no second copy of the gradients. A hook per tensor counts it in when its gradient
+    is complete; buckets are all-reduced asynchronously in a fixed order, on a process group of their own, so the
+    collectives that the backward pass itself runs (the gathered features' backward) never pair with them. After
+    `backward`, `finish` starts the buckets still waiting (a tensor this rank did not use holds zeros), waits for
+    all, and drops the gradients no rank produced (as one process would have none). Overlap is used only when the
+    ranks agree, before the backward pass, that their graphs reach the same tensors; otherwise every bucket starts
+    after it. With one process it does nothing.
     """
-    if not is_distributed() or not parameters:
-        return
-    anywhere = torch.tensor([p.grad is not None for p in parameters], dtype=torch.uint8, device=parameters[0].device)
-    dist.all_reduce(anywhere, op=dist.ReduceOp.MAX)
-    grads = []
-    for p, used in zip(parameters, anywhere.tolist()):
-        if used and p.grad is None:
-            p.grad = torch.zeros_like(p)
-        if used:
-            grads.append(p.grad)
-    scale = 1.0 / world_size()
-    for bucket in _buckets(grads, bucket_bytes):
-        flat = torch.cat([g.reshape(-1) for g in bucket])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat.mul_(scale)
-        for g, part in zip(bucket, flat.split([g.numel() for g in bucket])):
-            g.copy_(part.view_as(g))
+
+    def __init__(self, parameters: list[torch.nn.Parameter], bucket_bytes: int = BUCKET_BYTES, overlap: bool = True):
+        self.parameters = parameters
+        self.may_overlap = overlap  # False: every bucket after the backward pass (benchmarks/grad_sync.py compares)
+        self.active = is_distributed() and bool(parameters)
+        if not self.active:
+            return
+        self.buckets = _buckets(list(reversed(range(len(parameters)))), parameters, bucket_bytes)  # backward order
+        self.bucket_of = {i: b for b, bucket in enumerate(self.buckets) for i in bucket}
+        self.buffers = [torch.zeros(sum(parameters[i].numel() for i in bucket), dtype=parameters[bucket[0]].dtype,
+                                    device=parameters[bucket[0]].device) for bucket in self.buckets]
+        self.group = dist.new_group(backend=dist.get_backend())  # every rank, its own channel
+        self.overlap = False
+        for i, p in enumerate(parameters):
+            p.register_post_accumulate_grad_hook(lambda _, i=i: self._counted_in(i))
+
+    def start(self, loss: torch.Tensor) -> None:
+        """Before `backward(loss)`: gradients as views of the zeroed buckets, and whether to overlap this step."""
+        if not self.active:
+            return
+        for bucket, buffer in zip(self.buckets, self.buffers):
+            buffer.zero_()
+            for i, part in zip(bucket, buffer.split([self.parameters[i].numel() for i in bucket])):
+                self.parameters[i].grad = part.view_as(self.parameters[i])
+        self.pending = [len(bucket) for bucket in self.buckets]
+        self.used = [False] * len(self.parameters)
+        self.next_bucket, self.works = 0, []
+        reached = reachable(loss, self.parameters)
+        votes = torch.tensor([reached, [not r for r in reached]], dtype=torch.uint8, device=self.buffers[0].device)
+        dist.all_reduce(votes, op=dist.ReduceOp.MIN)  # a tensor every rank reaches, and one no rank does
+        self.overlap = self.may_overlap and bool((votes[0] | votes[1]).all())
+
+    def _counted_in(self, index: int) -> None:
+        if not self.active or self.used[index]:
+            return
+        self.used[index] = True
+        self.pending[self.bucket_of[index]] -= 1
+        while self.overlap and self.next_bucket < len(self.buckets) and self.pending[self.next_bucket] == 0:
+            self._launch()
+
+    def _launch(self) -> None:
+        buffer = self.buffers[self.next_bucket]
+        self.works.append(dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group, async_op=True))
+        self.next_bucket += 1
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """After `backward`: every bucket reduced and averaged; tensors no rank gave a gradient keep none."""
+        if not self.active:
+            return
+        while self.next_bucket < len(self.buckets):
+            self._launch()
+        for work in self.works:
+            work.wait()
+        for buffer in self.buffers:
+            buffer.mul_(1.0 / world_size())
+        used = torch.tensor(self.used, dtype=torch.uint8, device=self.buffers[0].device)
+        dist.all_reduce(used, op=dist.ReduceOp.MAX)
+        for p, anywhere in zip(self.parameters, used.tolist()):
+            if not anywhere:
+                p.grad = None
 
 
-def _buckets(grads: list[torch.Tensor], bucket_bytes: int) -> list[list[torch.Tensor]]:
-    """Consecutive gradients of one dtype, cut where a bucket would pass `bucket_bytes` (a larger tensor alone)."""
-    buckets: list[list[torch.Tensor]] = []
+def reachable(loss: torch.Tensor, parameters: list[torch.nn.Parameter]) -> list[bool]:
+    """Which of `parameters` the backward pass from `loss` reaches (its AccumulateGrad nodes): DDP's unused search."""
+    wanted = {id(p): i for i, p in enumerate(parameters)}
+    found = [False] * len(parameters)
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in wanted:
+            found[wanted[id(variable)]] = True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+def _buckets(order: list[int], parameters: list[torch.nn.Parameter], bucket_bytes: int) -> list[list[int]]:
+    """Consecutive tensors (indices, in `order`) of one dtype and device, cut where a bucket would pass the size."""
+    buckets: list[list[int]] = []
     size = 0
-    for g in grads:
-        nbytes = g.numel() * g.element_size()
-        if not buckets or g.dtype != buckets[-1][0].dtype or size + nbytes > bucket_bytes:
+    for i in order:
+        p, first = parameters[i], parameters[buckets[-1][0]] if buckets else None
+        nbytes = p.numel() * p.element_size()
+        if first is None or (p.dtype, p.device) != (first.dtype, first.device) or size + nbytes > bucket_bytes:
             buckets.append([])
             size = 0
-        buckets[-1].append(g)
+        buckets[-1].append(i)
         size += nbytes
     return buckets
 

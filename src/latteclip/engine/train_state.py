@@ -93,6 +93,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     params: list[torch.Tensor]
     base_lrs: list[float]  # each group's rate before the schedule scales it
+    sync: distributed.GradientSync  # the mean of the gradients over processes
     step: int = 0
     unreadable: set[int] = field(default_factory=set)
 
@@ -104,7 +105,8 @@ class TrainState:
         fp16 = precision_in_use(config.precision, device) == "fp16"
         scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         params = [p for _, group in groups for p in group]
-        return cls(method, config, device, optimizer, scaler, params, [group["lr"] for group in optimizer.param_groups])
+        base_lrs = [group["lr"] for group in optimizer.param_groups]
+        return cls(method, config, device, optimizer, scaler, params, base_lrs, distributed.GradientSync(params))
 
     def resume(self, saved: dict[str, Any]) -> None:
         self.method.model.load_state_dict(saved["model"])
@@ -143,8 +145,10 @@ class TrainState:
         with autocast_for_precision(self.config.precision, self.device):
             result = self.method.training_step(batch, step)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(result.loss).backward()
-        distributed.average_gradients(self.params)
+        loss = self.scaler.scale(result.loss)
+        self.sync.start(loss)
+        loss.backward()  # gradients are all-reduced in buckets while it runs
+        self.sync.finish()
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
