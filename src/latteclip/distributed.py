@@ -104,6 +104,7 @@ class GradientSync:
         self.parameters = parameters
         self.may_overlap = overlap  # False: every bucket after the backward pass (benchmarks/grad_sync.py compares)
         self.active = is_distributed() and bool(parameters)
+        self.armed = False  # between start and finish: a backward pass elsewhere (none today) is not counted
         if not self.active:
             return
         self.buckets = _buckets(list(reversed(range(len(parameters)))), parameters, bucket_bytes)  # backward order
@@ -125,14 +126,14 @@ class GradientSync:
                 self.parameters[i].grad = part.view_as(self.parameters[i])
         self.pending = [len(bucket) for bucket in self.buckets]
         self.used = [False] * len(self.parameters)
-        self.next_bucket, self.works = 0, []
+        self.next_bucket, self.works, self.armed = 0, [], True
         reached = reachable(loss, self.parameters)
         votes = torch.tensor([reached, [not r for r in reached]], dtype=torch.uint8, device=self.buffers[0].device)
         dist.all_reduce(votes, op=dist.ReduceOp.MIN)  # a tensor every rank reaches, and one no rank does
         self.overlap = self.may_overlap and bool((votes[0] | votes[1]).all())
 
     def _counted_in(self, index: int) -> None:
-        if not self.active or self.used[index]:
+        if not self.armed or self.used[index]:
             return
         self.used[index] = True
         self.pending[self.bucket_of[index]] -= 1
@@ -147,8 +148,9 @@ class GradientSync:
     @torch.no_grad()
     def finish(self) -> None:
         """After `backward`: every bucket reduced and averaged; tensors no rank gave a gradient keep none."""
-        if not self.active:
+        if not self.armed:
             return
+        self.armed = False
         while self.next_bucket < len(self.buckets):
             self._launch()
         for work in self.works:
