@@ -208,6 +208,8 @@ def test_resume_identity_holds_the_precision_in_use_and_the_device_type(full_run
     from latteclip.errors import LatteclipError
 
     assert load_checkpoint(full_run / "last.pt")["config"]["precision_in_use"] == "fp32"
+    results = json.loads((full_run / "results.json").read_text())
+    assert (results["precision"], results["device_type"]) == ("fp32", "cpu")  # what reuse can compare
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     with warnings.catch_warnings():  # autocast warns that this machine has no CUDA: only its settings are read
         warnings.simplefilter("ignore")
