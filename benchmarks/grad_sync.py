@@ -1,12 +1,14 @@
-"""What gradient synchronisation costs: the share of a data-parallel step spent in `average_gradients`.
+"""What gradient synchronisation costs: a data-parallel step, and the wait for the gradients after its backward pass.
 
     python benchmarks/grad_sync.py                        # ViT-B-32, 2 CPU processes (gloo), batch 8 each
+    python benchmarks/grad_sync.py --no-overlap           # every bucket all-reduced after the backward pass
+    python benchmarks/grad_sync.py --no-overlap --bucket-mb 0   # one flat all-reduce per dtype (the earlier way)
     python benchmarks/grad_sync.py --device cuda --nproc 2 --write-results
 
 Each process runs the contrastive step of FLYP/LatteCLIP on random images and texts (global-batch loss
-through `gather_with_grad`), then the project's one flat all-reduce per dtype. The step is timed without
-the synchronisation and the synchronisation alone, so the page can say what overlapping it with the
-backward pass (DistributedDataParallel's bucketed all-reduce) could save at most.
+through `gather_with_grad`) with the trainer's gradient averaging (`distributed.GradientSync`: 25 MB buckets,
+all-reduced while the backward pass runs). Timed: the whole step (forward, backward, averaged gradients) and the
+part of it spent waiting for the all-reduces after the backward pass.
 """
 
 from __future__ import annotations
@@ -38,30 +40,34 @@ def worker(rank: int, args: argparse.Namespace, port: int, queue) -> None:
     images = torch.randn(args.batch_size, 3, loaded.image_size, loaded.image_size, device=device)
     tokens = loaded.tokenizer([f"a photo of object number {i}" for i in range(args.batch_size)]).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
+    bucket_bytes = int(args.bucket_mb * 2**20) if args.bucket_mb > 0 else 2**62  # 0: one bucket per dtype
+    sync = distributed.GradientSync(params, bucket_bytes, overlap=args.overlap)
 
-    def sync() -> None:
+    def settle() -> None:  # GPU work queued so far has run
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    steps, syncs = [], []
+    steps, waits = [], []
     for i in range(args.warmup + args.steps):
         model.zero_grad(set_to_none=True)
-        sync()
+        settle()
         start = time.perf_counter()
         image_features = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
         text_features = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
-        contrastive_loss(image_features, text_features, model.logit_scale).backward()
-        sync()
+        loss = contrastive_loss(image_features, text_features, model.logit_scale)
+        sync.start(loss)
+        loss.backward()
+        settle()
         middle = time.perf_counter()
-        distributed.average_gradients(params)
-        sync()
+        sync.finish()
+        settle()
         end = time.perf_counter()
         if i >= args.warmup:
-            steps.append(middle - start)
-            syncs.append(end - middle)
+            steps.append(end - start)
+            waits.append(end - middle)
     if rank == 0:
         numel = sum(p.numel() for p in params)
-        queue.put({"compute_s": statistics.mean(steps), "sync_s": statistics.mean(syncs), "parameters": numel})
+        queue.put({"step_s": statistics.mean(steps), "wait_s": statistics.mean(waits), "parameters": numel})
     dist.barrier()
     dist.destroy_process_group()
 
@@ -76,6 +82,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--port", type=int, default=29517)
+    parser.add_argument("--bucket-mb", type=float, default=25,
+                        help="all-reduce bucket size (0: one flat bucket per dtype)")
+    parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
+                        help="all-reduce buckets during the backward pass (--no-overlap: after it)")
     parser.add_argument("--write-results", action="store_true", help="write the figures into docs/results.md")
     args = parser.parse_args()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # other jobs on the machine share its cores
@@ -83,23 +93,26 @@ def main() -> None:
     queue = context.SimpleQueue()
     mp.start_processes(worker, args=(args, args.port, queue), nprocs=args.nproc, start_method="spawn")
     row = queue.get()
-    share = row["sync_s"] / (row["compute_s"] + row["sync_s"])
-    print(f"{args.model}, {args.nproc} x {args.device}, batch {args.batch_size} per process, {row['parameters'] / 1e6:.1f} M trained "
-          f"parameters: forward + backward {row['compute_s']:.3f} s, gradient all-reduce {row['sync_s']:.3f} s ({100 * share:.1f}% of the step)")
+    share = row["wait_s"] / row["step_s"]
+    buckets = f"{args.bucket_mb:g} MB buckets" if args.bucket_mb > 0 else "one flat bucket per dtype"
+    when = "during the backward pass" if args.overlap else "after the backward pass"
+    millions = row["parameters"] / 1e6
+    print(f"{args.model}, {args.nproc} x {args.device}, batch {args.batch_size} per process, {millions:.1f} M "
+          f"trained parameters, {buckets} all-reduced {when}: step {row['step_s']:.3f} s, of which waiting for the "
+          f"gradients after the backward pass {row['wait_s']:.3f} s ({100 * share:.1f}%)")
     if args.write_results:
         sys.path.insert(0, str(Path(__file__).parent))
         from results_page import write_section
 
         body = "\n".join([
-            "| processes | batch per process | trained parameters (M) | forward + backward (s) | flat all-reduce (s) | share of the step |",
-            "|---|---|---|---|---|---|",
-            f"| {args.nproc} x {args.device} | {args.batch_size} | {row['parameters'] / 1e6:.1f} | {row['compute_s']:.3f} | "
-            f"{row['sync_s']:.3f} | {100 * share:.1f}% |",
+            "| processes | batch per process | trained parameters (M) | buckets | all-reduced | step (s) "
+            "| waiting after backward (s) |",
+            "|---|---|---|---|---|---|---|",
+            f"| {args.nproc} x {args.device} | {args.batch_size} | {millions:.1f} | {buckets} | {when} | "
+            f"{row['step_s']:.3f} | {row['wait_s']:.3f} ({100 * share:.1f}%) |",
             "",
-            f"Mean of {args.steps} steps after {args.warmup} warm-up step(s); {args.threads} torch thread(s) per process; load "
-            f"average {load:.1f} when it started (on {os.cpu_count()} cores). The "
-            "all-reduce runs after the backward pass; overlapping it with the backward pass (DistributedDataParallel's "
-            "buckets) could save at most its share.",
+            f"Mean of {args.steps} steps after {args.warmup} warm-up step(s); {args.threads} torch thread(s) per "
+            f"process; load average {load:.1f} when it started (on {os.cpu_count()} cores).",
         ])
         write_section(f"grad_sync_{args.device}", f"Gradient synchronisation, {args.model}, {args.nproc} processes, {args.device}", body)
 

@@ -42,7 +42,7 @@ def synthetic_description(i: int, kind: str) -> str:
 def build(args, variant: str):
     from latteclip.data import DatasetOptions, build_dataset, collate
     from latteclip.describe.store import DescriptionStore, image_key
-    from latteclip.engine.trainer import build_optimizer, scaled_groups
+    from latteclip.engine.optim import optimizer_for_run, scaled_groups
     from latteclip.config import RunConfig
     from latteclip.methods import build_options, get_method
     from latteclip.methods.base import TrainContext
@@ -68,7 +68,7 @@ def build(args, variant: str):
     method.setup_training(TrainContext(train, zs, tmp, 0, str(tmp / "d.sqlite")))
     batch = collate([train[i] for i in range(len(train))])
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    optimizer = build_optimizer(scaled_groups(method.parameters()), RunConfig(lr=1e-7))
+    optimizer = optimizer_for_run(scaled_groups(method.parameters()), RunConfig(lr=1e-7))
     return method, batch, optimizer
 
 

@@ -86,3 +86,14 @@ def tiny_test_images(tmp_path_factory, eurosat_zip) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(test_set.read_bytes(index))
     return folder
+
+
+def copy_scenes(eurosat_folder: Path, root: Path, per_class: int) -> Path:
+    """A folder dataset of three EuroSAT classes (class key = folder), `per_class` real images each."""
+    import shutil
+
+    for key in ("Forest", "River", "SeaLake"):
+        (root / key).mkdir(parents=True)
+        for image in sorted((eurosat_folder / "2750" / key).iterdir())[:per_class]:
+            shutil.copy(image, root / key / image.name)
+    return root

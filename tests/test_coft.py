@@ -15,7 +15,7 @@ from latteclip.describe.store import DescriptionStore, image_key
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.features import extract_features
 from latteclip.engine.session import method_from_checkpoint, open_session
-from latteclip.engine.trainer import build_optimizer, scaled_groups
+from latteclip.engine.optim import optimizer_for_run, scaled_groups
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import TrainContext
 from latteclip.methods.coft import (
@@ -241,7 +241,7 @@ def test_phase_one_trains_the_light_parts_phase_two_also_the_image_encoder(euros
         train_set, None, tmp_path, 0, total_steps=4, eval_transform=session.loaded.eval_transform(),
         extract_features=lambda encode, dataset, desc="": extract_features(encode, dataset, CPU, 64, 0),
     ))
-    optimizer = build_optimizer(scaled_groups(method.parameters()), config)
+    optimizer = optimizer_for_run(scaled_groups(method.parameters()), config)
     # encoder at the base rate, the light parts at peft_lr_scale (100) times it; each split by weight decay
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3, 1e-3, 0.1, 0.1])
     batch = collate([train_set[i] for i in range(8)])

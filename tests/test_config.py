@@ -43,10 +43,13 @@ def test_where_an_option_counts_follows_from_its_declared_kind():
     and equal what they were when they were three hand-kept lists (so cached weights and runs stay valid)."""
     from latteclip.config import FIELDS, NOT_COMPARED, NOT_IN_WEIGHTS_KEY, OPTION_KINDS, RESUME_MAY_CHANGE, fields_of_kind
 
-    assert RESUME_MAY_CHANGE == {"resume", "overwrite", "workers", "device", "eval_batch_size", "output", "name", "root", "store"}
+    # --deterministic (kind "call") came later: CPU results do not depend on it, so cached weights and runs stay
+    # valid; a resume keeps it through last.pt's identity (engine.train_state.run_identity)
+    assert RESUME_MAY_CHANGE == {"resume", "overwrite", "workers", "device", "eval_batch_size", "output", "name", "root", "store",
+                                 "deterministic"}
     assert NOT_IN_WEIGHTS_KEY == {"output", "name", "resume", "overwrite", "workers", "device", "eval_every", "log_every",
-                                  "checkpoint_every", "eval_batch_size", "store"}
-    assert NOT_COMPARED == {"resume", "overwrite"}
+                                  "checkpoint_every", "eval_batch_size", "store", "deterministic"}
+    assert NOT_COMPARED == {"resume", "overwrite", "deterministic"}
     assert set().union(*(fields_of_kind(kind) for kind in OPTION_KINDS)) == set(FIELDS)
     assert all(f.metadata["help"] for f in FIELDS.values())
 

@@ -368,3 +368,32 @@ def test_a_run_reads_the_description_set_of_its_seed_even_when_another_is_newer(
     # the contract of what was read is in the run folder; the image texts come from the store's rows of before sets
     assert json.loads((tmp_path / "descriptions.json").read_text()) == {
         "group": {"set": ANY, "describer": "test m", "group_size": 4, "seed": 0}}
+
+
+@pytest.mark.parametrize("poisoned", [False, True])
+def test_a_step_the_grad_scaler_skips_moves_neither_weights_nor_prototypes(eurosat_batch, tmp_path, poisoned):
+    """fp16's loss scaling (a CPU GradScaler here): an inf in the gradients skips the update, and the prototypes'
+    momentum update with it; a finite step moves both."""
+    import copy
+
+    from latteclip.config import RunConfig
+    from latteclip.engine.train_state import TrainState
+
+    loaded, *rest = eurosat_batch
+    method = make_method((copy.deepcopy(loaded), *rest), tmp_path)  # this test's own weights: it changes them
+    state = TrainState.create(method, RunConfig(lr=1e-3), torch.device("cpu"))
+    state.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    step = method.training_step
+
+    def inf_loss(batch, i):
+        result = step(batch, i)
+        result.loss = result.loss * float("inf")
+        return result
+
+    if poisoned:
+        method.training_step = inf_loss
+    prototypes, weights = method.bank.vectors.clone(), method.model.visual.conv1.weight.detach().clone()
+    state.optimisation_step(rest[-1], 0)
+    assert state.scaler.get_scale() == (2.0**7 if poisoned else 2.0**8)
+    assert torch.equal(method.bank.vectors, prototypes) == poisoned
+    assert torch.equal(method.model.visual.conv1.weight, weights) == poisoned

@@ -110,12 +110,12 @@ def test_reclip_trains_and_eval_rebuilds_the_same_classifier(eurosat_zip, tmp_pa
 
 
 def test_reclip_authors_schedule_sgd_and_one_refresh_per_epoch(eurosat_zip, tmp_path):
-    from latteclip.engine.trainer import build_optimizer, scaled_groups
+    from latteclip.engine.optim import optimizer_for_run, scaled_groups
     from latteclip.config import resolve_config
 
     assert [Reclip.default_epochs(n) for n in (40, 18900, 1_000_000)] == [2, 5, 100]  # min(100, N / 5000 + 2)
     norms = [torch.nn.Parameter(torch.ones(3))]
-    optimizer = build_optimizer(scaled_groups(norms), resolve_config({"method": "reclip", "dataset": "eurosat"}))
+    optimizer = optimizer_for_run(scaled_groups(norms), resolve_config({"method": "reclip", "dataset": "eurosat"}))
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.param_groups[0]["momentum"] == 0.9 and optimizer.param_groups[0]["weight_decay"] == 1e-4
     args = [a for a in train_args(str(eurosat_zip.parent), tmp_path, "authors") if a not in ("--max-steps", "4")]

@@ -21,6 +21,7 @@ from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.schedule import cosine_with_warmup
+from tests.conftest import copy_scenes
 
 TOTAL_STEPS = 24
 LR = 1e-4
@@ -117,7 +118,7 @@ def test_checkpointed_rng_states_replay_the_same_draws():
 
     import numpy as np
 
-    from latteclip.engine.trainer import restore_rng_states, rng_states
+    from latteclip.engine.train_state import restore_rng_states, rng_states
 
     saved = rng_states(torch.device("cpu"))
     first = (torch.rand(3), random.random(), np.random.rand(2))
@@ -194,6 +195,42 @@ def test_run_killed_while_finishing_resumes_to_the_same_record(full_run, eurosat
 def test_resume_refuses_changed_settings(full_run, eurosat_zip, capsys):
     code = main(flyp_args(eurosat_zip, full_run.parent, "full", "--lr", "0.5", "--resume"))
     assert code == 2 and "lr: 0.0001 -> 0.5" in capsys.readouterr().err
+
+
+def test_resume_identity_holds_the_precision_in_use_and_the_device_type(full_run, tmp_path):
+    """--precision auto is fp32 on CPU and bf16 on a GPU, fp16 only on a GPU: a run resumed on the other kind of
+    device would silently change precision (or load a disabled grad scaler's empty state): refused instead."""
+    import dataclasses
+    import warnings
+
+    from latteclip.config import RunConfig
+    from latteclip.engine.train_state import RUNTIME_KEYS, check_resumable, run_identity
+    from latteclip.errors import LatteclipError
+
+    assert load_checkpoint(full_run / "last.pt")["config"]["precision_in_use"] == "fp32"
+    results = json.loads((full_run / "results.json").read_text())
+    assert (results["precision"], results["device_type"]) == ("fp32", "cpu")  # what reuse can compare
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    with warnings.catch_warnings():  # autocast warns that this machine has no CUDA: only its settings are read
+        warnings.simplefilter("ignore")
+        for precision, on_cpu, on_gpu in (("auto", "fp32", "bf16"), ("fp16", "fp32", "fp16"), ("fp32", "fp32", "fp32")):
+            config = dataclasses.replace(RunConfig(), precision=precision)
+            started, resumed = run_identity(config, cpu), run_identity(config, gpu)
+            assert (started["precision_in_use"], resumed["precision_in_use"]) == (on_cpu, on_gpu)
+            with pytest.raises(LatteclipError, match="device_type: 'cpu' -> 'cuda'"):
+                check_resumable(started, resumed, tmp_path)
+    older = {k: v for k, v in started.items() if k not in RUNTIME_KEYS}  # a last.pt written before these keys
+    check_resumable(older, run_identity(config, cpu), tmp_path)
+
+
+def test_an_old_pickle_last_pt_says_what_to_run_instead(eurosat_zip, tmp_path, capsys):
+    import numpy as np
+
+    (tmp_path / "old").mkdir()
+    torch.save({"step": 3, "rng": {"numpy": np.random.get_state()}}, tmp_path / "old" / "last.pt")
+    assert main(flyp_args(eurosat_zip, tmp_path, "old", "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "last.pt is a pickle" in err and "--overwrite instead of --resume" in err
 
 
 def test_eval_reproduces_the_reported_accuracy(full_run):
@@ -284,11 +321,8 @@ def test_config_file_with_command_line_overrides(eurosat_zip, tmp_path):
 
 
 def test_unreadable_images_are_skipped_and_counted(eurosat_folder, tmp_path):
-    root = tmp_path / "scenes"
+    root = copy_scenes(eurosat_folder, tmp_path / "scenes", 10)
     for key in ("Forest", "River", "SeaLake"):
-        (root / key).mkdir(parents=True)
-        for image in sorted((eurosat_folder / "2750" / key).iterdir())[:10]:
-            shutil.copy(image, root / key / image.name)
         for n in range(2):
             (root / key / f"broken_{n}.jpg").write_bytes(b"\x00garbage, not a JPEG")
     broken = {

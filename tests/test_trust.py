@@ -119,8 +119,9 @@ CASES: dict[str, tuple[Callable[[Case], list[str]], str]] = {
                                "could run code"),
     "export-poisoned-final": (lambda c: ["export", "--checkpoint", c.poisoned("final.pt"), "--out", str(c.tmp / "exported")],
                               "could run code"),
+    # an earlier version's pickle last.pt is never opened: the run is refused before anything loads
     "resume-poisoned-last": (lambda c: [*FLYP, *c.output, "--resume", "--checkpoint-every", c.poisoned("last.pt") and "4"],
-                             "could run code"),
+                             "--overwrite instead of --resume"),
     "pretrained-poisoned-weights": (lambda c: [*FLYP, *c.output, "--name", "other", "--pretrained", weights_file(c)],
                                     "could run code"),
     # 2. no silent data loss

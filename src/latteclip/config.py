@@ -119,6 +119,9 @@ class RunConfig:
     precision: str = option("auto", choices=PRECISIONS, help="auto: bf16 autocast on GPUs with native bf16, else fp32")
     grad_checkpointing: bool = option(False, help="recompute activations in the backward pass: large models in less memory")
     compile: bool = option(False, help="torch.compile the image tower and the text transformer (GPU)")
+    # kind "call": CPU results (all that reuse and the archive hold) do not depend on it; a resume keeps it (train_state)
+    deterministic: bool = option(False, help="deterministic CUDA kernels, so that a GPU run repeats bit for bit "
+                                 "(slower); CPU runs repeat exactly without it", kind="call")
     # running
     device: str = option("auto", help="auto, cpu, cuda, cuda:1", kind="speed")
     workers: int = option(help="data-loading worker processes", kind="speed", factory=machine_cpus)

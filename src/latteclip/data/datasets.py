@@ -117,7 +117,8 @@ class ImageDataset(Dataset):
                 image = self.transform(image)
             else:
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(hash((self.item_seed, self.epoch, index)) & 0x7FFFFFFF)
+                    # the CPU generator only: the transforms run on CPU, and the GPUs' generators are the model's
+                    torch.default_generator.manual_seed(hash((self.item_seed, self.epoch, index)) & 0x7FFFFFFF)
                     image = self.transform(image)
         return {"image": image, "label": self.samples[index].label, "index": index}
 

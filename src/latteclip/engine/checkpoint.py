@@ -24,6 +24,7 @@ from latteclip.errors import LatteclipError
 from latteclip.paths import atomic_write_bytes
 
 FORMAT = "latteclip-checkpoint/1"
+PICKLE_MAGIC = b"PK\x03\x04"  # torch.save's zip archive
 _TAGS = ("$tensor", "$tuple", "$items", "$ndarray")
 
 
@@ -95,12 +96,18 @@ def _load_legacy(file: Path) -> dict[str, Any]:
     return payload
 
 
+def is_pickle_checkpoint(path: Path) -> bool:
+    """A checkpoint written by torch.save (versions before the safetensors format): a zip archive."""
+    with open(path, "rb") as handle:
+        return handle.read(4) == PICKLE_MAGIC
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise LatteclipError(f"checkpoint {path} does not exist")
     data = file.read_bytes()  # read whole, not mapped: the tensors stay valid when the file is rewritten
-    if data[:4] == b"PK\x03\x04":  # torch.save's zip: an earlier version's checkpoint
+    if data[:4] == PICKLE_MAGIC:  # torch.save's zip: an earlier version's checkpoint
         return _load_legacy(file)
     try:
         header_size = int.from_bytes(data[:8], "little")

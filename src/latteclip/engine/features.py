@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 import warnings
 from typing import Callable
 
@@ -60,12 +61,10 @@ def extract_features(
     path = None
     if cache_key is not None:
         path = cache_dir() / "features" / f"{feature_cache_key(cache_key, dataset, device)}.safetensors"
-        if path.is_file():
-            try:  # safetensors: reading a cache entry someone else wrote cannot run code
-                saved = load_file(str(path))
-                return saved["features"], saved["valid"]
-            except Exception:  # a damaged cache entry is recomputed, never trusted
-                warnings.warn(f"ignoring unreadable feature cache {path}", stacklevel=2)
+        saved = _read_cache(path)
+        # every rank reads the cache or none does: one that computed alone would wait forever in the merge
+        if distributed.every_rank(saved is not None):
+            return saved
     shard = list(range(distributed.rank(), len(dataset), distributed.world_size()))
     # a generator of its own, so that evaluating never draws from the global RNG that training uses
     loader = DataLoader(
@@ -89,6 +88,18 @@ def extract_features(
     if path is not None and distributed.is_main():
         atomic_write_bytes(path, safetensors_bytes({"features": features.contiguous(), "valid": valid}))
     return features, valid
+
+
+def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A cached (features, valid) pair, or None when there is none (or it is damaged: recomputed, never trusted)."""
+    if not path.is_file():
+        return None
+    try:  # safetensors: reading a cache entry someone else wrote cannot run code
+        saved = load_file(str(path))
+        return saved["features"], saved["valid"]
+    except Exception:
+        warnings.warn(f"ignoring unreadable feature cache {path}", stacklevel=2)
+        return None
 
 
 def _merge_shards(features: torch.Tensor, valid: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

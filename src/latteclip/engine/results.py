@@ -38,6 +38,8 @@ class RunResults(_Required, total=False):
     evaluated_on: str | None
     diagnostics: dict[str, Any] | None  # engine.diagnostics, runs without labels
     schedule: dict[str, int] | None  # the steps actually run
+    precision: str  # the precision actually used (fp32, bf16, fp16): --precision auto differs by device
+    device_type: str  # cpu, cuda, mps
     lmm: dict[str, Any]  # the LMM zero-shot baseline: backend, model, prompt, answer mapping
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latteclip.config import RunConfig
+from latteclip.engine.checkpoint import is_pickle_checkpoint
 from latteclip.errors import LatteclipError
 from latteclip.paths import check_writable_folder, remove_stale_temp_files
 
@@ -22,6 +23,11 @@ def check_run_folder(config: RunConfig) -> None:
     finished = (run_dir / "final.pt").is_file() or (run_dir / "results.json").is_file()
     if config.resume:
         if (run_dir / "last.pt").is_file():
+            if is_pickle_checkpoint(run_dir / "last.pt"):
+                raise LatteclipError(
+                    f"cannot resume {run_dir}: its last.pt is a pickle from an earlier latteclip, which this version "
+                    f"does not load; run the same command with --overwrite instead of --resume to train it again"
+                )
             return
         if finished:
             raise LatteclipError(f"run {run_dir} already finished (final.pt exists); choose another --name to train again")

@@ -4,177 +4,56 @@ Determinism and resume: the order of samples in epoch e is a permutation seeded 
 each image's augmentation is seeded by (seed, e, index), and `last.pt` holds the weights, the
 optimizer, the method's state and the position in the epoch. A run killed at any point and
 resumed with `--resume` therefore replays exactly the steps an uninterrupted run would take.
+
+The pieces: `Schedule` (engine.schedule) says which images each step takes and its learning rate,
+`TrainState` (engine.train_state) holds what a checkpoint resumes and takes one optimisation step,
+`train_loader` (engine.loader) loads the images, `PseudoLabelAnalysis` (engine.label_analysis) is
+the one observer that reads labels. `Trainer.train` below strings them together.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
 import math
-import random
+import os
 import time
 import warnings
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from latteclip import distributed
-from latteclip.config import RESUME_MAY_CHANGE, RunConfig, save_config
-from latteclip.data import ImageDataset, collate
+from latteclip.config import RunConfig, save_config
+from latteclip.data import ImageDataset
 from latteclip.engine.checkpoint import load_checkpoint, save_checkpoint
 from latteclip.engine.diagnostics import label_free_diagnostics
 from latteclip.engine.evaluate import autocast_for_precision, evaluate
 from latteclip.engine.features import extract_features, zero_shot_labels
-from latteclip.models.losses import MAX_LOGIT_SCALE
+from latteclip.engine.label_analysis import PseudoLabelAnalysis
+from latteclip.engine.loader import train_loader
+from latteclip.engine.metrics_log import MetricsLog
 from latteclip.engine.results import RunResults, write_results
 from latteclip.engine.run_folder import check_run_folder, prepare_run_folder
-from latteclip.engine.schedule import cosine_with_warmup
+from latteclip.engine.schedule import Schedule
 from latteclip.engine.session import Session, inference_payload, open_session
+from latteclip.engine.train_state import TrainState, check_resumable, precision_in_use, run_identity
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import TrainContext
 
 
-class MetricsLog:
-    """metrics.jsonl (one JSON object per record) plus TensorBoard scalars when available; rank 0 only.
-
-    `lines` counts the records written; a checkpoint stores it, and a resumed run keeps exactly
-    that many lines, dropping what the killed run wrote after its last checkpoint (a half-written
-    line, or the final evaluation of a run killed while finishing).
-    """
-
-    def __init__(self, run_dir: Path, resume_step: int | None, resume_lines: int = 0):
-        self.enabled = distributed.is_main()
-        self.lines = resume_lines
-        if not self.enabled:
-            return
-        self.path = run_dir / "metrics.jsonl"
-        kept: list[str] = []
-        if resume_step is not None and self.path.is_file():
-            kept = self.path.read_text().splitlines()[:resume_lines]
-        self.path.write_text("".join(ln + "\n" for ln in kept))
-        self.lines = len(kept)
-        self.handle = open(self.path, "a")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
-        except Exception:  # TensorBoard is optional: the JSON lines are the record
-            self.tb = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
-        self.lines += 1
-        if self.tb is not None:
-            step = record.get("step", 0)
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.tb.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        self.handle.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of one epoch: a seeded permutation cut into full batches (a short set gives one batch)."""
-    generator = torch.Generator().manual_seed(seed * 100003 + epoch)
-    order = torch.randperm(num_samples, generator=generator).tolist()
-    if num_samples < batch_size:
-        return [order]
-    return [order[i : i + batch_size] for i in range(0, num_samples - batch_size + 1, batch_size)]
-
-
-def rank_slice(batch: list[int]) -> list[int]:
-    """This rank's contiguous share of a global batch (rank order = global batch order)."""
-    rank, world = distributed.rank(), distributed.world_size()
-    return batch[rank * len(batch) // world : (rank + 1) * len(batch) // world]
-
-
-def rng_states(device: torch.device) -> dict[str, Any]:
-    """Every random generator a method may draw from, saved with the checkpoint."""
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-
-
-def check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
-    """A resumed run must replay the same steps: refuse one whose settings changed."""
-    changed = [k for k in sorted(set(saved) | set(current)) if k not in RESUME_MAY_CHANGE and saved.get(k) != current.get(k)]
-    if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
-        raise LatteclipError(
-            f"cannot resume {run_dir}: it was started with other settings ({diffs}); "
-            f"resume with the same options, or start a new run with another --name"
-        )
-
-
-def autocast_for(config: RunConfig, device: torch.device):
-    return autocast_for_precision(config.precision, device)
-
-
-def scaled_groups(params) -> list[tuple[float, list[torch.Tensor]]]:
-    """A method's `parameters()` as (learning-rate scale, trainable tensors) pairs.
-
-    Methods hand tensors (trained at the base rate) and/or groups {"params": [...], "lr_scale": k}
-    for parts trained at k times the base rate (prompts and adapters beside a fully fine-tuned encoder).
-    """
-    plain: list[torch.Tensor] = []
-    groups: list[tuple[float, list[torch.Tensor]]] = []
-    for entry in params:
-        if isinstance(entry, dict):
-            groups.append((float(entry.get("lr_scale", 1.0)), [p for p in entry["params"] if p.requires_grad]))
-        elif entry.requires_grad:
-            plain.append(entry)
-    if plain or not groups:  # the base-rate tensors come first, as before methods could hand groups
-        groups.insert(0, (1.0, plain))
-    return groups
-
-
-def build_optimizer(groups: list[tuple[float, list[torch.Tensor]]], config: RunConfig) -> torch.optim.Optimizer:
-    """The run's optimizer, chosen per method in its config (AdamW for CLIP fine-tuning, SGD for ReCLIP).
-
-    AdamW: gains, biases and the logit scale (1-D tensors) get no weight decay, as in OpenCLIP.
-    SGD with momentum: weight decay on every tensor, as the ReCLIP authors ran it (it trains only LayerNorms).
-    """
-    if config.optimizer == "sgd":
-        param_groups = [{"params": params, "lr": config.lr * scale} for scale, params in groups]
-        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.sgd_momentum, weight_decay=config.weight_decay)
-    param_groups = []
-    for scale, params in groups:
-        param_groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": config.lr * scale})
-        param_groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, "lr": config.lr * scale})
-    return torch.optim.AdamW(param_groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
-
-
 def accelerate(model: torch.nn.Module, config: RunConfig) -> None:
-    """Gradient checkpointing and in-place torch.compile (state-dict keys stay those of OpenCLIP)."""
+    """Gradient checkpointing and in-place torch.compile (state-dict keys stay those of OpenCLIP).
+
+    `dynamic`: batch sizes (the last evaluation batch, a filtered batch) and token lengths (texts are cut
+    per step) vary, and one graph with symbolic sizes serves them all instead of one recompilation each.
+    """
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if config.compile:
-        model.visual.compile()
+        model.visual.compile(dynamic=True)
         if hasattr(model, "transformer"):
-            model.transformer.compile(dynamic=True)  # token length varies: sequences are cut per step
+            model.transformer.compile(dynamic=True)
 
 
 class Trainer:
@@ -184,29 +63,37 @@ class Trainer:
         self.method = session.method
         self.device = session.device
         self.run_dir = self.config.run_dir
-        self.unreadable: set[int] = set()
+        self.workers = distributed.workers_per_process(self.config.workers)
+        self.inference = dataclasses.replace(self.config.inference, workers=self.workers)  # this process's share
         self.timings: dict[str, float] = {}
-        self.schedule: dict[str, int] | None = None  # the steps actually run, written into results.json
+        self.schedule: Schedule | None = None
+        self.unreadable: set[int] = set()
         # without labelled images: the untrained classifier and its scores on the training images, for the diagnostics
         self.start: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, test_set: ImageDataset, pristine: bool = False) -> dict:
-        return evaluate(self.method, test_set, self.config.inference, self.pristine_key() if pristine else None)
+        return evaluate(self.method, test_set, self.inference, self.pristine_key() if pristine else None)
 
     def features_of(
         self, encode, dataset: ImageDataset, desc: str = "features", cache_key: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole split's features with the run's device, batch size and workers (also what `TrainContext.extract_features` calls)."""
-        with torch.no_grad(), autocast_for(self.config, self.device):
-            return extract_features(encode, dataset, self.device, self.config.eval_batch_size, self.config.workers, desc, cache_key)
+        """A whole split's features with the run's device, batch size and workers.
+
+        Also what `TrainContext.extract_features` calls.
+        """
+        with torch.no_grad(), autocast_for_precision(self.config.precision, self.device):
+            return extract_features(encode, dataset, self.device, self.config.eval_batch_size, self.workers, desc,
+                                    cache_key)
 
     def scores(self, dataset: ImageDataset, pristine: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The current classifier [C, d], cosine scores [N, C] of every image of `dataset` with it, and the readable mask."""
+        """The current classifier [C, d], cosine scores [N, C] of every image of `dataset` with it, and the readable
+        mask."""
         was_training = self.method.model.training
         self.method.model.eval()
-        features, valid = self.features_of(self.method.encode_images, dataset, "predict", self.pristine_key() if pristine else None)
-        with torch.no_grad(), autocast_for(self.config, self.device):
+        key = self.pristine_key() if pristine else None
+        features, valid = self.features_of(self.method.encode_images, dataset, "predict", key)
+        with torch.no_grad(), autocast_for_precision(self.config.precision, self.device):
             classifier = self.method.classifier().float().cpu()
         self.method.model.train(was_training)
         return classifier, features @ classifier.t(), valid
@@ -225,12 +112,10 @@ class Trainer:
         else:
             classifier, scores, valid = self.scores(train_set)
         start_classifier, start_scores = self.start
-        report = label_free_diagnostics(start_scores, scores, valid, start_classifier, classifier, self.method.info.classnames,
-                                        [s.path for s in train_set.samples], self.config.seed)
-        mixer = self.run_dir / "mixer_weights.json"  # LatteCLIP's sampled mixer weights per text kind
-        if mixer.is_file():
-            report["mean_mixer_weights"] = {k: sum(v) / len(v) for k, v in json.loads(mixer.read_text()).items() if v}
-        return report
+        report = label_free_diagnostics(start_scores, scores, valid, start_classifier, classifier,
+                                        self.method.info.classnames, [s.path for s in train_set.samples],
+                                        self.config.seed)
+        return {**report, **self.method.diagnostics()}
 
     def pristine_key(self) -> str:
         loaded = self.session.loaded
@@ -241,28 +126,25 @@ class Trainer:
         info = self.method.info
         return zero_shot_labels(
             self.session.loaded, self.method.tokens, info.classnames, info.templates[0], eval_train_set,
-            self.device, self.config.eval_batch_size, self.config.workers,
+            self.device, self.config.eval_batch_size, self.workers,
         )
 
     # --- the loop -------------------------------------------------------------------------------
-    def run(self) -> dict:
-        cfg = self.config
+    def run(self) -> RunResults:
         if distributed.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
-        resume_state = load_checkpoint(self.run_dir / "last.pt") if cfg.resume else None  # check_run_folder saw it
+        # check_run_folder saw that last.pt is there
+        resume_state = load_checkpoint(self.run_dir / "last.pt") if self.config.resume else None
         if resume_state is not None:
-            check_resumable(resume_state["config"], cfg.to_dict(), self.run_dir)
-        if distributed.is_main():  # a fresh start: outputs of an earlier run in this folder must not be resumed or mistaken for ours
+            check_resumable(resume_state["config"], run_identity(self.config, self.device), self.run_dir)
+        if distributed.is_main():  # a fresh start: an earlier run's outputs must not be resumed or taken for ours
             prepare_run_folder(self.run_dir, fresh=resume_state is None)
         distributed.barrier()
         if distributed.is_main():
-            save_config(cfg, self.run_dir / "config.yaml")
-        log = MetricsLog(
-            self.run_dir,
-            resume_state["step"] if resume_state else None,
-            resume_state["metrics_lines"] if resume_state else 0,
-        )
+            save_config(self.config, self.run_dir / "config.yaml")
+        log = MetricsLog(self.run_dir, resume_state["step"] if resume_state else None,
+                         resume_state["metrics_lines"] if resume_state else 0)
         started = time.time()
         test_set = self.session.evaluation_set()
         try:
@@ -273,151 +155,124 @@ class Trainer:
         finally:
             log.close()
 
-    def train(self, test_set: ImageDataset | None, log: MetricsLog, resume_state: dict | None, started: float) -> dict:
-        cfg = self.config
-        method = self.method
+    def train(self, test_set: ImageDataset | None, log: MetricsLog, resume_state: dict | None,
+              started: float) -> RunResults:
+        """Set up, then every step: learning rate, optimisation step, record, evaluation and checkpoint as asked."""
+        cfg, method = self.config, self.method
         train_set = self.session.dataset("train", train_time=True)
+        schedule = self.plan(len(train_set))
+        self.setup_method(train_set, schedule, log, resume_state["step"] if resume_state else None)
+        if test_set is None:
+            self.remember_start()
+        state = TrainState.create(method, cfg, self.device)
+        accelerate(method.model, cfg)
+        if resume_state is not None:
+            state.resume(resume_state)
+        self.unreadable = state.unreadable
+        if resume_state is None and cfg.eval_every > 0 and test_set is not None:
+            log.write({"step": 0, "eval/top1": self.evaluate(test_set, pristine=True)["top1"]})
+        analysis = PseudoLabelAnalysis() if method.info.labelled else None  # reads the batch's true labels
+        method.model.train()
+        progress = tqdm(total=schedule.total_steps, initial=state.step, desc=f"train {method.name}", unit="step",
+                        dynamic_ncols=True, disable=not distributed.is_main())
+        loss = math.nan
+        for batch in train_loader(train_set, schedule, state.step, self.workers, self.device):
+            self.note_unreadable(batch["skipped"], train_set, state)
+            loss = self.step(state, schedule, batch, log, analysis, loss)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", lr=f"{cfg.lr * schedule.lr_scale(state.step - 1):.2e}")
+            self.evaluate_and_save(state, schedule, test_set, log)
+        progress.close()
+        method.model.eval()
+        report = self.evaluate(test_set) if test_set is not None else None
+        if distributed.is_main():
+            with self.eager():  # rank 0 alone: no compilation while the other ranks wait for it
+                method.finish_training()
+        if report is not None:
+            log.write({"step": state.step, "eval/top1": report["top1"]})
+        return self.finish(report, log, steps=state.step, started=started)
+
+    def plan(self, num_samples: int) -> Schedule:
+        """The run's steps; the global batch must split evenly over the processes."""
+        cfg = self.config
+        epochs = cfg.epochs if cfg.epochs is not None else self.method.default_epochs(num_samples)
+        self.schedule = Schedule.plan(num_samples, cfg.batch_size, cfg.seed, epochs, cfg.max_steps, cfg.warmup_steps)
+        if self.schedule.batch_size % distributed.world_size():
+            raise LatteclipError(f"--batch-size {self.schedule.batch_size} must be a multiple of the number of "
+                                 f"processes ({distributed.world_size()})")
+        return self.schedule
+
+    def setup_method(self, train_set: ImageDataset, schedule: Schedule, log: MetricsLog,
+                     resume_step: int | None) -> None:
+        """The method's one-off work before the first step (zero-shot labels, descriptions, features)."""
         t0 = time.time()
-        zs_labels = self.zero_shot_labels(self.session.dataset("train")) if method.needs_zero_shot_labels else None
+        needs_labels = self.method.needs_zero_shot_labels
+        zs_labels = self.zero_shot_labels(self.session.dataset("train")) if needs_labels else None
         self.timings["zero_shot_labels_s"] = time.time() - t0
-        batch_size = min(cfg.batch_size, len(train_set))
-        if batch_size % distributed.world_size():
-            raise LatteclipError(f"--batch-size {batch_size} must be a multiple of the number of processes ({distributed.world_size()})")
-        steps_per_epoch = len(epoch_batches(len(train_set), batch_size, cfg.seed, 0))
-        epochs = cfg.epochs if cfg.epochs is not None else method.default_epochs(len(train_set))
-        total_steps = max(1, epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, epochs * steps_per_epoch))
-        # the warm-up stays short on short runs: at most a tenth of the steps
-        warmup_steps = min(cfg.warmup_steps, total_steps // 10)
-        self.schedule = {"total_steps": total_steps, "warmup_steps": warmup_steps, "steps_per_epoch": steps_per_epoch, "epochs": epochs}
-        def method_log(record: dict[str, Any]) -> None:
+
+        def method_log(record: dict) -> None:
             # a resumed run's set-up repeats what the killed run logged up to its checkpoint: kept once, not twice
-            if resume_state is None or record.get("step", 0) > resume_state["step"]:
+            if resume_step is None or record.get("step", 0) > resume_step:
                 log.write(record)
 
         ctx = TrainContext(
-            train_set, zs_labels, self.run_dir, cfg.seed, cfg.store, method_log,
-            extract_features=self.features_of, eval_transform=self.session.loaded.eval_transform(), steps_per_epoch=steps_per_epoch,
-            total_steps=total_steps,
+            train_set, zs_labels, self.run_dir, self.config.seed, self.config.store, method_log,
+            extract_features=self.features_of, eval_transform=self.session.loaded.eval_transform(),
+            steps_per_epoch=schedule.steps_per_epoch, total_steps=schedule.total_steps,
         )
         t0 = time.time()
-        method.setup_training(ctx)
+        self.method.setup_training(ctx)
         self.timings["setup_s"] = time.time() - t0
-        if test_set is None:
-            self.remember_start()
-        groups = scaled_groups(method.parameters())
-        params = [p for _, group in groups for p in group]
-        optimizer = build_optimizer(groups, cfg)
-        accelerate(method.model, cfg)
-        # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
-        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.precision == "fp16")
-        base_lrs = [group["lr"] for group in optimizer.param_groups]
 
-        step = 0
-        if resume_state is not None:
-            method.model.load_state_dict(resume_state["model"])
-            method.load_state_dict(resume_state["method_state"])
-            optimizer.load_state_dict(resume_state["optimizer"])
-            scaler.load_state_dict(resume_state["grad_scaler"])
-            restore_rng_states(resume_state["rng"])
-            self.unreadable = set(resume_state.get("unreadable", []))
-            step = resume_state["step"]
-        elif cfg.eval_every > 0 and test_set is not None:
-            report = self.evaluate(test_set, pristine=True)
-            log.write({"step": 0, "eval/top1": report["top1"]})
+    def step(self, state: TrainState, schedule: Schedule, batch: dict, log: MetricsLog,
+             analysis: PseudoLabelAnalysis | None, last_loss: float) -> float:
+        """One step of the loop (learning rate, optimisation step, record, step counter); returns the loss shown.
 
-        method.model.train()
-        progress = tqdm(
-            total=total_steps, initial=step, desc=f"train {method.name}", unit="step", dynamic_ncols=True, disable=not distributed.is_main()
-        )
-        last_loss = math.nan
-        while step < total_steps:
-            epoch, position = divmod(step, steps_per_epoch)
-            train_set.epoch = epoch
-            batches = [rank_slice(b) for b in epoch_batches(len(train_set), batch_size, cfg.seed, epoch)[position:]]
-            loader = DataLoader(
-                train_set,
-                batch_sampler=batches,
-                num_workers=cfg.workers,
-                collate_fn=collate,
-                pin_memory=self.device.type == "cuda",
-                persistent_workers=False,
-                # its own generator: creating a loader must not draw from the global RNG that methods use
-                generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch),
-            )
-            for batch in loader:
-                if step >= total_steps:
-                    break
-                self.note_unreadable(batch["skipped"], train_set)
-                scale = cosine_with_warmup(step, total_steps, warmup_steps)
-                for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * scale
-                if batch["image"] is not None:
-                    batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                    with autocast_for(cfg, self.device):
-                        result = method.training_step(batch, step)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(result.loss).backward()
-                    distributed.average_gradients(params)
-                    if cfg.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    with torch.no_grad():
-                        method.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-                    method.after_optimizer_step(batch, result, step)
-                    last_loss = result.loss.item()
-                    record = {"step": step + 1, "epoch": epoch, "lr": cfg.lr * scale, **result.metrics}
-                    if result.pseudo_labels is not None and method.info.labelled:
-                        # analysis only: reads the true labels of the batch, never fed back to training
-                        correct = result.pseudo_labels == batch["label"]
-                        record["analysis/pseudo_label_acc"] = correct.float().mean().item()
-                        if result.kept is not None:  # is "clean" said of the right labels, and how right are the kept ones
-                            record["analysis/clean_judgement_acc"] = (result.kept == correct).float().mean().item()
-                            if bool(result.kept.any()):
-                                record["analysis/kept_label_acc"] = correct[result.kept].float().mean().item()
-                    if step == 0 or (cfg.log_every > 0 and (step + 1) % cfg.log_every == 0):
-                        log.write(record)
-                step += 1
-                progress.update(1)
-                progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{cfg.lr * scale:.2e}")
-                if test_set is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
-                    report = self.evaluate(test_set)
-                    log.write({"step": step, "eval/top1": report["top1"]})
-                if step == total_steps or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0):
-                    self.save_last(step, optimizer, scaler, log)
-        progress.close()
-        method.model.eval()
-        if distributed.is_main():
-            method.finish_training()
-        report = self.evaluate(test_set) if test_set is not None else None
-        if report is not None:
-            log.write({"step": step, "eval/top1": report["top1"]})
-        return self.finish(report, log, steps=step, started=started)
+        Ranks agree first: when any rank's share of the batch is all unreadable, every rank skips the step,
+        since a rank that stepped alone would wait forever for the others in the gradient all-reduce.
+        """
+        step, cfg = state.step, self.config
+        scale = schedule.lr_scale(step)
+        state.set_learning_rate(scale)
+        state.step += 1
+        if not distributed.every_rank(batch["image"] is not None):
+            return last_loss
+        batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        result = state.optimisation_step(batch, step)
+        record = {"step": step + 1, "epoch": step // schedule.steps_per_epoch, "lr": cfg.lr * scale, **result.metrics}
+        if analysis is not None:
+            record.update(analysis.record(batch, result))
+        if step == 0 or (cfg.log_every > 0 and (step + 1) % cfg.log_every == 0):
+            log.write(record)
+        return result.loss.item()
 
-    def note_unreadable(self, skipped: list[int], dataset: ImageDataset) -> None:
+    def evaluate_and_save(self, state: TrainState, schedule: Schedule, test_set: ImageDataset | None,
+                          log: MetricsLog) -> None:
+        """After a step: the evaluation and last.pt the run asks for (the last evaluation comes after training)."""
+        step, cfg = state.step, self.config
+        if test_set is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < schedule.total_steps:
+            log.write({"step": step, "eval/top1": self.evaluate(test_set)["top1"]})
+        if step == schedule.total_steps or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0):
+            self.save_last(state, log)
+
+    def eager(self) -> contextlib.AbstractContextManager:
+        """Run compiled modules eagerly (for work one rank does alone): with --compile only."""
+        return torch.compiler.set_stance("force_eager") if self.config.compile else contextlib.nullcontext()
+
+    def note_unreadable(self, skipped: list[int], dataset: ImageDataset, state: TrainState) -> None:
         for index in skipped:
-            if index not in self.unreadable:
-                self.unreadable.add(index)
+            if index not in state.unreadable:
+                state.unreadable.add(index)
                 warnings.warn(f"unreadable training image skipped: {dataset.samples[index].path}", stacklevel=2)
 
-    def save_last(self, step: int, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, log: MetricsLog) -> None:
-        if not distributed.is_main():
-            return
-        save_checkpoint(
-            self.run_dir / "last.pt",
-            {
-                "step": step,
-                "model": self.method.model.state_dict(),
-                "method_state": self.method.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "grad_scaler": scaler.state_dict(),
-                "rng": rng_states(self.device),
-                "metrics_lines": log.lines,
-                "unreadable": sorted(self.unreadable),
-                "config": self.config.to_dict(),
-            },
-        )
+    def save_last(self, state: TrainState, log: MetricsLog) -> None:
+        payload = state.payload(log.lines)  # every rank: the RNG states of GPUs are gathered
+        if distributed.is_main():
+            save_checkpoint(self.run_dir / "last.pt", payload)
+
+    def evaluated_on(self) -> str:
+        cfg = self.config
+        return f"{cfg.eval_dataset} {cfg.eval_root}" if cfg.eval_dataset else f"{cfg.dataset} test split"
 
     def finish(self, report: dict | None, log: MetricsLog, steps: int, started: float) -> RunResults:
         """Write final.pt and results.json: accuracy on labelled images, or label-free diagnostics (`report` None)."""
@@ -437,13 +292,15 @@ class Trainer:
             "reads_train_labels": self.method.reads_train_labels,
             # "labelled": accuracy on labelled images (`test`); "label-free": no labels anywhere, `diagnostics` instead
             "evaluation": "labelled" if report is not None else "label-free",
-            "evaluated_on": (f"{cfg.eval_dataset} {cfg.eval_root}" if cfg.eval_dataset else f"{cfg.dataset} test split") if report else None,
+            "evaluated_on": self.evaluated_on() if report else None,
             "top1": report["top1"] if report else None,
             "test": report,
             "diagnostics": diagnostics,
-            "unreadable_train_images": len(self.unreadable),
+            "unreadable_train_images": len(distributed.union(self.unreadable, self.device)),  # every rank's slices
             "unreadable_test_images": report["unreadable"] if report else 0,
-            "schedule": self.schedule,
+            "schedule": self.schedule.record() if self.schedule else None,
+            "precision": precision_in_use(cfg.precision, self.device),
+            "device_type": self.device.type,
             "timings": self.timings,
         }
         payload["results"] = {"top1": results["top1"], "steps": steps}
@@ -454,6 +311,13 @@ class Trainer:
         return results
 
 
+def use_deterministic_kernels() -> None:
+    """--deterministic: CUDA kernels that give the same bits every time (scatter-adds, embedding backward, cuBLAS)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before the model loads
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def run_training(config: RunConfig) -> RunResults:
     """Train (or evaluate) one run; under torchrun every process calls this and rank 0 writes."""
     from latteclip.engine.session import pick_device
@@ -461,4 +325,6 @@ def run_training(config: RunConfig) -> RunResults:
     check_run_folder(config)  # before anything is loaded: a refusal costs nothing and touches nothing
     device = pick_device(config.device)
     distributed.init_from_environment(device.type)
+    if config.deterministic and device.type == "cuda":  # CPU kernels are deterministic already
+        use_deterministic_kernels()
     return Trainer(open_session(config, device)).run()

@@ -94,6 +94,10 @@ class Method:
     def finish_training(self) -> None:
         """Write the method's own artefacts into the run folder (for the report) after the last step."""
 
+    def diagnostics(self) -> dict[str, Any]:
+        """The method's own label-free numbers, added to results.json's diagnostics (runs without labels)."""
+        return {}
+
     # --- inference ------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model.encode_image(images), dim=-1)

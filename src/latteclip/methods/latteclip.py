@@ -92,6 +92,7 @@ class LatteCLIP(Method):
 
     def __init__(self, loaded, info, options: LatteCLIPOptions, device):
         super().__init__(loaded, info, options, device)
+        self.mean_mixer_weights: dict[str, float] | None = None  # per text kind, set by finish_training
         unknown = [t for t in options.texts if t not in TEXT_KINDS]
         if not options.texts or unknown:
             raise LatteclipError(f"--texts must be a non-empty subset of {','.join(TEXT_KINDS)} (got {','.join(options.texts)})")
@@ -261,6 +262,10 @@ class LatteCLIP(Method):
         mu = self.options.mu if self.options.momentum else 0.0
         self.bank.momentum_update(result.state["embeddings"], result.state["labels"], mu)
 
+    def diagnostics(self) -> dict[str, dict[str, float]]:
+        """The mean mixer weight of each text kind over the images finish_training sampled (rank 0, after it)."""
+        return {"mean_mixer_weights": self.mean_mixer_weights} if self.mean_mixer_weights is not None else {}
+
     # --- inference and state ------------------------------------------------------------------
     def classifier(self) -> torch.Tensor:
         if self.bank is None:
@@ -306,6 +311,7 @@ class LatteCLIP(Method):
         weights = mixer_weights(features, prototypes).view(len(picks), k)
         distribution = {kind: weights[:, j].tolist() for j, kind in enumerate(self.options.texts)}
         (self.ctx.run_dir / "mixer_weights.json").write_text(json.dumps(distribution))
+        self.mean_mixer_weights = {kind: sum(w) / len(w) for kind, w in distribution.items() if w}
 
         gallery_picks = picks[: self.options.gallery_size]
         members = self.group_members(gallery_picks) if "group" in self.options.texts else {}
