@@ -197,7 +197,7 @@ def test_resume_refuses_changed_settings(full_run, eurosat_zip, capsys):
     assert code == 2 and "lr: 0.0001 -> 0.5" in capsys.readouterr().err
 
 
-def test_resume_identity_holds_the_precision_in_use_and_the_device_type(full_run, tmp_path):
+def test_resume_identity_holds_the_precision_in_use_and_the_device_type(full_run, tmp_path, monkeypatch):
     """--precision auto is fp32 on CPU and bf16 on a GPU, fp16 only on a GPU: a run resumed on the other kind of
     device would silently change precision (or load a disabled grad scaler's empty state): refused instead."""
     import dataclasses
@@ -211,6 +211,7 @@ def test_resume_identity_holds_the_precision_in_use_and_the_device_type(full_run
     results = json.loads((full_run / "results.json").read_text())
     assert (results["precision"], results["device_type"]) == ("fp32", "cpu")  # what reuse can compare
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an Ampere GPU
     with warnings.catch_warnings():  # autocast warns that this machine has no CUDA: only its settings are read
         warnings.simplefilter("ignore")
         for precision, on_cpu, on_gpu in (("auto", "fp32", "bf16"), ("fp16", "fp32", "fp16"), ("fp32", "fp32", "fp32")):

@@ -20,17 +20,10 @@ from latteclip import distributed
 from latteclip.config import RESUME_MAY_CHANGE, RunConfig
 from latteclip.engine.evaluate import autocast_for_precision
 from latteclip.engine.optim import optimizer_for_run, scaled_groups
+from latteclip.engine.session import resolve_precision
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult
 from latteclip.models.losses import MAX_LOGIT_SCALE
-
-
-def precision_in_use(precision: str, device: torch.device) -> str:
-    """What `--precision` means on `device` (auto is bf16 on GPU, fp32 on CPU): read from the autocast it opens."""
-    context = autocast_for_precision(precision, device)
-    if isinstance(context, torch.autocast):
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(context.fast_dtype, str(context.fast_dtype))
-    return "fp32"
 
 
 RUNTIME_KEYS = ("precision_in_use", "device_type", "deterministic_kernels")
@@ -39,7 +32,7 @@ RUNTIME_KEYS = ("precision_in_use", "device_type", "deterministic_kernels")
 def run_identity(config: RunConfig, device: torch.device) -> dict[str, Any]:
     """What a resumed run must share with the run it continues: the settings, the precision, the device type and
     whether CUDA kernels are deterministic (what changes the numbers, beyond the config)."""
-    runtime = (precision_in_use(config.precision, device), device.type, torch.are_deterministic_algorithms_enabled())
+    runtime = (resolve_precision(config.precision, device), device.type, torch.are_deterministic_algorithms_enabled())
     return {**config.to_dict(), **dict(zip(RUNTIME_KEYS, runtime))}
 
 
@@ -102,7 +95,7 @@ class TrainState:
         groups = scaled_groups(method.parameters())
         optimizer = optimizer_for_run(groups, config)
         # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
-        fp16 = precision_in_use(config.precision, device) == "fp16"
+        fp16 = resolve_precision(config.precision, device) == "fp16"
         scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         params = [p for _, group in groups for p in group]
         base_lrs = [group["lr"] for group in optimizer.param_groups]

@@ -36,8 +36,8 @@ from latteclip.engine.metrics_log import MetricsLog
 from latteclip.engine.results import RunResults, write_results
 from latteclip.engine.run_folder import check_run_folder, prepare_run_folder
 from latteclip.engine.schedule import Schedule
-from latteclip.engine.session import Session, inference_payload, open_session
-from latteclip.engine.train_state import TrainState, check_resumable, precision_in_use, run_identity
+from latteclip.engine.session import Session, inference_payload, open_session, resolve_precision
+from latteclip.engine.train_state import TrainState, check_resumable, run_identity
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import TrainContext
 
@@ -299,7 +299,7 @@ class Trainer:
             "unreadable_train_images": len(distributed.union(self.unreadable, self.device)),  # every rank's slices
             "unreadable_test_images": report["unreadable"] if report else 0,
             "schedule": self.schedule.record() if self.schedule else None,
-            "precision": precision_in_use(cfg.precision, self.device),
+            "precision": resolve_precision(cfg.precision, self.device),
             "device_type": self.device.type,
             "timings": self.timings,
         }
