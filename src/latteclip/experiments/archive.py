@@ -91,8 +91,8 @@ class RunArchive:
             old = all(re.fullmatch(r"[0-9a-f]{64}", value) for value in json.loads(bound).values())
             why = (" (bound to those weights files' bytes, before the archive compared what weights compute: kept "
                    "readable, reused by no checkout; regenerating the benchmark replaces them)") if old else ""
-            notes.append(f"{count} archived runs in {self.folder} were made from other pre-trained weights ({bound}; these "
-                         f"are {json.dumps(self.weights, sort_keys=True)}){why}: they are not reused")
+            notes.append(f"{count} archived runs in {self.folder} were made from other pre-trained weights ({bound}; "
+                         f"these are {json.dumps(self.weights, sort_keys=True)}){why}: they are not reused")
         return notes
 
     def _entry_files(self) -> list[Path]:
@@ -111,8 +111,9 @@ class RunArchive:
             same, distance = same_behaviour(reference["behaviour"], record["behaviour"])
             if same:
                 return path.stem, None
-            note = (f"the weights {weights} (recipe {record['recipe']}) compute other answers than the archive's {path.name} "
-                    f"({distance}): more than rounding, so a code change; the runs made from those are not reused")
+            note = (f"the weights {weights} (recipe {record['recipe']}) compute other answers than the archive's "
+                    f"{path.name} ({distance}): more than rounding, so a code change; the runs made from those are "
+                    "not reused")
         identity = f"{record['recipe']}-{hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]}"
         self._new_references[identity] = record
         return identity, note
@@ -154,7 +155,8 @@ class RunArchive:
         for identity in self.weights.values():
             if identity in self._new_references:  # the first entry made from these weights records what they compute
                 reference = {**self._new_references.pop(identity), "commit": _commit()}
-                atomic_write_bytes(self.folder / REFERENCES / f"{identity}.json", (json.dumps(reference) + "\n").encode())
+                reference_path = self.folder / REFERENCES / f"{identity}.json"
+                atomic_write_bytes(reference_path, (json.dumps(reference) + "\n").encode())
 
 
 @functools.cache
