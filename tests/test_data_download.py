@@ -19,7 +19,7 @@ from PIL import Image
 
 from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
-from latteclip.data.registry import load_spec
+from latteclip.data.coop import load_spec
 
 
 def bundled_split(name: str) -> dict:

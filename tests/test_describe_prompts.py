@@ -32,7 +32,7 @@ def test_dataset_prompts_of_the_authors_runs_and_the_label_they_name(eurosat_zip
         "Describe the common visual attributes of the land use in all the satellite images concisely, less than 20 words."
     )
     assert not eurosat.names_label("image") and eurosat.names_label("image", with_label=True)
-    from latteclip.data.registry import load_spec
+    from latteclip.data.coop import load_spec
 
     flowers = load_prompts(load_spec("oxford_flowers")["prompts"])
     assert flowers.names_label("image") and not flowers.names_label("group")  # Flowers names the zero-shot class

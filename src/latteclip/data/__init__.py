@@ -1,8 +1,7 @@
 """Datasets, image sources, transforms and collages: the bottom layer, which knows nothing of models."""
 
-from latteclip.data.datasets import CorruptImage, DatasetInfo, ImageDataset, Sample, collate
-from latteclip.data.registry import DatasetOptions, available_datasets, build_dataset, register_builder
-from latteclip.data import fmnist as _fmnist  # noqa: F401  (registers fmnist and fmnist-<shift>)
+from latteclip.data.datasets import CorruptImage, DatasetInfo, DatasetOptions, ImageDataset, Sample, collate
+from latteclip.data.registry import available_datasets, build_dataset, register_builder
 
 __all__ = [
     "CorruptImage",

@@ -6,13 +6,42 @@ import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from latteclip.data.sources import ImageSource
+
+
+@dataclass
+class DatasetOptions:
+    """Everything besides name/root/split that decides which samples and names a dataset has."""
+
+    limit: int | None = None
+    seed: int = 0
+    classnames_file: str | None = None
+    templates_file: str | None = None
+    domain: str | None = None
+    split_file: str | None = None  # a path, "none" for the seeded split, None to look for the CoOp file
+    prompt_set: str = "latteclip"  # paper datasets: latteclip (the authors' names and template) or clip
+
+    @classmethod
+    def from_run(cls, config: Mapping[str, Any]) -> "DatasetOptions":
+        """The options a run's (resolved or saved) config names; a run saved before prompt sets existed used CLIP's."""
+        return cls(
+            limit=config.get("limit"),
+            seed=config.get("seed", 0),
+            classnames_file=config.get("classnames"),
+            templates_file=config.get("templates"),
+            domain=config.get("domain"),
+            split_file=config.get("split_file"),
+            prompt_set=config.get("prompt_set", "clip"),
+        )
+
+
+
 
 
 @dataclass(frozen=True)

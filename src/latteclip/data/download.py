@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from latteclip.data.registry import load_spec, spec_names
+from latteclip.data.coop import load_spec, spec_names
 from latteclip.errors import LatteclipError
 
 CONNECT_SECONDS = 5.0

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from latteclip.data.datasets import DatasetInfo, Sample
-from latteclip.data.registry import DatasetOptions, register_builder
+from latteclip.data.datasets import DatasetInfo, DatasetOptions, Sample
+from latteclip.data.registry import register_builder
 from latteclip.data.shifts import SHIFTS, apply_shift
 from latteclip.data.sources import ImageSource
 from latteclip.errors import LatteclipError

@@ -117,3 +117,22 @@ class ZipSource(ImageSource):
             if len(parts) > 1 and parts[0]:
                 folders.add(parts[0])
         return sorted(folders)
+
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def scan_class_folders(source: ImageSource) -> tuple[list[str], dict[int, list[str]]]:
+    """Class keys (sorted folder names) and the images under each; an empty class folder is an error."""
+    folders = source.top_folders()
+    if not folders:
+        raise LatteclipError(f"{source.location} has no class folders (expected one folder of images per class)")
+    index = {k: i for i, k in enumerate(folders)}
+    by_class: dict[int, list[str]] = {i: [] for i in range(len(folders))}
+    for f in source.list_files():
+        if "/" in f and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
+            by_class[index[f.split("/")[0]]].append(f)
+    empty = [folders[i] for i, v in by_class.items() if not v]
+    if empty:
+        raise LatteclipError(f"class folder {source.location.rstrip('/:')}/{empty[0]} has no images; remove it or add images")
+    return folders, by_class

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from latteclip.config import Inference
 from latteclip.data import CorruptImage
 from latteclip.data.datasets import decode_image
-from latteclip.data.registry import IMAGE_EXTENSIONS
+from latteclip.data.sources import IMAGE_EXTENSIONS
 from latteclip.engine.features import extract_features
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method
