@@ -94,9 +94,11 @@ start() {
 }
 
 stop_daemons() {
+  local pid
   for daemon in slurmd slurmctld; do
-    if [ -s "$DIR/$daemon.pid" ] && kill "$(cat "$DIR/$daemon.pid")" 2>/dev/null; then
-      for _ in $(seq 20); do kill -0 "$(cat "$DIR/$daemon.pid")" 2>/dev/null || break; sleep 0.5; done
+    pid=$(cat "$DIR/$daemon.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+      for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     fi
     rm -f "$DIR/$daemon.pid"
   done
