@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from latteclip.data.datasets import DatasetInfo
-from latteclip.data.registry import load_spec, spec_names
+from latteclip.data.coop import load_spec, spec_names
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method
 
