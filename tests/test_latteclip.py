@@ -365,9 +365,10 @@ def test_a_run_reads_the_description_set_of_its_seed_even_when_another_is_newer(
     method.setup_training(TrainContext(train, zs, tmp_path, 0, str(store_path)))
     assert set(method.descriptions["group"]) == {"this run's draw"}
     assert method.group_members([0])[0] == ["seed0"]  # the gallery shows the same group
-    # the contract of what was read is in the run folder; the image texts come from the store's rows of before sets
-    assert json.loads((tmp_path / "descriptions.json").read_text()) == {
-        "group": {"set": ANY, "describer": "test m", "group_size": 4, "seed": 0}}
+    # what was read is in the run folder: the group set's contract; the image texts, from rows written before sets
+    read = json.loads((tmp_path / "descriptions.json").read_text())
+    assert read["group"] == {"set": ANY, "describer": "test m", "group_size": 4, "seed": 0}
+    assert read["image"]["set"] is None and "written by an earlier version" in read["image"]["note"]
 
 
 @pytest.mark.parametrize("poisoned", [False, True])

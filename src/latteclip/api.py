@@ -18,11 +18,11 @@ from latteclip.config import Inference, RunConfig
 from latteclip.config import configure as configure_values
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.describe.jobs import image_hashes
+from latteclip.describe.prompts import load_prompts
 from latteclip.describe.runner import Summary
 from latteclip.describe.settings import DescribeSettings
 from latteclip.describe.store import DescriptionStore, default_store_path
 from latteclip.engine.checkpoint import load_final_checkpoint
-from latteclip.describe.prompts import load_prompts
 from latteclip.engine.describing import check_analysis, describe_training_images, image_hasher
 from latteclip.engine.evaluate import evaluate as evaluate_method
 from latteclip.engine.export import ExportedFiles, export_open_clip
