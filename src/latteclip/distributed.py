@@ -42,6 +42,18 @@ def init_from_environment(device_type: str) -> bool:
     return True
 
 
+def leave(wait_for_others: bool) -> None:
+    """Leave the process group this process joined, every group of it included.
+
+    Exiting with live groups lets the backend's threads be torn down while a peer still talks to them (gloo: "terminate
+    called without an active exception"); after a finished run every rank first waits at a barrier, so none leaves
+    while another still needs it.
+    """
+    if wait_for_others:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def _pad_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """Pad to the largest row count over ranks (collectives need equal shapes); returns every rank's count."""
     counts = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world_size())]

@@ -324,7 +324,15 @@ def run_training(config: RunConfig) -> RunResults:
 
     check_run_folder(config)  # before anything is loaded: a refusal costs nothing and touches nothing
     device = pick_device(config.device)
-    distributed.init_from_environment(device.type)
+    joined_here = not distributed.is_distributed() and distributed.init_from_environment(device.type)
     if config.deterministic and device.type == "cuda":  # CPU kernels are deterministic already
         use_deterministic_kernels()
-    return Trainer(open_session(config, device)).run()
+    try:
+        results = Trainer(open_session(config, device)).run()
+    except BaseException:
+        if joined_here:
+            distributed.leave(wait_for_others=False)  # the others may be gone: never wait on them
+        raise
+    if joined_here:
+        distributed.leave(wait_for_others=True)
+    return results
