@@ -40,16 +40,16 @@ def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, mon
     assert main(["demo", "--quick", "--output", str(output), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     entries = load_experiment(package_experiment_file("demo")).methods
-    assert {"zeroshot", "describer_zeroshot", "flyp_pl", "latteclip"} <= {e.name for e in entries}
+    assert {"zeroshot", "describer_zeroshot", "latteclip"} <= {e.name for e in entries}
     assert "| method | blur-noise | rotation |" in printed
     for entry in entries:
         assert f"| {entry.label} |" in printed
     summary = json.loads((output / "demo.json").read_text())
     assert summary["quick"] and set(summary["cells"]) == {f"{e.name}|{shift}" for e in entries for shift in ("blur-noise", "rotation")}
     assert all(0.0 <= run["top1"] <= 1.0 for runs in summary["cells"].values() for run in runs)
-    assert summary["cells"]["flyp_pl|rotation"][0]["steps"] == 2
-    assert "analysis/pseudo_label_acc" in summary["cells"]["flyp_pl|rotation"][0]
-    assert (output / "rotation" / "flyp_pl-s0" / "final.pt").is_file()
+    assert summary["cells"]["latteclip|rotation"][0]["steps"] == 2
+    assert "analysis/pseudo_label_acc" in summary["cells"]["latteclip|rotation"][0]
+    assert (output / "rotation" / "latteclip-s0" / "final.pt").is_file()
     for shift in ("blur-noise", "rotation"):  # the report of LatteCLIP (`report: latteclip`) against the others
         assert f"report: {output / shift / 'report' / 'report.html'}" in printed
         assert "latteclip on fmnist-" + shift in (output / shift / "report" / "report.html").read_text()
@@ -104,9 +104,9 @@ def test_experiment_file_mistakes_are_named(tmp_path, capsys):
         load_experiment(demo_config(tmp_path, methods=[{"method": "zeroshot", "weights": "teacher"}]))
     benchmark = load_experiment(package_experiment_file("demo"), "benchmark")
     demo = [e.name for e in load_experiment(package_experiment_file("demo")).methods]
-    assert demo == ["zeroshot", "describer_zeroshot", "flyp_pl", "latteclip"]  # a first demo in minutes
-    assert [e.name for e in benchmark.methods] == demo + ["reclip", "coft", "coft_plus", "oracle", "latteclip_class",
-                                                          "latteclip_class_image"]  # more_methods: appended rows
+    assert demo == ["zeroshot", "describer_zeroshot", "latteclip"]  # a first demo in minutes
+    rows = ["flyp_pl", "reclip", "coft", "coft_plus", "oracle", "latteclip_class", "latteclip_class_image"]
+    assert [e.name for e in benchmark.methods] == demo + rows  # more_methods: appended rows
     quick = load_experiment(package_experiment_file("demo"), "quick")
     assert quick.run["max_steps"] == 2 and quick.run["lr"] == load_experiment(package_experiment_file("demo")).run["lr"]
 
@@ -165,7 +165,9 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     assert "| CLIP zero-shot | predictions/top_class_share |" in page
     # a new checkout has no run folders: the archive's entries stand in for them, with nothing trained
     table = page[page.index("### Top-1"):page.index("### Hyper-parameters")]
-    assert len(list((tmp_path / "archive").rglob("*.json"))) == 6  # 2 held-out candidates + 2 entries x 2 seeds
+    entries = [p for p in (tmp_path / "archive").rglob("*.json") if p.parent.name != "weights"]
+    assert len(entries) == 6  # 2 held-out candidates + 2 entries x 2 seeds
+    assert len(list((tmp_path / "archive" / "weights").glob("*.json"))) == 1  # what the source weights compute
     monkeypatch.setattr(runner, "run_training", lambda config: pytest.fail("an archived run must not train again"))
     shutil.rmtree(tmp_path / "runs")
     assert benchmark.main(argv) == 0
