@@ -36,8 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def start_server(delay: float, *flags: str) -> tuple[subprocess.Popen, str]:
-    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "lmm_server.py"), "--delay", str(delay), *flags],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "lmm_server.py"), "--delay", str(delay), *flags],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     return server, server.stdout.readline().strip()
 
 
@@ -57,9 +60,15 @@ def timed_run(jobs, url: str, concurrency: int, folder: Path, timeout: float = 1
     sent = summary.counts["image"].done
     if not summary.complete:
         raise SystemExit(f"run at concurrency {concurrency} did not complete: {summary.lines()}")
-    return {"concurrency": concurrency, "requests": sent, "seconds": wall, "images_per_s": sent / wall,
-            "client_cpu_ms_per_request": 1000 * cpu / sent, "lowest_in_flight": describer.limit.lowest,
-            "failed": summary.counts["image"].failed}
+    return {
+        "concurrency": concurrency,
+        "requests": sent,
+        "seconds": wall,
+        "images_per_s": sent / wall,
+        "client_cpu_ms_per_request": 1000 * cpu / sent,
+        "lowest_in_flight": describer.limit.lowest,
+        "failed": summary.counts["image"].failed,
+    }
 
 
 def client_overhead(jobs, folder: Path, url: str) -> dict:
@@ -71,8 +80,17 @@ def client_overhead(jobs, folder: Path, url: str) -> dict:
         start = time.perf_counter()
         body = describer.payload(job.build())
         built = time.perf_counter()
-        store.put(job.image_hash, job.kind, job.prompt, describer.backend, describer.model, f"answer {len(body)}",
-                  image=job.image, dataset="eurosat", variant=job.variant)
+        store.put(
+            job.image_hash,
+            job.kind,
+            job.prompt,
+            describer.backend,
+            describer.model,
+            f"answer {len(body)}",
+            image=job.image,
+            dataset="eurosat",
+            variant=job.variant,
+        )
         end = time.perf_counter()
         parts["request"].append(1000 * (built - start))
         parts["store"].append(1000 * (end - built))
@@ -83,8 +101,12 @@ def client_overhead(jobs, folder: Path, url: str) -> dict:
 
 def spread(times_ms: list[float]) -> dict:
     ordered = sorted(times_ms)
-    return {"mean_ms": statistics.mean(ordered), "median_ms": statistics.median(ordered),
-            "p95_ms": ordered[int(0.95 * len(ordered)) - 1], "max_ms": ordered[-1]}
+    return {
+        "mean_ms": statistics.mean(ordered),
+        "median_ms": statistics.median(ordered),
+        "p95_ms": ordered[int(0.95 * len(ordered)) - 1],
+        "max_ms": ordered[-1],
+    }
 
 
 def main() -> None:
@@ -92,9 +114,15 @@ def main() -> None:
     parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "eurosat" / "EuroSAT.zip"))
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--delay", type=float, default=0.1, help="server seconds per answer")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="the concurrent run's requests in flight")
-    parser.add_argument("--queue-timeout", type=float, default=2.0,
-                        help="--lmm-timeout against the one-at-a-time server (its queue at the default concurrency is longer)")
+    parser.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="the concurrent run's requests in flight"
+    )
+    parser.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=2.0,
+        help="--lmm-timeout against the one-at-a-time server (its queue at the default concurrency is longer)",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--write-results", action="store_true", help="write the figures into docs/results.md")
     args = parser.parse_args()
@@ -118,40 +146,71 @@ def main() -> None:
             process.wait()
     if queued["failed"] or queued["server"]["most_per_key"] != 1 or queued["server"]["requests"] != len(jobs):
         raise SystemExit(f"against the one-at-a-time server: {queued}")
-    figures = {"images": len(jobs), "server_delay_s": args.delay, "serial": serial, "concurrent": concurrent,
-               "one_at_a_time": queued, "speedup": concurrent["images_per_s"] / serial["images_per_s"],
-               "client_overhead_per_request": overhead}
+    figures = {
+        "images": len(jobs),
+        "server_delay_s": args.delay,
+        "serial": serial,
+        "concurrent": concurrent,
+        "one_at_a_time": queued,
+        "speedup": concurrent["images_per_s"] / serial["images_per_s"],
+        "client_overhead_per_request": overhead,
+    }
     for run, what in ((serial, "parallel server"), (concurrent, "parallel server"), (queued, "one-at-a-time server")):
-        print(f"{what}, concurrency {run['concurrency']:>3}: {run['requests']} requests in {run['seconds']:.2f} s = "
-              f"{run['images_per_s']:.1f} images/s, client CPU {run['client_cpu_ms_per_request']:.2f} ms/request, "
-              f"fewest in flight {run['lowest_in_flight'] or run['concurrency']}")
-    print(f"one-at-a-time server, timeout {args.queue_timeout:g} s: {queued['server']['requests']} requests received for "
-          f"{len(jobs)} images (at most {queued['server']['most_per_key']} per image), {queued['failed']} failed")
+        print(
+            f"{what}, concurrency {run['concurrency']:>3}: {run['requests']} requests in {run['seconds']:.2f} s = "
+            f"{run['images_per_s']:.1f} images/s, client CPU {run['client_cpu_ms_per_request']:.2f} ms/request, "
+            f"fewest in flight {run['lowest_in_flight'] or run['concurrency']}"
+        )
+    print(
+        f"one-at-a-time server, timeout {args.queue_timeout:g} s: {queued['server']['requests']} requests received for "
+        f"{len(jobs)} images (at most {queued['server']['most_per_key']} per image), {queued['failed']} failed"
+    )
     print(f"speed-up: {figures['speedup']:.1f}x")
     for name, what in (("request", "read + data URL + JSON"), ("store", "SQLite write"), ("total", "both")):
         t = overhead[name]
-        print(f"client overhead per request, {what} (no server): mean {t['mean_ms']:.2f} ms, median {t['median_ms']:.2f} ms, "
-              f"p95 {t['p95_ms']:.2f} ms, max {t['max_ms']:.2f} ms")
+        print(
+            f"client overhead per request, {what} (no server): mean {t['mean_ms']:.2f} ms, median {t['median_ms']:.2f} ms, "
+            f"p95 {t['p95_ms']:.2f} ms, max {t['max_ms']:.2f} ms"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     if args.write_results:
         sys.path.insert(0, str(Path(__file__).parent))
         from results_page import write_section
 
-        rows = ["| server | --concurrency | --lmm-timeout (s) | fewest in flight | seconds | images/s | requests received | "
-                "failed | client CPU per request (ms) |", "|---|---|---|---|---|---|---|---|---|"]
-        for r, what, timeout, received in ((serial, "parallel", 120, "-"), (concurrent, "parallel", 120, "-"),
-                                           (queued, "one at a time", args.queue_timeout, str(queued["server"]["requests"]))):
-            rows.append(f"| {what} | {r['concurrency']} | {timeout:g} | {r['lowest_in_flight'] or r['concurrency']} | "
-                        f"{r['seconds']:.2f} | {r['images_per_s']:.1f} | {received} | {r['failed']} | {r['client_cpu_ms_per_request']:.2f} |")
-        rows.append(f"\nSpeed-up at the default concurrency: **{figures['speedup']:.1f}x**. Against the one-at-a-time server "
-                    f"every image was sent once (at most {queued['server']['most_per_key']} request per image).\n")
-        rows += ["| client overhead per request (no server) | mean (ms) | median (ms) | p95 (ms) | max (ms) |", "|---|---|---|---|---|"]
+        rows = [
+            "| server | --concurrency | --lmm-timeout (s) | fewest in flight | seconds | images/s | requests received | "
+            "failed | client CPU per request (ms) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r, what, timeout, received in (
+            (serial, "parallel", 120, "-"),
+            (concurrent, "parallel", 120, "-"),
+            (queued, "one at a time", args.queue_timeout, str(queued["server"]["requests"])),
+        ):
+            rows.append(
+                f"| {what} | {r['concurrency']} | {timeout:g} | {r['lowest_in_flight'] or r['concurrency']} | "
+                f"{r['seconds']:.2f} | {r['images_per_s']:.1f} | {received} | {r['failed']} | {r['client_cpu_ms_per_request']:.2f} |"
+            )
+        rows.append(
+            f"\nSpeed-up at the default concurrency: **{figures['speedup']:.1f}x**. Against the one-at-a-time server "
+            f"every image was sent once (at most {queued['server']['most_per_key']} request per image).\n"
+        )
+        rows += [
+            "| client overhead per request (no server) | mean (ms) | median (ms) | p95 (ms) | max (ms) |",
+            "|---|---|---|---|---|",
+        ]
         for name, what in (("request", "read + data URL + JSON"), ("store", "SQLite write"), ("total", "both")):
             t = overhead[name]
-            rows.append(f"| {what} | {t['mean_ms']:.2f} | {t['median_ms']:.2f} | {t['p95_ms']:.2f} | {t['max_ms']:.2f} |")
-        write_section("describe_throughput", f"Description stage against a local server answering in {args.delay * 1000:.0f} ms, "
-                      f"{len(jobs)} EuroSAT images", "\n".join(rows))
+            rows.append(
+                f"| {what} | {t['mean_ms']:.2f} | {t['median_ms']:.2f} | {t['p95_ms']:.2f} | {t['max_ms']:.2f} |"
+            )
+        write_section(
+            "describe_throughput",
+            f"Description stage against a local server answering in {args.delay * 1000:.0f} ms, "
+            f"{len(jobs)} EuroSAT images",
+            "\n".join(rows),
+        )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from latteclip.config import comma_list
 from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
 from latteclip.engine.describing import true_class_descriptions
@@ -46,7 +47,7 @@ from latteclip.experiments.text_signal import TextSignal, run_text_signal
 from latteclip.report.plots import plot_against_share
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_page import RESULTS, write_section  # noqa: E402  (the shared page writer beside this script)
+from results_page import RESULTS, write_section
 
 ARCHIVE = Path(__file__).resolve().parent / "archive"
 SWEEP_SHARES = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -58,8 +59,12 @@ SWEEP_NEEDS = ("zeroshot", "flyp_pl", "latteclip")  # entries (by name) the swee
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(package_experiment_file("demo")), help="experiment file (default: configs/demo.yaml)")
-    parser.add_argument("--variant", default="benchmark", help="section of the experiment file to apply (default: benchmark)")
+    parser.add_argument(
+        "--config", default=str(package_experiment_file("demo")), help="experiment file (default: configs/demo.yaml)"
+    )
+    parser.add_argument(
+        "--variant", default="benchmark", help="section of the experiment file to apply (default: benchmark)"
+    )
     parser.add_argument("--shifts", help="comma-separated subset of the shifts")
     parser.add_argument("--methods", help="comma-separated subset of the method entries (by name)")
     parser.add_argument("--seeds", help="comma-separated seeds (default from the config: 0,1,2)")
@@ -68,19 +73,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="class-balanced subset of N target images per split")
     parser.add_argument("--threads", type=int, help="torch threads (default: one per idle core, from the load average)")
     parser.add_argument("--output", help="folder of the run folders (default: runs/benchmark)")
-    parser.add_argument("--archive", default=str(ARCHIVE), help="folder of the archived results a checkout keeps (default: "
-                        "benchmarks/archive); 'none': only the run folders")
-    parser.add_argument("--rerun", help="comma-separated entries to train anew, not reused from run folders or the archive "
-                        "(after a change to their method's code)")
-    parser.add_argument("--out", default=str(RESULTS), help="the results page whose domain_shift section is written (default: docs/results.md)")
-    parser.add_argument("--sweep", action="store_true", help=f"also the description sweep on {SWEEP_SHIFT}: LatteCLIP with texts naming the "
-                        "true class for a share q of the images (ANALYSIS: reads the true training labels; needs --reads-labels)")
-    parser.add_argument("--reads-labels", dest="reads_labels", action="store_true",
-                        help="allow --sweep to read the true labels of the training images")
+    parser.add_argument(
+        "--archive",
+        default=str(ARCHIVE),
+        help="folder of the archived results a checkout keeps (default: "
+        "benchmarks/archive); 'none': only the run folders",
+    )
+    parser.add_argument(
+        "--rerun",
+        help="comma-separated entries to train anew, not reused from run folders or the archive "
+        "(after a change to their method's code)",
+    )
+    parser.add_argument(
+        "--out",
+        default=str(RESULTS),
+        help="the results page whose domain_shift section is written (default: docs/results.md)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help=f"also the description sweep on {SWEEP_SHIFT}: LatteCLIP with texts naming the "
+        "true class for a share q of the images (ANALYSIS: reads the true training labels; needs --reads-labels)",
+    )
+    parser.add_argument(
+        "--reads-labels",
+        dest="reads_labels",
+        action="store_true",
+        help="allow --sweep to read the true labels of the training images",
+    )
     args = parser.parse_args(argv)
     if args.sweep and not args.reads_labels:
-        raise LatteclipError("--sweep writes descriptions from the TRUE labels of the training images (analysis only): "
-                             "pass --reads-labels as well to run it")
+        raise LatteclipError(
+            "--sweep writes descriptions from the TRUE labels of the training images (analysis only): "
+            "pass --reads-labels as well to run it"
+        )
     return args
 
 
@@ -112,30 +138,46 @@ def check_sweep(experiment: Experiment) -> None:
     names = {entry.name for entry in experiment.methods}
     missing = [name for name in SWEEP_NEEDS if name not in names]
     if SWEEP_SHIFT not in experiment.shifts or missing:
-        raise LatteclipError(f"--sweep needs the shift {SWEEP_SHIFT} and the entries {', '.join(SWEEP_NEEDS)} in the benchmark "
-                             f"(missing: {', '.join(missing + ([] if SWEEP_SHIFT in experiment.shifts else [SWEEP_SHIFT]))})")
+        raise LatteclipError(
+            f"--sweep needs the shift {SWEEP_SHIFT} and the entries {', '.join(SWEEP_NEEDS)} in the benchmark "
+            f"(missing: {', '.join(missing + ([] if SWEEP_SHIFT in experiment.shifts else [SWEEP_SHIFT]))})"
+        )
 
 
-def latteclip_with_choice(experiment: Experiment, choices: list[dict[str, Any]], shift: str) -> tuple[MethodEntry, dict[str, Any]]:
+def latteclip_with_choice(
+    experiment: Experiment, choices: list[dict[str, Any]], shift: str
+) -> tuple[MethodEntry, dict[str, Any]]:
     """The benchmark's LatteCLIP entry and the options chosen for it on `shift`'s held-out images."""
     entry = next(e for e in experiment.methods if e.name == "latteclip")
     return entry, next((c["chosen"] for c in choices if c["entry"] == entry.name and c["shift"] == shift), {})
 
 
-def run_sweep(experiment: Experiment, choices: list[dict[str, Any]], archive: RunArchive | None, fresh: bool = False) -> dict[float, list[dict[str, Any]]]:
+def run_sweep(
+    experiment: Experiment, choices: list[dict[str, Any]], archive: RunArchive | None, fresh: bool = False
+) -> dict[float, list[dict[str, Any]]]:
     """LatteCLIP on the sweep's shift with true-class texts at each share (READS THE TRUE LABELS), with its chosen options."""
     entry, choice = latteclip_with_choice(experiment, choices, SWEEP_SHIFT)
     store_path = experiment.output / "sweep" / "true-class-descriptions.sqlite"
     store_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"ANALYSIS: the description sweep writes texts from the TRUE labels of {experiment.target(SWEEP_SHIFT)}'s training "
-          f"images into {store_path}", flush=True)
+    print(
+        f"ANALYSIS: the description sweep writes texts from the TRUE labels of {experiment.target(SWEEP_SHIFT)}'s training "
+        f"images into {store_path}",
+        flush=True,
+    )
     results: dict[float, list[dict[str, Any]]] = {}
     for share in SWEEP_SHARES:
         model = f"true-class-q{share}"
-        swept = dataclasses.replace(entry, needs=[], overrides=deep_merge(
-            entry.overrides, {"store": str(store_path), "method_options": {"described_by": model + ANALYSIS_TAG}}))
+        swept = dataclasses.replace(
+            entry,
+            needs=[],
+            overrides=deep_merge(
+                entry.overrides, {"store": str(store_path), "method_options": {"described_by": model + ANALYSIS_TAG}}
+            ),
+        )
         for seed in experiment.seeds:
-            config = run_config(experiment, swept, experiment.target(SWEEP_SHIFT), seed, f"sweep/q{share}/{entry.name}-s{seed}", choice)
+            config = run_config(
+                experiment, swept, experiment.target(SWEEP_SHIFT), seed, f"sweep/q{share}/{entry.name}-s{seed}", choice
+            )
 
             def describe(c, share=share, model=model) -> None:
                 with DescriptionStore(c.store) as store:
@@ -144,17 +186,33 @@ def run_sweep(experiment: Experiment, choices: list[dict[str, Any]], archive: Ru
             print(f"LatteCLIP with true-class texts for {100 * share:.0f}% of the images, seed {seed}", flush=True)
             run = finished_run(config, describe, archive, fresh)
             results.setdefault(share, []).append({**run.summary, "seed": seed})
-            print(f"  top-1 {100 * run.results['top1']:.2f}%" + (" (from the archive)" if run.archived else ""), flush=True)
+            print(
+                f"  top-1 {100 * run.results['top1']:.2f}%" + (" (from the archive)" if run.archived else ""),
+                flush=True,
+            )
     return results
 
 
-def sweep_section(experiment: Experiment, cells: Cells, sweep: dict[float, list[dict[str, Any]]], figure: Path, page: Path) -> str:
+def sweep_section(
+    experiment: Experiment, cells: Cells, sweep: dict[float, list[dict[str, Any]]], figure: Path, page: Path
+) -> str:
     """The sweep's section: what it reads, the plot, and its table."""
     by_name = {e.name: e for e in experiment.methods}
-    lines = {by_name[name].label: aggregate([r["top1"] for r in cells[(name, SWEEP_SHIFT)]])["mean"] for name in ("zeroshot", "flyp_pl")}
-    lines["LatteCLIP with the describer's texts"] = aggregate([r["top1"] for r in cells[("latteclip", SWEEP_SHIFT)]])["mean"]
-    plot_against_share(list(sweep), [[r["top1"] for r in runs] for runs in sweep.values()], "LatteCLIP", lines, figure,
-                       "share q of training images whose texts name the true class")
+    lines = {
+        by_name[name].label: aggregate([r["top1"] for r in cells[(name, SWEEP_SHIFT)]])["mean"]
+        for name in ("zeroshot", "flyp_pl")
+    }
+    lines["LatteCLIP with the describer's texts"] = aggregate([r["top1"] for r in cells[("latteclip", SWEEP_SHIFT)]])[
+        "mean"
+    ]
+    plot_against_share(
+        list(sweep),
+        [[r["top1"] for r in runs] for runs in sweep.values()],
+        "LatteCLIP",
+        lines,
+        figure,
+        "share q of training images whose texts name the true class",
+    )
     try:
         shown = figure.relative_to(page.parent)
     except ValueError:
@@ -172,7 +230,11 @@ def sweep_section(experiment: Experiment, cells: Cells, sweep: dict[float, list[
         "|---|---|" + "---|" * len(experiment.seeds),
     ]
     for share, runs in sweep.items():
-        parts.append(f"| {share} | {format_cell([r['top1'] for r in runs])} | " + " | ".join(f"{100 * r['top1']:.2f}" for r in runs) + " |")
+        parts.append(
+            f"| {share} | {format_cell([r['top1'] for r in runs])} | "
+            + " | ".join(f"{100 * r['top1']:.2f}" for r in runs)
+            + " |"
+        )
     parts += ["", "Reference levels: " + "; ".join(f"{name} {100 * value:.2f}%" for name, value in lines.items()) + "."]
     return "\n".join(parts)
 
@@ -182,8 +244,17 @@ def text_signals(experiment: Experiment, choices: list[dict[str, Any]]) -> dict[
     signals = {}
     for shift in experiment.shifts:
         entry, choice = latteclip_with_choice(experiment, choices, shift)
-        config = run_config(experiment, entry, experiment.target(shift), experiment.seeds[0], f"{shift}/{entry.name}-s{experiment.seeds[0]}", choice)
-        prepare_stages(experiment, entry, config, lambda line: print(line, flush=True))  # only hashes images already described
+        config = run_config(
+            experiment,
+            entry,
+            experiment.target(shift),
+            experiment.seeds[0],
+            f"{shift}/{entry.name}-s{experiment.seeds[0]}",
+            choice,
+        )
+        prepare_stages(
+            experiment, entry, config, lambda line: print(line, flush=True)
+        )  # only hashes images already described
         print(f"ANALYSIS: what the image texts of {config.dataset} know (reads its true training labels)", flush=True)
         signals[shift] = run_text_signal(config, reads_labels=True)
     return signals
@@ -205,8 +276,10 @@ def text_signal_section(signals: dict[str, TextSignal]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for shift, s in signals.items():
-        lines.append(f"| {shift} | {s.images} | {100 * s.pseudo_label_acc:.1f} | {100 * s.text_acc:.1f} | {s.wrong_labels} | "
-                     f"{100 * s.text_true_where_wrong:.1f} | {100 * s.text_repeats_wrong:.1f} | {s.classes_nearest_own} of {s.classes} |")
+        lines.append(
+            f"| {shift} | {s.images} | {100 * s.pseudo_label_acc:.1f} | {100 * s.text_acc:.1f} | {s.wrong_labels} | "
+            f"{100 * s.text_true_where_wrong:.1f} | {100 * s.text_repeats_wrong:.1f} | {s.classes_nearest_own} of {s.classes} |"
+        )
     return "\n".join(lines)
 
 
@@ -239,14 +312,22 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
                 measured = measurements(runs, zeroshot_runs)
                 lines.append(
                     f"- {shift}: {entry.label} ({100 * mean:.2f}%) does not beat {', '.join(beaten_by)}"
-                    + (f"; measured (analysis/ and mixer/: training log, last fifth; predictions/: test split): {', '.join(measured)}" if measured else "")
+                    + (
+                        f"; measured (analysis/ and mixer/: training log, last fifth; predictions/: test split): {', '.join(measured)}"
+                        if measured
+                        else ""
+                    )
                     + "."
                 )
-            share, zero_share = (aggregate([r[SHARE] for r in of if SHARE in r])["mean"] if any(SHARE in r for r in of) else None
-                                 for of in (runs, zeroshot_runs))
+            share, zero_share = (
+                aggregate([r[SHARE] for r in of if SHARE in r])["mean"] if any(SHARE in r for r in of) else None
+                for of in (runs, zeroshot_runs)
+            )
             if share is not None and zero_share is not None and share > zero_share + COLLAPSE_MARGIN:
-                lines.append(f"- {shift}: {entry.label} gives {100 * share:.1f}% of its test predictions to one class, more than "
-                             f"{100 * COLLAPSE_MARGIN:.0f} points above zero-shot's {100 * zero_share:.1f}% (collapse onto a class).")
+                lines.append(
+                    f"- {shift}: {entry.label} gives {100 * share:.1f}% of its test predictions to one class, more than "
+                    f"{100 * COLLAPSE_MARGIN:.0f} points above zero-shot's {100 * zero_share:.1f}% (collapse onto a class)."
+                )
     return lines
 
 
@@ -259,8 +340,11 @@ def measurements(runs: list[dict[str, Any]], zeroshot_runs: list[dict[str, Any]]
     keys = sorted({k for r in runs for k in r})
     measured = [f"{key} {100 * mean(key, runs):.1f}%" for key in keys if key.startswith("analysis/")]
     measured += [f"{key} {mean(key, runs):.3f}" for key in keys if key.startswith(("mixer/", "prototypes/"))]
-    measured += [f"{key} {100 * mean(key, runs):.1f}% (zero-shot {100 * mean(key, zeroshot_runs):.1f}%)"
-                 for key in keys if key.startswith("predictions/") and any(key in r for r in zeroshot_runs)]
+    measured += [
+        f"{key} {100 * mean(key, runs):.1f}% (zero-shot {100 * mean(key, zeroshot_runs):.1f}%)"
+        for key in keys
+        if key.startswith("predictions/") and any(key in r for r in zeroshot_runs)
+    ]
     return measured
 
 
@@ -268,7 +352,10 @@ def analysis_table(experiment: Experiment, cells: Cells, prefix: str, percent: b
     keys = sorted({k for runs in cells.values() for r in runs for k in r if k.startswith(prefix)})
     if not keys:
         return None
-    lines = ["| method | measure | " + " | ".join(experiment.shifts) + " |", "|---|---|" + "---|" * len(experiment.shifts)]
+    lines = [
+        "| method | measure | " + " | ".join(experiment.shifts) + " |",
+        "|---|---|" + "---|" * len(experiment.shifts),
+    ]
     for entry in experiment.methods:
         for key in keys:
             row = []
@@ -285,8 +372,16 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
     run = experiment.run
     cells, choices = runs.cells, runs.choices
     pretrained = {name: weights.summary if weights else None for name, weights in runs.pretrained.items()}
-    shown = archive.folder.resolve().relative_to(ARCHIVE.parents[1]) if archive and archive.folder.resolve().is_relative_to(ARCHIVE.parents[1]) else None
-    kept = f" or archived in {shown or archive.folder}/ (finished runs kept in the repository: docs/domain_shift.md)" if archive else ""
+    shown = (
+        archive.folder.resolve().relative_to(ARCHIVE.parents[1])
+        if archive and archive.folder.resolve().is_relative_to(ARCHIVE.parents[1])
+        else None
+    )
+    kept = (
+        f" or archived in {shown or archive.folder}/ (finished runs kept in the repository: docs/domain_shift.md)"
+        if archive
+        else ""
+    )
     seeds = ", ".join(str(s) for s in experiment.seeds)
     parts = [
         f"Torch threads: {torch.get_num_threads()}. Finished {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} after "
@@ -319,19 +414,43 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
             parts.append(f"| {item['shift']} | {item['label']} | {candidates} | `{json.dumps(item['chosen'])}` |")
     else:
         parts.append("No entry lists a `search` grid: every option is the configured one.")
-    fixed = [f"- {entry.label}: `{json.dumps(entry.overrides, sort_keys=True)}`" for entry in experiment.methods if entry.overrides]
+    fixed = [
+        f"- {entry.label}: `{json.dumps(entry.overrides, sort_keys=True)}`"
+        for entry in experiment.methods
+        if entry.overrides
+    ]
     if fixed:
-        parts += ["", "Configured per-method options (a choice above replaces the option it names; files are relative to the "
-                  "experiment file):", "", *fixed]
+        parts += [
+            "",
+            "Configured per-method options (a choice above replaces the option it names; files are relative to the "
+            "experiment file):",
+            "",
+            *fixed,
+        ]
     for title, prefix, percent in (
-        ("Pseudo-label accuracy and agreement during training (analysis only: from the training log, last fifth of training)", "analysis/", True),
+        (
+            "Pseudo-label accuracy and agreement during training (analysis only: from the training log, last fifth of training)",
+            "analysis/",
+            True,
+        ),
         ("Mixer weights during training (last fifth of training)", "mixer/", False),
-        ("Prototype drift: mean cosine of LatteCLIP's prototypes with their zero-shot start (1 = unmoved; last fifth of training)",
-         "prototypes/", False),
-        ("CoFT's two models (label-free): share of a batch where T and V predict the same class, and share with a rejected "
-         "candidate label (last fifth of training)", "coft/", True),
-        ("Share of test predictions given to the most-predicted class (no label read; the test split is balanced, "
-         "so 10% is an even spread and a rise over zero-shot is self-training collapsing onto one class)", "predictions/", True),
+        (
+            "Prototype drift: mean cosine of LatteCLIP's prototypes with their zero-shot start (1 = unmoved; last fifth of training)",
+            "prototypes/",
+            False,
+        ),
+        (
+            "CoFT's two models (label-free): share of a batch where T and V predict the same class, and share with a rejected "
+            "candidate label (last fifth of training)",
+            "coft/",
+            True,
+        ),
+        (
+            "Share of test predictions given to the most-predicted class (no label read; the test split is balanced, "
+            "so 10% is an even spread and a rise over zero-shot is self-training collapsing onto one class)",
+            "predictions/",
+            True,
+        ),
     ):
         table = analysis_table(experiment, cells, prefix, percent)
         if table:
@@ -340,16 +459,30 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
     trained = [entry.label for entry in experiment.label_free_trainers()]
     if not trained:
         comparisons = ["No label-free method that trains was run."]
-    parts += ["", "### Where a label-free method does not beat zero-shot, the describer's zero-shot or FLYP + pseudo-labels, or collapses "
-              "(mean over seeds)", ""]
-    parts += comparisons or [f"Each label-free method that trains ({', '.join(trained)}) beats the baselines on every shift measured "
-                             "(zero-shot, the describer's zero-shot, and FLYP + pseudo-labels for the other methods)."]
-    parts += ["", "### Every run", "", "| shift | method | seed | top-1 % | steps | seconds |", "|---|---|---|---|---|---|"]
+    parts += [
+        "",
+        "### Where a label-free method does not beat zero-shot, the describer's zero-shot or FLYP + pseudo-labels, or collapses "
+        "(mean over seeds)",
+        "",
+    ]
+    parts += comparisons or [
+        f"Each label-free method that trains ({', '.join(trained)}) beats the baselines on every shift measured "
+        "(zero-shot, the describer's zero-shot, and FLYP + pseudo-labels for the other methods)."
+    ]
+    parts += [
+        "",
+        "### Every run",
+        "",
+        "| shift | method | seed | top-1 % | steps | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     for entry in experiment.methods:
         for shift in experiment.shifts:
             for r in cells.get((entry.name, shift), []):
                 seconds_run = f"{r['seconds']:.0f}" if r.get("seconds") is not None else "–"
-                parts.append(f"| {shift} | {entry.label} | {r['seed']} | {100 * r['top1']:.2f} | {r['steps']} | {seconds_run} |")
+                parts.append(
+                    f"| {shift} | {entry.label} | {r['seed']} | {100 * r['top1']:.2f} | {r['steps']} | {seconds_run} |"
+                )
     return "\n".join(parts)
 
 
@@ -360,7 +493,7 @@ def describer_lines(experiment: Experiment, describer: dict | None) -> list[str]
         f"- Describer (the offline stand-in for the paper's LMM, writing LatteCLIP's image and group texts): "
         f"`{experiment.describer['model']}` pre-trained the same way with the options "
         f"`{json.dumps(experiment.describer.get('pretrain') or {}, sort_keys=True)}`: {describer['steps']} steps, "
-        f"{100 * describer['clean_test_top1']:.2f}% zero-shot top-1 on the clean test set; its row \"describer zero-shot\" is "
+        f'{100 * describer["clean_test_top1"]:.2f}% zero-shot top-1 on the clean test set; its row "describer zero-shot" is '
         "its accuracy on each target. Both models' captions are half class templates, half sentences of the clothing "
         "vocabulary made of each class's nouns and attributes (`data/fmnist/class_attributes.json`); no target image or label.",
     ]
@@ -376,20 +509,35 @@ def main(argv: list[str] | None = None) -> int:
         fresh = frozenset(comma_list(args.rerun)) if args.rerun else frozenset()
         use_threads(experiment.threads)
         started = time.time()
-        runs = run_experiment(experiment, choose=True, progress=lambda line: print(line, flush=True), archive=archive, fresh=fresh)
+        runs = run_experiment(
+            experiment, choose=True, progress=lambda line: print(line, flush=True), archive=archive, fresh=fresh
+        )
         body = results_section(experiment, runs, time.time() - started, archive)
-        write_section("domain_shift", "Domain shift: Fashion-MNIST, tiny CLIP pre-trained on the clean source domain", body, Path(args.out))
+        write_section(
+            "domain_shift",
+            "Domain shift: Fashion-MNIST, tiny CLIP pre-trained on the clean source domain",
+            body,
+            Path(args.out),
+        )
         print(f"results page: {args.out} (section domain_shift)")
         if args.sweep:
             sweep = run_sweep(experiment, runs.choices, archive, "latteclip" in fresh)
             page = Path(args.out)
             figure = page.parent / "figures" / "description_sweep.png"
             figure.parent.mkdir(parents=True, exist_ok=True)
-            write_section("description_sweep", f"Analysis (reads labels): LatteCLIP against the share of true-class texts, {SWEEP_SHIFT}",
-                          sweep_section(experiment, runs.cells, sweep, figure, page), page)
+            write_section(
+                "description_sweep",
+                f"Analysis (reads labels): LatteCLIP against the share of true-class texts, {SWEEP_SHIFT}",
+                sweep_section(experiment, runs.cells, sweep, figure, page),
+                page,
+            )
             print(f"results page: {args.out} (section description_sweep, figure {figure})")
-            write_section("description_signal", "Analysis (reads labels): what the describer's image texts know beside the pseudo-labels",
-                          text_signal_section(text_signals(experiment, runs.choices)), page)
+            write_section(
+                "description_signal",
+                "Analysis (reads labels): what the describer's image texts know beside the pseudo-labels",
+                text_signal_section(text_signals(experiment, runs.choices)),
+                page,
+            )
             print(f"results page: {args.out} (section description_signal)")
     except LatteclipError as err:
         print(f"error: {err}", file=sys.stderr)

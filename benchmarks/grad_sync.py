@@ -30,7 +30,9 @@ def worker(rank: int, args: argparse.Namespace, port: int, queue) -> None:
     from latteclip.models import load_clip
     from latteclip.models.losses import contrastive_loss
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(args.nproc), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(args.nproc), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(args.threads)
     device = torch.device(f"cuda:{rank}" if args.device == "cuda" else "cpu")
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo", rank=rank, world_size=args.nproc)
@@ -82,13 +84,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--port", type=int, default=29517)
-    parser.add_argument("--bucket-mb", type=float, default=25,
-                        help="all-reduce bucket size (0: one flat bucket per dtype)")
-    parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
-                        help="all-reduce buckets during the backward pass (--no-overlap: after it)")
+    parser.add_argument(
+        "--bucket-mb", type=float, default=25, help="all-reduce bucket size (0: one flat bucket per dtype)"
+    )
+    parser.add_argument(
+        "--overlap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="all-reduce buckets during the backward pass (--no-overlap: after it)",
+    )
     parser.add_argument("--write-results", action="store_true", help="write the figures into docs/results.md")
     args = parser.parse_args()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # other jobs on the machine share its cores
+    load = (
+        os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    )  # other jobs on the machine share its cores
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
     mp.start_processes(worker, args=(args, args.port, queue), nprocs=args.nproc, start_method="spawn")
@@ -97,24 +106,32 @@ def main() -> None:
     buckets = f"{args.bucket_mb:g} MB buckets" if args.bucket_mb > 0 else "one flat bucket per dtype"
     when = "during the backward pass" if args.overlap else "after the backward pass"
     millions = row["parameters"] / 1e6
-    print(f"{args.model}, {args.nproc} x {args.device}, batch {args.batch_size} per process, {millions:.1f} M "
-          f"trained parameters, {buckets} all-reduced {when}: step {row['step_s']:.3f} s, of which waiting for the "
-          f"gradients after the backward pass {row['wait_s']:.3f} s ({100 * share:.1f}%)")
+    print(
+        f"{args.model}, {args.nproc} x {args.device}, batch {args.batch_size} per process, {millions:.1f} M "
+        f"trained parameters, {buckets} all-reduced {when}: step {row['step_s']:.3f} s, of which waiting for the "
+        f"gradients after the backward pass {row['wait_s']:.3f} s ({100 * share:.1f}%)"
+    )
     if args.write_results:
         sys.path.insert(0, str(Path(__file__).parent))
         from results_page import write_section
 
-        body = "\n".join([
-            "| processes | batch per process | trained parameters (M) | buckets | all-reduced | step (s) "
-            "| waiting after backward (s) |",
-            "|---|---|---|---|---|---|---|",
-            f"| {args.nproc} x {args.device} | {args.batch_size} | {millions:.1f} | {buckets} | {when} | "
-            f"{row['step_s']:.3f} | {row['wait_s']:.3f} ({100 * share:.1f}%) |",
-            "",
-            f"Mean of {args.steps} steps after {args.warmup} warm-up step(s); {args.threads} torch thread(s) per "
-            f"process; load average {load:.1f} when it started (on {os.cpu_count()} cores).",
-        ])
-        write_section(f"grad_sync_{args.device}", f"Gradient synchronisation, {args.model}, {args.nproc} processes, {args.device}", body)
+        body = "\n".join(
+            [
+                "| processes | batch per process | trained parameters (M) | buckets | all-reduced | step (s) "
+                "| waiting after backward (s) |",
+                "|---|---|---|---|---|---|---|",
+                f"| {args.nproc} x {args.device} | {args.batch_size} | {millions:.1f} | {buckets} | {when} | "
+                f"{row['step_s']:.3f} | {row['wait_s']:.3f} ({100 * share:.1f}%) |",
+                "",
+                f"Mean of {args.steps} steps after {args.warmup} warm-up step(s); {args.threads} torch thread(s) per "
+                f"process; load average {load:.1f} when it started (on {os.cpu_count()} cores).",
+            ]
+        )
+        write_section(
+            f"grad_sync_{args.device}",
+            f"Gradient synchronisation, {args.model}, {args.nproc} processes, {args.device}",
+            body,
+        )
 
 
 if __name__ == "__main__":

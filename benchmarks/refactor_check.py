@@ -83,10 +83,42 @@ def run_method(method: str, output: Path, store: Path, steps: int) -> dict[str, 
     from latteclip.cli import main
     from latteclip.engine.checkpoint import load_checkpoint
 
-    argv = ["train", "--method", method, "--dataset", "eurosat", "--root", str(EUROSAT_ZIP), "--limit", "40",
-            "--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0",
-            "--batch-size", "8", "--lr", "1e-3", "--max-steps", str(steps), "--eval-every", "3", "--log-every", "1",
-            "--checkpoint-every", "2", "--output", str(output), "--name", method, *METHOD_FLAGS[method]]
+    argv = [
+        "train",
+        "--method",
+        method,
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(EUROSAT_ZIP),
+        "--limit",
+        "40",
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--max-steps",
+        str(steps),
+        "--eval-every",
+        "3",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--output",
+        str(output),
+        "--name",
+        method,
+        *METHOD_FLAGS[method],
+    ]
     if method in ("latteclip", "coft_plus"):
         argv += ["--store", str(store)]
     with contextlib.redirect_stderr(io.StringIO()):  # progress bars: the table below is the output
@@ -101,7 +133,11 @@ def compare(rows: dict[str, dict], saved: dict[str, dict]) -> bool:
     same = True
     for method, row in rows.items():
         before = saved.get(method)
-        verdict = "missing in the saved file" if before is None else ("same" if before == row else f"DIFFERENT (was {before})")
+        verdict = (
+            "missing in the saved file"
+            if before is None
+            else ("same" if before == row else f"DIFFERENT (was {before})")
+        )
         same = same and verdict == "same"
         print(f"{method:<10} {verdict}")
     return same
@@ -112,10 +148,14 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--save", type=Path, help="write the per-method results to this JSON file")
-    parser.add_argument("--compare", type=Path, help="compare with a JSON file written by --save (exit 1 if any differs)")
+    parser.add_argument(
+        "--compare", type=Path, help="compare with a JSON file written by --save (exit 1 if any differs)"
+    )
     args = parser.parse_args()
     if not EUROSAT_ZIP.is_file():
-        raise SystemExit(f"{EUROSAT_ZIP} not found: set LATTECLIP_SHARED_DATA to the folder holding eurosat/EuroSAT.zip")
+        raise SystemExit(
+            f"{EUROSAT_ZIP} not found: set LATTECLIP_SHARED_DATA to the folder holding eurosat/EuroSAT.zip"
+        )
     torch.set_num_threads(1)  # results depend on the thread count: one thread is the same everywhere
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,8 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 # the project's data folder, as the tests read it (LATTECLIP_SHARED_DATA, default ../shared/data beside the checkout)
 SHARED_DATA = Path(os.environ.get("LATTECLIP_SHARED_DATA", REPO.parent / "shared" / "data"))
 EUROSAT_ZIP = SHARED_DATA / "eurosat" / "EuroSAT.zip"
-WORDS = ("green fields crossed by a narrow road with scattered houses and dense trees along a river bank "
-         "under clear sky showing bright patches of farmland and industrial roofs near the lake").split()
+WORDS = (
+    "green fields crossed by a narrow road with scattered houses and dense trees along a river bank "
+    "under clear sky showing bright patches of farmland and industrial roofs near the lake"
+).split()
 
 
 def synthetic_description(i: int, kind: str) -> str:
@@ -40,10 +42,10 @@ def synthetic_description(i: int, kind: str) -> str:
 
 
 def build(args, variant: str):
+    from latteclip.config import RunConfig
     from latteclip.data import DatasetOptions, build_dataset, collate
     from latteclip.describe.store import DescriptionStore, image_key
     from latteclip.engine.optim import optimizer_for_run, scaled_groups
-    from latteclip.config import RunConfig
     from latteclip.methods import build_options, get_method
     from latteclip.methods.base import TrainContext
     from latteclip.models import load_clip
@@ -76,7 +78,9 @@ def run_worker(args, variant: str) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     method, batch, optimizer = build(args, variant)
     cuda = args.device.startswith("cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and args.bf16 else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if cuda and args.bf16 else torch.autocast("cpu", enabled=False)
+    )
 
     def step(i: int) -> float:
         with autocast:
@@ -106,8 +110,14 @@ def run_worker(args, variant: str) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         step_peak = peak - rss_before  # what a step adds above the resident model, optimizer and data
     mean = sum(times) / len(times)
-    return {"variant": variant, "step_s": mean, "images_per_s": len(batch["index"]) / mean, "peak_mb": peak,
-            "step_peak_mb": step_peak, "times": times}
+    return {
+        "variant": variant,
+        "step_s": mean,
+        "images_per_s": len(batch["index"]) / mean,
+        "peak_mb": peak,
+        "step_peak_mb": step_peak,
+        "times": times,
+    }
 
 
 def _current_rss_mb() -> float:
@@ -120,7 +130,9 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--variants", default="latteclip,latteclip_reference", help="latteclip, latteclip_reference, flyp_pl, ...")
+    parser.add_argument(
+        "--variants", default="latteclip,latteclip_reference", help="latteclip, latteclip_reference, flyp_pl, ..."
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
@@ -135,37 +147,62 @@ def main() -> None:
     rows = []
     for variant in args.variants.split(","):
         cmd = [sys.executable, __file__, "--worker", variant] + [a for a in sys.argv[1:]]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        out = subprocess.run(
+            cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     from latteclip.experiments.machine import machine_description
 
     machine = machine_description()
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{machine['cpu']}, {machine['cores']} cores"
-    print(f"{args.model} (random weights), batch {args.batch_size}, {args.device} ({device}), torch {torch.__version__}")
+    device = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"{machine['cpu']}, {machine['cores']} cores"
+    )
+    print(
+        f"{args.model} (random weights), batch {args.batch_size}, {args.device} ({device}), torch {torch.__version__}"
+    )
     print(f"{'variant':<22}{'step (s)':>10}{'images/s':>10}{'peak MB':>10}{'step +MB':>10}")
     for r in rows:
         extra = f"{r['step_peak_mb']:>10.0f}" if r["step_peak_mb"] is not None else f"{'':>10}"
         print(f"{r['variant']:<22}{r['step_s']:>10.3f}{r['images_per_s']:>10.1f}{r['peak_mb']:>10.0f}{extra}")
     by = {r["variant"]: r for r in rows}
     if "latteclip" in by and "latteclip_reference" in by:
-        print(f"speed-up of the fast LatteCLIP step: {by['latteclip_reference']['step_s'] / by['latteclip']['step_s']:.2f}x")
+        print(
+            f"speed-up of the fast LatteCLIP step: {by['latteclip_reference']['step_s'] / by['latteclip']['step_s']:.2f}x"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "device": device, "rows": rows}, indent=1))
     if args.write_results:
         sys.path.insert(0, str(Path(__file__).parent))
         from results_page import write_section
 
-        lines = ["| variant | step (s) | images/s | peak memory (MB) | added by the step (MB) |", "|---|---|---|---|---|"]
+        lines = [
+            "| variant | step (s) | images/s | peak memory (MB) | added by the step (MB) |",
+            "|---|---|---|---|---|",
+        ]
         for r in rows:
             added = f"{r['step_peak_mb']:.0f}" if r["step_peak_mb"] is not None else "n/a"
-            lines.append(f"| {r['variant']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {r['peak_mb']:.0f} | {added} |")
+            lines.append(
+                f"| {r['variant']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {r['peak_mb']:.0f} | {added} |"
+            )
         if "latteclip" in by and "latteclip_reference" in by:
-            lines.append(f"\nSpeed-up of the fast LatteCLIP step over the reference: "
-                         f"**{by['latteclip_reference']['step_s'] / by['latteclip']['step_s']:.2f}x**.")
+            lines.append(
+                f"\nSpeed-up of the fast LatteCLIP step over the reference: "
+                f"**{by['latteclip_reference']['step_s'] / by['latteclip']['step_s']:.2f}x**."
+            )
         kind = "gpu" if args.device.startswith("cuda") else "cpu"
         title = f"One training step, {args.model} (random weights), batch {args.batch_size}, {args.device}"
-        memory = "peak GPU memory allocated" if kind == "gpu" else "peak resident memory of the process, and what the step adds above the model, optimizer and data"
-        write_section(f"train_step_{kind}", title, "\n".join(lines) + f"\n\nMemory: {memory}. Mean of {args.steps} steps after {args.warmup} warm-up step(s).")
+        memory = (
+            "peak GPU memory allocated"
+            if kind == "gpu"
+            else "peak resident memory of the process, and what the step adds above the model, optimizer and data"
+        )
+        write_section(
+            f"train_step_{kind}",
+            title,
+            "\n".join(lines) + f"\n\nMemory: {memory}. Mean of {args.steps} steps after {args.warmup} warm-up step(s).",
+        )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from latteclip.experiments.archive import PREDICTIONS_MAY_DIFFER, SCORES_MAY_DIF
 from latteclip.experiments.spec import load_experiment, package_experiment_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_page import write_section  # noqa: E402  (the shared page writer beside this script)
+from results_page import write_section
 
 VARIANTS = [  # (folder, label, torch threads, ATEN_CPU_CAPABILITY or None for the machine's best, recipe changes)
     ("best-1", "best vectors, 1 thread", 1, None, {}),
@@ -59,15 +59,21 @@ def pretrain(recipe: dict, folder: Path, threads: int, capability: str | None) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/weights-rounding", help="a cache folder per variant under this one")
-    parser.add_argument("--variants", default=",".join(v[0] for v in VARIANTS),
-                        help="comma-separated variants, the reference first (default: all)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(v[0] for v in VARIANTS),
+        help="comma-separated variants, the reference first (default: all)",
+    )
     parser.add_argument("--write-results", action="store_true", help="write the section of docs/results.md")
     args = parser.parse_args()
     chosen = {name: index for index, name in enumerate(args.variants.split(","))}
     experiment = load_experiment(package_experiment_file("demo"))
     recipe = {"method": "pretrain", "model": experiment.model, "root": experiment.root, **experiment.pretrain}
-    lines = ["| variant (the first is the reference) | CPU kernels | weights SHA-256 | clean top-1 % | "
-             "probe answers against the reference | same weights for the archive |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| variant (the first is the reference) | CPU kernels | weights SHA-256 | clean top-1 % | "
+        "probe answers against the reference | same weights for the archive |",
+        "|---|---|---|---|---|---|",
+    ]
     reference = None
     variants = sorted((v for v in VARIANTS if v[0] in chosen), key=lambda v: chosen[v[0]])
     for folder, label, threads, capability, changes in variants:
@@ -78,10 +84,12 @@ def main() -> None:
         same, distance = same_behaviour(reference, behaviour)
         lines.append(f"| {label} | {made['capability']} | {digest} | {100 * made['top1']:.2f} | {distance} | {same} |")
         print(lines[-1], flush=True)
-    body = (f"The demo's source recipe (`configs/demo.yaml`: `{json.dumps(experiment.pretrain, sort_keys=True)}`) "
-            "pre-trained once per variant. The archive counts two sets of weights of one recipe as the same when at "
-            f"most {100 * PREDICTIONS_MAY_DIFFER:.0f}% of the probe's zero-shot classes differ and their top scores "
-            f"differ by at most {SCORES_MAY_DIFFER} on average (docs/domain_shift.md).\n\n" + "\n".join(lines))
+    body = (
+        f"The demo's source recipe (`configs/demo.yaml`: `{json.dumps(experiment.pretrain, sort_keys=True)}`) "
+        "pre-trained once per variant. The archive counts two sets of weights of one recipe as the same when at "
+        f"most {100 * PREDICTIONS_MAY_DIFFER:.0f}% of the probe's zero-shot classes differ and their top scores "
+        f"differ by at most {SCORES_MAY_DIFFER} on average (docs/domain_shift.md).\n\n" + "\n".join(lines)
+    )
     if args.write_results:
         write_section("weights_rounding", "Pre-trained weights under rounding, and under a changed recipe", body)
     print(body)

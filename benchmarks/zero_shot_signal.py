@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+
 from latteclip.config import resolve_config
 from latteclip.data.shifts import SHIFTS, UNSHIFTED
 from latteclip.engine.features import frozen_image_features
@@ -30,30 +31,48 @@ def margin_auc(margin: torch.Tensor, right: torch.Tensor) -> float:
 
 @torch.no_grad()
 def shift_signal(pretrained: str, shift: str) -> str:
-    config = resolve_config({"method": "zeroshot", "dataset": f"fmnist-{shift}", "root": "bundled", "model": "latte-fmnist",
-                             "pretrained": pretrained, "device": "cpu"})
+    config = resolve_config(
+        {
+            "method": "zeroshot",
+            "dataset": f"fmnist-{shift}",
+            "root": "bundled",
+            "model": "latte-fmnist",
+            "pretrained": pretrained,
+            "device": "cpu",
+        }
+    )
     session = open_session(config)
     data, method, loaded = session.dataset("train"), session.method, session.loaded
     features, valid = frozen_image_features(loaded, data, session.device, config.eval_batch_size)
-    classifier = class_text_features(loaded.model, method.tokens, method.info.classnames, [method.info.templates[0]], session.device)
+    classifier = class_text_features(
+        loaded.model, method.tokens, method.info.classnames, [method.info.templates[0]], session.device
+    )
     top = (features[valid] @ classifier.float().cpu().t()).topk(3, dim=-1)
     truth = data.labels[valid]
     right = top.indices[:, 0] == truth
     margin = top.values[:, 0] - top.values[:, 1]
     confident = margin.argsort(descending=True)[: max(1, len(margin) // 5)]
-    return (f"| {shift} | {len(truth)} | {100 * right.float().mean():.1f} | {100 * (top.indices == truth[:, None]).any(1).float().mean():.1f} "
-            f"| {margin_auc(margin, right):.3f} | {100 * right[confident].float().mean():.1f} |")
+    return (
+        f"| {shift} | {len(truth)} | {100 * right.float().mean():.1f} | {100 * (top.indices == truth[:, None]).any(1).float().mean():.1f} "
+        f"| {margin_auc(margin, right):.3f} | {100 * right[confident].float().mean():.1f} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrained", required=True, help="the source weights (.safetensors) that `latteclip pretrain` printed")
-    parser.add_argument("--reads-labels", action="store_true", help="confirm: this analysis reads the true training labels")
+    parser.add_argument(
+        "--pretrained", required=True, help="the source weights (.safetensors) that `latteclip pretrain` printed"
+    )
+    parser.add_argument(
+        "--reads-labels", action="store_true", help="confirm: this analysis reads the true training labels"
+    )
     args = parser.parse_args()
     if not args.reads_labels:
         parser.exit(2, "zero_shot_signal.py reads the TRUE labels of the target training images: add --reads-labels\n")
     torch.set_num_threads(1)
-    print("| shift | images | pseudo-label acc % | true class in top 3 % | margin AUC | acc of the most confident fifth % |")
+    print(
+        "| shift | images | pseudo-label acc % | true class in top 3 % | margin AUC | acc of the most confident fifth % |"
+    )
     print("|---|---|---|---|---|---|")
     for shift in [s for s in SHIFTS if s != UNSHIFTED]:
         print(shift_signal(args.pretrained, shift), flush=True)

@@ -64,12 +64,51 @@ def tiny_runs(tmp_path_factory, eurosat_zip) -> dict[str, Path]:
     from latteclip.cli import main
 
     output = tmp_path_factory.mktemp("runs")
-    common = ["--dataset", "eurosat", "--root", str(eurosat_zip), "--model", "latte-tiny", "--pretrained", "random",
-              "--limit", "40", "--workers", "0", "--output", str(output), "--device", "cpu"]
+    common = [
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(eurosat_zip),
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--limit",
+        "40",
+        "--workers",
+        "0",
+        "--output",
+        str(output),
+        "--device",
+        "cpu",
+    ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LATTECLIP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        assert main(["train", "--method", "flyp_pl", "--name", "flyp", "--max-steps", "8", "--batch-size", "16", "--lr", "1e-3",
-                     "--warmup-steps", "0", "--eval-every", "4", "--log-every", "1", *common]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--method",
+                    "flyp_pl",
+                    "--name",
+                    "flyp",
+                    "--max-steps",
+                    "8",
+                    "--batch-size",
+                    "16",
+                    "--lr",
+                    "1e-3",
+                    "--warmup-steps",
+                    "0",
+                    "--eval-every",
+                    "4",
+                    "--log-every",
+                    "1",
+                    *common,
+                ]
+            )
+            == 0
+        )
         assert main(["zeroshot", "--name", "zeroshot", *common]) == 0
     return {"flyp": output / "flyp", "zeroshot": output / "zeroshot"}
 

@@ -32,9 +32,9 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from PIL import Image
 
@@ -57,7 +57,12 @@ def schema_choices(response_format: object) -> list[str] | None:
         return None
     schema = spec["schema"]
     choices = schema.get("enum")
-    if schema.get("type") != "string" or not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+    if (
+        schema.get("type") != "string"
+        or not isinstance(choices, list)
+        or not choices
+        or not all(isinstance(c, str) for c in choices)
+    ):
         return None
     return choices
 
@@ -117,7 +122,7 @@ class FakeLMMServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def __enter__(self) -> "FakeLMMServer":
+    def __enter__(self) -> FakeLMMServer:
         self.start()
         return self
 
@@ -146,7 +151,9 @@ class FakeLMMServer:
 def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like real servers
-        disable_nagle_algorithm = True  # headers and body leave at once, as from real servers (no 40 ms delayed-ACK stall)
+        disable_nagle_algorithm = (
+            True  # headers and body leave at once, as from real servers (no 40 ms delayed-ACK stall)
+        )
 
         def log_message(self, *args) -> None:
             pass
@@ -176,11 +183,17 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
                 return
             if self.path.rstrip("/").endswith("/stats"):  # for the benchmark, whose server is another process
                 counts = server.requests_per_key()
-                stats = {"requests": sum(counts.values()), "keys": len(counts), "most_per_key": max(counts.values(), default=0)}
+                stats = {
+                    "requests": sum(counts.values()),
+                    "keys": len(counts),
+                    "most_per_key": max(counts.values(), default=0),
+                }
                 self._send(200, json.dumps(stats).encode())
             elif server.models_route and self.path.rstrip("/").endswith("/v1/models"):
                 ids = [server.model] if server.listed is None else server.listed
-                self._send(200, json.dumps({"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}).encode())
+                self._send(
+                    200, json.dumps({"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}).encode()
+                )
             else:
                 self._send(404, b'{"error": "no such route"}')
 
@@ -231,7 +244,12 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, _completion(body["model"], "", server.finish_reason))
             elif outcome == "choice":
                 choices = schema_choices(body["response_format"]) or []
-                self._send(200, _completion(body["model"], json.dumps(constrained_answer(image_hash, choices)), server.finish_reason))
+                self._send(
+                    200,
+                    _completion(
+                        body["model"], json.dumps(constrained_answer(image_hash, choices)), server.finish_reason
+                    ),
+                )
             elif outcome == "drop":
                 self.close_connection = True
                 self.connection.shutdown(2)
@@ -242,10 +260,16 @@ def _handler_for(server: FakeLMMServer) -> type[BaseHTTPRequestHandler]:
 
 
 def _completion(model: str, text: str, finish_reason: str = "stop") -> bytes:
-    return json.dumps({
-        "id": "chatcmpl-test", "object": "chat.completion", "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
-    }).encode()
+    return json.dumps(
+        {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+            ],
+        }
+    ).encode()
 
 
 def main() -> None:

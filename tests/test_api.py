@@ -79,8 +79,13 @@ def test_layers_import_only_the_layers_below_and_no_command_imports_another():
         parts = path.relative_to(source).with_suffix("").parts
         layer = "cli" if parts[0] == "__main__" else parts[0] if parts[0] in LAYERS else None  # __main__: `python -m`
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             for name in (n.split(".") for n in names if n.startswith("latteclip.")):
                 target = name[1] if name[1] in LAYERS else None
                 if target and (layer is None or LAYERS.index(target) > LAYERS.index(layer)):

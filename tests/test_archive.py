@@ -14,8 +14,16 @@ import pytest
 from latteclip.config import resolve_config
 from latteclip.experiments.archive import RunArchive, same_behaviour
 
-RECIPE = {"method": "pretrain", "dataset": "fmnist", "root": "bundled", "limit": 256, "epochs": 1, "batch_size": 32,
-          "warmup_steps": 1, "workers": 0}
+RECIPE = {
+    "method": "pretrain",
+    "dataset": "fmnist",
+    "root": "bundled",
+    "limit": 256,
+    "epochs": 1,
+    "batch_size": 32,
+    "warmup_steps": 1,
+    "workers": 0,
+}
 PRETRAIN = """import json, sys, torch
 torch.set_num_threads(int(sys.argv[2]))
 from latteclip.config import resolve_config
@@ -31,11 +39,19 @@ def behaviour(predictions: list[int], scores: list[float], probe: str = "p") -> 
 def test_behaviours_agree_up_to_two_percent_of_predictions_and_half_a_hundredth_of_score():
     reference = behaviour([i % 10 for i in range(1000)], [0.5] * 1000)
     twenty = behaviour([(i + (i < 20)) % 10 for i in range(1000)], [0.5] * 1000)  # 2.0% of the classes differ
-    assert same_behaviour(reference, twenty) == (True, "2.0% of 1000 probe predictions differ, mean top-score difference 0.0000")
+    assert same_behaviour(reference, twenty) == (
+        True,
+        "2.0% of 1000 probe predictions differ, mean top-score difference 0.0000",
+    )
     assert not same_behaviour(reference, behaviour([(i + (i < 21)) % 10 for i in range(1000)], [0.5] * 1000))[0]
     assert same_behaviour(reference, behaviour(reference["predictions"], [0.505] * 1000))[0]
-    assert not same_behaviour(reference, behaviour(reference["predictions"], [0.5] * 500 + [0.512] * 500))[0]  # mean 0.006
-    assert same_behaviour(reference, behaviour(reference["predictions"], [0.5] * 1000, probe="q")) == (False, "other probe images")
+    assert not same_behaviour(reference, behaviour(reference["predictions"], [0.5] * 500 + [0.512] * 500))[
+        0
+    ]  # mean 0.006
+    assert same_behaviour(reference, behaviour(reference["predictions"], [0.5] * 1000, probe="q")) == (
+        False,
+        "other probe images",
+    )
 
 
 def pretrain(cache: Path, threads: int, capability: str | None, **changes) -> Path:
@@ -44,15 +60,29 @@ def pretrain(cache: Path, threads: int, capability: str | None, **changes) -> Pa
     env.pop("ATEN_CPU_CAPABILITY", None)
     if capability:
         env["ATEN_CPU_CAPABILITY"] = capability
-    done = subprocess.run([sys.executable, "-c", PRETRAIN, json.dumps({**RECIPE, **changes}), str(threads)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", PRETRAIN, json.dumps({**RECIPE, **changes}), str(threads)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return Path(done.stdout.strip().splitlines()[-1])
 
 
 def run_config(weights: Path, tmp_path: Path):
-    return resolve_config({"method": "flyp_pl", "dataset": "fmnist-tint", "root": "bundled", "model": "latte-fmnist",
-                           "pretrained": str(weights), "output": str(tmp_path / "runs"), "name": "tint/flyp_pl-s0"})
+    return resolve_config(
+        {
+            "method": "flyp_pl",
+            "dataset": "fmnist-tint",
+            "root": "bundled",
+            "model": "latte-fmnist",
+            "pretrained": str(weights),
+            "output": str(tmp_path / "runs"),
+            "name": "tint/flyp_pl-s0",
+        }
+    )
 
 
 @pytest.mark.slow
@@ -86,8 +116,11 @@ def test_weights_that_compute_other_answers_under_the_same_recipe_are_not_bound(
         path = tmp_path / name / "latte-fmnist-fmnist-abc.safetensors"
         path.parent.mkdir()
         path.write_bytes(name.encode())
-        record = {"recipe": "abc", "model": "latte-fmnist",
-                  "behaviour": behaviour([(i + shift * (i < 30)) % 10 for i in range(1000)], [0.5] * 1000)}
+        record = {
+            "recipe": "abc",
+            "model": "latte-fmnist",
+            "behaviour": behaviour([(i + shift * (i < 30)) % 10 for i in range(1000)], [0.5] * 1000),
+        }
         path.with_suffix(".behaviour.json").write_text(json.dumps(record))
         weights[name] = path
     archive = RunArchive(tmp_path / "archive")
@@ -107,5 +140,7 @@ def test_runs_bound_to_weight_bytes_before_are_kept_and_named_as_made_from_other
     weights = tmp_path / "source.safetensors"
     weights.write_bytes(b"weights")
     notes = RunArchive(tmp_path / "archive").bind({"source": weights})
-    assert len(notes) == 1 and notes[0].startswith("1 archived runs") and "bound to those weights files' bytes" in notes[0]
+    assert (
+        len(notes) == 1 and notes[0].startswith("1 archived runs") and "bound to those weights files' bytes" in notes[0]
+    )
     assert json.loads((folder / "flyp_pl-s0.json").read_text())["results"] == {"top1": 0.4}  # still readable

@@ -19,9 +19,24 @@ from tests.conftest import REPO
 def test_train_step_benchmark_runs_both_variants(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--model", "latte-tiny", "--batch-size", "8",
-         "--warmup", "0", "--steps", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_step.py"),
+            "--model",
+            "latte-tiny",
+            "--batch-size",
+            "8",
+            "--warmup",
+            "0",
+            "--steps",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "speed-up of the fast LatteCLIP step" in done.stdout
@@ -46,7 +61,11 @@ def test_margin_auc_counts_wins_and_half_ties():
 
 
 def test_zero_shot_signal_refuses_without_reads_labels():
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "zero_shot_signal.py"), "--pretrained", "unused.safetensors"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "zero_shot_signal.py"), "--pretrained", "unused.safetensors"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
     assert done.returncode == 2
     assert "--reads-labels" in done.stderr

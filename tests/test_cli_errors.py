@@ -59,12 +59,23 @@ def test_root_without_images(tmp_path, capsys):
 
 
 def test_split_file_naming_missing_images(eurosat_zip, tmp_path, capsys):
-    split = {"train": [["Forest/Forest_1.jpg", 0, "Forest"]], "val": [], "test": [["Forest/Forest_999999.jpg", 0, "Forest"]]}
+    split = {
+        "train": [["Forest/Forest_1.jpg", 0, "Forest"]],
+        "val": [],
+        "test": [["Forest/Forest_999999.jpg", 0, "Forest"]],
+    }
     split_file = tmp_path / "split.json"
     split_file.write_text(json.dumps(split))
-    line = run_cli(zeroshot(tmp_path, "--dataset", "eurosat", "--root", str(eurosat_zip), "--split-file", str(split_file)), capsys)
+    line = run_cli(
+        zeroshot(tmp_path, "--dataset", "eurosat", "--root", str(eurosat_zip), "--split-file", str(split_file)), capsys
+    )
     assert f"split file {split_file} names 1 images missing" in line and "Forest/Forest_999999.jpg" in line
-    line = run_cli(zeroshot(tmp_path, "--dataset", "eurosat", "--root", str(eurosat_zip), "--split-file", str(tmp_path / "no.json")), capsys)
+    line = run_cli(
+        zeroshot(
+            tmp_path, "--dataset", "eurosat", "--root", str(eurosat_zip), "--split-file", str(tmp_path / "no.json")
+        ),
+        capsys,
+    )
     assert f"split file {tmp_path / 'no.json'} does not exist" in line
 
 
@@ -105,10 +116,36 @@ def test_csv_with_a_partial_split_column(class_folder, tmp_path, capsys):
 
 
 def test_unknown_model_and_missing_weights(eurosat_zip, tmp_path, capsys):
-    line = run_cli(["zeroshot", "--model", "ViT-Q-99", "--pretrained", "random", "--dataset", "eurosat", "--root", str(eurosat_zip)], capsys)
+    line = run_cli(
+        [
+            "zeroshot",
+            "--model",
+            "ViT-Q-99",
+            "--pretrained",
+            "random",
+            "--dataset",
+            "eurosat",
+            "--root",
+            str(eurosat_zip),
+        ],
+        capsys,
+    )
     assert "unknown model 'ViT-Q-99'" in line
     missing = tmp_path / "weights" / "open_clip_model.safetensors"
-    line = run_cli(["zeroshot", "--model", "latte-tiny", "--pretrained", str(missing), "--dataset", "eurosat", "--root", str(eurosat_zip)], capsys)
+    line = run_cli(
+        [
+            "zeroshot",
+            "--model",
+            "latte-tiny",
+            "--pretrained",
+            str(missing),
+            "--dataset",
+            "eurosat",
+            "--root",
+            str(eurosat_zip),
+        ],
+        capsys,
+    )
     assert f"weights file {missing} does not exist" in line
 
 

@@ -29,8 +29,13 @@ except SystemExit as end:
 
 
 def help_run(*command: str) -> tuple[str, str]:
-    done = subprocess.run([sys.executable, "-c", PROBE, *command, "--help"], capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+    )
     return done.stdout, done.stderr.strip().splitlines()[-1]
 
 
@@ -45,8 +50,12 @@ def test_help_of_every_command_exits_0_without_importing_torch():
 def test_every_option_of_every_command_has_a_description():
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    undescribed = [(name, a.option_strings[0]) for name, child in commands.items() for a in child._actions
-                   if a.option_strings and not a.help]
+    undescribed = [
+        (name, a.option_strings[0])
+        for name, child in commands.items()
+        for a in child._actions
+        if a.option_strings and not a.help
+    ]
     assert undescribed == []
 
 
@@ -85,7 +94,12 @@ def test_train_help_takes_under_half_a_second():
     machine)."""
     seconds = []
     for _ in range(3):
-        done = subprocess.run([sys.executable, "-c", TIMED], capture_output=True, text=True, timeout=60,
-                              env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+        done = subprocess.run(
+            [sys.executable, "-c", TIMED],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+        )
         seconds.append(float(done.stderr.strip().splitlines()[-1]))
     assert min(seconds) < 0.5, seconds

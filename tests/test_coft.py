@@ -14,8 +14,8 @@ from latteclip.data import DatasetOptions, build_dataset, collate
 from latteclip.describe.store import DescriptionStore, image_key
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.features import extract_features
-from latteclip.engine.session import method_from_checkpoint, open_session
 from latteclip.engine.optim import optimizer_for_run, scaled_groups
+from latteclip.engine.session import method_from_checkpoint, open_session
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import TrainContext
 from latteclip.methods.coft import (
@@ -90,6 +90,7 @@ def test_collaboration_from_the_two_models_features():
     class 1 (yes 60, no 30). It predicts 1 with log-odds 10 (cos 30 - cos 60) = 3.66 and rejects 0 with -10.
     Joint: class 0 -> -5, class 1 -> 7.32: the image is kept with V's label, and "not 0" is trained.
     """
+
     def unit(*degrees: float) -> torch.Tensor:
         angle = torch.deg2rad(torch.tensor(degrees))
         return torch.stack([angle.cos(), angle.sin()], dim=1)
@@ -112,7 +113,9 @@ def test_balanced_cross_entropy_weighs_each_class_equally():
     labels = torch.tensor([0, 1, 1])
     expected = (math.log(1 + math.exp(-2)) + math.log(2)) / 2  # class 0's mean, class 1's mean, averaged
     assert math.isclose(balanced_cross_entropy(logits, labels).item(), expected, rel_tol=1e-6)
-    assert not math.isclose(balanced_cross_entropy(logits, labels).item(), torch.nn.functional.cross_entropy(logits, labels).item())
+    assert not math.isclose(
+        balanced_cross_entropy(logits, labels).item(), torch.nn.functional.cross_entropy(logits, labels).item()
+    )
     assert balanced_cross_entropy(logits[:0], labels[:0]).item() == 0.0
 
 
@@ -130,13 +133,18 @@ def test_yes_and_no_losses_on_hand_computed_values():
     v = torch.tensor([[1.0, 0.0]])
     positive, negative = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     label = torch.tensor([0])
-    assert math.isclose(yes_no_loss(v, positive, negative, label, YES, 1.0).item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)
-    assert math.isclose(yes_no_loss(v, positive, negative, label, NO, 1.0).item(), math.log(1 + math.exp(1)), rel_tol=1e-6)
+    assert math.isclose(
+        yes_no_loss(v, positive, negative, label, YES, 1.0).item(), math.log(1 + math.exp(-1)), rel_tol=1e-6
+    )
+    assert math.isclose(
+        yes_no_loss(v, positive, negative, label, NO, 1.0).item(), math.log(1 + math.exp(1)), rel_tol=1e-6
+    )
     assert yes_no_loss(v[:0], positive, negative, label[:0], NO, 1.0).item() == 0.0
 
 
 def test_phases_are_shares_of_the_step_budget():
     """Two rounds, phase 1 a quarter of each: the same options give the same shape at 80 and at 2000 steps."""
+
     def phases(total: int) -> list[tuple[int, int]]:
         return [phase_schedule(step, total, 2, 0.25) for step in range(total)]
 
@@ -215,10 +223,20 @@ def test_class_descriptions_file(tmp_path):
 
 # --- the two phases train what they should -------------------------------------------------------------
 def coft_session(root: str, **options):
-    config = resolve_config({
-        "method": "coft", "dataset": "eurosat", "root": root, "model": "latte-tiny", "pretrained": "random",
-        "limit": 20, "device": "cpu", "workers": 0, "lr": 1e-3, "method_options": options,
-    })
+    config = resolve_config(
+        {
+            "method": "coft",
+            "dataset": "eurosat",
+            "root": root,
+            "model": "latte-tiny",
+            "pretrained": "random",
+            "limit": 20,
+            "device": "cpu",
+            "workers": 0,
+            "lr": 1e-3,
+            "method_options": options,
+        }
+    )
     return config, open_session(config)
 
 
@@ -229,7 +247,11 @@ def test_coft_starts_as_zero_shot_clip(eurosat_zip):
     assert torch.allclose(method.classifier(), zero_shot, atol=1e-5)
     images = collate([session.dataset("test")[i] for i in range(4)])["image"]
     with torch.no_grad():
-        assert torch.allclose(method.encode_images(images), torch.nn.functional.normalize(method.model.encode_image(images), dim=-1), atol=1e-6)
+        assert torch.allclose(
+            method.encode_images(images),
+            torch.nn.functional.normalize(method.model.encode_image(images), dim=-1),
+            atol=1e-6,
+        )
 
 
 def test_phase_one_trains_the_light_parts_phase_two_also_the_image_encoder(eurosat_zip, tmp_path):
@@ -237,10 +259,17 @@ def test_phase_one_trains_the_light_parts_phase_two_also_the_image_encoder(euros
     config, session = coft_session(str(eurosat_zip.parent), phase1_fraction=0.25, clean_warmup_fraction=0.25)
     method = session.method
     train_set = session.dataset("train", train_time=True)
-    method.setup_training(TrainContext(
-        train_set, None, tmp_path, 0, total_steps=4, eval_transform=session.loaded.eval_transform(),
-        extract_features=lambda encode, dataset, desc="": extract_features(encode, dataset, CPU, 64, 0),
-    ))
+    method.setup_training(
+        TrainContext(
+            train_set,
+            None,
+            tmp_path,
+            0,
+            total_steps=4,
+            eval_transform=session.loaded.eval_transform(),
+            extract_features=lambda encode, dataset, desc="": extract_features(encode, dataset, CPU, 64, 0),
+        )
+    )
     optimizer = optimizer_for_run(scaled_groups(method.parameters()), config)
     # encoder at the base rate, the light parts at peft_lr_scale (100) times it; each split by weight decay
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-3, 1e-3, 0.1, 0.1])
@@ -250,7 +279,9 @@ def test_phase_one_trains_the_light_parts_phase_two_also_the_image_encoder(euros
         return {
             "encoder": torch.cat([p.detach().flatten() for p in method.model.visual.parameters()]).clone(),
             "text tower": torch.cat([p.detach().flatten() for p in method.model.transformer.parameters()]).clone(),
-            "context": torch.cat([method.positive.context.detach().flatten(), method.negative.context.detach().flatten()]).clone(),
+            "context": torch.cat(
+                [method.positive.context.detach().flatten(), method.negative.context.detach().flatten()]
+            ).clone(),
             "adapter": torch.cat([p.detach().flatten() for p in method.adapter.parameters()]).clone(),
             "vision class vectors": torch.cat([p.detach().flatten() for p in method.head.values()]).clone(),
         }
@@ -271,10 +302,38 @@ def test_phase_one_trains_the_light_parts_phase_two_also_the_image_encoder(euros
 # --- runs through the command line ----------------------------------------------------------------------
 def train_args(root: str, out, method: str, name: str, *extra: str) -> list[str]:
     return [
-        "train", "--method", method, "--dataset", "eurosat", "--root", root, "--model", "latte-tiny",
-        "--pretrained", "random", "--limit", "40", "--batch-size", "8", "--workers", "0", "--device", "cpu",
-        "--eval-every", "0", "--log-every", "1", "--checkpoint-every", "1", "--lr", "1e-3",
-        "--output", str(out), "--name", name, *extra,
+        "train",
+        "--method",
+        method,
+        "--dataset",
+        "eurosat",
+        "--root",
+        root,
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--limit",
+        "40",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--eval-every",
+        "0",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--lr",
+        "1e-3",
+        "--output",
+        str(out),
+        "--name",
+        name,
+        *extra,
     ]
 
 
@@ -291,14 +350,27 @@ def assert_eval_reproduces(run) -> None:
 
 
 def test_coft_runs_both_phases_and_eval_matches(eurosat_zip, tmp_path):
-    args = train_args(str(eurosat_zip.parent), tmp_path, "coft", "run", "--max-steps", "4", "--phase1-fraction", "0.5", "--clean-warmup-fraction", "0.25")
+    args = train_args(
+        str(eurosat_zip.parent),
+        tmp_path,
+        "coft",
+        "run",
+        "--max-steps",
+        "4",
+        "--phase1-fraction",
+        "0.5",
+        "--clean-warmup-fraction",
+        "0.25",
+    )
     assert main(args) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "phase" in r]
     assert [r["phase"] for r in steps] == [1.0, 1.0, 2.0, 2.0]
     assert steps[0]["kept"] == 1.0 and steps[0]["coft/rejected"] == 0.0  # the warm-up step keeps every round label
     for record in steps:  # the analysis of the judgement reads labels (EuroSAT has them); training never does
-        assert 0.0 <= record["analysis/clean_judgement_acc"] <= 1.0 and "text/not" in record and "vision/prior" in record
+        assert (
+            0.0 <= record["analysis/clean_judgement_acc"] <= 1.0 and "text/not" in record and "vision/prior" in record
+        )
     assert_eval_reproduces(tmp_path / "run")
 
 
@@ -311,7 +383,14 @@ def fill_store(root: str, path) -> None:
     train = build_dataset("eurosat", root, "train", None, DatasetOptions(limit=40, seed=0))
     store = DescriptionStore(path)
     for index in range(0, 40, 3):
-        store.put(image_key(train.read_bytes(index)), "class", "describe the class", "test", "none", f"land seen from orbit, kind {index % 4}")
+        store.put(
+            image_key(train.read_bytes(index)),
+            "class",
+            "describe the class",
+            "test",
+            "none",
+            f"land seen from orbit, kind {index % 4}",
+        )
     store.close()
 
 
@@ -320,8 +399,20 @@ def test_coft_plus_rounds_resume_to_the_same_result(eurosat_zip, tmp_path, monke
     root = str(eurosat_zip.parent)
     store = tmp_path / "store.sqlite"
     fill_store(root, store)
-    extra = ["--max-steps", "7", "--rounds", "3", "--phase1-fraction", "0.5", "--clean-warmup-fraction", "0.2",
-             "--queue-size", "12", "--store", str(store)]
+    extra = [
+        "--max-steps",
+        "7",
+        "--rounds",
+        "3",
+        "--phase1-fraction",
+        "0.5",
+        "--clean-warmup-fraction",
+        "0.2",
+        "--queue-size",
+        "12",
+        "--store",
+        str(store),
+    ]
     assert main(train_args(root, tmp_path, "coft_plus", "straight", *extra)) == 0
     straight = tmp_path / "straight"
     records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
@@ -349,5 +440,10 @@ def test_coft_plus_rounds_resume_to_the_same_result(eurosat_zip, tmp_path, monke
         assert torch.allclose(a["method_state"][key].float(), b["method_state"][key].float(), atol=1e-6), key
     assert a["method_state"]["queue_position"] == b["method_state"]["queue_position"]
     for key in a["method_state"]["key_encoder"]:
-        assert torch.allclose(a["method_state"]["key_encoder"][key], b["method_state"]["key_encoder"][key], atol=1e-6), key
-    assert json.loads((straight / "results.json").read_text())["test"] == json.loads((tmp_path / "resumed" / "results.json").read_text())["test"]
+        assert torch.allclose(
+            a["method_state"]["key_encoder"][key], b["method_state"]["key_encoder"][key], atol=1e-6
+        ), key
+    assert (
+        json.loads((straight / "results.json").read_text())["test"]
+        == json.loads((tmp_path / "resumed" / "results.json").read_text())["test"]
+    )

@@ -22,7 +22,9 @@ def test_every_clip_fine_tuning_method_reads_the_published_schedule(method):
 
 def test_latteclip_defaults_are_the_authors_rule():
     config = resolve_config({"method": "latteclip", "dataset": "eurosat"})
-    options = build_options(get_method("latteclip"), config.method_options)  # one place for the defaults: the Options dataclass
+    options = build_options(
+        get_method("latteclip"), config.method_options
+    )  # one place for the defaults: the Options dataclass
     assert options.mu == 0.0 and options.alpha == 0.99
     assert (config.epochs, config.warmup_steps, config.batch_size, config.prompt_set) == (15, 40, 512, "latteclip")
 
@@ -41,14 +43,43 @@ def test_reclip_runs_as_its_authors_ran_it_whatever_the_dataset_file_says(tmp_pa
 def test_where_an_option_counts_follows_from_its_declared_kind():
     """The sets that decide resume, the pre-training cache key and run reuse come from each field's kind,
     and equal what they were when they were three hand-kept lists (so cached weights and runs stay valid)."""
-    from latteclip.config import FIELDS, NOT_COMPARED, NOT_IN_WEIGHTS_KEY, OPTION_KINDS, RESUME_MAY_CHANGE, fields_of_kind
+    from latteclip.config import (
+        FIELDS,
+        NOT_COMPARED,
+        NOT_IN_WEIGHTS_KEY,
+        OPTION_KINDS,
+        RESUME_MAY_CHANGE,
+        fields_of_kind,
+    )
 
     # --deterministic (kind "call") came later: CPU results do not depend on it, so cached weights and runs stay
     # valid; a resume keeps it through last.pt's identity (engine.train_state.run_identity)
-    assert RESUME_MAY_CHANGE == {"resume", "overwrite", "workers", "device", "eval_batch_size", "output", "name", "root", "store",
-                                 "deterministic"}
-    assert NOT_IN_WEIGHTS_KEY == {"output", "name", "resume", "overwrite", "workers", "device", "eval_every", "log_every",
-                                  "checkpoint_every", "eval_batch_size", "store", "deterministic"}
+    assert RESUME_MAY_CHANGE == {
+        "resume",
+        "overwrite",
+        "workers",
+        "device",
+        "eval_batch_size",
+        "output",
+        "name",
+        "root",
+        "store",
+        "deterministic",
+    }
+    assert NOT_IN_WEIGHTS_KEY == {
+        "output",
+        "name",
+        "resume",
+        "overwrite",
+        "workers",
+        "device",
+        "eval_every",
+        "log_every",
+        "checkpoint_every",
+        "eval_batch_size",
+        "store",
+        "deterministic",
+    }
     assert NOT_COMPARED == {"resume", "overwrite", "deterministic"}
     assert set().union(*(fields_of_kind(kind) for kind in OPTION_KINDS)) == set(FIELDS)
     assert all(f.metadata["help"] for f in FIELDS.values())

@@ -35,7 +35,7 @@ def archive_classes(eurosat_zip) -> dict[str, list[str]]:
         for name in archive.namelist():
             if name.startswith("2750/") and name.endswith(".jpg"):
                 _, folder, _ = name.split("/")
-                by_class.setdefault(folder, []).append(name[len("2750/"):])
+                by_class.setdefault(folder, []).append(name[len("2750/") :])
     return by_class
 
 
@@ -58,8 +58,12 @@ def test_zip_is_read_in_place_with_the_split_file(eurosat_zip, coop_split, split
 
 def test_train_only_and_val_parts(eurosat_zip, coop_split):
     options = DatasetOptions(limit=None)
-    assert pairs(build_dataset("eurosat", eurosat_zip, "train_only", None, options)) == [(e[0], e[1]) for e in coop_split["train"]]
-    assert pairs(build_dataset("eurosat", eurosat_zip, "val", None, options)) == [(e[0], e[1]) for e in coop_split["val"]]
+    assert pairs(build_dataset("eurosat", eurosat_zip, "train_only", None, options)) == [
+        (e[0], e[1]) for e in coop_split["train"]
+    ]
+    assert pairs(build_dataset("eurosat", eurosat_zip, "val", None, options)) == [
+        (e[0], e[1]) for e in coop_split["val"]
+    ]
 
 
 def test_folder_holding_the_zip_reads_the_same_samples(eurosat_zip):
@@ -107,10 +111,14 @@ def test_class_names_follow_the_folder_not_the_label_number(eurosat_folder, coop
     keys = sorted({e[0].split("/")[0] for e in coop_split["train"]})
     permuted = {key: (i * 3 + 7) % 10 for i, key in enumerate(keys)}  # a bijection of 0..9
     local = json.loads((eurosat_folder / "split_zhou_EuroSAT.json").read_text())
-    relabelled = {part: [[e[0], permuted[e[0].split("/")[0]], e[2]] for e in entries] for part, entries in local.items()}
+    relabelled = {
+        part: [[e[0], permuted[e[0].split("/")[0]], e[2]] for e in entries] for part, entries in local.items()
+    }
     split_file = tmp_path / "permuted.json"
     split_file.write_text(json.dumps(relabelled))
-    test = build_dataset("eurosat", eurosat_folder, "test", None, DatasetOptions(split_file=str(split_file), prompt_set="clip"))
+    test = build_dataset(
+        "eurosat", eurosat_folder, "test", None, DatasetOptions(split_file=str(split_file), prompt_set="clip")
+    )
     residential = next(s for s in test.samples if s.path.startswith("Residential/"))
     assert residential.label == permuted["Residential"] != keys.index("Residential")
     assert test.info.classnames[residential.label] == RESIDENTIAL
@@ -126,7 +134,10 @@ def test_prompt_sets_of_the_authors_runs_and_of_clip(eurosat_zip):
     clip = build_dataset("eurosat", eurosat_zip, "test", None, DatasetOptions(prompt_set="clip")).info
     assert authors.class_texts()[:2] == ["a photo of a annual crop land.", "a photo of a forest."]
     assert authors.templates == ["a photo of a {}."] and authors.classnames[9] == "sea or lake"
-    assert clip.class_texts()[0] == "a centered satellite photo of annual crop land." and clip.classnames[9] == "lake or sea"
+    assert (
+        clip.class_texts()[0] == "a centered satellite photo of annual crop land."
+        and clip.classnames[9] == "lake or sea"
+    )
     assert authors.class_keys == clip.class_keys
     with pytest.raises(LatteclipError, match="--prompt-set"):
         build_dataset("eurosat", eurosat_zip, "test", None, DatasetOptions(prompt_set="coop"))
@@ -134,7 +145,9 @@ def test_prompt_sets_of_the_authors_runs_and_of_clip(eurosat_zip):
 
 def test_seeded_split_without_split_file(eurosat_zip, archive_classes):
     def seeded(part: str, seed: int = 0, root: Path = eurosat_zip):
-        return build_dataset("eurosat", root, part, None, DatasetOptions(split_file="none", seed=seed, prompt_set="clip"))
+        return build_dataset(
+            "eurosat", root, part, None, DatasetOptions(split_file="none", seed=seed, prompt_set="clip")
+        )
 
     split = {p: seeded(p) for p in ("train_only", "val", "test")}
     assert split["test"].info.split_source == "seeded 50/20/30 (fixed seed 0)"
@@ -144,7 +157,11 @@ def test_seeded_split_without_split_file(eurosat_zip, archive_classes):
     for label, key in enumerate(keys):
         total = len(archive_classes[key])  # 2000, 2500 or 3000 images: every share is a whole number
         paths = {p: [s.path for s in d.samples if s.label == label] for p, d in split.items()}
-        assert [len(paths["train_only"]), len(paths["val"]), len(paths["test"])] == [total // 2, total // 5, total * 3 // 10]
+        assert [len(paths["train_only"]), len(paths["val"]), len(paths["test"])] == [
+            total // 2,
+            total // 5,
+            total * 3 // 10,
+        ]
         everything = paths["train_only"] + paths["val"] + paths["test"]
         assert len(set(everything)) == total and set(everything) == set(archive_classes[key])  # disjoint, complete
         assert all(p.startswith(key + "/") for p in everything)
@@ -226,7 +243,9 @@ def test_csv_dataset(three_class_folder):
     assert all(test.info.class_keys[s.label] == label_of[s.path.split("/")[0]] for s in test.samples)
 
     with_split = three_class_folder / "split.csv"
-    with_split.write_text("".join(f"{p},{p.split('/')[0]},{'test' if i % 3 == 0 else 'train'}\n" for i, p in enumerate(images)))
+    with_split.write_text(
+        "".join(f"{p},{p.split('/')[0]},{'test' if i % 3 == 0 else 'train'}\n" for i, p in enumerate(images))
+    )
     test = build_dataset("csv", with_split, "test")
     assert [s.path for s in test.samples] == images[::3]
     assert len(build_dataset("csv", with_split, "train")) == 20
@@ -261,7 +280,9 @@ def test_bad_inputs_name_the_path_or_value(three_class_folder, eurosat_zip, tmp_
         build_dataset("folder", three_class_folder, "test", None, DatasetOptions(classnames_file=str(names)))
     bad_split = tmp_path / "bad_split.json"
     bad_split.write_text(json.dumps({"train": [["Forest/Forest_1.jpg"]], "val": [], "test": []}))
-    with pytest.raises(LatteclipError, match=f"split file {bad_split}: entry 0 of 'train' .* is not \\[path, label, class name\\]"):
+    with pytest.raises(
+        LatteclipError, match=f"split file {bad_split}: entry 0 of 'train' .* is not \\[path, label, class name\\]"
+    ):
         build_dataset("eurosat", eurosat_zip, "train", None, DatasetOptions(split_file=str(bad_split)))
     (three_class_folder / "Desert").mkdir()
     with pytest.raises(LatteclipError, match="class folder .*Desert has no images"):

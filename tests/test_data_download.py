@@ -34,14 +34,17 @@ def jpeg(color: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("name, layout", [
-    ("oxford_flowers", "flowers-102/jpg"),  # torchvision Flowers102
-    ("oxford_flowers", "oxford_flowers/jpg"),  # CoOp
-    ("oxford_pets", "oxford-iiit-pet/images"),  # torchvision OxfordIIITPet
-    ("oxford_pets", "oxford_pets/images"),  # CoOp
-    ("dtd", "dtd/dtd/images"),  # torchvision DTD
-    ("caltech101", "caltech101/101_ObjectCategories"),  # torchvision Caltech101
-])
+@pytest.mark.parametrize(
+    "name, layout",
+    [
+        ("oxford_flowers", "flowers-102/jpg"),  # torchvision Flowers102
+        ("oxford_flowers", "oxford_flowers/jpg"),  # CoOp
+        ("oxford_pets", "oxford-iiit-pet/images"),  # torchvision OxfordIIITPet
+        ("oxford_pets", "oxford_pets/images"),  # CoOp
+        ("dtd", "dtd/dtd/images"),  # torchvision DTD
+        ("caltech101", "caltech101/101_ObjectCategories"),  # torchvision Caltech101
+    ],
+)
 def test_spec_datasets_read_torchvision_and_coop_layouts(name, layout, tmp_path):
     split = bundled_split(name)
     images = tmp_path / layout
@@ -66,16 +69,26 @@ def test_fgvc_aircraft_reads_its_split_lists_in_both_layouts(layout, tmp_path):
     (base / "images").mkdir(parents=True)
     variants = ["707-320", "A320", "Cessna 172"]
     (base / "variants.txt").write_text("\n".join(variants) + "\n")
-    lists = {"train": [("0001", "A320"), ("0002", "707-320")], "val": [("0003", "Cessna 172")],
-             "test": [("0004", "A320"), ("0005", "Cessna 172")]}
+    lists = {
+        "train": [("0001", "A320"), ("0002", "707-320")],
+        "val": [("0003", "Cessna 172")],
+        "test": [("0004", "A320"), ("0005", "Cessna 172")],
+    }
     for part, rows in lists.items():
         (base / f"images_variant_{part}.txt").write_text("".join(f"{image} {variant}\n" for image, variant in rows))
         for number, (image, _) in enumerate(rows):
             (base / "images" / f"{image}.jpg").write_bytes(jpeg((number * 80, 0, 0)))
     train = build_dataset("fgvc_aircraft", tmp_path, "train")
     test = build_dataset("fgvc_aircraft", tmp_path, "test")
-    assert train.info.classnames == ["707-320", "a320", "cessna 172"]  # CoOp's names, lower-cased (--prompt-set latteclip)
-    assert build_dataset("fgvc_aircraft", tmp_path, "train", options=DatasetOptions(prompt_set="clip")).info.classnames == variants
+    assert train.info.classnames == [
+        "707-320",
+        "a320",
+        "cessna 172",
+    ]  # CoOp's names, lower-cased (--prompt-set latteclip)
+    assert (
+        build_dataset("fgvc_aircraft", tmp_path, "train", options=DatasetOptions(prompt_set="clip")).info.classnames
+        == variants
+    )
     assert [(s.path, s.label) for s in train.samples] == [("0001.jpg", 1), ("0002.jpg", 0), ("0003.jpg", 2)]
     assert [(s.path, s.label) for s in test.samples] == [("0004.jpg", 1), ("0005.jpg", 2)]
     assert train.read_bytes(0) == (base / "images" / "0001.jpg").read_bytes()
@@ -95,7 +108,10 @@ def test_download_offline_fails_at_once_in_one_line_with_the_url_and_manual_step
     assert time.monotonic() - started < 10
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "https://huggingface.co/datasets/torchgeo/eurosat/" in err and f"unzip it into {tmp_path / 'data'}/eurosat/" in err
+    assert (
+        "https://huggingface.co/datasets/torchgeo/eurosat/" in err
+        and f"unzip it into {tmp_path / 'data'}/eurosat/" in err
+    )
 
 
 def test_download_names_the_datasets_it_can_fetch(tmp_path, capsys):

@@ -14,11 +14,11 @@ import yaml
 from latteclip.cli import main
 from latteclip.config import resolve_config
 from latteclip.engine import pretraining
+from latteclip.errors import LatteclipError
 from latteclip.experiments import machine, runner
 from latteclip.experiments.runner import FinishedRun, run_or_reuse, select
 from latteclip.experiments.spec import load_experiment, package_experiment_file
 from latteclip.experiments.tables import results_table
-from latteclip.errors import LatteclipError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,9 @@ def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, mon
     for entry in entries:
         assert f"| {entry.label} |" in printed
     summary = json.loads((output / "demo.json").read_text())
-    assert summary["quick"] and set(summary["cells"]) == {f"{e.name}|{shift}" for e in entries for shift in ("blur-noise", "rotation")}
+    assert summary["quick"] and set(summary["cells"]) == {
+        f"{e.name}|{shift}" for e in entries for shift in ("blur-noise", "rotation")
+    }
     assert all(0.0 <= run["top1"] <= 1.0 for runs in summary["cells"].values() for run in runs)
     assert summary["cells"]["latteclip|rotation"][0]["steps"] == 2
     assert "analysis/pseudo_label_acc" in summary["cells"]["latteclip|rotation"][0]
@@ -55,14 +57,20 @@ def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, mon
         assert "latteclip on fmnist-" + shift in (output / shift / "report" / "report.html").read_text()
     # LatteCLIP trained on offline descriptions of exactly its training images, made by the demo's describe stage
     stage = yaml.safe_load((output / "describe" / "fmnist-rotation-s0.yaml").read_text())
-    assert stage["describe"]["lmm"] == "offline" and stage["limit"] == 100 and stage["pretrained"].endswith(".safetensors")
+    assert (
+        stage["describe"]["lmm"] == "offline" and stage["limit"] == 100 and stage["pretrained"].endswith(".safetensors")
+    )
     assert "image: 100 images, 100 described now" in printed
     # ... written by the describer, a second CLIP pre-trained on the source domain, and read by that name only
     describer = summary["describer"]
     assert stage["describe"]["describer_model"] == "latte-fmnist-describer" == describer["config"]["model"]
     assert stage["describe"]["describer_pretrained"] == describer["weights"] != stage["pretrained"]
     assert describer["config"]["seed"] == 1 and describer["config"]["augment_policy"] == "trivial-augment-wide"
-    assert describer["config"]["method_options"] == summary["pretrained"]["config"]["method_options"] == {"attribute_captions": 0.5}
+    assert (
+        describer["config"]["method_options"]
+        == summary["pretrained"]["config"]["method_options"]
+        == {"attribute_captions": 0.5}
+    )
     latte = yaml.safe_load((output / "rotation" / "latteclip-s0" / "config.yaml").read_text())
     weights = Path(describer["weights"]).name
     assert latte["method_options"]["described_by"].startswith(f"clip-vocab:latte-fmnist-describer:{weights}:")
@@ -112,10 +120,20 @@ def test_experiment_file_mistakes_are_named(tmp_path, capsys):
 
 
 def test_choice_is_made_on_held_out_training_images(tmp_path, monkeypatch):
-    path = demo_config(tmp_path, methods=[{"method": "flyp_pl", "lr": 1e-5, "search": {"lr": [1e-6, 1e-5, 1e-4], "max_steps": [10, 20]}}])
+    path = demo_config(
+        tmp_path,
+        methods=[{"method": "flyp_pl", "lr": 1e-5, "search": {"lr": [1e-6, 1e-5, 1e-4], "max_steps": [10, 20]}}],
+    )
     experiment = load_experiment(path)
     entry = experiment.methods[0]
-    heldout_top1 = {(1e-6, 10): 0.50, (1e-5, 10): 0.61, (1e-4, 10): 0.61, (1e-6, 20): 0.55, (1e-5, 20): 0.40, (1e-4, 20): 0.30}
+    heldout_top1 = {
+        (1e-6, 10): 0.50,
+        (1e-5, 10): 0.61,
+        (1e-4, 10): 0.61,
+        (1e-6, 20): 0.55,
+        (1e-5, 20): 0.40,
+        (1e-4, 20): 0.30,
+    }
     seen = []
 
     def fake_run(config, prepare=None, archive=None, fresh=False):
@@ -130,8 +148,17 @@ def test_choice_is_made_on_held_out_training_images(tmp_path, monkeypatch):
 
 
 def test_finished_runs_are_reused_only_with_the_same_configuration(tmp_path, monkeypatch):
-    values = {"method": "zeroshot", "dataset": "fmnist-tint", "root": "bundled", "model": "latte-fmnist", "pretrained": "random",
-              "limit": 30, "workers": 0, "output": str(tmp_path), "name": "zs"}
+    values = {
+        "method": "zeroshot",
+        "dataset": "fmnist-tint",
+        "root": "bundled",
+        "model": "latte-fmnist",
+        "pretrained": "random",
+        "limit": 30,
+        "workers": 0,
+        "output": str(tmp_path),
+        "name": "zs",
+    }
     first = run_or_reuse(resolve_config(values))
     calls = []
     real = runner.run_training
@@ -146,13 +173,33 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     spec = importlib.util.spec_from_file_location("domain_shift_benchmark", REPO / "benchmarks" / "domain_shift.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    config = demo_config(tmp_path, describer={}, methods=[
-        {"method": "zeroshot", "label": "CLIP zero-shot"},
-        {"method": "flyp_pl", "label": "FLYP + pseudo-labels", "search": {"lr": [1e-5, 1e-4]}},
-    ])
+    config = demo_config(
+        tmp_path,
+        describer={},
+        methods=[
+            {"method": "zeroshot", "label": "CLIP zero-shot"},
+            {"method": "flyp_pl", "label": "FLYP + pseudo-labels", "search": {"lr": [1e-5, 1e-4]}},
+        ],
+    )
     out = tmp_path / "results.md"
-    argv = ["--config", str(config), "--variant", "quick", "--shifts", "tint", "--seeds", "0,1", "--threads", "1",
-            "--output", str(tmp_path / "runs"), "--out", str(out), "--archive", str(tmp_path / "archive")]
+    argv = [
+        "--config",
+        str(config),
+        "--variant",
+        "quick",
+        "--shifts",
+        "tint",
+        "--seeds",
+        "0,1",
+        "--threads",
+        "1",
+        "--output",
+        str(tmp_path / "runs"),
+        "--out",
+        str(out),
+        "--archive",
+        str(tmp_path / "archive"),
+    ]
     out.write_text("# Measured results\n\n<!-- other:start -->\n## Another benchmark\n<!-- other:end -->\n")
     monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "domain_shift.py"), *argv])
     assert benchmark.main(argv) == 0
@@ -164,7 +211,7 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     assert "| tint | CLIP zero-shot | 1 |" in page
     assert "| CLIP zero-shot | predictions/top_class_share |" in page
     # a new checkout has no run folders: the archive's entries stand in for them, with nothing trained
-    table = page[page.index("### Top-1"):page.index("### Hyper-parameters")]
+    table = page[page.index("### Top-1") : page.index("### Hyper-parameters")]
     entries = [p for p in (tmp_path / "archive").rglob("*.json") if p.parent.name != "weights"]
     assert len(entries) == 6  # 2 held-out candidates + 2 entries x 2 seeds
     assert len(list((tmp_path / "archive" / "weights").glob("*.json"))) == 1  # what the source weights compute
@@ -172,10 +219,17 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     shutil.rmtree(tmp_path / "runs")
     assert benchmark.main(argv) == 0
     again = out.read_text()
-    assert again[again.index("### Top-1"):again.index("### Hyper-parameters")] == table
+    assert again[again.index("### Top-1") : again.index("### Hyper-parameters")] == table
     # --rerun trains an entry anew (after a change to its code)
-    monkeypatch.setattr(runner, "run_training", lambda config: pytest.fail(f"only flyp_pl reruns, not {config.method}")
-                        if config.method != "flyp_pl" else {"top1": 0.5, "steps": 2, "timings": {}, "test": {}})
+    monkeypatch.setattr(
+        runner,
+        "run_training",
+        lambda config: (
+            pytest.fail(f"only flyp_pl reruns, not {config.method}")
+            if config.method != "flyp_pl"
+            else {"top1": 0.5, "steps": 2, "timings": {}, "test": {}}
+        ),
+    )
     assert benchmark.main([*argv, "--rerun", "flyp_pl"]) == 0
     assert "| FLYP + pseudo-labels | 50.00 ± 0.00 |" in out.read_text()
 
@@ -209,7 +263,12 @@ def test_the_description_sweep_reads_labels_only_when_asked(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "TRUE labels" in err and "pass --reads-labels" in err
     assert not out.exists() and not (tmp_path / "runs").exists()
-    assert benchmark.main(["--sweep", "--reads-labels", "--shifts", "rotation", "--output", str(tmp_path / "runs"), "--out", str(out)]) == 2
+    assert (
+        benchmark.main(
+            ["--sweep", "--reads-labels", "--shifts", "rotation", "--output", str(tmp_path / "runs"), "--out", str(out)]
+        )
+        == 2
+    )
     assert "--sweep needs the shift blur-noise" in capsys.readouterr().err and not out.exists()
 
 
@@ -220,7 +279,9 @@ def test_true_class_descriptions_name_the_true_class_for_the_share_asked(tmp_pat
     from latteclip.engine.describing import true_class_descriptions
     from latteclip.engine.session import dataset_options
 
-    config = resolve_config({"method": "latteclip", "dataset": "fmnist-blur-noise", "root": "bundled", "limit": 200, "seed": 0})
+    config = resolve_config(
+        {"method": "latteclip", "dataset": "fmnist-blur-noise", "root": "bundled", "limit": 200, "seed": 0}
+    )
     store = DescriptionStore(tmp_path / "sweep.sqlite")
     with pytest.raises(LatteclipError, match="read the TRUE labels"):
         true_class_descriptions(config, 0.3, store, "q0.3")
@@ -232,7 +293,10 @@ def test_true_class_descriptions_name_the_true_class_for_the_share_asked(tmp_pat
     info = train.info
     for kind in ("image", "group"):
         texts = store.get_texts(hashes, kind, model="q0.3" + ANALYSIS_TAG)
-        named = [next(c for c, name in enumerate(info.classnames) if text.startswith(info.templates[0].format(name))) for text in texts]
+        named = [
+            next(c for c, name in enumerate(info.classnames) if text.startswith(info.templates[0].format(name)))
+            for text in texts
+        ]
         true = sum(n == s.label for n, s in zip(named, train.samples)) / 200
         assert 0.2 < true < 0.4, true  # about 30% name the true class, the rest another class
     store.close()
@@ -243,8 +307,15 @@ def test_the_archive_reuses_a_run_only_with_the_same_configuration_and_weights(t
 
     weights = tmp_path / "source.safetensors"
     weights.write_bytes(b"weights one")
-    values = {"method": "flyp_pl", "dataset": "fmnist-tint", "root": "bundled", "model": "latte-fmnist", "pretrained": str(weights),
-              "output": str(tmp_path / "runs"), "name": "tint/flyp_pl-s0"}
+    values = {
+        "method": "flyp_pl",
+        "dataset": "fmnist-tint",
+        "root": "bundled",
+        "model": "latte-fmnist",
+        "pretrained": str(weights),
+        "output": str(tmp_path / "runs"),
+        "name": "tint/flyp_pl-s0",
+    }
     archive = RunArchive(tmp_path / "archive")
     assert archive.bind({"source": weights}) == []
     config = resolve_config(values)
@@ -263,17 +334,36 @@ def test_the_page_names_every_shift_where_a_method_loses_or_collapses(tmp_path):
     spec = importlib.util.spec_from_file_location("domain_shift_benchmark", REPO / "benchmarks" / "domain_shift.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    experiment = load_experiment(demo_config(tmp_path, describer={}, shifts=["tint", "rotation"], methods=[
-        {"method": "zeroshot", "label": "CLIP zero-shot"}, {"method": "flyp_pl", "label": "FLYP"}, {"method": "coft", "label": "CoFT"}]))
+    experiment = load_experiment(
+        demo_config(
+            tmp_path,
+            describer={},
+            shifts=["tint", "rotation"],
+            methods=[
+                {"method": "zeroshot", "label": "CLIP zero-shot"},
+                {"method": "flyp_pl", "label": "FLYP"},
+                {"method": "coft", "label": "CoFT"},
+            ],
+        )
+    )
     share = "predictions/top_class_share"
-    cells = {("zeroshot", "tint"): [{"top1": 0.40, share: 0.30}], ("flyp_pl", "tint"): [{"top1": 0.50, share: 0.20}],
-             ("coft", "tint"): [{"top1": 0.55, share: 0.37}, {"top1": 0.53, share: 0.35}],  # wins, but 36% > 30% + 5
-             ("zeroshot", "rotation"): [{"top1": 0.23, share: 0.30}], ("flyp_pl", "rotation"): [{"top1": 0.24, share: 0.20}],
-             ("coft", "rotation"): [{"top1": 0.23, share: 0.34}]}  # ties zero-shot, below FLYP; 34% is within 5 points
+    cells = {
+        ("zeroshot", "tint"): [{"top1": 0.40, share: 0.30}],
+        ("flyp_pl", "tint"): [{"top1": 0.50, share: 0.20}],
+        ("coft", "tint"): [{"top1": 0.55, share: 0.37}, {"top1": 0.53, share: 0.35}],  # wins, but 36% > 30% + 5
+        ("zeroshot", "rotation"): [{"top1": 0.23, share: 0.30}],
+        ("flyp_pl", "rotation"): [{"top1": 0.24, share: 0.20}],
+        ("coft", "rotation"): [{"top1": 0.23, share: 0.34}],
+    }  # ties zero-shot, below FLYP; 34% is within 5 points
     lines = benchmark.label_free_comparisons(experiment, cells)
     assert [line.split(":")[0] for line in lines] == ["- tint", "- rotation"]  # the experiment's order of shifts
-    assert lines[1].startswith("- rotation: CoFT (23.00%) does not beat CLIP zero-shot (23.00%), FLYP (24.00%); measured")
+    assert lines[1].startswith(
+        "- rotation: CoFT (23.00%) does not beat CLIP zero-shot (23.00%), FLYP (24.00%); measured"
+    )
     table = results_table(experiment, cells).splitlines()
     assert table[0] == "| method | tint | rotation | mean of the shifted domains |"
     assert table[-1] == "| CoFT | 54.00 ± 1.41 | 23.00 | 38.50 |"  # (mean of the two tint seeds + rotation) / 2
-    assert lines[0] == "- tint: CoFT gives 36.0% of its test predictions to one class, more than 5 points above zero-shot's 30.0% (collapse onto a class)."
+    assert (
+        lines[0]
+        == "- tint: CoFT gives 36.0% of its test predictions to one class, more than 5 points above zero-shot's 30.0% (collapse onto a class)."
+    )

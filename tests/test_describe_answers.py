@@ -7,9 +7,16 @@ import pytest
 from latteclip.describe.answers import map_answer, mapping_counts, similarity
 
 EUROSAT = [
-    "annual crop land", "forest", "brushland or shrubland", "highway or road",
-    "industrial buildings or commercial buildings", "pasture land", "permanent crop land",
-    "residential buildings or homes or apartments", "river", "lake or sea",
+    "annual crop land",
+    "forest",
+    "brushland or shrubland",
+    "highway or road",
+    "industrial buildings or commercial buildings",
+    "pasture land",
+    "permanent crop land",
+    "residential buildings or homes or apartments",
+    "river",
+    "lake or sea",
 ]
 
 

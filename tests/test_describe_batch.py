@@ -12,7 +12,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tests.lmm_server import FakeLMMServer, expected_answer
 
 from latteclip.cli import main
 from latteclip.data import build_dataset
@@ -21,6 +20,7 @@ from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.openai_http import OpenAIDescriber
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.store import DescriptionStore
+from tests.lmm_server import FakeLMMServer, expected_answer
 
 MODEL = "fake-llava"
 
@@ -32,25 +32,49 @@ def answer_with(server: FakeLMMServer, requests: Path, results: Path, failing: s
     out = []
     for number, line in enumerate(lines):
         if line["custom_id"] in failing:
-            out.append({"id": f"r{number}", "custom_id": line["custom_id"], "response": None,
-                        "error": {"code": "server_error", "message": "scripted failure"}})
+            out.append(
+                {
+                    "id": f"r{number}",
+                    "custom_id": line["custom_id"],
+                    "response": None,
+                    "error": {"code": "server_error", "message": "scripted failure"},
+                }
+            )
             continue
         base = server.url[: -len("/v1")]
-        post = urllib.request.Request(base + line["url"], json.dumps(line["body"]).encode(), {"Content-Type": "application/json"})
+        post = urllib.request.Request(
+            base + line["url"], json.dumps(line["body"]).encode(), {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(post, timeout=10) as answer:
             completion = json.loads(answer.read())
         if number % 3 == 2:
             out.append({"id": f"r{number}", "custom_id": line["custom_id"], "response": completion})
         else:
-            out.append({"id": f"r{number}", "custom_id": line["custom_id"], "error": None,
-                        "response": {"status_code": 200, "request_id": f"q{number}", "body": completion}})
+            out.append(
+                {
+                    "id": f"r{number}",
+                    "custom_id": line["custom_id"],
+                    "error": None,
+                    "response": {"status_code": 200, "request_id": f"q{number}", "body": completion},
+                }
+            )
     results.write_text("".join(json.dumps(o) + "\n" for o in out))
     return lines
 
 
 def test_batch_requests_answers_and_reruns(eurosat_folder, tmp_path, capsys):
     store_path = tmp_path / "d.sqlite"
-    common = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--kinds", "image", "--store", str(store_path)]
+    common = [
+        "describe",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(eurosat_folder),
+        "--kinds",
+        "image",
+        "--store",
+        str(store_path),
+    ]
     batch = [*common, "--lmm", "batch", "--lmm-model", MODEL]
     train = build_dataset("eurosat", eurosat_folder, "train")
     hashes = image_hashes(train, progress=False)
@@ -94,23 +118,51 @@ def test_batch_requests_answers_and_reruns(eurosat_folder, tmp_path, capsys):
         assert len(server.seen) == sent  # batch answers are the live client's: a live run asks nothing
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--lmm", "batch", "--lmm-model", MODEL], "needs one of --batch-out"),
-    (["--lmm", "batch", "--batch-out", "x.jsonl"], "needs --lmm-model"),
-    (["--lmm", "openai", "--lmm-url", "http://127.0.0.1:9/v1", "--batch-in", "x.jsonl"], "go with --lmm batch"),
-    (["--lmm", "batch", "--lmm-model", MODEL, "--batch-in", "x.jsonl", "--batch-shards", "2"], "splits the requests"),
-    (["--lmm", "batch", "--lmm-model", MODEL, "--batch-out", "x.jsonl", "--batch-shards", "0"], "must be positive"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lmm", "batch", "--lmm-model", MODEL], "needs one of --batch-out"),
+        (["--lmm", "batch", "--batch-out", "x.jsonl"], "needs --lmm-model"),
+        (["--lmm", "openai", "--lmm-url", "http://127.0.0.1:9/v1", "--batch-in", "x.jsonl"], "go with --lmm batch"),
+        (
+            ["--lmm", "batch", "--lmm-model", MODEL, "--batch-in", "x.jsonl", "--batch-shards", "2"],
+            "splits the requests",
+        ),
+        (["--lmm", "batch", "--lmm-model", MODEL, "--batch-out", "x.jsonl", "--batch-shards", "0"], "must be positive"),
+    ],
+)
 def test_batch_options_are_checked_first(eurosat_folder, tmp_path, capsys, flags, message):
-    argv = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--store", str(tmp_path / "d.sqlite"), *flags]
+    argv = [
+        "describe",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(eurosat_folder),
+        "--store",
+        str(tmp_path / "d.sqlite"),
+        *flags,
+    ]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
 
 def test_shards_for_a_cluster_and_several_results_files(eurosat_folder, tmp_path, capsys):
     store_path = tmp_path / "d.sqlite"
-    batch = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--kinds", "image",
-             "--store", str(store_path), "--lmm", "batch", "--lmm-model", MODEL]
+    batch = [
+        "describe",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(eurosat_folder),
+        "--kinds",
+        "image",
+        "--store",
+        str(store_path),
+        "--lmm",
+        "batch",
+        "--lmm-model",
+        MODEL,
+    ]
     train = build_dataset("eurosat", eurosat_folder, "train")
     hashes = image_hashes(train, progress=False)
     prompt = load_prompts(train.info.prompts).description("image", train.info.domain)
@@ -137,8 +189,9 @@ def test_shards_for_a_cluster_and_several_results_files(eurosat_folder, tmp_path
         with DescriptionStore(store_path) as store:
             assert list(store.rows()) == []
         # a path and a glob pattern (as the shell passes a quoted one)
-        assert main([*batch, "--batch-in", str(tmp_path / "results-1.jsonl"), str(tmp_path / "results-[23].jsonl")]) \
-            == 1
+        assert (
+            main([*batch, "--batch-in", str(tmp_path / "results-1.jsonl"), str(tmp_path / "results-[23].jsonl")]) == 1
+        )
         with DescriptionStore(store_path) as store:
             texts = dict(zip(hashes, store.get_texts(hashes, "image", model=MODEL, prompt=prompt)))
         stored = {h for h, text in texts.items() if text is not None}

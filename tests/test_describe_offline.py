@@ -40,7 +40,9 @@ def test_the_phrase_matching_the_feature_is_picked_first(describer):
 
 def test_each_dataset_reads_its_domain_vocabulary():
     assert bundled_vocabulary("eurosat") == "vocabularies/land_use.json"
-    assert bundled_vocabulary("fmnist") == bundled_vocabulary("fmnist-heldout-blur-noise") == "vocabularies/clothing.json"
+    assert (
+        bundled_vocabulary("fmnist") == bundled_vocabulary("fmnist-heldout-blur-noise") == "vocabularies/clothing.json"
+    )
     assert bundled_vocabulary("dtd") == "attribute_vocab.json"  # no domain file: the generic attributes
 
 
@@ -61,8 +63,11 @@ def test_a_group_is_described_from_its_collage_cells(describer, images):
 
 
 def test_vocabulary_file_is_checked_and_named_in_the_model_id(describer, tmp_path):
-    vocab = {"template": "a photo of {domain} with {phrase}.", "sentence": "{domain}: {what}.",
-             "slots": {"what": {"pick": 1, "phrases": ["water", "trees"]}}}
+    vocab = {
+        "template": "a photo of {domain} with {phrase}.",
+        "sentence": "{domain}: {what}.",
+        "slots": {"what": {"pick": 1, "phrases": ["water", "trees"]}},
+    }
     path = tmp_path / "v.json"
     path.write_text(json.dumps(vocab))
     custom = ClipVocabularyDescriber(describer.loaded, "land use", vocabulary=path)

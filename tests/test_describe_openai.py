@@ -18,7 +18,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.lmm_server import FakeLMMServer, expected_answer
 
 from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
@@ -26,6 +25,7 @@ from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.openai_http import OpenAIDescriber
 from latteclip.describe.runner import Runner
 from latteclip.describe.store import DescriptionStore
+from tests.lmm_server import FakeLMMServer, expected_answer
 
 PROMPT = "Describe the land use in the photo concisely, using less than 20 words."
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,12 @@ def test_every_image_described_once_with_its_own_answer(source, train, hashes, z
         summary = run(train, hashes, store, describer(server.url), concurrency=16)
         assert summary.complete
         counts = summary.counts["image"]
-        assert (counts.total, counts.done, counts.cached, counts.failed) == (len(train), len(unique), len(train) - len(unique), 0)
+        assert (counts.total, counts.done, counts.cached, counts.failed) == (
+            len(train),
+            len(unique),
+            len(train) - len(unique),
+            0,
+        )
         assert set(server.requests_per_key().values()) == {1} and len(server.requests_per_key()) == len(unique)
         # no answer landed on another image: the server's answer names the image it was sent
         assert store.get_texts(hashes, "image", model="fake-llava") == [expected_answer(h, PROMPT) for h in hashes]
@@ -83,8 +88,14 @@ def test_every_image_described_once_with_its_own_answer(source, train, hashes, z
 
 def test_faults_end_described_or_reported_and_nothing_is_asked_twice(train, hashes, tmp_path):
     ordered = sorted(set(hashes))
-    transient = {"500": ordered[0:5], "429": ordered[5:10], "timeout": ordered[10:13], "malformed": ordered[13:18],
-                 "empty": ordered[18:23], "drop": ordered[23:28]}
+    transient = {
+        "500": ordered[0:5],
+        "429": ordered[5:10],
+        "timeout": ordered[10:13],
+        "malformed": ordered[13:18],
+        "empty": ordered[18:23],
+        "drop": ordered[23:28],
+    }
     first_try = {h: fault for fault, group in transient.items() for h in group}
     always_500, refused = set(ordered[30:32]), ordered[32]
 
@@ -105,7 +116,9 @@ def test_faults_end_described_or_reported_and_nothing_is_asked_twice(train, hash
     failed = {image: reason for _, image, reason in summary.failures}
     by_hash = {h: s.path for s, h in zip(train.samples, hashes)}
     assert set(failed) == {by_hash[h] for h in [*always_500, refused]}
-    assert "HTTP 500" in failed[by_hash[min(always_500)]] and "gave up after 3 tries" in failed[by_hash[min(always_500)]]
+    assert (
+        "HTTP 500" in failed[by_hash[min(always_500)]] and "gave up after 3 tries" in failed[by_hash[min(always_500)]]
+    )
     assert "HTTP 400" in failed[by_hash[refused]]
     for h in ordered:
         expected_requests = 3 if h in always_500 else 2 if h in first_try else 1
@@ -156,7 +169,9 @@ def test_429s_lower_the_requests_in_flight_and_answers_raise_them_again(train, h
         summary = run(train, hashes, store, desc, concurrency=16)
         requests = server.requests_per_key()
     assert summary.complete
-    assert {n for (h, _), n in requests.items() if h < "8"} == {2} and {n for (h, _), n in requests.items() if h >= "8"} == {1}
+    assert {n for (h, _), n in requests.items() if h < "8"} == {2} and {
+        n for (h, _), n in requests.items() if h >= "8"
+    } == {1}
     assert desc.limit.lowest is not None and desc.limit.lowest < 16
     assert desc.limit.limit is None or desc.limit.limit > desc.limit.lowest  # grew back on the answers after the 429s
 
@@ -212,10 +227,26 @@ def test_killed_describe_process_resumes_without_repeating_stored_requests(euros
     store_path = tmp_path / "killed.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     with FakeLMMServer(delay=0.1) as server:
-        args = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--lmm", "openai", "--lmm-url", server.url,
-                "--kinds", "image", "--concurrency", "4", "--store", str(store_path)]
-        process = subprocess.Popen([sys.executable, "-m", "latteclip", *args], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        args = [
+            "describe",
+            "--dataset",
+            "eurosat",
+            "--root",
+            str(eurosat_folder),
+            "--lmm",
+            "openai",
+            "--lmm-url",
+            server.url,
+            "--kinds",
+            "image",
+            "--concurrency",
+            "4",
+            "--store",
+            str(store_path),
+        ]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "latteclip", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 120
         while len(server.answered_per_key()) < 40 and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -12,12 +12,17 @@ from latteclip.errors import LatteclipError
 
 def test_default_prompts_are_the_authors_runs_and_paper_names_the_printed_wording():
     prompts = load_prompts()
-    assert prompts.description("image", "land use") == "Describe the land use in the photo concisely, less than 20 words."
+    assert (
+        prompts.description("image", "land use") == "Describe the land use in the photo concisely, less than 20 words."
+    )
     assert prompts.description("image", "texture", label="banded", with_label=True) == (
         "Describe the banded texture in the photo concisely, less than 20 words."
     )
     paper = load_prompts("paper")
-    assert paper.description("image", "land use") == "Describe the land use in the photo concisely, using less than 20 words."
+    assert (
+        paper.description("image", "land use")
+        == "Describe the land use in the photo concisely, using less than 20 words."
+    )
     assert paper.description("group", "land use") == (
         "Describe the common visual attributes of the land use in all the photos concisely, in fewer than 20 words."
     )
@@ -27,7 +32,10 @@ def test_dataset_prompts_of_the_authors_runs_and_the_label_they_name(eurosat_zip
     from latteclip.data import build_dataset
 
     eurosat = load_prompts(build_dataset("eurosat", eurosat_zip, "test").info.prompts)
-    assert eurosat.description("image", "land use") == "Describe the land use in the satellite image concisely, less than 20 words."
+    assert (
+        eurosat.description("image", "land use")
+        == "Describe the land use in the satellite image concisely, less than 20 words."
+    )
     assert eurosat.description("group", "land use") == (
         "Describe the common visual attributes of the land use in all the satellite images concisely, less than 20 words."
     )

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.lmm_server import FakeLMMServer, expected_answer
 
 from latteclip.cli import main
 from latteclip.data import build_dataset
 from latteclip.describe.jobs import image_hashes
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.store import DescriptionStore
+from tests.lmm_server import FakeLMMServer, expected_answer
 
 pytest.importorskip("proxy", reason="the proxy test needs proxy.py: pip install -e '.[test]'")
 trustme = pytest.importorskip("trustme", reason="the TLS test needs trustme: pip install -e '.[test]'")
@@ -32,8 +32,24 @@ PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
 def describe_args(eurosat_folder: Path, store: Path, url: str, *flags: str) -> list[str]:
-    return ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--kinds", "image",
-            "--store", str(store), "--lmm", "openai", "--lmm-url", url, "--concurrency", "4", *flags]
+    return [
+        "describe",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(eurosat_folder),
+        "--kinds",
+        "image",
+        "--store",
+        str(store),
+        "--lmm",
+        "openai",
+        "--lmm-url",
+        url,
+        "--concurrency",
+        "4",
+        *flags,
+    ]
 
 
 @pytest.fixture
@@ -50,9 +66,25 @@ def http_proxy(tmp_path):
     """proxy.py listening on a free port of 127.0.0.1; its URL."""
     port_file = tmp_path / "proxy.port"
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "--hostname", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-         "--num-workers", "1", "--num-acceptors", "1", "--log-file", str(tmp_path / "proxy.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--num-workers",
+            "1",
+            "--num-acceptors",
+            "1",
+            "--log-file",
+            str(tmp_path / "proxy.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 60
@@ -73,8 +105,9 @@ def first_vias(arrivals: list[tuple[tuple[str, int], dict]]) -> dict[tuple[str, 
     return first
 
 
-def test_every_request_goes_through_the_proxy_of_the_environment(eurosat_folder, tmp_path, http_proxy,
-                                                                 no_proxy_settings):
+def test_every_request_goes_through_the_proxy_of_the_environment(
+    eurosat_folder, tmp_path, http_proxy, no_proxy_settings
+):
     train = build_dataset("eurosat", eurosat_folder, "train")
     hashes = image_hashes(train, progress=False)
     prompt = load_prompts(train.info.prompts).description("image", train.info.domain)
@@ -92,7 +125,7 @@ def test_every_request_goes_through_the_proxy_of_the_environment(eurosat_folder,
         # the same run with NO_PROXY naming the server goes around the proxy: no request carries its header
         no_proxy_settings.setenv("NO_PROXY", "127.0.0.1")
         assert main(describe_args(eurosat_folder, tmp_path / "direct.sqlite", server.url)) == 0
-        direct = server.arrivals[len(proxied):]
+        direct = server.arrivals[len(proxied) :]
         assert len(direct) == 1 + len(set(hashes)) and {headers.get("Via") for _, headers in direct} == {None}
 
 
@@ -106,8 +139,9 @@ def certificates(tmp_path_factory):
     return folder / "ca.pem", folder / "server.pem"
 
 
-def test_a_server_on_an_internal_ca_needs_its_bundle_or_insecure(eurosat_folder, tmp_path, certificates, capsys,
-                                                                 no_proxy_settings):
+def test_a_server_on_an_internal_ca_needs_its_bundle_or_insecure(
+    eurosat_folder, tmp_path, certificates, capsys, no_proxy_settings
+):
     ca, server_pem = certificates
     with FakeLMMServer(certificate=str(server_pem)) as server:
         assert server.url.startswith("https://")
@@ -131,16 +165,23 @@ def test_a_server_on_an_internal_ca_needs_its_bundle_or_insecure(eurosat_folder,
         assert len(server.seen) == 2 * answered
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--lmm-ca-bundle", "{ca}", "--lmm-insecure"], "pass one"),
-    (["--lmm-ca-bundle", "{missing}"], "is not a file"),
-    (["--lmm-ca-bundle", "{not_pem}"], "is not a readable PEM file"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lmm-ca-bundle", "{ca}", "--lmm-insecure"], "pass one"),
+        (["--lmm-ca-bundle", "{missing}"], "is not a file"),
+        (["--lmm-ca-bundle", "{not_pem}"], "is not a readable PEM file"),
+    ],
+)
 def test_tls_options_are_checked_first(eurosat_folder, tmp_path, certificates, capsys, flags, message):
     (tmp_path / "notes.txt").write_text("not a certificate\n")
-    names = {"ca": str(certificates[0]), "missing": str(tmp_path / "missing.pem"),
-             "not_pem": str(tmp_path / "notes.txt")}
-    argv = describe_args(eurosat_folder, tmp_path / "d.sqlite", "https://127.0.0.1:9/v1",
-                         *[flag.format(**names) for flag in flags])
+    names = {
+        "ca": str(certificates[0]),
+        "missing": str(tmp_path / "missing.pem"),
+        "not_pem": str(tmp_path / "notes.txt"),
+    }
+    argv = describe_args(
+        eurosat_folder, tmp_path / "d.sqlite", "https://127.0.0.1:9/v1", *[flag.format(**names) for flag in flags]
+    )
     assert main(argv) == 2
     assert message in capsys.readouterr().err

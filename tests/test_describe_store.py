@@ -25,7 +25,11 @@ def test_get_texts_reads_by_hash_kind_and_model(tmp_path):
     assert store.has("h2", "group", "group prompt", "openai", "llava", variant="group4:abc")
     assert not store.has("h2", "group", "group prompt", "openai", "llava")
     assert store.keys("openai", "llava") == {("h1", "image", PROMPT, ""), ("h2", "group", "group prompt", "group4:abc")}
-    assert store.counts() == {("image", "openai", "llava"): 1, ("image", "openai", "qwen"): 1, ("group", "openai", "llava"): 1}
+    assert store.counts() == {
+        ("image", "openai", "llava"): 1,
+        ("image", "openai", "qwen"): 1,
+        ("group", "openai", "llava"): 1,
+    }
     with pytest.raises(ValueError):
         store.put("h1", "caption", PROMPT, "openai", "llava", "x")
     store.close()
@@ -37,7 +41,10 @@ def test_a_preferred_variant_wins_over_newer_draws(tmp_path):
     store.put("h1", "group", "group prompt", "offline", "m", "seed 1's group", variant="group4:seed1")
     store.put("h2", "group", "group prompt", "offline", "m", "only draw", variant="group4:other")
     assert store.get_texts(["h1", "h2"], "group") == ["seed 1's group", "only draw"]  # newest
-    assert store.get_texts(["h1", "h2"], "group", preferred_variants=["group4:seed0", "group4:absent"]) == ["seed 0's group", "only draw"]
+    assert store.get_texts(["h1", "h2"], "group", preferred_variants=["group4:seed0", "group4:absent"]) == [
+        "seed 0's group",
+        "only draw",
+    ]
     store.close()
 
 
@@ -70,7 +77,17 @@ def test_not_a_database(tmp_path):
 def test_export_then_import_elsewhere_gives_the_same_texts(tmp_path):
     source = DescriptionStore(tmp_path / "a.sqlite")
     source.put("h1", "image", PROMPT, "openai", "llava", "green fields", image="x/1.jpg", dataset="eurosat")
-    source.put("h1", "group", "gp", "openai", "llava", "crops", dataset="eurosat", meta={"members": ["x/2.jpg"]}, variant="group2:q")
+    source.put(
+        "h1",
+        "group",
+        "gp",
+        "openai",
+        "llava",
+        "crops",
+        dataset="eurosat",
+        meta={"members": ["x/2.jpg"]},
+        variant="group2:q",
+    )
     source.put("h2", "image", PROMPT, "openai", "llava", "a river")
     source.put("h9", "image", PROMPT, "openai", "llava", "not in this dataset")
     source.put("h1", "zeroshot", "pick", "openai", "llava", "forest")  # answers are not descriptions
@@ -78,7 +95,9 @@ def test_export_then_import_elsewhere_gives_the_same_texts(tmp_path):
     assert source.export_jsonl(out, {"h1": "Forest/1.jpg", "h2": "River/2.jpg"}) == 3
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert {(r["image"], r["kind"], r["text"]) for r in lines} == {
-        ("Forest/1.jpg", "image", "green fields"), ("Forest/1.jpg", "group", "crops"), ("River/2.jpg", "image", "a river")
+        ("Forest/1.jpg", "image", "green fields"),
+        ("Forest/1.jpg", "group", "crops"),
+        ("River/2.jpg", "image", "a river"),
     }
     assert all({"image", "kind", "text", "prompt", "model"} <= set(r) for r in lines)
 
@@ -88,7 +107,9 @@ def test_export_then_import_elsewhere_gives_the_same_texts(tmp_path):
     paths = {"Forest/1.jpg": "h1", "River/2.jpg": "h2"}
     assert target.import_jsonl(out, paths.get, dataset="eurosat") == 3
     for kind in ("image", "group"):
-        assert target.get_texts(["h1", "h2"], kind, model="llava") == source.get_texts(["h1", "h2"], kind, model="llava")
+        assert target.get_texts(["h1", "h2"], kind, model="llava") == source.get_texts(
+            ["h1", "h2"], kind, model="llava"
+        )
     assert target.has("h1", "group", "gp", "openai", "llava", variant="group2:q")
     assert next(r for r in target.rows() if r["kind"] == "group")["meta"] == {"members": ["x/2.jpg"]}
 
@@ -100,7 +121,10 @@ def test_export_then_import_elsewhere_gives_the_same_texts(tmp_path):
         (json.dumps({"kind": "image", "text": "t", "prompt": "p"}), "line 2 lacks model"),
         (json.dumps({"kind": "caption", "text": "t", "prompt": "p", "model": "m", "image": "a.jpg"}), "kind 'caption'"),
         (json.dumps({"kind": "image", "text": "t", "prompt": "p", "model": "m"}), "names no image"),
-        (json.dumps({"kind": "image", "text": "t", "prompt": "p", "model": "m", "image": "zzz.jpg"}), "zzz.jpg is not in the dataset"),
+        (
+            json.dumps({"kind": "image", "text": "t", "prompt": "p", "model": "m", "image": "zzz.jpg"}),
+            "zzz.jpg is not in the dataset",
+        ),
     ],
 )
 def test_a_bad_import_line_is_named_and_nothing_is_written(tmp_path, line, message):

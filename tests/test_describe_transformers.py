@@ -19,8 +19,10 @@ from latteclip.describe.store import DescriptionStore
 
 transformers = pytest.importorskip("transformers")
 
-WORDS = ("describe the land use in photo concisely using less than 20 words common visual attributes of all photos "
-         "fewer green field fields river forest road roads city houses crops water trees a and with , .").split()
+WORDS = (
+    "describe the land use in photo concisely using less than 20 words common visual attributes of all photos "
+    "fewer green field fields river forest road roads city houses crops water trees a and with , ."
+).split()
 CHAT_TEMPLATE = (
     "{% for message in messages %}USER: {% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:"
@@ -31,8 +33,15 @@ PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
-                              LlavaNextProcessor, MistralConfig, PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+        MistralConfig,
+        PreTrainedTokenizerFast,
+    )
 
     special = ["<unk>", "<pad>", "<s>", "</s>", "<image>"]
     vocab = {token: i for i, token in enumerate(special + sorted(set(WORDS)) + ["USER:", "ASSISTANT:"])}
@@ -41,24 +50,57 @@ def tiny_llava(tmp_path_factory) -> str:
     word_level.decoder = decoders.WordPiece()  # joins words with spaces
     # transformers 5 names the image token; 4.x only needs it to be a special token
     major = int(transformers.__version__.split(".")[0])
-    image_token = ({"extra_special_tokens": {"image_token": "<image>"}} if major >= 5
-                   else {"additional_special_tokens": ["<image>"]})
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                        eos_token="</s>", **image_token)
-    image_processor = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                                              image_grid_pinpoints=PINPOINTS)
+    image_token = (
+        {"extra_special_tokens": {"image_token": "<image>"}}
+        if major >= 5
+        else {"additional_special_tokens": ["<image>"]}
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        **image_token,
+    )
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=PINPOINTS
+    )
     # a CLIP vision tower adds its class token, which the "default" feature strategy drops: one extra token
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
-                                   vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
-                                   num_additional_image_tokens=1)
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       intermediate_size=64),
-        text_config=MistralConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
-                                  pad_token_id=1, bos_token_id=2, eos_token_id=3),
-        image_token_index=vocab["<image>"], image_grid_pinpoints=PINPOINTS, vision_feature_select_strategy="default",
-        vision_feature_layer=-1, image_seq_length=16,  # (32 / 8)^2 patches: transformers < 4.50 compares against it
+        vision_config=CLIPVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        text_config=MistralConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
+            pad_token_id=1,
+            bos_token_id=2,
+            eos_token_id=3,
+        ),
+        image_token_index=vocab["<image>"],
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        image_seq_length=16,  # (32 / 8)^2 patches: transformers < 4.50 compares against it
     )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-llava-next")
@@ -102,7 +144,10 @@ def test_runner_describes_images_and_collages_in_batches(describer, train, tmp_p
     hashes = image_hashes(train, progress=False)
     prompts = load_prompts()
     subset = list(range(0, len(train), 10))  # 12 images
-    groups = [[subset[(subset.index(i) + k) % len(subset)] for k in (1, 2, 3)] if i in subset else None for i in range(len(train))]
+    groups = [
+        [subset[(subset.index(i) + k) % len(subset)] for k in (1, 2, 3)] if i in subset else None
+        for i in range(len(train))
+    ]
     jobs = image_jobs(train, hashes, lambda i: prompts.description("image", "land use"))
     jobs += group_jobs(train, hashes, groups, lambda i: prompts.description("group", "land use"), draw="test")
     jobs = [j for j in jobs if j.image in {train.samples[i].path for i in subset}]
@@ -116,8 +161,9 @@ def test_runner_describes_images_and_collages_in_batches(describer, train, tmp_p
     assert again.counts["image"].cached == 12 and again.counts["group"].cached == 12
 
 
-@pytest.mark.parametrize("version, keyword", [("4.45.0", "torch_dtype"), ("4.55.4", "torch_dtype"), ("4.56.0", "dtype"),
-                                              ("5.25.0", "dtype")])
+@pytest.mark.parametrize(
+    "version, keyword", [("4.45.0", "torch_dtype"), ("4.55.4", "torch_dtype"), ("4.56.0", "dtype"), ("5.25.0", "dtype")]
+)
 def test_the_dtype_keyword_follows_the_installed_transformers(version, keyword):
     from latteclip.describe.hf_local import dtype_argument
 
@@ -171,6 +217,7 @@ def test_concurrent_batches_use_the_processor_under_its_lock(describer, train):
     describer.processor = spy
     try:
         results: dict[int, list] = {}
+
         def run(i: int) -> None:
             results[i] = describer.describe(requests[i : i + 2], stop)
 

@@ -37,12 +37,45 @@ def _fill_store(path):
 
 
 def _train(tmp_path, name: str, nproc: int) -> tuple[list[float], dict]:
-    args = ["train", "--method", "latteclip", "--dataset", "eurosat", "--root", str(EUROSAT_ZIP), "--model", "latte-tiny",
-            "--pretrained", "random", "--limit", "40", "--batch-size", "8", "--max-steps", str(STEPS), "--eval-every", "0",
-            "--log-every", "1", "--workers", "0", "--lr", "1e-4", "--store", str(tmp_path / "d.sqlite"),
-            "--output", str(tmp_path), "--name", name, "--nproc", str(nproc)]
+    args = [
+        "train",
+        "--method",
+        "latteclip",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(EUROSAT_ZIP),
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--limit",
+        "40",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        str(STEPS),
+        "--eval-every",
+        "0",
+        "--log-every",
+        "1",
+        "--workers",
+        "0",
+        "--lr",
+        "1e-4",
+        "--store",
+        str(tmp_path / "d.sqlite"),
+        "--output",
+        str(tmp_path),
+        "--name",
+        name,
+        "--nproc",
+        str(nproc),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, "-m", "latteclip", *args], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "latteclip", *args], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
@@ -64,7 +97,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "multi")}
     assert (results["single"]["world_size"], results["multi"]["world_size"]) == (1, 2)
     assert results["single"]["top1"] == results["multi"]["top1"]
-
 
 
 def test_workers_are_shared_by_the_processes_of_a_machine(monkeypatch):
@@ -167,12 +199,46 @@ def test_a_rank_whose_slice_is_all_unreadable_skips_the_step_with_the_others(eur
     first_batch = epoch_batches(len(train), 4, 0, 0)[0]
     for index in first_batch[2:]:  # rank 1's half of step 1: nothing it can read
         (root / train.samples[index].path).write_bytes(b"\x00garbage, not a JPEG")
-    args = ["train", "--method", "flyp_pl", "--dataset", "folder", "--root", str(root), "--model", "latte-tiny",
-            "--pretrained", "random", "--device", "cpu", "--workers", "0", "--batch-size", "4", "--max-steps", "2",
-            "--eval-every", "0", "--log-every", "1", "--output", str(tmp_path), "--name", "run", "--nproc", "2"]
+    args = [
+        "train",
+        "--method",
+        "flyp_pl",
+        "--dataset",
+        "folder",
+        "--root",
+        str(root),
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "0",
+        "--log-every",
+        "1",
+        "--output",
+        str(tmp_path),
+        "--name",
+        "run",
+        "--nproc",
+        "2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen([sys.executable, "-m", "latteclip", *args], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "latteclip", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _, stderr = process.communicate(timeout=300)
     except subprocess.TimeoutExpired:

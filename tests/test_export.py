@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from latteclip.cli import main
 from latteclip.api import load_model
+from latteclip.cli import main
 from latteclip.data.datasets import DatasetInfo
 from latteclip.engine.export import clip_benchmark_order, export_open_clip
 from latteclip.errors import LatteclipError
@@ -46,8 +46,13 @@ def test_plain_open_clip_gives_the_same_predictions(tiny_runs, tiny_test_images,
     out = tmp_path / "exported"
     assert main(["export", "--checkpoint", str(tiny_runs["flyp"] / "final.pt"), "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {
-        "open_clip_model.safetensors", "open_clip_config.json", "latte-tiny.json", "classifier.safetensors",
-        "clip_benchmark_classifier.pt", "README.md"}
+        "open_clip_model.safetensors",
+        "open_clip_config.json",
+        "latte-tiny.json",
+        "classifier.safetensors",
+        "clip_benchmark_classifier.pt",
+        "README.md",
+    }
     with safe_open(str(out / "classifier.safetensors"), "pt") as f:
         assert f.get_tensor("class_weights").shape == (10, 64)
         assert json.loads(f.metadata()["classnames"])[3] == "highway or road"
@@ -55,19 +60,30 @@ def test_plain_open_clip_gives_the_same_predictions(tiny_runs, tiny_test_images,
 
     images = sorted(tiny_test_images.rglob("*.jpg"))[::4]
     capsys.readouterr()
-    assert main(["predict", "--checkpoint", str(tiny_runs["flyp"] / "final.pt"), *map(str, images), "--format", "jsonl"]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(tiny_runs["flyp"] / "final.pt"), *map(str, images), "--format", "jsonl"])
+        == 0
+    )
     expected = {r["path"]: r["top"] for r in map(json.loads, capsys.readouterr().out.splitlines())}
 
     readme = (out / "README.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1).replace('"image.jpg"', "images[0]")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", CHECK.format(snippet=snippet), json.dumps(list(map(str, images)))],
-                          capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK.format(snippet=snippet), json.dumps(list(map(str, images)))],
+        capture_output=True,
+        text=True,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     printed, report = done.stdout.strip().splitlines()[-2:]
     assert not json.loads(report)["latteclip_imported"]
     name, prob = printed.rsplit(" ", 1)
-    assert name == expected[str(images[0])][0]["class"] and float(prob) == pytest.approx(expected[str(images[0])][0]["score"], abs=1e-5)
+    assert name == expected[str(images[0])][0]["class"] and float(prob) == pytest.approx(
+        expected[str(images[0])][0]["score"], abs=1e-5
+    )
     for key in ("by_file", "by_local_dir"):
         got = json.loads(report)[key]
         for path in map(str, images):
@@ -96,8 +112,18 @@ def test_methods_that_change_the_image_path_are_refused(tiny_runs, tmp_path):
 # CLIP_benchmark 1.6.2: models/open_clip.py loads the model, metrics/zeroshot_classification.py the --load_clfs file
 # and scores every image with `100. * F.normalize(model.encode_image(images), dim=-1) @ classifier`.
 # its `eurosat` is torchvision's EuroSAT, an ImageFolder: labels in the sorted order of the class folders
-CLIP_BENCHMARK_EUROSAT = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
-                          "PermanentCrop", "Residential", "River", "SeaLake"]
+CLIP_BENCHMARK_EUROSAT = [
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+]
 
 
 def test_clip_benchmark_reads_the_classifier_and_scores_as_our_classifier(tiny_runs, tiny_test_images, tmp_path):

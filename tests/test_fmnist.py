@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latteclip.data import build_dataset
-from latteclip.data import fmnist
+from latteclip.data import build_dataset, fmnist
 from latteclip.data.shifts import SHIFTS, apply_shift
 from latteclip.errors import LatteclipError
 
@@ -106,15 +105,19 @@ def test_bad_roots_and_names_say_what_to_do(tmp_path):
         build_dataset("fmnist", str(tmp_path), "test")
     with pytest.raises(LatteclipError, match="unknown Fashion-MNIST shift 'sepia'"):
         build_dataset("fmnist-sepia", "bundled", "test")
-    (tmp_path / "train-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + b"\x00" * 10)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(
+        bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + b"\x00" * 10
+    )
     with pytest.raises(LatteclipError, match="truncated"):
         build_dataset("fmnist", str(tmp_path), "test")
 
 
 def test_fashion_mnist_registers_itself_when_first_named():
     """The data package does not import the demo's dataset: naming it does, and the module registers its builders."""
-    code = ("import sys; import latteclip.data as data; print('latteclip.data.fmnist' in sys.modules); "
-            "print(len(data.build_dataset('fmnist-rotation', 'bundled', 'test'))); print('latteclip.data.fmnist' in sys.modules); "
-            "print(data.available_datasets()[-2:])")
+    code = (
+        "import sys; import latteclip.data as data; print('latteclip.data.fmnist' in sys.modules); "
+        "print(len(data.build_dataset('fmnist-rotation', 'bundled', 'test'))); print('latteclip.data.fmnist' in sys.modules); "
+        "print(data.available_datasets()[-2:])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split("\n")[:4] == ["False", "10000", "True", "['fmnist', 'fmnist-']"], done.stderr

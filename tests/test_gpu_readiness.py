@@ -21,10 +21,19 @@ from latteclip.methods.base import TrainContext
 
 
 def session_of(root: str, method: str, **options):
-    config = resolve_config({
-        "method": method, "dataset": "eurosat", "root": root, "model": "latte-tiny", "pretrained": "random",
-        "limit": 20, "device": "cpu", "workers": 0, "method_options": options,
-    })
+    config = resolve_config(
+        {
+            "method": method,
+            "dataset": "eurosat",
+            "root": root,
+            "model": "latte-tiny",
+            "pretrained": "random",
+            "limit": 20,
+            "device": "cpu",
+            "workers": 0,
+            "method_options": options,
+        }
+    )
     return open_session(config)
 
 
@@ -35,8 +44,11 @@ def near_ties(weights: torch.Tensor) -> torch.Tensor:
     and argmax then takes the lower class.
     """
     weights = F.normalize(weights.float(), dim=-1)
-    rows = [weights[a] + weights[b] + 1e-4 * (weights[b] - weights[a])
-            for a in range(len(weights)) for b in range(a + 1, len(weights))]
+    rows = [
+        weights[a] + weights[b] + 1e-4 * (weights[b] - weights[a])
+        for a in range(len(weights))
+        for b in range(a + 1, len(weights))
+    ]
     return F.normalize(torch.stack(rows), dim=-1)
 
 
@@ -141,10 +153,12 @@ def test_cpu_and_bad_names(monkeypatch):
 @pytest.fixture
 def gpu_of_capability(monkeypatch):
     """Mock only the CUDA device's compute capability (7.0 = V100, 7.5 = T4, 8.0 = A100, 9.0 = H100)."""
+
     def set_major(major: int) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(major=major))
+
     return set_major
 
 
@@ -175,8 +189,10 @@ def test_feature_cache_key_changes_with_precision_and_device(eurosat_zip, tmp_pa
     monkeypatch.setenv("LATTECLIP_CACHE", str(tmp_path / "cache"))
     session = session_of(str(eurosat_zip.parent), "zeroshot")
     data, cpu = session.dataset("test"), torch.device("cpu")
-    keys = {"cpu fp32": feature_cache_key("w", data, cpu),
-            "cuda fp32": feature_cache_key("w", data, torch.device("cuda"))}
+    keys = {
+        "cpu fp32": feature_cache_key("w", data, cpu),
+        "cuda fp32": feature_cache_key("w", data, torch.device("cuda")),
+    }
     with torch.autocast("cpu", dtype=torch.bfloat16):
         keys["cpu bf16"] = feature_cache_key("w", data, cpu)
     assert len(set(keys.values())) == 3

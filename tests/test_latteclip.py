@@ -19,11 +19,11 @@ from latteclip.describe.groups import draw_pseudo_label_groups
 from latteclip.describe.jobs import group_variant
 from latteclip.describe.store import DescriptionStore, image_key
 from latteclip.engine.checkpoint import load_checkpoint
-from latteclip.models.losses import contrastive_loss
 from latteclip.engine.session import method_from_checkpoint
 from latteclip.methods.base import TrainContext
 from latteclip.methods.latteclip import LatteCLIP, LatteCLIPOptions, mixer_weights, prototype_text_embedding
 from latteclip.models import PrototypeBank, load_clip
+from latteclip.models.losses import contrastive_loss
 
 EPS = 1e-6
 P = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
@@ -88,7 +88,9 @@ def test_update_with_mu_blends_then_renormalises_and_keeps_absent_classes():
 def test_authors_rule_mu_zero_is_the_normalised_batch_mean():
     bank = PrototypeBank(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     bank.momentum_update(torch.tensor([[2.0, 2.0], [4.0, 0.0]]), torch.tensor([0, 0]), mu=0.0)
-    assert torch.allclose(bank.vectors, torch.tensor([[3.0 / math.sqrt(10), 1.0 / math.sqrt(10)], [0.0, 1.0]]), atol=1e-6)
+    assert torch.allclose(
+        bank.vectors, torch.tensor([[3.0 / math.sqrt(10), 1.0 / math.sqrt(10)], [0.0, 1.0]]), atol=1e-6
+    )
     assert torch.allclose(bank.vectors.norm(dim=-1), torch.ones(2))
 
 
@@ -136,7 +138,11 @@ def eurosat_batch(tmp_path_factory):
 
     loaded = load_clip("latte-tiny", "random")
     train = build_dataset(
-        "eurosat", EUROSAT_ZIP, "train", eval_transform(loaded.image_size, loaded.mean, loaded.std), DatasetOptions(limit=20)
+        "eurosat",
+        EUROSAT_ZIP,
+        "train",
+        eval_transform(loaded.image_size, loaded.mean, loaded.std),
+        DatasetOptions(limit=20),
     )
     store_path = tmp_path_factory.mktemp("store") / "descriptions.sqlite"
     store = DescriptionStore(store_path)
@@ -158,7 +164,9 @@ def make_method(eurosat_batch, tmp_path, **options) -> LatteCLIP:
     return method
 
 
-def expected_embeddings(method: LatteCLIP, batch: dict, ft_labels: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def expected_embeddings(
+    method: LatteCLIP, batch: dict, ft_labels: torch.Tensor, step: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. (2) recomputed from scratch: full-length OpenCLIP text features (which group a visit reads: its own test)."""
     model, tok = method.model, method.loaded.tokenizer
     opts = method.options
@@ -202,11 +210,16 @@ def test_each_switch_changes_exactly_what_it_names(eurosat_batch, tmp_path, opti
     assert torch.equal(result.state["labels"], want_labels)
     u = F.normalize(method.model.encode_image(batch["image"]), dim=-1)
     b = len(batch["index"])
-    parts = [contrastive_loss(u, F.normalize(want_t[j * b : (j + 1) * b], dim=-1), method.model.logit_scale) for j in range(len(want_t) // b)]
+    parts = [
+        contrastive_loss(u, F.normalize(want_t[j * b : (j + 1) * b], dim=-1), method.model.logit_scale)
+        for j in range(len(want_t) // b)
+    ]
     assert result.loss.item() == pytest.approx(sum(p.item() for p in parts), abs=1e-4)
     assert ("loss_zs" in result.metrics) == options.get("loss_zs", True)
     assert ("loss_ft" in result.metrics) == options.get("loss_ft", True)
-    assert {k for k in result.metrics if k.startswith("mixer/")} == {f"mixer/weight_{t}" for t in options.get("texts", ["class", "image", "group"])}
+    assert {k for k in result.metrics if k.startswith("mixer/")} == {
+        f"mixer/weight_{t}" for t in options.get("texts", ["class", "image", "group"])
+    }
 
 
 @pytest.mark.parametrize("momentum,mu", [(True, 0.0), (True, 0.9), (False, 0.9)])
@@ -246,7 +259,9 @@ def test_each_visit_reads_the_group_of_a_random_image_of_its_zero_shot_class(eur
         same_class = {group_text[j] for j in range(len(train)) if zs[j] == zs[i]}
         drawn = [method.description("group", i, step) for step in range(40)]
         assert set(drawn) <= same_class and len(set(drawn)) == len(same_class)  # 2 images per class here: both are read
-        assert drawn == [method.description("group", i, step) for step in range(40)]  # seeded: a resumed run reads the same
+        assert drawn == [
+            method.description("group", i, step) for step in range(40)
+        ]  # seeded: a resumed run reads the same
         assert {own.description("group", i, step) for step in range(40)} == {group_text[i]}
 
 
@@ -287,7 +302,10 @@ def test_fast_step_equals_reference_step_loss_and_gradients(eurosat_batch, tmp_p
         method.model.zero_grad(set_to_none=True)
         result = method.training_step(batch, 0)
         result.loss.backward()
-        grads[fast] = (result.loss.item(), {n: p.grad.clone() for n, p in method.model.named_parameters() if p.grad is not None})
+        grads[fast] = (
+            result.loss.item(),
+            {n: p.grad.clone() for n, p in method.model.named_parameters() if p.grad is not None},
+        )
     (loss_fast, g_fast), (loss_ref, g_ref) = grads[True], grads[False]
     assert loss_fast == pytest.approx(loss_ref, abs=1e-5)
     assert g_fast.keys() == g_ref.keys() and "token_embedding.weight" in g_fast
@@ -323,9 +341,35 @@ def test_eurosat_run_trains_saves_prototypes_and_eval_reproduces(tmp_path, capsy
 
     store = tmp_path / "d.sqlite"
     n = _fill_store(store, EUROSAT_ZIP, 60)
-    common = ["train", "--method", "latteclip", "--dataset", "eurosat", "--root", str(EUROSAT_ZIP), "--model", "latte-tiny",
-              "--pretrained", "random", "--limit", "60", "--batch-size", "16", "--max-steps", "8", "--eval-every", "4",
-              "--workers", "0", "--lr", "1e-4", "--store", str(store), "--output", str(tmp_path)]
+    common = [
+        "train",
+        "--method",
+        "latteclip",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(EUROSAT_ZIP),
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--limit",
+        "60",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "8",
+        "--eval-every",
+        "4",
+        "--workers",
+        "0",
+        "--lr",
+        "1e-4",
+        "--store",
+        str(store),
+        "--output",
+        str(tmp_path),
+    ]
     assert main(common + ["--name", "strict"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{n // 10} of {n} training images have no image description" in err and "\n" not in err

@@ -44,7 +44,9 @@ def describe(train, store_path, share_true: float, seed: int = 0) -> None:
 
 def noisy_true_labels(train, share_true: float, seed: int = 1) -> torch.Tensor:
     rng = random.Random(seed)
-    return torch.tensor([s.label if rng.random() < share_true else rng.randrange(train.info.num_classes) for s in train.samples])
+    return torch.tensor(
+        [s.label if rng.random() < share_true else rng.randrange(train.info.num_classes) for s in train.samples]
+    )
 
 
 # --- (a) the real update rule carries the descriptions into the prototypes -------------------------------
@@ -52,7 +54,13 @@ def noisy_true_labels(train, share_true: float, seed: int = 1) -> torch.Tensor:
 def test_prototypes_turn_to_the_description_directions(eurosat_zip, tmp_path, mu, moves):
     torch.manual_seed(0)
     loaded = load_clip("latte-tiny", "random")
-    train = build_dataset("eurosat", eurosat_zip, "train", eval_transform(loaded.image_size, loaded.mean, loaded.std), DatasetOptions(limit=60))
+    train = build_dataset(
+        "eurosat",
+        eurosat_zip,
+        "train",
+        eval_transform(loaded.image_size, loaded.mean, loaded.std),
+        DatasetOptions(limit=60),
+    )
     store = tmp_path / "d.sqlite"
     describe(train, store, share_true=0.9)
     zs = torch.tensor([s.label for s in train.samples])
@@ -62,8 +70,10 @@ def test_prototypes_turn_to_the_description_directions(eurosat_zip, tmp_path, mu
     # each class's description direction: the mean of its images' image and group text features
     tokens = TokenCache(loaded.tokenizer)
     with torch.no_grad():
-        texts = (encode_texts(loaded.model, tokens, method.descriptions["image"], "cpu")
-                 + encode_texts(loaded.model, tokens, method.descriptions["group"], "cpu")) / 2
+        texts = (
+            encode_texts(loaded.model, tokens, method.descriptions["image"], "cpu")
+            + encode_texts(loaded.model, tokens, method.descriptions["group"], "cpu")
+        ) / 2
     directions = F.normalize(torch.stack([texts[zs == c].mean(0) for c in range(10)]), dim=-1)
     items = [train[i] for i in range(len(train))]
     order = torch.Generator().manual_seed(0)
@@ -86,10 +96,50 @@ RUN_IMAGES, RUN_STEPS, DRAWS = 100, 300, (0, 1, 2)
 
 def latteclip_run(root, out, name: str, texts: str, store) -> dict:
     """One engine run (100 train and 100 test images, 300 steps); its top-1, top-class share of test predictions, drift."""
-    assert main(["train", "--method", "latteclip", "--dataset", "eurosat", "--root", str(root), "--model", "latte-tiny",
-                 "--pretrained", "random", "--limit", str(RUN_IMAGES), "--batch-size", "20", "--max-steps", str(RUN_STEPS),
-                 "--warmup-steps", "0", "--lr", "1e-3", "--eval-every", "0", "--checkpoint-every", "0", "--workers", "0",
-                 "--texts", texts, "--store", str(store), "--output", str(out), "--name", name, "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "latteclip",
+                "--dataset",
+                "eurosat",
+                "--root",
+                str(root),
+                "--model",
+                "latte-tiny",
+                "--pretrained",
+                "random",
+                "--limit",
+                str(RUN_IMAGES),
+                "--batch-size",
+                "20",
+                "--max-steps",
+                str(RUN_STEPS),
+                "--warmup-steps",
+                "0",
+                "--lr",
+                "1e-3",
+                "--eval-every",
+                "0",
+                "--checkpoint-every",
+                "0",
+                "--workers",
+                "0",
+                "--texts",
+                texts,
+                "--store",
+                str(store),
+                "--output",
+                str(out),
+                "--name",
+                name,
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / name / "results.json").read_text())
     predicted = [sum(column) for column in zip(*results["test"]["confusion"])]
     return {"top1": results["top1"], "top_share": max(predicted) / sum(predicted)}
@@ -111,11 +161,17 @@ def runs(eurosat_zip, tmp_path_factory) -> dict[str, dict]:
                 describe(train, out / f"informative{draw}.sqlite", share_true=0.9, seed=draw)
                 zero_shot = noisy_true_labels(train, share_true=0.5, seed=100 + draw)
                 patch.setattr(Trainer, "zero_shot_labels", lambda self, dataset, labels=zero_shot: labels)
-                found[f"class_only{draw}"] = latteclip_run(eurosat_zip, out, f"class{draw}", "class", out / f"informative{draw}.sqlite")
-                found[f"informative{draw}"] = latteclip_run(eurosat_zip, out, f"full{draw}", "class,image,group", out / f"informative{draw}.sqlite")
+                found[f"class_only{draw}"] = latteclip_run(
+                    eurosat_zip, out, f"class{draw}", "class", out / f"informative{draw}.sqlite"
+                )
+                found[f"informative{draw}"] = latteclip_run(
+                    eurosat_zip, out, f"full{draw}", "class,image,group", out / f"informative{draw}.sqlite"
+                )
                 if draw == DRAWS[0]:
                     describe(train, out / "uninformative.sqlite", share_true=0.0)
-                    found["uninformative"] = latteclip_run(eurosat_zip, out, "uninformative", "class,image,group", out / "uninformative.sqlite")
+                    found["uninformative"] = latteclip_run(
+                        eurosat_zip, out, "uninformative", "class,image,group", out / "uninformative.sqlite"
+                    )
     finally:
         torch.set_num_threads(threads)
     return found
@@ -143,10 +199,42 @@ def test_killed_run_resumes_to_identical_weights_and_prototypes(eurosat_zip, tmp
     describe(train, store, share_true=0.9)
 
     def args(name: str, *extra: str) -> list[str]:
-        return ["train", "--method", "latteclip", "--dataset", "eurosat", "--root", str(eurosat_zip), "--model", "latte-tiny",
-                "--pretrained", "random", "--limit", "40", "--batch-size", "8", "--max-steps", "8", "--eval-every", "0",
-                "--checkpoint-every", "1", "--workers", "0", "--lr", "1e-3", "--store", str(store), "--output", str(tmp_path),
-                "--name", name, "--device", "cpu", *extra]
+        return [
+            "train",
+            "--method",
+            "latteclip",
+            "--dataset",
+            "eurosat",
+            "--root",
+            str(eurosat_zip),
+            "--model",
+            "latte-tiny",
+            "--pretrained",
+            "random",
+            "--limit",
+            "40",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "8",
+            "--eval-every",
+            "0",
+            "--checkpoint-every",
+            "1",
+            "--workers",
+            "0",
+            "--lr",
+            "1e-3",
+            "--store",
+            str(store),
+            "--output",
+            str(tmp_path),
+            "--name",
+            name,
+            "--device",
+            "cpu",
+            *extra,
+        ]
 
     assert main(args("straight")) == 0
     original = LatteCLIP.training_step

@@ -27,7 +27,9 @@ if payload.get("fail"): raise SystemExit("ValueError: run " + payload["name"] + 
 
 def _jobs(tmp_path: Path, seconds: float, fail: str | None = None) -> list[Job]:
     names = ["a", "b", "c"]
-    return [Job(n, {"name": n, "seconds": seconds, "out": str(tmp_path / f"{n}.json"), "fail": n == fail}) for n in names]
+    return [
+        Job(n, {"name": n, "seconds": seconds, "out": str(tmp_path / f"{n}.json"), "fail": n == fail}) for n in names
+    ]
 
 
 def _intervals(tmp_path: Path, names: list[str]) -> list[tuple[float, float]]:

@@ -63,14 +63,18 @@ def test_unusable_weights_files(tiny, tmp_path):
     with pytest.raises(LatteclipError, match=f"weights file {garbage} cannot be loaded into latte-tiny"):
         load_clip("latte-tiny", str(garbage))
     other_model = tmp_path / "fmnist.safetensors"
-    save_file({k: v.contiguous() for k, v in load_clip("latte-fmnist", "random").model.state_dict().items()}, str(other_model))
+    save_file(
+        {k: v.contiguous() for k, v in load_clip("latte-fmnist", "random").model.state_dict().items()}, str(other_model)
+    )
     with pytest.raises(LatteclipError, match=f"weights file {other_model} cannot be loaded into latte-tiny"):
         load_clip("latte-tiny", str(other_model))
     with pytest.raises(LatteclipError, match="weights file .*missing.bin does not exist"):
         load_clip("latte-tiny", str(tmp_path / "missing.bin"))
     with pytest.raises(LatteclipError, match="unknown model 'ViT-Q-99'"):
         load_clip("ViT-Q-99", "random")
-    with pytest.raises(LatteclipError, match="unknown pretrained tag 'laion9' for ViT-B-32; known: .*laion2b_s34b_b79k"):
+    with pytest.raises(
+        LatteclipError, match="unknown pretrained tag 'laion9' for ViT-B-32; known: .*laion2b_s34b_b79k"
+    ):
         load_clip("ViT-B-32", "laion9")
 
 
@@ -89,7 +93,9 @@ def test_offline_download_fails_fast_with_a_hint(monkeypatch, tmp_path):
             load_clip(model, tag)
         assert time.monotonic() - started < 10
         message = str(caught.value)
-        assert "no network was reached" in message and "--pretrained /path/to/weights" in message and "\n" not in message
+        assert (
+            "no network was reached" in message and "--pretrained /path/to/weights" in message and "\n" not in message
+        )
         assert model in message
 
 
@@ -113,7 +119,10 @@ def test_trimmed_encoding_equals_full_length_encode_text(tiny):
     # gradients: the same loss through either path gives the same gradient on every text-tower parameter
     weights = torch.randn(full.shape, generator=torch.Generator().manual_seed(2))
     grads = []
-    for features in (lambda: encode_texts(model, cache, TEXTS), lambda: torch.nn.functional.normalize(model.encode_text(tiny.tokenizer(TEXTS)), dim=-1)):
+    for features in (
+        lambda: encode_texts(model, cache, TEXTS),
+        lambda: torch.nn.functional.normalize(model.encode_text(tiny.tokenizer(TEXTS)), dim=-1),
+    ):
         model.zero_grad(set_to_none=True)
         (features() * weights).sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -145,7 +154,9 @@ def test_class_text_features_average_the_templates(tiny):
     classifier = class_text_features(tiny.model, cache, ["forest", "river"], templates)
     with torch.no_grad():
         for row, name in enumerate(["forest", "river"]):
-            per_template = torch.nn.functional.normalize(tiny.model.encode_text(tiny.tokenizer([t.format(name) for t in templates])), dim=-1)
+            per_template = torch.nn.functional.normalize(
+                tiny.model.encode_text(tiny.tokenizer([t.format(name) for t in templates])), dim=-1
+            )
             expected = torch.nn.functional.normalize(per_template.mean(dim=0), dim=-1)
             torch.testing.assert_close(classifier[row], expected, rtol=1e-5, atol=1e-6)
 
@@ -172,8 +183,16 @@ def test_towers_that_see_every_token_get_the_full_sequence(tower):
     vision = CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16)
     torch.manual_seed(0)
     if tower == "siglip_like":  # no causal mask, pooled at the last position, pad id 1
-        text = CLIPTextCfg(context_length=16, vocab_size=64, width=32, heads=2, layers=1, no_causal_mask=True,
-                           pool_type="last", pad_id=1)
+        text = CLIPTextCfg(
+            context_length=16,
+            vocab_size=64,
+            width=32,
+            heads=2,
+            layers=1,
+            no_causal_mask=True,
+            pool_type="last",
+            pad_id=1,
+        )
         model = open_clip.CustomTextCLIP(16, vision, text)
     else:  # pooled at the argmax id, but every token sees every other
         text = CLIPTextCfg(context_length=16, vocab_size=64, width=32, heads=2, layers=1, no_causal_mask=True)

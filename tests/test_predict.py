@@ -20,10 +20,23 @@ def predict(capsys, *args: str) -> tuple[str, str]:
     return captured.out, captured.err
 
 
-def test_predictions_on_the_test_split_reproduce_the_runs_confusion_matrix(tiny_runs, tiny_test_images, eurosat_zip, capsys):
+def test_predictions_on_the_test_split_reproduce_the_runs_confusion_matrix(
+    tiny_runs, tiny_test_images, eurosat_zip, capsys
+):
     """The run's own evaluation and `predict` on the same 40 files must agree image by image."""
     checkpoint = tiny_runs["flyp"] / "final.pt"
-    out, err = predict(capsys, "--checkpoint", str(checkpoint), str(tiny_test_images), "--format", "jsonl", "--top-k", "3", "--batch-size", "7")
+    out, err = predict(
+        capsys,
+        "--checkpoint",
+        str(checkpoint),
+        str(tiny_test_images),
+        "--format",
+        "jsonl",
+        "--top-k",
+        "3",
+        "--batch-size",
+        "7",
+    )
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 40 and "40 images classified, 0 unreadable skipped" in err
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
@@ -50,7 +63,9 @@ def test_formats_folders_and_unreadable_files(tiny_runs, tiny_test_images, tmp_p
     checkpoint = str(tiny_runs["flyp"] / "final.pt")
 
     # all ten classes: the scores are CLIP's softmax over classes and must sum to 1
-    out, err = predict(capsys, "--checkpoint", checkpoint, str(folder), str(sources[2]), "--format", "csv", "--top-k", "10")
+    out, err = predict(
+        capsys, "--checkpoint", checkpoint, str(folder), str(sources[2]), "--format", "csv", "--top-k", "10"
+    )
     table = list(csv.DictReader(io.StringIO(out)))
     broken = str(folder / "nested" / "deeper" / "broken.png")
     paths = [str(folder / "a.jpg"), str(folder / "nested" / "b.JPG"), broken, str(sources[2])]
@@ -68,12 +83,25 @@ def test_formats_folders_and_unreadable_files(tiny_runs, tiny_test_images, tmp_p
     out, _ = predict(capsys, "--checkpoint", checkpoint, str(folder), "--top-k", "2")
     lines = out.splitlines()
     assert lines[0].split() == ["image", "top-1", "score", "top-2", "score"]
-    assert lines[1].startswith(str(folder / "a.jpg")) and lines[3].startswith(str(folder / "nested" / "deeper" / "broken.png"))
+    assert lines[1].startswith(str(folder / "a.jpg")) and lines[3].startswith(
+        str(folder / "nested" / "deeper" / "broken.png")
+    )
     assert "(unreadable: skipped)" in lines[3]
     assert f"{float(table[0]['score']):.4f}" in lines[1] and table[0]["class_2"] in lines[1]
 
     written = tmp_path / "predictions.jsonl"
-    _, err = predict(capsys, "--checkpoint", checkpoint, str(folder / "a.jpg"), "--format", "jsonl", "--top-k", "1", "--out", str(written))
+    _, err = predict(
+        capsys,
+        "--checkpoint",
+        checkpoint,
+        str(folder / "a.jpg"),
+        "--format",
+        "jsonl",
+        "--top-k",
+        "1",
+        "--out",
+        str(written),
+    )
     record = json.loads(written.read_text())
     assert record["top"][0]["class"] == table[0]["class"] and f"-> {written}" in err
 

@@ -12,15 +12,25 @@ from safetensors.torch import load_file
 from latteclip.cli import main
 from latteclip.config import resolve_config
 from latteclip.data import build_dataset
+from latteclip.describe.clip_vocab import read_vocabulary
 from latteclip.engine import pretraining
 from latteclip.engine.pretraining import pretrain_key, pretrained_weights
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import TrainContext
-from latteclip.describe.clip_vocab import read_vocabulary
 from latteclip.methods.pretrain import ContrastivePretraining, PretrainOptions
 from latteclip.models import load_clip
 
-TINY = {"method": "pretrain", "dataset": "fmnist", "root": "bundled", "limit": 48, "epochs": 1, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 1, "workers": 0}
+TINY = {
+    "method": "pretrain",
+    "dataset": "fmnist",
+    "root": "bundled",
+    "limit": 48,
+    "epochs": 1,
+    "batch_size": 16,
+    "warmup_steps": 1,
+    "checkpoint_every": 1,
+    "workers": 0,
+}
 
 
 def test_captions_name_the_true_class_and_replay_per_step(tmp_path):
@@ -39,7 +49,9 @@ def test_captions_name_the_true_class_and_replay_per_step(tmp_path):
 def test_attribute_captions_use_only_the_words_of_the_true_class(tmp_path):
     info = build_dataset("fmnist", "bundled", "test").info
     vocab, _ = read_vocabulary(None, "fmnist")
-    method = ContrastivePretraining(load_clip("latte-fmnist", "random"), info, PretrainOptions(attribute_captions=0.5), torch.device("cpu"))
+    method = ContrastivePretraining(
+        load_clip("latte-fmnist", "random"), info, PretrainOptions(attribute_captions=0.5), torch.device("cpu")
+    )
     method.setup_training(TrainContext(build_dataset("fmnist", "bundled", "train"), None, tmp_path, seed=3))
     labels = torch.tensor([1] * 40 + [8] * 40)
     captions = method.captions(labels, step=2)
@@ -91,8 +103,28 @@ def test_pretrain_command_caches_and_weights_load(tmp_path, capsys, monkeypatch)
     loaded = load_clip("latte-fmnist", str(out))
     saved = load_file(str(out))
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in saved.items())
-    assert main(["zeroshot", "--dataset", "fmnist-rotation", "--root", "bundled", "--model", "latte-fmnist",
-                 "--pretrained", str(out), "--limit", "40", "--workers", "0", "--output", str(tmp_path / "runs")]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--dataset",
+                "fmnist-rotation",
+                "--root",
+                "bundled",
+                "--model",
+                "latte-fmnist",
+                "--pretrained",
+                str(out),
+                "--limit",
+                "40",
+                "--workers",
+                "0",
+                "--output",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
     assert "zeroshot on fmnist-rotation: top-1" in capsys.readouterr().out
 
 
@@ -129,5 +161,8 @@ def test_augment_policy_is_a_generic_torchvision_policy_or_refused():
     steps = [type(t) for t in train_transform(28, augment=True, policy="trivial-augment-wide").transforms]
     assert T.TrivialAugmentWide in steps and T.ColorJitter not in steps and T.RandomResizedCrop in steps
     assert T.RandAugment in [type(t) for t in train_transform(28, policy="randaugment").transforms]
-    with pytest.raises(LatteclipError, match="--augment-policy must be one of clip, trivial-augment-wide, randaugment, not 'autoaugment'"):
+    with pytest.raises(
+        LatteclipError,
+        match="--augment-policy must be one of clip, trivial-augment-wide, randaugment, not 'autoaugment'",
+    ):
         resolve_config({**TINY, "augment_policy": "autoaugment"})

@@ -82,10 +82,42 @@ def test_class_centroids_average_members_and_keep_empty_classes():
 
 def train_args(root: str, out, name: str, *extra: str) -> list[str]:
     return [
-        "train", "--method", "reclip", "--dataset", "eurosat", "--root", root, "--model", "latte-tiny",
-        "--pretrained", "random", "--limit", "40", "--max-steps", "4", "--batch-size", "8", "--workers", "0",
-        "--eval-every", "0", "--refresh-every", "2", "--lp-neighbors", "5", "--lr", "1e-3", "--device", "cpu",
-        "--checkpoint-every", "1", "--output", str(out), "--name", name, *extra,
+        "train",
+        "--method",
+        "reclip",
+        "--dataset",
+        "eurosat",
+        "--root",
+        root,
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--limit",
+        "40",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--eval-every",
+        "0",
+        "--refresh-every",
+        "2",
+        "--lp-neighbors",
+        "5",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--checkpoint-every",
+        "1",
+        "--output",
+        str(out),
+        "--name",
+        name,
+        *extra,
     ]
 
 
@@ -99,7 +131,11 @@ def test_reclip_trains_and_eval_rebuilds_the_same_classifier(eurosat_zip, tmp_pa
     state = payload["method_state"]
     assert state["labels_vision"].shape == state["labels_text"].shape == (40,)
     # the vision branch moved its LayerNorms; the text branch still sees the image tower's original ones
-    moved = [name for name, value in state["vision_norms"].items() if not torch.equal(value, payload["model"][f"visual.{name}"])]
+    moved = [
+        name
+        for name, value in state["vision_norms"].items()
+        if not torch.equal(value, payload["model"][f"visual.{name}"])
+    ]
     assert moved
     rebuilt = method_from_checkpoint(payload, torch.device("cpu"))
     assert torch.allclose(rebuilt.classifier(), payload["classifier"], atol=1e-6)
@@ -110,8 +146,8 @@ def test_reclip_trains_and_eval_rebuilds_the_same_classifier(eurosat_zip, tmp_pa
 
 
 def test_reclip_authors_schedule_sgd_and_one_refresh_per_epoch(eurosat_zip, tmp_path):
-    from latteclip.engine.optim import optimizer_for_run, scaled_groups
     from latteclip.config import resolve_config
+    from latteclip.engine.optim import optimizer_for_run, scaled_groups
 
     assert [Reclip.default_epochs(n) for n in (40, 18900, 1_000_000)] == [2, 5, 100]  # min(100, N / 5000 + 2)
     norms = [torch.nn.Parameter(torch.ones(3))]
@@ -147,4 +183,7 @@ def test_reclip_resumes_to_the_same_result(eurosat_zip, tmp_path, monkeypatch):
         assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
     assert torch.allclose(a["method_state"]["centroids"], b["method_state"]["centroids"], atol=1e-6)
     assert torch.equal(a["method_state"]["labels_text"], b["method_state"]["labels_text"])
-    assert json.loads((tmp_path / "straight" / "results.json").read_text())["test"] == json.loads((tmp_path / "resumed" / "results.json").read_text())["test"]
+    assert (
+        json.loads((tmp_path / "straight" / "results.json").read_text())["test"]
+        == json.loads((tmp_path / "resumed" / "results.json").read_text())["test"]
+    )

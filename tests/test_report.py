@@ -55,8 +55,12 @@ def chromium() -> str:
 
 
 def run_chromium(*args: str) -> str:
-    done = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -68,20 +72,74 @@ def latteclip_run(tiny_runs, eurosat_zip, tmp_path_factory) -> Path:
     over them (the newest text wins), and LatteCLIP trains 8 steps, showing 2 images in its gallery."""
     output = tiny_runs["zeroshot"].parent
     store = output / "latte-descriptions.sqlite"
-    common = ["--dataset", "eurosat", "--root", str(eurosat_zip), "--model", "latte-tiny", "--pretrained", "random", "--limit", "40",
-              "--workers", "0", "--device", "cpu", "--store", str(store)]
+    common = [
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(eurosat_zip),
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--limit",
+        "40",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--store",
+        str(store),
+    ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LATTECLIP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         assert main(["describe", *common, "--lmm", "offline"]) == 0
         train = build_dataset("eurosat", str(eurosat_zip), "train", None, DatasetOptions(limit=40))
         lines = tmp_path_factory.mktemp("import") / "texts.jsonl"
-        lines.write_text("".join(json.dumps({"image": sample.path, "kind": "image", "prompt": "p", "model": "hand-written",
-                                             "text": f"Green fields divided by <straight> roads & hedges, tile {i}."}) + "\n"
-                                 for i, sample in enumerate(train.samples)))
+        lines.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "image": sample.path,
+                        "kind": "image",
+                        "prompt": "p",
+                        "model": "hand-written",
+                        "text": f"Green fields divided by <straight> roads & hedges, tile {i}.",
+                    }
+                )
+                + "\n"
+                for i, sample in enumerate(train.samples)
+            )
+        )
         assert main(["describe", *common, "--import", str(lines)]) == 0
-        assert main(["train", "--method", "latteclip", "--name", "latteclip", "--max-steps", "8", "--batch-size", "16", "--lr", "1e-3",
-                     "--warmup-steps", "0", "--eval-every", "4", "--log-every", "1", "--gallery-size", "2", "--output", str(output),
-                     *common]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--method",
+                    "latteclip",
+                    "--name",
+                    "latteclip",
+                    "--max-steps",
+                    "8",
+                    "--batch-size",
+                    "16",
+                    "--lr",
+                    "1e-3",
+                    "--warmup-steps",
+                    "0",
+                    "--eval-every",
+                    "4",
+                    "--log-every",
+                    "1",
+                    "--gallery-size",
+                    "2",
+                    "--output",
+                    str(output),
+                    *common,
+                ]
+            )
+            == 0
+        )
     return output / "latteclip"
 
 
@@ -91,7 +149,10 @@ def test_report_shows_every_panel_in_a_browser(latteclip_run, tiny_runs, tmp_pat
     page = tmp_path / "report" / "report.html"
     assert f"report: {page}" in capsys.readouterr().out
     text = page.read_text()
-    assert re.findall(r'<img src="(?!data:image/png;base64,)', text) == [] and "http" not in text.split("</style>")[1].split("<pre>")[0]
+    assert (
+        re.findall(r'<img src="(?!data:image/png;base64,)', text) == []
+        and "http" not in text.split("</style>")[1].split("<pre>")[0]
+    )
     assert "Green fields divided by &lt;straight&gt; roads &amp; hedges, tile " in text
 
     probe_page = page.with_name("probe.html")
@@ -102,9 +163,22 @@ def test_report_shows_every_panel_in_a_browser(latteclip_run, tiny_runs, tmp_pat
     assert [p["title"] for p in shown["panels"]] == ALL_PANELS
     assert [p["title"] for p in shown["panels"] if p["skipped"] or p["height"] < 60] == []
     files = {p.name for p in page.parent.glob("*.png")}
-    assert {"headline.png", "per_class_gain.png", "confusion.png", "accuracy_curve.png", "loss.png", "pl_agreement.png",
-            "pseudo_label_accuracy.png", "mixer_weights_curve.png", "mixer_weights_distribution.png", "other_metrics.png",
-            "gallery_00_image.png", "gallery_00_group.png", "gallery_01_image.png", "gallery_01_group.png"} == files
+    assert {
+        "headline.png",
+        "per_class_gain.png",
+        "confusion.png",
+        "accuracy_curve.png",
+        "loss.png",
+        "pl_agreement.png",
+        "pseudo_label_accuracy.png",
+        "mixer_weights_curve.png",
+        "mixer_weights_distribution.png",
+        "other_metrics.png",
+        "gallery_00_image.png",
+        "gallery_00_group.png",
+        "gallery_01_image.png",
+        "gallery_01_group.png",
+    } == files
     assert sorted(i["file"] for i in shown["images"]) == sorted(files)
     size = {i["file"]: (i["width"], i["height"]) for i in shown["images"]}
     assert size["gallery_00_image.png"] == (128, 128)  # 64x64 EuroSAT image shown at 128 px
@@ -115,7 +189,9 @@ def test_report_shows_every_panel_in_a_browser(latteclip_run, tiny_runs, tmp_pat
             assert image["complete"] and (image["width"], image["height"]) == beside.size, image
         assert image["shown"] > 50, image
 
-    latte, zero_shot = (json.loads((folder / "results.json").read_text())["top1"] for folder in (run, tiny_runs["zeroshot"]))
+    latte, zero_shot = (
+        json.loads((folder / "results.json").read_text())["top1"] for folder in (run, tiny_runs["zeroshot"])
+    )
     assert f"{100 * latte:.2f}%" in shown["headline"] and f"{100 * zero_shot:.2f}%" in shown["headline"]
     assert f"{100 * (latte - zero_shot):+.2f}" in shown["headline"] and "zeroshot run zeroshot" in shown["headline"]
 
@@ -131,23 +207,53 @@ def test_panels_without_data_say_why(tiny_runs, tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(tiny_runs["flyp"]), "--out", str(out)]) == 0
     text = (out / "report.html").read_text()
-    skipped = dict(re.findall(r'class="panel skipped" id="[^"]+"><h2>(.*?)</h2><p class="note">Not shown: (.*?)</p>', text))
-    assert set(skipped) == {"Per-class accuracy gain over zero-shot", "Pseudo-label agreement (zero-shot vs fine-tuning)",
-                            "Mixer weight per text kind over training", "Mixer weight distribution",
-                            "Gallery: training images, texts, mixer weights, pseudo-labels"}
+    skipped = dict(
+        re.findall(r'class="panel skipped" id="[^"]+"><h2>(.*?)</h2><p class="note">Not shown: (.*?)</p>', text)
+    )
+    assert set(skipped) == {
+        "Per-class accuracy gain over zero-shot",
+        "Pseudo-label agreement (zero-shot vs fine-tuning)",
+        "Mixer weight per text kind over training",
+        "Mixer weight distribution",
+        "Gallery: training images, texts, mixer weights, pseudo-labels",
+    }
     assert "name its folder too" in skipped["Per-class accuracy gain over zero-shot"]
-    assert skipped["Pseudo-label agreement (zero-shot vs fine-tuning)"] == "method flyp_pl does not log analysis/pl_agreement"
+    assert (
+        skipped["Pseudo-label agreement (zero-shot vs fine-tuning)"]
+        == "method flyp_pl does not log analysis/pl_agreement"
+    )
     assert "step-0 evaluation of this run" in text  # the zero-shot number still comes from the step-0 record
     assert not (tiny_runs["flyp"] / "report").exists()
 
 
-def make_run(name: str, method: str, per_class: dict, top1: float, evals: list[dict] | None = None, model: str = "m") -> Run:
-    return Run(Path(name), {}, {"method": method, "dataset": "d", "model": model, "pretrained": "p", "top1": top1,
-                                "steps": 5, "test": {"per_class": per_class}}, [], evals or [])
+def make_run(
+    name: str, method: str, per_class: dict, top1: float, evals: list[dict] | None = None, model: str = "m"
+) -> Run:
+    return Run(
+        Path(name),
+        {},
+        {
+            "method": method,
+            "dataset": "d",
+            "model": model,
+            "pretrained": "p",
+            "top1": top1,
+            "steps": 5,
+            "test": {"per_class": per_class},
+        },
+        [],
+        evals or [],
+    )
 
 
 def test_zero_shot_reference_and_per_class_gain():
-    ft = make_run("ft", "flyp_pl", {"a": 0.5, "b": 1.0, "c": None, "d": 0.75}, 0.6, [{"step": 0, "eval/top1": 0.3}, {"step": 5, "eval/top1": 0.6}])
+    ft = make_run(
+        "ft",
+        "flyp_pl",
+        {"a": 0.5, "b": 1.0, "c": None, "d": 0.75},
+        0.6,
+        [{"step": 0, "eval/top1": 0.3}, {"step": 5, "eval/top1": 0.6}],
+    )
     zs = make_run("zs", "zeroshot", {"a": 0.25, "b": 1.0, "c": 0.5, "d": None}, 0.4)
     other_model = make_run("zs-other", "zeroshot", {"a": 0.0}, 0.1, model="other")
 
@@ -155,7 +261,11 @@ def test_zero_shot_reference_and_per_class_gain():
     assert named.subject is ft and named.zero_shot_run is zs and named.zero_shot_top1 == 0.4
     assert per_class_gain(ft, zs) == [("a", 0.5, 0.25), ("b", 1.0, 1.0)]
     logged = compare([ft])
-    assert logged.zero_shot_run is None and logged.zero_shot_top1 == 0.3 and logged.zero_shot_source == "step-0 evaluation of this run"
+    assert (
+        logged.zero_shot_run is None
+        and logged.zero_shot_top1 == 0.3
+        and logged.zero_shot_source == "step-0 evaluation of this run"
+    )
     with pytest.warns(UserWarning, match="not used as the zero-shot reference"):
         mismatched = compare([ft, other_model])
     assert mismatched.zero_shot_run is None and mismatched.zero_shot_top1 == 0.3
@@ -169,11 +279,16 @@ def test_zero_shot_reference_and_per_class_gain():
 
 def test_metrics_reading_and_unfinished_runs(tmp_path):
     log = tmp_path / "metrics.jsonl"
-    log.write_text('{"step": 0, "eval/top1": 0.25}\n{"step": 1, "loss": 2.0, "lr": 0.1}\n{"step": 2, "loss": NaN}\n'
-                   '{"step": 2, "eval/top1": 0.5}\n{"step": 3, "lo')
+    log.write_text(
+        '{"step": 0, "eval/top1": 0.25}\n{"step": 1, "loss": 2.0, "lr": 0.1}\n{"step": 2, "loss": NaN}\n'
+        '{"step": 2, "eval/top1": 0.5}\n{"step": 3, "lo'
+    )
     with pytest.warns(UserWarning, match="metrics.jsonl:5 is not a JSON record"):
         train, evals = read_metrics(log)
-    assert [r["step"] for r in train] == [1, 2] and evals == [{"step": 0, "eval/top1": 0.25}, {"step": 2, "eval/top1": 0.5}]
+    assert [r["step"] for r in train] == [1, 2] and evals == [
+        {"step": 0, "eval/top1": 0.25},
+        {"step": 2, "eval/top1": 0.5},
+    ]
     run = Run(tmp_path, {}, {"top1": 0.5}, train, evals)
     assert run.series("loss") == ([1], [2.0]) and run.series("eval/top1") == ([0, 2], [0.25, 0.5])
     assert run.metric_keys() == ["loss", "lr"] and run.logged_zero_shot_top1 == 0.25

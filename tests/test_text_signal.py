@@ -13,7 +13,9 @@ from latteclip.experiments.text_signal import run_text_signal, text_signal
 
 def test_text_signal_by_hand():
     classes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-    texts = torch.tensor([[1.0, 0.1], [0.1, 1.0], [1.0, 0.2], [-1.0, 0.1], [-1.0, 0.0]])  # read as classes 0, 1, 0, 2, 2
+    texts = torch.tensor(
+        [[1.0, 0.1], [0.1, 1.0], [1.0, 0.2], [-1.0, 0.1], [-1.0, 0.0]]
+    )  # read as classes 0, 1, 0, 2, 2
     pseudo = torch.tensor([0, 0, 0, 1, 2])
     true = torch.tensor([0, 1, 2, 1, 2])
     s = text_signal(texts, classes, pseudo, true)
@@ -32,16 +34,30 @@ def test_run_text_signal_reads_the_runs_texts_and_refuses_without_asking(tmp_pat
     from latteclip.engine.session import dataset_options, seed_everything
     from latteclip.models import load_clip
 
-    config = resolve_config({"method": "latteclip", "dataset": "eurosat", "root": str(eurosat_zip), "model": "latte-tiny",
-                             "pretrained": "random", "limit": 40, "device": "cpu", "store": str(tmp_path / "texts.sqlite")})
+    config = resolve_config(
+        {
+            "method": "latteclip",
+            "dataset": "eurosat",
+            "root": str(eurosat_zip),
+            "model": "latte-tiny",
+            "pretrained": "random",
+            "limit": 40,
+            "device": "cpu",
+            "store": str(tmp_path / "texts.sqlite"),
+        }
+    )
     with pytest.raises(LatteclipError, match="TRUE labels"):
         run_text_signal(config)
     train = build_dataset("eurosat", str(eurosat_zip), "train", None, dataset_options(config))
     info = train.info
     class_texts = [info.templates[0].format(name) for name in info.classnames]
     with DescriptionStore(config.store) as store:  # each image's text is exactly its true class's text
-        store.put_many([(h, "image", "", "hand", "hand", class_texts[s.label], s.path, info.name, {}, "")
-                        for s, h in zip(train.samples, image_hashes(train, progress=False))])
+        store.put_many(
+            [
+                (h, "image", "", "hand", "hand", class_texts[s.label], s.path, info.name, {}, "")
+                for s, h in zip(train.samples, image_hashes(train, progress=False))
+            ]
+        )
     s = run_text_signal(config, reads_labels=True)
     # the zero-shot labels of the same random tiny model, computed here directly
     seed_everything(config.seed)  # as the run does before it builds the random weights

@@ -39,10 +39,40 @@ def one_thread():
 def flyp_args(root: Path, output: Path, name: str, *extra: str) -> list[str]:
     """40 images per split, batches of 4: 10 steps an epoch, 24 steps, the warm-up capped at 2 steps."""
     return [
-        "train", "--method", "flyp_pl", "--dataset", "eurosat", "--root", str(root), "--limit", "40",
-        "--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0",
-        "--batch-size", "4", "--lr", str(LR), "--max-steps", str(TOTAL_STEPS), "--eval-every", "8",
-        "--checkpoint-every", "3", "--log-every", "1", "--output", str(output), "--name", name, *extra,
+        "train",
+        "--method",
+        "flyp_pl",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(root),
+        "--limit",
+        "40",
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--lr",
+        str(LR),
+        "--max-steps",
+        str(TOTAL_STEPS),
+        "--eval-every",
+        "8",
+        "--checkpoint-every",
+        "3",
+        "--log-every",
+        "1",
+        "--output",
+        str(output),
+        "--name",
+        name,
+        *extra,
     ]
 
 
@@ -75,7 +105,12 @@ def full_run(eurosat_zip, tmp_path_factory) -> Path:
 def test_flyp_pl_runs_to_the_end(full_run):
     results = json.loads((full_run / "results.json").read_text())
     assert results["method"] == "flyp_pl" and results["steps"] == TOTAL_STEPS and results["test"]["n"] == 40
-    assert results["schedule"] == {"total_steps": TOTAL_STEPS, "warmup_steps": 2, "steps_per_epoch": 10, "epochs": 15}  # EuroSAT: 15 epochs
+    assert results["schedule"] == {
+        "total_steps": TOTAL_STEPS,
+        "warmup_steps": 2,
+        "steps_per_epoch": 10,
+        "epochs": 15,
+    }  # EuroSAT: 15 epochs
     assert results["unreadable_train_images"] == 0 and results["unreadable_test_images"] == 0
     records = read_metrics(full_run)
     train_steps = [r["step"] for r in records if "loss" in r]
@@ -88,7 +123,9 @@ def test_flyp_pl_runs_to_the_end(full_run):
     assert min(r["analysis/pseudo_label_acc"] for r in records if "loss" in r) < 1.0
     config = yaml.safe_load((full_run / "config.yaml").read_text())
     assert config["method"] == "flyp_pl" and config["max_steps"] == TOTAL_STEPS and config["limit"] == 40
-    assert {"last.pt", "final.pt", "results.json", "metrics.jsonl", "config.yaml"} <= {p.name for p in full_run.iterdir()}
+    assert {"last.pt", "final.pt", "results.json", "metrics.jsonl", "config.yaml"} <= {
+        p.name for p in full_run.iterdir()
+    }
 
 
 def test_learning_rate_follows_warmup_then_cosine(full_run):
@@ -145,7 +182,9 @@ def start_run(argv: list[str]) -> subprocess.Popen:
     source_root = str(Path(latteclip.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([source_root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-    return subprocess.Popen([sys.executable, "-m", "latteclip", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "latteclip", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def kill_half_way(process: subprocess.Popen, run_dir: Path, after_step: int) -> int:
@@ -153,7 +192,9 @@ def kill_half_way(process: subprocess.Popen, run_dir: Path, after_step: int) -> 
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"the run ended (code {process.returncode}) before it could be killed: {process.stderr.read().decode()[-2000:]}")
+            pytest.fail(
+                f"the run ended (code {process.returncode}) before it could be killed: {process.stderr.read().decode()[-2000:]}"
+            )
         metrics = run_dir / "metrics.jsonl"
         lines = metrics.read_text().split("\n")[:-1] if metrics.is_file() else []  # complete lines only
         if (run_dir / "last.pt").is_file() and any(json.loads(ln).get("step", 0) >= after_step for ln in lines):
@@ -244,7 +285,22 @@ def test_eval_reproduces_the_reported_accuracy(full_run):
 def test_eval_on_another_root_does_not_inherit_the_training_subset(full_run, eurosat_folder, tmp_path):
     """The run used --limit 40 on the archive; the extracted copy is evaluated whole, with its own split file."""
     out = tmp_path / "eval.json"
-    assert main(["eval", "--checkpoint", str(full_run / "final.pt"), "--root", str(eurosat_folder), "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(full_run / "final.pt"),
+                "--root",
+                str(eurosat_folder),
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["n"] == len(build_dataset("eurosat", eurosat_folder, "test")) == 60
 
@@ -278,8 +334,27 @@ def test_zeroshot_does_not_train(eurosat_zip, tmp_path):
 
 def test_zeroshot_report_and_feature_cache(eurosat_zip, tmp_path, monkeypatch):
     monkeypatch.setenv("LATTECLIP_CACHE", str(tmp_path / "cache"))
-    argv = ["zeroshot", "--dataset", "eurosat", "--root", str(eurosat_zip), "--limit", "50", "--model", "latte-tiny",
-            "--pretrained", "random", "--device", "cpu", "--workers", "0", "--output", str(tmp_path), "--name", "zs"]
+    argv = [
+        "zeroshot",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(eurosat_zip),
+        "--limit",
+        "50",
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--output",
+        str(tmp_path),
+        "--name",
+        "zs",
+    ]
     assert main(argv) == 0
     results = json.loads((tmp_path / "zs" / "results.json").read_text())
     test = results["test"]
@@ -307,11 +382,25 @@ def test_zeroshot_report_and_feature_cache(eurosat_zip, tmp_path, monkeypatch):
 
 def test_config_file_with_command_line_overrides(eurosat_zip, tmp_path):
     config = tmp_path / "experiment.yaml"
-    config.write_text(yaml.safe_dump({
-        "method": "flyp_pl", "dataset": "eurosat", "root": str(eurosat_zip), "limit": 20, "model": "latte-tiny",
-        "pretrained": "random", "device": "cpu", "workers": 0, "max_steps": 6, "batch_size": 4, "lr": 0.001,
-        "eval_every": 0, "log_every": 1,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "method": "flyp_pl",
+                "dataset": "eurosat",
+                "root": str(eurosat_zip),
+                "limit": 20,
+                "model": "latte-tiny",
+                "pretrained": "random",
+                "device": "cpu",
+                "workers": 0,
+                "max_steps": 6,
+                "batch_size": 4,
+                "lr": 0.001,
+                "eval_every": 0,
+                "log_every": 1,
+            }
+        )
+    )
     assert main(["train", "--config", str(config), "--max-steps", "3", "--output", str(tmp_path), "--name", "cfg"]) == 0
     saved = yaml.safe_load((tmp_path / "cfg" / "config.yaml").read_text())
     assert saved["max_steps"] == 3  # the flag wins over the file
@@ -327,14 +416,41 @@ def test_unreadable_images_are_skipped_and_counted(eurosat_folder, tmp_path):
         for n in range(2):
             (root / key / f"broken_{n}.jpg").write_bytes(b"\x00garbage, not a JPEG")
     broken = {
-        split: sum(s.path.split("/")[1].startswith("broken") for s in build_dataset("folder", root, split, None, DatasetOptions()).samples)
+        split: sum(
+            s.path.split("/")[1].startswith("broken")
+            for s in build_dataset("folder", root, split, None, DatasetOptions()).samples
+        )
         for split in ("train", "test")
     }
     assert broken["train"] >= 1 and broken["test"] >= 1 and sum(broken.values()) == 6
     train_size = len(build_dataset("folder", root, "train"))
-    argv = ["train", "--method", "flyp_pl", "--dataset", "folder", "--root", str(root), "--model", "latte-tiny",
-            "--pretrained", "random", "--device", "cpu", "--workers", "0", "--batch-size", str(train_size // 2),
-            "--max-steps", "4", "--eval-every", "0", "--output", str(tmp_path), "--name", "broken"]
+    argv = [
+        "train",
+        "--method",
+        "flyp_pl",
+        "--dataset",
+        "folder",
+        "--root",
+        str(root),
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        str(train_size // 2),
+        "--max-steps",
+        "4",
+        "--eval-every",
+        "0",
+        "--output",
+        str(tmp_path),
+        "--name",
+        "broken",
+    ]
     with pytest.warns(UserWarning, match="broken_"):
         assert main(argv) == 0
     results = json.loads((tmp_path / "broken" / "results.json").read_text())
@@ -349,9 +465,29 @@ def test_custom_folder_with_class_names_and_domain_through_the_cli(eurosat_folde
         shutil.copytree(eurosat_folder / "2750" / key, root / key)
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"Forest": "dense forest", "River": "river"}))
-    argv = ["zeroshot", "--dataset", "folder", "--root", str(root), "--classnames", str(names), "--domain", "aerial scene",
-            "--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0",
-            "--output", str(tmp_path), "--name", "custom"]
+    argv = [
+        "zeroshot",
+        "--dataset",
+        "folder",
+        "--root",
+        str(root),
+        "--classnames",
+        str(names),
+        "--domain",
+        "aerial scene",
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--output",
+        str(tmp_path),
+        "--name",
+        "custom",
+    ]
     assert main(argv) == 0
     results = json.loads((tmp_path / "custom" / "results.json").read_text())
     assert list(results["test"]["per_class"]) == ["dense forest", "river"]
@@ -368,7 +504,13 @@ def test_flyp_pseudo_labels_from_the_fixed_zero_shot_labels_or_the_live_model(eu
     from latteclip.models import load_clip
 
     loaded = load_clip("latte-tiny", "random")
-    train = build_dataset("eurosat", eurosat_zip, "train", eval_transform(loaded.image_size, loaded.mean, loaded.std), DatasetOptions(limit=20))
+    train = build_dataset(
+        "eurosat",
+        eurosat_zip,
+        "train",
+        eval_transform(loaded.image_size, loaded.mean, loaded.std),
+        DatasetOptions(limit=20),
+    )
     zs = (torch.arange(len(train)) * 7) % 10  # any fixed labels: the zero-shot source must return exactly these
     method = FlypPseudoLabels(loaded, train.info, FlypOptions(pseudo_labels=source), torch.device("cpu"))
     method.setup_training(TrainContext(train, zs if method.needs_zero_shot_labels else None, tmp_path, 0))

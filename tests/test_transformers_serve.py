@@ -21,7 +21,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tests.test_describe_transformers import tiny_llava  # noqa: F401  (the model folder fixture)
 
 from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
@@ -29,6 +28,7 @@ from latteclip.describe.hf_local import TransformersDescriber
 from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.store import DescriptionStore
+from tests.test_describe_transformers import tiny_llava  # noqa: F401  (the model folder fixture)
 
 pytest.importorskip("fastapi", reason="transformers serve needs the serving extra: pip install 'transformers[serving]'")
 SERVE = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
@@ -49,8 +49,24 @@ def served(tiny_llava):  # noqa: F811
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = open(Path(tiny_llava).parent / "serve.log", "w")
-    process = subprocess.Popen([SERVE, "serve", tiny_llava, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-                                "--dtype", "float32"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            SERVE,
+            "serve",
+            tiny_llava,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -75,7 +91,9 @@ def served(tiny_llava):  # noqa: F811
 
 
 def post(url: str, body: dict) -> int:
-    request = urllib.request.Request(url + "/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + "/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
             return answer.status
@@ -90,11 +108,27 @@ def test_transformers_serve_rejects_fields_outside_the_openai_schema(served):
     assert post(url, {**body, "latteclip_extra": 1}) == 422
 
 
-def test_describe_and_lmm_zeroshot_through_transformers_serve_equal_the_in_process_model(served, eurosat_folder, tmp_path):
+def test_describe_and_lmm_zeroshot_through_transformers_serve_equal_the_in_process_model(
+    served, eurosat_folder, tmp_path
+):
     url, model = served
     store = tmp_path / "served.sqlite"
-    common = ["--dataset", "eurosat", "--root", str(eurosat_folder), "--limit", str(IMAGES), "--lmm", "openai",
-              "--lmm-url", url, "--store", str(store), "--lmm-timeout", "60"]
+    common = [
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(eurosat_folder),
+        "--limit",
+        str(IMAGES),
+        "--lmm",
+        "openai",
+        "--lmm-url",
+        url,
+        "--store",
+        str(store),
+        "--lmm-timeout",
+        "60",
+    ]
     assert main(["describe", *common, "--kinds", "image"]) == 0
     assert main(["zeroshot", *common, "--output", str(tmp_path), "--name", "lmm"]) == 0
 
@@ -109,7 +143,9 @@ def test_describe_and_lmm_zeroshot_through_transformers_serve_equal_the_in_proce
             data = build_dataset("eurosat", eurosat_folder, split, options=DatasetOptions(limit=IMAGES))
             hashes = image_hashes(data, progress=False)
             prompt = prompt_of(data.info)
-            expected = local.describe([job.build() for job in image_jobs(data, hashes, lambda i: prompt, kind=kind)], stop)
+            expected = local.describe(
+                [job.build() for job in image_jobs(data, hashes, lambda i: prompt, kind=kind)], stop
+            )
             got = served_store.get_texts(hashes, kind, model=model, prompt=prompt)
             assert got == expected and all(got), (split, got, expected)
     finally:

@@ -13,23 +13,45 @@ import json
 import shutil
 import socket
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-from tests.lmm_server import FakeLMMServer
 
 from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.paths import atomic_write_bytes, temp_name
+from tests.lmm_server import FakeLMMServer
 
 TINY = ["--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0"]
 # the arguments of the shared flyp run (conftest.tiny_runs), so that --resume would accept its last.pt
-FLYP = ["train", "--method", "flyp_pl", "--name", "flyp", "--max-steps", "8", "--batch-size", "16", "--lr", "1e-3",
-        "--warmup-steps", "0", "--eval-every", "4", "--log-every", "1", "--dataset", "eurosat", "--limit", "40", *TINY]
+FLYP = [
+    "train",
+    "--method",
+    "flyp_pl",
+    "--name",
+    "flyp",
+    "--max-steps",
+    "8",
+    "--batch-size",
+    "16",
+    "--lr",
+    "1e-3",
+    "--warmup-steps",
+    "0",
+    "--eval-every",
+    "4",
+    "--log-every",
+    "1",
+    "--dataset",
+    "eurosat",
+    "--limit",
+    "40",
+    *TINY,
+]
 
 
 class Plant:
@@ -49,7 +71,11 @@ def poison(path: Path, payload: dict, marker: Path) -> Path:
 
 
 def checksums(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @dataclass
@@ -83,8 +109,23 @@ class Case:
         return self.stack.enter_context(FakeLMMServer(**options)).url
 
     def describe(self, url: str, *extra: str) -> list[str]:
-        return ["describe", "--dataset", "eurosat", "--root", str(self.folder), "--lmm", "openai", "--lmm-url", url,
-                "--kinds", "image", "--store", str(self.tmp / "d.sqlite"), *TINY, *extra]
+        return [
+            "describe",
+            "--dataset",
+            "eurosat",
+            "--root",
+            str(self.folder),
+            "--lmm",
+            "openai",
+            "--lmm-url",
+            url,
+            "--kinds",
+            "image",
+            "--store",
+            str(self.tmp / "d.sqlite"),
+            *TINY,
+            *extra,
+        ]
 
 
 def dead_url() -> str:
@@ -114,47 +155,112 @@ IMPORTED = {"kind": "image", "text": "a forest", "prompt": "p", "model": "m"}
 # id -> (build the arguments, words the one line must hold)
 CASES: dict[str, tuple[Callable[[Case], list[str]], str]] = {
     # 1. no code execution
-    "eval-poisoned-final": (lambda c: ["eval", "--checkpoint", c.poisoned("final.pt"), "--device", "cpu"], "could run code"),
-    "predict-poisoned-final": (lambda c: ["predict", "--checkpoint", c.poisoned("final.pt"), str(c.folder / "2750" / "Forest")],
-                               "could run code"),
-    "export-poisoned-final": (lambda c: ["export", "--checkpoint", c.poisoned("final.pt"), "--out", str(c.tmp / "exported")],
-                              "could run code"),
+    "eval-poisoned-final": (
+        lambda c: ["eval", "--checkpoint", c.poisoned("final.pt"), "--device", "cpu"],
+        "could run code",
+    ),
+    "predict-poisoned-final": (
+        lambda c: ["predict", "--checkpoint", c.poisoned("final.pt"), str(c.folder / "2750" / "Forest")],
+        "could run code",
+    ),
+    "export-poisoned-final": (
+        lambda c: ["export", "--checkpoint", c.poisoned("final.pt"), "--out", str(c.tmp / "exported")],
+        "could run code",
+    ),
     # an earlier version's pickle last.pt is never opened: the run is refused before anything loads
-    "resume-poisoned-last": (lambda c: [*FLYP, *c.output, "--resume", "--checkpoint-every", c.poisoned("last.pt") and "4"],
-                             "--overwrite instead of --resume"),
-    "pretrained-poisoned-weights": (lambda c: [*FLYP, *c.output, "--name", "other", "--pretrained", weights_file(c)],
-                                    "could run code"),
+    "resume-poisoned-last": (
+        lambda c: [*FLYP, *c.output, "--resume", "--checkpoint-every", c.poisoned("last.pt") and "4"],
+        "--overwrite instead of --resume",
+    ),
+    "pretrained-poisoned-weights": (
+        lambda c: [*FLYP, *c.output, "--name", "other", "--pretrained", weights_file(c)],
+        "could run code",
+    ),
     # 2. no silent data loss
     "train-over-finished-run": (lambda c: [*FLYP, *c.output], "already holds a finished run"),
     "train-over-interrupted-run": (interrupted, "pass --resume to continue it"),
-    "overwrite-with-bad-value": (lambda c: [*FLYP, *c.output, "--overwrite", "--batch-size", "0"], "--batch-size must be at least 1"),
+    "overwrite-with-bad-value": (
+        lambda c: [*FLYP, *c.output, "--overwrite", "--batch-size", "0"],
+        "--batch-size must be at least 1",
+    ),
     "resume-without-run": (lambda c: [*FLYP, *c.output, "--name", "new", "--resume"], "holds no run to continue"),
-    "export-into-nonempty-folder": (lambda c: ["export", "--checkpoint", str(c.run / "final.pt"),
-                                               "--out", str(c.write("exported/mine.txt", "keep").parent)], "--overwrite"),
-    "eval-out-under-a-file": (lambda c: ["eval", "--checkpoint", str(c.run / "final.pt"), "--out", str(c.write("f", "x") / "e.json")],
-                              "is a file"),
-    "output-under-a-file": (lambda c: [*FLYP, "--output", str(c.write("g", "x") / "runs"), "--root", str(c.root)], "is a file"),
+    "export-into-nonempty-folder": (
+        lambda c: [
+            "export",
+            "--checkpoint",
+            str(c.run / "final.pt"),
+            "--out",
+            str(c.write("exported/mine.txt", "keep").parent),
+        ],
+        "--overwrite",
+    ),
+    "eval-out-under-a-file": (
+        lambda c: ["eval", "--checkpoint", str(c.run / "final.pt"), "--out", str(c.write("f", "x") / "e.json")],
+        "is a file",
+    ),
+    "output-under-a-file": (
+        lambda c: [*FLYP, "--output", str(c.write("g", "x") / "runs"), "--root", str(c.root)],
+        "is a file",
+    ),
     # 3. values checked before any work
-    "yaml-batch-size-word": (lambda c: [*FLYP, *c.output, "--name", "y", "--config", str(c.write("c.yaml", 'batch_size: "eight"\n'))],
-                             "batch_size must be an integer, not 'eight'"),
-    "batch-size-0": (lambda c: [*FLYP, *c.output, "--name", "n", "--batch-size", "0"], "--batch-size must be at least 1"),
+    "yaml-batch-size-word": (
+        lambda c: [*FLYP, *c.output, "--name", "y", "--config", str(c.write("c.yaml", 'batch_size: "eight"\n'))],
+        "batch_size must be an integer, not 'eight'",
+    ),
+    "batch-size-0": (
+        lambda c: [*FLYP, *c.output, "--name", "n", "--batch-size", "0"],
+        "--batch-size must be at least 1",
+    ),
     "lr-negative": (lambda c: [*FLYP, *c.output, "--name", "n", "--lr", "-1"], "--lr must be greater than 0"),
-    "workers-negative": (lambda c: [*FLYP, *c.output, "--name", "n", "--workers", "-1"], "--workers must be at least 0"),
+    "workers-negative": (
+        lambda c: [*FLYP, *c.output, "--name", "n", "--workers", "-1"],
+        "--workers must be at least 0",
+    ),
     "max-steps-0": (lambda c: [*FLYP, *c.output, "--name", "n", "--max-steps", "0"], "--max-steps must be at least 1"),
     "epochs-0": (lambda c: [*FLYP, *c.output, "--name", "n", "--epochs", "0"], "--epochs must be at least 1"),
-    "eval-batch-size-0": (lambda c: ["eval", "--checkpoint", str(c.run / "final.pt"), "--batch-size", "0"], "--batch-size must be"),
-    "predict-reads-nothing": (lambda c: ["predict", "--checkpoint", str(c.run / "final.pt"), str(c.write("bad/x.jpg", "no image"))],
-                              "none of the 1 files could be read"),
-    "import-not-utf8": (lambda c: ["describe", "--dataset", "eurosat", "--root", str(c.folder), "--store", str(c.tmp / "d.sqlite"),
-                                   "--import", import_file(c, b'{"text": "caf\xe9"}\n')], "is not UTF-8"),
-    "import-outside-root": (lambda c: ["describe", "--dataset", "eurosat", "--root", str(c.folder), "--store", str(c.tmp / "d.sqlite"),
-                                       "--import", import_file(c, {**IMPORTED, "image": "../../../../etc/passwd"})],
-                            "is not inside the dataset root"),
+    "eval-batch-size-0": (
+        lambda c: ["eval", "--checkpoint", str(c.run / "final.pt"), "--batch-size", "0"],
+        "--batch-size must be",
+    ),
+    "predict-reads-nothing": (
+        lambda c: ["predict", "--checkpoint", str(c.run / "final.pt"), str(c.write("bad/x.jpg", "no image"))],
+        "none of the 1 files could be read",
+    ),
+    "import-not-utf8": (
+        lambda c: [
+            "describe",
+            "--dataset",
+            "eurosat",
+            "--root",
+            str(c.folder),
+            "--store",
+            str(c.tmp / "d.sqlite"),
+            "--import",
+            import_file(c, b'{"text": "caf\xe9"}\n'),
+        ],
+        "is not UTF-8",
+    ),
+    "import-outside-root": (
+        lambda c: [
+            "describe",
+            "--dataset",
+            "eurosat",
+            "--root",
+            str(c.folder),
+            "--store",
+            str(c.tmp / "d.sqlite"),
+            "--import",
+            import_file(c, {**IMPORTED, "image": "../../../../etc/passwd"}),
+        ],
+        "is not inside the dataset root",
+    ),
     # 4. the LMM server is checked before any image is sent
     "lmm-unreachable": (lambda c: c.describe(dead_url()), "no LMM server answered"),
     "lmm-key-rejected": (lambda c: c.describe(c.server(api_key="sk-right")), "rejected the API key"),
-    "lmm-model-not-served": (lambda c: c.describe(c.server(model="served-one", pinned=True), "--lmm-model", "llava"),
-                             "does not serve model 'llava'; it serves served-one"),
+    "lmm-model-not-served": (
+        lambda c: c.describe(c.server(model="served-one", pinned=True), "--lmm-model", "llava"),
+        "does not serve model 'llava'; it serves served-one",
+    ),
     "lmm-lists-no-model": (lambda c: c.describe(c.server(listed=[])), "serves no model"),
 }
 
@@ -213,14 +319,30 @@ def test_an_old_pickle_checkpoint_still_evaluates(tiny_runs, tmp_path, capsys):
     old = tmp_path / "old" / "final.pt"
     old.parent.mkdir()
     torch.save(load_checkpoint(tiny_runs["flyp"] / "final.pt"), old)
-    assert main(["eval", "--checkpoint", str(old), "--device", "cpu", "--out", str(tmp_path / "new" / "dir" / "eval.json")]) == 0
+    assert (
+        main(
+            ["eval", "--checkpoint", str(old), "--device", "cpu", "--out", str(tmp_path / "new" / "dir" / "eval.json")]
+        )
+        == 0
+    )
     expected = json.loads((tiny_runs["flyp"] / "results.json").read_text())["top1"]
     assert json.loads((tmp_path / "new" / "dir" / "eval.json").read_text())["top1"] == expected
 
 
 def test_a_poisoned_feature_cache_entry_is_recomputed_not_run(eurosat_zip, tmp_path, monkeypatch):
     monkeypatch.setenv("LATTECLIP_CACHE", str(tmp_path / "cache"))
-    common = ["zeroshot", "--dataset", "eurosat", "--root", str(eurosat_zip), "--limit", "20", "--output", str(tmp_path / "runs"), *TINY]
+    common = [
+        "zeroshot",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(eurosat_zip),
+        "--limit",
+        "20",
+        "--output",
+        str(tmp_path / "runs"),
+        *TINY,
+    ]
     assert main([*common, "--name", "first"]) == 0
     entries = sorted((tmp_path / "cache" / "features").glob("*.safetensors"))
     assert entries
@@ -236,7 +358,18 @@ def test_a_poisoned_feature_cache_entry_is_recomputed_not_run(eurosat_zip, tmp_p
 
 
 def test_overwrite_replaces_a_finished_run(eurosat_zip, tmp_path):
-    common = ["zeroshot", "--dataset", "eurosat", "--root", str(eurosat_zip), "--limit", "20", "--output", str(tmp_path), *TINY]
+    common = [
+        "zeroshot",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(eurosat_zip),
+        "--limit",
+        "20",
+        "--output",
+        str(tmp_path),
+        *TINY,
+    ]
     assert main(common) == 0
     run = tmp_path / "zeroshot-eurosat-s0"
     stale = temp_name(run / "last.pt", 99999)
@@ -281,17 +414,24 @@ def test_a_damaged_zip_member_is_an_unreadable_image(eurosat_zip, tmp_path):
     from latteclip.engine.features import extract_features
 
     names = []
-    with zipfile.ZipFile(eurosat_zip) as source, zipfile.ZipFile(tmp_path / "EuroSAT.zip", "w", zipfile.ZIP_DEFLATED) as target:
-        for name in [n for n in source.namelist() if n.endswith(".jpg")][:: 2700][:10]:
+    with (
+        zipfile.ZipFile(eurosat_zip) as source,
+        zipfile.ZipFile(tmp_path / "EuroSAT.zip", "w", zipfile.ZIP_DEFLATED) as target,
+    ):
+        for name in [n for n in source.namelist() if n.endswith(".jpg")][::2700][:10]:
             target.writestr(name, source.read(name))
             names.append(name)
     archive = bytearray((tmp_path / "EuroSAT.zip").read_bytes())
     with zipfile.ZipFile(tmp_path / "EuroSAT.zip") as reader:
         info = reader.getinfo(names[3])
     start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
-    archive[start + info.compress_size // 2 : start + info.compress_size // 2 + 64] = bytes(64)  # zero part of the deflated data
+    archive[start + info.compress_size // 2 : start + info.compress_size // 2 + 64] = bytes(
+        64
+    )  # zero part of the deflated data
     (tmp_path / "EuroSAT.zip").write_bytes(bytes(archive))
-    data = build_dataset("eurosat", str(tmp_path / "EuroSAT.zip"), "train", eval_transform(32), DatasetOptions(split_file="none"))
+    data = build_dataset(
+        "eurosat", str(tmp_path / "EuroSAT.zip"), "train", eval_transform(32), DatasetOptions(split_file="none")
+    )
     features, valid = extract_features(lambda x: x.flatten(1)[:, :4], data, torch.device("cpu"), batch_size=4)
     damaged = [s.path for s, ok in zip(data.samples, valid.tolist()) if not ok]
     assert damaged == [names[3].split("/", 1)[1]] or damaged == [names[3]]
@@ -307,7 +447,9 @@ def test_lmm_answers_keep_finish_reason_and_empty_answers_are_asked_twice(eurosa
     jobs = image_jobs(train, image_hashes(train, progress=False), lambda i: "describe")[:4]
     with FakeLMMServer(finish_reason="length") as server:
         store = DescriptionStore(tmp_path / "cut.sqlite")
-        assert Runner(OpenAIDescriber([server.url], backoff=0.01), store, "eurosat", 2, progress=False).run(jobs).complete
+        assert (
+            Runner(OpenAIDescriber([server.url], backoff=0.01), store, "eurosat", 2, progress=False).run(jobs).complete
+        )
         assert [row["meta"]["finish_reason"] for row in store.rows()] == ["length"] * 4
     with FakeLMMServer(faults=lambda h, a: "empty") as server:
         store = DescriptionStore(tmp_path / "empty.sqlite")

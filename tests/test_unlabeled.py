@@ -67,17 +67,34 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 def assert_same_weights(a: Path, b: Path) -> None:
     left, right = weights(a), weights(b)
     assert left.keys() == right.keys()
-    assert all(torch.equal(left[k], right[k]) for k in left), [k for k in left if not torch.equal(left[k], right[k])][:3]
+    assert all(torch.equal(left[k], right[k]) for k in left), [k for k in left if not torch.equal(left[k], right[k])][
+        :3
+    ]
 
 
 def test_adapt_end_to_end_and_the_labelled_path_agree(flat, labelled, names, tmp_path, capsys):
     out = tmp_path / "runs"
-    adapt = ["adapt", "--root", str(flat), "--classnames", str(names), "--lmm", "offline", "--output", str(out), *TINY, *STEPS]
+    adapt = [
+        "adapt",
+        "--root",
+        str(flat),
+        "--classnames",
+        str(names),
+        "--lmm",
+        "offline",
+        "--output",
+        str(out),
+        *TINY,
+        *STEPS,
+    ]
     assert main(adapt) == 0
     printed = capsys.readouterr().out
     folder = out / "adapt-tiles"
-    for line in (f"predictions:   {folder / 'predictions.csv'}", f"report:        {folder / 'report' / 'report.html'}",
-                 f"adapted model: {folder / 'latteclip' / 'final.pt'}"):
+    for line in (
+        f"predictions:   {folder / 'predictions.csv'}",
+        f"report:        {folder / 'report' / 'report.html'}",
+        f"adapted model: {folder / 'latteclip' / 'final.pt'}",
+    ):
         assert line in printed
     results = json.loads((folder / "latteclip" / "results.json").read_text())
     assert results["evaluation"] == "label-free" and results["top1"] is None and results["steps"] == 4
@@ -99,11 +116,45 @@ def test_adapt_end_to_end_and_the_labelled_path_agree(flat, labelled, names, tmp
     capsys.readouterr()
 
     # measured on a labelled copy: the same accuracy as training on the labelled folder itself
-    assert main([*adapt, "--name", "measured", "--eval-dataset", "folder", "--eval-root", str(labelled), "--store",
-                 str(folder / "descriptions.sqlite")]) == 0
+    assert (
+        main(
+            [
+                *adapt,
+                "--name",
+                "measured",
+                "--eval-dataset",
+                "folder",
+                "--eval-root",
+                str(labelled),
+                "--store",
+                str(folder / "descriptions.sqlite"),
+            ]
+        )
+        == 0
+    )
     measured = json.loads((out / "measured" / "latteclip" / "results.json").read_text())
-    assert main(["train", "--method", "latteclip", "--dataset", "folder", "--root", str(labelled), "--store", str(folder / "descriptions.sqlite"),
-                 "--output", str(out), "--name", "folder-run", *TINY, *STEPS]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "latteclip",
+                "--dataset",
+                "folder",
+                "--root",
+                str(labelled),
+                "--store",
+                str(folder / "descriptions.sqlite"),
+                "--output",
+                str(out),
+                "--name",
+                "folder-run",
+                *TINY,
+                *STEPS,
+            ]
+        )
+        == 0
+    )
     reference = json.loads((out / "folder-run" / "results.json").read_text())
     assert measured["evaluation"] == "labelled" and measured["test"]["n"] == reference["test"]["n"] == 10
     assert measured["top1"] == reference["top1"] and measured["test"]["confusion"] == reference["test"]["confusion"]
@@ -113,16 +164,27 @@ def test_adapt_end_to_end_and_the_labelled_path_agree(flat, labelled, names, tmp
     page = folder / "report" / "report.html"
     probe = page.with_name("probe.html")
     probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
-    shown = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', run_chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri()), re.S).group(1)))
+    shown = json.loads(
+        html.unescape(
+            re.search(
+                r'<pre id="probe">(.*?)</pre>',
+                run_chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri()),
+                re.S,
+            ).group(1)
+        )
+    )
     panels = {p["title"]: p for p in shown["panels"]}
-    for drawn in ("Without labels: what the predictions did", "Prediction distribution: zero-shot vs adapted",
-                  "Class weight drift (LatteCLIP: prototype drift)", "Mixer weight distribution",
-                  "Gallery: training images, texts, mixer weights, pseudo-labels"):
+    for drawn in (
+        "Without labels: what the predictions did",
+        "Prediction distribution: zero-shot vs adapted",
+        "Class weight drift (LatteCLIP: prototype drift)",
+        "Mixer weight distribution",
+        "Gallery: training images, texts, mixer weights, pseudo-labels",
+    ):
         assert not panels[drawn]["skipped"], drawn
     for needs_labels in ("Accuracy", "Confusion matrix", "Pseudo-label accuracy"):
         assert panels[needs_labels]["skipped"] and "needs labels" in panels[needs_labels]["note"]
     assert shown["images"] and all(shown["images"])
-
 
 
 def test_label_free_methods_read_no_label(flat, labelled, names, tmp_path):
@@ -155,11 +217,30 @@ def test_label_free_methods_read_no_label(flat, labelled, names, tmp_path):
 def test_every_label_free_method_predict_and_export_on_images(flat, names, tmp_path, capsys):
     out = tmp_path / "runs"
     descriptions = tmp_path / "class_descriptions.json"
-    descriptions.write_text(json.dumps({k: [f"an aerial image of {k}", f"{k} seen from above"] for k in names.read_text().split()}))
+    descriptions.write_text(
+        json.dumps({k: [f"an aerial image of {k}", f"{k} seen from above"] for k in names.read_text().split()})
+    )
     images = ["--dataset", "images", "--root", str(flat), "--classnames", str(names), "--output", str(out), *TINY]
     for method in ("zeroshot", "reclip", "coft", "coft_plus"):
         extra = ["--class-descriptions", str(descriptions)] if method == "coft_plus" else []
-        assert main(["train", "--method", method, *images, "--max-steps", "2", "--batch-size", "8", "--name", method, *extra]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--method",
+                    method,
+                    *images,
+                    "--max-steps",
+                    "2",
+                    "--batch-size",
+                    "8",
+                    "--name",
+                    method,
+                    *extra,
+                ]
+            )
+            == 0
+        )
         results = json.loads((out / method / "results.json").read_text())
         assert results["evaluation"] == "label-free" and results["diagnostics"]["images"] == 30
     assert json.loads((out / "zeroshot" / "results.json").read_text())["diagnostics"]["changed_from_zero_shot"] == 0
@@ -173,7 +254,9 @@ def test_every_label_free_method_predict_and_export_on_images(flat, names, tmp_p
     assert main(["predict", "--checkpoint", checkpoint, str(flat), "--format", "csv", "--top-k", "3"]) == 0
     rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert len(rows) == 30 and set(rows[0]) == {"path", "class", "score", "class_2", "score_2", "class_3", "score_3"}
-    assert main(["export", "--checkpoint", str(out / "zeroshot" / "final.pt"), "--out", str(tmp_path / "exported")]) == 0
+    assert (
+        main(["export", "--checkpoint", str(out / "zeroshot" / "final.pt"), "--out", str(tmp_path / "exported")]) == 0
+    )
     assert (tmp_path / "exported" / "README.md").is_file()
 
 
@@ -181,11 +264,30 @@ def test_unlabeled_input_refusals(flat, names, labelled, tmp_path, capsys):
     images = ["--dataset", "images", "--root", str(flat), *TINY]
     run = ["--output", str(tmp_path)]
     cases = [
-        (["train", "--method", "oracle", *images, *run, "--classnames", str(names)], "trains on the true labels and --dataset images has none"),
+        (
+            ["train", "--method", "oracle", *images, *run, "--classnames", str(names)],
+            "trains on the true labels and --dataset images has none",
+        ),
         (["train", "--method", "flyp_pl", *images, *run], "--dataset images needs --classnames FILE"),
-        (["describe", *images, "--classnames", str(names), "--lmm", "offline", "--true-class-members", "2", "--store", str(tmp_path / "s.sqlite")],
-         "--true-class-members draws groups from the true labels and tiles has none"),
-        (["adapt", "--root", str(flat), "--classnames", str(names), *run, *TINY], "reads image descriptions: choose a describer with --lmm"),
+        (
+            [
+                "describe",
+                *images,
+                "--classnames",
+                str(names),
+                "--lmm",
+                "offline",
+                "--true-class-members",
+                "2",
+                "--store",
+                str(tmp_path / "s.sqlite"),
+            ],
+            "--true-class-members draws groups from the true labels and tiles has none",
+        ),
+        (
+            ["adapt", "--root", str(flat), "--classnames", str(names), *run, *TINY],
+            "reads image descriptions: choose a describer with --lmm",
+        ),
         (["adapt", "--root", str(flat), "--classnames", str(names), "--method", "oracle", *run, *TINY], "is not one"),
     ]
     for argv, message in cases:
@@ -200,7 +302,10 @@ def test_unlabeled_input_refusals(flat, names, labelled, tmp_path, capsys):
     with pytest.raises(LatteclipError, match="has class 'AnnualCrop', which is none of the run's class names"):
         from latteclip.data.registry import align_classes
 
-        align_classes(build_dataset("folder", labelled, "test"), build_dataset("images", flat, "train", None, DatasetOptions(classnames_file=str(few))).info)
+        align_classes(
+            build_dataset("folder", labelled, "test"),
+            build_dataset("images", flat, "train", None, DatasetOptions(classnames_file=str(few))).info,
+        )
 
 
 # --- issue 12 item 6: no label leaks in the data layer and the store -----------------------------------------------------
@@ -211,10 +316,14 @@ def test_limit_on_a_training_split_reads_no_labels(labelled, tmp_path):
     tables = {}
     for name, label_of in (("true", lambda p: p.parent.name), ("permuted", lambda p: shifted[p.parent.name])):
         tables[name] = tmp_path / f"{name}.csv"
-        tables[name].write_text("".join(f"{p},{label_of(p)},{'test' if i % 4 == 0 else 'train'}\n" for i, p in enumerate(files)))
+        tables[name].write_text(
+            "".join(f"{p},{label_of(p)},{'test' if i % 4 == 0 else 'train'}\n" for i, p in enumerate(files))
+        )
 
     def subset(name: str, split: str, seed: int = 0) -> list[str]:
-        return [s.path for s in build_dataset("csv", tables[name], split, None, DatasetOptions(limit=7, seed=seed)).samples]
+        return [
+            s.path for s in build_dataset("csv", tables[name], split, None, DatasetOptions(limit=7, seed=seed)).samples
+        ]
 
     assert subset("true", "train") == subset("permuted", "train")  # uniform: the labels do not choose
     assert subset("true", "train", seed=1) != subset("true", "train")
@@ -245,6 +354,17 @@ def test_true_class_groups_are_read_only_by_name(labelled, tmp_path, capsys):
     assert store.get_texts(hashes, "group") == [None] * len(hashes)
     assert None not in store.get_texts(hashes, "group", model=next(iter(models)))
     store.close()
-    train_args = ["train", "--method", "latteclip", *data, "--texts", "class,group", "--output", str(tmp_path), *TINY, *STEPS]
+    train_args = [
+        "train",
+        "--method",
+        "latteclip",
+        *data,
+        "--texts",
+        "class,group",
+        "--output",
+        str(tmp_path),
+        *TINY,
+        *STEPS,
+    ]
     assert main(train_args) == 2 and "have no group description" in capsys.readouterr().err
     assert main([*train_args, "--described-by", next(iter(models)), "--name", "asked-by-name"]) == 0

@@ -38,7 +38,9 @@ def test_snd_by_hand():
     expected = math.log(e + 2) - e / (e + 2)  # entropy of softmax([1, 0, 0]) at temperature 1
     assert validation.soft_neighborhood_density(rows, temperature=1.0) == pytest.approx(expected)
     # the sample itself never counts: with it, the softmax would have four entries
-    assert validation.soft_neighborhood_density(rows, temperature=1.0) != pytest.approx(math.log(2 * e + 2) - 2 * e / (2 * e + 2))
+    assert validation.soft_neighborhood_density(rows, temperature=1.0) != pytest.approx(
+        math.log(2 * e + 2) - 2 * e / (2 * e + 2)
+    )
 
 
 def test_snd_prefers_dense_clusters_to_scattered_outputs():
@@ -55,9 +57,11 @@ def test_agreement_leaves_out_unanswered_images():
 
 def _threshold_model(boundary: float):
     """Class 1 right of `boundary` on 1-D 'images'."""
+
     def predict(images: torch.Tensor) -> torch.Tensor:
         x = images.flatten()
         return torch.softmax(torch.stack([boundary - x, x - boundary], dim=-1) * 10, dim=-1)
+
     return predict
 
 

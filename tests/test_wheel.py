@@ -18,8 +18,11 @@ PACKAGE = REPO / "src" / "latteclip"
 
 def package_files() -> list[str]:
     """Every file of the package in the checkout (code and data), as the wheel names it."""
-    return sorted(str(path.relative_to(PACKAGE.parent)) for path in PACKAGE.rglob("*")
-                  if path.is_file() and "__pycache__" not in path.parts)
+    return sorted(
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    )
 
 
 def dependency_folders() -> list[str]:
@@ -46,17 +49,27 @@ def test_the_installed_wheel_runs_the_demo_and_adapt_from_another_folder(tmp_pat
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["LATTECLIP_CACHE"] = str(tmp_path / "cache")
     wheels = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, REPO], tmp_path, env)
+    run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, REPO],
+        tmp_path,
+        env,
+    )
     (wheel,) = wheels.glob("latteclip-*.whl")
     packaged = set(zipfile.ZipFile(wheel).namelist())
-    assert [f for f in package_files() if f not in packaged] == []  # configs, specs, splits, vocabularies, Fashion-MNIST
+    assert [
+        f for f in package_files() if f not in packaged
+    ] == []  # configs, specs, splits, vocabularies, Fashion-MNIST
 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path, env)
     python = venv / "bin" / "python"
     site = run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], tmp_path, env).strip()
     (Path(site) / "dependencies.pth").write_text("".join(f"{folder}\n" for folder in dependency_folders()))
-    run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel], tmp_path, env)
+    run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel],
+        tmp_path,
+        env,
+    )
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -75,9 +88,34 @@ def test_the_installed_wheel_runs_the_demo_and_adapt_from_another_folder(tmp_pat
         for image in sorted((eurosat_folder / "2750" / name).iterdir())[:2]:
             shutil.copy(image, images / image.name)
     (elsewhere / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
-    printed = run([latteclip, "adapt", "--root", "tiles", "--classnames", "classes.txt", "--lmm", "offline",
-                   "--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0",
-                   "--max-steps", "2", "--batch-size", "8", "--warmup-steps", "0"], elsewhere, env)
+    printed = run(
+        [
+            latteclip,
+            "adapt",
+            "--root",
+            "tiles",
+            "--classnames",
+            "classes.txt",
+            "--lmm",
+            "offline",
+            "--model",
+            "latte-tiny",
+            "--pretrained",
+            "random",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--warmup-steps",
+            "0",
+        ],
+        elsewhere,
+        env,
+    )
     predictions = elsewhere / "runs" / "adapt-tiles" / "predictions.csv"
     assert f"predictions:   {predictions.relative_to(elsewhere)}" in printed or str(predictions) in printed
     rows = predictions.read_text().splitlines()

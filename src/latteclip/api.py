@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from latteclip.config import Inference, RunConfig
 from latteclip.config import configure as configure_values
@@ -42,8 +43,24 @@ from latteclip.paths import atomic_write_bytes, check_writable_file, check_writa
 from latteclip.report import write_report
 from latteclip.values import at_least
 
-__all__ = ["configure", "adapt_config", "adapt", "describe", "train", "evaluate", "predict", "export", "load_model",
-           "lmm_zero_shot", "run_experiment", "Adaptation", "Descriptions", "Evaluation", "Export", "Inference"]
+__all__ = [
+    "Adaptation",
+    "Descriptions",
+    "Evaluation",
+    "Export",
+    "Inference",
+    "adapt",
+    "adapt_config",
+    "configure",
+    "describe",
+    "evaluate",
+    "export",
+    "lmm_zero_shot",
+    "load_model",
+    "predict",
+    "run_experiment",
+    "train",
+]
 
 Progress = Callable[[str], None]
 PREDICTIONS_FILE = "predictions.csv"
@@ -79,9 +96,14 @@ class Evaluation:
 DATA_OPTIONS = ("limit", "seed", "classnames", "templates", "domain", "split_file", "prompt_set")
 
 
-def evaluate(checkpoint: str | Path, dataset: str | None = None, root: str | None = None,
-             data: Mapping[str, Any] | None = None, inference: Inference = Inference(),
-             out: str | Path | None = None) -> Evaluation:
+def evaluate(
+    checkpoint: str | Path,
+    dataset: str | None = None,
+    root: str | None = None,
+    data: Mapping[str, Any] | None = None,
+    inference: Inference = Inference(),
+    out: str | Path | None = None,
+) -> Evaluation:
     """Accuracy of a run's final.pt on the test split of its own dataset, or of `dataset` at `root`.
 
     `data` sets DATA_OPTIONS of the test data; the training run's own apply only to its own dataset. The
@@ -96,22 +118,28 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, root: str | Non
     dataset, root = dataset or saved["dataset"], root or saved["root"]
     inherited = saved if (dataset, root) == (saved["dataset"], saved["root"]) else {}
     given = {k: v for k, v in (data or {}).items() if k in DATA_OPTIONS and v is not None and v != ""}
-    options = DatasetOptions.from_run({**inherited, "seed": saved.get("seed", 0),
-                                       "prompt_set": saved.get("prompt_set", "clip"), **given})
+    options = DatasetOptions.from_run(
+        {**inherited, "seed": saved.get("seed", 0), "prompt_set": saved.get("prompt_set", "clip"), **given}
+    )
     test_set = build_dataset(dataset, root, "test", None, options)  # the data is checked before the model loads
     method = method_from_checkpoint(payload, pick_device(inference.device))
     test_set.transform = method.loaded.eval_transform()
     if test_set.info.num_classes != method.info.num_classes:
-        raise LatteclipError(f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has "
-                             f"{method.info.num_classes}")
+        raise LatteclipError(
+            f"{dataset} has {test_set.info.num_classes} classes but the checkpoint has {method.info.num_classes}"
+        )
     report = evaluate_method(method, test_set, dataclasses.replace(inference, precision=saved.get("precision", "auto")))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"checkpoint": str(checkpoint), "dataset": dataset, **report}, indent=1))
     return Evaluation(Path(checkpoint), payload["method"], dataset, report, out)
 
 
-def predict(model: str | Path | Method, paths: Sequence[str | Path], top_k: int = 5,
-            inference: Inference = Inference(device="cpu", batch_size=64)) -> list[Prediction]:
+def predict(
+    model: str | Path | Method,
+    paths: Sequence[str | Path],
+    top_k: int = 5,
+    inference: Inference = Inference(device="cpu", batch_size=64),
+) -> list[Prediction]:
     """Top-k classes of image files and of the images under folders (recursive), in that order.
 
     `model` is a run's final.pt or a method `load_model` returned. Unreadable files keep an empty prediction;
@@ -123,8 +151,9 @@ def predict(model: str | Path | Method, paths: Sequence[str | Path], top_k: int 
     method = model if isinstance(model, Method) else load_model(model, inference.device)
     predictions = predict_files(method, files, top_k, inference)
     if not any(p.readable for p in predictions):
-        raise LatteclipError(f"none of the {len(files)} files could be read as an image (first: {files[0]}); "
-                             "nothing was written")
+        raise LatteclipError(
+            f"none of the {len(files)} files could be read as an image (first: {files[0]}); nothing was written"
+        )
     return predictions
 
 
@@ -166,16 +195,21 @@ class Descriptions:
         return (self.summary is None or self.summary.complete) and not self.unreadable
 
 
-def check_describe_request(config: RunConfig, settings: DescribeSettings, batch_out: str | None,
-                           batch_in: str | list[str] | None, moves: bool) -> None:
+def check_describe_request(
+    config: RunConfig, settings: DescribeSettings, batch_out: str | None, batch_in: str | list[str] | None, moves: bool
+) -> None:
     """Refuse, before any work, a description request that cannot be carried out."""
     if not (settings.lmm or moves):
-        raise LatteclipError("nothing to do: choose a describer with --lmm (openai, transformers, offline, batch), "
-                             "or pass --import/--export")
+        raise LatteclipError(
+            "nothing to do: choose a describer with --lmm (openai, transformers, offline, batch), "
+            "or pass --import/--export"
+        )
     files = bool(batch_out) + bool(batch_in)
     if settings.lmm == "batch" and files != 1:
-        raise LatteclipError("--lmm batch needs one of --batch-out FILE.jsonl (write the requests) or --batch-in "
-                             "RESULTS.jsonl (store the answers)")
+        raise LatteclipError(
+            "--lmm batch needs one of --batch-out FILE.jsonl (write the requests) or --batch-in "
+            "RESULTS.jsonl (store the answers)"
+        )
     if files and settings.lmm != "batch":
         raise LatteclipError("--batch-out/--batch-in go with --lmm batch")
     if settings.batch_shards > 1 and not batch_out:
@@ -183,13 +217,21 @@ def check_describe_request(config: RunConfig, settings: DescribeSettings, batch_
     if settings.lmm == "batch" and not settings.lmm_model:
         raise LatteclipError("--lmm batch needs --lmm-model NAME: the model the batch runs (each request names it)")
     if settings.true_class_members is not None and settings.lmm and not config.store:
-        raise LatteclipError("--true-class-members makes groups from the TRUE labels: pass a separate --store FILE for "
-                             "them, so label-free training never reads them by accident")
+        raise LatteclipError(
+            "--true-class-members makes groups from the TRUE labels: pass a separate --store FILE for "
+            "them, so label-free training never reads them by accident"
+        )
 
 
-def describe(config: RunConfig, settings: DescribeSettings, prompts: str | None = None, batch_out: str | None = None,
-             batch_in: str | list[str] | None = None, import_file: str | None = None,
-             export_file: str | None = None) -> Descriptions:
+def describe(
+    config: RunConfig,
+    settings: DescribeSettings,
+    prompts: str | None = None,
+    batch_out: str | None = None,
+    batch_in: str | list[str] | None = None,
+    import_file: str | None = None,
+    export_file: str | None = None,
+) -> Descriptions:
     """Describe every training image of `config`'s dataset that the store lacks; import/export JSON lines.
 
     `prompts` is a prompts file or 'paper' (over the bundled ones, the dataset's and `settings.prompts`).
@@ -206,8 +248,9 @@ def describe(config: RunConfig, settings: DescribeSettings, prompts: str | None 
         summary = describer = None
         if settings.lmm:
             stage_prompts = load_prompts(train_set.info.prompts, settings.prompts, prompts)
-            summary, describer = describe_training_images(config, settings, stage_prompts, train_set, hashes, store,
-                                                          batch_out, batch_in)
+            summary, describer = describe_training_images(
+                config, settings, stage_prompts, train_set, hashes, store, batch_out, batch_in
+            )
         if export_file:
             images = {h: s.path for s, h in zip(train_set.samples, hashes) if h is not None}
             exported = store.export_jsonl(export_file, images)
@@ -215,8 +258,12 @@ def describe(config: RunConfig, settings: DescribeSettings, prompts: str | None 
         return Descriptions(store.path, train_set.info.name, summary, describer, imported, exported, unreadable)
 
 
-def lmm_zero_shot(config: RunConfig, settings: DescribeSettings, prompts: str | None = None,
-                  on_answers: Callable[[Summary, str], None] | None = None) -> RunResults | None:
+def lmm_zero_shot(
+    config: RunConfig,
+    settings: DescribeSettings,
+    prompts: str | None = None,
+    on_answers: Callable[[Summary, str], None] | None = None,
+) -> RunResults | None:
     """The LMM zero-shot baseline: the LMM picks each test image's class; a run folder like other methods'.
 
     None while some test images have no answer yet (a rerun asks for the rest); `on_answers` sees the describer's
@@ -248,11 +295,20 @@ def adapt_config(root: str, classnames: str, config_file: str | None = None, **o
     method = options.get("method") or "latteclip"
     method_cls = get_method(method)
     if method_cls.reads_train_labels or not method_cls.trains:
-        raise LatteclipError(f"adapt trains a label-free method; --method {method} is not one "
-                             "(latteclip, flyp_pl, reclip, coft, coft_plus)")
+        raise LatteclipError(
+            f"adapt trains a label-free method; --method {method} is not one "
+            "(latteclip, flyp_pl, reclip, coft, coft_plus)"
+        )
     folder = Path(options.get("output") or "runs") / (options.get("name") or f"adapt-{Path(root).stem}")
-    fixed = {"dataset": "images", "root": root, "classnames": classnames, "method": method, "output": str(folder),
-             "name": method, "store": options.get("store") or str(folder / "descriptions.sqlite")}
+    fixed = {
+        "dataset": "images",
+        "root": root,
+        "classnames": classnames,
+        "method": method,
+        "output": str(folder),
+        "name": method,
+        "store": options.get("store") or str(folder / "descriptions.sqlite"),
+    }
     return configure_values({**options, **fixed}, config_file)
 
 
@@ -262,8 +318,9 @@ def described_kinds(config: RunConfig) -> list[str]:
     return [kind for kind in getattr(options, "texts", []) if kind != "class"]
 
 
-def adapt(config: RunConfig, settings: DescribeSettings | None = None, prompts: str | None = None,
-          progress: Progress = print) -> Adaptation:
+def adapt(
+    config: RunConfig, settings: DescribeSettings | None = None, prompts: str | None = None, progress: Progress = print
+) -> Adaptation:
     """Zero-shot, descriptions, training, predictions.csv and the report, each reused when already done.
 
     `config` is the adapted run's (see `adapt_config`); the zero-shot run sits beside it. `settings` choose the
@@ -274,9 +331,11 @@ def adapt(config: RunConfig, settings: DescribeSettings | None = None, prompts: 
     zero_shot = dataclasses.replace(config, method="zeroshot", name="zeroshot", method_options={})
     kinds = described_kinds(config)
     if kinds and (settings is None or not settings.lmm):
-        raise LatteclipError(f"--method {config.method} reads image descriptions: choose a describer with --lmm "
-                             "openai --lmm-url URL (a multimodal model behind an OpenAI-compatible server), --lmm "
-                             "transformers or --lmm offline")
+        raise LatteclipError(
+            f"--method {config.method} reads image descriptions: choose a describer with --lmm "
+            "openai --lmm-url URL (a multimodal model behind an OpenAI-compatible server), --lmm "
+            "transformers or --lmm offline"
+        )
     progress(f"[1/{ADAPT_STEPS}] zero-shot {config.model} on {config.root}")
     zero_shot_results = run_or_reuse(zero_shot)
     progress(f"      {measured(zero_shot_results)}; run folder {zero_shot.run_dir}")
@@ -313,12 +372,19 @@ def measured(results: RunResults) -> str:
     if results["top1"] is not None:
         return f"top-1 {100 * results['top1']:.2f}% on {results['evaluated_on']}"
     adapted = results["diagnostics"]["adapted"]
-    return (f"no labels: {100 * adapted['top_class_share']:.1f}% of images in the top class ({adapted['top_class']}), "
-            f"{100 * results['diagnostics']['changed_from_zero_shot']:.1f}% changed from zero-shot")
+    return (
+        f"no labels: {100 * adapted['top_class_share']:.1f}% of images in the top class ({adapted['top_class']}), "
+        f"{100 * results['diagnostics']['changed_from_zero_shot']:.1f}% changed from zero-shot"
+    )
 
 
-def run_experiment(experiment: Experiment | str | Path, choose: bool = False, progress: Progress = print,
-                   archive: RunArchive | None = None, fresh: frozenset[str] = frozenset()) -> ExperimentRuns:
+def run_experiment(
+    experiment: Experiment | str | Path,
+    choose: bool = False,
+    progress: Progress = print,
+    archive: RunArchive | None = None,
+    fresh: frozenset[str] = frozenset(),
+) -> ExperimentRuns:
     """Every entry of an experiment file (the demo's, the benchmark's) on every shift and seed; pre-training cached.
 
     `choose`: pick each entry's `search` options on held-out images first (the benchmark). `archive`: finished runs

@@ -41,8 +41,16 @@ def machine_cpus() -> int:
 OPTION_KINDS = ("result", "log", "speed", "data", "name", "files", "call")
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, kind: str = "result", choices: tuple[str, ...] | None = None,
-           flag: bool = True, factory: Any = dataclasses.MISSING, group: str | None = None) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    kind: str = "result",
+    choices: tuple[str, ...] | None = None,
+    flag: bool = True,
+    factory: Any = dataclasses.MISSING,
+    group: str | None = None,
+) -> Any:
     """A field of a settings dataclass (RunConfig, a method's options, DescribeSettings) with what its command-line
     flag shows: the help text, its kind (OPTION_KINDS), its choices, and the help section it is listed under."""
     if kind not in OPTION_KINDS:
@@ -65,11 +73,13 @@ class Inference:
     workers: int = 0  # data-loading worker processes
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
 
-    def check(self) -> "Inference":
+    def check(self) -> Inference:
         """Refuses a value that would fail later, naming the flag that sets it."""
         at_least(self.batch_size, 1, "--batch-size")
         at_least(self.workers, 0, "--workers")
         return self
+
+
 AUGMENT_POLICIES = ("clip", "trivial-augment-wide", "randaugment")
 OPTIMIZERS = ("adamw", "sgd")
 PROMPT_SETS = ("latteclip", "clip")
@@ -82,22 +92,39 @@ class RunConfig:
     # what to adapt, and to which data
     method: str = option("zeroshot", help="zeroshot, flyp_pl, oracle, latteclip, reclip, coft, coft_plus")
     model: str = option("ViT-B-32", help="OpenCLIP model name (ViT-B-32, ...) or hf-hub:org/name")
-    pretrained: str = option("laion2b_s34b_b79k", help="pretrained tag, weights file (.pt/.bin/.safetensors), or 'random'")
-    dataset: str = option("eurosat", help="eurosat, dtd, ..., folder (a folder per class), csv (path,label) or images (unlabeled)")
-    root: str = option("", help="the dataset's folder, archive, or CSV file (images: a folder, or a .txt list of paths)", kind="data")
-    limit: int | None = option(None, help="a seeded subset of N images per split (uniform for training, class-balanced for evaluation)")
+    pretrained: str = option(
+        "laion2b_s34b_b79k", help="pretrained tag, weights file (.pt/.bin/.safetensors), or 'random'"
+    )
+    dataset: str = option(
+        "eurosat", help="eurosat, dtd, ..., folder (a folder per class), csv (path,label) or images (unlabeled)"
+    )
+    root: str = option(
+        "", help="the dataset's folder, archive, or CSV file (images: a folder, or a .txt list of paths)", kind="data"
+    )
+    limit: int | None = option(
+        None, help="a seeded subset of N images per split (uniform for training, class-balanced for evaluation)"
+    )
     seed: int = option(0, help="seed of the split, the subset, sampling and initialisation")
-    classnames: str | None = option(None, help="file mapping folder names to prompt names (JSON, or 'key: name' lines); "
-                                    "for --dataset images: one class name per line, or a JSON list")
+    classnames: str | None = option(
+        None,
+        help="file mapping folder names to prompt names (JSON, or 'key: name' lines); "
+        "for --dataset images: one class name per line, or a JSON list",
+    )
     templates: str | None = option(None, help="file of prompt templates with {} (JSON list or one per line)")
     domain: str | None = option(None, help="the domain word used in description prompts (e.g. 'land use')")
     split_file: str | None = option(None, help="a CoOp split JSON, or 'none' for the seeded 50/20/30 split")
-    prompt_set: str = option("latteclip", choices=PROMPT_SETS,
-                             help="class names and template of a paper dataset: latteclip (default: the authors' runs, CoOp "
-                             "names lower-cased, one template) or clip (CLIP's names and templates)")
+    prompt_set: str = option(
+        "latteclip",
+        choices=PROMPT_SETS,
+        help="class names and template of a paper dataset: latteclip (default: the authors' runs, CoOp "
+        "names lower-cased, one template) or clip (CLIP's names and templates)",
+    )
     # labelled images to measure accuracy on instead of the dataset's test split (required for accuracy on `images`)
-    eval_dataset: str | None = option(None, help="a labelled dataset (folder, csv, eurosat, ...) with the same class names to "
-                                      "measure accuracy on instead of the test split")
+    eval_dataset: str | None = option(
+        None,
+        help="a labelled dataset (folder, csv, eurosat, ...) with the same class names to "
+        "measure accuracy on instead of the test split",
+    )
     eval_root: str | None = option(None, help="the --eval-dataset's folder, archive or CSV file")
     # optimisation (method.md 1.3 reference values)
     batch_size: int = option(512, help="images per optimisation step (the global batch over all processes)")
@@ -106,22 +133,34 @@ class RunConfig:
     betas: tuple[float, float] = option((0.9, 0.98), help="AdamW betas", flag=False)
     eps: float = option(1e-6, help="AdamW epsilon", flag=False)
     warmup_steps: int = option(50, help="linear warm-up steps before the cosine schedule")
-    max_steps: int | None = option(None, help="stop at this step or after --epochs, whichever first (default: --epochs alone, "
-                                   "the authors' runs; the paper's text: 2000 with 50 epochs)")
+    max_steps: int | None = option(
+        None,
+        help="stop at this step or after --epochs, whichever first (default: --epochs alone, "
+        "the authors' runs; the paper's text: 2000 with 50 epochs)",
+    )
     epochs: int | None = option(50, help="passes over the training split (or --max-steps, whichever ends first)")
     optimizer: str = option("adamw", choices=OPTIMIZERS, help="adamw, or sgd (ReCLIP's, with --sgd-momentum)")
     sgd_momentum: float = option(0.9, help="momentum of --optimizer sgd")
     grad_clip: float | None = option(None, help="clip the gradient norm to this value (none: no clipping)")
     augment: bool = option(True, help="train-time augmentation: the random crop, then --augment-policy")
-    augment_policy: str = option("clip", choices=AUGMENT_POLICIES,
-                                 help="train-time augmentation after the crop: clip (the paper's colour jitter and grey), "
-                                 "trivial-augment-wide or randaugment")
+    augment_policy: str = option(
+        "clip",
+        choices=AUGMENT_POLICIES,
+        help="train-time augmentation after the crop: clip (the paper's colour jitter and grey), "
+        "trivial-augment-wide or randaugment",
+    )
     precision: str = option("auto", choices=PRECISIONS, help="auto: bf16 autocast on GPUs with native bf16, else fp32")
-    grad_checkpointing: bool = option(False, help="recompute activations in the backward pass: large models in less memory")
+    grad_checkpointing: bool = option(
+        False, help="recompute activations in the backward pass: large models in less memory"
+    )
     compile: bool = option(False, help="torch.compile the image tower and the text transformer (GPU)")
     # kind "call": CPU results (all that reuse and the archive hold) do not depend on it; a resume keeps it (train_state)
-    deterministic: bool = option(False, help="deterministic CUDA kernels, so that a GPU run repeats bit for bit "
-                                 "(slower); CPU runs repeat exactly without it", kind="call")
+    deterministic: bool = option(
+        False,
+        help="deterministic CUDA kernels, so that a GPU run repeats bit for bit "
+        "(slower); CPU runs repeat exactly without it",
+        kind="call",
+    )
     # running
     device: str = option("auto", help="auto, cpu, cuda, cuda:1", kind="speed")
     workers: int = option(help="data-loading worker processes", kind="speed", factory=machine_cpus)
@@ -132,9 +171,13 @@ class RunConfig:
     output: str = option("runs", help="folder that holds run folders", kind="files")
     name: str | None = option(None, help="run folder name (default METHOD-DATASET-sSEED)", kind="name")
     resume: bool = option(False, help="continue the run in the run folder from last.pt", kind="call")
-    overwrite: bool = option(False, help="replace a finished or interrupted run of the same name (refused otherwise)", kind="call")
+    overwrite: bool = option(
+        False, help="replace a finished or interrupted run of the same name (refused otherwise)", kind="call"
+    )
     store: str | None = option(None, help="description store (SQLite) for methods that read descriptions", kind="files")
-    method_options: dict[str, Any] = option(help="the method's own options (configs/methods/<method>.yaml)", flag=False, factory=dict)
+    method_options: dict[str, Any] = option(
+        help="the method's own options (configs/methods/<method>.yaml)", flag=False, factory=dict
+    )
     # options of the description stage (`latteclip describe`, `zeroshot --lmm`), here so one file configures every command
     describe: dict[str, Any] = option(help="options of the description stage", flag=False, factory=dict)
 
@@ -165,7 +208,9 @@ def fields_of_kind(*kinds: str) -> frozenset[str]:
 # Derived from the kinds, so that a new option counts everywhere the moment it is declared:
 NOT_COMPARED = fields_of_kind("call")  # a finished run is reused when everything else is equal
 RESUME_MAY_CHANGE = fields_of_kind("call", "files", "name", "data", "speed")  # a resumed run replays the same steps
-NOT_IN_WEIGHTS_KEY = fields_of_kind("call", "files", "name", "speed", "log")  # pre-training's cache key (root: by resolved path)
+NOT_IN_WEIGHTS_KEY = fields_of_kind(
+    "call", "files", "name", "speed", "log"
+)  # pre-training's cache key (root: by resolved path)
 
 
 def _package_yaml(*parts: str) -> dict[str, Any]:
@@ -214,10 +259,21 @@ def _merge(base: dict[str, Any], update: dict[str, Any], origin: str, origins: d
 
 # Lower bounds of the numeric options: (minimum, whether the minimum itself is refused).
 MINIMUMS: dict[str, tuple[float, bool]] = {
-    "batch_size": (1, False), "eval_batch_size": (1, False), "max_steps": (1, False), "epochs": (1, False),
-    "limit": (1, False), "lr": (0, True), "eps": (0, True), "grad_clip": (0, True), "weight_decay": (0, False),
-    "warmup_steps": (0, False), "workers": (0, False), "eval_every": (0, False), "checkpoint_every": (0, False),
-    "log_every": (0, False), "seed": (0, False),
+    "batch_size": (1, False),
+    "eval_batch_size": (1, False),
+    "max_steps": (1, False),
+    "epochs": (1, False),
+    "limit": (1, False),
+    "lr": (0, True),
+    "eps": (0, True),
+    "grad_clip": (0, True),
+    "weight_decay": (0, False),
+    "warmup_steps": (0, False),
+    "workers": (0, False),
+    "eval_every": (0, False),
+    "checkpoint_every": (0, False),
+    "log_every": (0, False),
+    "seed": (0, False),
 }
 DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
@@ -229,13 +285,19 @@ def check_values(merged: dict[str, Any], origins: dict[str, str]) -> None:
             at_least(merged[key], minimum, _label(key, origins.get(key, "defaults")), strictly)
     for beta in merged.get("betas", ()):
         if not 0 <= beta < 1:
-            raise LatteclipError(f"{_label('betas', origins.get('betas', 'defaults'))} must be two numbers in [0, 1), not {list(merged['betas'])}")
+            raise LatteclipError(
+                f"{_label('betas', origins.get('betas', 'defaults'))} must be two numbers in [0, 1), not {list(merged['betas'])}"
+            )
     for key, spec in FIELDS.items():
         choices = spec.metadata["choices"]
         if choices and key in merged and merged[key] not in choices:
-            raise LatteclipError(f"{_label(key, origins.get(key, 'defaults'))} must be one of {', '.join(choices)}, not {merged[key]!r}")
+            raise LatteclipError(
+                f"{_label(key, origins.get(key, 'defaults'))} must be one of {', '.join(choices)}, not {merged[key]!r}"
+            )
     if not DEVICE_PATTERN.fullmatch(merged.get("device", "auto")):
-        raise LatteclipError(f"{_label('device', origins['device'])} must be auto, cpu, cuda or cuda:N, not {merged['device']!r}")
+        raise LatteclipError(
+            f"{_label('device', origins['device'])} must be auto, cpu, cuda or cuda:N, not {merged['device']!r}"
+        )
 
 
 def resolve_config(cli: dict[str, Any], config_file: str | None = None) -> RunConfig:
@@ -263,8 +325,11 @@ def configure(values: dict[str, Any], config_file: str | None = None) -> RunConf
     config = resolve_config(values, config_file)
     if not config.root:
         raise LatteclipError("no dataset root: pass --root DIR (or set root: in the --config file)")
-    paths = {name: str(Path(value).resolve()) for name in ("root", "eval_root")
-             if (value := getattr(config, name)) and Path(value).exists()}
+    paths = {
+        name: str(Path(value).resolve())
+        for name in ("root", "eval_root")
+        if (value := getattr(config, name)) and Path(value).exists()
+    }
     return dataclasses.replace(config, **paths)
 
 

@@ -121,8 +121,14 @@ class GradientSync:
             return
         self.buckets = _buckets(list(reversed(range(len(parameters)))), parameters, bucket_bytes)  # backward order
         self.bucket_of = {i: b for b, bucket in enumerate(self.buckets) for i in bucket}
-        self.buffers = [torch.zeros(sum(parameters[i].numel() for i in bucket), dtype=parameters[bucket[0]].dtype,
-                                    device=parameters[bucket[0]].device) for bucket in self.buckets]
+        self.buffers = [
+            torch.zeros(
+                sum(parameters[i].numel() for i in bucket),
+                dtype=parameters[bucket[0]].dtype,
+                device=parameters[bucket[0]].device,
+            )
+            for bucket in self.buckets
+        ]
         self.group = dist.new_group(backend=dist.get_backend())  # every rank, its own channel
         self.overlap = False
         for i, p in enumerate(parameters):

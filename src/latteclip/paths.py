@@ -45,7 +45,7 @@ def temp_name(path: Path, pid: int | str) -> Path:
 def remove_stale_temp_files(path: Path) -> None:
     """Temporary copies of `path` that a killed process left (a SIGKILL cannot be caught)."""
     for stale in path.parent.glob(temp_name(path, "*").name):
-        if stale.name[len(temp_name(path, "").name):].isdigit():
+        if stale.name[len(temp_name(path, "").name) :].isdigit():
             stale.unlink(missing_ok=True)
 
 
@@ -59,7 +59,9 @@ def check_writable_folder(folder: Path, label: str) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
-        raise LatteclipError(f"{label} {folder} is not writable ({err.strerror or err}); pass a folder you can write to") from err
+        raise LatteclipError(
+            f"{label} {folder} is not writable ({err.strerror or err}); pass a folder you can write to"
+        ) from err
 
 
 def check_writable_file(file: Path, label: str) -> None:

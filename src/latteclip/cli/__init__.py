@@ -8,7 +8,8 @@ import sys
 import types
 import typing
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from latteclip.errors import LatteclipError
 
@@ -46,8 +47,14 @@ def flag_type(hint: Any) -> type:
     return list if base in (list, tuple) else base if base in (bool, int, float) else str
 
 
-def add_flag(group: argparse._ActionsContainer, name: str, hint: Any, help_text: str, dest: str | None = None,
-             choices: tuple[str, ...] | None = None) -> None:
+def add_flag(
+    group: argparse._ActionsContainer,
+    name: str,
+    hint: Any,
+    help_text: str,
+    dest: str | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> None:
     """One flag `--name-with-dashes` for a field; None when not given, so the config file's value stands."""
     flag, kind, help_text = "--" + name.replace("_", "-"), flag_type(hint), help_text.replace("%", "%%")
     if kind is bool:
@@ -55,8 +62,14 @@ def add_flag(group: argparse._ActionsContainer, name: str, hint: Any, help_text:
     elif kind is list:
         group.add_argument(flag, dest=dest or name, action=CommaList, metavar="A,B", help=help_text)
     else:
-        group.add_argument(flag, dest=dest or name, type=kind, choices=choices,
-                           metavar=None if choices else name.upper(), help=help_text)
+        group.add_argument(
+            flag,
+            dest=dest or name,
+            type=kind,
+            choices=choices,
+            metavar=None if choices else name.upper(),
+            help=help_text,
+        )
 
 
 def add_field_flags(group: argparse._ActionsContainer, settings: type, *names: str) -> None:
@@ -78,8 +91,18 @@ def add_option_arguments(group: argparse._ActionsContainer, *names: str) -> None
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    add_option_arguments(parser.add_argument_group("data"), "dataset", "root", "limit", "classnames", "templates", "domain", "split_file",
-                         "prompt_set", "seed")
+    add_option_arguments(
+        parser.add_argument_group("data"),
+        "dataset",
+        "root",
+        "limit",
+        "classnames",
+        "templates",
+        "domain",
+        "split_file",
+        "prompt_set",
+        "seed",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,9 +133,12 @@ def add_lmm_arguments(parser: argparse.ArgumentParser, *sections: str) -> None:
     add_describe_arguments(parser, LMM, *sections)
     group = parser.add_argument_group("descriptions")
     add_option_arguments(group, "store")
-    group.add_argument("--prompts", help="JSON/YAML file replacing any of the prompts (image, image_with_label, group, "
-                       "group_with_label, lmm_zeroshot), or 'paper' for the paper's printed wording (default: the "
-                       "authors' runs)")
+    group.add_argument(
+        "--prompts",
+        help="JSON/YAML file replacing any of the prompts (image, image_with_label, group, "
+        "group_with_label, lmm_zeroshot), or 'paper' for the paper's printed wording (default: the "
+        "authors' runs)",
+    )
 
 
 def describe_settings(args: argparse.Namespace, config):
@@ -148,8 +174,10 @@ def method_option_flags() -> dict[str, tuple[Any, str, str]]:
 
 
 def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("method options (each applies to the methods named, default after the name; "
-                                      "configs/<method>/<dataset>.yaml may set others)")
+    group = parser.add_argument_group(
+        "method options (each applies to the methods named, default after the name; "
+        "configs/<method>/<dataset>.yaml may set others)"
+    )
     for name, (hint, description, methods) in sorted(method_option_flags().items()):
         add_flag(group, name, hint, f"{description} ({methods})", dest=f"mopt_{name}")
 
@@ -181,8 +209,9 @@ def interruptible(command: Callable[[argparse.Namespace], int]) -> Callable[[arg
         try:
             return command(args)
         except KeyboardInterrupt:
-            print("interrupted: every answer received is stored; run the same command again for the rest",
-                  file=sys.stderr)
+            print(
+                "interrupted: every answer received is stored; run the same command again for the rest", file=sys.stderr
+            )
             return 130
 
     return run
@@ -196,22 +225,29 @@ def print_descriptions(summary, describer_name: str) -> None:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    add_option_arguments(parser.add_argument_group("evaluation (optional for unlabeled --dataset images)"), "eval_dataset", "eval_root")
+    add_option_arguments(
+        parser.add_argument_group("evaluation (optional for unlabeled --dataset images)"), "eval_dataset", "eval_root"
+    )
 
 
 def print_summary(results: dict) -> None:
     if results["top1"] is None:
         diagnostics = results["diagnostics"]
         adapted = diagnostics["adapted"]
-        measured = (f"no labels, label-free diagnostics on {diagnostics['images']} images: top class {adapted['top_class']} "
-                    f"{100 * adapted['top_class_share']:.1f}%, normalised entropy {adapted['normalized_entropy']:.3f}, "
-                    f"{100 * diagnostics['changed_from_zero_shot']:.1f}% changed from zero-shot")
+        measured = (
+            f"no labels, label-free diagnostics on {diagnostics['images']} images: top class {adapted['top_class']} "
+            f"{100 * adapted['top_class_share']:.1f}%, normalised entropy {adapted['normalized_entropy']:.3f}, "
+            f"{100 * diagnostics['changed_from_zero_shot']:.1f}% changed from zero-shot"
+        )
     else:
         measured = f"top-1 {100 * results['top1']:.2f}% on {results['test']['n']} test images"
     print(
         f"{results['method']} on {results['dataset']}: {measured} after {results['steps']} steps"
-        + (f"; unreadable images skipped: train {results['unreadable_train_images']}, test {results['unreadable_test_images']}"
-           if results["unreadable_train_images"] or results["unreadable_test_images"] else "")
+        + (
+            f"; unreadable images skipped: train {results['unreadable_train_images']}, test {results['unreadable_test_images']}"
+            if results["unreadable_train_images"] or results["unreadable_test_images"]
+            else ""
+        )
     )
 
 
@@ -270,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(child)
         for action in child._actions:
             if action.option_strings and not action.help:
-                action.help = FIELDS[action.dest].metadata["help"] if action.dest in FIELDS else FLAG_HELP.get(action.dest, "")
+                action.help = (
+                    FIELDS[action.dest].metadata["help"] if action.dest in FIELDS else FLAG_HELP.get(action.dest, "")
+                )
         child.set_defaults(run=run)
     return parser
 

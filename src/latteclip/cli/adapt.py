@@ -22,13 +22,21 @@ from latteclip.cli import (
 from latteclip.describe.settings import WHAT, DescribeSettings
 
 
-@command("adapt", "adapt a CLIP model to your unlabeled images: zero-shot, descriptions, training, predictions CSV, report")
+@command(
+    "adapt", "adapt a CLIP model to your unlabeled images: zero-shot, descriptions, training, predictions CSV, report"
+)
 def _adapt_parser(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("your images")
-    group.add_argument("--root", required=True, help="a folder of images (searched recursively) or a .txt file listing image paths")
+    group.add_argument(
+        "--root", required=True, help="a folder of images (searched recursively) or a .txt file listing image paths"
+    )
     group.add_argument("--classnames", required=True, help="the class names: one per line, or a JSON list")
     add_option_arguments(group, "templates", "domain", "seed")
-    parser.add_argument("--method", default="latteclip", help="a label-free method: latteclip (default), flyp_pl, reclip, coft, coft_plus")
+    parser.add_argument(
+        "--method",
+        default="latteclip",
+        help="a label-free method: latteclip (default), flyp_pl, reclip, coft, coft_plus",
+    )
     add_eval_arguments(parser)
     add_model_arguments(parser)
     add_lmm_arguments(parser)

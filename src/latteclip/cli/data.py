@@ -7,15 +7,23 @@ import argparse
 from latteclip.cli import command
 
 
-@command("data", "dataset tools: `data download NAME --root DIR` fetches EuroSAT, DTD, Flowers102, ... with torchvision")
+@command(
+    "data", "dataset tools: `data download NAME --root DIR` fetches EuroSAT, DTD, Flowers102, ... with torchvision"
+)
 def _data_parser(parser: argparse.ArgumentParser) -> None:
     from latteclip.cli import DefaultsHelpFormatter
 
     actions = parser.add_subparsers(dest="action", required=True)
-    fetch = actions.add_parser("download", formatter_class=DefaultsHelpFormatter,
-                               help="download a dataset into DIR in torchvision's layout (read by --dataset NAME --root DIR)")
-    fetch.add_argument("name", metavar="NAME", help="eurosat, dtd, oxford_flowers, oxford_pets, fgvc_aircraft, food101, "
-                       "sun397 or caltech101")
+    fetch = actions.add_parser(
+        "download",
+        formatter_class=DefaultsHelpFormatter,
+        help="download a dataset into DIR in torchvision's layout (read by --dataset NAME --root DIR)",
+    )
+    fetch.add_argument(
+        "name",
+        metavar="NAME",
+        help="eurosat, dtd, oxford_flowers, oxford_pets, fgvc_aircraft, food101, sun397 or caltech101",
+    )
     fetch.add_argument("--root", required=True, help="folder to download into (the --root of later commands)")
 
 

@@ -21,20 +21,29 @@ if TYPE_CHECKING:
     from latteclip.experiments.spec import Experiment
 
 
-@command("demo", "the whole pipeline offline on CPU: pre-train a tiny CLIP on Fashion-MNIST, adapt it to shifted domains without labels, print the table")
+@command(
+    "demo",
+    "the whole pipeline offline on CPU: pre-train a tiny CLIP on Fashion-MNIST, adapt it to shifted domains without labels, print the table",
+)
 def _demo_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment file (default: the package's configs/demo.yaml)")
-    parser.add_argument("--quick", action="store_true", help="the config's quick variant: tiny steps that check the pipeline (numbers mean nothing)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the config's quick variant: tiny steps that check the pipeline (numbers mean nothing)",
+    )
     parser.add_argument("--output", help="folder for the demo's runs and summary (default: runs/demo)")
-    parser.add_argument("--root", help="'bundled' (default) or a folder with the Fashion-MNIST IDX files for the full set")
+    parser.add_argument(
+        "--root", help="'bundled' (default) or a folder with the Fashion-MNIST IDX files for the full set"
+    )
     parser.add_argument("--shifts", help="comma-separated target shifts, e.g. blur-noise,rotation,tint")
     parser.add_argument("--threads", type=int, help="torch threads (default: one per idle core, from the load average)")
 
 
 @_demo_parser
 def run_demo(args: argparse.Namespace) -> int:
-    from latteclip.experiments.machine import elapsed, machine_description, use_threads
     from latteclip.api import run_experiment
+    from latteclip.experiments.machine import elapsed, machine_description, use_threads
     from latteclip.experiments.spec import load_experiment, package_experiment_file
     from latteclip.experiments.tables import results_table
 
@@ -48,11 +57,16 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    experiment = load_experiment(args.config or package_experiment_file("demo"), "quick" if args.quick else None, overrides)
+    experiment = load_experiment(
+        args.config or package_experiment_file("demo"), "quick" if args.quick else None, overrides
+    )
     threads = use_threads(experiment.threads)
     started = time.time()
     runs_count = len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
-    print(f"demo: {runs_count} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in {experiment.output}", flush=True)
+    print(
+        f"demo: {runs_count} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in {experiment.output}",
+        flush=True,
+    )
     runs = run_experiment(experiment, choose=False, progress=lambda line: print(line, flush=True))
     source, describer = runs.pretrained["source"], runs.pretrained["describer"]
 
@@ -98,6 +112,8 @@ def write_reports(experiment: Experiment, run_dirs: dict[tuple[str, str], Path])
         return []
     paths = []
     for shift in experiment.shifts:
-        others = [run_dirs[(e.name, shift)] for e in experiment.methods if e.name != subject and (e.name, shift) in run_dirs]
+        others = [
+            run_dirs[(e.name, shift)] for e in experiment.methods if e.name != subject and (e.name, shift) in run_dirs
+        ]
         paths.append(write_report([run_dirs[(subject, shift)], *others], experiment.output / shift / "report"))
     return paths

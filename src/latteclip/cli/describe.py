@@ -29,14 +29,30 @@ def _describe_parser(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--config", help="YAML file of options (describe options under 'describe:'); flags override it")
     add_option_arguments(group, "workers", "eval_batch_size")  # of the zero-shot label pass that draws the groups
-    group.add_argument("--batch-out", dest="batch_out", metavar="FILE.jsonl", help="with --lmm batch: write every missing "
-                       "request as an OpenAI Batch file (for vllm run-batch or the OpenAI Batch API); needs --lmm-model")
-    group.add_argument("--batch-in", dest="batch_in", metavar="RESULTS.jsonl", nargs="+", help="with --lmm batch: "
-                       "store the answers of Batch results files (vllm run-batch or OpenAI Batch API output): paths or "
-                       "quoted glob patterns such as 'results-*.jsonl'")
-    group.add_argument("--import", dest="import_file", metavar="FILE.jsonl", help="load descriptions made elsewhere first")
-    group.add_argument("--export", metavar="FILE.jsonl", help="write every stored description of the dataset's training "
-                       "images, one JSON object per line")
+    group.add_argument(
+        "--batch-out",
+        dest="batch_out",
+        metavar="FILE.jsonl",
+        help="with --lmm batch: write every missing "
+        "request as an OpenAI Batch file (for vllm run-batch or the OpenAI Batch API); needs --lmm-model",
+    )
+    group.add_argument(
+        "--batch-in",
+        dest="batch_in",
+        metavar="RESULTS.jsonl",
+        nargs="+",
+        help="with --lmm batch: "
+        "store the answers of Batch results files (vllm run-batch or OpenAI Batch API output): paths or "
+        "quoted glob patterns such as 'results-*.jsonl'",
+    )
+    group.add_argument(
+        "--import", dest="import_file", metavar="FILE.jsonl", help="load descriptions made elsewhere first"
+    )
+    group.add_argument(
+        "--export",
+        metavar="FILE.jsonl",
+        help="write every stored description of the dataset's training images, one JSON object per line",
+    )
 
 
 @_describe_parser
@@ -46,8 +62,15 @@ def run_describe(args: argparse.Namespace) -> int:
     from latteclip import api
 
     config = config_from_args(args)
-    done = api.describe(config, describe_settings(args, config), args.prompts, args.batch_out, args.batch_in,
-                        args.import_file, args.export)
+    done = api.describe(
+        config,
+        describe_settings(args, config),
+        args.prompts,
+        args.batch_out,
+        args.batch_in,
+        args.import_file,
+        args.export,
+    )
     if done.imported is not None:
         print(f"imported {done.imported} descriptions from {args.import_file} into {done.store}")
     if done.summary is not None:

@@ -45,6 +45,9 @@ def run_predict(args: argparse.Namespace) -> int:
     unreadable = [p.path for p in predictions if not p.readable]
     for path in unreadable:
         print(f"unreadable image skipped: {path}", file=sys.stderr)
-    print(f"{len(predictions) - len(unreadable)} images classified, {len(unreadable)} unreadable skipped"
-          + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
+    print(
+        f"{len(predictions) - len(unreadable)} images classified, {len(unreadable)} unreadable skipped"
+        + (f" -> {args.out}" if args.out else ""),
+        file=sys.stderr,
+    )
     return 0

@@ -9,15 +9,27 @@ from pathlib import Path
 from latteclip.cli import add_data_arguments, add_model_arguments, add_option_arguments, command, config_from_args
 
 
-@command("pretrain", "contrastive pre-training on image-caption pairs made from labels (default: the demo's tiny CLIP on Fashion-MNIST); cached")
+@command(
+    "pretrain",
+    "contrastive pre-training on image-caption pairs made from labels (default: the demo's tiny CLIP on Fashion-MNIST); cached",
+)
 def _pretrain_parser(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_model_arguments(parser)
     group = parser.add_argument_group("run (the run folder lives in the cache: <cache>/pretrained/runs/<key>)")
     group.add_argument("--config", help="YAML file of options; command-line flags override it")
     add_option_arguments(group, "workers", "eval_batch_size")
-    add_option_arguments(parser.add_argument_group("optimisation"), "batch_size", "lr", "weight_decay", "warmup_steps", "epochs",
-                         "max_steps", "augment", "augment_policy")
+    add_option_arguments(
+        parser.add_argument_group("optimisation"),
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup_steps",
+        "epochs",
+        "max_steps",
+        "augment",
+        "augment_policy",
+    )
     parser.add_argument("--out", help="also copy the weights to this file (.safetensors)")
     parser.add_argument("--force", action="store_true", help="train again even when the cache holds these weights")
 

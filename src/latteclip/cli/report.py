@@ -9,8 +9,12 @@ from latteclip.cli import command
 
 @command("report", "HTML report (self-contained, plus PNG plots) of a run against zero-shot and other runs")
 def _report_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="run folders; the first that trains is reported, a zeroshot run gives the per-class reference")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders; the first that trains is reported, a zeroshot run gives the per-class reference",
+    )
     parser.add_argument("--out", help="folder for report.html and the PNGs (default RUN_DIR/report)")
 
 

@@ -30,16 +30,37 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     add_eval_arguments(parser)
     add_model_arguments(parser)
     add_run_arguments(parser)
-    add_option_arguments(parser.add_argument_group("optimisation"), "batch_size", "lr", "weight_decay", "warmup_steps", "max_steps",
-                         "epochs", "optimizer", "sgd_momentum", "grad_clip", "augment", "augment_policy", "precision",
-                         "grad_checkpointing", "compile", "eval_every", "checkpoint_every", "log_every", "resume", "store")
+    add_option_arguments(
+        parser.add_argument_group("optimisation"),
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup_steps",
+        "max_steps",
+        "epochs",
+        "optimizer",
+        "sgd_momentum",
+        "grad_clip",
+        "augment",
+        "augment_policy",
+        "precision",
+        "grad_checkpointing",
+        "compile",
+        "eval_every",
+        "checkpoint_every",
+        "log_every",
+        "resume",
+        "store",
+    )
     add_method_option_arguments(parser)
 
 
 @command("train", "fine-tune (or evaluate zero-shot) with a method; writes a run folder")
 def _train_parser(parser):
     _train_args(parser)
-    parser.add_argument("--nproc", type=int, help="processes on this machine (one per GPU); same as torchrun --nproc-per-node N")
+    parser.add_argument(
+        "--nproc", type=int, help="processes on this machine (one per GPU); same as torchrun --nproc-per-node N"
+    )
 
 
 def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
@@ -56,7 +77,16 @@ def relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             cleaned.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "latteclip", *cleaned]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "latteclip",
+        *cleaned,
+    ]
     return subprocess.call(command, env=os.environ.copy())
 
 
@@ -118,8 +148,10 @@ def run_lmm_zeroshot(args: argparse.Namespace) -> int:
         return 1
     print_summary(results)
     counts = results["test"]["answers"]
-    print(f"answers: {counts['exact']} exact, {counts['case_insensitive']} case-insensitive, {counts['similar']} by "
-          f"similarity, {counts['unmapped']} unmapped ({100 * counts['unmapped_share']:.1f}%, counted wrong)")
+    print(
+        f"answers: {counts['exact']} exact, {counts['case_insensitive']} case-insensitive, {counts['similar']} by "
+        f"similarity, {counts['unmapped']} unmapped ({100 * counts['unmapped_share']:.1f}%, counted wrong)"
+    )
     print(f"run folder: {config.run_dir}")
     return 0
 
@@ -143,6 +175,8 @@ def run_eval(args: argparse.Namespace) -> int:
     inference = Inference(args.device, args.batch_size, args.workers)
     done = api.evaluate(args.checkpoint, args.dataset, args.root, data, inference, args.out)
     report = done.report
-    print(f"{done.method} checkpoint on {done.dataset}: top-1 {100 * report['top1']:.2f}% on {report['n']} test images "
-          f"-> {done.out}")
+    print(
+        f"{done.method} checkpoint on {done.dataset}: top-1 {100 * report['top1']:.2f}% on {report['n']} test images "
+        f"-> {done.out}"
+    )
     return 0

@@ -9,7 +9,7 @@ cell empty) and 4x4, as in the paper's Table 5.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from PIL import Image
 

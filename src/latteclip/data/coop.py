@@ -24,8 +24,9 @@ from latteclip.errors import LatteclipError
 
 
 def spec_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("latteclip.data").joinpath("specs").iterdir() if p.name.endswith(".json"))
-
+    return sorted(
+        p.name[:-5] for p in resources.files("latteclip.data").joinpath("specs").iterdir() if p.name.endswith(".json")
+    )
 
 
 def load_spec(name: str) -> dict:
@@ -160,7 +161,9 @@ def build_spec_dataset(name: str, root: str, split: str, options: DatasetOptions
             for path, label, cname in split_entries(data, part, split_path):
                 key = path.split("/")[0] if spec["class_key"] == "folder" else cname
                 if key_of.setdefault(label, key) != key:
-                    raise LatteclipError(f"split file {split_path}: label {label} is used for both {key_of[label]} and {key}")
+                    raise LatteclipError(
+                        f"split file {split_path}: label {label} is used for both {key_of[label]} and {key}"
+                    )
                 coop_names.setdefault(key, coop_classname(cname or key))
                 parts[part].append(Sample(path, label))
         if sorted(key_of) != list(range(len(key_of))):
@@ -182,8 +185,10 @@ def _read_split_lists(lists: dict[str, str], base: Path, name: str) -> tuple[lis
     files = {part: base / file for part, file in lists.items()}
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
-        raise LatteclipError(f"{name}: {missing[0]} is missing (the dataset's split lists); pass --split-file PATH or "
-                             "download the dataset again (latteclip data download)")
+        raise LatteclipError(
+            f"{name}: {missing[0]} is missing (the dataset's split lists); pass --split-file PATH or "
+            "download the dataset again (latteclip data download)"
+        )
     keys = [line.strip() for line in files["classes"].read_text(encoding="utf-8").splitlines() if line.strip()]
     index = {key: i for i, key in enumerate(keys)}
     parts: dict[str, list[Sample]] = {}

@@ -25,8 +25,14 @@ def build_folder(name: str, root: str, split: str, options: DatasetOptions):
     source = FolderSource(path)
     keys, by_class = scan_class_folders(source)
     parts = _split_or_file(by_class, keys, source, options)
-    info = DatasetInfo(path.name or "folder", list(keys), list(keys), list(GENERIC_TEMPLATES), options.domain or "object",
-                       options.split_file if options.split_file not in (None, "none") else FALLBACK_SPLIT)
+    info = DatasetInfo(
+        path.name or "folder",
+        list(keys),
+        list(keys),
+        list(GENERIC_TEMPLATES),
+        options.domain or "object",
+        options.split_file if options.split_file not in (None, "none") else FALLBACK_SPLIT,
+    )
     return info, parts, source
 
 
@@ -66,7 +72,12 @@ def _read_csv_rows(path: Path) -> list[list[str]]:
             rows = [[c.strip() for c in r] for r in csv.reader(handle) if r and any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise LatteclipError(f"CSV file {path} cannot be read as UTF-8 CSV text: {err}") from err
-    if rows and len(rows[0]) >= 2 and rows[0][0].lower() in CSV_PATH_HEADERS and rows[0][1].lower() in CSV_LABEL_HEADERS:
+    if (
+        rows
+        and len(rows[0]) >= 2
+        and rows[0][0].lower() in CSV_PATH_HEADERS
+        and rows[0][1].lower() in CSV_LABEL_HEADERS
+    ):
         rows = rows[1:]
     if not rows:
         raise LatteclipError(f"CSV file {path} has no rows")
@@ -86,19 +97,25 @@ def _label_order(labels: set[str]) -> list[str]:
 def build_csv(name: str, root: str, split: str, options: DatasetOptions):
     path = Path(root)
     if not path.is_file():
-        raise LatteclipError(f"CSV file {root} does not exist (--dataset csv wants --root FILE.csv with path,label rows)")
+        raise LatteclipError(
+            f"CSV file {root} does not exist (--dataset csv wants --root FILE.csv with path,label rows)"
+        )
     rows = _read_csv_rows(path)
     keys = _label_order({r[1] for r in rows})
     index = {k: i for i, k in enumerate(keys)}
     source = FolderSource(path.parent)
     missing = [r[0] for r in rows if not source.exists(r[0])]
     if missing:
-        raise LatteclipError(f"CSV file {root} names {len(missing)} missing images (first: {missing[0]}), paths are relative to {path.parent}")
+        raise LatteclipError(
+            f"CSV file {root} names {len(missing)} missing images (first: {missing[0]}), paths are relative to {path.parent}"
+        )
     with_split = [len(r) >= 3 and bool(r[2]) for r in rows]
     if any(with_split):
         if not all(with_split):
             row = with_split.index(False) + 1
-            raise LatteclipError(f"CSV file {root}: row {row} has no split column while others do; give every row train, val or test")
+            raise LatteclipError(
+                f"CSV file {root}: row {row} has no split column while others do; give every row train, val or test"
+            )
         parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
         for r in rows:
             part = r[2].lower()
@@ -112,7 +129,9 @@ def build_csv(name: str, root: str, split: str, options: DatasetOptions):
             by_class[index[r[1]]].append(r[0])
         parts = seeded_split(by_class)
         split_source = FALLBACK_SPLIT
-    info = DatasetInfo(path.stem, list(keys), list(keys), list(GENERIC_TEMPLATES), options.domain or "object", split_source)
+    info = DatasetInfo(
+        path.stem, list(keys), list(keys), list(GENERIC_TEMPLATES), options.domain or "object", split_source
+    )
     return info, parts, source
 
 
@@ -131,15 +150,32 @@ def build_images(name: str, root: str, split: str, options: DatasetOptions):
             raise LatteclipError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
     elif path.is_file() and path.suffix == ".txt":
         source = FolderSource(path.parent)
-        files = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        files = [
+            ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")
+        ]
         missing = [f for f in files if not source.exists(f)]
         if not files or missing:
-            raise LatteclipError(f"image list {root} " + (f"names {len(missing)} missing files (first: {missing[0]}); "
-                                 f"paths are relative to {path.parent}" if missing else "lists no images"))
+            raise LatteclipError(
+                f"image list {root} "
+                + (
+                    f"names {len(missing)} missing files (first: {missing[0]}); paths are relative to {path.parent}"
+                    if missing
+                    else "lists no images"
+                )
+            )
     else:
-        raise LatteclipError(f"--root {root} must be a folder of images or a .txt file listing image paths (--dataset images)")
+        raise LatteclipError(
+            f"--root {root} must be a folder of images or a .txt file listing image paths (--dataset images)"
+        )
     keys, classnames = read_class_list(options.classnames_file)
     parts = {"train": [Sample(f, -1) for f in files], "val": [], "test": []}
-    info = DatasetInfo(path.stem or "images", classnames, keys, list(GENERIC_TEMPLATES), options.domain or "object",
-                       f"every image of {root} (unlabeled)", labelled=False)
+    info = DatasetInfo(
+        path.stem or "images",
+        classnames,
+        keys,
+        list(GENERIC_TEMPLATES),
+        options.domain or "object",
+        f"every image of {root} (unlabeled)",
+        labelled=False,
+    )
     return info, parts, source

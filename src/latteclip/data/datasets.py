@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -28,7 +29,7 @@ class DatasetOptions:
     prompt_set: str = "latteclip"  # paper datasets: latteclip (the authors' names and template) or clip
 
     @classmethod
-    def from_run(cls, config: Mapping[str, Any]) -> "DatasetOptions":
+    def from_run(cls, config: Mapping[str, Any]) -> DatasetOptions:
         """The options a run's (resolved or saved) config names; a run saved before prompt sets existed used CLIP's."""
         return cls(
             limit=config.get("limit"),
@@ -39,9 +40,6 @@ class DatasetOptions:
             split_file=config.get("split_file"),
             prompt_set=config.get("prompt_set", "clip"),
         )
-
-
-
 
 
 @dataclass(frozen=True)
@@ -151,7 +149,7 @@ class ImageDataset(Dataset):
                     image = self.transform(image)
         return {"image": image, "label": self.samples[index].label, "index": index}
 
-    def with_transform(self, transform: Callable | None, item_seed: int | None = None) -> "ImageDataset":
+    def with_transform(self, transform: Callable | None, item_seed: int | None = None) -> ImageDataset:
         return ImageDataset(
             self.info, self.samples, self.source, self.split, transform, item_seed, 0, self.image_transform
         )

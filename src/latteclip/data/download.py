@@ -25,15 +25,19 @@ def downloadable() -> list[str]:
 def download(name: str, root: str | Path) -> Path:
     """Fetch and unpack `name` under `root` with torchvision; the root that `--root` then takes."""
     if name not in downloadable():
-        raise LatteclipError(f"cannot download '{name}': choose one of {', '.join(downloadable())} "
-                             "(the others need their own download: see README)")
+        raise LatteclipError(
+            f"cannot download '{name}': choose one of {', '.join(downloadable())} "
+            "(the others need their own download: see README)"
+        )
     entry = load_spec(name)["download"]
     target = Path(root)
     manual = f"download {' and '.join(entry['urls'])} elsewhere and {entry['manual'].replace('DIR', str(target))}"
     for url in entry["urls"]:
         parts = urlsplit(url)
         try:
-            socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), CONNECT_SECONDS).close()
+            socket.create_connection(
+                (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), CONNECT_SECONDS
+            ).close()
         except OSError as err:
             raise LatteclipError(f"cannot reach {parts.hostname} ({err}); {manual}") from err
     import torchvision.datasets

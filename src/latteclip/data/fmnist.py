@@ -70,7 +70,9 @@ def spec() -> dict:
 
 def class_attributes() -> dict[str, dict[str, list[str]]]:
     """Object nouns and attribute phrases of each class, written by the project (`fmnist/class_attributes.json`)."""
-    return json.loads(resources.files("latteclip.data").joinpath("fmnist", "class_attributes.json").read_text())["classes"]
+    return json.loads(resources.files("latteclip.data").joinpath("fmnist", "class_attributes.json").read_text())[
+        "classes"
+    ]
 
 
 def bundled_path() -> Path:
@@ -107,7 +109,9 @@ def _load_idx_folder(folder: Path) -> FashionMnist:
         images = _read_idx(folder, image_stem, f"{split} images")
         labels = _read_idx(folder, label_stem, f"{split} labels").astype(np.int64)
         if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
-            raise LatteclipError(f"{folder}: {split} images {images.shape} do not match {len(labels)} labels of 28x28 images")
+            raise LatteclipError(
+                f"{folder}: {split} images {images.shape} do not match {len(labels)} labels of 28x28 images"
+            )
         splits[split] = ImageArrays(images, labels, np.arange(len(labels)))
     return FashionMnist(str(folder), splits)
 
@@ -115,10 +119,16 @@ def _load_idx_folder(folder: Path) -> FashionMnist:
 def _load_bundled() -> FashionMnist:
     path = bundled_path()
     if not path.is_file():
-        raise LatteclipError(f"the bundled Fashion-MNIST subset {path} is missing: reinstall latteclip or pass --root FOLDER")
+        raise LatteclipError(
+            f"the bundled Fashion-MNIST subset {path} is missing: reinstall latteclip or pass --root FOLDER"
+        )
     with np.load(path) as data:
         splits = {
-            split: ImageArrays(data[f"{split}_images"], data[f"{split}_labels"].astype(np.int64), data[f"{split}_indices"].astype(np.int64))
+            split: ImageArrays(
+                data[f"{split}_images"],
+                data[f"{split}_labels"].astype(np.int64),
+                data[f"{split}_indices"].astype(np.int64),
+            )
             for split in IDX_FILES
         }
     return FashionMnist(BUNDLED, splits)
@@ -147,7 +157,9 @@ def subset_per_class(arrays: ImageArrays, keep: np.ndarray, per_class: int | Non
     return np.sort(np.concatenate(chosen))
 
 
-def write_bundled_subset(folder: Path, out: Path, source_per_class: int, target_per_class: int, test_per_class: int | None) -> dict[str, int]:
+def write_bundled_subset(
+    folder: Path, out: Path, source_per_class: int, target_per_class: int, test_per_class: int | None
+) -> dict[str, int]:
     """Write the package's subset from the full IDX files: the first N per class of each pool."""
     full = _load_idx_folder(folder)
     train, test = full.splits["train"], full.splits["test"]
@@ -234,7 +246,9 @@ def build_fmnist(name: str, root: str, split: str, options: DatasetOptions):
     else:
         shift = name[len("fmnist-heldout-" if heldout else "fmnist-") :]
         if shift not in SHIFTS:
-            raise LatteclipError(f"unknown Fashion-MNIST shift '{shift}': use fmnist or fmnist-<shift> with shift one of {', '.join(SHIFTS)}")
+            raise LatteclipError(
+                f"unknown Fashion-MNIST shift '{shift}': use fmnist or fmnist-<shift> with shift one of {', '.join(SHIFTS)}"
+            )
     source = shifted_source(root, shift)
     data = source.data
     train, test = data.splits["train"], data.splits["test"]
@@ -255,7 +269,11 @@ def build_fmnist(name: str, root: str, split: str, options: DatasetOptions):
             parts = {"train": train_part, "val": [], "test": val_part}
             pools += "; held-out view: train = train part, test = val part"
         else:
-            parts = {"train": train_part, "val": val_part, "test": _samples(test, "test", np.ones(len(test.indices), dtype=bool))}
+            parts = {
+                "train": train_part,
+                "val": val_part,
+                "test": _samples(test, "test", np.ones(len(test.indices), dtype=bool)),
+            }
     names = spec()
     info = DatasetInfo(
         name,

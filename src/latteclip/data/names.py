@@ -42,14 +42,20 @@ def read_class_list(path: str) -> tuple[list[str], list[str]]:
     if file.suffix == ".json":
         names = read_names_file(path, "class names")
     elif file.is_file():
-        names = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+        names = [
+            ln.strip() for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")
+        ]
     else:
         raise LatteclipError(f"class names file {path} does not exist")
     keys, values = (list(names), list(names.values())) if isinstance(names, dict) else (list(names), list(names))
     if not values or not all(isinstance(v, str) and v.strip() for v in values):
-        raise LatteclipError(f"class names file {path} must list one or more class names (one per line, or a JSON list)")
+        raise LatteclipError(
+            f"class names file {path} must list one or more class names (one per line, or a JSON list)"
+        )
     if len(set(values)) != len(values):
-        raise LatteclipError(f"class names file {path} names a class twice: {sorted(v for v in values if values.count(v) > 1)[0]}")
+        raise LatteclipError(
+            f"class names file {path} names a class twice: {sorted(v for v in values if values.count(v) > 1)[0]}"
+        )
     return [str(k) for k in keys], values
 
 

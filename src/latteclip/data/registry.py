@@ -12,9 +12,9 @@ seeded subset (`subsets.py`).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from latteclip.data.coop import build_spec_dataset, spec_names
 from latteclip.data.custom import build_csv, build_folder, build_images
@@ -76,8 +76,10 @@ def build_dataset(
         else:
             samples = stratified_subset(samples, options.limit, options.seed)
     if not samples and split == "test" and not info.labelled:
-        raise LatteclipError(f"--dataset {name} has no labels, so no test split: pass --eval-dataset NAME --eval-root PATH "
-                             "(a labelled copy with the same classes) to measure accuracy")
+        raise LatteclipError(
+            f"--dataset {name} has no labels, so no test split: pass --eval-dataset NAME --eval-root PATH "
+            "(a labelled copy with the same classes) to measure accuracy"
+        )
     if not samples and split in ("train", "test"):
         raise LatteclipError(f"dataset {name} under {root} has no {split} images (split: {info.split_source})")
     info = apply_overrides(info, options)
@@ -109,14 +111,19 @@ def align_classes(dataset: ImageDataset, info: DatasetInfo) -> ImageDataset:
     for label, (key, name) in enumerate(zip(dataset.info.class_keys, dataset.info.classnames)):
         found = target.get(_class_match_key(key), target.get(_class_match_key(name)))
         if found is None:
-            raise LatteclipError(f"evaluation dataset {dataset.info.name} has class '{key}', which is none of the run's class "
-                                 f"names ({', '.join(info.classnames[:10])}): name the same classes in --classnames")
+            raise LatteclipError(
+                f"evaluation dataset {dataset.info.name} has class '{key}', which is none of the run's class "
+                f"names ({', '.join(info.classnames[:10])}): name the same classes in --classnames"
+            )
         mapping[label] = found
     if len(set(mapping.values())) != len(mapping):
-        raise LatteclipError(f"evaluation dataset {dataset.info.name} has two classes matching one class name of the run")
+        raise LatteclipError(
+            f"evaluation dataset {dataset.info.name} has two classes matching one class name of the run"
+        )
     samples = [Sample(s.path, mapping[s.label]) for s in dataset.samples]
     aligned = replace(info, name=dataset.info.name, split_source=dataset.info.split_source, labelled=True)
     return ImageDataset(aligned, samples, dataset.source, dataset.split, dataset.transform)
+
 
 def _find_builder(name: str) -> Builder:
     _import_dataset_modules(name)

@@ -9,7 +9,7 @@ encoded bytes (which key its descriptions) never change.
 from __future__ import annotations
 
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter

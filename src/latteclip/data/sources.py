@@ -74,7 +74,9 @@ class ZipSource(ImageSource):
             try:
                 self._handle = zipfile.ZipFile(self.archive)
             except (zipfile.BadZipFile, OSError) as err:
-                raise LatteclipError(f"{self.archive} cannot be read as a zip archive ({err}); check the download") from err
+                raise LatteclipError(
+                    f"{self.archive} cannot be read as a zip archive ({err}); check the download"
+                ) from err
             self._pid = os.getpid()
         return self._handle
 
@@ -134,5 +136,7 @@ def scan_class_folders(source: ImageSource) -> tuple[list[str], dict[int, list[s
             by_class[index[f.split("/")[0]]].append(f)
     empty = [folders[i] for i, v in by_class.items() if not v]
     if empty:
-        raise LatteclipError(f"class folder {source.location.rstrip('/:')}/{empty[0]} has no images; remove it or add images")
+        raise LatteclipError(
+            f"class folder {source.location.rstrip('/:')}/{empty[0]} has no images; remove it or add images"
+        )
     return folders, by_class

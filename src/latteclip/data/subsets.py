@@ -45,7 +45,6 @@ def uniform_subset(samples: list[Sample], limit: int, seed: int) -> list[Sample]
     return [samples[i] for i in chosen]
 
 
-
 def seeded_split(by_class: dict[int, list[str]]) -> dict[str, list[Sample]]:
     """Per class: shuffle with the fixed split seed, then 50% train, 20% val, 30% test.
 

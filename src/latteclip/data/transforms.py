@@ -19,7 +19,9 @@ def eval_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> T.Compo
     )
 
 
-def train_transform(image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD, augment: bool = True, policy: str = "clip") -> T.Compose:
+def train_transform(
+    image_size: int, mean=OPENAI_MEAN, std=OPENAI_STD, augment: bool = True, policy: str = "clip"
+) -> T.Compose:
     """OpenCLIP's training crop (scale 0.9-1.0), then the policy's own operations.
 
     clip: the paper's colour jitter (p 0.8) and random grey (p 0.2). trivial-augment-wide and randaugment:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import difflib
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 DEFAULT_CUTOFF = 0.5
 HOW = ("exact", "case_insensitive", "similar", "unmapped")
@@ -58,7 +58,10 @@ def map_answer(answer: str, classnames: Sequence[str], cutoff: float = DEFAULT_C
 def class_choice_format(classnames: Sequence[str]) -> dict:
     """The OpenAI `response_format` that lets the model answer only one of the class names (a JSON string):
     `--lmm-answer-format json-schema`, for servers with constrained decoding (vLLM, SGLang, Ollama)."""
-    return {"type": "json_schema", "json_schema": {"name": "class_name", "schema": {"type": "string", "enum": list(classnames)}}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "class_name", "schema": {"type": "string", "enum": list(classnames)}},
+    }
 
 
 def constrained_text(answer: str) -> str:

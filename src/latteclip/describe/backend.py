@@ -11,8 +11,8 @@ import base64
 import io
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from PIL import Image
 
@@ -62,7 +62,7 @@ class Answer(str):
 
     finish_reason: str | None = None
 
-    def __new__(cls, text: str, finish_reason: str | None = None) -> "Answer":
+    def __new__(cls, text: str, finish_reason: str | None = None) -> Answer:
         answer = super().__new__(cls, text)
         answer.finish_reason = finish_reason
         return answer

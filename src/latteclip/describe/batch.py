@@ -20,8 +20,8 @@ import glob
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from latteclip.data import CorruptImage
 from latteclip.describe.jobs import Job
@@ -36,7 +36,9 @@ BATCH_URL = "/v1" + CHAT_ROUTE
 
 def custom_id(job: Job) -> str:
     """The store key of a job as one string (the prompt as a digest: the body holds its text)."""
-    return f"{job.kind}:{job.image_hash}:{job.variant}:{hashlib.sha1(job.prompt.encode()).hexdigest()[:16]}{job.model_tag}"
+    return (
+        f"{job.kind}:{job.image_hash}:{job.variant}:{hashlib.sha1(job.prompt.encode()).hexdigest()[:16]}{job.model_tag}"
+    )
 
 
 def shard_paths(path: str | Path, shards: int) -> list[Path]:
@@ -46,8 +48,14 @@ def shard_paths(path: str | Path, shards: int) -> list[Path]:
     return [target.with_name(f"{target.stem}-{k:0{width}d}-of-{shards}{target.suffix}") for k in range(1, shards + 1)]
 
 
-def write_requests(jobs: Sequence[Job], store: DescriptionStore, model: str, path: str | Path,
-                   max_tokens: int = MAX_TOKENS, shards: int = 1) -> tuple[Summary, list[tuple[Path, int]]]:
+def write_requests(
+    jobs: Sequence[Job],
+    store: DescriptionStore,
+    model: str,
+    path: str | Path,
+    max_tokens: int = MAX_TOKENS,
+    shards: int = 1,
+) -> tuple[Summary, list[tuple[Path, int]]]:
     """Write every request the store lacks to `path`, or dealt over `shards` files (`shard_paths`; fewer when there are
     fewer requests, none when there are none); the summary (of what is stored or unreadable) and each file written with
     its number of lines."""
@@ -79,7 +87,7 @@ def write_requests(jobs: Sequence[Job], store: DescriptionStore, model: str, pat
     names = ([target] if shards == 1 else shard_paths(target, len(used)))[: len(used)]
     for partial, name in zip(partials, names):
         os.replace(partial, name)
-    for partial in partials[len(used):]:
+    for partial in partials[len(used) :]:
         partial.unlink()
     return summary, list(zip(names, used))
 
@@ -133,8 +141,13 @@ def result_records(file: Path) -> Iterator[dict | None]:
             yield record if isinstance(record, dict) else None
 
 
-def read_results(jobs: Sequence[Job], store: DescriptionStore, model: str, paths: str | Path | Sequence[str | Path],
-                 dataset_name: str) -> tuple[Summary, int]:
+def read_results(
+    jobs: Sequence[Job],
+    store: DescriptionStore,
+    model: str,
+    paths: str | Path | Sequence[str | Path],
+    dataset_name: str,
+) -> tuple[Summary, int]:
     """Store the answers of one or more results files (`results_files`) for the jobs the store lacks; (summary, lines
     that matched no such job). A request answered in one file and failed in another counts as answered."""
     files = results_files(paths)
@@ -155,9 +168,23 @@ def read_results(jobs: Sequence[Job], store: DescriptionStore, model: str, paths
         elif custom_id(job) not in answered:
             failed[custom_id(job)] = (job, why)
     # the finish_reason is kept beside the text, as the live client keeps it ("length" marks a cut answer)
-    store.put_many([(job.image_hash, job.kind, job.prompt, BACKEND, model + job.model_tag, text, job.image, dataset_name,
-                     {**(job.meta or {}), "finish_reason": finish} if finish else job.meta, job.variant)
-                    for job, text, finish in answered.values()])
+    store.put_many(
+        [
+            (
+                job.image_hash,
+                job.kind,
+                job.prompt,
+                BACKEND,
+                model + job.model_tag,
+                text,
+                job.image,
+                dataset_name,
+                {**(job.meta or {}), "finish_reason": finish} if finish else job.meta,
+                job.variant,
+            )
+            for job, text, finish in answered.values()
+        ]
+    )
     for job in pending:
         counts, key = summary.counts[job.kind], custom_id(job)
         if key in answered:

@@ -19,9 +19,9 @@ import hashlib
 import json
 import random
 import threading
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,16 +70,22 @@ def read_vocabulary(path: str | Path | None = None, dataset: str = "") -> tuple[
         if not isinstance(phrases, list) or not phrases or not all(isinstance(p, str) and p for p in phrases):
             raise LatteclipError(f"vocabulary file {origin}: slot '{name}' needs a non-empty list of phrases")
         if not 1 <= int(slot.get("pick", 1)) <= len(phrases):
-            raise LatteclipError(f"vocabulary file {origin}: slot '{name}' picks {slot.get('pick')} of {len(phrases)} phrases")
+            raise LatteclipError(
+                f"vocabulary file {origin}: slot '{name}' picks {slot.get('pick')} of {len(phrases)} phrases"
+            )
         if "template" in slot and (not isinstance(slot["template"], str) or "{phrase}" not in slot["template"]):
             raise LatteclipError(f"vocabulary file {origin}: slot '{name}' has a 'template' without {{phrase}}")
     for key, needed in (("template", "{phrase}"), ("sentence", "")):
         if not isinstance(vocab.get(key), str) or needed not in vocab[key]:
-            raise LatteclipError(f"vocabulary file {origin} needs a '{key}' string" + (f" containing {needed}" if needed else ""))
+            raise LatteclipError(
+                f"vocabulary file {origin} needs a '{key}' string" + (f" containing {needed}" if needed else "")
+            )
     try:
         vocab["sentence"].format(domain="", **{name: "" for name in slots})
     except (KeyError, IndexError, ValueError) as err:
-        raise LatteclipError(f"vocabulary file {origin}: sentence uses a placeholder that is not a slot or {{domain}} ({err})") from err
+        raise LatteclipError(
+            f"vocabulary file {origin}: sentence uses a placeholder that is not a slot or {{domain}} ({err})"
+        ) from err
     return vocab, hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
@@ -156,7 +162,9 @@ class ClipVocabularyDescriber(Describer):
         model = self.loaded.model
         features = []
         for start in range(0, len(images), self.batch_size):
-            pixels = torch.stack([self.transform(image.convert("RGB")) for image in images[start : start + self.batch_size]])
+            pixels = torch.stack(
+                [self.transform(image.convert("RGB")) for image in images[start : start + self.batch_size]]
+            )
             features.append(F.normalize(model.encode_image(pixels.to(self.device)).float(), dim=-1))
         return torch.cat(features)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _by_label(labels: Sequence[int]) -> dict[int, list[int]]:
@@ -52,7 +52,9 @@ def _draw(pool: list[int], count: int, anchor: int, holds_anchor: bool, rng: ran
 GROUP_DRAWS = ("class", "anchor")
 
 
-def draw_pseudo_label_groups(labels: Sequence[int], group_size: int, seed: int, draw: str = "class") -> list[list[int] | None]:
+def draw_pseudo_label_groups(
+    labels: Sequence[int], group_size: int, seed: int, draw: str = "class"
+) -> list[list[int] | None]:
     """For each anchor, the cells of its collage, drawn among the images with its zero-shot label.
 
     Labels of -1 (unreadable images) have no group and are never drawn as members.
@@ -71,7 +73,9 @@ def draw_pseudo_label_groups(labels: Sequence[int], group_size: int, seed: int, 
             rng = random.Random(f"{seed}:class:{anchor}")
             groups.append(rng.sample(pool, group_size) if len(pool) >= group_size else rng.choices(pool, k=group_size))
         else:
-            groups.append([anchor, *_draw(by_label[label], group_size - 1, anchor, True, random.Random(f"{seed}:{anchor}"))])
+            groups.append(
+                [anchor, *_draw(by_label[label], group_size - 1, anchor, True, random.Random(f"{seed}:{anchor}"))]
+            )
     return groups
 
 
@@ -83,7 +87,9 @@ def draw_true_class_groups(
     if not 1 <= same_class <= group_size:
         raise ValueError(f"the anchor's class can fill 1 to {group_size} places of a group, not {same_class}")
     by_label = _by_label(true_labels)
-    other_classes = {label: [i for other, items in by_label.items() if other != label for i in items] for label in by_label}
+    other_classes = {
+        label: [i for other, items in by_label.items() if other != label for i in items] for label in by_label
+    }
     groups: list[list[int] | None] = []
     for anchor, label in enumerate(true_labels):
         if label < 0:

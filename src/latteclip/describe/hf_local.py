@@ -11,8 +11,8 @@ generates: the processor (a fast tokenizer is not thread-safe) and the model eac
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -25,12 +25,16 @@ MAX_NEW_TOKENS = 77
 class TransformersDescriber(Describer):
     backend = "transformers"
 
-    def __init__(self, model: str, device: torch.device | str = "cpu", batch_size: int = 8, max_new_tokens: int = MAX_NEW_TOKENS):
+    def __init__(
+        self, model: str, device: torch.device | str = "cpu", batch_size: int = 8, max_new_tokens: int = MAX_NEW_TOKENS
+    ):
         try:
             import transformers
             from transformers import AutoModelForImageTextToText, AutoProcessor
         except ImportError as err:
-            raise LatteclipError("the transformers backend needs the transformers package: pip install 'latteclip[transformers]'") from err
+            raise LatteclipError(
+                "the transformers backend needs the transformers package: pip install 'latteclip[transformers]'"
+            ) from err
         if not model:
             raise LatteclipError("the transformers backend needs --lmm-model (a local folder or a Hugging Face id)")
         self.device = torch.device(device)
@@ -43,9 +47,13 @@ class TransformersDescriber(Describer):
                 f"loading {model} onto {self.device} needs accelerate: pip install 'latteclip[transformers]'"
             ) from err
         except (OSError, ValueError) as err:
-            raise LatteclipError(f"cannot load the image-text-to-text model {model}: {str(err).splitlines()[0]}") from err
+            raise LatteclipError(
+                f"cannot load the image-text-to-text model {model}: {str(err).splitlines()[0]}"
+            ) from err
         if not getattr(self.processor, "chat_template", None):
-            raise LatteclipError(f"the processor of {model} has no chat template, so prompts cannot be put in its format")
+            raise LatteclipError(
+                f"the processor of {model} has no chat template, so prompts cannot be put in its format"
+            )
         self.processor.tokenizer.padding_side = "left"
         # a local folder is named by its last part, which is the model's name on the hub for downloaded copies
         self.model = Path(model).name if Path(model).is_dir() else model

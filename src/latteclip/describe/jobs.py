@@ -8,8 +8,8 @@ the picture (the file itself, or a group's collage) is built only when the job i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -56,8 +56,12 @@ def load_picture(dataset: ImageDataset, index: int) -> tuple[Image.Image, bytes 
 
 
 def image_jobs(
-    dataset: ImageDataset, hashes: Sequence[str | None], prompt_for: Callable[[int], str], kind: str = "image",
-    response_format: dict | None = None, variant: str = "",
+    dataset: ImageDataset,
+    hashes: Sequence[str | None],
+    prompt_for: Callable[[int], str],
+    kind: str = "image",
+    response_format: dict | None = None,
+    variant: str = "",
 ) -> list[Job]:
     """One job per readable image: the image itself with its prompt (and the answer's constraint, if any;
     constrained answers are stored under their own `variant`, apart from free-text ones)."""
@@ -115,12 +119,30 @@ def group_jobs(
         if hashes[anchor] is None:
             continue
         if cells is None:  # no label, so no group: reported as a failure rather than left out
-            jobs.append(Job(hashes[anchor], "group", prompt_for(anchor), dataset.samples[anchor].path, unreadable(anchor),
-                            model_tag=model_tag))
+            jobs.append(
+                Job(
+                    hashes[anchor],
+                    "group",
+                    prompt_for(anchor),
+                    dataset.samples[anchor].path,
+                    unreadable(anchor),
+                    model_tag=model_tag,
+                )
+            )
             continue
         prompt = prompt_for(anchor)
         meta = {"cells": [dataset.samples[i].path for i in cells], "group_size": len(cells), "draw": draw}
         variant = group_variant([hashes[i] for i in cells])
-        jobs.append(Job(hashes[anchor], "group", prompt, dataset.samples[anchor].path, builder(cells, prompt), variant, meta,
-                            model_tag))
+        jobs.append(
+            Job(
+                hashes[anchor],
+                "group",
+                prompt,
+                dataset.samples[anchor].path,
+                builder(cells, prompt),
+                variant,
+                meta,
+                model_tag,
+            )
+        )
     return jobs

@@ -30,8 +30,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 from urllib.parse import urlsplit
 
 import httpx
@@ -94,7 +94,7 @@ class Endpoint:
     last_answer: float = float("-inf")  # when it last answered anything (time.monotonic)
 
     @classmethod
-    def parse(cls, url: str) -> "Endpoint":
+    def parse(cls, url: str) -> Endpoint:
         base = url.strip().rstrip("/")
         if base.endswith("/chat/completions"):
             base = base[: -len("/chat/completions")]
@@ -104,8 +104,9 @@ class Endpoint:
         except ValueError as err:  # urlsplit reads the port only when asked
             raise LatteclipError(f"--lmm-url {url} has a bad port: {err}") from err
         if not valid:
-            raise LatteclipError(f"--lmm-url {url} is not an http(s) URL; give the server's base, e.g. "
-                                 "http://host:8000/v1")
+            raise LatteclipError(
+                f"--lmm-url {url} is not an http(s) URL; give the server's base, e.g. http://host:8000/v1"
+            )
         return cls(base, (parts.scheme, parts.hostname, parts.port))
 
 
@@ -117,8 +118,10 @@ def certificate_check(ca_bundle: str | None = None, insecure: bool = False) -> s
     try:
         return ssl.create_default_context(cafile=ca_bundle)
     except (OSError, ssl.SSLError) as err:
-        raise LatteclipError(f"--lmm-ca-bundle {ca_bundle} is not a readable PEM file of CA certificates ({err}): "
-                             "give the file of the CA that signed the server's certificate") from err
+        raise LatteclipError(
+            f"--lmm-ca-bundle {ca_bundle} is not a readable PEM file of CA certificates ({err}): "
+            "give the file of the CA that signed the server's certificate"
+        ) from err
 
 
 def untrusted_certificate(err: BaseException) -> ssl.SSLCertVerificationError | None:
@@ -138,8 +141,13 @@ class ThreadClients:
     def __init__(self, headers: dict[str, str], verify: ssl.SSLContext | bool, endpoints: int, timeout: float):
         limits = httpx.Limits(max_connections=endpoints, max_keepalive_connections=endpoints)
         # the SSL context is made once: making one per client (httpx's default) costs tens of ms each
-        self.options = {"headers": headers, "verify": verify, "limits": limits, "timeout": httpx.Timeout(timeout),
-                        "trust_env": True}
+        self.options = {
+            "headers": headers,
+            "verify": verify,
+            "limits": limits,
+            "timeout": httpx.Timeout(timeout),
+            "trust_env": True,
+        }
         self.clients: list[httpx.Client] = []
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -250,8 +258,9 @@ class OpenAIDescriber(Describer):
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def _exchange(self, endpoint: Endpoint, method: str, route: str, body: bytes | None,
-                  sent_at: float | None = None) -> tuple[int, bytes, str | None]:
+    def _exchange(
+        self, endpoint: Endpoint, method: str, route: str, body: bytes | None, sent_at: float | None = None
+    ) -> tuple[int, bytes, str | None]:
         """(status, body, Retry-After) of one call (httpx drops a kept-alive connection the server has closed)."""
         client, sockets = self.http.client()
         sent_at = time.monotonic() if sent_at is None else sent_at
@@ -323,9 +332,13 @@ class OpenAIDescriber(Describer):
                     f"set the key the server expects in {' or '.join(API_KEY_VARIABLES)}"
                 )
             if ids is None:
-                problems.append(f"{endpoint.url}/models answered HTTP {status}" + (f": {_snippet(data)}" if status == 200 else ""))
+                problems.append(
+                    f"{endpoint.url}/models answered HTTP {status}" + (f": {_snippet(data)}" if status == 200 else "")
+                )
             elif not ids:
-                raise LatteclipError(f"{endpoint.url} serves no model (GET /models lists none): load a model into the server")
+                raise LatteclipError(
+                    f"{endpoint.url} serves no model (GET /models lists none): load a model into the server"
+                )
             elif model is None:
                 model = ids[0]
             elif model not in ids:
@@ -335,7 +348,9 @@ class OpenAIDescriber(Describer):
         if not reached:
             raise LatteclipError(f"no LMM server answered ({'; '.join(problems)}): start the server or fix --lmm-url")
         if model is None:
-            raise LatteclipError(f"cannot tell which model the server runs ({'; '.join(problems)}); pass --lmm-model NAME")
+            raise LatteclipError(
+                f"cannot tell which model the server runs ({'; '.join(problems)}); pass --lmm-model NAME"
+            )
         return model
 
     def _model_missing(self, endpoint: Endpoint, status: int, data: bytes) -> BackendStopped | None:
@@ -410,15 +425,20 @@ class OpenAIDescriber(Describer):
         if status in RETRYABLE_STATUS or status >= 500:
             if status >= 500:
                 self.pool.failed(endpoint)
-            raise RetryableError(f"{endpoint.url} answered HTTP {status}: {_snippet(data)}", _seconds(retry_after, self.max_backoff),
-                                 overload=status == 429)
+            raise RetryableError(
+                f"{endpoint.url} answered HTTP {status}: {_snippet(data)}",
+                _seconds(retry_after, self.max_backoff),
+                overload=status == 429,
+            )
         if status != 200:
             raise ItemFailed(f"{endpoint.url} refused the request (HTTP {status}: {_snippet(data)})")
         try:
             completion = json.loads(data)
             text, finish_reason = answer_text(completion), completion["choices"][0].get("finish_reason")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
-            raise RetryableError(f"{endpoint.url} sent a malformed answer ({type(err).__name__}): {_snippet(data)}") from err
+            raise RetryableError(
+                f"{endpoint.url} sent a malformed answer ({type(err).__name__}): {_snippet(data)}"
+            ) from err
         if not text:
             raise EmptyAnswer(f"{endpoint.url} sent an empty answer")
         return Answer(text, str(finish_reason) if finish_reason else None)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -73,7 +74,9 @@ def placeholders(template: str) -> set[str]:
     try:
         return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as err:
-        raise LatteclipError(f"prompt {template!r} has unbalanced braces ({err}); write literal braces as {{{{ }}}}") from err
+        raise LatteclipError(
+            f"prompt {template!r} has unbalanced braces ({err}); write literal braces as {{{{ }}}}"
+        ) from err
 
 
 def _checked(name: str, template: Any, origin: str) -> str:

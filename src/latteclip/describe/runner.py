@@ -14,8 +14,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from tqdm.auto import tqdm
 
@@ -134,8 +134,13 @@ class Runner:
         for thread in threads:
             thread.start()
 
-        progress = tqdm(total=len(pending), desc=f"describe ({describer.backend} {describer.model})", unit="req",
-                        dynamic_ncols=True, disable=not (self.progress and pending))
+        progress = tqdm(
+            total=len(pending),
+            desc=f"describe ({describer.backend} {describer.model})",
+            unit="req",
+            dynamic_ncols=True,
+            disable=not (self.progress and pending),
+        )
         finished: set[int] = set()
         failures_in_row = 0
         try:
@@ -229,10 +234,22 @@ class Runner:
             for job, answer in zip(ready, answers):
                 if isinstance(answer, str):
                     try:
-                        finish = getattr(answer, "finish_reason", None)  # kept beside the text: "length" marks a cut answer
+                        finish = getattr(
+                            answer, "finish_reason", None
+                        )  # kept beside the text: "length" marks a cut answer
                         meta = {**(job.meta or {}), "finish_reason": finish} if finish else job.meta
-                        self.store.put(job.image_hash, job.kind, job.prompt, describer.backend, describer.model + job.model_tag,
-                                       str(answer), image=job.image, dataset=self.dataset_name, meta=meta, variant=job.variant)
+                        self.store.put(
+                            job.image_hash,
+                            job.kind,
+                            job.prompt,
+                            describer.backend,
+                            describer.model + job.model_tag,
+                            str(answer),
+                            image=job.image,
+                            dataset=self.dataset_name,
+                            meta=meta,
+                            variant=job.variant,
+                        )
                     except sqlite3.Error as err:
                         outcomes.put((None, BackendStopped(f"cannot write the store {self.store.path}: {err}")))
                         return

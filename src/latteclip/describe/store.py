@@ -21,9 +21,9 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from latteclip.errors import LatteclipError
 from latteclip.paths import atomic_write_bytes, cache_dir
@@ -68,7 +68,19 @@ CREATE TABLE IF NOT EXISTS set_members (
 );
 """
 COLUMNS = ("image_hash", "kind", "prompt", "backend", "model", "text", "image", "dataset", "meta", "created", "variant")
-EXPORT_FIELDS = ("image", "image_hash", "kind", "text", "prompt", "backend", "model", "variant", "dataset", "meta", "created")
+EXPORT_FIELDS = (
+    "image",
+    "image_hash",
+    "kind",
+    "text",
+    "prompt",
+    "backend",
+    "model",
+    "variant",
+    "dataset",
+    "meta",
+    "created",
+)
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,9 @@ class DescriptionStore:
             self._add_variant_column()
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as err:
-            raise LatteclipError(f"description store {self.path} is not a readable SQLite file ({err}); pass another --store") from err
+            raise LatteclipError(
+                f"description store {self.path} is not a readable SQLite file ({err}); pass another --store"
+            ) from err
 
     def _add_variant_column(self) -> None:
         """Stores written before `variant` existed are rebuilt once with variant '' (their rows are kept)."""
@@ -116,14 +130,16 @@ class DescriptionStore:
             self._db.execute("DROP INDEX IF EXISTS by_hash_kind")
             self._db.executescript(SCHEMA)
             old = ", ".join(COLUMNS[:-1])
-            self._db.execute(f"INSERT INTO descriptions ({old}, variant) SELECT {old}, '' FROM descriptions_before_variant")
+            self._db.execute(
+                f"INSERT INTO descriptions ({old}, variant) SELECT {old}, '' FROM descriptions_before_variant"
+            )
             self._db.execute("DROP TABLE descriptions_before_variant")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "DescriptionStore":
+    def __enter__(self) -> DescriptionStore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -169,7 +185,8 @@ class DescriptionStore:
         """Every (image_hash, kind, prompt, variant) answered by this backend and model: what a run can skip."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT image_hash, kind, prompt, variant FROM descriptions WHERE backend=? AND model=?", (backend, model)
+                "SELECT image_hash, kind, prompt, variant FROM descriptions WHERE backend=? AND model=?",
+                (backend, model),
             ).fetchall()
         return set(rows)
 
@@ -224,22 +241,29 @@ class DescriptionStore:
         rows = sorted(set(members))
         name = hashlib.sha1(json.dumps([dataset, contract, rows], sort_keys=True).encode()).hexdigest()[:16]
         with self._lock, self._db:
-            self._db.execute("INSERT OR IGNORE INTO description_sets VALUES (?,?,?,?)",
-                             (name, dataset, json.dumps(contract, sort_keys=True), time.time()))
-            self._db.executemany("INSERT OR REPLACE INTO set_members VALUES (?,?,?,?,?,?)",
-                                 [(name, *row) for row in rows])
+            self._db.execute(
+                "INSERT OR IGNORE INTO description_sets VALUES (?,?,?,?)",
+                (name, dataset, json.dumps(contract, sort_keys=True), time.time()),
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO set_members VALUES (?,?,?,?,?,?)", [(name, *row) for row in rows]
+            )
         return name
 
     def has_sets(self, dataset: str, kind: str) -> bool:
         """Whether a description stage recorded its contract for `kind` texts of `dataset` (an earlier version's
         stores have none)."""
         with self._lock:
-            found = self._db.execute("SELECT 1 FROM set_members m JOIN description_sets s ON s.name = m.set_name "
-                                     "WHERE s.dataset=? AND m.kind=? LIMIT 1", (dataset, kind)).fetchone()
+            found = self._db.execute(
+                "SELECT 1 FROM set_members m JOIN description_sets s ON s.name = m.set_name "
+                "WHERE s.dataset=? AND m.kind=? LIMIT 1",
+                (dataset, kind),
+            ).fetchone()
         return found is not None
 
-    def sets_for(self, dataset: str, image_hashes: Sequence[str | None], kind: str,
-                 model: str | None = None) -> list[DescriptionSet]:
+    def sets_for(
+        self, dataset: str, image_hashes: Sequence[str | None], kind: str, model: str | None = None
+    ) -> list[DescriptionSet]:
         """The sets of `dataset` holding `kind` rows of some of these images, oldest first.
 
         Sets whose rows are by `model` when it is given; otherwise none of analysis groups (ANALYSIS_TAG models),
@@ -250,15 +274,23 @@ class DescriptionStore:
         with self._lock:
             for start in range(0, len(hashes), 500):
                 chunk = hashes[start : start + 500]
-                query = (f"SELECT set_name, COUNT(*) FROM set_members WHERE kind=? AND image_hash IN "
-                         f"({','.join('?' * len(chunk))}) AND " + ("model=?" if model else "substr(model, -?) != ?")
-                         + " GROUP BY set_name")
+                query = (
+                    f"SELECT set_name, COUNT(*) FROM set_members WHERE kind=? AND image_hash IN "
+                    f"({','.join('?' * len(chunk))}) AND "
+                    + ("model=?" if model else "substr(model, -?) != ?")
+                    + " GROUP BY set_name"
+                )
                 params = (kind, *chunk, *((model,) if model else (len(ANALYSIS_TAG), ANALYSIS_TAG)))
                 counts.update(dict(self._db.execute(query, params).fetchall()))
-            found = self._db.execute("SELECT name, contract, created FROM description_sets WHERE dataset=? "
-                                     "ORDER BY created, rowid", (dataset,)).fetchall()
-        return [DescriptionSet(name, json.loads(contract), created, counts[name]) for name, contract, created in found
-                if counts[name]]
+            found = self._db.execute(
+                "SELECT name, contract, created FROM description_sets WHERE dataset=? ORDER BY created, rowid",
+                (dataset,),
+            ).fetchall()
+        return [
+            DescriptionSet(name, json.loads(contract), created, counts[name])
+            for name, contract, created in found
+            if counts[name]
+        ]
 
     def set_rows(self, name: str, image_hashes: Sequence[str | None], kind: str) -> list[tuple[str | None, str | None]]:
         """(text, variant) of each image's `kind` row in the set (None, None where it has none; text None where
@@ -273,7 +305,9 @@ class DescriptionStore:
                     "d.image_hash=m.image_hash AND d.kind=m.kind AND d.prompt=m.prompt AND d.model=m.model AND "
                     "d.variant=m.variant WHERE m.set_name=? AND m.kind=? AND m.image_hash IN "
                     f"({','.join('?' * len(chunk))}) "
-                    "ORDER BY d.created, d.rowid", (name, kind, *chunk)).fetchall()
+                    "ORDER BY d.created, d.rowid",
+                    (name, kind, *chunk),
+                ).fetchall()
                 for image_hash, text, variant in rows:
                     found[image_hash] = (text, variant)
         return [found.get(h, (None, None)) if h is not None else (None, None) for h in image_hashes]
@@ -314,7 +348,9 @@ class DescriptionStore:
         return Counter({(kind, backend, model): n for kind, backend, model, n in rows})
 
     # --- exchange as JSON lines ----------------------------------------------------------------
-    def export_jsonl(self, path: str | Path, images: Mapping[str, str], kinds: Sequence[str] = DESCRIPTION_KINDS) -> int:
+    def export_jsonl(
+        self, path: str | Path, images: Mapping[str, str], kinds: Sequence[str] = DESCRIPTION_KINDS
+    ) -> int:
         """Write every row about the images `images` maps (hash -> path relative to the dataset root).
 
         One JSON object per line with the image's path, so the file can be imported next to a copy of
@@ -329,7 +365,9 @@ class DescriptionStore:
         atomic_write_bytes(Path(path), ("\n".join(lines) + "\n" if lines else "").encode("utf-8"))
         return len(lines)
 
-    def import_jsonl(self, path: str | Path, hash_of_image: Callable[[str], str | None], dataset: str | None = None) -> int:
+    def import_jsonl(
+        self, path: str | Path, hash_of_image: Callable[[str], str | None], dataset: str | None = None
+    ) -> int:
         """Load rows written by `export_jsonl` (or by hand): each needs kind, text, prompt, model, and
         image_hash or image (a path under the dataset root, hashed through `hash_of_image`).
 
@@ -341,7 +379,9 @@ class DescriptionStore:
         try:
             text = file.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
-            raise LatteclipError(f"import file {path} is not UTF-8 text (byte {err.start}); export it again with --export, or save it as UTF-8") from err
+            raise LatteclipError(
+                f"import file {path} is not UTF-8 text (byte {err.start}); export it again with --export, or save it as UTF-8"
+            ) from err
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -355,20 +395,36 @@ class DescriptionStore:
                 raise LatteclipError(f"{where} must be a JSON object")
             missing = [f for f in ("kind", "text", "prompt", "model") if not isinstance(record.get(f), str)]
             if missing:
-                raise LatteclipError(f"{where} lacks {', '.join(missing)} (each line needs kind, text, prompt, model and image or image_hash)")
+                raise LatteclipError(
+                    f"{where} lacks {', '.join(missing)} (each line needs kind, text, prompt, model and image or image_hash)"
+                )
             if record["kind"] not in KINDS:
                 raise LatteclipError(f"{where}: kind '{record['kind']}' must be one of {', '.join(KINDS)}")
             image_hash = record.get("image_hash")
             if not image_hash:
                 if not record.get("image"):
-                    raise LatteclipError(f"{where} names no image: give image (a path under the dataset root) or image_hash")
+                    raise LatteclipError(
+                        f"{where} names no image: give image (a path under the dataset root) or image_hash"
+                    )
                 image_hash = hash_of_image(record["image"])
                 if image_hash is None:
-                    raise LatteclipError(f"{where}: image {record['image']} is not in the dataset; check --dataset/--root")
+                    raise LatteclipError(
+                        f"{where}: image {record['image']} is not in the dataset; check --dataset/--root"
+                    )
             records.append((image_hash, record))
         rows = [
-            (image_hash, record["kind"], record["prompt"], record.get("backend") or "import", record["model"], record["text"],
-             record.get("image"), dataset or record.get("dataset"), record.get("meta"), record.get("variant") or "")
+            (
+                image_hash,
+                record["kind"],
+                record["prompt"],
+                record.get("backend") or "import",
+                record["model"],
+                record["text"],
+                record.get("image"),
+                dataset or record.get("dataset"),
+                record.get("meta"),
+                record.get("variant") or "",
+            )
             for image_hash, record in records
         ]
         self.put_many(rows)

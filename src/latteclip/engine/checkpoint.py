@@ -117,7 +117,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = _decode(json.loads(metadata["payload"]), safetensors_load(data))
     except Exception as err:  # truncated, corrupt or foreign files all mean the same to the user
         reason = (str(err).splitlines() or [""])[0]
-        raise LatteclipError(f"checkpoint {path} is not a readable latteclip checkpoint ({type(err).__name__}: {reason})") from err
+        raise LatteclipError(
+            f"checkpoint {path} is not a readable latteclip checkpoint ({type(err).__name__}: {reason})"
+        ) from err
     if not isinstance(payload, dict):
         raise LatteclipError(f"checkpoint {path} is not a latteclip checkpoint")
     return payload

@@ -7,8 +7,8 @@ pass (the same cache training reads). `latteclip describe` and `latteclip adapt`
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
-from typing import Callable, Sequence
 
 import torch
 
@@ -43,8 +43,14 @@ def pseudo_labels(config: RunConfig, train: ImageDataset, loaded: LoadedModel, d
     dataset = train.with_transform(loaded.eval_transform())
     info = dataset.info
     return zero_shot_labels(
-        loaded, TokenCache(loaded.tokenizer), info.classnames, info.templates[0], dataset, device,
-        config.eval_batch_size, config.workers,
+        loaded,
+        TokenCache(loaded.tokenizer),
+        info.classnames,
+        info.templates[0],
+        dataset,
+        device,
+        config.eval_batch_size,
+        config.workers,
     ).tolist()
 
 
@@ -52,20 +58,31 @@ def check_analysis(settings: DescribeSettings, train: ImageDataset) -> bool:
     """Whether groups are drawn from the true labels (analysis mode); refused on data without labels."""
     analysis = "group" in settings.kinds and settings.true_class_members is not None
     if analysis and not train.info.labelled:
-        raise LatteclipError(f"--true-class-members draws groups from the true labels and {train.info.name} has none (unlabeled images)")
+        raise LatteclipError(
+            f"--true-class-members draws groups from the true labels and {train.info.name} has none (unlabeled images)"
+        )
     return analysis
 
 
-def draw_groups(config: RunConfig, settings: DescribeSettings, train: ImageDataset, hashes: list[str | None],
-                labels: list[int] | None, model: str, analysis: bool) -> tuple[list[list[int] | None], str]:
+def draw_groups(
+    config: RunConfig,
+    settings: DescribeSettings,
+    train: ImageDataset,
+    hashes: list[str | None],
+    labels: list[int] | None,
+    model: str,
+    analysis: bool,
+) -> tuple[list[list[int] | None], str]:
     """Each anchor's group cells and how they were drawn: by zero-shot label, or (analysis) by the TRUE labels."""
     if not analysis:
         groups = draw_pseudo_label_groups(labels, settings.group_size, config.seed, settings.group_draw)
         drawn_by = f"{config.model} {config.pretrained or 'random'}"
         return groups, f"{settings.group_draw} draw by zero-shot label of {drawn_by}"
-    print(f"ANALYSIS MODE: groups hold {settings.true_class_members} of {settings.group_size} images of the "
-          f"anchor's TRUE class; these groups read the labels and are stored as model '{model}{ANALYSIS_TAG}', "
-          "which label-free training reads only when named (--described-by)")
+    print(
+        f"ANALYSIS MODE: groups hold {settings.true_class_members} of {settings.group_size} images of the "
+        f"anchor's TRUE class; these groups read the labels and are stored as model '{model}{ANALYSIS_TAG}', "
+        "which label-free training reads only when named (--described-by)"
+    )
     true_labels = [s.label if h is not None else -1 for s, h in zip(train.samples, hashes)]  # unread: no group
     groups = draw_true_class_groups(true_labels, settings.group_size, settings.true_class_members, config.seed)
     return groups, f"true class, {settings.true_class_members} of {settings.group_size} (analysis, reads labels)"
@@ -92,7 +109,9 @@ def describe_training_images(
     analysis = check_analysis(settings, train)
     names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in settings.kinds}
     needs_labels = any(names_label.values()) or (wants_groups and not analysis)
-    own_clip = settings.lmm == "offline" and not settings.describer_model  # the offline describer ranks with the adapted model
+    own_clip = (
+        settings.lmm == "offline" and not settings.describer_model
+    )  # the offline describer ranks with the adapted model
     device, loaded = device_and_model(config, needs_clip=needs_labels or own_clip)
     # the server is asked (reachable, key, model) before the zero-shot pass, so a wrong setting costs nothing
     describer = build_describer(settings, info.domain, loaded, device, info.name) if settings.lmm != "batch" else None
@@ -114,8 +133,11 @@ def describe_training_images(
         groups, draw = draw_groups(config, settings, train, hashes, labels, model, analysis)
         jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
     backend = describer.backend if describer else "batch"
-    store.record_set(info.name, description_contract(config, settings, backend, model, jobs, analysis),
-                     [(j.image_hash, j.kind, j.prompt, model + j.model_tag, j.variant) for j in jobs])
+    store.record_set(
+        info.name,
+        description_contract(config, settings, backend, model, jobs, analysis),
+        [(j.image_hash, j.kind, j.prompt, model + j.model_tag, j.variant) for j in jobs],
+    )
     if describer is None:
         return _batch_files(jobs, store, model, info.name, batch_out, batch_in, settings.batch_shards)
     runner = Runner(describer, store, info.name, settings.concurrency, settings.stop_after_failures)
@@ -126,8 +148,9 @@ def describe_training_images(
     return summary, f"{describer.backend} {describer.model}"
 
 
-def description_contract(config: RunConfig, settings: DescribeSettings, backend: str, model: str, jobs: list[Job],
-                         analysis: bool) -> dict:
+def description_contract(
+    config: RunConfig, settings: DescribeSettings, backend: str, model: str, jobs: list[Job], analysis: bool
+) -> dict:
     """What identifies how a stage's texts were made, stored with them (DescriptionStore.record_set) and read back
     by the method that uses them: describer, prompts, group size and draw, the seed and zero-shot model of the draw."""
     return {
@@ -143,9 +166,7 @@ def description_contract(config: RunConfig, settings: DescribeSettings, backend:
     }
 
 
-def describe_run(
-    config: RunConfig, settings: DescribeSettings, prompts_file: str | None = None
-) -> tuple[Summary, str]:
+def describe_run(config: RunConfig, settings: DescribeSettings, prompts_file: str | None = None) -> tuple[Summary, str]:
     """The description stage for the training images `config` trains on, into the store it reads; one call.
 
     Prompts: the bundled ones, the dataset's own, the settings' `prompts`, then `prompts_file`. The store skips
@@ -166,8 +187,9 @@ def image_hasher(dataset: ImageDataset, hashes: list[str | None]) -> Callable[[s
             return known[path]
         parts = PurePosixPath(path.replace("\\", "/"))
         if parts.is_absolute() or ".." in parts.parts:
-            raise LatteclipError(f"imported image path {path} is not inside the dataset root: give a path relative "
-                                 "to --root")
+            raise LatteclipError(
+                f"imported image path {path} is not inside the dataset root: give a path relative to --root"
+            )
         try:
             return image_key(dataset.source.read(path))
         except (OSError, KeyError):
@@ -189,8 +211,10 @@ def true_class_descriptions(
     Returns the number of images described.
     """
     if not reads_labels:
-        raise LatteclipError("true-class descriptions read the TRUE labels of the training images (analysis only): "
-                             "ask for them explicitly (reads_labels=True; the benchmark's --reads-labels)")
+        raise LatteclipError(
+            "true-class descriptions read the TRUE labels of the training images (analysis only): "
+            "ask for them explicitly (reads_labels=True; the benchmark's --reads-labels)"
+        )
     if not 0.0 <= share <= 1.0:
         raise LatteclipError(f"the share of true-class descriptions must be between 0 and 1, not {share}")
     train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
@@ -211,29 +235,58 @@ def true_class_descriptions(
             text = info.templates[0].format(name)
             if vocab is not None:
                 text += " " + compose_at_random(vocab, info.class_attributes[name], info.domain, rng)
-            rows.append((image_hash, kind, "", "analysis", model + ANALYSIS_TAG, text, sample.path, info.name, {"share": share}, ""))
+            rows.append(
+                (
+                    image_hash,
+                    kind,
+                    "",
+                    "analysis",
+                    model + ANALYSIS_TAG,
+                    text,
+                    sample.path,
+                    info.name,
+                    {"share": share},
+                    "",
+                )
+            )
     store.put_many(rows)
-    contract = {"describer": "analysis true-class texts", "kinds": ["image", "group"], "share": share,
-                "seed": config.seed, "analysis": True}
+    contract = {
+        "describer": "analysis true-class texts",
+        "kinds": ["image", "group"],
+        "share": share,
+        "seed": config.seed,
+        "analysis": True,
+    }
     store.record_set(info.name, contract, [(row[0], row[1], row[2], row[4], row[9]) for row in rows])
     return len(rows) // 2
 
 
-def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_name: str, batch_out: str | None,
-                 batch_in: str | Sequence[str] | None, shards: int = 1) -> tuple[Summary, str]:
+def _batch_files(
+    jobs: list[Job],
+    store: DescriptionStore,
+    model: str,
+    dataset_name: str,
+    batch_out: str | None,
+    batch_in: str | Sequence[str] | None,
+    shards: int = 1,
+) -> tuple[Summary, str]:
     """--batch-out: the requests the store lacks, as OpenAI Batch files (`shards` of them); --batch-in: the answers of
     results files."""
     if batch_out:
         summary, files = write_requests(jobs, store, model, batch_out, shards=shards)
         if len(files) == 1:
-            print(f"wrote {files[0][1]} requests to {files[0][0]}: run them (e.g. vllm run-batch -i {files[0][0]} -o "
-                  f"RESULTS.jsonl --model {model}), then store the answers with the same command and --batch-in RESULTS.jsonl")
+            print(
+                f"wrote {files[0][1]} requests to {files[0][0]}: run them (e.g. vllm run-batch -i {files[0][0]} -o "
+                f"RESULTS.jsonl --model {model}), then store the answers with the same command and --batch-in RESULTS.jsonl"
+            )
         elif files:
             sizes = [n for _, n in files]
-            print(f"wrote {sum(sizes)} requests to {len(files)} files in {files[0][0].parent}, {files[0][0].name} to "
-                  f"{files[-1][0].name} ({min(sizes)} to {max(sizes)} requests each): run each on a node of its own "
-                  f"(e.g. vllm run-batch -i {files[0][0]} -o results-1.jsonl --model {model}), then store all the "
-                  "answers with the same command and --batch-in 'results-*.jsonl'")
+            print(
+                f"wrote {sum(sizes)} requests to {len(files)} files in {files[0][0].parent}, {files[0][0].name} to "
+                f"{files[-1][0].name} ({min(sizes)} to {max(sizes)} requests each): run each on a node of its own "
+                f"(e.g. vllm run-batch -i {files[0][0]} -o results-1.jsonl --model {model}), then store all the "
+                "answers with the same command and --batch-in 'results-*.jsonl'"
+            )
         else:
             print("nothing to write: the store holds an answer to every request")
         return summary, f"batch file for {model}"
@@ -242,6 +295,8 @@ def _batch_files(jobs: list[Job], store: DescriptionStore, model: str, dataset_n
     summary, unmatched = read_results(jobs, store, model, batch_in, dataset_name)
     if unmatched:
         files = batch_in if isinstance(batch_in, str) else ", ".join(batch_in)
-        print(f"{unmatched} lines of {files} match no request still missing (already stored, or another dataset, "
-              "prompt or model): left as they are")
+        print(
+            f"{unmatched} lines of {files} match no request still missing (already stored, or another dataset, "
+            "prompt or model): left as they are"
+        )
     return summary, f"batch results of {model}"

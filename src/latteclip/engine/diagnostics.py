@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +24,19 @@ def prediction_distribution(scores: torch.Tensor, valid: torch.Tensor, classname
     fraction of log C, so 1.0 means every class is predicted equally often).
     """
     rows = scores[valid].float()
-    counts = torch.bincount(rows.argmax(dim=-1), minlength=len(classnames)) if len(rows) else torch.zeros(len(classnames), dtype=torch.long)
+    counts = (
+        torch.bincount(rows.argmax(dim=-1), minlength=len(classnames))
+        if len(rows)
+        else torch.zeros(len(classnames), dtype=torch.long)
+    )
     total = int(counts.sum())
     shares = counts.float() / max(total, 1)
     entropy = float(-(shares[shares > 0] * shares[shares > 0].log()).sum())
-    margin = float((rows.topk(2, dim=-1).values @ torch.tensor([1.0, -1.0])).mean()) if len(rows) and rows.shape[1] > 1 else 0.0
+    margin = (
+        float((rows.topk(2, dim=-1).values @ torch.tensor([1.0, -1.0])).mean())
+        if len(rows) and rows.shape[1] > 1
+        else 0.0
+    )
     top = int(counts.argmax())
     return {
         "counts": {name: int(n) for name, n in zip(classnames, counts.tolist())},
@@ -66,6 +74,7 @@ def label_free_diagnostics(
         "class_weight_drift": {name: float(c) for name, c in zip(classnames, drift.tolist())},
         "mean_class_weight_drift": float(drift.mean()),
         "changed_examples": [
-            {"image": paths[i], "zero_shot": classnames[int(zero_shot_pred[i])], "adapted": classnames[int(pred[i])]} for i in shown
+            {"image": paths[i], "zero_shot": classnames[int(zero_shot_pred[i])], "adapted": classnames[int(pred[i])]}
+            for i in shown
         ],
     }

@@ -36,15 +36,18 @@ def evaluate(method: Method, test_set: ImageDataset, inference: Inference, cache
     method.model.eval()
     try:
         with torch.no_grad(), autocast_for_precision(inference.precision, device):
-            features, valid = extract_features(method.encode_images, test_set, device, inference.batch_size,
-                                               inference.workers, "evaluate", cache_key)
+            features, valid = extract_features(
+                method.encode_images, test_set, device, inference.batch_size, inference.workers, "evaluate", cache_key
+            )
             classifier = method.classifier().float()
     finally:
         method.model.train(was_training)
     return accuracy_report(predict_labels(features, valid, classifier), test_set.labels, valid, method.info.classnames)
 
 
-def accuracy_report(predictions: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, classnames: list[str]) -> dict:
+def accuracy_report(
+    predictions: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, classnames: list[str]
+) -> dict:
     """Top-1 over readable images, per-class accuracy keyed by class name, confusion rows = true class."""
     num_classes = len(classnames)
     pred, true = predictions[valid], labels[valid]

@@ -25,8 +25,8 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
-from latteclip.data.datasets import DatasetInfo
 from latteclip.data.coop import load_spec, spec_names
+from latteclip.data.datasets import DatasetInfo
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method
 
@@ -113,7 +113,9 @@ def export_open_clip(method: Method, out: Path) -> ExportedFiles:
 
     model_config = model_config_of(model_name)
     preprocess = {"mean": list(loaded.mean), "std": list(loaded.std), "size": loaded.image_size}
-    (out / OPEN_CLIP_CONFIG_FILE).write_text(json.dumps({"model_cfg": model_config, "preprocess_cfg": preprocess}, indent=1))
+    (out / OPEN_CLIP_CONFIG_FILE).write_text(
+        json.dumps({"model_cfg": model_config, "preprocess_cfg": preprocess}, indent=1)
+    )
     config_file = None
     if not model_name.startswith("hf-hub:") and not _builtin_arch(model_name):
         config_file = out / f"{arch}.json"
@@ -192,8 +194,10 @@ def clip_benchmark_text(files: ExportedFiles, info: DatasetInfo) -> str:
         where = f"in the label order of CLIP_benchmark's `{order.dataset}`: {names}"
         dataset = order.dataset
     else:
-        where = (f"in this export's label order, as CLIP_benchmark must then present the classes (for example a "
-                 f"webdataset built with this class list): {names}")
+        where = (
+            f"in this export's label order, as CLIP_benchmark must then present the classes (for example a "
+            f"webdataset built with this class list): {names}"
+        )
         dataset = "DATASET"
     return f"""
 ## Evaluate with CLIP_benchmark

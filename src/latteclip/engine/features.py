@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 import warnings
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -68,7 +68,11 @@ def extract_features(
     shard = list(range(distributed.rank(), len(dataset), distributed.world_size()))
     # a generator of its own, so that evaluating never draws from the global RNG that training uses
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=shard, num_workers=workers, collate_fn=collate,
+        dataset,
+        batch_size=batch_size,
+        sampler=shard,
+        num_workers=workers,
+        collate_fn=collate,
         generator=torch.Generator().manual_seed(0),
     )
     features: torch.Tensor | None = None
@@ -102,7 +106,9 @@ def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
 
 
-def _merge_shards(features: torch.Tensor, valid: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge_shards(
+    features: torch.Tensor, valid: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank filled its own rows; summing over ranks puts all rows everywhere."""
     width = torch.tensor([features.shape[1]], device=device)
     width = int(distributed.gather(width).max())

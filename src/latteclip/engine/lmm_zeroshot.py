@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -29,7 +29,10 @@ UNMAPPED = "(unmapped)"
 
 
 def lmm_zero_shot(
-    config: RunConfig, settings: DescribeSettings, prompts_file: str | None = None, on_answers: Callable[[Summary, str], None] | None = None
+    config: RunConfig,
+    settings: DescribeSettings,
+    prompts_file: str | None = None,
+    on_answers: Callable[[Summary, str], None] | None = None,
 ) -> RunResults | None:
     """Ask for every test image's answer the store lacks, then score them; None while some answers are missing.
 
@@ -37,11 +40,15 @@ def lmm_zero_shot(
     """
     started = time.time()
     if settings.lmm == "offline":
-        raise LatteclipError("the offline describer ignores prompts, so it cannot answer the multiple-choice question: "
-                             "use --lmm openai or --lmm transformers")
+        raise LatteclipError(
+            "the offline describer ignores prompts, so it cannot answer the multiple-choice question: "
+            "use --lmm openai or --lmm transformers"
+        )
     constrained = settings.lmm_answer_format == "json-schema"
     if constrained and settings.lmm != "openai":
-        raise LatteclipError("--lmm-answer-format json-schema sends an OpenAI response_format: use it with --lmm openai")
+        raise LatteclipError(
+            "--lmm-answer-format json-schema sends an OpenAI response_format: use it with --lmm openai"
+        )
     test = build_dataset(config.dataset, config.root, "test", None, dataset_options(config))
     info = test.info
     prompt = load_prompts(info.prompts, settings.prompts, prompts_file).multiple_choice(info.classnames, info.domain)
@@ -54,7 +61,9 @@ def lmm_zero_shot(
         variant = settings.lmm_answer_format if constrained else ""
         response_format = class_choice_format(info.classnames) if constrained else None
         summary = runner.run(image_jobs(test, hashes, lambda i: prompt, "zeroshot", response_format, variant))
-        answers = store.get_texts([h or "" for h in hashes], "zeroshot", model=describer.model, prompt=prompt, variant=variant)
+        answers = store.get_texts(
+            [h or "" for h in hashes], "zeroshot", model=describer.model, prompt=prompt, variant=variant
+        )
     finally:
         describer.close()
         store.close()
@@ -65,7 +74,10 @@ def lmm_zero_shot(
 
     classnames = info.classnames
     valid = torch.tensor([a is not None for a in answers])
-    mapped = [map_answer(constrained_text(a or "") if constrained else a or "", classnames, settings.answer_cutoff) for a in answers]
+    mapped = [
+        map_answer(constrained_text(a or "") if constrained else a or "", classnames, settings.answer_cutoff)
+        for a in answers
+    ]
     predictions = torch.tensor([m.label if m.label is not None else len(classnames) for m in mapped])
     # an extra "(unmapped)" class keeps wrong-because-unmapped answers visible in the confusion matrix
     report = accuracy_report(predictions, test.labels, valid, [*classnames, UNMAPPED])
@@ -84,14 +96,21 @@ def lmm_zero_shot(
         "unreadable_train_images": 0,
         "unreadable_test_images": report["unreadable"],
         "timings": {"total_s": time.time() - started},
-        "lmm": {"backend": describer.backend, "model": describer.model, "prompt": prompt, "answer_cutoff": settings.answer_cutoff,
-                "answer_format": settings.lmm_answer_format},
+        "lmm": {
+            "backend": describer.backend,
+            "model": describer.model,
+            "prompt": prompt,
+            "answer_cutoff": settings.answer_cutoff,
+            "answer_format": settings.lmm_answer_format,
+        },
     }
     _write_lmm_run(config, settings, results, test, answers, mapped)
     return results
 
 
-def _write_lmm_run(config: RunConfig, settings: DescribeSettings, results: RunResults, test: ImageDataset, answers, mapped) -> None:
+def _write_lmm_run(
+    config: RunConfig, settings: DescribeSettings, results: RunResults, test: ImageDataset, answers, mapped
+) -> None:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     described = {k: v for k, v in vars(settings).items() if v is not None}
@@ -99,10 +118,17 @@ def _write_lmm_run(config: RunConfig, settings: DescribeSettings, results: RunRe
     classnames = test.info.classnames
     with open(run_dir / "answers.jsonl", "w", encoding="utf-8") as handle:
         for sample, answer, m in zip(test.samples, answers, mapped):
-            handle.write(json.dumps({
-                "image": sample.path, "label": classnames[sample.label], "answer": answer,
-                "mapped": classnames[m.label] if m.label is not None else None, "how": m.how,
-                "similarity": round(m.similarity, 4),
-            }) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "image": sample.path,
+                        "label": classnames[sample.label],
+                        "answer": answer,
+                        "mapped": classnames[m.label] if m.label is not None else None,
+                        "how": m.how,
+                        "similarity": round(m.similarity, 4),
+                    }
+                )
+                + "\n"
+            )
     write_results(run_dir, results)
-

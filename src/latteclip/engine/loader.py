@@ -37,8 +37,9 @@ class _StepBatches:
         return self.schedule.batches_from(self.start)
 
 
-def train_loader(dataset: ImageDataset, schedule: Schedule, start: int, workers: int,
-                 device: torch.device) -> DataLoader:
+def train_loader(
+    dataset: ImageDataset, schedule: Schedule, start: int, workers: int, device: torch.device
+) -> DataLoader:
     """Batches of the steps `start`..end; the same images for any `workers` and after any resume."""
     return DataLoader(
         EpochItems(dataset),

@@ -6,7 +6,7 @@ config, so a notebook or a benchmark builds the same optimizer a run would (`opt
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -62,5 +62,6 @@ def create_optimizer(
 
 def optimizer_for_run(groups: ParamGroups, config: RunConfig) -> torch.optim.Optimizer:
     """The optimizer a run with `config` trains with."""
-    return create_optimizer(groups, config.optimizer, config.lr, config.weight_decay, tuple(config.betas), config.eps,
-                            config.sgd_momentum)
+    return create_optimizer(
+        groups, config.optimizer, config.lr, config.weight_decay, tuple(config.betas), config.eps, config.sgd_momentum
+    )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -33,7 +33,9 @@ def collect_images(paths: Sequence[str | Path]) -> list[Path]:
         else:
             raise LatteclipError(f"{raw} does not exist: pass image files or folders of images")
     if not found:
-        raise LatteclipError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {', '.join(map(str, paths))}")
+        raise LatteclipError(
+            f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {', '.join(map(str, paths))}"
+        )
     return found
 
 
@@ -66,7 +68,9 @@ class Prediction:
         return bool(self.classes)
 
 
-def class_probabilities(image_features: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def class_probabilities(
+    image_features: torch.Tensor, classifier: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """CLIP's class probabilities: softmax over classes of the scaled cosine similarities."""
     return (logit_scale.exp() * image_features.float() @ classifier.float().t()).softmax(dim=-1)
 
@@ -80,8 +84,9 @@ def predict_files(method: Method, files: Sequence[Path], top_k: int, inference: 
     loaded = method.loaded
     data = ImageFiles(files, loaded.eval_transform())
     method.model.eval()
-    features, valid = extract_features(method.encode_images, data, method.device, inference.batch_size,
-                                       inference.workers, desc="predict")
+    features, valid = extract_features(
+        method.encode_images, data, method.device, inference.batch_size, inference.workers, desc="predict"
+    )
     readable = valid.nonzero().flatten().tolist()
     names = method.info.classnames
     results = [Prediction(path, [], []) for path in data.files]
@@ -128,7 +133,9 @@ def format_csv(predictions: Sequence[Prediction]) -> str:
 
 def format_jsonl(predictions: Sequence[Prediction]) -> str:
     """One object per readable image: {"path", "top": [{"class", "score"}, ...]}."""
-    lines = [{"path": str(p.path), "top": [{"class": n, "score": round(s, 6)} for n, s in zip(p.classes, p.scores)]}
-             for p in predictions if p.readable]
+    lines = [
+        {"path": str(p.path), "top": [{"class": n, "score": round(s, 6)} for n, s in zip(p.classes, p.scores)]}
+        for p in predictions
+        if p.readable
+    ]
     return "".join(json.dumps(line) + "\n" for line in lines)
-

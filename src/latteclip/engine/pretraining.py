@@ -131,10 +131,17 @@ def weights_behaviour(config: RunConfig, weights: Path) -> dict[str, Any]:
     loaded.model.eval()
     options = dataclasses.replace(dataset_options(config), limit=PROBE_IMAGES, seed=0)
     probe = build_dataset(config.dataset, config.root, "test", loaded.eval_transform(), options)
-    features, _ = extract_features(lambda x: torch.nn.functional.normalize(loaded.model.encode_image(x), dim=-1), probe,
-                                   torch.device("cpu"), desc="weights probe")
+    features, _ = extract_features(
+        lambda x: torch.nn.functional.normalize(loaded.model.encode_image(x), dim=-1),
+        probe,
+        torch.device("cpu"),
+        desc="weights probe",
+    )
     info = probe.info
     classes = class_text_features(loaded.model, TokenCache(loaded.tokenizer), info.classnames, info.templates)
     top = (features @ classes.t()).max(dim=-1)
-    return {"probe": dataset_fingerprint(probe), "predictions": top.indices.tolist(),
-            "scores": [round(score, 4) for score in top.values.tolist()]}
+    return {
+        "probe": dataset_fingerprint(probe),
+        "predictions": top.indices.tolist(),
+        "scores": [round(score, 4) for score in top.values.tolist()],
+    }

@@ -64,11 +64,17 @@ def read_results(run_dir: Path) -> RunResults:
     """A finished run's results; a missing, damaged or foreign file is one clear error naming it."""
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
-        raise LatteclipError(f"{run_dir} has no {RESULTS_FILE}: it is not a finished run (finish it with `latteclip train --resume`)")
+        raise LatteclipError(
+            f"{run_dir} has no {RESULTS_FILE}: it is not a finished run (finish it with `latteclip train --resume`)"
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise LatteclipError(f"{path} cannot be read as run results ({err}); rerun the training that writes it") from err
+        raise LatteclipError(
+            f"{path} cannot be read as run results ({err}); rerun the training that writes it"
+        ) from err
     if not isinstance(data, dict) or any(key not in data for key in ("method", "top1", "steps")):
-        raise LatteclipError(f"{path} is not a run's results (no method, top1 and steps); rerun the training that writes it")
+        raise LatteclipError(
+            f"{path} is not a run's results (no method, top1 and steps); rerun the training that writes it"
+        )
     return data

@@ -30,7 +30,9 @@ def check_run_folder(config: RunConfig) -> None:
                 )
             return
         if finished:
-            raise LatteclipError(f"run {run_dir} already finished (final.pt exists); choose another --name to train again")
+            raise LatteclipError(
+                f"run {run_dir} already finished (final.pt exists); choose another --name to train again"
+            )
         raise LatteclipError(f"--resume: {run_dir} holds no run to continue (no last.pt); drop --resume to start it")
     if config.overwrite:
         return

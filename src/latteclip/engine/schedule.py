@@ -47,8 +47,9 @@ class Schedule:
     warmup_steps: int
 
     @classmethod
-    def plan(cls, num_samples: int, batch_size: int, seed: int, epochs: int, max_steps: int | None,
-             warmup_steps: int) -> "Schedule":
+    def plan(
+        cls, num_samples: int, batch_size: int, seed: int, epochs: int, max_steps: int | None, warmup_steps: int
+    ) -> Schedule:
         batch_size = min(batch_size, num_samples)
         steps_per_epoch = len(epoch_batches(num_samples, batch_size, seed, 0))
         total = max(1, epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch))
@@ -70,5 +71,9 @@ class Schedule:
 
     def record(self) -> dict[str, int]:
         """What results.json says about the steps actually run."""
-        return {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs}
+        return {
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+        }

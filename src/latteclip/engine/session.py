@@ -48,8 +48,10 @@ def pick_device(name: str) -> torch.device:
         )
     count = torch.cuda.device_count()
     if local_rank >= count:
-        raise LatteclipError(f"torchrun's LOCAL_RANK={local_rank} has no GPU: this node shows {count}; "
-                             f"start at most {count} processes per node (--nproc-per-node {count})")
+        raise LatteclipError(
+            f"torchrun's LOCAL_RANK={local_rank} has no GPU: this node shows {count}; "
+            f"start at most {count} processes per node (--nproc-per-node {count})"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -97,7 +99,9 @@ class Session:
         """A split with the evaluation transform, or with seeded train-time augmentation (the same samples)."""
         cfg = self.config
         if split not in self.built:
-            self.built[split] = build_dataset(cfg.dataset, cfg.root, split, self.loaded.eval_transform(), dataset_options(cfg))
+            self.built[split] = build_dataset(
+                cfg.dataset, cfg.root, split, self.loaded.eval_transform(), dataset_options(cfg)
+            )
         data = self.built[split]
         if train_time:
             return data.with_transform(self.loaded.train_transform(cfg.augment, cfg.augment_policy), item_seed=cfg.seed)
@@ -108,7 +112,9 @@ class Session:
         cfg = self.config
         if cfg.eval_dataset:
             transform = self.loaded.eval_transform()
-            data = build_dataset(cfg.eval_dataset, cfg.eval_root or "", "test", transform, DatasetOptions(seed=cfg.seed))
+            data = build_dataset(
+                cfg.eval_dataset, cfg.eval_root or "", "test", transform, DatasetOptions(seed=cfg.seed)
+            )
             return align_classes(data, self.method.info)
         if not self.method.info.labelled:
             return None
@@ -122,11 +128,15 @@ def open_session(config: RunConfig, device: torch.device | None = None) -> Sessi
     method_cls = get_method(config.method)
     options = build_options(method_cls, dict(config.method_options))
     if config.eval_dataset and not config.eval_root:
-        raise LatteclipError(f"--eval-dataset {config.eval_dataset} needs --eval-root PATH (its folder, archive or CSV file)")
+        raise LatteclipError(
+            f"--eval-dataset {config.eval_dataset} needs --eval-root PATH (its folder, archive or CSV file)"
+        )
     info = build_info(config.dataset, config.root, dataset_options(config))  # before the slow part
     if method_cls.reads_train_labels and not info.labelled:
-        raise LatteclipError(f"method {config.method} trains on the true labels and --dataset {config.dataset} has none: "
-                             "use a label-free method (zeroshot, flyp_pl, latteclip, reclip, coft, coft_plus) or labelled data")
+        raise LatteclipError(
+            f"method {config.method} trains on the true labels and --dataset {config.dataset} has none: "
+            "use a label-free method (zeroshot, flyp_pl, latteclip, reclip, coft, coft_plus) or labelled data"
+        )
     loaded = load_clip(config.model, config.pretrained, device)
     method = method_cls(loaded, info, options, device)
     return Session(config, device, loaded, method)

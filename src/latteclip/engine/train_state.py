@@ -25,7 +25,6 @@ from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult
 from latteclip.models.losses import MAX_LOGIT_SCALE
 
-
 RUNTIME_KEYS = ("precision_in_use", "device_type", "deterministic_kernels")
 
 
@@ -91,7 +90,7 @@ class TrainState:
     unreadable: set[int] = field(default_factory=set)
 
     @classmethod
-    def create(cls, method: Method, config: RunConfig, device: torch.device) -> "TrainState":
+    def create(cls, method: Method, config: RunConfig, device: torch.device) -> TrainState:
         groups = scaled_groups(method.parameters())
         optimizer = optimizer_for_run(groups, config)
         # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through

@@ -83,8 +83,9 @@ class Trainer:
         Also what `TrainContext.extract_features` calls.
         """
         with torch.no_grad(), autocast_for_precision(self.config.precision, self.device):
-            return extract_features(encode, dataset, self.device, self.config.eval_batch_size, self.workers, desc,
-                                    cache_key)
+            return extract_features(
+                encode, dataset, self.device, self.config.eval_batch_size, self.workers, desc, cache_key
+            )
 
     def scores(self, dataset: ImageDataset, pristine: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The current classifier [C, d], cosine scores [N, C] of every image of `dataset` with it, and the readable
@@ -112,9 +113,16 @@ class Trainer:
         else:
             classifier, scores, valid = self.scores(train_set)
         start_classifier, start_scores = self.start
-        report = label_free_diagnostics(start_scores, scores, valid, start_classifier, classifier,
-                                        self.method.info.classnames, [s.path for s in train_set.samples],
-                                        self.config.seed)
+        report = label_free_diagnostics(
+            start_scores,
+            scores,
+            valid,
+            start_classifier,
+            classifier,
+            self.method.info.classnames,
+            [s.path for s in train_set.samples],
+            self.config.seed,
+        )
         return {**report, **self.method.diagnostics()}
 
     def pristine_key(self) -> str:
@@ -125,8 +133,14 @@ class Trainer:
         """c_zs for every training image with the frozen model, computed once and cached on disk."""
         info = self.method.info
         return zero_shot_labels(
-            self.session.loaded, self.method.tokens, info.classnames, info.templates[0], eval_train_set,
-            self.device, self.config.eval_batch_size, self.workers,
+            self.session.loaded,
+            self.method.tokens,
+            info.classnames,
+            info.templates[0],
+            eval_train_set,
+            self.device,
+            self.config.eval_batch_size,
+            self.workers,
         )
 
     # --- the loop -------------------------------------------------------------------------------
@@ -143,8 +157,11 @@ class Trainer:
         distributed.barrier()
         if distributed.is_main():
             save_config(self.config, self.run_dir / "config.yaml")
-        log = MetricsLog(self.run_dir, resume_state["step"] if resume_state else None,
-                         resume_state["metrics_lines"] if resume_state else 0)
+        log = MetricsLog(
+            self.run_dir,
+            resume_state["step"] if resume_state else None,
+            resume_state["metrics_lines"] if resume_state else 0,
+        )
         started = time.time()
         test_set = self.session.evaluation_set()
         try:
@@ -155,8 +172,9 @@ class Trainer:
         finally:
             log.close()
 
-    def train(self, test_set: ImageDataset | None, log: MetricsLog, resume_state: dict | None,
-              started: float) -> RunResults:
+    def train(
+        self, test_set: ImageDataset | None, log: MetricsLog, resume_state: dict | None, started: float
+    ) -> RunResults:
         """Set up, then every step: learning rate, optimisation step, record, evaluation and checkpoint as asked."""
         cfg, method = self.config, self.method
         train_set = self.session.dataset("train", train_time=True)
@@ -173,8 +191,14 @@ class Trainer:
             log.write({"step": 0, "eval/top1": self.evaluate(test_set, pristine=True)["top1"]})
         analysis = PseudoLabelAnalysis() if method.info.labelled else None  # reads the batch's true labels
         method.model.train()
-        progress = tqdm(total=schedule.total_steps, initial=state.step, desc=f"train {method.name}", unit="step",
-                        dynamic_ncols=True, disable=not distributed.is_main())
+        progress = tqdm(
+            total=schedule.total_steps,
+            initial=state.step,
+            desc=f"train {method.name}",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not distributed.is_main(),
+        )
         loss = math.nan
         for batch in train_loader(train_set, schedule, state.step, self.workers, self.device):
             self.note_unreadable(batch["skipped"], train_set, state)
@@ -198,12 +222,15 @@ class Trainer:
         epochs = cfg.epochs if cfg.epochs is not None else self.method.default_epochs(num_samples)
         self.schedule = Schedule.plan(num_samples, cfg.batch_size, cfg.seed, epochs, cfg.max_steps, cfg.warmup_steps)
         if self.schedule.batch_size % distributed.world_size():
-            raise LatteclipError(f"--batch-size {self.schedule.batch_size} must be a multiple of the number of "
-                                 f"processes ({distributed.world_size()})")
+            raise LatteclipError(
+                f"--batch-size {self.schedule.batch_size} must be a multiple of the number of "
+                f"processes ({distributed.world_size()})"
+            )
         return self.schedule
 
-    def setup_method(self, train_set: ImageDataset, schedule: Schedule, log: MetricsLog,
-                     resume_step: int | None) -> None:
+    def setup_method(
+        self, train_set: ImageDataset, schedule: Schedule, log: MetricsLog, resume_step: int | None
+    ) -> None:
         """The method's one-off work before the first step (zero-shot labels, descriptions, features)."""
         t0 = time.time()
         needs_labels = self.method.needs_zero_shot_labels
@@ -216,16 +243,30 @@ class Trainer:
                 log.write(record)
 
         ctx = TrainContext(
-            train_set, zs_labels, self.run_dir, self.config.seed, self.config.store, method_log,
-            extract_features=self.features_of, eval_transform=self.session.loaded.eval_transform(),
-            steps_per_epoch=schedule.steps_per_epoch, total_steps=schedule.total_steps,
+            train_set,
+            zs_labels,
+            self.run_dir,
+            self.config.seed,
+            self.config.store,
+            method_log,
+            extract_features=self.features_of,
+            eval_transform=self.session.loaded.eval_transform(),
+            steps_per_epoch=schedule.steps_per_epoch,
+            total_steps=schedule.total_steps,
         )
         t0 = time.time()
         self.method.setup_training(ctx)
         self.timings["setup_s"] = time.time() - t0
 
-    def step(self, state: TrainState, schedule: Schedule, batch: dict, log: MetricsLog,
-             analysis: PseudoLabelAnalysis | None, last_loss: float) -> float:
+    def step(
+        self,
+        state: TrainState,
+        schedule: Schedule,
+        batch: dict,
+        log: MetricsLog,
+        analysis: PseudoLabelAnalysis | None,
+        last_loss: float,
+    ) -> float:
         """One step of the loop (learning rate, optimisation step, record, step counter); returns the loss shown.
 
         Ranks agree first: when any rank's share of the batch is all unreadable, every rank skips the step,
@@ -246,8 +287,9 @@ class Trainer:
             log.write(record)
         return result.loss.item()
 
-    def evaluate_and_save(self, state: TrainState, schedule: Schedule, test_set: ImageDataset | None,
-                          log: MetricsLog) -> None:
+    def evaluate_and_save(
+        self, state: TrainState, schedule: Schedule, test_set: ImageDataset | None, log: MetricsLog
+    ) -> None:
         """After a step: the evaluation and last.pt the run asks for (the last evaluation comes after training)."""
         step, cfg = state.step, self.config
         if test_set is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < schedule.total_steps:

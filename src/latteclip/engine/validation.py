@@ -11,7 +11,7 @@ every domain (which is why `benchmarks/` measures them against held-out labels),
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -102,8 +102,11 @@ def mixval(
         first, second = (torch.tensor(side) for side in zip(*pair_list))
         mixed = ratio * images[first] + (1 - ratio) * images[second]
         result[kind] = float((predict(mixed).argmax(dim=-1) == labels[first]).double().mean())
-    return {"mixval": (result["inter"] + result["intra"]) / 2, "mixval_inter": result["inter"],
-            "mixval_intra": result["intra"]}
+    return {
+        "mixval": (result["inter"] + result["intra"]) / 2,
+        "mixval_inter": result["inter"],
+        "mixval_intra": result["intra"],
+    }
 
 
 def mixing_pairs(labels: torch.Tensor, pairs: int, seed: int) -> dict[str, list[tuple[int, int]]]:

@@ -89,10 +89,18 @@ class RunArchive:
                 others[name] = others.get(name, 0) + 1
         for bound, count in others.items():
             old = all(re.fullmatch(r"[0-9a-f]{64}", value) for value in json.loads(bound).values())
-            why = (" (bound to those weights files' bytes, before the archive compared what weights compute: kept "
-                   "readable, reused by no checkout; regenerating the benchmark replaces them)") if old else ""
-            notes.append(f"{count} archived runs in {self.folder} were made from other pre-trained weights ({bound}; "
-                         f"these are {json.dumps(self.weights, sort_keys=True)}){why}: they are not reused")
+            why = (
+                (
+                    " (bound to those weights files' bytes, before the archive compared what weights compute: kept "
+                    "readable, reused by no checkout; regenerating the benchmark replaces them)"
+                )
+                if old
+                else ""
+            )
+            notes.append(
+                f"{count} archived runs in {self.folder} were made from other pre-trained weights ({bound}; "
+                f"these are {json.dumps(self.weights, sort_keys=True)}){why}: they are not reused"
+            )
         return notes
 
     def _entry_files(self) -> list[Path]:
@@ -111,9 +119,11 @@ class RunArchive:
             same, distance = same_behaviour(reference["behaviour"], record["behaviour"])
             if same:
                 return path.stem, None
-            note = (f"the weights {weights} (recipe {record['recipe']}) compute other answers than the archive's "
-                    f"{path.name} ({distance}): more than rounding, so a code change; the runs made from those are "
-                    "not reused")
+            note = (
+                f"the weights {weights} (recipe {record['recipe']}) compute other answers than the archive's "
+                f"{path.name} ({distance}): more than rounding, so a code change; the runs made from those are "
+                "not reused"
+            )
         identity = f"{record['recipe']}-{hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]}"
         self._new_references[identity] = record
         return identity, note
@@ -163,8 +173,13 @@ class RunArchive:
 def _commit() -> str | None:
     """The code's git commit, for the record (None outside a checkout)."""
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent)
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None

@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from latteclip.errors import LatteclipError
 
@@ -52,8 +53,12 @@ class Outcome:
     message: str  # the job's last error line when it failed
 
 
-def launch(jobs: list[Job], work: Callable[[dict[str, Any]], Any], settings: LaunchSettings,
-           progress: Callable[[str], None] = print) -> list[Outcome]:
+def launch(
+    jobs: list[Job],
+    work: Callable[[dict[str, Any]], Any],
+    settings: LaunchSettings,
+    progress: Callable[[str], None] = print,
+) -> list[Outcome]:
     """Run `work(job.payload)` for every job and wait for all of them; a failed job does not stop the others."""
     if settings.launcher not in LAUNCHERS:
         raise LatteclipError(f"--launcher {settings.launcher} must be one of {', '.join(LAUNCHERS)}")
@@ -67,8 +72,9 @@ def launch(jobs: list[Job], work: Callable[[dict[str, Any]], Any], settings: Lau
     return _launch_local(submitit, jobs, work, settings, progress)
 
 
-def _launch_local(submitit: Any, jobs: list[Job], work: Callable, settings: LaunchSettings,
-                  progress: Callable[[str], None]) -> list[Outcome]:
+def _launch_local(
+    submitit: Any, jobs: list[Job], work: Callable, settings: LaunchSettings, progress: Callable[[str], None]
+) -> list[Outcome]:
     """At most one job per device at a time; each job sees only its own GPU (CUDA_VISIBLE_DEVICES)."""
     waiting = list(jobs)
     running: dict[str, tuple[Job, Any]] = {}  # device -> (job, submitit job)
@@ -96,21 +102,27 @@ def _local_executor(submitit: Any, settings: LaunchSettings, slot: str) -> Any:
     return executor
 
 
-def _launch_slurm(submitit: Any, jobs: list[Job], work: Callable, settings: LaunchSettings,
-                  progress: Callable[[str], None]) -> list[Outcome]:
+def _launch_slurm(
+    submitit: Any, jobs: list[Job], work: Callable, settings: LaunchSettings, progress: Callable[[str], None]
+) -> list[Outcome]:
     """One array job, `array_parallelism` tasks at a time; states are read from squeue and the result files."""
     executor = submitit.SlurmExecutor(folder=str(settings.folder / "%j"))
     executor.update_parameters(
-        time=settings.timeout_min, cpus_per_task=settings.cpus_per_job, array_parallelism=settings.array_parallelism,
-        job_name="latteclip", **({"partition": settings.partition} if settings.partition else {}),
+        time=settings.timeout_min,
+        cpus_per_task=settings.cpus_per_job,
+        array_parallelism=settings.array_parallelism,
+        job_name="latteclip",
+        **({"partition": settings.partition} if settings.partition else {}),
         **({"gpus_per_node": settings.gpus_per_job} if settings.gpus_per_job else {}),
         **({"additional_parameters": dict(settings.sbatch)} if settings.sbatch else {}),
     )
     try:
         handles = executor.map_array(work, [job.payload for job in jobs])
     except Exception as err:  # sbatch missing, refused or unreachable: one line, before anything waits
-        raise LatteclipError(f"Slurm refused the jobs ({str(err).strip().splitlines()[-1]}); check sbatch works here "
-                             "(sinfo) and the --slurm-* options") from err
+        raise LatteclipError(
+            f"Slurm refused the jobs ({str(err).strip().splitlines()[-1]}); check sbatch works here "
+            "(sinfo) and the --slurm-* options"
+        ) from err
     progress(f"submitted {len(jobs)} runs as Slurm array {handles[0].job_id.split('_')[0]}")
     pending = dict(zip([job.name for job in jobs], zip(jobs, handles)))
     outcomes: list[Outcome] = []

@@ -12,7 +12,9 @@ PUBLISHED_FILE = ("configs", "experiments", "paper_published.yaml")
 
 @dataclass(frozen=True)
 class PublishedRow:
-    key: tuple[str, ...]  # the row's label cells, as the paper prints them (e.g. ("LATTECLIP",), ("2", "yes", "yes", ""))
+    key: tuple[
+        str, ...
+    ]  # the row's label cells, as the paper prints them (e.g. ("LATTECLIP",), ("2", "yes", "yes", ""))
     average: float  # the paper's own Average column
     values: dict[str, float]  # dataset -> top-1 %
 
@@ -40,9 +42,15 @@ def published_tables() -> dict[str, PublishedTable]:
     data = _published()
     columns = data["columns"]
     return {
-        number: PublishedTable(number, table["title"], tuple(table["keys"]), tuple(
-            PublishedRow(tuple(row["key"]), float(row["average"]), dict(zip(columns, map(float, row["values"]))))
-            for row in table["rows"]))
+        number: PublishedTable(
+            number,
+            table["title"],
+            tuple(table["keys"]),
+            tuple(
+                PublishedRow(tuple(row["key"]), float(row["average"]), dict(zip(columns, map(float, row["values"]))))
+                for row in table["rows"]
+            ),
+        )
         for number, table in data["tables"].items()
     }
 

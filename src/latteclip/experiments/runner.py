@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -21,8 +22,8 @@ from latteclip.config import RunConfig, resolve_config
 from latteclip.describe.clip_vocab import describer_model_id, read_vocabulary
 from latteclip.describe.settings import DescribeSettings, resolve_settings
 from latteclip.engine.describing import describe_run
-from latteclip.engine.results import RunResults, has_results, read_results
 from latteclip.engine.pretraining import PretrainedWeights, pretrained_weights
+from latteclip.engine.results import RunResults, has_results, read_results
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive, comparable
@@ -52,8 +53,10 @@ def pretrain_describer(experiment: Experiment) -> PretrainedWeights | None:
     if not experiment.describer:
         return None
     model = experiment.describer["model"]
-    values = deep_merge({"method": "pretrain", "model": model, "root": experiment.root, **experiment.pretrain},
-                         experiment.describer.get("pretrain") or {})
+    values = deep_merge(
+        {"method": "pretrain", "model": model, "root": experiment.root, **experiment.pretrain},
+        experiment.describer.get("pretrain") or {},
+    )
     describer = pretrained_weights(resolve_config(values))
     experiment.weights["describer"] = describer.path
     experiment.describe = {**experiment.describe, "describer_model": model, "describer_pretrained": str(describer.path)}
@@ -70,13 +73,17 @@ def offline_describer_name(describe: dict[str, Any], dataset: str, model: str, p
     return describer_model_id(model, pretrained, digest)
 
 
-def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: int, name: str, choice: dict[str, Any] | None = None) -> RunConfig:
+def run_config(
+    experiment: Experiment, entry: MethodEntry, dataset: str, seed: int, name: str, choice: dict[str, Any] | None = None
+) -> RunConfig:
     """One run's configuration: package defaults, then the shared run options, the entry's, and the chosen values.
 
     An entry that needs descriptions reads those of the experiment's describer only (unless it names its own).
     """
     if entry.weights not in experiment.weights:
-        raise LatteclipError(f"the {entry.weights} model of {experiment.source} is not pre-trained yet (pretrain_{entry.weights} first)")
+        raise LatteclipError(
+            f"the {entry.weights} model of {experiment.source} is not pre-trained yet (pretrain_{entry.weights} first)"
+        )
     values: dict[str, Any] = {
         "method": entry.method,
         "dataset": dataset,
@@ -102,7 +109,9 @@ def run_config(experiment: Experiment, entry: MethodEntry, dataset: str, seed: i
     return resolve_config(values)
 
 
-def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None = None, fresh: bool = False) -> RunResults:
+def run_or_reuse(
+    config: RunConfig, prepare: Callable[[RunConfig], None] | None = None, fresh: bool = False
+) -> RunResults:
     """Train and evaluate, or return the results of a finished run with the same configuration in its folder.
 
     An interrupted run with the same configuration continues from its last checkpoint. `prepare` (e.g.
@@ -111,7 +120,11 @@ def run_or_reuse(config: RunConfig, prepare: Callable[[RunConfig], None] | None 
     """
     run_dir = config.run_dir
     saved_config = run_dir / "config.yaml"
-    same = not fresh and saved_config.is_file() and comparable(yaml.safe_load(saved_config.read_text()) or {}) == comparable(config.to_dict())
+    same = (
+        not fresh
+        and saved_config.is_file()
+        and comparable(yaml.safe_load(saved_config.read_text()) or {}) == comparable(config.to_dict())
+    )
     if same and has_results(run_dir):
         return read_results(run_dir)
     resume = same and (run_dir / "last.pt").is_file()
@@ -130,7 +143,10 @@ class FinishedRun:
 
 
 def finished_run(
-    config: RunConfig, prepare: Callable[[RunConfig], None] | None = None, archive: RunArchive | None = None, fresh: bool = False
+    config: RunConfig,
+    prepare: Callable[[RunConfig], None] | None = None,
+    archive: RunArchive | None = None,
+    fresh: bool = False,
 ) -> FinishedRun:
     """`run_or_reuse`, preceded by the archive (when its entry has the same configuration) and recorded in it after."""
     if archive is not None and not fresh:
@@ -151,7 +167,11 @@ def run_summary(results: RunResults, run_dir: Path) -> dict[str, Any]:
     `predictions/top_class_share` is the share of test predictions given to the most-predicted class (column sums
     of the confusion matrix: no label is read): self-training that collapses onto one class shows there.
     """
-    summary: dict[str, Any] = {"top1": results["top1"], "steps": results["steps"], "seconds": results["timings"].get("total_s")}
+    summary: dict[str, Any] = {
+        "top1": results["top1"],
+        "steps": results["steps"],
+        "seconds": results["timings"].get("total_s"),
+    }
     confusion = results.get("test", {}).get("confusion")
     if confusion:
         predicted = [sum(column) for column in zip(*confusion)]
@@ -206,7 +226,9 @@ def check_stages(experiment: Experiment) -> None:
                 f"{experiment.source}: method entry '{entry.name}' needs stage(s) {', '.join(unknown)}; the demo runs: {', '.join(STAGES)}"
             )
         if "descriptions" in entry.needs and not experiment.describe.get("lmm"):
-            raise LatteclipError(f"{experiment.source}: '{entry.name}' needs descriptions: give the describer under 'describe:' (e.g. lmm: offline)")
+            raise LatteclipError(
+                f"{experiment.source}: '{entry.name}' needs descriptions: give the describer under 'describe:' (e.g. lmm: offline)"
+            )
 
 
 def prepare_stages(experiment: Experiment, entry: MethodEntry, config: RunConfig, progress: Progress = print) -> None:
@@ -216,8 +238,22 @@ def prepare_stages(experiment: Experiment, entry: MethodEntry, config: RunConfig
 
 
 # What decides which images the description stage sees, with which model, and where it stores the texts.
-DESCRIBE_RUN_KEYS = ("dataset", "root", "limit", "seed", "classnames", "templates", "domain", "split_file",
-                     "model", "pretrained", "device", "store", "workers", "eval_batch_size")
+DESCRIBE_RUN_KEYS = (
+    "dataset",
+    "root",
+    "limit",
+    "seed",
+    "classnames",
+    "templates",
+    "domain",
+    "split_file",
+    "model",
+    "pretrained",
+    "device",
+    "store",
+    "workers",
+    "eval_batch_size",
+)
 
 
 def settings_record(settings: DescribeSettings) -> dict[str, Any]:
@@ -226,8 +262,9 @@ def settings_record(settings: DescribeSettings) -> dict[str, Any]:
     return {name: value for name, value in dataclasses.asdict(settings).items() if value != getattr(defaults, name)}
 
 
-def describe_stage(config: RunConfig, settings: DescribeSettings, folder: Path, progress: Progress = print,
-                   prompts: str | None = None) -> None:
+def describe_stage(
+    config: RunConfig, settings: DescribeSettings, folder: Path, progress: Progress = print, prompts: str | None = None
+) -> None:
     """The description stage (`engine.describing.describe_run`) over the training images `config` trains on,
     refused with a line saying how to continue when it did not finish (the demo, the benchmark and `adapt`).
 
@@ -244,8 +281,10 @@ def describe_stage(config: RunConfig, settings: DescribeSettings, folder: Path, 
     for line in summary.lines():
         progress(f"        {line}")
     if not summary.complete:
-        raise LatteclipError(f"the description stage for {config.dataset} did not finish ({summary.lines()[-1]}); run again to "
-                             f"continue it (`latteclip describe --config {path}` does the same by hand)")
+        raise LatteclipError(
+            f"the description stage for {config.dataset} did not finish ({summary.lines()[-1]}); run again to "
+            f"continue it (`latteclip describe --config {path}` does the same by hand)"
+        )
 
 
 @dataclass
@@ -254,7 +293,9 @@ class ExperimentRuns:
 
     pretrained: dict[str, PretrainedWeights | None]  # "source", "describer"
     cells: Cells = field(default_factory=dict)
-    choices: list[dict[str, Any]] = field(default_factory=list)  # per shift and searched entry: the scores and the choice
+    choices: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # per shift and searched entry: the scores and the choice
     run_dirs: dict[tuple[str, str], Path] = field(default_factory=dict)  # (entry, shift) -> the first seed's run folder
 
 
@@ -275,18 +316,26 @@ def run_experiment(
     pretrainings = 2 if experiment.describer else 1
     stages = pretrainings + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
     stage = 1
-    progress(f"[{stage}/{stages}] pre-training {experiment.model} with labels on the clean source domain (cached after the first run)")
+    progress(
+        f"[{stage}/{stages}] pre-training {experiment.model} with labels on the clean source domain (cached after the first run)"
+    )
     source = pretrain_source(experiment)
     how = "reused from the cache" if source.cached else "trained now"
-    progress(f"      {how}: zero-shot top-1 {100 * source.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})")
+    progress(
+        f"      {how}: zero-shot top-1 {100 * source.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})"
+    )
     describer = None
     if experiment.describer:
         stage += 1
-        progress(f"[{stage}/{stages}] pre-training the describer {experiment.describer['model']} (the LMM's stand-in) with labels on "
-                 "the same clean source images (cached after the first run)")
+        progress(
+            f"[{stage}/{stages}] pre-training the describer {experiment.describer['model']} (the LMM's stand-in) with labels on "
+            "the same clean source images (cached after the first run)"
+        )
         describer = pretrain_describer(experiment)
         how = "reused from the cache" if describer.cached else "trained now"
-        progress(f"      {how}: zero-shot top-1 {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})")
+        progress(
+            f"      {how}: zero-shot top-1 {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})"
+        )
     if archive is not None:
         for warning in archive.bind(experiment.weights):
             progress(f"warning: {warning}")
@@ -298,7 +347,9 @@ def run_experiment(
             if choose:
                 choice, scores = select(experiment, entry, shift, progress, prepare, archive, entry.name in fresh)
                 if scores:
-                    runs.choices.append({"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores})
+                    runs.choices.append(
+                        {"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores}
+                    )
             for seed in experiment.seeds:
                 stage += 1
                 dataset = experiment.target(shift)

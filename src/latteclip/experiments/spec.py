@@ -76,7 +76,9 @@ class Experiment:
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -99,15 +101,31 @@ def _parse_entry(raw: Any, where: str) -> MethodEntry:
     weights = str(raw.get("weights", "source"))
     if weights not in WEIGHTS:
         raise LatteclipError(f"{where} ({raw['method']}): 'weights: {weights}' must be one of {', '.join(WEIGHTS)}")
-    return MethodEntry(name, raw["method"], str(raw.get("label", name)), overrides, search, list(raw.get("needs") or []), weights)
+    return MethodEntry(
+        name, raw["method"], str(raw.get("label", name)), overrides, search, list(raw.get("needs") or []), weights
+    )
 
 
 def package_experiment_file(name: str) -> Path:
     return Path(str(resources.files("latteclip").joinpath("configs", f"{name}.yaml")))
 
 
-TOP_KEYS = {"root", "model", "output", "threads", "seeds", "dataset_prefix", "pretrain", "shifts", "run", "methods", "more_methods",
-            "report", "describe", "describer"}
+TOP_KEYS = {
+    "root",
+    "model",
+    "output",
+    "threads",
+    "seeds",
+    "dataset_prefix",
+    "pretrain",
+    "shifts",
+    "run",
+    "methods",
+    "more_methods",
+    "report",
+    "describe",
+    "describer",
+}
 
 
 def _check_top_keys(data: dict[str, Any], path: str | Path) -> None:
@@ -116,10 +134,14 @@ def _check_top_keys(data: dict[str, Any], path: str | Path) -> None:
         if key in TOP_KEYS:
             continue
         if not isinstance(value, dict) or not set(value) <= TOP_KEYS:
-            raise LatteclipError(f"{path}: unknown setting '{key}' (known: {', '.join(sorted(TOP_KEYS))}, or a variant section of them)")
+            raise LatteclipError(
+                f"{path}: unknown setting '{key}' (known: {', '.join(sorted(TOP_KEYS))}, or a variant section of them)"
+            )
 
 
-def load_experiment(path: str | Path, variant: str | None = None, overrides: dict[str, Any] | None = None) -> Experiment:
+def load_experiment(
+    path: str | Path, variant: str | None = None, overrides: dict[str, Any] | None = None
+) -> Experiment:
     """Read an experiment file; `variant` (e.g. `quick`) deep-merges the file's section of that name."""
     data = read_yaml(path)
     _check_top_keys(data, path)
@@ -165,10 +187,14 @@ def _describer_section(raw: Any, path: str | Path, methods: list[MethodEntry]) -
     describer = dict(raw or {})
     unknown = sorted(set(describer) - {"model", "pretrain"})
     if describer and (unknown or "model" not in describer):
-        raise LatteclipError(f"{path}: 'describer' holds model: NAME and pretrain: {{run options}}"
-                             + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        raise LatteclipError(
+            f"{path}: 'describer' holds model: NAME and pretrain: {{run options}}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
     _check_fields(describer.get("pretrain") or {}, f"{path}: describer: pretrain")
     needing = [entry.name for entry in methods if entry.weights == "describer"]
     if needing and not describer:
-        raise LatteclipError(f"{path}: entries {', '.join(needing)} start from 'weights: describer' but there is no 'describer' section")
+        raise LatteclipError(
+            f"{path}: entries {', '.join(needing)} start from 'weights: describer' but there is no 'describer' section"
+        )
     return describer

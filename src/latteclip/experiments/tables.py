@@ -47,7 +47,10 @@ def results_table(experiment: Experiment, cells: Cells, key: str = "top1") -> st
     head = experiment.shifts + (["mean of the shifted domains"] if with_mean else [])
     lines = ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for entry in experiment.methods:
-        row = [format_cell([run[key] for run in cells.get((entry.name, shift), []) if key in run]) for shift in experiment.shifts]
+        row = [
+            format_cell([run[key] for run in cells.get((entry.name, shift), []) if key in run])
+            for shift in experiment.shifts
+        ]
         if with_mean:
             mean = shifted_mean(cells, entry.name, shifted, key)
             row.append(f"{100 * mean:.2f}" if mean is not None else "–")

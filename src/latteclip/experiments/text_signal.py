@@ -35,11 +35,15 @@ class TextSignal:
     wrong_labels: int  # images whose pseudo-label is wrong
     text_true_where_wrong: float  # among those: the text names the true class (what the texts could correct)
     text_repeats_wrong: float  # among those: the text names the same wrong class (the describer shares the error)
-    classes_nearest_own: int  # pseudo-classes whose mean text is nearest their own class text (the update only reinforces)
+    classes_nearest_own: (
+        int  # pseudo-classes whose mean text is nearest their own class text (the update only reinforces)
+    )
     classes: int  # pseudo-classes with at least one image
 
 
-def text_signal(text_features: torch.Tensor, class_features: torch.Tensor, pseudo_labels: torch.Tensor, true_labels: torch.Tensor) -> TextSignal:
+def text_signal(
+    text_features: torch.Tensor, class_features: torch.Tensor, pseudo_labels: torch.Tensor, true_labels: torch.Tensor
+) -> TextSignal:
     """The measures of TextSignal from normalised text features [N, d], class text features [C, d] and labels [N]."""
     texts = F.normalize(text_features.float(), dim=-1)
     classes = F.normalize(class_features.float(), dim=-1)
@@ -50,7 +54,9 @@ def text_signal(text_features: torch.Tensor, class_features: torch.Tensor, pseud
         return hits.float().mean().item() if hits.numel() else float("nan")
 
     present = pseudo_labels.unique().tolist()
-    own = sum(int((F.normalize(texts[pseudo_labels == c].mean(dim=0), dim=-1) @ classes.t()).argmax()) == c for c in present)
+    own = sum(
+        int((F.normalize(texts[pseudo_labels == c].mean(dim=0), dim=-1) @ classes.t()).argmax()) == c for c in present
+    )
     return TextSignal(
         images=len(pseudo_labels),
         pseudo_label_acc=share(~wrong),
@@ -67,19 +73,37 @@ def text_signal(text_features: torch.Tensor, class_features: torch.Tensor, pseud
 def run_text_signal(config: RunConfig, reads_labels: bool = False) -> TextSignal:
     """TextSignal of the image descriptions the LatteCLIP run `config` reads (READS THE TRUE TRAINING LABELS)."""
     if not reads_labels:
-        raise LatteclipError("the description-signal analysis reads the TRUE labels of the training images: ask for it explicitly")
+        raise LatteclipError(
+            "the description-signal analysis reads the TRUE labels of the training images: ask for it explicitly"
+        )
     session = open_session(config)
     method, data = session.method, session.dataset("train")
-    pseudo = zero_shot_labels(session.loaded, method.tokens, method.info.classnames, method.info.templates[0], data,
-                              session.device, config.eval_batch_size, config.workers)
+    pseudo = zero_shot_labels(
+        session.loaded,
+        method.tokens,
+        method.info.classnames,
+        method.info.templates[0],
+        data,
+        session.device,
+        config.eval_batch_size,
+        config.workers,
+    )
     hashes = image_hashes(data, progress=False)
     with DescriptionStore(config.store) as store:
         texts = store.get_texts(hashes, "image", model=getattr(method.options, "described_by", None))
     keep = [i for i, (text, label) in enumerate(zip(texts, pseudo.tolist())) if text is not None and label >= 0]
     if not keep:
-        raise LatteclipError(f"no training image of {config.dataset} has an image description in {config.store}: run the describe stage first")
+        raise LatteclipError(
+            f"no training image of {config.dataset} has an image description in {config.store}: run the describe stage first"
+        )
     method.model.eval()
-    features = torch.cat([encode_texts(method.model, method.tokens, [texts[i] for i in keep[start:start + TEXT_BATCH]], session.device)
-                          for start in range(0, len(keep), TEXT_BATCH)])
+    features = torch.cat(
+        [
+            encode_texts(
+                method.model, method.tokens, [texts[i] for i in keep[start : start + TEXT_BATCH]], session.device
+            )
+            for start in range(0, len(keep), TEXT_BATCH)
+        ]
+    )
     true = torch.tensor([data.samples[i].label for i in keep])
     return text_signal(features.cpu(), method.zero_shot_classifier().cpu(), pseudo[keep], true)

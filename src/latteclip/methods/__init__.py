@@ -48,4 +48,6 @@ def build_options(method_cls: type, values: dict[str, Any]) -> Any:
             + (f" (its options: {', '.join(sorted(known))})" if known else " (it has no options)")
         )
     kinds = typing.get_type_hints(method_cls.Options)
-    return method_cls.Options(**{k: coerce(kinds[k], v, f"--{k.replace('_', '-')} (method option {k})") for k, v in values.items()})
+    return method_cls.Options(
+        **{k: coerce(kinds[k], v, f"--{k.replace('_', '-')} (method option {k})") for k, v in values.items()}
+    )

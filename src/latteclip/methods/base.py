@@ -7,17 +7,18 @@ training needs (the training set, cached zero-shot labels, descriptions).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from latteclip.data import DatasetInfo, ImageDataset
 from latteclip.errors import LatteclipError
-from latteclip.models import LoadedModel, TokenCache, class_text_features
 from latteclip.methods.options import NoOptions
+from latteclip.models import LoadedModel, TokenCache, class_text_features
 from latteclip.models.losses import capped_scale
 
 
@@ -44,7 +45,9 @@ class StepResult:
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
     pseudo_labels: torch.Tensor | None = None  # the labels trained on, for the pseudo-label analysis
-    kept: torch.Tensor | None = None  # which of those labels the method judged clean, for the analysis of that judgement
+    kept: torch.Tensor | None = (
+        None  # which of those labels the method judged clean, for the analysis of that judgement
+    )
     state: dict[str, Any] = field(default_factory=dict)  # what after_optimizer_step needs
 
 

@@ -42,7 +42,13 @@ YES, NO = 0, 1  # the two outcomes of a dual-prompt pair
 
 
 # --- the closed-form pieces ------------------------------------------------------------------------
-def yes_no_logits(image_features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+def yes_no_logits(
+    image_features: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    labels: torch.Tensor,
+    scale: torch.Tensor | float,
+) -> torch.Tensor:
     """[B, 2] logits s * [cos(v, t+_y), cos(v, t-_y)] of each image v against its class y's prompt pair."""
     v = F.normalize(image_features, dim=-1)
     pos = (v * F.normalize(positive[labels], dim=-1)).sum(dim=-1)
@@ -50,15 +56,29 @@ def yes_no_logits(image_features: torch.Tensor, positive: torch.Tensor, negative
     return scale * torch.stack([pos, neg], dim=-1)
 
 
-def clean_probability(image_features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+def clean_probability(
+    image_features: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    labels: torch.Tensor,
+    scale: torch.Tensor | float,
+) -> torch.Tensor:
     """p_clean = softmax(s * [cos(v, t+_y), cos(v, t-_y)])[0]: the label y is judged clean when above 0.5."""
     return yes_no_logits(image_features, positive, negative, labels, scale).softmax(dim=-1)[:, YES]
 
 
-def clean_log_odds(image_features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+def clean_log_odds(
+    image_features: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    candidates: torch.Tensor,
+    scale: torch.Tensor | float,
+) -> torch.Tensor:
     """[B, K] log(p_clean / (1 - p_clean)) = s * (cos(v, t+_c) - cos(v, t-_c)) of each image for each of its K candidate labels."""
     b, k = candidates.shape
-    logits = yes_no_logits(image_features.repeat_interleave(k, dim=0), positive, negative, candidates.reshape(-1), scale)
+    logits = yes_no_logits(
+        image_features.repeat_interleave(k, dim=0), positive, negative, candidates.reshape(-1), scale
+    )
     return (logits[:, YES] - logits[:, NO]).reshape(b, k)
 
 
@@ -68,7 +88,9 @@ def first_occurrences(candidates: torch.Tensor) -> torch.Tensor:
     return ~repeats
 
 
-def collaborate(candidates: torch.Tensor, text_odds: torch.Tensor, vision_odds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collaborate(
+    candidates: torch.Tensor, text_odds: torch.Tensor, vision_odds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The two models' joint verdict on each image's candidate labels: (label, kept, rejected).
 
     The clean log-odds of the two models add (independent judges of the same yes/no event, even
@@ -95,7 +117,11 @@ def class_balanced_mean(losses: torch.Tensor, labels: torch.Tensor, num_classes:
 
 def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy, class-balanced (`class_balanced_mean`)."""
-    return class_balanced_mean(F.cross_entropy(logits, labels, reduction="none"), labels, logits.shape[1]) if labels.numel() else 0.0 * logits.sum()
+    return (
+        class_balanced_mean(F.cross_entropy(logits, labels, reduction="none"), labels, logits.shape[1])
+        if labels.numel()
+        else 0.0 * logits.sum()
+    )
 
 
 def prior_matching(logits: torch.Tensor) -> torch.Tensor:
@@ -104,12 +130,16 @@ def prior_matching(logits: torch.Tensor) -> torch.Tensor:
     return (mean * (mean.clamp_min(1e-12) * mean.shape[0]).log()).sum()
 
 
-def yes_no_loss(features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor, answer: int, scale) -> torch.Tensor:
+def yes_no_loss(
+    features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor, answer: int, scale
+) -> torch.Tensor:
     """Cross-entropy of the pairs of `labels` towards `answer` (YES or NO), class-balanced over `labels`; zero without samples."""
     if labels.numel() == 0:
         return 0.0 * features.sum()
     logits = yes_no_logits(features, positive, negative, labels, scale)
-    return class_balanced_mean(F.cross_entropy(logits, torch.full_like(labels, answer), reduction="none"), labels, positive.shape[0])
+    return class_balanced_mean(
+        F.cross_entropy(logits, torch.full_like(labels, answer), reduction="none"), labels, positive.shape[0]
+    )
 
 
 def random_other_classes(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -127,7 +157,9 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         t.copy_(o)
 
 
-def momentum_contrastive_loss(queries: torch.Tensor, query_labels: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor, temperature: float) -> torch.Tensor:
+def momentum_contrastive_loss(
+    queries: torch.Tensor, query_labels: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Supervised contrast of each query against momentum keys: the keys sharing its label are its positives.
 
     -mean over positives of log softmax_k(q . k / T), averaged over the queries; queries and keys
@@ -148,12 +180,18 @@ def load_class_descriptions(path: str, classnames: list[str], class_keys: list[s
         data = json.loads(file.read_text())
     except json.JSONDecodeError as err:
         raise LatteclipError(f"class descriptions file {path} is not valid JSON: {err}") from err
-    if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in data.values()):
-        raise LatteclipError(f'class descriptions file {path} must map class names to lists of texts: {{"forest": ["...", ...]}}')
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list) and all(isinstance(t, str) for t in v) for v in data.values()
+    ):
+        raise LatteclipError(
+            f'class descriptions file {path} must map class names to lists of texts: {{"forest": ["...", ...]}}'
+        )
     index = {name: c for c, name in enumerate(classnames)} | {key: c for c, key in enumerate(class_keys)}
     unknown = sorted(set(data) - set(index))
     if unknown:
-        raise LatteclipError(f"class descriptions file {path} names classes the dataset does not have: {', '.join(unknown[:5])}")
+        raise LatteclipError(
+            f"class descriptions file {path} names classes the dataset does not have: {', '.join(unknown[:5])}"
+        )
     found: dict[int, list[str]] = {}
     for name, texts in data.items():
         found.setdefault(index[name], []).extend(t for t in texts if t.strip())
@@ -162,7 +200,9 @@ def load_class_descriptions(path: str, classnames: list[str], class_keys: list[s
 
 def phase_schedule(step: int, total_steps: int, rounds: int, phase1_fraction: float) -> tuple[int, int]:
     """(round, phase) of a step: `rounds` equal rounds of the run, phase 1 for the first `phase1_fraction` of each."""
-    round_index = min(rounds - 1, ((step + 1) * rounds - 1) // total_steps)  # the last round whose start is not after the step
+    round_index = min(
+        rounds - 1, ((step + 1) * rounds - 1) // total_steps
+    )  # the last round whose start is not after the step
     start = round_index * total_steps // rounds
     length = (round_index + 1) * total_steps // rounds - start
     return round_index, 1 if step - start < round(phase1_fraction * length) else 2
@@ -177,10 +217,14 @@ class Coft(Method):
     def __init__(self, loaded, info, options: CoftOptions, device: torch.device):
         super().__init__(loaded, info, options, device)
         if info.num_classes < 2:
-            raise LatteclipError("CoFT needs at least two classes (the negative prompt pushes away a class other than the label)")
+            raise LatteclipError(
+                "CoFT needs at least two classes (the negative prompt pushes away a class other than the label)"
+            )
         for name in ("phase1_fraction", "clean_warmup_fraction"):
             if not 0.0 <= getattr(options, name) < 1.0:
-                raise LatteclipError(f"--{name.replace('_', '-')} {getattr(options, name)} must lie in [0, 1): it is a share of the run's steps")
+                raise LatteclipError(
+                    f"--{name.replace('_', '-')} {getattr(options, name)} must lie in [0, 1): it is a share of the run's steps"
+                )
         prefix, suffix = split_template(info.templates[0])
         positive_init = options.prompt_init or prefix or "a photo of a"
         negative_init = options.negative_prompt_init or f"not {positive_init}"
@@ -191,11 +235,15 @@ class Coft(Method):
             positive, negative = self.prompt_features()
         # the vision-side model V: the image encoder, the adapter and its own pair of class vectors
         self.adapter = FeatureAdapter(positive.shape[-1], options.adapter_reduction).to(device)
-        self.head = nn.ParameterDict({"positive": nn.Parameter(positive.clone()), "negative": nn.Parameter(negative.clone())})
+        self.head = nn.ParameterDict(
+            {"positive": nn.Parameter(positive.clone()), "negative": nn.Parameter(negative.clone())}
+        )
         self.descriptions: torch.Tensor | None = None  # [C, d] mean LLM-description feature per class (CoFT+)
         self.pseudo_labels: torch.Tensor | None = None  # the round's labels of every training image
         self.labels_round = -1
-        self.frozen: torch.Tensor | None = None  # [N, d] the pre-trained encoder's features of the training images: T's view
+        self.frozen: torch.Tensor | None = (
+            None  # [N, d] the pre-trained encoder's features of the training images: T's view
+        )
 
     # --- schedule --------------------------------------------------------------------------------------
     def rounds(self) -> int:
@@ -241,7 +289,9 @@ class Coft(Method):
     def setup_training(self, ctx: TrainContext) -> None:
         super().setup_training(ctx)
         if ctx.total_steps < self.rounds():
-            raise LatteclipError(f"CoFT+ runs {self.rounds()} rounds but the run has {ctx.total_steps} steps; pass --rounds {ctx.total_steps} or more steps")
+            raise LatteclipError(
+                f"CoFT+ runs {self.rounds()} rounds but the run has {ctx.total_steps} steps; pass --rounds {ctx.total_steps} or more steps"
+            )
         self.eval_train_set = ctx.train_set.with_transform(ctx.eval_transform)
         self.model.requires_grad_(False)
         self.model.visual.requires_grad_(True)
@@ -269,17 +319,27 @@ class Coft(Method):
                 labels = (frozen @ self.class_weights(self.zero_shot_classifier()).t()).argmax(dim=1)
         else:
             current, _ = self.training_features(f"round {round_index} labels")
-            labels = self.choose(self.pseudo_labels.clamp_min(0).to(self.device), frozen, self.adapted(current.to(self.device)))[0]
+            labels = self.choose(
+                self.pseudo_labels.clamp_min(0).to(self.device), frozen, self.adapted(current.to(self.device))
+            )[0]
         labels = labels.cpu()
         labels[~self.readable] = -1
         valid = self.readable
         changed = (labels != self.pseudo_labels)[valid].float().mean().item() if self.pseudo_labels is not None else 1.0
         counts = torch.bincount(labels[valid], minlength=self.info.num_classes)
         self.pseudo_labels, self.labels_round = labels, round_index
-        self.ctx.log({"step": step + 1, "coft/round": round_index, "coft/labels_changed": changed,
-                      "coft/labels_top_class_share": (counts.max() / counts.sum().clamp_min(1)).item()})
+        self.ctx.log(
+            {
+                "step": step + 1,
+                "coft/round": round_index,
+                "coft/labels_changed": changed,
+                "coft/labels_top_class_share": (counts.max() / counts.sum().clamp_min(1)).item(),
+            }
+        )
 
-    def choose(self, round_labels: torch.Tensor, frozen: torch.Tensor, vision: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def choose(
+        self, round_labels: torch.Tensor, frozen: torch.Tensor, vision: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         """The collaboration on images seen by T (`frozen`) and V (`vision`).
 
         Returns (label, kept, rejected, candidates, T and V agree).
@@ -323,11 +383,19 @@ class Coft(Method):
         generator = torch.Generator().manual_seed(hash((self.ctx.seed, step)) & 0x7FFFFFFF)
         others = random_other_classes(labels, self.info.num_classes, generator)
         positive, negative = self.prompt_features()
-        text = self.model_loss(frozen, self.class_weights(positive), positive, negative, labels, kept, rejected, candidates, others)
+        text = self.model_loss(
+            frozen, self.class_weights(positive), positive, negative, labels, kept, rejected, candidates, others
+        )
         vision_positive, vision_negative = self.vision_pair()
-        loss_vision = self.model_loss(vision, vision_positive, vision_positive, vision_negative, labels, kept, rejected, candidates, others)
+        loss_vision = self.model_loss(
+            vision, vision_positive, vision_positive, vision_negative, labels, kept, rejected, candidates, others
+        )
         loss = text["loss"] + loss_vision["loss"]
-        metrics: dict[str, float] = {"phase": float(phase), "round": float(round_index), "kept": kept.float().mean().item()}
+        metrics: dict[str, float] = {
+            "phase": float(phase),
+            "round": float(round_index),
+            "kept": kept.float().mean().item(),
+        }
         metrics.update({f"text/{k}": v.item() for k, v in text.items()})
         metrics.update({f"vision/{k}": v.item() for k, v in loss_vision.items()})
         metrics["coft/agreement"] = agree.float().mean().item()  # label-free: T's prediction against V's
@@ -357,16 +425,33 @@ class Coft(Method):
             "ce": balanced_cross_entropy(logits[kept], labels[kept]),
             "yes": yes_no_loss(features[kept], positive, negative, labels[kept], YES, scale),
             "no": yes_no_loss(features[kept], positive, negative, others[kept], NO, scale),
-            "not": yes_no_loss(features.repeat_interleave(candidates.shape[1], dim=0)[rejected.reshape(-1)],
-                               positive, negative, candidates.reshape(-1)[rejected.reshape(-1)], NO, scale),
+            "not": yes_no_loss(
+                features.repeat_interleave(candidates.shape[1], dim=0)[rejected.reshape(-1)],
+                positive,
+                negative,
+                candidates.reshape(-1)[rejected.reshape(-1)],
+                NO,
+                scale,
+            ),
             "prior": prior_matching(logits),
         }
-        terms["loss"] = (terms["ce"] + opts.positive_weight * terms["yes"] + opts.negative_weight * terms["no"]
-                         + opts.noisy_weight * terms["not"] + opts.balance_weight * terms["prior"])
+        terms["loss"] = (
+            terms["ce"]
+            + opts.positive_weight * terms["yes"]
+            + opts.negative_weight * terms["no"]
+            + opts.noisy_weight * terms["not"]
+            + opts.balance_weight * terms["prior"]
+        )
         return terms
 
     def extra_loss(
-        self, batch: dict, queries: torch.Tensor, keep: torch.Tensor, train_labels: torch.Tensor, loss: torch.Tensor, metrics: dict[str, float]
+        self,
+        batch: dict,
+        queries: torch.Tensor,
+        keep: torch.Tensor,
+        train_labels: torch.Tensor,
+        loss: torch.Tensor,
+        metrics: dict[str, float],
     ) -> tuple[torch.Tensor, dict]:
         """Terms CoFT+ adds to the loss (none for CoFT), and what `after_optimizer_step` needs."""
         return loss, {}
@@ -461,23 +546,35 @@ class CoftPlus(Coft):
         """[C, d]: the normalised mean feature of each class's descriptions (zeros for a class without any)."""
         features = torch.zeros(self.info.num_classes, self.adapter.up.out_features, device=self.device)
         for c, class_texts in texts.items():
-            features[c] = F.normalize(encode_texts(self.model, self.tokens, class_texts, self.device).mean(dim=0), dim=-1)
+            features[c] = F.normalize(
+                encode_texts(self.model, self.tokens, class_texts, self.device).mean(dim=0), dim=-1
+            )
         return features
 
     def extra_loss(
-        self, batch: dict, queries: torch.Tensor, keep: torch.Tensor, train_labels: torch.Tensor, loss: torch.Tensor, metrics: dict[str, float]
+        self,
+        batch: dict,
+        queries: torch.Tensor,
+        keep: torch.Tensor,
+        train_labels: torch.Tensor,
+        loss: torch.Tensor,
+        metrics: dict[str, float],
     ) -> tuple[torch.Tensor, dict]:
         """The momentum-contrastive term: kept queries against this batch's keys and the queue."""
         if self.key_encoder is None:
             return loss, {}
         with torch.no_grad():
-            keys = F.normalize(self.key_encoder["adapter"](F.normalize(self.key_encoder["visual"](batch["image"]), dim=-1)), dim=-1).float()
+            keys = F.normalize(
+                self.key_encoder["adapter"](F.normalize(self.key_encoder["visual"](batch["image"]), dim=-1)), dim=-1
+            ).float()
         key_labels = torch.where(keep, train_labels, torch.full_like(train_labels, -1))
         filled = self.queue_labels >= 0
         all_keys = torch.cat([keys, self.queue_keys[filled]])
         all_labels = torch.cat([key_labels, self.queue_labels[filled]])
         if bool(keep.any()):
-            loss_mc = momentum_contrastive_loss(queries[keep], train_labels[keep], all_keys, all_labels, self.options.contrastive_temperature)
+            loss_mc = momentum_contrastive_loss(
+                queries[keep], train_labels[keep], all_keys, all_labels, self.options.contrastive_temperature
+            )
         else:
             loss_mc = 0.0 * queries.sum()
         metrics["loss_contrastive"] = loss_mc.item()

@@ -9,15 +9,14 @@ oracle takes the true label and is the only method that reads them.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
-from latteclip.models.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult
 from latteclip.methods.options import FlypOptions, NoOptions
 from latteclip.models import encode_texts
+from latteclip.models.losses import contrastive_loss
 from latteclip.models.prototypes import full_precision
 
 PSEUDO_LABEL_SOURCES = ("zero-shot", "current")

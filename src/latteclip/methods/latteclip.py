@@ -20,11 +20,11 @@ import torch.nn.functional as F
 
 from latteclip.describe.jobs import image_hashes
 from latteclip.describe.store import DescriptionSet, DescriptionStore
-from latteclip.models.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
-from latteclip.methods.options import LatteCLIPOptions, TEXT_KINDS
+from latteclip.methods.options import TEXT_KINDS, LatteCLIPOptions
 from latteclip.models import PrototypeBank, encode_texts
+from latteclip.models.losses import contrastive_loss
 from latteclip.models.prototypes import full_precision
 
 MIXER_EPS = 1e-6
@@ -49,7 +49,9 @@ def mixed_text_embedding(text_features: torch.Tensor, prototypes: torch.Tensor, 
     return mix_with_weights(text_features, prototypes, use_mixer)[0]
 
 
-def mix_with_weights(text_features: torch.Tensor, prototypes: torch.Tensor, use_mixer: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def mix_with_weights(
+    text_features: torch.Tensor, prototypes: torch.Tensor, use_mixer: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The mix [B, d] and Eq. (1)'s weight of each text [B, K] (so a step reports the weights it used).
 
     Each weight gets 1e-6 in the mix so that a sample whose texts all tie (weight 0) falls back to the
@@ -95,13 +97,17 @@ class LatteCLIP(Method):
         self.mean_mixer_weights: dict[str, float] | None = None  # per text kind, set by finish_training
         unknown = [t for t in options.texts if t not in TEXT_KINDS]
         if not options.texts or unknown:
-            raise LatteclipError(f"--texts must be a non-empty subset of {','.join(TEXT_KINDS)} (got {','.join(options.texts)})")
+            raise LatteclipError(
+                f"--texts must be a non-empty subset of {','.join(TEXT_KINDS)} (got {','.join(options.texts)})"
+            )
         if not (options.loss_zs or options.loss_ft):
             raise LatteclipError("LatteCLIP needs at least one of its losses: drop --no-loss-zs or --no-loss-ft")
         if options.missing_descriptions not in ("error", "class"):
             raise LatteclipError("--missing-descriptions must be 'error' or 'class'")
         if options.group_text not in ("random", "own"):
-            raise LatteclipError("--group-text must be 'random' (a group of the image's zero-shot class per visit) or 'own'")
+            raise LatteclipError(
+                "--group-text must be 'random' (a group of the image's zero-shot class per visit) or 'own'"
+            )
         self.bank: PrototypeBank | None = None
         self.label_kinds = [k for k, on in (("zs", options.loss_zs), ("ft", options.loss_ft)) if on]
 
@@ -109,7 +115,9 @@ class LatteCLIP(Method):
     def setup_training(self, ctx: TrainContext) -> None:
         super().setup_training(ctx)
         self.bank = PrototypeBank(self.zero_shot_classifier()).to(self.device)
-        self.start_prototypes = self.bank.vectors.clone()  # setup runs before a resumed run loads its weights: the zero-shot start
+        self.start_prototypes = (
+            self.bank.vectors.clone()
+        )  # setup runs before a resumed run loads its weights: the zero-shot start
         self.zs_labels = ctx.zero_shot_labels.to(self.device)  # indexed by whole batches in a step
         self.zs_label_of: list[int] = ctx.zero_shot_labels.tolist()  # per image on the host: no device sync per sample
         self.class_texts = self.info.class_texts()
@@ -158,9 +166,11 @@ class LatteCLIP(Method):
             elif store.has_sets(self.info.name, kind):
                 texts = [None] * len(hashes)  # described, but not by the describer asked for (or analysis groups only)
             else:
-                note = (f"{store.path} records no description sets (written by an earlier version): the newest {kind} "
-                        "text of each image is read; run the same `latteclip describe` again to record how they were "
-                        "made")
+                note = (
+                    f"{store.path} records no description sets (written by an earlier version): the newest {kind} "
+                    "text of each image is read; run the same `latteclip describe` again to record how they were "
+                    "made"
+                )
                 log.warning(note)
                 self.record_read(kind, {"set": None, "note": note})
                 texts = store.get_texts(hashes, kind, model=self.options.described_by)
@@ -192,7 +202,9 @@ class LatteCLIP(Method):
 
     def sample_texts(self, index: int, label: int) -> list[str]:
         """The texts of one image for one pseudo-label, in the order of options.texts."""
-        return [self.class_texts[label] if kind == "class" else self.description(kind, index) for kind in self.options.texts]
+        return [
+            self.class_texts[label] if kind == "class" else self.description(kind, index) for kind in self.options.texts
+        ]
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Fast: each distinct text once, tokens cut to the longest. Reference: every text, 77 tokens."""
@@ -249,7 +261,9 @@ class LatteCLIP(Method):
             metrics[f"mixer/weight_{kind}"] = weights[:, position].mean().item()
         metrics["loss"] = loss.item()
         # drift: how far the descriptions have moved the classifier (1.0 = still the zero-shot class texts)
-        metrics["prototypes/cos_to_start"] = (F.normalize(prototypes, dim=-1) * self.start_prototypes).sum(-1).mean().item()
+        metrics["prototypes/cos_to_start"] = (
+            (F.normalize(prototypes, dim=-1) * self.start_prototypes).sum(-1).mean().item()
+        )
         metrics["analysis/pl_agreement"] = (labels["zs"] == labels["ft"]).float().mean().item()
         return StepResult(
             loss,

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from latteclip.describe.clip_vocab import compose_at_random, read_vocabulary
-from latteclip.models.losses import contrastive_loss
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult
 from latteclip.methods.options import PretrainOptions
 from latteclip.models import encode_texts
+from latteclip.models.losses import contrastive_loss
 
 
 class ContrastivePretraining(Method):
@@ -42,13 +42,17 @@ class ContrastivePretraining(Method):
             known = info.class_attributes
             missing = [name for name in info.classnames if name not in known]
             if missing:
-                raise LatteclipError(f"attribute_captions needs the nouns and attributes of every class of {info.name}; "
-                                     f"the dataset has none for {', '.join(missing)} (set attribute_captions: 0)")
+                raise LatteclipError(
+                    f"attribute_captions needs the nouns and attributes of every class of {info.name}; "
+                    f"the dataset has none for {', '.join(missing)} (set attribute_captions: 0)"
+                )
             self.vocab, _ = read_vocabulary(None, info.name)
             for name in info.classnames:
                 if set(known[name]) != set(self.vocab["slots"]):
-                    raise LatteclipError(f"{info.name}: the attributes of class '{name}' fill slots {sorted(known[name])}, "
-                                         f"not the vocabulary's {sorted(self.vocab['slots'])}")
+                    raise LatteclipError(
+                        f"{info.name}: the attributes of class '{name}' fill slots {sorted(known[name])}, "
+                        f"not the vocabulary's {sorted(self.vocab['slots'])}"
+                    )
 
     def captions(self, labels: torch.Tensor, step: int) -> list[str]:
         """A caption per image, drawn from generators seeded by (seed, step), so a resumed run repeats it."""
@@ -61,7 +65,9 @@ class ContrastivePretraining(Method):
         for t, c, u in zip(choice, labels.tolist(), share):
             classname = self.info.classnames[c]
             if self.vocab is not None and u < self.options.attribute_captions:
-                captions.append(compose_at_random(self.vocab, self.info.class_attributes[classname], self.info.domain, rng))
+                captions.append(
+                    compose_at_random(self.vocab, self.info.class_attributes[classname], self.info.domain, rng)
+                )
             else:
                 captions.append(self.info.templates[t].format(classname))
         return captions

@@ -14,7 +14,7 @@ only where the two branches' labels agree. Inference averages the two branches' 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,9 @@ def class_agnostic_projection(text_features: torch.Tensor, drop: int = 1, max_di
     left, _, _ = torch.linalg.svd(text_features.float().t(), full_matrices=False)
     end = left.shape[1] if max_dim <= 0 else min(max_dim, left.shape[1])
     if drop >= end:
-        raise LatteclipError(f"projection keeps no direction: drop={drop} of {end} text directions (lower --projection-drop)")
+        raise LatteclipError(
+            f"projection keeps no direction: drop={drop} of {end} text directions (lower --projection-drop)"
+        )
     basis = left[:, drop:end]
     return basis @ basis.t()
 
@@ -64,15 +66,21 @@ def knn_affinity(points: torch.Tensor, k: int) -> torch.Tensor:
         values.append(top_values)
         columns.append(top_columns)
     rows = torch.arange(n, device=points.device).repeat_interleave(k)
-    nearest = torch.sparse_coo_tensor(torch.stack([rows, torch.cat(columns).flatten()]), torch.cat(values).flatten(), (n, n), check_invariants=True)
+    nearest = torch.sparse_coo_tensor(
+        torch.stack([rows, torch.cat(columns).flatten()]), torch.cat(values).flatten(), (n, n), check_invariants=True
+    )
     graph = ((nearest + nearest.t()) / 2.0).coalesce()
     degree = torch.sparse.sum(graph, dim=1).to_dense().clamp_min(1e-12)
     inv_sqrt = degree.rsqrt()
     index = graph.indices()
-    return torch.sparse_coo_tensor(index, graph.values() * inv_sqrt[index[0]] * inv_sqrt[index[1]], (n, n), check_invariants=True).coalesce()
+    return torch.sparse_coo_tensor(
+        index, graph.values() * inv_sqrt[index[0]] * inv_sqrt[index[1]], (n, n), check_invariants=True
+    ).coalesce()
 
 
-def conjugate_gradient(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, iterations: int, tol: float) -> torch.Tensor:
+def conjugate_gradient(
+    apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, iterations: int, tol: float
+) -> torch.Tensor:
     """Solve M X = rhs column by column for a symmetric positive definite M given as `apply(X) = M X`."""
     solution = torch.zeros_like(rhs)
     residual = rhs.clone()
@@ -221,12 +229,16 @@ class Reclip(Method):
         """Label propagation for both branches over the whole training split (evaluation transform)."""
         was_training = self.model.training
         self.model.eval()
-        vision_features, valid = self.ctx.extract_features(self.vision_branch_images, self.eval_train_set, desc="ReCLIP-V features")
+        vision_features, valid = self.ctx.extract_features(
+            self.vision_branch_images, self.eval_train_set, desc="ReCLIP-V features"
+        )
         if self.frozen_train_features is None:
             if self.image_norms_untrained():  # a fresh run's first refresh: both branches are the same image tower
                 self.frozen_train_features = vision_features
             else:
-                self.frozen_train_features, _ = self.ctx.extract_features(self.text_branch_images, self.eval_train_set, desc="ReCLIP-T features")
+                self.frozen_train_features, _ = self.ctx.extract_features(
+                    self.text_branch_images, self.eval_train_set, desc="ReCLIP-T features"
+                )
         self.model.train(was_training)
         opts = self.options
         # the sparse solver and the SVD run in float32 even when the step runs under mixed precision
@@ -250,7 +262,9 @@ class Reclip(Method):
                 labels[valid] = scores.argmax(dim=1).cpu()
                 branches[branch] = labels
         self.labels_vision, self.labels_text = branches["vision"], branches["text"]
-        self.centroids = class_centroids(vision_features[valid].to(self.device), self.labels_vision[valid].to(self.device), self.centroids)
+        self.centroids = class_centroids(
+            vision_features[valid].to(self.device), self.labels_vision[valid].to(self.device), self.centroids
+        )
         agree = ((self.labels_vision == self.labels_text) & valid).float().sum() / valid.sum().clamp_min(1)
         # logged under the step being taken, as the engine logs a step, so that a resumed run rewrites it
         self.ctx.log({"step": step + 1, "reclip/label_agreement": agree.item()})
@@ -270,7 +284,9 @@ class Reclip(Method):
             frozen_images = self.text_branch_images(batch["image"])
         text_logits = scale * frozen_images @ self.text_branch_classes().t()
         if bool(agree.any()):
-            loss = F.cross_entropy(vision_logits[agree], labels_vision[agree]) + F.cross_entropy(text_logits[agree], labels_text[agree])
+            loss = F.cross_entropy(vision_logits[agree], labels_vision[agree]) + F.cross_entropy(
+                text_logits[agree], labels_text[agree]
+            )
         else:  # no agreed sample in this batch: a zero loss that still reaches the parameters
             loss = 0.0 * (vision_logits.sum() + text_logits.sum())
         metrics = {"loss": loss.item(), "agreement": agree.float().mean().item()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from latteclip.methods.base import Method

@@ -8,10 +8,10 @@ import logging
 import os
 import pickle
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import open_clip
 import torch
@@ -71,7 +71,9 @@ def _parameters_digest(model: torch.nn.Module, tensors: int = 4) -> str:
 
 
 def _fetch_error(model_name: str, pretrained: str, err: Exception, online: bool) -> LatteclipError:
-    reason = "no network was reached" if not online else f"the download failed ({type(err).__name__}: {_first_line(err)})"
+    reason = (
+        "no network was reached" if not online else f"the download failed ({type(err).__name__}: {_first_line(err)})"
+    )
     return LatteclipError(
         f"could not fetch weights for {model_name} '{pretrained}': {reason}. "
         f"Download them on a machine with network (e.g. open_clip_pytorch_model.bin from the model's hub page) "
@@ -137,7 +139,9 @@ def load_clip(model_name: str, pretrained: str | None = None, device: str | torc
             f"unknown model '{model_name}': use an OpenCLIP name (e.g. ViT-B-32), an hf-hub: id, or latte-tiny"
         )
     is_random = pretrained.lower() in RANDOM_WEIGHTS
-    is_file = not is_random and (os.sep in pretrained or Path(pretrained).suffix in (".pt", ".bin", ".safetensors", ".pth"))
+    is_file = not is_random and (
+        os.sep in pretrained or Path(pretrained).suffix in (".pt", ".bin", ".safetensors", ".pth")
+    )
     if is_file:
         if not Path(pretrained).is_file():
             raise LatteclipError(f"weights file {pretrained} does not exist")
@@ -149,14 +153,18 @@ def load_clip(model_name: str, pretrained: str | None = None, device: str | torc
                 f"(anything else is refused, since unpickling it could run code); use a state dict (.bin/.pt) or a .safetensors file"
             ) from err
         except Exception as err:  # safetensors and state-dict errors all mean the same to the user
-            raise LatteclipError(f"weights file {pretrained} cannot be loaded into {model_name}: {_first_line(err)}") from err
+            raise LatteclipError(
+                f"weights file {pretrained} cannot be loaded into {model_name}: {_first_line(err)}"
+            ) from err
     elif is_random and not is_hub:
         model = open_clip.create_model(model_name, device=device)
     else:
         if not is_hub:
             known = open_clip.list_pretrained_tags_by_model(model_name)
             if pretrained not in known:
-                raise LatteclipError(f"unknown pretrained tag '{pretrained}' for {model_name}; known: {', '.join(known) or 'none'}")
+                raise LatteclipError(
+                    f"unknown pretrained tag '{pretrained}' for {model_name}; known: {', '.join(known) or 'none'}"
+                )
         online = _network_reachable()
         try:
             with _quiet_root_logger(), contextlib.nullcontext() if online else _hub_cache_only():

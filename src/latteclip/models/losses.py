@@ -18,7 +18,9 @@ def capped_scale(logit_scale: torch.Tensor) -> torch.Tensor:
     return logit_scale.exp().clamp(max=MAX_SCALE)
 
 
-def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """Eq. (3): CLIP's symmetric InfoNCE over the batch, the diagonal being the positive pairs.
 
     `logit_scale` is the model's learnable log-temperature; its exponential is clamped at 100.

@@ -9,7 +9,7 @@ the context vectors learn.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,14 +49,20 @@ class PromptLearner(nn.Module):
             raise LatteclipError("a learnable prompt needs at least one context word (set the prompt's init phrase)")
         tokens = tokenizer([f"{context_init} {name}{suffix}" for name in classnames])
         if not torch.equal(tokens[:, 1 : 1 + len(context_ids)], torch.tensor(context_ids).expand(len(classnames), -1)):
-            raise LatteclipError(f"the context '{context_init}' does not tokenise apart from the class names; end it with a whole word")
+            raise LatteclipError(
+                f"the context '{context_init}' does not tokenise apart from the class names; end it with a whole word"
+            )
         self.n_context = len(context_ids)
-        self.register_buffer("tokens", trim_tokens(tokens).clone(), persistent=False)  # cut after the longest prompt's end-of-text token
+        self.register_buffer(
+            "tokens", trim_tokens(tokens).clone(), persistent=False
+        )  # cut after the longest prompt's end-of-text token
         device = model.token_embedding.weight.device
         with torch.no_grad():
             embedded = model.token_embedding(self.tokens.to(device)).detach()
         self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)  # start-of-text
-        self.register_buffer("rest", embedded[:, 1 + self.n_context :].clone(), persistent=False)  # class name, suffix, end
+        self.register_buffer(
+            "rest", embedded[:, 1 + self.n_context :].clone(), persistent=False
+        )  # class name, suffix, end
         self.context = nn.Parameter(embedded[0, 1 : 1 + self.n_context].clone())
         self.tokens = self.tokens.to(device)
 

@@ -32,7 +32,9 @@ class PrototypeBank:
         return self.vectors.shape[0]
 
     def class_sums(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sums = torch.zeros_like(self.vectors).index_add_(0, labels.to(self.vectors.device), embeddings.detach().float().to(self.vectors.device))
+        sums = torch.zeros_like(self.vectors).index_add_(
+            0, labels.to(self.vectors.device), embeddings.detach().float().to(self.vectors.device)
+        )
         counts = torch.bincount(labels.to(self.vectors.device), minlength=self.num_classes).float()
         return sums, counts
 
@@ -47,7 +49,7 @@ class PrototypeBank:
             sums, counts = self.class_sums(embeddings, labels)
             self.apply_sums(all_reduce_sum(sums), all_reduce_sum(counts), mu)
 
-    def to(self, device) -> "PrototypeBank":
+    def to(self, device) -> PrototypeBank:
         self.vectors = self.vectors.to(device)
         return self
 

@@ -12,7 +12,7 @@ that cut is most of the fast LatteCLIP step's speed-up (`benchmarks/train_step.p
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import open_clip
 import torch
@@ -69,7 +69,11 @@ def encode_embedded(model: torch.nn.Module, x: torch.Tensor, tokens: torch.Tenso
     x = model.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
     if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+        x = (
+            model.text_projection(x)
+            if isinstance(model.text_projection, torch.nn.Linear)
+            else x @ model.text_projection
+        )
     return x
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from latteclip.errors import LatteclipError
 from latteclip.report import label_free, sections
@@ -44,8 +44,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
         *measured,
         sections.loss_panel(subject, folder),
         sections.agreement_panel(subject, folder),
-        sections.pseudo_label_accuracy_panel(subject, folder) if subject.labelled else
-        label_free.needs_labels_panel("pseudo-label-accuracy", "Pseudo-label accuracy"),
+        sections.pseudo_label_accuracy_panel(subject, folder)
+        if subject.labelled
+        else label_free.needs_labels_panel("pseudo-label-accuracy", "Pseudo-label accuracy"),
         *sections.mixer_panels(subject, folder),
         sections.gallery_panel(subject, folder),
         sections.other_metrics_panel(subject, folder, shown),

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
-from typing import Sequence
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; background: #f3f5f8; color: #1d2733; }
@@ -58,8 +58,10 @@ class Panel:
 
     def render(self) -> str:
         if self.skipped is not None:
-            return (f'<section class="panel skipped" id="{escape(self.key)}"><h2>{escape(self.title)}</h2>'
-                    f'<p class="note">Not shown: {escape(self.skipped)}</p></section>')
+            return (
+                f'<section class="panel skipped" id="{escape(self.key)}"><h2>{escape(self.title)}</h2>'
+                f'<p class="note">Not shown: {escape(self.skipped)}</p></section>'
+            )
         return f'<section class="panel" id="{escape(self.key)}"><h2>{escape(self.title)}</h2>{self.body}</section>'
 
 
@@ -73,13 +75,17 @@ def embed_png(path: Path, alt: str, caption: str = "") -> str:
     return f'<figure><img src="{png_data_uri(path)}" alt="{escape(alt)}" data-file="{escape(Path(path).name)}">{caption_html}</figure>'
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = (), row_classes: Sequence[str] = ()) -> str:
+def table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = (), row_classes: Sequence[str] = ()
+) -> str:
     """An HTML table; cells are escaped text, `numeric` columns right-aligned."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = []
     for r, row in enumerate(rows):
         cls = f' class="{row_classes[r]}"' if r < len(row_classes) and row_classes[r] else ""
-        cells = "".join(f'<td class="num">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>" for i, c in enumerate(row))
+        cells = "".join(
+            f'<td class="num">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>" for i, c in enumerate(row)
+        )
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

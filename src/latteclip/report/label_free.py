@@ -10,7 +10,9 @@ from latteclip.report.gallery import load_gallery_images, save_png, thumbnail
 from latteclip.report.html import Panel, embed_png, note, table
 from latteclip.report.runs import Run
 
-NEEDS_LABELS = "needs labels, and this run has none (train with --eval-dataset NAME --eval-root PATH to measure accuracy)"
+NEEDS_LABELS = (
+    "needs labels, and this run has none (train with --eval-dataset NAME --eval-root PATH to measure accuracy)"
+)
 
 
 def needs_labels_panel(key: str, title: str) -> Panel:
@@ -22,16 +24,28 @@ def summary_panel(subject: Run) -> Panel:
     d = subject.diagnostics
     zero_shot, adapted = d["zero_shot"], d["adapted"]
     rows = [
-        ["most predicted class", f"{escape(zero_shot['top_class'])} ({100 * zero_shot['top_class_share']:.1f}%)",
-         f"{escape(adapted['top_class'])} ({100 * adapted['top_class_share']:.1f}%)"],
-        ["entropy of the predictions (fraction of log C)", f"{zero_shot['normalized_entropy']:.3f}", f"{adapted['normalized_entropy']:.3f}"],
+        [
+            "most predicted class",
+            f"{escape(zero_shot['top_class'])} ({100 * zero_shot['top_class_share']:.1f}%)",
+            f"{escape(adapted['top_class'])} ({100 * adapted['top_class_share']:.1f}%)",
+        ],
+        [
+            "entropy of the predictions (fraction of log C)",
+            f"{zero_shot['normalized_entropy']:.3f}",
+            f"{adapted['normalized_entropy']:.3f}",
+        ],
         ["mean margin (top-1 minus top-2 cosine)", f"{zero_shot['mean_margin']:.4f}", f"{adapted['mean_margin']:.4f}"],
         ["images whose class changed from zero-shot", "", f"{100 * d['changed_from_zero_shot']:.1f}%"],
         ["mean cosine of each class weight with its zero-shot start", "1", f"{d['mean_class_weight_drift']:.4f}"],
     ]
-    rows += [[f"mean mixer weight, {escape(kind)} texts", "", f"{weight:.3f}"] for kind, weight in d.get("mean_mixer_weights", {}).items()]
-    body = note(f"No labelled images: the numbers below read no label. {d['images']} training images; {NEEDS_LABELS.split(' (')[0]} "
-                "for accuracy.")
+    rows += [
+        [f"mean mixer weight, {escape(kind)} texts", "", f"{weight:.3f}"]
+        for kind, weight in d.get("mean_mixer_weights", {}).items()
+    ]
+    body = note(
+        f"No labelled images: the numbers below read no label. {d['images']} training images; {NEEDS_LABELS.split(' (')[0]} "
+        "for accuracy."
+    )
     body += table(["", "zero-shot", escape(subject.method)], rows)
     return Panel("label-free", "Without labels: what the predictions did", body)
 
@@ -40,20 +54,42 @@ def distribution_panel(subject: Run, out: Path) -> Panel:
     d = subject.diagnostics
     names = list(d["adapted"]["counts"])
     total = max(1, d["images"])
-    series = {name: [100 * d[key]["counts"][c] / total for c in names] for name, key in (("adapted", "adapted"), ("zero-shot", "zero_shot"))}
-    figure = plots.plot_grouped_bars(names, series, out / "prediction_distribution.png", "share of images predicted (%)")
-    return Panel("prediction-distribution", "Prediction distribution: zero-shot vs adapted",
-                 embed_png(figure, "prediction distribution", "Share of the training images predicted as each class; "
-                           "one class taking most images is the collapse self-training can fall into."))
+    series = {
+        name: [100 * d[key]["counts"][c] / total for c in names]
+        for name, key in (("adapted", "adapted"), ("zero-shot", "zero_shot"))
+    }
+    figure = plots.plot_grouped_bars(
+        names, series, out / "prediction_distribution.png", "share of images predicted (%)"
+    )
+    return Panel(
+        "prediction-distribution",
+        "Prediction distribution: zero-shot vs adapted",
+        embed_png(
+            figure,
+            "prediction distribution",
+            "Share of the training images predicted as each class; "
+            "one class taking most images is the collapse self-training can fall into.",
+        ),
+    )
 
 
 def drift_panel(subject: Run, out: Path) -> Panel:
     drift = subject.diagnostics["class_weight_drift"]
-    figure = plots.plot_grouped_bars(list(drift), {"cosine": list(drift.values())}, out / "class_weight_drift.png",
-                                     "cosine with the zero-shot class weight")
-    return Panel("class-weight-drift", "Class weight drift (LatteCLIP: prototype drift)",
-                 embed_png(figure, "class weight drift", "Cosine of each class weight of the adapted classifier with its "
-                           "zero-shot start; 1 means it did not move."))
+    figure = plots.plot_grouped_bars(
+        list(drift),
+        {"cosine": list(drift.values())},
+        out / "class_weight_drift.png",
+        "cosine with the zero-shot class weight",
+    )
+    return Panel(
+        "class-weight-drift",
+        "Class weight drift (LatteCLIP: prototype drift)",
+        embed_png(
+            figure,
+            "class weight drift",
+            "Cosine of each class weight of the adapted classifier with its zero-shot start; 1 means it did not move.",
+        ),
+    )
 
 
 def changed_panel(subject: Run, out: Path) -> Panel:
@@ -65,8 +101,14 @@ def changed_panel(subject: Run, out: Path) -> Panel:
     cards = []
     for number, entry in enumerate(examples):
         image = pictures.images.get(entry["image"])
-        picture = embed_png(save_png(thumbnail(image), out / f"changed_{number:02d}.png"), entry["image"], "") if image else ""
-        cards.append(f'<div class="card"><div class="pictures">{picture}</div><p>{escape(entry["image"])}<br>'
-                     f'zero-shot <b>{escape(entry["zero_shot"])}</b> → <b>{escape(entry["adapted"])}</b></p></div>')
+        picture = (
+            embed_png(save_png(thumbnail(image), out / f"changed_{number:02d}.png"), entry["image"], "")
+            if image
+            else ""
+        )
+        cards.append(
+            f'<div class="card"><div class="pictures">{picture}</div><p>{escape(entry["image"])}<br>'
+            f"zero-shot <b>{escape(entry['zero_shot'])}</b> → <b>{escape(entry['adapted'])}</b></p></div>"
+        )
     body = note(f"Some pictures are missing: {pictures.problem}.") if pictures.problem else ""
     return Panel("changed", title, body + f'<div class="cards">{"".join(cards)}</div>')

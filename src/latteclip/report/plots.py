@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -46,7 +46,13 @@ def plot_headline(names: Sequence[str], top1: Sequence[float], zero_shot: float 
     for row, value in zip(y, values):
         axes.text(value + 0.5, row, f"{value:.2f}%", va="center", fontsize=9)
     if zero_shot is not None:
-        axes.axvline(100 * zero_shot, color=ZERO_SHOT_COLOUR, linestyle="--", linewidth=1.5, label=f"zero-shot {100 * zero_shot:.2f}%")
+        axes.axvline(
+            100 * zero_shot,
+            color=ZERO_SHOT_COLOUR,
+            linestyle="--",
+            linewidth=1.5,
+            label=f"zero-shot {100 * zero_shot:.2f}%",
+        )
         axes.legend(loc="lower right", fontsize=8)
     axes.set_yticks(y, [short_label(n, 40) for n in names])
     axes.invert_yaxis()
@@ -99,8 +105,15 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classnames: Sequence[str]
         for i in range(n):
             for j in range(n):
                 if matrix[i, j]:
-                    axes.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=7,
-                              color="white" if rates[i, j] > 0.5 else "black")
+                    axes.text(
+                        j,
+                        i,
+                        f"{int(matrix[i, j])}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     return _save(figure, path)
@@ -121,8 +134,16 @@ def plot_curves(
     bold_first = colours is None
     colours = colours or [SUBJECT_COLOUR] + [PALETTE[i % len(PALETTE)] for i in range(len(series) - 1)]
     for i, (label, steps, values) in enumerate(series):
-        axes.plot(steps, [scale * v for v in values], label=label, color=colours[i], zorder=3 if i == 0 else 2,
-                  linewidth=2.2 if bold_first and i == 0 else 1.4, marker="o" if len(steps) <= 12 else None, markersize=3)
+        axes.plot(
+            steps,
+            [scale * v for v in values],
+            label=label,
+            color=colours[i],
+            zorder=3 if i == 0 else 2,
+            linewidth=2.2 if bold_first and i == 0 else 1.4,
+            marker="o" if len(steps) <= 12 else None,
+            markersize=3,
+        )
     if reference is not None:
         axes.axhline(scale * reference[1], color=ZERO_SHOT_COLOUR, linestyle="--", linewidth=1.2, label=reference[0])
     axes.set_xlabel("step")
@@ -140,7 +161,9 @@ def plot_small_multiples(series: dict[str, tuple[Sequence[int], Sequence[float]]
     figure = _figure(3.0 * columns + 0.5, 2.4 * rows)
     for index, (name, (steps, values)) in enumerate(series.items(), start=1):
         axes = figure.add_subplot(rows, columns, index)
-        axes.plot(steps, values, color=SUBJECT_COLOUR, linewidth=1.4, marker="o" if len(steps) <= 12 else None, markersize=3)
+        axes.plot(
+            steps, values, color=SUBJECT_COLOUR, linewidth=1.4, marker="o" if len(steps) <= 12 else None, markersize=3
+        )
         axes.set_title(short_label(name, 36), fontsize=9)
         axes.tick_params(labelsize=7)
         axes.grid(alpha=0.3)
@@ -172,7 +195,13 @@ def plot_grouped_bars(labels: Sequence[str], series: dict[str, Sequence[float]],
     height = 0.8 / max(1, len(series))
     colours = [SUBJECT_COLOUR, ZERO_SHOT_COLOUR, *PALETTE]
     for number, (name, values) in enumerate(series.items()):
-        axes.barh(y + (number - (len(series) - 1) / 2) * height, list(values), height=height, color=colours[number % len(colours)], label=name)
+        axes.barh(
+            y + (number - (len(series) - 1) / 2) * height,
+            list(values),
+            height=height,
+            color=colours[number % len(colours)],
+            label=name,
+        )
     axes.set_yticks(y, [short_label(n, 40) for n in labels])
     axes.invert_yaxis()
     axes.set_xlabel(xlabel)
@@ -182,7 +211,12 @@ def plot_grouped_bars(labels: Sequence[str], series: dict[str, Sequence[float]],
 
 
 def plot_against_share(
-    shares: Sequence[float], runs: Sequence[Sequence[float]], label: str, lines: dict[str, float], path: Path, xlabel: str
+    shares: Sequence[float],
+    runs: Sequence[Sequence[float]],
+    label: str,
+    lines: dict[str, float],
+    path: Path,
+    xlabel: str,
 ) -> Path:
     """Top-1 of each run (several seeds per share: mean and each seed) against a share, with reference levels as lines."""
     figure = _figure(6.5, 4.0)

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from latteclip.errors import LatteclipError
 from latteclip.engine.results import RunResults, read_results
+from latteclip.errors import LatteclipError
 
 EVAL_KEY = "eval/top1"
 TEXT_KINDS = ("class", "image", "group")
@@ -149,7 +149,11 @@ def load_run(folder: str | Path) -> Run:
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     train, evals = read_metrics(folder / "metrics.jsonl")
     gallery = _read_json(folder / "gallery.json", "a gallery") if (folder / "gallery.json").is_file() else None
-    mixer = _read_json(folder / "mixer_weights.json", "mixer weights") if (folder / "mixer_weights.json").is_file() else None
+    mixer = (
+        _read_json(folder / "mixer_weights.json", "mixer weights")
+        if (folder / "mixer_weights.json").is_file()
+        else None
+    )
     return Run(folder, config or {}, results, train, evals, gallery, mixer)
 
 
@@ -181,12 +185,16 @@ def compare(runs: list[Run]) -> Comparison:
     subject = next((r for r in runs if r.method != "zeroshot"), runs[0])
     for run in runs:
         if run.dataset != subject.dataset:
-            raise LatteclipError(f"run {run.folder} is on {run.dataset} but {subject.folder} is on {subject.dataset}: name runs of one dataset")
+            raise LatteclipError(
+                f"run {run.folder} is on {run.dataset} but {subject.folder} is on {subject.dataset}: name runs of one dataset"
+            )
     others = [r for r in runs if r is not subject]
     zero_shot_run = None
     if subject.method != "zeroshot":
         candidates = [r for r in others if r.method == "zeroshot"]
-        zero_shot_run = next((r for r in candidates if (r.model, r.pretrained) == (subject.model, subject.pretrained)), None)
+        zero_shot_run = next(
+            (r for r in candidates if (r.model, r.pretrained) == (subject.model, subject.pretrained)), None
+        )
         if zero_shot_run is None and candidates:
             warnings.warn(
                 f"zeroshot run {candidates[0].folder} uses {candidates[0].model} '{candidates[0].pretrained}', not "

@@ -28,27 +28,54 @@ def _points(value: float) -> str:
 
 def headline_panel(comparison: Comparison, out: Path) -> Panel:
     subject, zero_shot = comparison.subject, comparison.zero_shot_top1
-    cards = [f'<div><div class="value">{100 * subject.top1:.2f}%</div><div class="label">top-1 of {escape(subject.method)} '
-             f"on {subject.results.get('test', {}).get('n', '?')} test images</div></div>"]
+    cards = [
+        f'<div><div class="value">{100 * subject.top1:.2f}%</div><div class="label">top-1 of {escape(subject.method)} '
+        f"on {subject.results.get('test', {}).get('n', '?')} test images</div></div>"
+    ]
     if zero_shot is not None:
         delta = subject.top1 - zero_shot
-        cards.append(f'<div><div class="value">{100 * zero_shot:.2f}%</div><div class="label">zero-shot ({escape(comparison.zero_shot_source)})</div></div>')
-        cards.append(f'<div><div class="value {"gain" if delta >= 0 else "drop"}">{_points(delta)}</div>'
-                     f'<div class="label">points vs zero-shot</div></div>')
+        cards.append(
+            f'<div><div class="value">{100 * zero_shot:.2f}%</div><div class="label">zero-shot ({escape(comparison.zero_shot_source)})</div></div>'
+        )
+        cards.append(
+            f'<div><div class="value {"gain" if delta >= 0 else "drop"}">{_points(delta)}</div>'
+            f'<div class="label">points vs zero-shot</div></div>'
+        )
     body = f'<div class="headline">{"".join(cards)}</div>'
     if zero_shot is None:
-        body += note("No zero-shot reference: the run has no step-0 evaluation and no zeroshot run was named "
-                     "(latteclip report RUN ZEROSHOT_RUN).")
+        body += note(
+            "No zero-shot reference: the run has no step-0 evaluation and no zeroshot run was named "
+            "(latteclip report RUN ZEROSHOT_RUN)."
+        )
     rows, classes = [], []
     for run in comparison.runs:
         label_note = "reads training labels (supervised upper bound)" if run.results.get("reads_train_labels") else ""
         if run is comparison.zero_shot_run and run is not subject:
             label_note = "zero-shot reference"
-        rows.append([comparison.label(run), run.method, f"{run.model} / {run.pretrained or 'random'}", f"{100 * run.top1:.2f}",
-                     _points(run.top1 - zero_shot) if zero_shot is not None else "–", str(run.steps), label_note])
+        rows.append(
+            [
+                comparison.label(run),
+                run.method,
+                f"{run.model} / {run.pretrained or 'random'}",
+                f"{100 * run.top1:.2f}",
+                _points(run.top1 - zero_shot) if zero_shot is not None else "–",
+                str(run.steps),
+                label_note,
+            ]
+        )
         classes.append("subject" if run is subject else "")
-    body += table(["run", "method", "model / weights", "top-1 %", "Δ vs zero-shot", "steps", ""], rows, numeric=(3, 4, 5), row_classes=classes)
-    figure = plots.plot_headline([comparison.label(r) for r in comparison.runs], [r.top1 for r in comparison.runs], zero_shot, out / "headline.png")
+    body += table(
+        ["run", "method", "model / weights", "top-1 %", "Δ vs zero-shot", "steps", ""],
+        rows,
+        numeric=(3, 4, 5),
+        row_classes=classes,
+    )
+    figure = plots.plot_headline(
+        [comparison.label(r) for r in comparison.runs],
+        [r.top1 for r in comparison.runs],
+        zero_shot,
+        out / "headline.png",
+    )
     body += embed_png(figure, "top-1 accuracy of each run", "Test top-1 of each run named; dashed: zero-shot.")
     return Panel("headline", "Accuracy", body)
 
@@ -59,11 +86,17 @@ def per_class_panel(comparison: Comparison, out: Path) -> Panel:
     if reference is subject:
         return Panel("per-class", title, skipped="this is the zero-shot run itself")
     if reference is None:
-        return Panel("per-class", title, skipped="per-class zero-shot accuracy needs a zeroshot run of the same dataset and "
-                     "model: name its folder too (latteclip report RUN ZEROSHOT_RUN)")
+        return Panel(
+            "per-class",
+            title,
+            skipped="per-class zero-shot accuracy needs a zeroshot run of the same dataset and "
+            "model: name its folder too (latteclip report RUN ZEROSHOT_RUN)",
+        )
     gains = per_class_gain(subject, reference)
     if not gains:
-        return Panel("per-class", title, skipped=f"runs {subject.name} and {reference.name} share no class with test images")
+        return Panel(
+            "per-class", title, skipped=f"runs {subject.name} and {reference.name} share no class with test images"
+        )
     figure, omitted = plots.plot_per_class_gain(gains, out / "per_class_gain.png")
     improved = sum(1 for _, ft, zs in gains if ft > zs)
     dropped = sum(1 for _, ft, zs in gains if ft < zs)
@@ -79,7 +112,15 @@ def confusion_panel(subject: Run, out: Path) -> Panel:
     if not matrix or len(matrix) != len(classnames):
         return Panel("confusion", title, skipped="results.json has no confusion matrix")
     figure = plots.plot_confusion(matrix, classnames, out / "confusion.png")
-    return Panel("confusion", title, embed_png(figure, "confusion matrix", f"Test split of {subject.name}; rows are the true class, shaded by the fraction predicted as each class."))
+    return Panel(
+        "confusion",
+        title,
+        embed_png(
+            figure,
+            "confusion matrix",
+            f"Test split of {subject.name}; rows are the true class, shaded by the fraction predicted as each class.",
+        ),
+    )
 
 
 def _not_trained(subject: Run) -> str | None:
@@ -92,12 +133,25 @@ def accuracy_curve_panel(comparison: Comparison, out: Path) -> Panel:
     title = "Test accuracy over training"
     subject = comparison.subject
     if _not_trained(subject) or len(subject.series(EVAL_KEY)[0]) < 2:
-        return Panel("accuracy-curve", title, skipped=_not_trained(subject) or f"{subject.name} has fewer than two test evaluations (train with --eval-every N)")
+        return Panel(
+            "accuracy-curve",
+            title,
+            skipped=_not_trained(subject)
+            or f"{subject.name} has fewer than two test evaluations (train with --eval-every N)",
+        )
     series = [(comparison.label(run), *run.series(EVAL_KEY)) for run in comparison.runs if run.method != "zeroshot"]
     series = [s for s in series if s[1]]
     reference = ("zero-shot", comparison.zero_shot_top1) if comparison.zero_shot_top1 is not None else None
     figure = plots.plot_curves(series, out / "accuracy_curve.png", "test top-1 (%)", percent=True, reference=reference)
-    return Panel("accuracy-curve", title, embed_png(figure, "test accuracy over training", "Top-1 on the test split at each evaluation (step 0: before training)."))
+    return Panel(
+        "accuracy-curve",
+        title,
+        embed_png(
+            figure,
+            "test accuracy over training",
+            "Top-1 on the test split at each evaluation (step 0: before training).",
+        ),
+    )
 
 
 def loss_panel(subject: Run, out: Path) -> Panel:
@@ -120,17 +174,37 @@ def agreement_panel(subject: Run, out: Path) -> Panel:
     title = "Pseudo-label agreement (zero-shot vs fine-tuning)"
     figure = _percent_curve(subject, AGREEMENT_KEY, "agreement", out / "pl_agreement.png", "agreement (%)")
     if figure is None:
-        return Panel("agreement", title, skipped=_not_trained(subject) or f"method {subject.method} does not log {AGREEMENT_KEY}")
-    return Panel("agreement", title, embed_png(figure, "pseudo-label agreement", "Fraction of the batch where the frozen zero-shot label and the current model's label agree; reads no labels."))
+        return Panel(
+            "agreement", title, skipped=_not_trained(subject) or f"method {subject.method} does not log {AGREEMENT_KEY}"
+        )
+    return Panel(
+        "agreement",
+        title,
+        embed_png(
+            figure,
+            "pseudo-label agreement",
+            "Fraction of the batch where the frozen zero-shot label and the current model's label agree; reads no labels.",
+        ),
+    )
 
 
 def pseudo_label_accuracy_panel(subject: Run, out: Path) -> Panel:
     title = "Pseudo-label accuracy"
-    figure = _percent_curve(subject, PSEUDO_LABEL_ACC_KEY, "pseudo-label accuracy", out / "pseudo_label_accuracy.png", "accuracy (%)")
+    figure = _percent_curve(
+        subject, PSEUDO_LABEL_ACC_KEY, "pseudo-label accuracy", out / "pseudo_label_accuracy.png", "accuracy (%)"
+    )
     if figure is None:
-        return Panel("pseudo-label-accuracy", title, skipped=_not_trained(subject) or f"method {subject.method} trains on no pseudo-labels")
+        return Panel(
+            "pseudo-label-accuracy",
+            title,
+            skipped=_not_trained(subject) or f"method {subject.method} trains on no pseudo-labels",
+        )
     body = f'<p class="analysis"><span class="badge analysis">reads labels</span> {escape(READS_LABELS_NOTE)}</p>'
-    body += embed_png(figure, "pseudo-label accuracy (analysis, reads labels)", "Fraction of each training batch whose training label equals the true label.")
+    body += embed_png(
+        figure,
+        "pseudo-label accuracy (analysis, reads labels)",
+        "Fraction of each training batch whose training label equals the true label.",
+    )
     return Panel("pseudo-label-accuracy", title, body)
 
 
@@ -142,17 +216,35 @@ def mixer_panels(subject: Run, out: Path) -> list[Panel]:
     if series:
         colours = [plots.KIND_COLOURS[kind] for kind, _, _ in series]
         figure = plots.plot_curves(series, out / "mixer_weights_curve.png", "mean mixer weight", colours=colours)
-        first = Panel("mixer-curve", over_time, embed_png(figure, "mixer weight over training", "Mean weight w(T) of each text kind per step."))
+        first = Panel(
+            "mixer-curve",
+            over_time,
+            embed_png(figure, "mixer weight over training", "Mean weight w(T) of each text kind per step."),
+        )
     else:
-        first = Panel("mixer-curve", over_time, skipped=_not_trained(subject) or f"method {subject.method} logs no mixer weights (LatteCLIP does)")
+        first = Panel(
+            "mixer-curve",
+            over_time,
+            skipped=_not_trained(subject) or f"method {subject.method} logs no mixer weights (LatteCLIP does)",
+        )
     distribution = "Mixer weight distribution"
-    weights = {k: [float(v) for v in subject.mixer_weights.get(k, [])] for k in TEXT_KINDS} if subject.mixer_weights else {}
+    weights = (
+        {k: [float(v) for v in subject.mixer_weights.get(k, [])] for k in TEXT_KINDS} if subject.mixer_weights else {}
+    )
     weights = {k: v for k, v in weights.items() if v}
     if weights:
         figure = plots.plot_mixer_distribution(weights, out / "mixer_weights_distribution.png")
-        second = Panel("mixer-distribution", distribution, embed_png(figure, "mixer weight distribution", "Sampled weights of each text kind (mixer_weights.json)."))
+        second = Panel(
+            "mixer-distribution",
+            distribution,
+            embed_png(figure, "mixer weight distribution", "Sampled weights of each text kind (mixer_weights.json)."),
+        )
     else:
-        second = Panel("mixer-distribution", distribution, skipped=f"{subject.name} has no mixer_weights.json (LatteCLIP writes it)")
+        second = Panel(
+            "mixer-distribution",
+            distribution,
+            skipped=f"{subject.name} has no mixer_weights.json (LatteCLIP writes it)",
+        )
     return [first, second]
 
 
@@ -176,7 +268,9 @@ def gallery_panel(subject: Run, out: Path) -> Panel:
         if image is not None:
             path = save_png(thumbnail(image), out / f"gallery_{number:02d}_image.png")
             figures.append(embed_png(path, f"training image {entry['image']}", "training image"))
-        members = list(entry.get("group_members", []))  # the collage's cells in order, as the LMM saw them (the anchor may be absent)
+        members = list(
+            entry.get("group_members", [])
+        )  # the collage's cells in order, as the LMM saw them (the anchor may be absent)
         member_images = [pictures.images[m] for m in members if m in pictures.images]
         if len(member_images) > 1:
             group_png = save_png(collage(member_images), out / f"gallery_{number:02d}_group.png")
@@ -192,10 +286,13 @@ def gallery_panel(subject: Run, out: Path) -> Panel:
         largest = max(known) if known else 0.0
         rows = "".join(
             f"<tr><th>{escape(kind)}</th><td>{escape(str(texts[kind]))}</td>{_weight_cell(weights.get(kind), largest)}</tr>"
-            for kind in TEXT_KINDS if kind in texts
+            for kind in TEXT_KINDS
+            if kind in texts
         )
-        cards.append(f'<div class="card"><div class="pictures">{"".join(figures)}</div><p>{labels}</p>'
-                     f"<table><thead><tr><th>text</th><th></th><th>weight</th></tr></thead><tbody>{rows}</tbody></table></div>")
+        cards.append(
+            f'<div class="card"><div class="pictures">{"".join(figures)}</div><p>{labels}</p>'
+            f"<table><thead><tr><th>text</th><th></th><th>weight</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        )
     body = ""
     if pictures.problem:
         body += note(f"Some pictures are missing: {pictures.problem}.")
@@ -211,7 +308,11 @@ def other_metrics_panel(subject: Run, out: Path, shown: set[str]) -> Panel:
     if not series:
         return Panel("other-metrics", title, skipped=_not_trained(subject) or "nothing else was logged")
     figure = plots.plot_small_multiples(series, out / "other_metrics.png")
-    return Panel("other-metrics", title, embed_png(figure, "other logged metrics", "Every other value in metrics.jsonl, per logged step."))
+    return Panel(
+        "other-metrics",
+        title,
+        embed_png(figure, "other logged metrics", "Every other value in metrics.jsonl, per logged step."),
+    )
 
 
 def _seconds(value: Any) -> str:
@@ -221,11 +322,19 @@ def _seconds(value: Any) -> str:
 
 
 def config_and_timings_panel(subject: Run) -> Panel:
-    rows = [[key[:-2].replace("_", " ") if key.endswith("_s") else key, _seconds(value)] for key, value in subject.timings.items()]
+    rows = [
+        [key[:-2].replace("_", " ") if key.endswith("_s") else key, _seconds(value)]
+        for key, value in subject.timings.items()
+    ]
     results = subject.results
-    rows += [["steps", str(subject.steps)],
-             ["test images (unreadable skipped)", f"{(results.get('test') or {}).get('n', 'none: no labels')} ({results.get('unreadable_test_images', 0)})"],
-             ["unreadable training images skipped", str(results.get("unreadable_train_images", 0))]]
+    rows += [
+        ["steps", str(subject.steps)],
+        [
+            "test images (unreadable skipped)",
+            f"{(results.get('test') or {}).get('n', 'none: no labels')} ({results.get('unreadable_test_images', 0)})",
+        ],
+        ["unreadable training images skipped", str(results.get("unreadable_train_images", 0))],
+    ]
     body = "<h3>Timings</h3>" + table(["stage", "time"], rows, numeric=(1,))
     body += "<h3>Configuration</h3>" + f"<pre>{escape(yaml.safe_dump(subject.config, sort_keys=False))}</pre>"
     return Panel("config", "Configuration and timings", body)
