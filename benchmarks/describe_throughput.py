@@ -169,8 +169,8 @@ def main() -> None:
     for name, what in (("request", "read + data URL + JSON"), ("store", "SQLite write"), ("total", "both")):
         t = overhead[name]
         print(
-            f"client overhead per request, {what} (no server): mean {t['mean_ms']:.2f} ms, median {t['median_ms']:.2f} ms, "
-            f"p95 {t['p95_ms']:.2f} ms, max {t['max_ms']:.2f} ms"
+            f"client overhead per request, {what} (no server): mean {t['mean_ms']:.2f} ms, median {t['median_ms']:.2f} "
+            f"ms, p95 {t['p95_ms']:.2f} ms, max {t['max_ms']:.2f} ms"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
@@ -179,8 +179,8 @@ def main() -> None:
         from results_page import write_section
 
         rows = [
-            "| server | --concurrency | --lmm-timeout (s) | fewest in flight | seconds | images/s | requests received | "
-            "failed | client CPU per request (ms) |",
+            "| server | --concurrency | --lmm-timeout (s) | fewest in flight | seconds | images/s | requests received "
+            "| failed | client CPU per request (ms) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r, what, timeout, received in (
@@ -190,7 +190,8 @@ def main() -> None:
         ):
             rows.append(
                 f"| {what} | {r['concurrency']} | {timeout:g} | {r['lowest_in_flight'] or r['concurrency']} | "
-                f"{r['seconds']:.2f} | {r['images_per_s']:.1f} | {received} | {r['failed']} | {r['client_cpu_ms_per_request']:.2f} |"
+                f"{r['seconds']:.2f} | {r['images_per_s']:.1f} | {received} | {r['failed']} | "
+                f"{r['client_cpu_ms_per_request']:.2f} |"
             )
         rows.append(
             f"\nSpeed-up at the default concurrency: **{figures['speedup']:.1f}x**. Against the one-at-a-time server "

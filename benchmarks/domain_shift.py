@@ -155,13 +155,14 @@ def latteclip_with_choice(
 def run_sweep(
     experiment: Experiment, choices: list[dict[str, Any]], archive: RunArchive | None, fresh: bool = False
 ) -> dict[float, list[dict[str, Any]]]:
-    """LatteCLIP on the sweep's shift with true-class texts at each share (READS THE TRUE LABELS), with its chosen options."""
+    """LatteCLIP on the sweep's shift with true-class texts at each share (READS THE TRUE LABELS), with its chosen
+    options."""
     entry, choice = latteclip_with_choice(experiment, choices, SWEEP_SHIFT)
     store_path = experiment.output / "sweep" / "true-class-descriptions.sqlite"
     store_path.parent.mkdir(parents=True, exist_ok=True)
     print(
-        f"ANALYSIS: the description sweep writes texts from the TRUE labels of {experiment.target(SWEEP_SHIFT)}'s training "
-        f"images into {store_path}",
+        f"ANALYSIS: the description sweep writes texts from the TRUE labels of {experiment.target(SWEEP_SHIFT)}'s "
+        f"training images into {store_path}",
         flush=True,
     )
     results: dict[float, list[dict[str, Any]]] = {}
@@ -218,11 +219,11 @@ def sweep_section(
     except ValueError:
         shown = figure
     parts = [
-        f"**Analysis: reads the true labels of the training images.** LatteCLIP on `{experiment.target(SWEEP_SHIFT)}`, with "
-        "its chosen options, where each training image's image and group texts name its true class with probability q and "
-        "another class drawn at random otherwise (text: the class's first template and a sentence of the clothing vocabulary "
-        "made of that class's nouns and attributes), stored under an analysis model name in a separate store. The dashed "
-        "lines are the main table's means on the same shift.",
+        f"**Analysis: reads the true labels of the training images.** LatteCLIP on `{experiment.target(SWEEP_SHIFT)}`, "
+        "with its chosen options, where each training image's image and group texts name its true class with "
+        "probability q and another class drawn at random otherwise (text: the class's first template and a sentence of "
+        "the clothing vocabulary made of that class's nouns and attributes), stored under an analysis model name in a "
+        "separate store. The dashed lines are the main table's means on the same shift.",
         "",
         f"![LatteCLIP top-1 against the share of true-class texts]({shown})",
         "",
@@ -240,7 +241,8 @@ def sweep_section(
 
 
 def text_signals(experiment: Experiment, choices: list[dict[str, Any]]) -> dict[str, TextSignal]:
-    """Per shift, what the image texts of LatteCLIP's first seed know beside its pseudo-labels (READS THE TRUE LABELS)."""
+    """Per shift, what the image texts of LatteCLIP's first seed know beside its pseudo-labels (READS THE TRUE
+    LABELS)."""
     signals = {}
     for shift in experiment.shifts:
         entry, choice = latteclip_with_choice(experiment, choices, shift)
@@ -264,28 +266,30 @@ def text_signal_section(signals: dict[str, TextSignal]) -> str:
     """The table of text_signals, with what each column says about LatteCLIP's prototype update."""
     lines = [
         "**Analysis: reads the true labels of the training images.** For each target's training images, the image text "
-        "the describer wrote (the texts LatteCLIP reads) is given the class whose text it is nearest to in the pre-trained "
-        "model, the way the model being adapted reads it, and compared with the image's true class and its zero-shot "
-        "pseudo-label. LatteCLIP's target for an image is 99% its pseudo-label's prototype (Eq. 2, alpha 0.99), and a "
-        "prototype moves towards the mean text of the images pseudo-labelled with its class; the last column counts the "
-        "pseudo-classes whose mean image text is nearest their own class text, where the update can only reinforce the "
-        "pseudo-label whatever single texts know.",
+        "the describer wrote (the texts LatteCLIP reads) is given the class whose text it is nearest to in the "
+        "pre-trained model, the way the model being adapted reads it, and compared with the image's true class and its "
+        "zero-shot pseudo-label. LatteCLIP's target for an image is 99% its pseudo-label's prototype (Eq. 2, alpha "
+        "0.99), and a prototype moves towards the mean text of the images pseudo-labelled with its class; the last "
+        "column counts the pseudo-classes whose mean image text is nearest their own class text, where the update can "
+        "only reinforce the pseudo-label whatever single texts know.",
         "",
-        "| shift | images | pseudo-label accuracy % | texts naming the true class % | wrong pseudo-labels | of those, text names the true class % "
-        "| of those, text repeats the wrong class % | pseudo-classes whose mean text is nearest their own class |",
+        "| shift | images | pseudo-label accuracy % | texts naming the true class % | wrong pseudo-labels | of those, "
+        "text names the true class % | of those, text repeats the wrong class % | pseudo-classes whose mean text is "
+        "nearest their own class |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for shift, s in signals.items():
         lines.append(
             f"| {shift} | {s.images} | {100 * s.pseudo_label_acc:.1f} | {100 * s.text_acc:.1f} | {s.wrong_labels} | "
-            f"{100 * s.text_true_where_wrong:.1f} | {100 * s.text_repeats_wrong:.1f} | {s.classes_nearest_own} of {s.classes} |"
+            f"{100 * s.text_true_where_wrong:.1f} | {100 * s.text_repeats_wrong:.1f} | {s.classes_nearest_own} of "
+            f"{s.classes} |"
         )
     return "\n".join(lines)
 
 
 def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
-    """Every shift where a label-free trained method does not beat zero-shot, the describer's zero-shot or FLYP + pseudo-labels,
-    or gives more than COLLAPSE_MARGIN more of its test predictions to one class than zero-shot."""
+    """Every shift where a label-free trained method does not beat zero-shot, the describer's zero-shot or FLYP +
+    pseudo-labels, or gives more than COLLAPSE_MARGIN more of its test predictions to one class than zero-shot."""
     by_method: dict[str, Any] = {}
     for entry in experiment.methods:
         if entry.weights == "source":
@@ -313,7 +317,8 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
                 lines.append(
                     f"- {shift}: {entry.label} ({100 * mean:.2f}%) does not beat {', '.join(beaten_by)}"
                     + (
-                        f"; measured (analysis/ and mixer/: training log, last fifth; predictions/: test split): {', '.join(measured)}"
+                        "; measured (analysis/ and mixer/: training log, last fifth; predictions/: test split): "
+                        f"{', '.join(measured)}"
                         if measured
                         else ""
                     )
@@ -325,14 +330,16 @@ def label_free_comparisons(experiment: Experiment, cells: Cells) -> list[str]:
             )
             if share is not None and zero_share is not None and share > zero_share + COLLAPSE_MARGIN:
                 lines.append(
-                    f"- {shift}: {entry.label} gives {100 * share:.1f}% of its test predictions to one class, more than "
-                    f"{100 * COLLAPSE_MARGIN:.0f} points above zero-shot's {100 * zero_share:.1f}% (collapse onto a class)."
+                    f"- {shift}: {entry.label} gives {100 * share:.1f}% of its test predictions to one class, more "
+                    f"than {100 * COLLAPSE_MARGIN:.0f} points above zero-shot's {100 * zero_share:.1f}% (collapse onto "
+                    "a class)."
                 )
     return lines
 
 
 def measurements(runs: list[dict[str, Any]], zeroshot_runs: list[dict[str, Any]]) -> list[str]:
-    """A cell's measured pseudo-label accuracy, mixer weights, prototype drift and top-class share (beside zero-shot's), seed means."""
+    """A cell's measured pseudo-label accuracy, mixer weights, prototype drift and top-class share (beside zero-shot's),
+    seed means."""
 
     def mean(key: str, of: list[dict[str, Any]]) -> float:
         return aggregate([r[key] for r in of if key in r])["mean"]
@@ -384,15 +391,15 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
     )
     seeds = ", ".join(str(s) for s in experiment.seeds)
     parts = [
-        f"Torch threads: {torch.get_num_threads()}. Finished {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} after "
-        f"{seconds / 60:.1f} minutes (runs already in {experiment.output}{kept} are reused, not rerun).",
+        f"Torch threads: {torch.get_num_threads()}. Finished {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} "
+        f"after {seconds / 60:.1f} minutes (runs already in {experiment.output}{kept} are reused, not rerun).",
         "",
         f"- Source: `{experiment.model}` pre-trained from random weights with labels (method `pretrain`) on `fmnist` "
-        f"(root `{experiment.root}`): {pretrained['source']['steps']} steps, {100 * pretrained['source']['clean_test_top1']:.2f}% "
-        f"zero-shot top-1 on the clean test set.",
+        f"(root `{experiment.root}`): {pretrained['source']['steps']} steps, "
+        f"{100 * pretrained['source']['clean_test_top1']:.2f}% zero-shot top-1 on the clean test set.",
         *describer_lines(experiment, pretrained["describer"]),
-        f"- Targets: `{experiment.dataset_prefix}-<shift>`, training images never seen in pre-training, adapted without their "
-        f"labels (except the supervised oracle); top-1 on the shifted test split. Shared run options: "
+        f"- Targets: `{experiment.dataset_prefix}-<shift>`, training images never seen in pre-training, adapted "
+        "without their labels (except the supervised oracle); top-1 on the shifted test split. Shared run options: "
         f"`{json.dumps(run, sort_keys=True)}`.",
         f"- Seeds: {seeds}; cells are the mean ± sample standard deviation over seeds.",
         "",
@@ -402,8 +409,8 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
         "",
         "### Hyper-parameters chosen on held-out training images",
         "",
-        "Per shift, each option under an entry's `search` is chosen by top-1 on the held-out part of the target's training "
-        "split (`fmnist-heldout-<shift>`: trained on the rest of the training split, seed "
+        "Per shift, each option under an entry's `search` is chosen by top-1 on the held-out part of the target's "
+        "training split (`fmnist-heldout-<shift>`: trained on the rest of the training split, seed "
         f"{experiment.seeds[0]}); test labels are never read for a choice.",
         "",
     ]
@@ -429,19 +436,21 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
         ]
     for title, prefix, percent in (
         (
-            "Pseudo-label accuracy and agreement during training (analysis only: from the training log, last fifth of training)",
+            "Pseudo-label accuracy and agreement during training (analysis only: from the training log, last fifth of "
+            "training)",
             "analysis/",
             True,
         ),
         ("Mixer weights during training (last fifth of training)", "mixer/", False),
         (
-            "Prototype drift: mean cosine of LatteCLIP's prototypes with their zero-shot start (1 = unmoved; last fifth of training)",
+            "Prototype drift: mean cosine of LatteCLIP's prototypes with their zero-shot start (1 = unmoved; last "
+            "fifth of training)",
             "prototypes/",
             False,
         ),
         (
-            "CoFT's two models (label-free): share of a batch where T and V predict the same class, and share with a rejected "
-            "candidate label (last fifth of training)",
+            "CoFT's two models (label-free): share of a batch where T and V predict the same class, and share with a "
+            "rejected candidate label (last fifth of training)",
             "coft/",
             True,
         ),
@@ -461,8 +470,8 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
         comparisons = ["No label-free method that trains was run."]
     parts += [
         "",
-        "### Where a label-free method does not beat zero-shot, the describer's zero-shot or FLYP + pseudo-labels, or collapses "
-        "(mean over seeds)",
+        "### Where a label-free method does not beat zero-shot, the describer's zero-shot or FLYP + pseudo-labels, or "
+        "collapses (mean over seeds)",
         "",
     ]
     parts += comparisons or [
@@ -493,9 +502,11 @@ def describer_lines(experiment: Experiment, describer: dict | None) -> list[str]
         f"- Describer (the offline stand-in for the paper's LMM, writing LatteCLIP's image and group texts): "
         f"`{experiment.describer['model']}` pre-trained the same way with the options "
         f"`{json.dumps(experiment.describer.get('pretrain') or {}, sort_keys=True)}`: {describer['steps']} steps, "
-        f'{100 * describer["clean_test_top1"]:.2f}% zero-shot top-1 on the clean test set; its row "describer zero-shot" is '
+        f'{100 * describer["clean_test_top1"]:.2f}% zero-shot top-1 on the clean test set; its row "describer '
+        'zero-shot" is '
         "its accuracy on each target. Both models' captions are half class templates, half sentences of the clothing "
-        "vocabulary made of each class's nouns and attributes (`data/fmnist/class_attributes.json`); no target image or label.",
+        "vocabulary made of each class's nouns and attributes (`data/fmnist/class_attributes.json`); no target image "
+        "or label.",
     ]
 
 

@@ -48,7 +48,7 @@ def write_store(path: Path, limit: int) -> None:
 
     train = build_dataset("eurosat", EUROSAT_ZIP, "train", None, DatasetOptions(limit=limit))
     store = DescriptionStore(path)
-    for i, sample in enumerate(train.samples):
+    for i in range(len(train.samples)):
         key = image_key(train.read_bytes(i))
         store.put(key, "image", "p", "check", "m", f"a satellite tile with {['fields', 'roads', 'water'][i % 3]}")
         store.put(key, "group", "g", "check", "m", "tiles with fields and roads")

@@ -6,6 +6,7 @@ produced it and the machine it ran on.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -13,7 +14,10 @@ from pathlib import Path
 from latteclip.experiments.machine import machine_description
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
-HEADER = "# Measured results\n\nEvery section below is written by the benchmark script it names; nothing here is typed by hand.\n"
+HEADER = (
+    "# Measured results\n\nEvery section below is written by the benchmark script it names; nothing here is "
+    "typed by hand.\n"
+)
 
 
 def machine() -> str:
@@ -24,10 +28,8 @@ def machine() -> str:
 
 def command_line() -> str:
     script = Path(sys.argv[0])
-    try:
+    with contextlib.suppress(ValueError):  # a script outside the checkout keeps its own path
         script = script.resolve().relative_to(RESULTS.parents[1])
-    except ValueError:
-        pass
     return "python " + " ".join(shlex.quote(a) for a in [str(script), *sys.argv[1:]])
 
 

@@ -169,7 +169,8 @@ def main() -> None:
     by = {r["variant"]: r for r in rows}
     if "latteclip" in by and "latteclip_reference" in by:
         print(
-            f"speed-up of the fast LatteCLIP step: {by['latteclip_reference']['step_s'] / by['latteclip']['step_s']:.2f}x"
+            "speed-up of the fast LatteCLIP step: "
+            f"{by['latteclip_reference']['step_s'] / by['latteclip']['step_s']:.2f}x"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "device": device, "rows": rows}, indent=1))

@@ -1,4 +1,4 @@
-"""ANALYSIS (READS THE TRUE LABELS of the target training images): what the source model's zero-shot scores know per shift.
+"""ANALYSIS (READS THE TRUE LABELS of target training images): what the source model's zero-shot scores know per shift.
 
     latteclip pretrain                     # prints the source weights file the benchmark starts from
     PYTHONPATH=src python benchmarks/zero_shot_signal.py --pretrained FILE --reads-labels
@@ -53,8 +53,9 @@ def shift_signal(pretrained: str, shift: str) -> str:
     margin = top.values[:, 0] - top.values[:, 1]
     confident = margin.argsort(descending=True)[: max(1, len(margin) // 5)]
     return (
-        f"| {shift} | {len(truth)} | {100 * right.float().mean():.1f} | {100 * (top.indices == truth[:, None]).any(1).float().mean():.1f} "
-        f"| {margin_auc(margin, right):.3f} | {100 * right[confident].float().mean():.1f} |"
+        f"| {shift} | {len(truth)} | {100 * right.float().mean():.1f} | "
+        f"{100 * (top.indices == truth[:, None]).any(1).float().mean():.1f} | {margin_auc(margin, right):.3f} | "
+        f"{100 * right[confident].float().mean():.1f} |"
     )
 
 
@@ -71,7 +72,8 @@ def main() -> None:
         parser.exit(2, "zero_shot_signal.py reads the TRUE labels of the target training images: add --reads-labels\n")
     torch.set_num_threads(1)
     print(
-        "| shift | images | pseudo-label acc % | true class in top 3 % | margin AUC | acc of the most confident fifth % |"
+        "| shift | images | pseudo-label acc % | true class in top 3 % | margin AUC | acc of the most confident fifth "
+        "% |"
     )
     print("|---|---|---|---|---|---|")
     for shift in [s for s in SHIFTS if s != UNSHIFTED]:

@@ -1,4 +1,5 @@
-"""CoFT and CoFT+: the closed-form pieces, the two models' collaboration, the phases' gradients, and runs through the CLI with resume."""
+"""CoFT and CoFT+: the closed-form pieces, the two models' collaboration, the phases' gradients, and runs through the
+CLI with resume."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def test_collaboration_keeps_the_label_of_the_model_that_is_right():
 
 
 def test_collaboration_from_the_two_models_features():
-    """The same decision from real cosines (s = 10): T (frozen features, its prompts) is wrong, V (its features, its class vectors) right.
+    """The same decision from real cosines (s = 10): T (frozen features, its prompts) is wrong, V (its features, its
+    class vectors) right.
 
     T sees the image at 0 degrees; its pairs: class 0 (yes 0, no 60 degrees), class 1 (yes 30, no 60).
     It predicts 0 (cos 1 against cos 30) with log-odds 10 (1 - cos 60) = 5, and gives class 1
@@ -255,7 +257,8 @@ def test_coft_starts_as_zero_shot_clip(eurosat_zip):
 
 
 def test_phase_one_trains_the_light_parts_phase_two_also_the_image_encoder(eurosat_zip, tmp_path):
-    """Phase 1: T's contexts, V's adapter and class vectors; phase 2 adds V's image encoder; the text tower never trains."""
+    """Phase 1: T's contexts, V's adapter and class vectors; phase 2 adds V's image encoder; the text tower never
+    trains."""
     config, session = coft_session(str(eurosat_zip.parent), phase1_fraction=0.25, clean_warmup_fraction=0.25)
     method = session.method
     train_set = session.dataset("train", train_time=True)

@@ -281,9 +281,9 @@ def test_bad_inputs_name_the_path_or_value(three_class_folder, eurosat_zip, tmp_
     bad_split = tmp_path / "bad_split.json"
     bad_split.write_text(json.dumps({"train": [["Forest/Forest_1.jpg"]], "val": [], "test": []}))
     with pytest.raises(
-        LatteclipError, match=f"split file {bad_split}: entry 0 of 'train' .* is not \\[path, label, class name\\]"
+        LatteclipError, match=rf"split file {bad_split}: entry 0 of 'train' .* is not \[path, label, class name\]"
     ):
         build_dataset("eurosat", eurosat_zip, "train", None, DatasetOptions(split_file=str(bad_split)))
     (three_class_folder / "Desert").mkdir()
-    with pytest.raises(LatteclipError, match="class folder .*Desert has no images"):
+    with pytest.raises(LatteclipError, match=r"class folder .*Desert has no images"):
         build_dataset("folder", three_class_folder)

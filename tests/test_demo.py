@@ -365,5 +365,6 @@ def test_the_page_names_every_shift_where_a_method_loses_or_collapses(tmp_path):
     assert table[-1] == "| CoFT | 54.00 ± 1.41 | 23.00 | 38.50 |"  # (mean of the two tint seeds + rotation) / 2
     assert (
         lines[0]
-        == "- tint: CoFT gives 36.0% of its test predictions to one class, more than 5 points above zero-shot's 30.0% (collapse onto a class)."
+        == "- tint: CoFT gives 36.0% of its test predictions to one class, more than 5 points above zero-shot's 30.0% "
+        "(collapse onto a class)."
     )

@@ -376,7 +376,8 @@ def test_offline_describer_with_its_own_model_writes_what_that_model_sees(
     store = DescriptionStore(store_path)
     rows = list(store.rows())
     assert {r["model"] for r in rows} == {name} and len(rows) == 2 * 20
-    # what the describer's own model says of each image, and of each group's collage (groups: the ADAPTED model's labels)
+    # what the describer's own model says of each image, and of each group's collage (groups: the ADAPTED model's
+    # labels)
     describer = ClipVocabularyDescriber(
         load_clip("latte-fmnist-describer", str(weights)), "land use", dataset="eurosat"
     )

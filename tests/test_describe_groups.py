@@ -1,5 +1,6 @@
 """Group draws: cells share the anchor's zero-shot label, seeded, with replacement for small classes;
-the authors' class draw need not hold the anchor; the true-label analysis draw holds exactly K images of the anchor's class."""
+the authors' class draw need not hold the anchor; the true-label analysis draw holds exactly K images of the anchor's
+class."""
 
 from __future__ import annotations
 

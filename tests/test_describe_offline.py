@@ -1,4 +1,5 @@
-"""The offline substitute describer: phrase ranking with CLIP, group = the collage cells' shared feature, vocabularies."""
+"""The offline substitute describer: phrase ranking with CLIP, group = the collage cells' shared feature,
+vocabularies."""
 
 from __future__ import annotations
 

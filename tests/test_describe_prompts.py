@@ -37,7 +37,8 @@ def test_dataset_prompts_of_the_authors_runs_and_the_label_they_name(eurosat_zip
         == "Describe the land use in the satellite image concisely, less than 20 words."
     )
     assert eurosat.description("group", "land use") == (
-        "Describe the common visual attributes of the land use in all the satellite images concisely, less than 20 words."
+        "Describe the common visual attributes of the land use in all the satellite images concisely, less than 20 "
+        "words."
     )
     assert not eurosat.names_label("image") and eurosat.names_label("image", with_label=True)
     from latteclip.data.coop import load_spec

@@ -52,9 +52,9 @@ def test_a_store_from_before_variants_is_upgraded_with_its_rows(tmp_path):
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
     db.executescript(
-        "CREATE TABLE descriptions (image_hash TEXT NOT NULL, kind TEXT NOT NULL, prompt TEXT NOT NULL, backend TEXT NOT NULL,"
-        " model TEXT NOT NULL, text TEXT NOT NULL, image TEXT, dataset TEXT, meta TEXT, created REAL NOT NULL,"
-        " PRIMARY KEY (image_hash, kind, prompt, backend, model));"
+        "CREATE TABLE descriptions (image_hash TEXT NOT NULL, kind TEXT NOT NULL, prompt TEXT NOT NULL, backend TEXT "
+        "NOT NULL, model TEXT NOT NULL, text TEXT NOT NULL, image TEXT, dataset TEXT, meta TEXT, created REAL NOT "
+        "NULL, PRIMARY KEY (image_hash, kind, prompt, backend, model));"
     )
     db.execute("INSERT INTO descriptions VALUES ('h1','image','p','openai','m','old text','a.jpg','eurosat',NULL,1.0)")
     db.commit()

@@ -1,4 +1,5 @@
-"""`latteclip export`: plain OpenCLIP (in a fresh process, without this package) predicts what `latteclip predict` does."""
+"""`latteclip export`: plain OpenCLIP (in a fresh process, without this package) predicts what `latteclip predict`
+does."""
 
 from __future__ import annotations
 

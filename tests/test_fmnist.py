@@ -116,8 +116,8 @@ def test_fashion_mnist_registers_itself_when_first_named():
     """The data package does not import the demo's dataset: naming it does, and the module registers its builders."""
     code = (
         "import sys; import latteclip.data as data; print('latteclip.data.fmnist' in sys.modules); "
-        "print(len(data.build_dataset('fmnist-rotation', 'bundled', 'test'))); print('latteclip.data.fmnist' in sys.modules); "
-        "print(data.available_datasets()[-2:])"
+        "print(len(data.build_dataset('fmnist-rotation', 'bundled', 'test'))); print('latteclip.data.fmnist' in "
+        "sys.modules); print(data.available_datasets()[-2:])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split("\n")[:4] == ["False", "10000", "True", "['fmnist', 'fmnist-']"], done.stderr

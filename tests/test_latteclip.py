@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from typing import ClassVar
 from unittest.mock import ANY
 
 import pytest
@@ -95,7 +96,8 @@ def test_authors_rule_mu_zero_is_the_normalised_batch_mean():
 
 
 def drift_after(steps: int, mu: float) -> float:
-    """Cosine between a prototype and its start after `steps` real updates whose texts all point to an orthogonal direction."""
+    """Cosine between a prototype and its start after `steps` real updates whose texts all point to an orthogonal
+    direction."""
     start, text = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[[0.0, 1.0, 0.0]]])
     bank = PrototypeBank(start)
     for _ in range(steps):
@@ -268,7 +270,7 @@ def test_each_visit_reads_the_group_of_a_random_image_of_its_zero_shot_class(eur
 class HostReads(torch.Tensor):
     """Counts the reads that would copy a CUDA tensor to the host, each a device sync (`int(t[i])`, `.item()`, ...)."""
 
-    reads: list[str] = []
+    reads: ClassVar[list[str]] = []
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -370,10 +372,10 @@ def test_eurosat_run_trains_saves_prototypes_and_eval_reproduces(tmp_path, capsy
         "--output",
         str(tmp_path),
     ]
-    assert main(common + ["--name", "strict"]) == 2
+    assert main([*common, "--name", "strict"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{n // 10} of {n} training images have no image description" in err and "\n" not in err
-    assert main(common + ["--name", "run", "--missing-descriptions", "class"]) == 0
+    assert main([*common, "--name", "run", "--missing-descriptions", "class"]) == 0
     run = tmp_path / "run"
     results = json.loads((run / "results.json").read_text())
     payload = load_checkpoint(run / "final.pt")

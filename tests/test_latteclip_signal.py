@@ -95,7 +95,8 @@ RUN_IMAGES, RUN_STEPS, DRAWS = 100, 300, (0, 1, 2)
 
 
 def latteclip_run(root, out, name: str, texts: str, store) -> dict:
-    """One engine run (100 train and 100 test images, 300 steps); its top-1, top-class share of test predictions, drift."""
+    """One engine run (100 train and 100 test images, 300 steps); its top-1, top-class share of test predictions,
+    drift."""
     assert (
         main(
             [

@@ -52,13 +52,14 @@ def test_one_device_runs_jobs_one_at_a_time(tmp_path):
     work = CommandFunction([sys.executable, "-c", JOB_SCRIPT])
     settings = LaunchSettings("local", tmp_path / "jobs", devices=("cpu",), timeout_min=5)
     assert all(o.ok for o in launch(_jobs(tmp_path, 0.5), work, settings, progress=lambda _: None))
-    (a_start, a_end), (b_start, b_end), (c_start, _) = _intervals(tmp_path, ["a", "b", "c"])
+    (_a_start, a_end), (b_start, b_end), (c_start, _) = _intervals(tmp_path, ["a", "b", "c"])
     assert a_end <= b_start and b_end <= c_start
 
 
 @pytest.fixture(scope="module")
 def local_slurm():
-    """A real one-node Slurm on 127.0.0.1 (scripts/slurm-local.sh); the test fails with the reason when it cannot start."""
+    """A real one-node Slurm on 127.0.0.1 (scripts/slurm-local.sh); the test fails with the reason when it cannot
+    start."""
     script = REPO / "scripts" / "slurm-local.sh"
     started = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
     if started.returncode != 0:

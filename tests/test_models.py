@@ -68,12 +68,12 @@ def test_unusable_weights_files(tiny, tmp_path):
     )
     with pytest.raises(LatteclipError, match=f"weights file {other_model} cannot be loaded into latte-tiny"):
         load_clip("latte-tiny", str(other_model))
-    with pytest.raises(LatteclipError, match="weights file .*missing.bin does not exist"):
+    with pytest.raises(LatteclipError, match=r"weights file .*missing\.bin does not exist"):
         load_clip("latte-tiny", str(tmp_path / "missing.bin"))
     with pytest.raises(LatteclipError, match="unknown model 'ViT-Q-99'"):
         load_clip("ViT-Q-99", "random")
     with pytest.raises(
-        LatteclipError, match="unknown pretrained tag 'laion9' for ViT-B-32; known: .*laion2b_s34b_b79k"
+        LatteclipError, match=r"unknown pretrained tag 'laion9' for ViT-B-32; known: .*laion2b_s34b_b79k"
     ):
         load_clip("ViT-B-32", "laion9")
 

@@ -92,7 +92,7 @@ def test_cache_key_follows_what_decides_the_weights():
 def test_pretrain_command_caches_and_weights_load(tmp_path, capsys, monkeypatch):
     args = ["pretrain", "--limit", "48", "--epochs", "1", "--batch-size", "16", "--warmup-steps", "1", "--workers", "0"]
     out = tmp_path / "tiny.safetensors"
-    assert main(args + ["--out", str(out)]) == 0
+    assert main([*args, "--out", str(out)]) == 0
     first = capsys.readouterr().out
     assert "trained in" in first and out.is_file()
     monkeypatch.setattr(pretraining, "run_training", lambda config: pytest.fail("the second call must not train"))

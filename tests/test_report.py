@@ -36,12 +36,15 @@ ALL_PANELS = [
 BROWSER_PROBE = """<script>
 window.addEventListener("load", () => {
   const images = [...document.images].map(i => ({alt: i.alt, file: i.dataset.file, complete: i.complete,
-                                                  width: i.naturalWidth, height: i.naturalHeight, shown: i.getBoundingClientRect().width}));
+                                                  width: i.naturalWidth, height: i.naturalHeight,
+                                                  shown: i.getBoundingClientRect().width}));
   const panels = [...document.querySelectorAll("section.panel")].map(s => ({title: s.querySelector("h2").textContent,
-                                                                           skipped: s.classList.contains("skipped"), height: s.offsetHeight}));
+                                                                           skipped: s.classList.contains("skipped"),
+                                                                           height: s.offsetHeight}));
   const probe = document.createElement("pre");
   probe.id = "browser-probe";
-  probe.textContent = JSON.stringify({images, panels, headline: document.querySelector("#headline .headline").innerText});
+  probe.textContent = JSON.stringify({images, panels,
+                                      headline: document.querySelector("#headline .headline").innerText});
   document.body.appendChild(probe);
 });
 </script>"""

@@ -193,7 +193,8 @@ def kill_half_way(process: subprocess.Popen, run_dir: Path, after_step: int) -> 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(
-                f"the run ended (code {process.returncode}) before it could be killed: {process.stderr.read().decode()[-2000:]}"
+                f"the run ended (code {process.returncode}) before it could be killed: "
+                f"{process.stderr.read().decode()[-2000:]}"
             )
         metrics = run_dir / "metrics.jsonl"
         lines = metrics.read_text().split("\n")[:-1] if metrics.is_file() else []  # complete lines only
@@ -216,10 +217,10 @@ def kill_half_way(process: subprocess.Popen, run_dir: Path, after_step: int) -> 
 def test_killed_run_resumes_to_the_same_result(full_run, eurosat_zip, workers):
     output = full_run.parent
     name = f"killed-w{workers}"
-    argv = flyp_args(eurosat_zip, output, name) + ["--workers", workers]
+    argv = [*flyp_args(eurosat_zip, output, name), "--workers", workers]
     process = start_run(argv)
     kill_half_way(process, output / name, after_step=10)
-    assert main(argv + ["--resume"]) == 0
+    assert main([*argv, "--resume"]) == 0
     assert_same_run(full_run, output / name)
 
 
@@ -374,7 +375,7 @@ def test_zeroshot_report_and_feature_cache(eurosat_zip, tmp_path, monkeypatch):
         raise AssertionError("the test features should come from the cache")
 
     monkeypatch.setattr(ZeroShot, "encode_images", must_not_run)
-    assert main(argv + ["--name", "zs-again"]) == 0
+    assert main([*argv, "--name", "zs-again"]) == 0
     again = json.loads((tmp_path / "zs-again" / "results.json").read_text())
     assert again["test"] == test
     assert list((tmp_path / "cache" / "features").glob("*.safetensors")) == cached

@@ -48,7 +48,7 @@ def served(tiny_llava):  # noqa: F811
         pytest.skip("no transformers command")
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log = open(Path(tiny_llava).parent / "serve.log", "w")
+    log = open(Path(tiny_llava).parent / "serve.log", "w")  # noqa: SIM115  (the server writes it; closed below)
     process = subprocess.Popen(
         [
             SERVE,
@@ -144,7 +144,7 @@ def test_describe_and_lmm_zeroshot_through_transformers_serve_equal_the_in_proce
             hashes = image_hashes(data, progress=False)
             prompt = prompt_of(data.info)
             expected = local.describe(
-                [job.build() for job in image_jobs(data, hashes, lambda i: prompt, kind=kind)], stop
+                [job.build() for job in image_jobs(data, hashes, lambda i, prompt=prompt: prompt, kind=kind)], stop
             )
             got = served_store.get_texts(hashes, kind, model=model, prompt=prompt)
             assert got == expected and all(got), (split, got, expected)

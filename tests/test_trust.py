@@ -300,7 +300,8 @@ def test_the_planted_payload_does_run_when_unpickled_unsafely(tmp_path):
 
 
 def test_checkpoints_hold_no_pickle_and_resume_state_round_trips(tiny_runs):
-    """final.pt and last.pt are safetensors files; tuples, int-keyed optimizer state and numpy RNG state come back as saved."""
+    """final.pt and last.pt are safetensors files; tuples, int-keyed optimizer state and numpy RNG state come back as
+    saved."""
     import numpy as np
 
     last = load_checkpoint(tiny_runs["flyp"] / "last.pt")
@@ -309,13 +310,14 @@ def test_checkpoints_hold_no_pickle_and_resume_state_round_trips(tiny_runs):
     assert isinstance(last["optimizer"]["param_groups"][0]["betas"], tuple)
     kind, keys, *_ = last["rng"]["numpy"]
     assert kind == "MT19937" and isinstance(keys, np.ndarray) and keys.dtype == np.uint32 and keys.shape == (624,)
-    version, state, gauss = last["rng"]["python"]
+    _version, state, _gauss = last["rng"]["python"]
     assert isinstance(state, tuple) and len(state) == 625
     assert last["rng"]["torch"].dtype == torch.uint8
 
 
 def test_an_old_pickle_checkpoint_still_evaluates(tiny_runs, tmp_path, capsys):
-    """A final.pt written by torch.save (earlier versions) holds only tensors and plain values: it loads with weights_only."""
+    """A final.pt written by torch.save (earlier versions) holds only tensors and plain values: it loads with
+    weights_only."""
     old = tmp_path / "old" / "final.pt"
     old.parent.mkdir()
     torch.save(load_checkpoint(tiny_runs["flyp"] / "final.pt"), old)
@@ -399,7 +401,8 @@ def test_yaml_numbers_written_as_strings_are_read_as_numbers(tmp_path):
 
 
 def test_csv_with_byte_order_mark_and_image_class_header(eurosat_folder, tmp_path):
-    """Read as a header, not as an image named '\ufeffimage' of a class 'class' (which stopped with 'missing images')."""
+    """Read as a header, not as an image named '\ufeffimage' of a class 'class' (which stopped with 'missing
+    images')."""
     images = [p for key in ("Forest", "River") for p in sorted((eurosat_folder / "2750" / key).glob("*.jpg"))]
     rows = "".join(f"{p},{p.parent.name}\n" for p in images)
     csv_file = tmp_path / "labels.csv"
@@ -432,7 +435,7 @@ def test_a_damaged_zip_member_is_an_unreadable_image(eurosat_zip, tmp_path):
     data = build_dataset(
         "eurosat", str(tmp_path / "EuroSAT.zip"), "train", eval_transform(32), DatasetOptions(split_file="none")
     )
-    features, valid = extract_features(lambda x: x.flatten(1)[:, :4], data, torch.device("cpu"), batch_size=4)
+    _features, valid = extract_features(lambda x: x.flatten(1)[:, :4], data, torch.device("cpu"), batch_size=4)
     damaged = [s.path for s, ok in zip(data.samples, valid.tolist()) if not ok]
     assert damaged == [names[3].split("/", 1)[1]] or damaged == [names[3]]
 

@@ -1,4 +1,5 @@
-"""Your own unlabeled images (`--dataset images`, `latteclip adapt`) on real EuroSAT files: no label is read anywhere."""
+"""Your own unlabeled images (`--dataset images`, `latteclip adapt`) on real EuroSAT files: no label is read
+anywhere."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ STEPS = ["--max-steps", "4", "--batch-size", "8", "--warmup-steps", "0", "--lr",
 
 # Appended to a copy of the report: the panels the browser shows, and whether every image decoded.
 PROBE = """<script>window.addEventListener("load", () => { const p = document.createElement("pre"); p.id = "probe";
-p.textContent = JSON.stringify({panels: [...document.querySelectorAll("section.panel")].map(s => ({title: s.querySelector("h2").textContent,
-skipped: s.classList.contains("skipped"), note: (s.querySelector("p.note") || {}).textContent || ""})),
+p.textContent = JSON.stringify({panels: [...document.querySelectorAll("section.panel")].map(s => ({
+title: s.querySelector("h2").textContent, skipped: s.classList.contains("skipped"),
+note: (s.querySelector("p.note") || {}).textContent || ""})),
 images: [...document.images].map(i => i.complete && i.naturalWidth > 0)}); document.body.appendChild(p); });</script>"""
 
 
@@ -188,7 +190,8 @@ def test_adapt_end_to_end_and_the_labelled_path_agree(flat, labelled, names, tmp
 
 
 def test_label_free_methods_read_no_label(flat, labelled, names, tmp_path):
-    """The same weights from `images` input, with a labelled copy beside it, and from a CSV of the files with permuted labels."""
+    """The same weights from `images` input, with a labelled copy beside it, and from a CSV of the files with permuted
+    labels."""
     out, store = tmp_path / "runs", str(tmp_path / "descriptions.sqlite")
     images = ["--dataset", "images", "--root", str(flat), "--classnames", str(names), "--store", store]
     assert main(["describe", *images, "--lmm", "offline", *TINY]) == 0
@@ -308,7 +311,7 @@ def test_unlabeled_input_refusals(flat, names, labelled, tmp_path, capsys):
         )
 
 
-# --- issue 12 item 6: no label leaks in the data layer and the store -----------------------------------------------------
+# --- issue 12 item 6: no label leaks in the data layer and the store --------------------------------------------------
 def test_limit_on_a_training_split_reads_no_labels(labelled, tmp_path):
     files = sorted(labelled.rglob("*.jpg"))
     keys = sorted({p.parent.name for p in files})

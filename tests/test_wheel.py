@@ -1,4 +1,5 @@
-"""The package as a user installs it: a wheel in a fresh virtual environment, run from a folder away from the checkout."""
+"""The package as a user installs it: a wheel in a fresh virtual environment, run from a folder away from the
+checkout."""
 
 from __future__ import annotations
 

@@ -154,7 +154,8 @@ class RunConfig:
         False, help="recompute activations in the backward pass: large models in less memory"
     )
     compile: bool = option(False, help="torch.compile the image tower and the text transformer (GPU)")
-    # kind "call": CPU results (all that reuse and the archive hold) do not depend on it; a resume keeps it (train_state)
+    # kind "call": CPU results (all that reuse and the archive hold) do not depend on it; a resume keeps it
+    # (train_state)
     deterministic: bool = option(
         False,
         help="deterministic CUDA kernels, so that a GPU run repeats bit for bit "
@@ -178,7 +179,8 @@ class RunConfig:
     method_options: dict[str, Any] = option(
         help="the method's own options (configs/methods/<method>.yaml)", flag=False, factory=dict
     )
-    # options of the description stage (`latteclip describe`, `zeroshot --lmm`), here so one file configures every command
+    # options of the description stage (`latteclip describe`, `zeroshot --lmm`), here so one file configures every
+    # command
     describe: dict[str, Any] = option(help="options of the description stage", flag=False, factory=dict)
 
     @property
@@ -286,7 +288,8 @@ def check_values(merged: dict[str, Any], origins: dict[str, str]) -> None:
     for beta in merged.get("betas", ()):
         if not 0 <= beta < 1:
             raise LatteclipError(
-                f"{_label('betas', origins.get('betas', 'defaults'))} must be two numbers in [0, 1), not {list(merged['betas'])}"
+                f"{_label('betas', origins.get('betas', 'defaults'))} must be two numbers in [0, 1), not "
+                f"{list(merged['betas'])}"
             )
     for key, spec in FIELDS.items():
         choices = spec.metadata["choices"]

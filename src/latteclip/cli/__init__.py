@@ -244,7 +244,8 @@ def print_summary(results: dict) -> None:
     print(
         f"{results['method']} on {results['dataset']}: {measured} after {results['steps']} steps"
         + (
-            f"; unreadable images skipped: train {results['unreadable_train_images']}, test {results['unreadable_test_images']}"
+            f"; unreadable images skipped: train {results['unreadable_train_images']}, test "
+            f"{results['unreadable_test_images']}"
             if results["unreadable_train_images"] or results["unreadable_test_images"]
             else ""
         )
@@ -276,7 +277,7 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Help that ends each option with its default: the flag's own, else the package default of the option it sets
     (the run config's declared defaults, the describe settings), so `--help` never shows a stale copy."""
 
-    package: dict[str, Any] = {}
+    package: typing.ClassVar[dict[str, Any]] = {}  # set once by the parser builder, shared by every formatter
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

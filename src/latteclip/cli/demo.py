@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 @command(
     "demo",
-    "the whole pipeline offline on CPU: pre-train a tiny CLIP on Fashion-MNIST, adapt it to shifted domains without labels, print the table",
+    "the whole pipeline offline on CPU: pre-train a tiny CLIP on Fashion-MNIST, adapt it to shifted domains without "
+    "labels, print the table",
 )
 def _demo_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment file (default: the package's configs/demo.yaml)")
@@ -64,7 +65,8 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.time()
     runs_count = len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
     print(
-        f"demo: {runs_count} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in {experiment.output}",
+        f"demo: {runs_count} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in "
+        f"{experiment.output}",
         flush=True,
     )
     runs = run_experiment(experiment, choose=False, progress=lambda line: print(line, flush=True))

@@ -11,7 +11,8 @@ from latteclip.cli import add_data_arguments, add_model_arguments, add_option_ar
 
 @command(
     "pretrain",
-    "contrastive pre-training on image-caption pairs made from labels (default: the demo's tiny CLIP on Fashion-MNIST); cached",
+    "contrastive pre-training on image-caption pairs made from labels (default: the demo's tiny CLIP on "
+    "Fashion-MNIST); cached",
 )
 def _pretrain_parser(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
@@ -43,8 +44,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     summary = result.summary
     state = "reused from the cache" if result.cached else f"trained in {summary['timings']['total_s']:.0f} s"
     print(
-        f"pre-trained {config.model} on {config.dataset} ({state}): zero-shot top-1 {100 * summary['clean_test_top1']:.2f}% "
-        f"on its test split after {summary['steps']} steps"
+        f"pre-trained {config.model} on {config.dataset} ({state}): zero-shot top-1 "
+        f"{100 * summary['clean_test_top1']:.2f}% on its test split after {summary['steps']} steps"
     )
     weights = result.path
     if args.out:

@@ -58,7 +58,8 @@ def _locate(spec: dict, root: Path) -> tuple[ImageSource, Path]:
 
 
 def _zip_image_dir(whole: ZipSource, image_dir: str) -> str:
-    """The archive's folder of class folders: `image_dir` at any depth (`2750/`, `EuroSAT/2750/`), else a lone top folder."""
+    """The archive's folder of class folders: `image_dir` at any depth (`2750/`, `EuroSAT/2750/`), else a lone top
+    folder."""
     marker = f"/{image_dir}/"
     if image_dir:
         for name in whole.list_files():

@@ -107,7 +107,8 @@ def build_csv(name: str, root: str, split: str, options: DatasetOptions):
     missing = [r[0] for r in rows if not source.exists(r[0])]
     if missing:
         raise LatteclipError(
-            f"CSV file {root} names {len(missing)} missing images (first: {missing[0]}), paths are relative to {path.parent}"
+            f"CSV file {root} names {len(missing)} missing images (first: {missing[0]}), paths are relative to "
+            f"{path.parent}"
         )
     with_split = [len(r) >= 3 and bool(r[2]) for r in rows]
     if any(with_split):

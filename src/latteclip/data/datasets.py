@@ -60,7 +60,8 @@ class DatasetInfo:
     split_source: str = ""  # the split file used, or "seeded 50/20/30 (fixed seed 0)"
     prompts: dict[str, str] = field(default_factory=dict)  # the dataset's own LMM prompts (describe/prompts.py)
     labelled: bool = True  # False for `--dataset images`: every label is -1 and nothing may read one
-    # world knowledge the project writes about each class (class name -> vocabulary slot -> phrases), for pre-training captions
+    # world knowledge the project writes about each class (class name -> vocabulary slot -> phrases), for pre-training
+    # captions
     class_attributes: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     @property

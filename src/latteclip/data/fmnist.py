@@ -247,7 +247,8 @@ def build_fmnist(name: str, root: str, split: str, options: DatasetOptions):
         shift = name[len("fmnist-heldout-" if heldout else "fmnist-") :]
         if shift not in SHIFTS:
             raise LatteclipError(
-                f"unknown Fashion-MNIST shift '{shift}': use fmnist or fmnist-<shift> with shift one of {', '.join(SHIFTS)}"
+                f"unknown Fashion-MNIST shift '{shift}': use fmnist or fmnist-<shift> with shift one of "
+                f"{', '.join(SHIFTS)}"
             )
     source = shifted_source(root, shift)
     data = source.data
@@ -264,7 +265,10 @@ def build_fmnist(name: str, root: str, split: str, options: DatasetOptions):
         held_out = train.indices % VAL_EVERY == VAL_EVERY - 1
         train_part = _samples(train, "train", target & ~held_out)
         val_part = _samples(train, "train", target & held_out)
-        pools = f"target domain '{shift}': training images with index >= {SOURCE_END}, val = index % {VAL_EVERY} == {VAL_EVERY - 1}"
+        pools = (
+            f"target domain '{shift}': training images with index >= {SOURCE_END}, val = index % {VAL_EVERY} == "
+            f"{VAL_EVERY - 1}"
+        )
         if heldout:
             parts = {"train": train_part, "val": [], "test": val_part}
             pools += "; held-out view: train = train part, test = val part"

@@ -65,7 +65,8 @@ def class_choice_format(classnames: Sequence[str]) -> dict:
 
 
 def constrained_text(answer: str) -> str:
-    """The class name inside a constrained answer ("\"Forest\"" -> "Forest"); the answer itself when it is not a JSON string."""
+    """The class name inside a constrained answer ("\"Forest\"" -> "Forest"); the answer itself when it is not a JSON
+    string."""
     try:
         value = json.loads(answer)
     except ValueError:

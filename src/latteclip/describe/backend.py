@@ -58,7 +58,8 @@ def sendable_mime(data: bytes) -> str | None:
 
 
 class Answer(str):
-    """An answer's text, with why the model stopped (`finish_reason`: "stop", or "length" for a text cut at the token limit)."""
+    """An answer's text, with why the model stopped (`finish_reason`: "stop", or "length" for a text cut at the token
+    limit)."""
 
     finish_reason: str | None = None
 
@@ -86,5 +87,5 @@ class Describer(ABC):
     def describe(self, requests: Sequence[Request], stop: threading.Event) -> list[str | ItemFailed]:
         """One outcome per request, in order. Waits (back-off) end early when `stop` is set."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: most describers hold nothing)
         """Release connections or memory."""

@@ -93,9 +93,9 @@ def write_requests(
 
 
 def result_text(record: dict) -> tuple[str | None, str]:
-    """(answer, its finish_reason or "") of one results line, or (None, why not). Reads the OpenAI Batch API and `vllm run-batch`
-    output ({custom_id, response: {status_code, body: chat completion}, error}) and older vLLM lines whose
-    `response` is the completion itself."""
+    """(answer, its finish_reason or "") of one results line, or (None, why not). Reads the OpenAI Batch API and
+    `vllm run-batch` output ({custom_id, response: {status_code, body: chat completion}, error}) and older vLLM lines
+    whose `response` is the completion itself."""
     if record.get("error"):
         error = record["error"]
         return None, f"the batch reported an error: {error.get('message', error) if isinstance(error, dict) else error}"

@@ -69,7 +69,8 @@ def chat_body(model: str, request: Request, max_tokens: int = MAX_TOKENS) -> dic
 
 
 def answer_text(completion: dict) -> str:
-    """The answer of a chat completion, whitespace collapsed ("" when empty); KeyError/IndexError/TypeError when malformed."""
+    """The answer of a chat completion, whitespace collapsed ("" when empty); KeyError/IndexError/TypeError when
+    malformed."""
     content = completion["choices"][0]["message"]["content"]
     if isinstance(content, list):  # some servers return content parts
         content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
@@ -343,7 +344,8 @@ class OpenAIDescriber(Describer):
                 model = ids[0]
             elif model not in ids:
                 raise LatteclipError(
-                    f"{endpoint.url} does not serve model '{model}'; it serves {', '.join(ids)}: pass --lmm-model {ids[0]}"
+                    f"{endpoint.url} does not serve model '{model}'; it serves {', '.join(ids)}: pass --lmm-model "
+                    f"{ids[0]}"
                 )
         if not reached:
             raise LatteclipError(f"no LMM server answered ({'; '.join(problems)}): start the server or fix --lmm-url")
@@ -364,7 +366,8 @@ class OpenAIDescriber(Describer):
             ids = None
         served = f"; it serves {', '.join(ids)}" if ids else ""
         return BackendStopped(
-            f"{endpoint.url} does not serve model '{self.model}' (HTTP {status}: {_snippet(data)}){served}: pass --lmm-model with a model it serves"
+            f"{endpoint.url} does not serve model '{self.model}' (HTTP {status}: {_snippet(data)}){served}: pass "
+            "--lmm-model with a model it serves"
         )
 
     def payload(self, request: Request) -> bytes:

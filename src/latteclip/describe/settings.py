@@ -159,7 +159,8 @@ class DescribeSettings:
             )
         if self.describer_model and self.lmm not in (None, "offline"):
             raise LatteclipError(
-                f"--describer-model chooses the CLIP model of --lmm offline; --lmm {self.lmm} describes with --lmm-model"
+                f"--describer-model chooses the CLIP model of --lmm offline; --lmm {self.lmm} describes with "
+                "--lmm-model"
             )
         if self.lmm_answer_format not in ANSWER_FORMATS:
             raise LatteclipError(

@@ -31,8 +31,9 @@ from latteclip.paths import atomic_write_bytes, cache_dir
 # image/group/class: the texts of method.md 1.2; zeroshot: the LMM's multiple-choice answer (method.md 2)
 KINDS = ("image", "group", "class", "zeroshot")
 DESCRIPTION_KINDS = ("image", "group", "class")
-# appended to the model name of descriptions whose groups were drawn from the TRUE labels (describe --true-class-members):
-# reading texts without naming a model skips them, so training reads them only when asked by that exact model name
+# appended to the model name of descriptions whose groups were drawn from the TRUE labels
+# (describe --true-class-members): reading texts without naming a model skips them, so training reads them only when
+# asked by that exact model name
 ANALYSIS_TAG = "+true-class-members"
 
 SCHEMA = """
@@ -176,7 +177,8 @@ class DescriptionStore:
     def has(self, image_hash: str, kind: str, prompt: str, backend: str, model: str, variant: str = "") -> bool:
         with self._lock:
             row = self._db.execute(
-                "SELECT 1 FROM descriptions WHERE image_hash=? AND kind=? AND prompt=? AND backend=? AND model=? AND variant=?",
+                "SELECT 1 FROM descriptions WHERE image_hash=? AND kind=? AND prompt=? AND backend=? AND model=? AND "
+                "variant=?",
                 (image_hash, kind, prompt, backend, model, variant),
             ).fetchone()
         return row is not None
@@ -199,7 +201,8 @@ class DescriptionStore:
         variant: str | None = None,
         preferred_variants: Sequence[str | None] | None = None,
     ) -> list[str | None]:
-        """The text of each image for `kind` (None where there is none, or no hash); the newest row wins when several match.
+        """The text of each image for `kind` (None where there is none, or no hash); the newest row wins when several
+        match.
 
         `preferred_variants` (one per image) names the row that wins over newer ones when it is stored (e.g. the group
         a run drew for that image), so what a run reads does not change when other draws are described later.
@@ -380,7 +383,8 @@ class DescriptionStore:
             text = file.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise LatteclipError(
-                f"import file {path} is not UTF-8 text (byte {err.start}); export it again with --export, or save it as UTF-8"
+                f"import file {path} is not UTF-8 text (byte {err.start}); export it again with --export, or save it "
+                "as UTF-8"
             ) from err
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -396,7 +400,8 @@ class DescriptionStore:
             missing = [f for f in ("kind", "text", "prompt", "model") if not isinstance(record.get(f), str)]
             if missing:
                 raise LatteclipError(
-                    f"{where} lacks {', '.join(missing)} (each line needs kind, text, prompt, model and image or image_hash)"
+                    f"{where} lacks {', '.join(missing)} (each line needs kind, text, prompt, model and image or "
+                    "image_hash)"
                 )
             if record["kind"] not in KINDS:
                 raise LatteclipError(f"{where}: kind '{record['kind']}' must be one of {', '.join(KINDS)}")

@@ -29,7 +29,8 @@ _TAGS = ("$tensor", "$tuple", "$items", "$ndarray")
 
 
 def _encode(value: Any, tensors: dict[str, torch.Tensor], storages: set[int]) -> Any:
-    """`value` as JSON, its tensors moved into `tensors` (a tensor sharing storage is copied: safetensors refuses aliases)."""
+    """`value` as JSON, its tensors moved into `tensors` (a tensor sharing storage is copied: safetensors refuses
+    aliases)."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu()
         pointer = tensor.untyped_storage().data_ptr()
@@ -88,8 +89,9 @@ def _load_legacy(file: Path) -> dict[str, Any]:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
         raise LatteclipError(
-            f"checkpoint {file} is a pickle holding objects other than tensors and plain values ({type(err).__name__}); "
-            f"it was not loaded, since unpickling it could run code: use a final.pt/last.pt written by this version"
+            f"checkpoint {file} is a pickle holding objects other than tensors and plain values "
+            f"({type(err).__name__}); it was not loaded, since unpickling it could run code: use a final.pt/last.pt "
+            "written by this version"
         ) from err
     if not isinstance(payload, dict):
         raise LatteclipError(f"checkpoint {file} is not a latteclip checkpoint (it holds a {type(payload).__name__})")

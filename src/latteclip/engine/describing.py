@@ -98,7 +98,8 @@ def describe_training_images(
     batch_out: str | None = None,
     batch_in: str | Sequence[str] | None = None,
 ) -> tuple[Summary, str]:
-    """Ask the describer for every description of `settings.kinds` the store lacks; the summary and the describer's name.
+    """Ask the describer for every description of `settings.kinds` the store lacks; the summary and the describer's
+    name.
     With `--lmm batch`, write them to `batch_out` (`settings.batch_shards` files) or store the answers of `batch_in`.
 
     Groups drawn from the TRUE labels (`settings.true_class_members`, analysis) are stored under the model name
@@ -277,7 +278,8 @@ def _batch_files(
         if len(files) == 1:
             print(
                 f"wrote {files[0][1]} requests to {files[0][0]}: run them (e.g. vllm run-batch -i {files[0][0]} -o "
-                f"RESULTS.jsonl --model {model}), then store the answers with the same command and --batch-in RESULTS.jsonl"
+                f"RESULTS.jsonl --model {model}), then store the answers with the same command and --batch-in "
+                "RESULTS.jsonl"
             )
         elif files:
             sizes = [n for _, n in files]

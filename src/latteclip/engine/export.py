@@ -146,7 +146,8 @@ def export_open_clip(method: Method, out: Path) -> ExportedFiles:
 def readme_text(files: ExportedFiles, method: Method, preprocess: dict) -> str:
     """Usage with plain `open_clip` and `safetensors` only."""
     register = (
-        f'open_clip.add_model_config(folder / "{files.model_config.name}")  # {files.arch} is not one of OpenCLIP\'s own configs\n'
+        f'open_clip.add_model_config(folder / "{files.model_config.name}")  # {files.arch} is not one of OpenCLIP\'s '
+        "own configs\n"
         if files.model_config is not None
         else ""
     )

@@ -29,7 +29,7 @@ class MetricsLog:
             kept = self.path.read_text().splitlines()[:resume_lines]
         self.path.write_text("".join(ln + "\n" for ln in kept))
         self.lines = len(kept)
-        self.handle = open(self.path, "a")
+        self.handle = open(self.path, "a")  # noqa: SIM115  (open for the run, closed by close())
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -1,4 +1,5 @@
-"""Finished runs kept as small JSON files that a checkout can hold, so a new clone reuses them without their run folders.
+"""Finished runs kept as small JSON files that a checkout can hold, so a new clone reuses them without their run
+folders.
 
 A benchmark's run folders (checkpoints, logs) stay out of version control; what its tables read of a
 run (results.json and the run's summary) is kept in the archive under the run's name, with the
@@ -53,9 +54,9 @@ def file_digest(path: str | Path) -> str:
 
 
 class RunArchive:
-    """One JSON file per run name under `folder`: {"key": ..., "results": ..., "summary": ..., "commit": the checkout that
-    recorded it}. Results depend on the code only through the key, so after a change to a method's code its entries are
-    rerun on purpose (the benchmark's --rerun).
+    """One JSON file per run name under `folder`: {"key": ..., "results": ..., "summary": ..., "commit": the checkout
+    that recorded it}. Results depend on the code only through the key, so after a change to a method's code its entries
+    are rerun on purpose (the benchmark's --rerun).
 
     Pre-trained weights are bound by what they compute, not by their bytes: `weights/` holds a reference record per
     set of weights the entries were made from (the pre-training recipe and `behaviour`, see engine/pretraining.py),

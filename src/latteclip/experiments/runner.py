@@ -223,11 +223,13 @@ def check_stages(experiment: Experiment) -> None:
         unknown = [stage for stage in entry.needs if stage not in STAGES]
         if unknown:
             raise LatteclipError(
-                f"{experiment.source}: method entry '{entry.name}' needs stage(s) {', '.join(unknown)}; the demo runs: {', '.join(STAGES)}"
+                f"{experiment.source}: method entry '{entry.name}' needs stage(s) {', '.join(unknown)}; the demo runs: "
+                f"{', '.join(STAGES)}"
             )
         if "descriptions" in entry.needs and not experiment.describe.get("lmm"):
             raise LatteclipError(
-                f"{experiment.source}: '{entry.name}' needs descriptions: give the describer under 'describe:' (e.g. lmm: offline)"
+                f"{experiment.source}: '{entry.name}' needs descriptions: give the describer under 'describe:' (e.g. "
+                "lmm: offline)"
             )
 
 
@@ -289,7 +291,8 @@ def describe_stage(
 
 @dataclass
 class ExperimentRuns:
-    """What an experiment measured: the pre-trainings' summaries, per-(entry, shift) run summaries and the choices made."""
+    """What an experiment measured: the pre-trainings' summaries, per-(entry, shift) run summaries and the choices
+    made."""
 
     pretrained: dict[str, PretrainedWeights | None]  # "source", "describer"
     cells: Cells = field(default_factory=dict)
@@ -317,24 +320,27 @@ def run_experiment(
     stages = pretrainings + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
     stage = 1
     progress(
-        f"[{stage}/{stages}] pre-training {experiment.model} with labels on the clean source domain (cached after the first run)"
+        f"[{stage}/{stages}] pre-training {experiment.model} with labels on the clean source domain (cached after the "
+        "first run)"
     )
     source = pretrain_source(experiment)
     how = "reused from the cache" if source.cached else "trained now"
     progress(
-        f"      {how}: zero-shot top-1 {100 * source.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})"
+        f"      {how}: zero-shot top-1 {100 * source.summary['clean_test_top1']:.2f}% on the clean test set "
+        f"({elapsed(started)})"
     )
     describer = None
     if experiment.describer:
         stage += 1
         progress(
-            f"[{stage}/{stages}] pre-training the describer {experiment.describer['model']} (the LMM's stand-in) with labels on "
-            "the same clean source images (cached after the first run)"
+            f"[{stage}/{stages}] pre-training the describer {experiment.describer['model']} (the LMM's stand-in) with "
+            "labels on the same clean source images (cached after the first run)"
         )
         describer = pretrain_describer(experiment)
         how = "reused from the cache" if describer.cached else "trained now"
         progress(
-            f"      {how}: zero-shot top-1 {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set ({elapsed(started)})"
+            f"      {how}: zero-shot top-1 {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set "
+            f"({elapsed(started)})"
         )
     if archive is not None:
         for warning in archive.bind(experiment.weights):

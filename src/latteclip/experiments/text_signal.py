@@ -94,7 +94,8 @@ def run_text_signal(config: RunConfig, reads_labels: bool = False) -> TextSignal
     keep = [i for i, (text, label) in enumerate(zip(texts, pseudo.tolist())) if text is not None and label >= 0]
     if not keep:
         raise LatteclipError(
-            f"no training image of {config.dataset} has an image description in {config.store}: run the describe stage first"
+            f"no training image of {config.dataset} has an image description in {config.store}: run the describe stage "
+            "first"
         )
     method.model.eval()
     features = torch.cat(

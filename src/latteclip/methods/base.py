@@ -88,7 +88,8 @@ class Method:
         raise NotImplementedError
 
     def logit_scale(self) -> torch.Tensor:
-        """exp of the model's temperature, detached and capped at 100: the scale of cosine logits for methods that do not train it."""
+        """exp of the model's temperature, detached and capped at 100: the scale of cosine logits for methods that do
+        not train it."""
         return capped_scale(self.model.logit_scale.detach())
 
     def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:

@@ -74,7 +74,8 @@ def clean_log_odds(
     candidates: torch.Tensor,
     scale: torch.Tensor | float,
 ) -> torch.Tensor:
-    """[B, K] log(p_clean / (1 - p_clean)) = s * (cos(v, t+_c) - cos(v, t-_c)) of each image for each of its K candidate labels."""
+    """[B, K] log(p_clean / (1 - p_clean)) = s * (cos(v, t+_c) - cos(v, t-_c)) of each image for each of its K candidate
+    labels."""
     b, k = candidates.shape
     logits = yes_no_logits(
         image_features.repeat_interleave(k, dim=0), positive, negative, candidates.reshape(-1), scale
@@ -108,7 +109,8 @@ def collaborate(
 
 
 def class_balanced_mean(losses: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-sample losses averaged within each label present, then over those labels: a class gains nothing by being frequent."""
+    """Per-sample losses averaged within each label present, then over those labels: a class gains nothing by being
+    frequent."""
     if labels.numel() == 0:
         return losses.sum() * 0.0
     counts = torch.bincount(labels, minlength=num_classes).to(losses.dtype)
@@ -125,7 +127,8 @@ def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
 
 
 def prior_matching(logits: torch.Tensor) -> torch.Tensor:
-    """KL(mean prediction of the batch || uniform) = sum_c pbar_c log(C pbar_c): zero when the batch spreads evenly over the classes."""
+    """KL(mean prediction of the batch || uniform) = sum_c pbar_c log(C pbar_c): zero when the batch spreads evenly over
+    the classes."""
     mean = logits.softmax(dim=1).mean(dim=0)
     return (mean * (mean.clamp_min(1e-12) * mean.shape[0]).log()).sum()
 
@@ -133,7 +136,8 @@ def prior_matching(logits: torch.Tensor) -> torch.Tensor:
 def yes_no_loss(
     features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, labels: torch.Tensor, answer: int, scale
 ) -> torch.Tensor:
-    """Cross-entropy of the pairs of `labels` towards `answer` (YES or NO), class-balanced over `labels`; zero without samples."""
+    """Cross-entropy of the pairs of `labels` towards `answer` (YES or NO), class-balanced over `labels`; zero without
+    samples."""
     if labels.numel() == 0:
         return 0.0 * features.sum()
     logits = yes_no_logits(features, positive, negative, labels, scale)
@@ -223,7 +227,8 @@ class Coft(Method):
         for name in ("phase1_fraction", "clean_warmup_fraction"):
             if not 0.0 <= getattr(options, name) < 1.0:
                 raise LatteclipError(
-                    f"--{name.replace('_', '-')} {getattr(options, name)} must lie in [0, 1): it is a share of the run's steps"
+                    f"--{name.replace('_', '-')} {getattr(options, name)} must lie in [0, 1): it is a share of the "
+                    "run's steps"
                 )
         prefix, suffix = split_template(info.templates[0])
         positive_init = options.prompt_init or prefix or "a photo of a"
@@ -290,7 +295,8 @@ class Coft(Method):
         super().setup_training(ctx)
         if ctx.total_steps < self.rounds():
             raise LatteclipError(
-                f"CoFT+ runs {self.rounds()} rounds but the run has {ctx.total_steps} steps; pass --rounds {ctx.total_steps} or more steps"
+                f"CoFT+ runs {self.rounds()} rounds but the run has {ctx.total_steps} steps; pass --rounds "
+                f"{ctx.total_steps} or more steps"
             )
         self.eval_train_set = ctx.train_set.with_transform(ctx.eval_transform)
         self.model.requires_grad_(False)
@@ -312,7 +318,8 @@ class Coft(Method):
 
     @torch.no_grad()
     def start_round(self, round_index: int, step: int) -> None:
-        """The round's pseudo-labels: zero-shot at round 0; later, both models' collaborative choice over the training split."""
+        """The round's pseudo-labels: zero-shot at round 0; later, both models' collaborative choice over the training
+        split."""
         frozen = self.frozen.to(self.device)
         if round_index == 0:
             with full_precision(frozen):  # fp32 like the cached zero-shot labels, whatever autocast the step runs under
@@ -514,7 +521,8 @@ class CoftPlus(Coft):
         if not texts:
             raise LatteclipError(
                 "CoFT+ needs LLM class descriptions: pass --class-descriptions FILE.json "
-                '({"class name": ["description", ...]}) or a --store holding kind \'class\' descriptions of the training images '
+                '({"class name": ["description", ...]}) or a --store holding kind \'class\' descriptions of the '
+                "training images "
                 "(or --no-llm-descriptions to run without them)"
             )
         self.descriptions = self.description_features(texts)
@@ -522,7 +530,8 @@ class CoftPlus(Coft):
             self.head["positive"].copy_(self.class_weights(self.head["positive"]))
 
     def store_descriptions(self, store_path: str) -> dict[int, list[str]]:
-        """Kind 'class' texts of the training images in the description store, grouped by the image's zero-shot class."""
+        """Kind 'class' texts of the training images in the description store, grouped by the image's zero-shot
+        class."""
         from latteclip.describe.jobs import image_hashes
         from latteclip.describe.store import DescriptionStore
 

@@ -178,9 +178,9 @@ class LatteCLIP(Method):
         missing = sum(t is None for t, h in zip(texts, hashes) if h is not None)
         if missing and self.options.missing_descriptions == "error":
             raise LatteclipError(
-                f"{missing} of {len(texts)} training images have no {kind} description in {store.path}; "
-                f"generate them with `latteclip describe --dataset {self.info.name} --root ROOT --store {store.path} "
-                f"--lmm openai --lmm-url URL` (or --lmm offline), or pass --missing-descriptions class to use class texts"
+                f"{missing} of {len(texts)} training images have no {kind} description in {store.path}; generate them "
+                f"with `latteclip describe --dataset {self.info.name} --root ROOT --store {store.path} --lmm openai "
+                "--lmm-url URL` (or --lmm offline), or pass --missing-descriptions class to use class texts"
             )
         ctx.log({"step": 0, f"descriptions/{kind}_missing": missing})
         return texts

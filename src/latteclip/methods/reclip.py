@@ -198,7 +198,8 @@ class Reclip(Method):
         return F.normalize(torch.func.functional_call(self.model.visual, self.vision_norms, (images,)), dim=-1)
 
     def image_norms_untrained(self) -> bool:
-        """Whether the image tower's LayerNorms still equal the text branch's (bitwise), so both branches encode images alike."""
+        """Whether the image tower's LayerNorms still equal the text branch's (bitwise), so both branches encode images
+        alike."""
         current = norm_parameters(self.model.visual)
         return all(torch.equal(current[name], value) for name, value in self.vision_norms.items())
 

@@ -149,8 +149,9 @@ def load_clip(model_name: str, pretrained: str | None = None, device: str | torc
             model = open_clip.create_model(model_name, pretrained=pretrained, device=device, weights_only=True)
         except pickle.UnpicklingError as err:
             raise LatteclipError(
-                f"weights file {pretrained} cannot be loaded into {model_name}: it is not a plain state dict of tensors "
-                f"(anything else is refused, since unpickling it could run code); use a state dict (.bin/.pt) or a .safetensors file"
+                f"weights file {pretrained} cannot be loaded into {model_name}: it is not a plain state dict of "
+                "tensors (anything else is refused, since unpickling it could run code); use a state dict (.bin/.pt) "
+                "or a .safetensors file"
             ) from err
         except Exception as err:  # safetensors and state-dict errors all mean the same to the user
             raise LatteclipError(

@@ -39,8 +39,8 @@ class PromptLearner(nn.Module):
         super().__init__()
         if not causal_text_tower(model):
             raise LatteclipError(
-                f"learnable prompts need an OpenCLIP CLIP text tower (token embedding, causal transformer, end-of-text pooling); "
-                f"{type(model).__name__} has none: choose an OpenCLIP CLIP model such as ViT-B-32"
+                "learnable prompts need an OpenCLIP CLIP text tower (token embedding, causal transformer, end-of-text "
+                f"pooling); {type(model).__name__} has none: choose an OpenCLIP CLIP model such as ViT-B-32"
             )
         if not callable(getattr(tokenizer, "encode", None)):
             raise LatteclipError(f"learnable prompts need OpenCLIP's own tokenizer, not {type(tokenizer).__name__}")

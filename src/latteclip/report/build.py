@@ -53,7 +53,10 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
         sections.config_and_timings_panel(subject),
     ]
     title = f"{subject.method} on {subject.dataset}: {subject.name}"
-    subtitle = f"{subject.model} ({subject.pretrained or 'random weights'}), {subject.steps} steps, seed {subject.config.get('seed', '?')}; run folder {subject.folder}"
+    subtitle = (
+        f"{subject.model} ({subject.pretrained or 'random weights'}), {subject.steps} steps, seed "
+        f"{subject.config.get('seed', '?')}; run folder {subject.folder}"
+    )
     path = folder / REPORT_FILE
     path.write_text(page(title, subtitle, panels), encoding="utf-8")
     return path

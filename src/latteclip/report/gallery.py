@@ -68,7 +68,8 @@ def thumbnail(image: Image.Image, size: int = THUMBNAIL) -> Image.Image:
 
 
 def collage(images: list[Image.Image], cell: int = THUMBNAIL // 2, gap: int = 4) -> Image.Image:
-    """A square grid of the images on black, each fitted into its cell with aspect kept (like the group prompt's collage)."""
+    """A square grid of the images on black, each fitted into its cell with aspect kept (like the group prompt's
+    collage)."""
     rows, columns = grid_shape(len(images))
     canvas = Image.new("RGB", (columns * cell + (columns + 1) * gap, rows * cell + (rows + 1) * gap), "black")
     for i, image in enumerate(images):

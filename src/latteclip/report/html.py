@@ -9,13 +9,15 @@ from html import escape
 from pathlib import Path
 
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; background: #f3f5f8; color: #1d2733; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
+       background: #f3f5f8; color: #1d2733; }
 main { max-width: 1120px; margin: 0 auto; padding: 24px 20px 48px; }
 header h1 { margin: 0 0 4px; font-size: 1.6rem; }
 header p { margin: 0; color: #52606d; }
 nav { margin: 14px 0 4px; font-size: 0.9rem; }
 nav a { margin-right: 12px; color: #1f6fb4; text-decoration: none; }
-section.panel { background: white; border-radius: 8px; box-shadow: 0 1px 3px rgba(0,0,0,.12); padding: 16px 20px; margin: 18px 0; }
+section.panel { background: white; border-radius: 8px; box-shadow: 0 1px 3px rgba(0,0,0,.12);
+                padding: 16px 20px; margin: 18px 0; }
 section.panel h2 { margin: 0 0 10px; font-size: 1.15rem; }
 section.skipped { background: #fafbfc; box-shadow: none; border: 1px dashed #c4cdd5; }
 p.note { color: #52606d; margin: 6px 0; }
@@ -43,7 +45,8 @@ pre { background: #f7f9fb; border: 1px solid #e4e7eb; padding: 10px; overflow-x:
 .card .pictures figure { margin: 0; }
 .card table { margin-top: 8px; width: 100%; }
 .weight { white-space: nowrap; }
-.weight span.bar { display: inline-block; height: 8px; background: #1f6fb4; border-radius: 2px; margin-right: 6px; vertical-align: middle; }
+.weight span.bar { display: inline-block; height: 8px; background: #1f6fb4; border-radius: 2px; margin-right: 6px;
+                   vertical-align: middle; }
 """
 
 
@@ -72,7 +75,10 @@ def png_data_uri(path: Path) -> str:
 def embed_png(path: Path, alt: str, caption: str = "") -> str:
     """A figure whose image lives inside the page (the PNG file beside the page holds the same picture)."""
     caption_html = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="{png_data_uri(path)}" alt="{escape(alt)}" data-file="{escape(Path(path).name)}">{caption_html}</figure>'
+    return (
+        f'<figure><img src="{png_data_uri(path)}" alt="{escape(alt)}" '
+        f'data-file="{escape(Path(path).name)}">{caption_html}</figure>'
+    )
 
 
 def table(
@@ -98,7 +104,8 @@ def page(title: str, subtitle: str, panels: Sequence[Panel]) -> str:
     links = "".join(f'<a href="#{escape(p.key)}">{escape(p.title)}</a>' for p in panels if p.skipped is None)
     return (
         "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, '
+        'initial-scale=1">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n"
         f"<body><main><header><h1>{escape(title)}</h1><p>{escape(subtitle)}</p><nav>{links}</nav></header>\n"
         + "\n".join(p.render() for p in panels)

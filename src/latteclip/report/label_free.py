@@ -43,8 +43,8 @@ def summary_panel(subject: Run) -> Panel:
         for kind, weight in d.get("mean_mixer_weights", {}).items()
     ]
     body = note(
-        f"No labelled images: the numbers below read no label. {d['images']} training images; {NEEDS_LABELS.split(' (')[0]} "
-        "for accuracy."
+        f"No labelled images: the numbers below read no label. {d['images']} training images; "
+        f"{NEEDS_LABELS.split(' (')[0]} for accuracy."
     )
     body += table(["", "zero-shot", escape(subject.method)], rows)
     return Panel("label-free", "Without labels: what the predictions did", body)

@@ -56,7 +56,7 @@ def plot_headline(names: Sequence[str], top1: Sequence[float], zero_shot: float 
         axes.legend(loc="lower right", fontsize=8)
     axes.set_yticks(y, [short_label(n, 40) for n in names])
     axes.invert_yaxis()
-    axes.set_xlim(0, min(100, max(values + [100 * (zero_shot or 0)]) * 1.15 + 5))
+    axes.set_xlim(0, min(100, max([*values, 100 * (zero_shot or 0)]) * 1.15 + 5))
     axes.set_xlabel("test top-1 accuracy (%)")
     return _save(figure, path)
 
@@ -218,7 +218,8 @@ def plot_against_share(
     path: Path,
     xlabel: str,
 ) -> Path:
-    """Top-1 of each run (several seeds per share: mean and each seed) against a share, with reference levels as lines."""
+    """Top-1 of each run (several seeds per share: mean and each seed) against a share, with reference levels as
+    lines."""
     figure = _figure(6.5, 4.0)
     axes = figure.add_subplot()
     means = [100 * sum(r) / len(r) for r in runs]

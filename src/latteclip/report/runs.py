@@ -121,7 +121,8 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """Training and evaluation records of metrics.jsonl; a damaged line (a run killed mid-write) is skipped with a warning."""
+    """Training and evaluation records of metrics.jsonl; a damaged line (a run killed mid-write) is skipped with a
+    warning."""
     train, evals = [], []
     if not path.is_file():
         return train, evals
@@ -186,7 +187,8 @@ def compare(runs: list[Run]) -> Comparison:
     for run in runs:
         if run.dataset != subject.dataset:
             raise LatteclipError(
-                f"run {run.folder} is on {run.dataset} but {subject.folder} is on {subject.dataset}: name runs of one dataset"
+                f"run {run.folder} is on {run.dataset} but {subject.folder} is on {subject.dataset}: name runs of one "
+                "dataset"
             )
     others = [r for r in runs if r is not subject]
     zero_shot_run = None

@@ -35,7 +35,8 @@ def headline_panel(comparison: Comparison, out: Path) -> Panel:
     if zero_shot is not None:
         delta = subject.top1 - zero_shot
         cards.append(
-            f'<div><div class="value">{100 * zero_shot:.2f}%</div><div class="label">zero-shot ({escape(comparison.zero_shot_source)})</div></div>'
+            f'<div><div class="value">{100 * zero_shot:.2f}%</div><div class="label">zero-shot '
+            f"({escape(comparison.zero_shot_source)})</div></div>"
         )
         cards.append(
             f'<div><div class="value {"gain" if delta >= 0 else "drop"}">{_points(delta)}</div>'
@@ -100,7 +101,10 @@ def per_class_panel(comparison: Comparison, out: Path) -> Panel:
     figure, omitted = plots.plot_per_class_gain(gains, out / "per_class_gain.png")
     improved = sum(1 for _, ft, zs in gains if ft > zs)
     dropped = sum(1 for _, ft, zs in gains if ft < zs)
-    caption = f"Change in test accuracy per class, {subject.name} vs {reference.name}: {improved} classes up, {dropped} down, {len(gains) - improved - dropped} unchanged; labels show zero-shot→fine-tuned %."
+    caption = (
+        f"Change in test accuracy per class, {subject.name} vs {reference.name}: {improved} classes up, "
+        f"{dropped} down, {len(gains) - improved - dropped} unchanged; labels show zero-shot→fine-tuned %."
+    )
     if omitted:
         caption += f" {omitted} classes in the middle are not drawn."
     return Panel("per-class", title, embed_png(figure, "per-class accuracy gain", caption))
@@ -183,7 +187,8 @@ def agreement_panel(subject: Run, out: Path) -> Panel:
         embed_png(
             figure,
             "pseudo-label agreement",
-            "Fraction of the batch where the frozen zero-shot label and the current model's label agree; reads no labels.",
+            "Fraction of the batch where the frozen zero-shot label and the current model's label agree; reads no "
+            "labels.",
         ),
     )
 
@@ -285,7 +290,8 @@ def gallery_panel(subject: Run, out: Path) -> Panel:
         known = [w for w in weights.values() if isinstance(w, (int, float))]
         largest = max(known) if known else 0.0
         rows = "".join(
-            f"<tr><th>{escape(kind)}</th><td>{escape(str(texts[kind]))}</td>{_weight_cell(weights.get(kind), largest)}</tr>"
+            f"<tr><th>{escape(kind)}</th><td>{escape(str(texts[kind]))}</td>"
+            f"{_weight_cell(weights.get(kind), largest)}</tr>"
             for kind in TEXT_KINDS
             if kind in texts
         )
