@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# what ruff lints and formats (the configuration: [tool.ruff] in pyproject.toml)
+LINTED := src tests benchmarks scripts
 
 .PHONY: demo test install browser
 
@@ -27,5 +29,8 @@ browser:
 	    (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: the browser test will be skipped"
 
+# Lint and formatting first: a seconds-long check that fails before minutes of tests.
 test: $(STAMP) browser
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 	$(PY) -m pytest -q
