@@ -386,37 +386,11 @@ class DescriptionStore:
                 f"import file {path} is not UTF-8 text (byte {err.start}); export it again with --export, or save it "
                 "as UTF-8"
             ) from err
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise LatteclipError(f"{where} is not valid JSON: {err.msg}") from err
-            if not isinstance(record, dict):
-                raise LatteclipError(f"{where} must be a JSON object")
-            missing = [f for f in ("kind", "text", "prompt", "model") if not isinstance(record.get(f), str)]
-            if missing:
-                raise LatteclipError(
-                    f"{where} lacks {', '.join(missing)} (each line needs kind, text, prompt, model and image or "
-                    "image_hash)"
-                )
-            if record["kind"] not in KINDS:
-                raise LatteclipError(f"{where}: kind '{record['kind']}' must be one of {', '.join(KINDS)}")
-            image_hash = record.get("image_hash")
-            if not image_hash:
-                if not record.get("image"):
-                    raise LatteclipError(
-                        f"{where} names no image: give image (a path under the dataset root) or image_hash"
-                    )
-                image_hash = hash_of_image(record["image"])
-                if image_hash is None:
-                    raise LatteclipError(
-                        f"{where}: image {record['image']} is not in the dataset; check --dataset/--root"
-                    )
-            records.append((image_hash, record))
+        records = [
+            _import_record(line, f"{path}, line {number}", hash_of_image)
+            for number, line in enumerate(text.splitlines(), start=1)
+            if line.strip()
+        ]
         rows = [
             (
                 image_hash,
@@ -437,3 +411,28 @@ class DescriptionStore:
             members = [(row[0], row[1], row[2], row[4], row[9]) for row in rows if (row[7] or "") == name]
             self.record_set(name, {"describer": f"imported from {file.name}"}, members)
         return len(records)
+
+
+def _import_record(line: str, where: str, hash_of_image: Callable[[str], str | None]) -> tuple[str, dict]:
+    """(image hash, record) of one line of an import file; a LatteclipError naming the line when it cannot be stored."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise LatteclipError(f"{where} is not valid JSON: {err.msg}") from err
+    if not isinstance(record, dict):
+        raise LatteclipError(f"{where} must be a JSON object")
+    missing = [f for f in ("kind", "text", "prompt", "model") if not isinstance(record.get(f), str)]
+    if missing:
+        raise LatteclipError(
+            f"{where} lacks {', '.join(missing)} (each line needs kind, text, prompt, model and image or image_hash)"
+        )
+    if record["kind"] not in KINDS:
+        raise LatteclipError(f"{where}: kind '{record['kind']}' must be one of {', '.join(KINDS)}")
+    image_hash = record.get("image_hash")
+    if not image_hash:
+        if not record.get("image"):
+            raise LatteclipError(f"{where} names no image: give image (a path under the dataset root) or image_hash")
+        image_hash = hash_of_image(record["image"])
+        if image_hash is None:
+            raise LatteclipError(f"{where}: image {record['image']} is not in the dataset; check --dataset/--root")
+    return image_hash, record

@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 import torch
 
 from latteclip.config import RunConfig
-from latteclip.data import ImageDataset, build_dataset
+from latteclip.data import DatasetInfo, ImageDataset, build_dataset
 from latteclip.describe.batch import read_results, write_requests
 from latteclip.describe.clip_vocab import compose_at_random, read_vocabulary
 from latteclip.describe.groups import draw_pseudo_label_groups, draw_true_class_groups
@@ -224,32 +224,14 @@ def true_class_descriptions(
         raise LatteclipError(f"true-class descriptions need labels and {info.name} has none (unlabeled images)")
     vocab = read_vocabulary(None, info.name)[0] if info.class_attributes else None
     rng = random.Random(f"{config.seed}:{share}")
+    tagged = model + ANALYSIS_TAG
     rows = []
     for sample, image_hash in zip(train.samples, image_hashes(train, progress=False)):
         if image_hash is None:
             continue
         for kind in ("image", "group"):
-            label = sample.label
-            if rng.random() >= share:
-                label = rng.choice([c for c in range(info.num_classes) if c != sample.label])
-            name = info.classnames[label]
-            text = info.templates[0].format(name)
-            if vocab is not None:
-                text += " " + compose_at_random(vocab, info.class_attributes[name], info.domain, rng)
-            rows.append(
-                (
-                    image_hash,
-                    kind,
-                    "",
-                    "analysis",
-                    model + ANALYSIS_TAG,
-                    text,
-                    sample.path,
-                    info.name,
-                    {"share": share},
-                    "",
-                )
-            )
+            text = _true_class_text(info, vocab, sample.label, share, rng)
+            rows.append((image_hash, kind, "", "analysis", tagged, text, sample.path, info.name, {"share": share}, ""))
     store.put_many(rows)
     contract = {
         "describer": "analysis true-class texts",
@@ -260,6 +242,17 @@ def true_class_descriptions(
     }
     store.record_set(info.name, contract, [(row[0], row[1], row[2], row[4], row[9]) for row in rows])
     return len(rows) // 2
+
+
+def _true_class_text(info: DatasetInfo, vocab: dict | None, label: int, share: float, rng: random.Random) -> str:
+    """A text naming class `label` with probability `share`, another class drawn at random otherwise."""
+    if rng.random() >= share:
+        label = rng.choice([c for c in range(info.num_classes) if c != label])
+    name = info.classnames[label]
+    text = info.templates[0].format(name)
+    if vocab is not None:
+        text += " " + compose_at_random(vocab, info.class_attributes[name], info.domain, rng)
+    return text
 
 
 def _batch_files(

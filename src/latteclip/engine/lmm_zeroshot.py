@@ -13,7 +13,7 @@ import torch
 
 from latteclip.config import RunConfig, save_config
 from latteclip.data import ImageDataset, build_dataset
-from latteclip.describe.answers import class_choice_format, constrained_text, map_answer, mapping_counts
+from latteclip.describe.answers import MappedAnswer, class_choice_format, constrained_text, map_answer, mapping_counts
 from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.runner import Runner, Summary
@@ -39,16 +39,7 @@ def lmm_zero_shot(
     `on_answers` sees the describer's summary and name before scoring (what the command prints).
     """
     started = time.time()
-    if settings.lmm == "offline":
-        raise LatteclipError(
-            "the offline describer ignores prompts, so it cannot answer the multiple-choice question: "
-            "use --lmm openai or --lmm transformers"
-        )
-    constrained = settings.lmm_answer_format == "json-schema"
-    if constrained and settings.lmm != "openai":
-        raise LatteclipError(
-            "--lmm-answer-format json-schema sends an OpenAI response_format: use it with --lmm openai"
-        )
+    constrained = _answers_constrained(settings)
     test = build_dataset(config.dataset, config.root, "test", None, dataset_options(config))
     info = test.info
     prompt = load_prompts(info.prompts, settings.prompts, prompts_file).multiple_choice(info.classnames, info.domain)
@@ -71,24 +62,59 @@ def lmm_zero_shot(
         on_answers(summary, f"{describer.backend} {describer.model}")
     if not summary.complete:
         return None
-
-    classnames = info.classnames
-    valid = torch.tensor([a is not None for a in answers])
     mapped = [
-        map_answer(constrained_text(a or "") if constrained else a or "", classnames, settings.answer_cutoff)
+        map_answer(constrained_text(a or "") if constrained else a or "", info.classnames, settings.answer_cutoff)
         for a in answers
     ]
+    lmm = {
+        "backend": describer.backend,
+        "model": describer.model,
+        "prompt": prompt,
+        "answer_cutoff": settings.answer_cutoff,
+        "answer_format": settings.lmm_answer_format,
+    }
+    results = _scored(config, test, answers, mapped, lmm, started)
+    _write_lmm_run(config, settings, results, test, answers, mapped)
+    return results
+
+
+def _answers_constrained(settings: DescribeSettings) -> bool:
+    """Whether the answers come as JSON-schema choices; refuses the describers that cannot answer the question."""
+    if settings.lmm == "offline":
+        raise LatteclipError(
+            "the offline describer ignores prompts, so it cannot answer the multiple-choice question: "
+            "use --lmm openai or --lmm transformers"
+        )
+    constrained = settings.lmm_answer_format == "json-schema"
+    if constrained and settings.lmm != "openai":
+        raise LatteclipError(
+            "--lmm-answer-format json-schema sends an OpenAI response_format: use it with --lmm openai"
+        )
+    return constrained
+
+
+def _scored(
+    config: RunConfig,
+    test: ImageDataset,
+    answers: list[str | None],
+    mapped: list[MappedAnswer],
+    lmm: dict,
+    started: float,
+) -> RunResults:
+    """The run's results: the mapped answers scored against the test labels, with how the LMM was asked."""
+    classnames = test.info.classnames
+    valid = torch.tensor([a is not None for a in answers])
     predictions = torch.tensor([m.label if m.label is not None else len(classnames) for m in mapped])
     # an extra "(unmapped)" class keeps wrong-because-unmapped answers visible in the confusion matrix
     report = accuracy_report(predictions, test.labels, valid, [*classnames, UNMAPPED])
     report["per_class"].pop(UNMAPPED)
     report["confusion"] = report["confusion"][: len(classnames)]
     report["answers"] = mapping_counts([m for m, ok in zip(mapped, valid.tolist()) if ok])
-    results: RunResults = {
+    return {
         "method": "lmm_zeroshot",
         "dataset": config.dataset,
-        "model": describer.model,
-        "pretrained": describer.backend,
+        "model": lmm["model"],
+        "pretrained": lmm["backend"],
         "seed": config.seed,
         "steps": 0,
         "top1": report["top1"],
@@ -96,16 +122,8 @@ def lmm_zero_shot(
         "unreadable_train_images": 0,
         "unreadable_test_images": report["unreadable"],
         "timings": {"total_s": time.time() - started},
-        "lmm": {
-            "backend": describer.backend,
-            "model": describer.model,
-            "prompt": prompt,
-            "answer_cutoff": settings.answer_cutoff,
-            "answer_format": settings.lmm_answer_format,
-        },
+        "lmm": lmm,
     }
-    _write_lmm_run(config, settings, results, test, answers, mapped)
-    return results
 
 
 def _write_lmm_run(

@@ -302,6 +302,35 @@ class ExperimentRuns:
     run_dirs: dict[tuple[str, str], Path] = field(default_factory=dict)  # (entry, shift) -> the first seed's run folder
 
 
+def pretrain_stages(
+    experiment: Experiment, stages: int, progress: Progress, started: float
+) -> tuple[PretrainedWeights, PretrainedWeights | None]:
+    """The first stages of `stages`: the source model, then the describer when the experiment has one (both cached)."""
+    progress(
+        f"[1/{stages}] pre-training {experiment.model} with labels on the clean source domain (cached after the "
+        "first run)"
+    )
+    source = pretrain_source(experiment)
+    how = "reused from the cache" if source.cached else "trained now"
+    progress(
+        f"      {how}: zero-shot top-1 {100 * source.summary['clean_test_top1']:.2f}% on the clean test set "
+        f"({elapsed(started)})"
+    )
+    if not experiment.describer:
+        return source, None
+    progress(
+        f"[2/{stages}] pre-training the describer {experiment.describer['model']} (the LMM's stand-in) with "
+        "labels on the same clean source images (cached after the first run)"
+    )
+    describer = pretrain_describer(experiment)
+    how = "reused from the cache" if describer.cached else "trained now"
+    progress(
+        f"      {how}: zero-shot top-1 {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set "
+        f"({elapsed(started)})"
+    )
+    return source, describer
+
+
 def run_experiment(
     experiment: Experiment,
     choose: bool,
@@ -316,32 +345,9 @@ def run_experiment(
     """
     check_stages(experiment)
     started = time.time()
-    pretrainings = 2 if experiment.describer else 1
-    stages = pretrainings + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
-    stage = 1
-    progress(
-        f"[{stage}/{stages}] pre-training {experiment.model} with labels on the clean source domain (cached after the "
-        "first run)"
-    )
-    source = pretrain_source(experiment)
-    how = "reused from the cache" if source.cached else "trained now"
-    progress(
-        f"      {how}: zero-shot top-1 {100 * source.summary['clean_test_top1']:.2f}% on the clean test set "
-        f"({elapsed(started)})"
-    )
-    describer = None
-    if experiment.describer:
-        stage += 1
-        progress(
-            f"[{stage}/{stages}] pre-training the describer {experiment.describer['model']} (the LMM's stand-in) with "
-            "labels on the same clean source images (cached after the first run)"
-        )
-        describer = pretrain_describer(experiment)
-        how = "reused from the cache" if describer.cached else "trained now"
-        progress(
-            f"      {how}: zero-shot top-1 {100 * describer.summary['clean_test_top1']:.2f}% on the clean test set "
-            f"({elapsed(started)})"
-        )
+    stage = 2 if experiment.describer else 1
+    stages = stage + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
+    source, describer = pretrain_stages(experiment, stages, progress, started)
     if archive is not None:
         for warning in archive.bind(experiment.weights):
             progress(f"warning: {warning}")
