@@ -104,7 +104,7 @@ def compose_at_random(vocab: dict, phrases: Mapping[str, Sequence[str]], domain:
 
 
 def describer_model_id(model_name: str, pretrained: str | None, digest: str) -> str:
-    """The model name the descriptions are stored under (what LatteCLIP's describer_model option names)."""
+    """The model name the descriptions are stored under (what LatteCLIP's described_by option names)."""
     weights = Path(pretrained).name if pretrained else "random"
     return f"clip-vocab:{model_name}:{weights}:{digest}"
 
