@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from latteclip.cli import COMMANDS, build_parser
-from latteclip.config import machine_cpus
+from latteclip.config import RunConfig, machine_cpus
 from latteclip.methods import REGISTRY, get_method
 from latteclip.methods.options import OPTIONS
 
@@ -57,6 +57,17 @@ def test_every_option_of_every_command_has_a_description():
         if a.option_strings and not a.help
     ]
     assert undescribed == []
+
+
+def test_every_run_option_declared_with_a_flag_is_a_flag_of_some_command():
+    """A declared flag no parser adds is one the README can name and no user can pass (--deterministic was one)."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    dests = {a.dest for child in commands.values() for a in child._actions}
+    flagged = [f.name for f in dataclasses.fields(RunConfig) if f.metadata["flag"]]
+    assert [name for name in flagged if name not in dests] == []
+    train = commands["train"].parse_args(["--deterministic"])
+    assert train.deterministic is True
 
 
 def test_help_shows_defaults_and_describes_every_method_option():

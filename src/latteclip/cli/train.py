@@ -46,6 +46,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
         "precision",
         "grad_checkpointing",
         "compile",
+        "deterministic",
         "eval_every",
         "checkpoint_every",
         "log_every",
