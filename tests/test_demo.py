@@ -14,6 +14,7 @@ import yaml
 from latteclip.cli import main
 from latteclip.config import resolve_config
 from latteclip.engine import pretraining
+from latteclip.engine.results import computed_as
 from latteclip.errors import LatteclipError
 from latteclip.experiments import machine, runner
 from latteclip.experiments.runner import FinishedRun, run_or_reuse, select
@@ -166,6 +167,13 @@ def test_finished_runs_are_reused_only_with_the_same_configuration(tmp_path, mon
     assert run_or_reuse(resolve_config(values)) == first and not calls
     changed = run_or_reuse(resolve_config({**values, "limit": 20}))
     assert len(calls) == 1 and changed["test"]["n"] == 20
+    # the same options computed on a GPU in bf16 (--precision auto there) are not this CPU run's results: trained again
+    results_file = tmp_path / "zs" / "results.json"
+    on_gpu = {**json.loads(results_file.read_text()), "precision": "bf16", "device_type": "cuda"}
+    results_file.write_text(json.dumps(on_gpu))
+    again = run_or_reuse(resolve_config({**values, "limit": 20}))
+    assert len(calls) == 2 and (again["precision"], again["device_type"]) == ("fp32", "cpu")
+    assert computed_as({}, "fp32", "cpu") and not computed_as({"device_type": "cuda"}, "fp32", "cpu")
 
 
 @pytest.mark.slow

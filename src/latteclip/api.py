@@ -103,6 +103,7 @@ def evaluate(
     data: Mapping[str, Any] | None = None,
     inference: Inference = Inference(),
     out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Evaluation:
     """Accuracy of a run's final.pt on the test split of its own dataset, or of `dataset` at `root`.
 
@@ -112,7 +113,7 @@ def evaluate(
     """
     inference.check()
     out = Path(out) if out else Path(checkpoint).with_name("eval.json")
-    check_writable_file(out, "--out")
+    check_writable_file(out, "--out", overwrite)
     payload = load_final_checkpoint(checkpoint)
     saved = payload["config"]
     dataset, root = dataset or saved["dataset"], root or saved["root"]

@@ -64,9 +64,12 @@ def check_writable_folder(folder: Path, label: str) -> None:
         ) from err
 
 
-def check_writable_file(file: Path, label: str) -> None:
-    """Refuse, before any work, an output file whose folder cannot be created or written."""
+def check_writable_file(file: Path, label: str, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output file whose folder cannot be created or written, or one that exists (what it
+    holds is not replaced unasked)."""
     file = Path(file)
     if file.is_dir():
         raise LatteclipError(f"{label} {file} is a folder; pass a file name")
+    if file.exists() and not overwrite:
+        raise LatteclipError(f"{label} {file} exists; pass --overwrite to replace it, or another file")
     check_writable_folder(file.parent, label)

@@ -18,6 +18,7 @@ def _predict_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", dest="top_k", type=int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--format", choices=["table", "csv", "jsonl"], default="table")
     parser.add_argument("--out", help="write to this file instead of standard output")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --out file when it exists")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=machine_cpus(), help="data-loading worker processes")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
@@ -30,7 +31,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from latteclip.engine.predict import format_csv, format_jsonl, format_table
 
     if args.out:
-        check_writable_file(Path(args.out), "--out")
+        check_writable_file(Path(args.out), "--out", args.overwrite)
     inference = Inference(args.device, args.batch_size, args.workers)
     predictions = api.predict(args.checkpoint, args.paths, args.top_k, inference)
     if args.format == "table":

@@ -165,6 +165,7 @@ def _eval_parser(parser):
     parser.add_argument("--workers", type=int, default=machine_cpus(), help="data-loading worker processes")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=256)
     parser.add_argument("--out", help="where to write the JSON report (default: eval.json beside the checkpoint)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --out file when it exists")
 
 
 @_eval_parser
@@ -174,7 +175,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     data = {k: getattr(args, k) for k in api.DATA_OPTIONS}
     inference = Inference(args.device, args.batch_size, args.workers)
-    done = api.evaluate(args.checkpoint, args.dataset, args.root, data, inference, args.out)
+    done = api.evaluate(args.checkpoint, args.dataset, args.root, data, inference, args.out, args.overwrite)
     report = done.report
     print(
         f"{done.method} checkpoint on {done.dataset}: top-1 {100 * report['top1']:.2f}% on {report['n']} test images "

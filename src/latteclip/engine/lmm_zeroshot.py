@@ -22,6 +22,7 @@ from latteclip.describe.store import DescriptionStore
 from latteclip.engine.describing import device_and_model
 from latteclip.engine.evaluate import accuracy_report
 from latteclip.engine.results import RunResults, write_results
+from latteclip.engine.run_folder import check_run_folder
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
 
@@ -39,6 +40,7 @@ def lmm_zero_shot(
     `on_answers` sees the describer's summary and name before scoring (what the command prints).
     """
     started = time.time()
+    check_run_folder(config)  # a finished run in the folder is not replaced unasked (--name, --overwrite)
     constrained = _answers_constrained(settings)
     test = build_dataset(config.dataset, config.root, "test", None, dataset_options(config))
     info = test.info

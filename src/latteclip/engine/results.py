@@ -56,6 +56,13 @@ def write_results(run_dir: Path, results: RunResults) -> Path:
     return path
 
 
+def computed_as(results: RunResults, precision: str, device_type: str) -> bool:
+    """Whether a finished run computed in `precision` on this kind of device (`--precision auto` is bf16 on a GPU and
+    fp32 on a CPU, so the same options can give other numbers). Results written before these keys count as such, as a
+    `last.pt` of that age resumes."""
+    return results.get("precision", precision) == precision and results.get("device_type", device_type) == device_type
+
+
 def has_results(run_dir: Path) -> bool:
     return (Path(run_dir) / RESULTS_FILE).is_file()
 

@@ -23,7 +23,8 @@ from latteclip.describe.clip_vocab import describer_model_id, read_vocabulary
 from latteclip.describe.settings import DescribeSettings, resolve_settings
 from latteclip.engine.describing import describe_run
 from latteclip.engine.pretraining import PretrainedWeights, pretrained_weights
-from latteclip.engine.results import RunResults, has_results, read_results
+from latteclip.engine.results import RunResults, computed_as, has_results, read_results
+from latteclip.engine.session import pick_device, resolve_precision
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive, comparable
@@ -126,13 +127,21 @@ def run_or_reuse(
         and comparable(yaml.safe_load(saved_config.read_text()) or {}) == comparable(config.to_dict())
     )
     if same and has_results(run_dir):
-        return read_results(run_dir)
+        results = read_results(run_dir)
+        if computed_here_alike(results, config):
+            return results
     resume = same and (run_dir / "last.pt").is_file()
     # the experiment's own folder: a run of another configuration is replaced
     config = dataclasses.replace(config, resume=resume, overwrite=not resume)
     if prepare is not None:
         prepare(config)
     return run_training(config)
+
+
+def computed_here_alike(results: RunResults, config: RunConfig) -> bool:
+    """A finished run is reused only where this run would compute in the same precision on the same kind of device."""
+    device = pick_device(config.device)
+    return computed_as(results, resolve_precision(config.precision, device), device.type)
 
 
 @dataclass
@@ -151,7 +160,7 @@ def finished_run(
     """`run_or_reuse`, preceded by the archive (when its entry has the same configuration) and recorded in it after."""
     if archive is not None and not fresh:
         kept = archive.get(config)
-        if kept is not None:
+        if kept is not None and computed_here_alike(kept["results"], config):
             return FinishedRun(kept["results"], kept["summary"], archived=True)
     results = run_or_reuse(config, prepare, fresh)
     summary = run_summary(results, config.run_dir)
