@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,16 @@ def copy_scenes(eurosat_folder: Path, root: Path, per_class: int) -> Path:
         for image in sorted((eurosat_folder / "2750" / key).iterdir())[:per_class]:
             shutil.copy(image, root / key / image.name)
     return root
+
+
+def interrupt_at_step(monkeypatch, method_class: type, stop: int) -> Callable[[], None]:
+    """Make `method_class.training_step` raise KeyboardInterrupt (Ctrl-C) at step `stop`; returns what undoes it."""
+    original = method_class.training_step
+
+    def interrupted(self, batch, step):
+        if step == stop:
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(method_class, "training_step", interrupted)
+    return lambda: monkeypatch.setattr(method_class, "training_step", original)

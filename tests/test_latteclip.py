@@ -159,20 +159,22 @@ def eurosat_batch(tmp_path_factory):
     return loaded, train, store_path, zs, batch
 
 
-def make_method(eurosat_batch, tmp_path, **options) -> LatteCLIP:
+def make_method(eurosat_batch, tmp_path, steps_per_epoch: int = 1, **options) -> LatteCLIP:
     loaded, train, store_path, zs, _ = eurosat_batch
     method = LatteCLIP(loaded, train.info, LatteCLIPOptions(**options), torch.device("cpu"))
-    method.setup_training(TrainContext(train, zs, tmp_path, 0, str(store_path)))
+    method.setup_training(TrainContext(train, zs, tmp_path, 0, str(store_path), steps_per_epoch=steps_per_epoch))
     return method
 
 
 def expected_embeddings(
-    method: LatteCLIP, batch: dict, ft_labels: torch.Tensor, step: int = 0
+    method: LatteCLIP, batch: dict, ft_labels: torch.Tensor, step: int = 0, mixer_against: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. (2) recomputed from scratch: full-length OpenCLIP text features (which group a visit reads: its own test)."""
+    """Eq. (2) recomputed from scratch: full-length OpenCLIP text features (which group a visit reads: its own test);
+    the mixer weighs against `mixer_against` (default: the bank), Eq. (2) blends with the bank."""
     model, tok = method.model, method.loaded.tokenizer
     opts = method.options
     prototypes = method.bank.vectors
+    mixer_against = prototypes if mixer_against is None else mixer_against
     out, labels = [], []
     kinds = {"zs": method.zs_labels[batch["index"]], "ft": ft_labels}
     for kind, on in (("zs", opts.loss_zs), ("ft", opts.loss_ft)):
@@ -182,7 +184,7 @@ def expected_embeddings(
         for i, c in zip(batch["index"].tolist(), kinds[kind].tolist()):
             texts = [method.class_texts[c] if t == "class" else method.description(t, i, step) for t in opts.texts]
             e = F.normalize(model.encode_text(tok(texts)), dim=-1)
-            w = mixer_weights(e, prototypes) + EPS if opts.mixer else torch.ones(len(texts))
+            w = mixer_weights(e, mixer_against) + EPS if opts.mixer else torch.ones(len(texts))
             mix = (w[:, None] * e).sum(0) / w.sum()
             rows.append((1 - opts.alpha) * mix + opts.alpha * prototypes[c])
         out.append(torch.stack(rows))
@@ -240,6 +242,31 @@ def test_momentum_switch(eurosat_batch, tmp_path, momentum, mu):
         members = labels == c
         expected = F.normalize((1 - mu) * t[members].mean(0) + mu * before[c], dim=0) if members.any() else before[c]
         assert torch.allclose(method.bank.vectors[c], expected, atol=1e-5), c
+
+
+def test_the_mixer_weighs_against_the_prototypes_of_the_epoch_start_by_default(eurosat_batch, tmp_path):
+    """The authors' snapshot: within an epoch (here 2 steps) the mixer keeps the epoch's first prototypes while
+    Eq. (2) blends with the live bank; the next epoch takes a new snapshot. alpha 0 lets one step move the bank."""
+    batch = eurosat_batch[4]
+    for mode in ("default", "current"):
+        options = {} if mode == "default" else {"mixer_prototypes": "current"}
+        method = make_method(eurosat_batch, tmp_path, steps_per_epoch=2, alpha=0.0, **options)
+        start = method.bank.vectors.clone()
+        for step in range(3):
+            before = method.bank.vectors.clone()
+            result = method.training_step(batch, step)
+            snapshot = start if (mode == "default" and step < 2) else before
+            want, _ = expected_embeddings(method, batch, result.pseudo_labels, step, mixer_against=snapshot)
+            assert torch.allclose(result.state["embeddings"], want.detach(), atol=1e-5), (mode, step)
+            if step == 1:  # the bank moved after step 0: the two readings differ here
+                other = before if mode == "default" else start
+                unlike, _ = expected_embeddings(method, batch, result.pseudo_labels, step, mixer_against=other)
+                assert not torch.allclose(result.state["embeddings"], unlike.detach(), atol=1e-4), mode
+            method.after_optimizer_step(batch, result, step)
+        if mode == "default":
+            assert torch.equal(method.state_dict()["epoch_prototypes"], before)  # the snapshot is method state
+        else:
+            assert "epoch_prototypes" not in method.state_dict()
 
 
 def test_a_step_under_bf16_autocast_keeps_the_bank_and_embeddings_fp32(eurosat_batch, tmp_path):
@@ -390,6 +417,61 @@ def test_eurosat_run_trains_saves_prototypes_and_eval_reproduces(tmp_path, capsy
     assert gallery and set(gallery[0]["weights"]) == {"class", "image", "group"}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("mixer/weight_group" in r for r in records) and any("analysis/pl_agreement" in r for r in records)
+
+
+def test_a_run_resumed_inside_an_epoch_equals_the_straight_run_bit_for_bit(tmp_path, monkeypatch):
+    """Killed at step 5, inside the second epoch (3 steps each): the mixer's snapshot of step 3 must come back
+    from last.pt, since the bank of step 5 would weigh the texts otherwise."""
+    from tests.conftest import EUROSAT_ZIP, interrupt_at_step
+
+    store = tmp_path / "d.sqlite"
+    _fill_store(store, EUROSAT_ZIP, 48)
+    common = [
+        "train",
+        "--method",
+        "latteclip",
+        "--dataset",
+        "eurosat",
+        "--root",
+        str(EUROSAT_ZIP),
+        "--model",
+        "latte-tiny",
+        "--pretrained",
+        "random",
+        "--limit",
+        "48",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "7",
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--workers",
+        "0",
+        "--lr",
+        "1e-3",
+        "--store",
+        str(store),
+        "--output",
+        str(tmp_path),
+        "--missing-descriptions",
+        "class",
+        "--alpha",
+        "0.5",
+    ]
+    assert main(common + ["--name", "straight"]) == 0
+    undo = interrupt_at_step(monkeypatch, LatteCLIP, 5)
+    assert main(common + ["--name", "resumed"]) == 130
+    assert "epoch_prototypes" in load_checkpoint(tmp_path / "resumed" / "last.pt")["method_state"]
+    undo()
+    assert main(common + ["--name", "resumed", "--resume"]) == 0
+    a, b = load_checkpoint(tmp_path / "straight" / "final.pt"), load_checkpoint(tmp_path / "resumed" / "final.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["method_state"]["prototypes"]["vectors"], b["method_state"]["prototypes"]["vectors"])
+    assert torch.equal(a["method_state"]["epoch_prototypes"], b["method_state"]["epoch_prototypes"])
 
 
 def test_a_run_reads_the_description_set_of_its_seed_even_when_another_is_newer(eurosat_batch, tmp_path):

@@ -12,6 +12,7 @@ from latteclip.cli import main
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.session import method_from_checkpoint
 from latteclip.methods.reclip import Reclip, class_agnostic_projection, class_centroids, knn_affinity, propagate_labels
+from tests.conftest import interrupt_at_step
 
 
 @pytest.mark.parametrize("solver", ["closed_form", "iterative"])
@@ -159,24 +160,83 @@ def test_reclip_authors_schedule_sgd_and_one_refresh_per_epoch(eurosat_zip, tmp_
     del args[refresh : refresh + 2]  # the default: once per epoch
     assert main(args) == 0
     results = json.loads((tmp_path / "authors" / "results.json").read_text())
-    assert results["schedule"] == {"total_steps": 10, "warmup_steps": 1, "steps_per_epoch": 5, "epochs": 2}
+    # a constant learning rate: no warm-up (the dataset file's 40 steps would give 1 here), no cosine decay
+    assert results["schedule"] == {"total_steps": 10, "warmup_steps": 0, "steps_per_epoch": 5, "epochs": 2}
     records = [json.loads(line) for line in (tmp_path / "authors" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "reclip/label_agreement" in r] == [1, 6]  # at the start of each epoch
+    lr = {r["step"]: r["lr"] for r in records if "lr" in r}
+    assert lr[1] == lr[10] == 1e-3  # the cosine schedule would end near 0 at step 10
+
+
+def reclip_method(eurosat_zip, **options) -> Reclip:
+    from latteclip.data import DatasetOptions, build_dataset
+    from latteclip.data.transforms import eval_transform
+    from latteclip.methods.options import ReclipOptions
+    from latteclip.models import load_clip
+
+    loaded = load_clip("latte-tiny", "random")
+    transform = eval_transform(loaded.image_size, loaded.mean, loaded.std)
+    train = build_dataset("eurosat", eurosat_zip, "train", transform, DatasetOptions(limit=12))
+    method = Reclip(loaded, train.info, ReclipOptions(**options), torch.device("cpu"))
+    method.train_set = train
+    return method
+
+
+def test_vision_loss_is_divided_by_the_batch_size_as_in_the_authors_code(eurosat_zip):
+    """The authors' ReCLIP-V loss, mean over the batch of the agreed samples' cross-entropies (zero elsewhere)
+    divided by the agreed count, written here as they wrote it; ReCLIP-T's is the mean over the agreed samples."""
+    import torch.nn.functional as F
+
+    from latteclip.data import collate
+    from latteclip.methods.base import TrainContext
+
+    losses = {}
+    for divided in (True, False):
+        method = reclip_method(eurosat_zip, vision_loss_over_batch=divided)
+        batch = collate([method.train_set[i] for i in range(8)])
+        method.ctx = TrainContext(method.train_set, None, None, 0, steps_per_epoch=100)
+        method.refreshed_round = 0  # labels set by hand: no propagation in this step
+        method.labels_vision = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+        method.labels_text = torch.tensor([0, 1, 2, 3, 9, 9, 6, 9, 8, 9, 0, 1])  # 5 of the batch's 8 agree
+        with torch.no_grad():
+            result = method.training_step(batch, 0)
+            scale = method.logit_scale()
+            v_logits = scale * method.vision_branch_images(batch["image"]) @ method.centroids.t()
+            t_logits = scale * method.text_branch_images(batch["image"]) @ method.text_branch_classes().t()
+        agree = (method.labels_vision[:8] == method.labels_text[:8]).float()
+        v_each = F.cross_entropy(v_logits, method.labels_vision[:8], reduction="none")
+        t_each = F.cross_entropy(t_logits, method.labels_text[:8], reduction="none")
+        t_loss = torch.sum(t_each * agree) / torch.sum(agree)
+        v_authors = torch.mean(v_each * agree) / torch.sum(agree)
+        v_loss = v_authors if divided else torch.sum(v_each * agree) / torch.sum(agree)
+        assert result.loss.item() == pytest.approx((v_loss + t_loss).item(), rel=1e-5)
+        losses[divided] = result.loss.item()
+    assert losses[True] < losses[False]
+
+
+def test_propagation_and_projection_use_clips_templates_of_the_dataset(eurosat_zip):
+    from latteclip.data.coop import load_spec
+    from latteclip.models import class_text_features
+
+    clip_templates = load_spec("eurosat")["templates"]
+    assert len(clip_templates) > 1 and "a centered satellite photo of {}." in clip_templates
+    method = reclip_method(eurosat_zip)
+    assert method.info.templates == ["a photo of a {}."]  # the run's own (LatteCLIP's) template
+    assert method.propagation_templates() == clip_templates
+    want = class_text_features(method.model, method.tokens, method.info.classnames, clip_templates, method.device)
+    assert torch.equal(method.initial_text, want)
+    previous = reclip_method(eurosat_zip, lp_templates="run")
+    assert previous.propagation_templates() == ["a photo of a {}."]
+    assert not torch.allclose(previous.initial_text, method.initial_text, atol=1e-3)
 
 
 def test_reclip_resumes_to_the_same_result(eurosat_zip, tmp_path, monkeypatch):
     root = str(eurosat_zip.parent)
     assert main(train_args(root, tmp_path, "straight")) == 0
-    original = Reclip.training_step
-
-    def interrupted(self, batch, step):
-        if step == 3:  # killed after the second refresh, so the resumed run must reload both branches' labels
-            raise KeyboardInterrupt
-        return original(self, batch, step)
-
-    monkeypatch.setattr(Reclip, "training_step", interrupted)
+    # killed after the second refresh, so the resumed run must reload both branches' labels
+    undo = interrupt_at_step(monkeypatch, Reclip, 3)
     assert main(train_args(root, tmp_path, "resumed")) == 130
-    monkeypatch.setattr(Reclip, "training_step", original)
+    undo()
     assert main(train_args(root, tmp_path, "resumed", "--resume")) == 0
     a, b = load_checkpoint(tmp_path / "straight" / "final.pt"), load_checkpoint(tmp_path / "resumed" / "final.pt")
     for key in a["model"]:

@@ -82,6 +82,8 @@ class Inference:
 
 AUGMENT_POLICIES = ("clip", "trivial-augment-wide", "randaugment")
 OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+EPOCH_LENGTHS = ("authors", "batches")
 PROMPT_SETS = ("latteclip", "clip")
 
 
@@ -133,6 +135,24 @@ class RunConfig:
     betas: tuple[float, float] = option((0.9, 0.98), help="AdamW betas", flag=False)
     eps: float = option(1e-6, help="AdamW epsilon", flag=False)
     warmup_steps: int = option(50, help="linear warm-up steps before the cosine schedule")
+    lr_schedule: str = option(
+        "cosine",
+        choices=LR_SCHEDULES,
+        help="cosine: --warmup-steps of linear warm-up, then cosine decay (LatteCLIP's authors); "
+        "constant: the base rate at every step, no warm-up (ReCLIP's authors)",
+    )
+    epoch_length: str = option(
+        "authors",
+        choices=EPOCH_LENGTHS,
+        help="authors: an epoch is --authors-steps-per-epoch steps, as the LatteCLIP authors' "
+        "loader made them on the full training split (a --limit subset counts batches); "
+        "batches: floor(N / batch size) steps, one pass in full batches",
+    )
+    authors_steps_per_epoch: int | None = option(
+        None,
+        help="the LatteCLIP authors' steps per epoch on the dataset's "
+        "full training split (configs/datasets/ set it; none: unknown)",
+    )
     max_steps: int | None = option(
         None,
         help="stop at this step or after --epochs, whichever first (default: --epochs alone, "
@@ -265,6 +285,7 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "eval_batch_size": (1, False),
     "max_steps": (1, False),
     "epochs": (1, False),
+    "authors_steps_per_epoch": (1, False),
     "limit": (1, False),
     "lr": (0, True),
     "eps": (0, True),

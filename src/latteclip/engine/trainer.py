@@ -220,7 +220,7 @@ class Trainer:
         """The run's steps; the global batch must split evenly over the processes."""
         cfg = self.config
         epochs = cfg.epochs if cfg.epochs is not None else self.method.default_epochs(num_samples)
-        self.schedule = Schedule.plan(num_samples, cfg.batch_size, cfg.seed, epochs, cfg.max_steps, cfg.warmup_steps)
+        self.schedule = Schedule.for_run(cfg, num_samples, epochs)
         if self.schedule.batch_size % distributed.world_size():
             raise LatteclipError(
                 f"--batch-size {self.schedule.batch_size} must be a multiple of the number of "

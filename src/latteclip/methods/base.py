@@ -36,7 +36,7 @@ class TrainContext:
     # the engine's feature extractor: (image encoder, dataset, desc=...) -> (features [N, d], readable mask [N]),
     # run without gradients on the run's device with its evaluation batch size and workers
     extract_features: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
-    steps_per_epoch: int = 1  # optimizer steps in one pass over the training split
+    steps_per_epoch: int = 1  # optimizer steps in one epoch (a pass, or the authors' count: engine.schedule)
     total_steps: int = 1  # optimizer steps of the whole run: methods with phases give each a share of it
 
 

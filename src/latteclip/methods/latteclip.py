@@ -5,8 +5,10 @@ label, its image description, its group description) are mixed with weights from
 Feature Mixer (Eq. 1), blended with the label's prototype (Eq. 2), and contrasted with the image
 (Eq. 3). After the optimizer step, each prototype of a class in the batch becomes the normalised
 mean of its prototype-text embeddings: the authors' rule, in which Eq. (2)'s alpha is the
-momentum (mu = 0). mu > 0 adds the paper's literal second momentum; docs/methods.md lists every
-point where the paper's text and the authors' runs differ, and which one is the default.
+momentum (mu = 0). mu > 0 adds the paper's literal second momentum. The mixer's weights (Eq. 1) are
+taken against the prototypes as they were at the start of the epoch, as the authors' code does
+(`mixer_prototypes: current` weighs against the live bank); docs/methods.md lists every point where
+the paper's text and the authors' runs differ, and which one is the default.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from latteclip.models.losses import contrastive_loss
 from latteclip.models.prototypes import full_precision
 
 MIXER_EPS = 1e-6
+MIXER_PROTOTYPES = ("epoch", "current")
 log = logging.getLogger(__name__)
 
 
@@ -104,11 +107,16 @@ class LatteCLIP(Method):
             raise LatteclipError("LatteCLIP needs at least one of its losses: drop --no-loss-zs or --no-loss-ft")
         if options.missing_descriptions not in ("error", "class"):
             raise LatteclipError("--missing-descriptions must be 'error' or 'class'")
+        if options.mixer_prototypes not in MIXER_PROTOTYPES:
+            raise LatteclipError(
+                f"--mixer-prototypes must be one of {', '.join(MIXER_PROTOTYPES)}, not '{options.mixer_prototypes}'"
+            )
         if options.group_text not in ("random", "own"):
             raise LatteclipError(
                 "--group-text must be 'random' (a group of the image's zero-shot class per visit) or 'own'"
             )
         self.bank: PrototypeBank | None = None
+        self.epoch_prototypes: torch.Tensor | None = None  # the mixer's snapshot (mixer_prototypes: epoch)
         self.label_kinds = [k for k, on in (("zs", options.loss_zs), ("ft", options.loss_ft)) if on]
 
     # --- set-up -------------------------------------------------------------------------------
@@ -242,12 +250,13 @@ class LatteCLIP(Method):
         # the texts need the labels on the host: the zero-shot ones are there already, ft's cost one copy per step
         host_labels = {"zs": [self.zs_label_of[i] for i in index_list], "ft": ft_labels.tolist()}
         features = self.step_text_features(index_list, host_labels, step)
+        mixer_against = self.mixer_prototypes(step)
 
         loss = u.new_zeros(())
         metrics: dict[str, float] = {}
         embeddings, embedding_labels, step_weights = [], [], []
         for kind in self.label_kinds:
-            mixed, weights = mix_with_weights(features[kind], prototypes, self.options.mixer)
+            mixed, weights = mix_with_weights(features[kind], mixer_against, self.options.mixer)
             step_weights.append(weights)
             t = blend_with_prototypes(mixed, prototypes[labels[kind]], self.options.alpha)
             part = contrastive_loss(u, F.normalize(t, dim=-1), self.model.logit_scale)
@@ -272,6 +281,18 @@ class LatteCLIP(Method):
             state={"embeddings": torch.cat(embeddings), "labels": torch.cat(embedding_labels)},
         )
 
+    def mixer_prototypes(self, step: int) -> torch.Tensor:
+        """The prototypes Eq. (1) weighs the texts against: a copy of the bank taken at each epoch's first step
+        (the authors' code stacks its prototypes once per epoch), or the bank itself (`current`).
+
+        The copy is method state, so a run resumed inside an epoch weighs against the same snapshot.
+        """
+        if self.options.mixer_prototypes == "current":
+            return self.bank.vectors
+        if self.epoch_prototypes is None or step % self.ctx.steps_per_epoch == 0:
+            self.epoch_prototypes = self.bank.vectors.clone()
+        return self.epoch_prototypes
+
     def after_optimizer_step(self, batch: dict, result: StepResult, step: int) -> None:
         mu = self.options.mu if self.options.momentum else 0.0
         self.bank.momentum_update(result.state["embeddings"], result.state["labels"], mu)
@@ -287,11 +308,16 @@ class LatteCLIP(Method):
         return F.normalize(self.bank.vectors, dim=-1)
 
     def state_dict(self) -> dict:
-        return {"prototypes": self.bank.state_dict()} if self.bank is not None else {}
+        state = {"prototypes": self.bank.state_dict()} if self.bank is not None else {}
+        if self.epoch_prototypes is not None:
+            state["epoch_prototypes"] = self.epoch_prototypes.detach().cpu().clone()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if "prototypes" in state:
             self.bank = PrototypeBank(state["prototypes"]["vectors"]).to(self.device)
+        if "epoch_prototypes" in state:
+            self.epoch_prototypes = state["epoch_prototypes"].to(self.device)
 
     # --- artefacts for the report ----------------------------------------------------------------
     def group_members(self, indices: list[int]) -> dict[int, list[str]]:

@@ -88,6 +88,16 @@ class ReclipOptions:
     refresh_every: int = option(
         0, help="steps between two label propagations over the training split (0: once per epoch, the authors')"
     )
+    vision_loss_over_batch: bool = option(
+        True,
+        help="ReCLIP-V's loss (the mean cross-entropy over the agreed samples) "
+        "divided by the batch size, as in the authors' code; off: not divided",
+    )
+    lp_templates: str = option(
+        "clip",
+        help="clip: CLIP's template list of a paper dataset for the label propagation "
+        "and the projection (the authors'); run: the run's templates (--prompt-set)",
+    )
 
 
 @dataclass
@@ -99,6 +109,12 @@ class ZeroShotOptions:
 class LatteCLIPOptions:
     texts: list[str] = option(factory=lambda: list(TEXT_KINDS), help="any non-empty subset of class,image,group")
     mixer: bool = option(True, help="Dynamic Feature Mixer; off = every text weighs 1")
+    mixer_prototypes: str = option(
+        "epoch",
+        help="epoch: the mixer weighs texts against the prototypes as they were "
+        "at the start of the epoch (the authors' snapshot); current: against "
+        "the bank as it is at each step",
+    )
     loss_zs: bool = option(True, help="L_con(u, t_zs)")
     loss_ft: bool = option(True, help="L_con(u, t_ft)")
     momentum: bool = option(

@@ -10,6 +10,10 @@ Once per epoch (or every `refresh_every` steps) each branch labels the whole tra
 over a k-nearest-neighbour graph of its image features plus one seed node per class text,
 after a projection that removes the class-agnostic text direction; a training sample is used
 only where the two branches' labels agree. Inference averages the two branches' cosines.
+
+As its authors ran it (their public code, michiganleon/ReCLIP_WACV): the label propagation and the projection
+use the ensemble of CLIP's templates for the dataset (`lp_templates: clip`), the learning rate is constant
+(configs/methods/reclip.yaml), and ReCLIP-V's loss is divided by the batch size (`vision_loss_over_batch`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latteclip import distributed
+from latteclip.data.coop import load_spec, spec_names
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method, StepResult, TrainContext
 from latteclip.methods.options import ReclipOptions
@@ -27,6 +33,7 @@ from latteclip.models import class_text_features, encode_texts
 from latteclip.models.prototypes import full_precision
 
 SOLVERS = ("iterative", "closed_form")
+LP_TEMPLATES = ("clip", "run")
 
 
 # --- the closed-form pieces ------------------------------------------------------------------------
@@ -175,6 +182,10 @@ class Reclip(Method):
             raise LatteclipError(f"--lp-solver must be one of {', '.join(SOLVERS)}, not '{options.lp_solver}'")
         if not 0.0 < options.lp_alpha < 1.0:
             raise LatteclipError(f"--lp-alpha must lie in (0, 1), not {options.lp_alpha}")
+        if options.lp_templates not in LP_TEMPLATES:
+            raise LatteclipError(
+                f"--lp-templates must be one of {', '.join(LP_TEMPLATES)}, not '{options.lp_templates}'"
+            )
         if options.refresh_every < 0 or options.lp_neighbors < 1:
             raise LatteclipError("--refresh-every must be 0 (once per epoch) or more, and --lp-neighbors at least 1")
         # state as it is before training; `load_state_dict` replaces it for resumed and evaluated runs
@@ -187,8 +198,21 @@ class Reclip(Method):
         self.frozen_train_features: torch.Tensor | None = None  # ReCLIP-T's image features never change: computed once
 
     # --- the two branches -------------------------------------------------------------------------
+    def propagation_templates(self) -> list[str]:
+        """The templates whose ensemble seeds the label propagation and spans the projection.
+
+        `clip`: CLIP's list for a paper dataset (e.g. EuroSAT's "a centered satellite photo of {}." and its
+        siblings), the prompts the authors' code averages there, whatever the run's --prompt-set; datasets
+        without one (folders, CSV) use the run's templates, as `run` does everywhere.
+        """
+        if self.options.lp_templates == "clip" and self.info.name in spec_names():
+            return list(load_spec(self.info.name)["templates"])
+        return self.info.templates
+
     def ensemble_text_features(self) -> torch.Tensor:
-        return class_text_features(self.model, self.tokens, self.info.classnames, self.info.templates, self.device)
+        return class_text_features(
+            self.model, self.tokens, self.info.classnames, self.propagation_templates(), self.device
+        )
 
     def vision_branch_images(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model.encode_image(images), dim=-1)
@@ -285,13 +309,24 @@ class Reclip(Method):
             frozen_images = self.text_branch_images(batch["image"])
         text_logits = scale * frozen_images @ self.text_branch_classes().t()
         if bool(agree.any()):
-            loss = F.cross_entropy(vision_logits[agree], labels_vision[agree]) + F.cross_entropy(
-                text_logits[agree], labels_text[agree]
+            vision_loss = F.cross_entropy(vision_logits[agree], labels_vision[agree]) / self.vision_loss_divisor(
+                len(index)
             )
+            loss = vision_loss + F.cross_entropy(text_logits[agree], labels_text[agree])
         else:  # no agreed sample in this batch: a zero loss that still reaches the parameters
             loss = 0.0 * (vision_logits.sum() + text_logits.sum())
         metrics = {"loss": loss.item(), "agreement": agree.float().mean().item()}
         return StepResult(loss, metrics, pseudo_labels=labels_vision)
+
+    def vision_loss_divisor(self, local_batch: int) -> int:
+        """The batch size ReCLIP-V's loss is divided by (1 with `vision_loss_over_batch` off).
+
+        The authors' code takes the mean over the whole batch of the agreed samples' cross-entropies (zero
+        elsewhere) and then divides it by the number of agreed samples: the mean over the agreed samples, divided
+        once more by the batch size. ReCLIP-T's loss is that mean alone, so the vision LayerNorms get 1/B of the
+        gradient the mean gives (B = 64), their weight decay unchanged. The global batch: processes change nothing.
+        """
+        return local_batch * distributed.world_size() if self.options.vision_loss_over_batch else 1
 
     # --- inference: the mean of the two branches' cosines ---------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
