@@ -15,21 +15,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latteclip.config import Inference, RunConfig
+from latteclip.config import Inference, RunConfig, read_yaml
 from latteclip.config import configure as configure_values
 from latteclip.data import DatasetOptions, build_dataset
+from latteclip.data.subsets import held_back_positions
 from latteclip.describe.jobs import image_hashes
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.runner import Summary
 from latteclip.describe.settings import DescribeSettings
 from latteclip.describe.store import DescriptionStore, default_store_path
 from latteclip.engine.checkpoint import load_final_checkpoint
+from latteclip.engine.choice import (
+    DEFAULT_LRS,
+    DEFAULT_SCORE,
+    HOLDOUT_SHARE,
+    Candidate,
+    ImageLists,
+    candidate_config,
+    candidate_grid,
+    check_score,
+    choice_record,
+    held_back,
+    pick,
+    score_run,
+    sized_schedule,
+    split_images,
+    verdict,
+)
 from latteclip.engine.describing import check_analysis, describe_training_images, image_hasher
 from latteclip.engine.evaluate import evaluate as evaluate_method
 from latteclip.engine.export import ExportedFiles, export_open_clip
 from latteclip.engine.lmm_zeroshot import lmm_zero_shot as lmm_zero_shot_run
 from latteclip.engine.predict import Prediction, collect_images, format_csv, predict_files
-from latteclip.engine.results import RunResults
+from latteclip.engine.results import RESULTS_FILE, RunResults
 from latteclip.engine.session import dataset_options, method_from_checkpoint, pick_device
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
@@ -50,6 +68,7 @@ __all__ = [
     "Export",
     "Inference",
     "adapt",
+    "adapt_candidates",
     "adapt_config",
     "configure",
     "describe",
@@ -64,7 +83,8 @@ __all__ = [
 
 Progress = Callable[[str], None]
 PREDICTIONS_FILE = "predictions.csv"
-ADAPT_STEPS = 5
+ZERO_SHOT_PREDICTIONS_FILE = "predictions-zeroshot.csv"  # written when the verdict says to use zero-shot's
+ADAPT_STEPS = 6
 
 
 def configure(config_file: str | None = None, **options: Any) -> RunConfig:
@@ -277,22 +297,32 @@ def lmm_zero_shot(
 @dataclass(frozen=True)
 class Adaptation:
     zero_shot: RunResults  # the zero-shot run's results.json
-    adapted: RunResults  # the adapted run's
+    adapted: RunResults  # the chosen candidate's
     zero_shot_dir: Path
-    run_dir: Path  # the adapted run's folder (final.pt)
-    predictions: Path  # predictions.csv: every input image's top classes
+    run_dir: Path  # the chosen candidate's run folder (final.pt)
+    predictions: Path  # predictions.csv: every input image's top classes, by the chosen candidate
     report: Path  # report.html
     store: Path  # the description store
+    choice: dict[str, Any]  # the adapt folder's results.json "label_free_choice": score, candidates, chosen
+    verdict: dict[str, Any]  # trust, use ("adapted" or "zero-shot"), why, signals
+    zero_shot_predictions: Path | None = None  # predictions-zeroshot.csv, written when the verdict says to use them
 
     @property
     def model(self) -> Path:
         return self.run_dir / "final.pt"
 
 
+SCHEDULE_KEYS = ("batch_size", "max_steps", "epochs", "warmup_steps")
+
+
 def adapt_config(root: str, classnames: str, config_file: str | None = None, **options: Any) -> RunConfig:
     """The adapted run's configuration: every image under `root` (a folder, or a .txt list) with the class names of
-    `classnames`, trained with options["method"] (default latteclip) in OUTPUT/NAME/METHOD (default
-    runs/adapt-ROOTNAME), with the adaptation folder's own description store unless options["store"] names one."""
+    `classnames`, trained with options["method"] (default latteclip) in OUTPUT/NAME (default runs/adapt-ROOTNAME),
+    with the adaptation folder's own description store unless options["store"] names one.
+
+    Unless the options or the file set one of SCHEDULE_KEYS, the schedule is sized for the folder
+    (choice.sized_schedule): the paper's 50 epochs of batch 512 fit none of a practitioner's folders.
+    """
     method = options.get("method") or "latteclip"
     method_cls = get_method(method)
     if method_cls.reads_train_labels or not method_cls.trains:
@@ -310,7 +340,13 @@ def adapt_config(root: str, classnames: str, config_file: str | None = None, **o
         "name": method,
         "store": options.get("store") or str(folder / "descriptions.sqlite"),
     }
-    return configure_values({**options, **fixed}, config_file)
+    config = configure_values({**options, **fixed}, config_file)
+    given = set(options) | (set(read_yaml(config_file)) if config_file else set())
+    if given.isdisjoint(SCHEDULE_KEYS):
+        images = len(build_dataset(config.dataset, config.root, "train", None, dataset_options(config)))
+        trained = images - len(held_back_positions(images, HOLDOUT_SHARE, config.seed)) if images > 1 else images
+        config = configure_values({**sized_schedule(trained), **options, **fixed}, config_file)
+    return config
 
 
 def described_kinds(config: RunConfig) -> list[str]:
@@ -319,17 +355,38 @@ def described_kinds(config: RunConfig) -> list[str]:
     return [kind for kind in getattr(options, "texts", []) if kind != "class"]
 
 
-def adapt(
-    config: RunConfig, settings: DescribeSettings | None = None, prompts: str | None = None, progress: Progress = print
-) -> Adaptation:
-    """Zero-shot, descriptions, training, predictions.csv and the report, each reused when already done.
+def adapt_candidates(choose: Sequence[str] | None, given: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """Candidates from `--choose KEY=A,B,C` texts (every combination); without them None (adapt's default set), or the
+    configuration as it is when the user fixed the learning rate (`given` holds the options set)."""
+    if not choose:
+        return [{}] if "lr" in given else None
+    choices: dict[str, list[str]] = {}
+    for text in choose:
+        key, sep, values = text.partition("=")
+        if not sep or not key.strip():
+            raise LatteclipError(f"--choose {text}: give an option and its values, e.g. --choose lr=1e-7,1e-6,1e-5")
+        choices[key.strip().replace("-", "_")] = [v.strip() for v in values.split(",") if v.strip()]
+    return candidate_grid(choices)
 
-    `config` is the adapted run's (see `adapt_config`); the zero-shot run sits beside it. `settings` choose the
-    describer when the method reads descriptions (which kinds to describe is the method's). A rerun after a kill
-    picks up where it stopped.
+
+def adapt(
+    config: RunConfig,
+    settings: DescribeSettings | None = None,
+    prompts: str | None = None,
+    progress: Progress = print,
+    candidates: Sequence[Mapping[str, Any]] | None = None,
+    choose_by: str | None = None,
+    holdout: float | None = None,
+) -> Adaptation:
+    """Zero-shot, descriptions, every candidate's training and scores, the label-free choice, predictions.csv and the
+    report, each reused when already done (a rerun after a kill picks up where it stopped).
+
+    `config` is the adapted run's (see `adapt_config`); `candidates` are option sets over it (default: the learning
+    rates of choice.DEFAULT_LRS), each trained in its own folder on all but a seeded `holdout` share (default
+    choice.HOLDOUT_SHARE) of the images and scored on that share (engine.choice); the best by `choose_by` (default
+    choice.DEFAULT_SCORE, provisional) is kept.
     """
-    folder = Path(config.output)
-    zero_shot = dataclasses.replace(config, method="zeroshot", name="zeroshot", method_options={})
+    folder, score = Path(config.output), choose_by or DEFAULT_SCORE
     kinds = described_kinds(config)
     if kinds and (settings is None or not settings.lmm):
         raise LatteclipError(
@@ -337,28 +394,106 @@ def adapt(
             "openai --lmm-url URL (a multimodal model behind an OpenAI-compatible server), --lmm "
             "transformers or --lmm offline"
         )
+    check_score(score, "image" in kinds)
+    options = (
+        [candidate_grid({k: [v] for k, v in c.items()})[0] for c in candidates]
+        if candidates is not None
+        else [{"lr": lr} for lr in DEFAULT_LRS]
+    )
+    if not options:
+        raise LatteclipError("no candidate to train: give at least one, e.g. --choose lr=1e-6")
+    lists = split_images(config, folder, HOLDOUT_SHARE if holdout is None else holdout)
+    zero_shot = dataclasses.replace(config, method="zeroshot", name="zeroshot", method_options={})
     progress(f"[1/{ADAPT_STEPS}] zero-shot {config.model} on {config.root}")
     zero_shot_results = run_or_reuse(zero_shot)
     progress(f"      {measured(zero_shot_results)}; run folder {zero_shot.run_dir}")
     progress(f"[2/{ADAPT_STEPS}] descriptions ({', '.join(kinds) or f'none: {config.method} reads none'})")
-    if kinds:
-        describe_stage(config, dataclasses.replace(settings, kinds=kinds), folder / "describe", progress, prompts)
-    progress(f"[3/{ADAPT_STEPS}] training {config.method}")
-    results = run_or_reuse(config)
-    progress(f"      {measured(results)}; run folder {config.run_dir}")
-    progress(f"[4/{ADAPT_STEPS}] predictions for every image")
-    predictions = write_predictions(config, folder / PREDICTIONS_FILE)
-    progress(f"[5/{ADAPT_STEPS}] report")
-    report = write_report([config.run_dir, zero_shot.run_dir], folder / "report")
+    if kinds:  # groups are drawn among the images a candidate trains on: those are described, and the held-back ones
+        describe_stage(
+            dataclasses.replace(config, root=str(lists.train)),
+            dataclasses.replace(settings, kinds=kinds),
+            folder / "describe",
+            progress,
+            prompts,
+        )
+    if "image" in kinds:  # what the describer says of each held-back image: a reference to agree with
+        describe_stage(
+            dataclasses.replace(config, root=str(lists.held)),
+            dataclasses.replace(settings, kinds=["image"]),
+            folder / "describe-held",
+            progress,
+            prompts,
+        )
+    configs = train_candidates(config, options, lists, progress)
+    progress(f"[4/{ADAPT_STEPS}] label-free scores on {lists.held_count} held-back images ({lists.held})")
+    held = held_back(config, lists, zero_shot.run_dir, "image" in kinds)
+    zero_shot_results = score_run(zero_shot.run_dir, zero_shot, held)
+    scored = [Candidate(dict(o), c, score_run(c.run_dir, c, held)) for o, c in zip(options, configs)]
+    chosen = pick(scored, score)
+    judged = verdict(zero_shot_results, scored, chosen, score)
+    progress(f"      chose {chosen.config.name} by {score} ({chosen.scores[score]:.4f})")
+    return finish_adaptation(config, zero_shot, zero_shot_results, scored, chosen, score, judged, progress)
+
+
+def train_candidates(
+    config: RunConfig, options: Sequence[Mapping[str, Any]], lists: ImageLists, progress: Progress
+) -> list[RunConfig]:
+    """Train (or reuse, or resume) every candidate in its own run folder inside the adapt folder."""
+    configs = [candidate_config(config, o, lists) for o in options]
+    for number, candidate in enumerate(configs, start=1):
+        progress(
+            f"[3/{ADAPT_STEPS}] training {candidate.name} ({number} of {len(configs)}) on {lists.train_count} images"
+        )
+        progress(f"      {measured(run_or_reuse(candidate))}; run folder {candidate.run_dir}")
+    return configs
+
+
+def finish_adaptation(
+    config: RunConfig,
+    zero_shot: RunConfig,
+    zero_shot_results: RunResults,
+    scored: Sequence[Candidate],
+    chosen: Candidate,
+    score: str,
+    judged: dict,
+    progress: Progress,
+) -> Adaptation:
+    """Predictions, the report and the adapt folder's results.json, from the chosen candidate."""
+    folder = Path(config.output)
+    record_path = folder / RESULTS_FILE
+    earlier = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    same_pick = earlier.get("label_free_choice", {}).get("chosen", {}).get("run_dir") == str(chosen.config.run_dir)
+    progress(f"[5/{ADAPT_STEPS}] predictions for every image")
+    adapted = dataclasses.replace(chosen.config, root=config.root)
+    predictions = write_predictions(adapted, folder / PREDICTIONS_FILE, reuse=same_pick)
+    zero_shot_predictions = None
+    if judged["use"] == "zero-shot":
+        zero_shot_predictions = write_predictions(zero_shot, folder / ZERO_SHOT_PREDICTIONS_FILE)
+    judged = {**judged, "predictions": str(zero_shot_predictions or predictions)}
+    progress(f"[6/{ADAPT_STEPS}] report")
+    choice = choice_record(score, scored, chosen)
+    report = write_report([chosen.config.run_dir, zero_shot.run_dir], folder / "report", judged, choice)
+    atomic_write_bytes(record_path, json.dumps({"label_free_choice": choice, "verdict": judged}, indent=1).encode())
     store = Path(config.store) if config.store else default_store_path()
-    return Adaptation(zero_shot_results, results, zero_shot.run_dir, config.run_dir, predictions, report, store)
+    return Adaptation(
+        zero_shot_results,
+        chosen.results,
+        zero_shot.run_dir,
+        chosen.config.run_dir,
+        predictions,
+        report,
+        store,
+        choice,
+        judged,
+        zero_shot_predictions,
+    )
 
 
-def write_predictions(config: RunConfig, path: Path) -> Path:
-    """predictions.csv for every training image of `config` (the rows of `predict --format csv`), unless newer than
-    the run's final.pt."""
+def write_predictions(config: RunConfig, path: Path, reuse: bool = True) -> Path:
+    """predictions.csv for every training image of `config` (the rows of `predict --format csv`); reused when `reuse`
+    and newer than the run's final.pt."""
     final = config.run_dir / "final.pt"
-    if path.is_file() and path.stat().st_mtime >= final.stat().st_mtime:
+    if reuse and path.is_file() and path.stat().st_mtime >= final.stat().st_mtime:
         return path
     images = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
     files = [Path(images.source.location) / sample.path for sample in images.samples]

@@ -46,6 +46,25 @@ def _adapt_parser(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--output", help="folder that holds the adaptation folder (default runs/)")
     group.add_argument("--name", help="adaptation folder name (default adapt-ROOTNAME)")
     add_option_arguments(group, "workers", "eval_batch_size", "batch_size", "lr", "max_steps", "epochs", "warmup_steps")
+    group = parser.add_argument_group("label-free choice")
+    group.add_argument(
+        "--choose",
+        action="append",
+        metavar="OPTION=A,B,C",
+        help="train a candidate per value (repeat for every combination), e.g. "
+        "--choose lr=1e-7,1e-6,1e-5; default: three learning rates (or the --lr given)",
+    )
+    group.add_argument(
+        "--choose-by",
+        metavar="SCORE",
+        help="the label-free score that picks (default: "
+        "prediction_balance, provisional until measured); prediction_balance, neg_entropy, "
+        "information_maximization, soft_neighborhood_density, mixval, zero_shot_agreement, "
+        "describer_agreement",
+    )
+    group.add_argument(
+        "--holdout", type=float, help="share of the images held back to score the candidates on (default 0.1)"
+    )
     add_method_option_arguments(parser)
 
 
@@ -53,10 +72,25 @@ def _adapt_parser(parser: argparse.ArgumentParser) -> None:
 def run_adapt(args: argparse.Namespace) -> int:
     from latteclip import api
 
-    config = api.adapt_config(config_file=args.config, **run_values(args))
-    done = api.adapt(config, describe_settings(args, config), args.prompts, lambda line: print(line, flush=True))
+    given = run_values(args)
+    config = api.adapt_config(config_file=args.config, **given)
+    candidates = api.adapt_candidates(args.choose, given)
+    done = api.adapt(
+        config,
+        describe_settings(args, config),
+        args.prompts,
+        lambda line: print(line, flush=True),
+        candidates,
+        args.choose_by,
+        args.holdout,
+    )
     print(f"adapted model: {done.model} (export with `latteclip export --checkpoint ... --out DIR`)")
     print(f"predictions:   {done.predictions}")
     print(f"report:        {done.report}")
     print(f"descriptions:  {done.store}")
+    verdict = done.verdict
+    for signal in verdict["signals"]:
+        print(f"WARNING: {signal}")
+    use = "the zero-shot model's" if verdict["use"] == "zero-shot" else "the adapted model's"
+    print(f"verdict:       use {use} predictions, {verdict['predictions']}: {verdict['why']}")
     return 0

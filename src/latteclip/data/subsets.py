@@ -45,6 +45,15 @@ def uniform_subset(samples: list[Sample], limit: int, seed: int) -> list[Sample]
     return [samples[i] for i in chosen]
 
 
+def held_back_positions(count: int, share: float, seed: int) -> list[int]:
+    """Positions of a seeded `share` of `count` training images, drawn by position only (no label read), sorted.
+
+    At least one image is held back and at least one kept, so both the training and the scoring have images.
+    """
+    held = min(max(1, round(share * count)), count - 1)
+    return sorted(random.Random(f"holdout-{seed}").sample(range(count), held))
+
+
 def seeded_split(by_class: dict[int, list[str]]) -> dict[str, list[Sample]]:
     """Per class: shuffle with the fixed split seed, then 50% train, 20% val, 30% test.
 

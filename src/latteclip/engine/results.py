@@ -1,6 +1,7 @@
 """What a finished run measured, `results.json`: one type, one writer, one reader for every producer and consumer.
 
-Producers: the trainer (every method, zero-shot included) and the LMM zero-shot baseline. Consumers: the
+Producers: the trainer (every method, zero-shot included), the LMM zero-shot baseline, and `adapt`'s scoring of
+held-back images (engine.choice adds its scores). Consumers: the
 experiments, pre-training's cache, the report, `adapt` and the command-line summary. The file is plain
 JSON (never executed); a dict typed as `RunResults`, so existing readers index it as before.
 """
@@ -41,6 +42,8 @@ class RunResults(_Required, total=False):
     precision: str  # the precision actually used (fp32, bf16, fp16): --precision auto differs by device
     device_type: str  # cpu, cuda, mps
     lmm: dict[str, Any]  # the LMM zero-shot baseline: backend, model, prompt, answer mapping
+    label_free_scores: dict[str, float]  # `adapt`: engine.validation's scores on held-back images (engine.choice)
+    holdout: dict[str, Any]  # `adapt`: the held-back images scored (count, digest) and each one's predicted class
 
 
 REQUIRED = tuple(_Required.__annotations__)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from latteclip.errors import LatteclipError
 from latteclip.report import label_free, sections
@@ -13,8 +14,14 @@ from latteclip.report.runs import compare, load_run
 REPORT_FILE = "report.html"
 
 
-def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> Path:
-    """report.html plus the PNGs it embeds, in `out` (default: the subject run's `report/` folder)."""
+def write_report(
+    run_dirs: Sequence[str | Path],
+    out: str | Path | None = None,
+    verdict: Mapping[str, Any] | None = None,
+    choice: Mapping[str, Any] | None = None,
+) -> Path:
+    """report.html plus the PNGs it embeds, in `out` (default: the subject run's `report/` folder); `adapt`'s verdict
+    and label-free choice (engine.choice) go at the top."""
     comparison = compare([load_run(d) for d in run_dirs])
     subject = comparison.subject
     folder = Path(out) if out else subject.folder / "report"
@@ -41,6 +48,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
             label_free.needs_labels_panel("accuracy-curve", "Test accuracy over training"),
         ]
     panels = [
+        *([label_free.verdict_panel(verdict, choice)] if verdict else []),
         *measured,
         sections.loss_panel(subject, folder),
         sections.agreement_panel(subject, folder),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from latteclip.report import plots
 from latteclip.report.gallery import load_gallery_images, save_png, thumbnail
@@ -112,3 +114,29 @@ def changed_panel(subject: Run, out: Path) -> Panel:
         )
     body = note(f"Some pictures are missing: {pictures.problem}.") if pictures.problem else ""
     return Panel("changed", title, body + f'<div class="cards">{"".join(cards)}</div>')
+
+
+def verdict_panel(verdict: Mapping[str, Any], choice: Mapping[str, Any] | None) -> Panel:
+    """`adapt`'s verdict, at the top: which predictions to use and why, the warning signals, each candidate's scores."""
+    use = "the zero-shot model's" if verdict["use"] == "zero-shot" else "the adapted model's"
+    body = f"<p><b>Use {use} predictions</b> ({escape(verdict['predictions'])}): {escape(verdict['why'])}.</p>"
+    if verdict["signals"]:
+        items = "".join(f"<li>{escape(signal)}</li>" for signal in verdict["signals"])
+        body += f'<p class="warning"><b>Warning: the adaptation may not be trustworthy.</b></p><ul>{items}</ul>'
+    else:
+        body += note("No label-free warning signal. The scores read no label and promise no accuracy.")
+    if choice:
+        names = list(choice["chosen"]["scores"])
+        rows = [
+            [
+                ", ".join(f"{k}={v}" for k, v in c["options"].items()) or "(as configured)",
+                *(f"{c['scores'][n]:.4f}" for n in names),
+            ]
+            for c in choice["candidates"]
+        ]
+        body += note(
+            f"Candidates, scored on held-back images they did not train on; chosen by {choice['score']} "
+            "(the default score is provisional: no regret against labels has been measured for it yet)."
+        )
+        body += table(["candidate", *names], rows, numeric=range(1, len(names) + 1))
+    return Panel("verdict", "Verdict: which predictions to use", body)

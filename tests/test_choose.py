@@ -1,0 +1,219 @@
+"""`adapt --choose` (issue 28 items 1-3): candidates trained on all but a seeded held-back share of real EuroSAT files,
+scored there without a label, the pick recorded in results.json, and the verdict."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from latteclip.cli import main
+from latteclip.config import RunConfig
+from latteclip.data.subsets import held_back_positions
+from latteclip.engine.choice import Candidate, candidate_grid, sized_schedule, verdict
+from latteclip.errors import LatteclipError
+from tests.test_unlabeled import TINY, flat, labelled, names  # noqa: F401  (module fixtures)
+
+CHOOSE = ["--choose", "lr=1e-5,1e-2", "--choose", "max_steps=2", "--batch-size", "8", "--warmup-steps", "0"]
+SCORES = {
+    "prediction_balance",
+    "neg_entropy",
+    "information_maximization",
+    "soft_neighborhood_density",
+    "mixval",
+    "mixval_inter",
+    "mixval_intra",
+    "zero_shot_agreement",
+    "describer_agreement",
+}
+
+
+def arranged(flat: Path, labelled: Path, folder: Path, label_of) -> Path:
+    """The flat folder's images in class folders named by `label_of(true class)`, listed in the flat folder's order."""
+    key_of = {p.name: p.parent.name for p in labelled.rglob("*.jpg")}
+    lines = []
+    for image in sorted(flat.iterdir()):
+        target = folder / label_of(key_of[image.name[4:]]) / image.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, target)
+        lines.append(f"{target.relative_to(folder)}\n")
+    listing = folder / "tiles.txt"
+    listing.write_text("".join(lines))
+    return listing
+
+
+def adapt_choice(root: Path, names: Path, out: Path, *extra: str) -> dict:
+    assert (
+        main(
+            [
+                "adapt",
+                "--root",
+                str(root),
+                "--classnames",
+                str(names),
+                "--lmm",
+                "offline",
+                "--output",
+                str(out),
+                *TINY,
+                *CHOOSE,
+                *extra,
+            ]
+        )
+        == 0
+    )
+    return json.loads((out / f"adapt-{root.stem}" / "results.json").read_text())
+
+
+def test_adapt_choose_records_the_choice_and_reads_no_label(flat, labelled, names, tmp_path, capsys):
+    keys = names.read_text().split()
+    true = arranged(flat, labelled, tmp_path / "true", lambda key: key)
+    permuted = arranged(flat, labelled, tmp_path / "permuted", lambda key: keys[(keys.index(key) + 3) % len(keys)])
+    record = adapt_choice(true, names, tmp_path / "a")
+    printed = capsys.readouterr().out
+    choice = record["label_free_choice"]
+    assert set(choice) == {"score", "candidates", "chosen"} and choice["score"] == "prediction_balance"
+    assert [c["options"] for c in choice["candidates"]] == [{"lr": 1e-5, "max_steps": 2}, {"lr": 1e-2, "max_steps": 2}]
+    assert all(set(c) == {"options", "scores"} and set(c["scores"]) == SCORES for c in choice["candidates"])
+    best = max(c["scores"]["prediction_balance"] for c in choice["candidates"])
+    first_best = next(c for c in choice["candidates"] if c["scores"]["prediction_balance"] == best)
+    assert choice["chosen"]["options"] == first_best["options"] and choice["chosen"]["scores"] == first_best["scores"]
+
+    folder = tmp_path / "a" / "adapt-tiles"
+    held = (folder / "images-held.txt").read_text().splitlines()
+    trained = (folder / "images-train.txt").read_text().splitlines()
+    assert len(held) == 3 and len(trained) == 27 and not set(held) & set(trained)  # a tenth of 30, never trained on
+    for candidate in choice["candidates"]:
+        name = "latteclip-" + "-".join(f"{k}={v}" for k, v in candidate["options"].items())
+        results = json.loads((folder / name / "results.json").read_text())
+        assert results["label_free_scores"] == candidate["scores"] and results["steps"] == 2
+        assert results["diagnostics"]["images"] == 27
+        predicted = Counter(results["holdout"]["predictions"])  # the balance score, by hand: minus the top share
+        assert candidate["scores"]["prediction_balance"] == pytest.approx(-max(predicted.values()) / 3)
+    verdict_line = next(line for line in printed.splitlines() if line.startswith("verdict:"))
+    assert record["verdict"]["predictions"] in verdict_line
+    page = (folder / "report" / "report.html").read_text()
+    assert page.index('id="verdict"') < page.index('id="label-free"')
+    assert "provisional" in html.unescape(re.sub("<[^>]+>", "", page))
+
+    # the same images, in folders named after permuted classes: the same scores, the same choice
+    again = adapt_choice(permuted, names, tmp_path / "b")
+    assert again["label_free_choice"] == {
+        **choice,
+        "chosen": {
+            **choice["chosen"],
+            "run_dir": str(tmp_path / "b" / "adapt-tiles" / Path(choice["chosen"]["run_dir"]).name),
+        },
+    }
+    # a rerun reuses every run and every score
+    before = (folder / Path(choice["chosen"]["run_dir"]).name / "final.pt").stat().st_mtime_ns
+    assert adapt_choice(true, names, tmp_path / "a") == record
+    assert (folder / Path(choice["chosen"]["run_dir"]).name / "final.pt").stat().st_mtime_ns == before
+
+
+def candidate(scores: dict, predictions: list[int]) -> Candidate:
+    return Candidate({}, RunConfig(), {"label_free_scores": scores, "holdout": {"predictions": predictions}})
+
+
+def test_verdict_signals_and_which_predictions_to_use():
+    classes = ["a", "b", "c", "d", "e"]
+    ten = 10  # 80 held-back images: enough not to be too few
+    skewed = {
+        "label_free_scores": {"prediction_balance": -0.25},
+        "holdout": {"classes": classes, "predictions": [0, 0, 0, 1, 2, 3, 4, 0] * ten},
+    }  # half: under 3/5
+    worse = [
+        candidate({"prediction_balance": -0.5}, [0, 1, 2, 3, 0, 1, 2, 3] * ten),
+        candidate({"prediction_balance": -0.75}, [1, 1, 1, 1, 1, 1, 2, 2] * ten),
+    ]
+    judged = verdict(skewed, worse, worse[0], "prediction_balance")
+    assert judged["use"] == "zero-shot" and not judged["trust"] and len(judged["signals"]) == 2
+    assert judged["zero_shot_top_class_share"] == 0.5 and judged["candidate_agreement"] == 0.375  # 3 of 8 agree
+    assert "every candidate scores below zero-shot" in judged["signals"][0]
+    assert "agree on only 37.5%" in judged["signals"][1]
+
+    collapsed = {**skewed, "holdout": {"classes": classes, "predictions": ([2] * 7 + [-1]) * ten}}  # all readable: c
+    better = [candidate({"prediction_balance": -0.2}, [0, 1, 2, 3, 4, 0, 1, 2] * ten)]
+    judged = verdict(collapsed, better, better[0], "prediction_balance")
+    assert judged["use"] == "adapted" and judged["signals"] == [
+        "zero-shot puts 100.0% of the held-back images in one class (c) of 5: its pseudo-labels start skewed"
+    ]
+    assert "check some of its predictions by hand" in judged["why"]
+    calm = {**skewed, "holdout": {"classes": classes, "predictions": [0, 1, 2, 3, 4, 0, 1, 2] * ten}}
+    judged = verdict(calm, better, better[0], "prediction_balance")
+    assert judged["trust"] and judged["use"] == "adapted" and judged["signals"] == []
+    # zero-shot's diagnostics over every image, when the run has them, decide the skew; 8 held-back images are few
+    few = {
+        **calm,
+        "holdout": {"classes": classes, "predictions": [0, 1, 2, 3, 4, 0, 1, 2]},
+        "diagnostics": {"zero_shot": {"top_class": "e", "top_class_share": 0.6}},
+    }
+    judged = verdict(few, better, better[0], "prediction_balance")
+    assert judged["signals"] == [
+        "zero-shot puts 60.0% of the images in one class (e) of 5: its pseudo-labels start skewed",
+        "only 8 held-back images score the candidates: a few images decide the choice (hold back more with --holdout, "
+        "or add images)",
+    ]
+    # by agreement with zero-shot, zero-shot is perfect: never "below zero-shot"
+    judged = verdict(
+        {**calm, "label_free_scores": {"zero_shot_agreement": 1.0}},
+        [candidate({"zero_shot_agreement": 0.5}, [0] * 80)],
+        better[0],
+        "zero_shot_agreement",
+    )
+    assert judged["use"] == "adapted" and judged["trust"]
+
+
+def test_held_back_share_schedule_and_candidate_grid():
+    held = held_back_positions(30, 0.1, seed=0)
+    assert len(held) == 3 and held == sorted(held) and held == held_back_positions(30, 0.1, seed=0)
+    assert held != held_back_positions(30, 0.1, seed=1)
+    assert len(held_back_positions(5, 0.1, 0)) == 1 and len(held_back_positions(2, 0.9, 0)) == 1
+    # 27 images: batch 8 (a quarter is 6, at least 8), 3 steps an epoch, 20 epochs = 60 steps, warm-up 6
+    assert sized_schedule(27) == {"batch_size": 8, "max_steps": 60, "epochs": 20, "warmup_steps": 6}
+    # 10,000 images: batch 512 (a quarter is 2,500), 19 steps an epoch, 380 steps
+    assert sized_schedule(10_000) == {"batch_size": 512, "max_steps": 380, "epochs": 20, "warmup_steps": 38}
+    assert sized_schedule(200_000)["max_steps"] == 2000  # capped
+    assert candidate_grid({"lr": ["1e-7", "1e-6"], "max_steps": ["10", "20"]}) == [
+        {"lr": 1e-7, "max_steps": 10},
+        {"lr": 1e-7, "max_steps": 20},
+        {"lr": 1e-6, "max_steps": 10},
+        {"lr": 1e-6, "max_steps": 20},
+    ]
+    for bad, message in (
+        ({"root": ["x"]}, "--choose root: not an option"),
+        ({"speed": ["1"]}, "--choose speed"),
+        ({"lr": []}, "names no value"),
+        ({"max_steps": ["ten"]}, "--choose max_steps"),
+    ):
+        with pytest.raises(LatteclipError, match=message):
+            candidate_grid(bad)
+
+
+def test_choose_refusals_are_one_line(flat, names, tmp_path, capsys):
+    base = [
+        "adapt",
+        "--root",
+        str(flat),
+        "--classnames",
+        str(names),
+        "--lmm",
+        "offline",
+        "--output",
+        str(tmp_path),
+        *TINY,
+    ]
+    for extra, message in (
+        (["--choose", "lr"], "--choose lr: give an option and its values"),
+        (["--choose-by", "accuracy"], "--choose-by accuracy: not a label-free score"),
+        (["--holdout", "1.5"], "--holdout must be a share between 0 and 1"),
+    ):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "adapt-tiles" / "zeroshot").exists()  # refused before any work
