@@ -262,6 +262,7 @@ COMMAND_MODULES = [
     "latteclip.cli.demo",
     "latteclip.cli.adapt",
     "latteclip.cli.data",
+    "latteclip.cli.experiment",
 ]
 
 

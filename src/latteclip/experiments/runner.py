@@ -119,12 +119,7 @@ def run_or_reuse(
     anew even over a finished run of the same configuration (its code changed).
     """
     run_dir = config.run_dir
-    saved_config = run_dir / "config.yaml"
-    same = (
-        not fresh
-        and saved_config.is_file()
-        and comparable(yaml.safe_load(saved_config.read_text()) or {}) == comparable(config.to_dict())
-    )
+    same = not fresh and same_config(config)
     if same and has_results(run_dir):
         return read_results(run_dir)
     resume = same and (run_dir / "last.pt").is_file()
@@ -133,6 +128,12 @@ def run_or_reuse(
     if prepare is not None:
         prepare(config)
     return run_training(config)
+
+
+def same_config(config: RunConfig) -> bool:
+    """Whether the run folder of `config` holds a run of the same configuration (finished or not)."""
+    saved = config.run_dir / "config.yaml"
+    return saved.is_file() and comparable(yaml.safe_load(saved.read_text()) or {}) == comparable(config.to_dict())
 
 
 @dataclass
