@@ -263,6 +263,7 @@ COMMAND_MODULES = [
     "latteclip.cli.demo",
     "latteclip.cli.adapt",
     "latteclip.cli.data",
+    "latteclip.cli.experiment",
 ]
 
 

@@ -120,12 +120,7 @@ def run_or_reuse(
     anew even over a finished run of the same configuration (its code changed).
     """
     run_dir = config.run_dir
-    saved_config = run_dir / "config.yaml"
-    same = (
-        not fresh
-        and saved_config.is_file()
-        and comparable(yaml.safe_load(saved_config.read_text()) or {}) == comparable(config.to_dict())
-    )
+    same = not fresh and same_config(config)
     if same and has_results(run_dir):
         results = read_results(run_dir)
         if computed_here_alike(results, config):
@@ -142,6 +137,12 @@ def computed_here_alike(results: RunResults, config: RunConfig) -> bool:
     """A finished run is reused only where this run would compute in the same precision on the same kind of device."""
     device = pick_device(config.device)
     return computed_as(results, resolve_precision(config.precision, device), device.type)
+
+
+def same_config(config: RunConfig) -> bool:
+    """Whether the run folder of `config` holds a run of the same configuration (finished or not)."""
+    saved = config.run_dir / "config.yaml"
+    return saved.is_file() and comparable(yaml.safe_load(saved.read_text()) or {}) == comparable(config.to_dict())
 
 
 @dataclass

@@ -60,6 +60,7 @@ class Experiment:
     describe: dict[str, Any] = field(default_factory=dict)  # options of the description stage (`latteclip describe`)
     describer: dict[str, Any] = field(default_factory=dict)  # model: NAME, pretrain: {run options}; empty: none
     weights: dict[str, Path] = field(default_factory=dict)  # "source" / "describer" -> weights file, once pre-trained
+    choose: bool = False  # choose each entry's `search` options on held-out images (the benchmark) before its runs
 
     def target(self, shift: str) -> str:
         return f"{self.dataset_prefix}-{shift}"
@@ -107,6 +108,10 @@ def _parse_entry(raw: Any, where: str) -> MethodEntry:
 
 
 def package_experiment_file(name: str) -> Path:
+    """A packaged experiment: configs/experiments/NAME.yaml (paper, domain-shift), else configs/NAME.yaml (demo)."""
+    experiments = resources.files("latteclip").joinpath("configs", "experiments", f"{name}.yaml")
+    if experiments.is_file():
+        return Path(str(experiments))
     return Path(str(resources.files("latteclip").joinpath("configs", f"{name}.yaml")))
 
 
@@ -125,6 +130,7 @@ TOP_KEYS = {
     "report",
     "describe",
     "describer",
+    "choose",
 }
 
 
@@ -139,11 +145,27 @@ def _check_top_keys(data: dict[str, Any], path: str | Path) -> None:
             )
 
 
+def _extended(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """`extends: {file: F, variant: V}`: the experiment of file F (relative to this one) with its section V applied,
+    then this file's settings on top (the benchmark is the demo's file with its own pre-training)."""
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, dict) or "file" not in base:
+        raise LatteclipError(f"{path}: 'extends' holds file: EXPERIMENT.yaml and optionally variant: SECTION")
+    parent = read_yaml(Path(path).parent / base["file"])
+    variant = base.get("variant")
+    if variant and variant not in parent:
+        raise LatteclipError(f"{path}: {base['file']} has no '{variant}' section")
+    merged = deep_merge(parent, parent[variant]) if variant else parent
+    return deep_merge({k: v for k, v in merged.items() if k in TOP_KEYS}, data)
+
+
 def load_experiment(
     path: str | Path, variant: str | None = None, overrides: dict[str, Any] | None = None
 ) -> Experiment:
     """Read an experiment file; `variant` (e.g. `quick`) deep-merges the file's section of that name."""
-    data = read_yaml(path)
+    data = _extended(read_yaml(path), path)
     _check_top_keys(data, path)
     if variant:
         if variant not in data:
@@ -180,6 +202,7 @@ def load_experiment(
         report=data.get("report"),
         describe=dict(data.get("describe") or {}),
         describer=_describer_section(data.get("describer"), path, methods),
+        choose=bool(data.get("choose", False)),
     )
 
 

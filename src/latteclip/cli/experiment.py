@@ -1,0 +1,232 @@
+"""`experiment run|status|tables FILE|NAME`: an experiment over datasets (the paper's: `paper`) as resumable jobs;
+the work is `latteclip.experiments.orchestrate` and `paper_tables`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from latteclip.cli import (
+    add_describe_arguments,
+    add_option_arguments,
+    command,
+    run_values,
+)
+from latteclip.config import comma_list
+
+# run options the command line may set for every run of the experiment
+RUN_OVERRIDES = (
+    "model",
+    "pretrained",
+    "device",
+    "workers",
+    "max_steps",
+    "epochs",
+    "batch_size",
+    "lr",
+    "limit",
+    "warmup_steps",
+    "eval_batch_size",
+    "precision",
+    "eval_every",
+    "checkpoint_every",
+    "log_every",
+)
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", metavar="FILE|NAME", help="an experiment file, or paper, domain-shift, demo")
+    group = parser.add_argument_group("selection")
+    group.add_argument("--datasets", help="comma-separated datasets of the file to keep, e.g. eurosat,dtd")
+    group.add_argument("--entries", help="comma-separated entries to keep, e.g. zeroshot,latteclip")
+    group.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the file's)")
+    group.add_argument("--tables", help="comma-separated tables whose entries to keep, e.g. 1,2")
+    group.add_argument("--data-root", dest="data_root", help="folder holding the datasets (`latteclip data download`)")
+    group.add_argument("--output", help="folder of the run folders (default: the file's)")
+    add_option_arguments(parser.add_argument_group("run options for every run"), *RUN_OVERRIDES)
+
+
+def _add_launcher(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("launcher")
+    group.add_argument(
+        "--launcher",
+        default="local",
+        choices=("local", "slurm"),
+        help="local: this machine, one run per device at once; slurm: one Slurm job per run, as a job array",
+    )
+    group.add_argument("--devices", help="local: comma-separated devices, one run at once on each (cuda:0,cuda:1)")
+    group.add_argument("--slurm-partition", dest="partition", help="slurm: --partition")
+    group.add_argument("--slurm-time", dest="timeout_min", type=int, help="slurm: minutes a job may run")
+    group.add_argument("--slurm-gpus", dest="gpus_per_job", type=int, help="slurm: GPUs per job")
+    group.add_argument("--slurm-cpus", dest="cpus_per_job", type=int, help="slurm: CPUs per job")
+    group.add_argument("--slurm-array-parallelism", dest="array_parallelism", type=int, help="slurm: jobs at once")
+    group.add_argument(
+        "--slurm-sbatch",
+        dest="sbatch",
+        action="append",
+        metavar="KEY=VALUE",
+        help="slurm: a further sbatch option, e.g. account=proj (repeatable)",
+    )
+
+
+@command("experiment", "an experiment over datasets as resumable jobs: `run`, `status`, `tables` (NAME: paper, ...)")
+def _experiment_parser(parser: argparse.ArgumentParser) -> None:
+    from latteclip.cli import DefaultsHelpFormatter
+    from latteclip.describe.settings import LMM
+
+    actions = parser.add_subparsers(dest="action", required=True)
+    run = actions.add_parser(
+        "run",
+        formatter_class=DefaultsHelpFormatter,
+        help="check, describe, then every run "
+        "not done yet (finished runs reused, interrupted ones resumed, failed ones retried)",
+    )
+    _add_selection(run)
+    add_describe_arguments(run, LMM)
+    _add_launcher(run)
+    status = actions.add_parser(
+        "status",
+        formatter_class=DefaultsHelpFormatter,
+        help="each run done / running / failed / missing, what remains, and the plan's size",
+    )
+    _add_selection(status)
+    add_describe_arguments(status, LMM)  # the describer decides which description set a run reads: part of its config
+    tables = actions.add_parser(
+        "tables",
+        formatter_class=DefaultsHelpFormatter,
+        help="our cells beside the paper's from finished runs (trains nothing)",
+    )
+    _add_selection(tables)
+    add_describe_arguments(tables, LMM)
+    tables.add_argument("--out", metavar="PAGE.md", help="write the page here (default: print it)")
+
+
+def load_from_args(args: argparse.Namespace):
+    """The experiment file narrowed by the flags; describe (LMM) flags given override the file's `describe:`."""
+    from latteclip.describe.settings import DescribeSettings
+    from latteclip.errors import LatteclipError
+    from latteclip.experiments.plan import is_shift_experiment, load_plan
+
+    if is_shift_experiment(args.experiment):
+        raise LatteclipError(
+            f"`experiment {args.action}` reads experiments over datasets; {args.experiment} is over "
+            "shifted domains: its table is printed by `experiment run` (and `latteclip demo`, "
+            "benchmarks/domain_shift.py write its pages)"
+        )
+    describe = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(DescribeSettings)
+        if getattr(args, f.name, None) not in (None, [])
+    }
+    seeds = [int(s) for s in comma_list(args.seeds)] if args.seeds else None
+    overrides = {k: v for k, v in run_values(args).items() if k in RUN_OVERRIDES}
+    return load_plan(
+        args.experiment,
+        _listed(args.datasets),
+        _listed(args.entries),
+        seeds,
+        _listed(args.tables),
+        args.data_root,
+        args.output,
+        overrides,
+        describe,
+    )
+
+
+def _listed(text: str | None) -> list[str] | None:
+    return comma_list(text) if text else None
+
+
+@_experiment_parser
+def run_experiment_command(args: argparse.Namespace) -> int:
+    return {"run": _run, "status": _status, "tables": _tables}[args.action](args)
+
+
+def _run_shifts(args: argparse.Namespace) -> int:
+    """The demo's kind of experiment (demo, domain-shift): its runs one after the other in this process."""
+    from latteclip.api import run_experiment
+    from latteclip.experiments.plan import load_shift_experiment
+    from latteclip.experiments.tables import results_table
+
+    seeds = [int(s) for s in comma_list(args.seeds)] if args.seeds else None
+    overrides = {k: v for k, v in run_values(args).items() if k in RUN_OVERRIDES}
+    experiment = load_shift_experiment(
+        args.experiment, _listed(args.datasets), _listed(args.entries), seeds, args.output, overrides
+    )
+    runs = run_experiment(experiment, experiment.choose, lambda line: print(line, flush=True))
+    print(results_table(experiment, runs.cells))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from latteclip.errors import LatteclipError
+    from latteclip.experiments.orchestrate import launch_settings, run_plan
+    from latteclip.experiments.plan import is_shift_experiment
+
+    if is_shift_experiment(args.experiment):
+        return _run_shifts(args)
+    plan = load_from_args(args)
+    sbatch = dict(item.split("=", 1) for item in args.sbatch or [] if "=" in item)
+    if len(sbatch) != len(args.sbatch or []):
+        raise LatteclipError("--slurm-sbatch takes KEY=VALUE, e.g. account=proj")
+    devices = tuple(comma_list(args.devices)) if args.devices else None
+    settings = launch_settings(
+        plan,
+        launcher=args.launcher,
+        devices=devices,
+        partition=args.partition,
+        timeout_min=args.timeout_min,
+        gpus_per_job=args.gpus_per_job,
+        cpus_per_job=args.cpus_per_job,
+        array_parallelism=args.array_parallelism,
+        sbatch=sbatch or None,
+    )
+    outcomes = run_plan(plan, settings, lambda line: print(line, flush=True))
+    failed = [o for o in outcomes if not o.ok]
+    for outcome in failed:
+        print(f"failed {outcome.name}: {outcome.message}")
+    print(
+        f"{len(outcomes) - len(failed)} runs finished now, {len(failed)} failed; `latteclip experiment tables "
+        f"{args.experiment}` for the page" + ("; `run` again retries the failed ones" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from latteclip.experiments.orchestrate import plan_size, plan_states
+
+    plan = load_from_args(args)
+    counts: dict[str, int] = {}
+    for run, state in plan_states(plan):
+        counts[state.state] = counts.get(state.state, 0) + 1
+        print(f"{state.state:<12} {run.name}" + (f": {state.message}" if state.message else ""))
+    remaining = {state: n for state, n in counts.items() if state != "done"}
+    print(
+        f"{counts.get('done', 0)} done, {sum(remaining.values())} remain"
+        + (" (" + ", ".join(f"{n} {state}" for state, n in remaining.items()) + ")" if remaining else "")
+    )
+    size = plan_size(plan)
+    print(
+        f"plan: {size.runs} runs, {size.description_stages} description stages, {size.descriptions} descriptions: "
+        f"{size.lmm_hours:.1f} LMM hours at the paper's 1.2 s each"
+        + (f" (without {', '.join(size.unknown)}: give --data-root to count them)" if size.unknown else "")
+    )
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from latteclip.experiments.paper_tables import comparison_tables, plan_cells
+    from latteclip.paths import check_writable_file
+
+    plan = load_from_args(args)
+    if args.out:
+        check_writable_file(Path(args.out), "--out")
+    page = comparison_tables(plan, plan_cells(plan))
+    if args.out:
+        Path(args.out).write_text(page)
+        print(f"tables: {args.out}")
+    else:
+        print(page, end="")
+    return 0

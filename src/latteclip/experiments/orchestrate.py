@@ -1,0 +1,189 @@
+"""An experiment over datasets, end to end: checks before any work, the description stages, the runs as jobs.
+
+The description stages run here, one per (dataset, group size, seed), before the jobs that read them, so that
+concurrent jobs never write one store. The runs then go to `launch.py` (submitit: local devices or a Slurm array);
+runs already done are not submitted again, and a failed one is submitted again by the next `run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import open_clip
+
+from latteclip.data import build_dataset
+from latteclip.data.coop import load_spec, read_split_file, spec_names
+from latteclip.describe.settings import resolve_settings
+from latteclip.engine.session import dataset_options
+from latteclip.errors import LatteclipError
+from latteclip.experiments.jobs import RunState, run_job, run_state
+from latteclip.experiments.launch import Job, LaunchSettings, Outcome, launch
+from latteclip.experiments.plan import Plan, PlannedRun
+from latteclip.experiments.runner import describe_stage
+
+Progress = Callable[[str], None]
+PAPER_SECONDS_PER_DESCRIPTION = 1.2  # the paper's LMM cost per description (LLaVA on one GPU)
+
+
+def check_plan(plan: Plan) -> None:
+    """Every dataset root, model name and LMM server, before any work: one line each that says what to do."""
+    for dataset in plan.datasets:
+        config = plan.run_config(dataset, plan.entries[0], plan.seeds[0]) if plan.entries else None
+        if config is None:
+            break
+        if not config.root:
+            raise LatteclipError(
+                f"{plan.source}: no data root for {dataset}: pass --data-root DIR (the folder "
+                f"`latteclip data download {dataset} --root DIR` fills)"
+            )
+        try:
+            build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
+        except LatteclipError as err:
+            raise LatteclipError(
+                f"dataset {dataset} is not under {config.root} ({err}): run `latteclip data download "
+                f"{dataset} --root {config.root}`, or leave it out with --datasets"
+            ) from err
+    for model in sorted({run.config.model for run in plan.runs()}):
+        if not model.startswith("hf-hub:") and model not in _model_names():
+            raise LatteclipError(
+                f"unknown model '{model}' in {plan.source}: an OpenCLIP name (e.g. ViT-B-32), an "
+                "hf-hub: id, or latte-tiny"
+            )
+    if any(_reads_lmm(entry) for entry in plan.entries):
+        settings = resolve_settings(plan.describe, {})
+        if not settings.lmm:
+            raise LatteclipError(
+                f"{plan.source}: entries read descriptions: choose a describer with --lmm "
+                "(openai --lmm-url URL, transformers, offline, batch)"
+            )
+        for url in settings.lmm_url if settings.lmm == "openai" else []:
+            _check_server(url)
+
+
+def _model_names() -> set[str]:
+    from latteclip.models.loader import register_project_configs
+
+    register_project_configs()
+    return set(open_clip.list_models())
+
+
+def _check_server(url: str) -> None:
+    import httpx
+
+    try:
+        httpx.get(url.rstrip("/") + "/models", timeout=10).raise_for_status()
+    except httpx.HTTPError as err:
+        raise LatteclipError(f"LMM server {url} does not answer ({err}): start it, or give another --lmm-url") from err
+
+
+def _reads_lmm(entry) -> bool:
+    return "descriptions" in entry.needs or entry.kind == "lmm_zeroshot"
+
+
+def description_stages(plan: Plan) -> dict[tuple[str, int, int], PlannedRun]:
+    """(dataset, group size, seed) -> the first run that reads that stage's descriptions."""
+    stages: dict[tuple[str, int, int], PlannedRun] = {}
+    for run in plan.runs():
+        if "descriptions" in run.entry.needs:
+            size = _group_size(plan, run)
+            stages.setdefault((run.dataset, size, run.seed), run)
+    return stages
+
+
+def describe_all(plan: Plan, progress: Progress) -> None:
+    """Each description stage once (the store skips what it holds), before the runs that need it."""
+    stages = description_stages(plan)
+    for index, ((dataset, size, seed), run) in enumerate(stages.items(), 1):
+        if all(other.state == "done" for other in _states_reading(plan, dataset, size, seed)):
+            continue
+        progress(f"[descriptions {index}/{len(stages)}] {dataset}, groups of {size}, seed {seed}")
+        settings = resolve_settings(plan.describe_options(run.entry), {})
+        describe_stage(run.config, settings, plan.output / "describe" / f"g{size}", progress)
+
+
+def _states_reading(plan: Plan, dataset: str, size: int, seed: int) -> list[RunState]:
+    return [
+        run_state(run.config)
+        for run in plan.runs()
+        if run.dataset == dataset
+        and run.seed == seed
+        and "descriptions" in run.entry.needs
+        and _group_size(plan, run) == size
+    ]
+
+
+def _group_size(plan: Plan, run: PlannedRun) -> int:
+    return int(plan.describe_options(run.entry).get("group_size", 4))
+
+
+def job_of(plan: Plan, run: PlannedRun) -> Job:
+    config = dataclasses.replace(run.config, resume=False, overwrite=False)
+    describe = plan.describe_options(run.entry) if run.entry.kind == "lmm_zeroshot" else None
+    return Job(run.name, {"config": config.to_dict(), "describe": describe})
+
+
+def run_plan(plan: Plan, settings: LaunchSettings, progress: Progress = print) -> list[Outcome]:
+    """Check, describe, then launch every run not done yet; the outcomes of the launched ones."""
+    check_plan(plan)
+    describe_all(plan, progress)
+    todo = [run for run in plan.runs() if run_state(run.config).state != "done"]
+    done = len(plan.runs()) - len(todo)
+    progress(f"{len(plan.runs())} runs: {done} done before, {len(todo)} to run ({settings.launcher} launcher)")
+    return launch([job_of(plan, run) for run in todo], run_job, settings, progress)
+
+
+@dataclass(frozen=True)
+class PlanSize:
+    runs: int
+    description_stages: int
+    descriptions: int  # of the datasets whose training split could be read
+    unknown: list[str]  # datasets whose training split is neither under --data-root nor in the package
+
+    @property
+    def lmm_hours(self) -> float:
+        return self.descriptions * PAPER_SECONDS_PER_DESCRIPTION / 3600
+
+
+def plan_size(plan: Plan) -> PlanSize:
+    """Runs, description stages and LMM descriptions (one per image and store, one per group) at 1.2 s each."""
+    stages = description_stages(plan)
+    kinds = resolve_settings(plan.describe, {}).kinds
+    count, unknown, stores = 0, [], set()
+    for dataset, size, _ in stages:
+        images = _train_images(plan, dataset)
+        if images is None:
+            unknown += [dataset] if dataset not in unknown else []
+            continue
+        # a store (one per dataset and group size) describes each image once, whatever the seed; groups are per seed
+        count += images * ("image" in kinds and (dataset, size) not in stores) + -(-images // size) * ("group" in kinds)
+        stores.add((dataset, size))
+    return PlanSize(len(plan.runs()), len(stages), count, unknown)
+
+
+def _train_images(plan: Plan, dataset: str) -> int | None:
+    """Training images of `dataset`: from its data when present, else from the CoOp split file the package holds."""
+    config = plan.run_config(dataset, plan.entries[0], plan.seeds[0])
+    if config.root:
+        try:
+            return len(build_dataset(config.dataset, config.root, "train", None, dataset_options(config)).samples)
+        except LatteclipError:
+            pass
+    if config.dataset not in spec_names():
+        return None
+    bundled = resources.files("latteclip.data").joinpath("splits", f"{load_spec(config.dataset).get('split_file')}.gz")
+    return len(read_split_file(Path(str(bundled)))["train"]) if bundled.is_file() else None
+
+
+def plan_states(plan: Plan) -> list[tuple[PlannedRun, RunState]]:
+    return [(run, run_state(run.config)) for run in plan.runs()]
+
+
+def launch_settings(plan: Plan, **options: Any) -> LaunchSettings:
+    """The launcher's settings; its files under OUTPUT/jobs."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return LaunchSettings(folder=plan.output / "jobs", **given)
