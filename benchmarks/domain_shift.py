@@ -7,8 +7,8 @@
 
 It runs the packaged `domain-shift` experiment (`configs/experiments/domain-shift.yaml`: the demo's
 file with its `benchmark` section, so the same method list plus the other rows, every shift, seeds
-0-2, the whole bundled target split, and the four-epoch pre-training its archived runs were made with). Per shift, the options an
-entry lists under `search` are chosen first on held-out training images (train on the rest of the
+0-2, the whole bundled target split, and the four-epoch pre-training its archived runs were made with). Per shift,
+the options an entry lists under `search` are chosen first on held-out training images (train on the rest of the
 training split, top-1 on the held-out part, seed 0); test labels are never read for a choice.
 Every run is cached in its run folder, so a stopped benchmark continues where it was.
 Its section of docs/results.md records the command, the machine, the choices, the table (mean ±

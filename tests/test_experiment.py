@@ -211,7 +211,7 @@ def test_paper_on_eurosat_finishes_and_resumes_after_kill_9(eurosat_folder, tmp_
 
 
 @pytest.mark.slow
-def test_slurm_gives_the_tables_of_the_local_launcher(eurosat_folder, tmp_path, local_slurm):  # noqa: F811
+def test_slurm_gives_the_tables_of_the_local_launcher(eurosat_folder, tmp_path, local_slurm):
     """Two datasets (EuroSAT, three of its classes as a folder dataset), two entries: local with two CPU 'devices'
     at once, and a Slurm job array, give the same page."""
     scenes = copy_scenes(eurosat_folder, tmp_path / "scenes", per_class=10)

@@ -461,12 +461,12 @@ def test_a_run_resumed_inside_an_epoch_equals_the_straight_run_bit_for_bit(tmp_p
         "--alpha",
         "0.5",
     ]
-    assert main(common + ["--name", "straight"]) == 0
+    assert main([*common, "--name", "straight"]) == 0
     undo = interrupt_at_step(monkeypatch, LatteCLIP, 5)
-    assert main(common + ["--name", "resumed"]) == 130
+    assert main([*common, "--name", "resumed"]) == 130
     assert "epoch_prototypes" in load_checkpoint(tmp_path / "resumed" / "last.pt")["method_state"]
     undo()
-    assert main(common + ["--name", "resumed", "--resume"]) == 0
+    assert main([*common, "--name", "resumed", "--resume"]) == 0
     a, b = load_checkpoint(tmp_path / "straight" / "final.pt"), load_checkpoint(tmp_path / "resumed" / "final.pt")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key

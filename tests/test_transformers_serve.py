@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_llava):  # noqa: F811
+def served(tiny_llava):
     """(base URL, model id) of `transformers serve` on a free local port; stopped by its PID afterwards."""
     if SERVE is None:
         pytest.skip("no transformers command")
