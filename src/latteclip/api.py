@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +53,16 @@ from latteclip.engine.session import dataset_options, method_from_checkpoint, pi
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive
+from latteclip.experiments.jobs import RunState
+from latteclip.experiments.launch import LaunchSettings, Outcome
+from latteclip.experiments.machine import machine_description, use_threads
+from latteclip.experiments.orchestrate import PlanSize, launch_settings, plan_size, plan_states, run_plan
+from latteclip.experiments.paper_tables import comparison_tables, plan_cells
+from latteclip.experiments.plan import Plan, PlannedRun, is_shift_experiment, load_plan, load_shift_experiment
 from latteclip.experiments.runner import ExperimentRuns, describe_stage, run_or_reuse
 from latteclip.experiments.runner import run_experiment as run_experiment_loop
-from latteclip.experiments.spec import Experiment, load_experiment
+from latteclip.experiments.spec import Experiment, load_experiment, package_experiment_file
+from latteclip.experiments.tables import results_table
 from latteclip.methods import build_options, get_method
 from latteclip.methods.base import Method
 from latteclip.paths import atomic_write_bytes, check_writable_file, check_writable_folder
@@ -408,6 +416,28 @@ def adapt(
     zero_shot_results = run_or_reuse(zero_shot)
     progress(f"      {measured(zero_shot_results)}; run folder {zero_shot.run_dir}")
     progress(f"[2/{ADAPT_STEPS}] descriptions ({', '.join(kinds) or f'none: {config.method} reads none'})")
+    describe_candidates_images(config, settings, prompts, kinds, lists, progress)
+    configs = train_candidates(config, options, lists, progress)
+    progress(f"[4/{ADAPT_STEPS}] label-free scores on {lists.held_count} held-back images ({lists.held})")
+    held = held_back(config, lists, zero_shot.run_dir, "image" in kinds)
+    zero_shot_results = score_run(zero_shot.run_dir, zero_shot, held)
+    scored = [Candidate(dict(o), c, score_run(c.run_dir, c, held)) for o, c in zip(options, configs)]
+    chosen = pick(scored, score)
+    judged = verdict(zero_shot_results, scored, chosen, score)
+    progress(f"      chose {chosen.config.name} by {score} ({chosen.scores[score]:.4f})")
+    return finish_adaptation(config, zero_shot, zero_shot_results, scored, chosen, score, judged, progress)
+
+
+def describe_candidates_images(
+    config: RunConfig,
+    settings: DescribeSettings | None,
+    prompts: str | None,
+    kinds: list[str],
+    lists: ImageLists,
+    progress: Progress,
+) -> None:
+    """The descriptions the candidates read, and the describer's own reading of each held-back image."""
+    folder = Path(config.output)
     if kinds:  # groups are drawn among the images a candidate trains on: those are described, and the held-back ones
         describe_stage(
             dataclasses.replace(config, root=str(lists.train)),
@@ -424,15 +454,6 @@ def adapt(
             progress,
             prompts,
         )
-    configs = train_candidates(config, options, lists, progress)
-    progress(f"[4/{ADAPT_STEPS}] label-free scores on {lists.held_count} held-back images ({lists.held})")
-    held = held_back(config, lists, zero_shot.run_dir, "image" in kinds)
-    zero_shot_results = score_run(zero_shot.run_dir, zero_shot, held)
-    scored = [Candidate(dict(o), c, score_run(c.run_dir, c, held)) for o, c in zip(options, configs)]
-    chosen = pick(scored, score)
-    judged = verdict(zero_shot_results, scored, chosen, score)
-    progress(f"      chose {chosen.config.name} by {score} ({chosen.scores[score]:.4f})")
-    return finish_adaptation(config, zero_shot, zero_shot_results, scored, chosen, score, judged, progress)
 
 
 def train_candidates(
@@ -529,3 +550,124 @@ def run_experiment(
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment)
     return run_experiment_loop(experiment, choose, progress, archive, fresh)
+
+
+# --- experiments over datasets (the paper's) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExperimentStatus:
+    states: list[tuple[PlannedRun, RunState]]  # each run: done, running, interrupted, failed (with its line), missing
+    size: PlanSize  # runs, description stages, descriptions and LMM hours of the whole plan
+
+
+def experiment_plan(experiment: str | Path, **selection: Any) -> Plan:
+    """An experiment file over datasets (`paper`, or a file), narrowed by `selection` (plan.load_plan's arguments:
+    datasets, entries, seeds, tables, data_root, output, overrides, describe)."""
+    if is_shift_experiment(str(experiment)):
+        raise LatteclipError(
+            f"{experiment} is an experiment over shifted domains: run it with api.run_experiment (or `latteclip "
+            "experiment run`, `latteclip demo`, benchmarks/domain_shift.py)"
+        )
+    return load_plan(str(experiment), **selection)
+
+
+def run_experiment_plan(plan: Plan, launch: LaunchSettings, progress: Progress = print) -> list[Outcome]:
+    """The description stages, then every run not finished yet through the launcher (local devices or Slurm)."""
+    return run_plan(plan, launch, progress)
+
+
+def experiment_status(plan: Plan) -> ExperimentStatus:
+    return ExperimentStatus(plan_states(plan), plan_size(plan))
+
+
+def experiment_tables(plan: Plan) -> str:
+    """The page: our cells (mean ± std over seeds) beside the paper's, from finished runs only."""
+    return comparison_tables(plan, plan_cells(plan))
+
+
+def shift_experiment(experiment: str | Path, **selection: Any) -> Experiment:
+    """An experiment over the proxy's shifted domains (`demo`, `domain-shift`) narrowed like one over datasets
+    (plan.load_shift_experiment's arguments: shifts, entries, seeds, output, run), for `run_experiment`."""
+    return load_shift_experiment(str(experiment), **selection)
+
+
+def experiment_launch(plan: Plan, **options: Any) -> LaunchSettings:
+    """The launcher's settings for `plan` (LaunchSettings' fields; None keeps a default); its files in OUTPUT/jobs."""
+    return launch_settings(plan, **options)
+
+
+def shift_results_table(experiment: Experiment, runs: ExperimentRuns) -> str:
+    """The markdown table of an experiment over shifted domains (mean ± std over seeds per shift)."""
+    return results_table(experiment, runs.cells)
+
+
+# --- the demo -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Demo:
+    header: str  # what was pre-trained and what the table shows
+    table: str  # markdown: top-1 per method and shift
+    results: Path  # results.md (header and table)
+    summary: Path  # demo.json: pre-training, cells, machine, time
+    reports: list[Path]  # report.html per shift
+    seconds: float
+
+
+def demo(
+    config_file: str | Path | None = None,
+    quick: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    progress: Progress = print,
+) -> Demo:
+    """The whole pipeline offline on CPU: pre-train the tiny CLIPs (cached), adapt to the shifted domains, the table,
+    its summary and a report per shift. `overrides`: the experiment file's output, root, threads or shifts."""
+    experiment = load_experiment(
+        config_file or package_experiment_file("demo"), "quick" if quick else None, dict(overrides or {})
+    )
+    threads = use_threads(experiment.threads)
+    started = time.time()
+    runs_count = len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
+    progress(
+        f"demo: {runs_count} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in "
+        f"{experiment.output}"
+    )
+    runs = run_experiment(experiment, choose=False, progress=progress)
+    source, describer = runs.pretrained["source"], runs.pretrained["describer"]
+    table = results_table(experiment, runs.cells)
+    header = (
+        f"Pre-trained {experiment.model}: {100 * source.summary['clean_test_top1']:.2f}% zero-shot top-1 on the clean "
+        f"Fashion-MNIST test set. Target domains: top-1 (%) on each shifted test split"
+        + (f", mean ± std over seeds {experiment.seeds}" if len(experiment.seeds) > 1 else "")
+        + "."
+    )
+    experiment.output.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "experiment": experiment.source,
+        "quick": bool(quick),
+        "pretrained": source.summary,
+        "describer": describer.summary if describer else None,
+        "cells": {f"{name}|{shift}": cell for (name, shift), cell in runs.cells.items()},
+        "machine": machine_description(),
+        "seconds": time.time() - started,
+    }
+    (experiment.output / "demo.json").write_text(json.dumps(summary, indent=1))
+    (experiment.output / "results.md").write_text(f"{header}\n\n{table}\n")
+    reports = shift_reports(experiment, runs.run_dirs)
+    return Demo(
+        header, table, experiment.output / "results.md", experiment.output / "demo.json", reports, time.time() - started
+    )
+
+
+def shift_reports(experiment: Experiment, run_dirs: Mapping[tuple[str, str], Path]) -> list[Path]:
+    """Per shift, the report of the reported method's run against the other methods' runs.
+
+    The reported method is the experiment's `report` entry, else the first label-free method that trains.
+    """
+    subject = experiment.report or next((e.name for e in experiment.label_free_trainers()), None)
+    if subject is None:
+        return []
+    paths = []
+    for shift in experiment.shifts:
+        others = [
+            run_dirs[(e.name, shift)] for e in experiment.methods if e.name != subject and (e.name, shift) in run_dirs
+        ]
+        paths.append(write_report([run_dirs[(subject, shift)], *others], experiment.output / shift / "report"))
+    return paths

@@ -9,16 +9,10 @@ runs, and a stopped one continues where it was.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from latteclip.cli import command
 from latteclip.config import comma_list
-
-if TYPE_CHECKING:
-    from latteclip.experiments.spec import Experiment
 
 
 @command(
@@ -43,10 +37,8 @@ def _demo_parser(parser: argparse.ArgumentParser) -> None:
 
 @_demo_parser
 def run_demo(args: argparse.Namespace) -> int:
-    from latteclip.api import run_experiment
-    from latteclip.experiments.machine import elapsed, machine_description, use_threads
-    from latteclip.experiments.spec import load_experiment, package_experiment_file
-    from latteclip.experiments.tables import results_table
+    from latteclip import api
+    from latteclip.experiments.machine import elapsed
 
     overrides = {
         key: value
@@ -58,64 +50,11 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    experiment = load_experiment(
-        args.config or package_experiment_file("demo"), "quick" if args.quick else None, overrides
-    )
-    threads = use_threads(experiment.threads)
     started = time.time()
-    runs_count = len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
-    print(
-        f"demo: {runs_count} runs on {', '.join(experiment.shifts)} with {threads} torch thread(s); output in "
-        f"{experiment.output}",
-        flush=True,
-    )
-    runs = run_experiment(experiment, choose=False, progress=lambda line: print(line, flush=True))
-    source, describer = runs.pretrained["source"], runs.pretrained["describer"]
-
-    table = results_table(experiment, runs.cells)
-    header = (
-        f"Pre-trained {experiment.model}: {100 * source.summary['clean_test_top1']:.2f}% zero-shot top-1 on the clean "
-        f"Fashion-MNIST test set. Target domains: top-1 (%) on each shifted test split"
-        + (f", mean ± std over seeds {experiment.seeds}" if len(experiment.seeds) > 1 else "")
-        + "."
-    )
-    print()
-    print(header)
-    print()
-    print(table)
-    experiment.output.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "experiment": experiment.source,
-        "quick": bool(args.quick),
-        "pretrained": source.summary,
-        "describer": describer.summary if describer else None,
-        "cells": {f"{name}|{shift}": cell for (name, shift), cell in runs.cells.items()},
-        "machine": machine_description(),
-        "seconds": time.time() - started,
-    }
-    (experiment.output / "demo.json").write_text(json.dumps(summary, indent=1))
-    (experiment.output / "results.md").write_text(f"{header}\n\n{table}\n")
-    print(f"\ntable and summary: {experiment.output / 'results.md'}, {experiment.output / 'demo.json'}")
-    for path in write_reports(experiment, runs.run_dirs):
+    done = api.demo(args.config, args.quick, overrides, lambda line: print(line, flush=True))
+    print(f"\n{done.header}\n\n{done.table}")
+    print(f"\ntable and summary: {done.results}, {done.summary}")
+    for path in done.reports:
         print(f"report: {path}")
     print(f"demo finished in {elapsed(started)}")
     return 0
-
-
-def write_reports(experiment: Experiment, run_dirs: dict[tuple[str, str], Path]) -> list[Path]:
-    """Per shift, the report (`latteclip report`) of the reported method's run against the other methods' runs.
-
-    The reported method is the config's `report` entry, else the first label-free method that trains.
-    """
-    from latteclip.report import write_report
-
-    subject = experiment.report or next((e.name for e in experiment.label_free_trainers()), None)
-    if subject is None:
-        return []
-    paths = []
-    for shift in experiment.shifts:
-        others = [
-            run_dirs[(e.name, shift)] for e in experiment.methods if e.name != subject and (e.name, shift) in run_dirs
-        ]
-        paths.append(write_report([run_dirs[(subject, shift)], *others], experiment.output / shift / "report"))
-    return paths

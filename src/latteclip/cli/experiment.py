@@ -1,5 +1,5 @@
 """`experiment run|status|tables FILE|NAME`: an experiment over datasets (the paper's: `paper`) as resumable jobs;
-the work is `latteclip.experiments.orchestrate` and `paper_tables`."""
+the work is the api's (experiment_plan, run_experiment_plan, experiment_status, experiment_tables, run_experiment)."""
 
 from __future__ import annotations
 
@@ -99,20 +99,14 @@ def _experiment_parser(parser: argparse.ArgumentParser) -> None:
     _add_selection(tables)
     add_describe_arguments(tables, LMM)
     tables.add_argument("--out", metavar="PAGE.md", help="write the page here (default: print it)")
+    tables.add_argument("--overwrite", action="store_true", help="replace the --out page when it exists")
 
 
 def load_from_args(args: argparse.Namespace):
     """The experiment file narrowed by the flags; describe (LMM) flags given override the file's `describe:`."""
+    from latteclip import api
     from latteclip.describe.settings import DescribeSettings
-    from latteclip.errors import LatteclipError
-    from latteclip.experiments.plan import is_shift_experiment, load_plan
 
-    if is_shift_experiment(args.experiment):
-        raise LatteclipError(
-            f"`experiment {args.action}` reads experiments over datasets; {args.experiment} is over "
-            "shifted domains: its table is printed by `experiment run` (and `latteclip demo`, "
-            "benchmarks/domain_shift.py write its pages)"
-        )
     describe = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(DescribeSettings)
@@ -120,16 +114,16 @@ def load_from_args(args: argparse.Namespace):
     }
     seeds = [int(s) for s in comma_list(args.seeds)] if args.seeds else None
     overrides = {k: v for k, v in run_values(args).items() if k in RUN_OVERRIDES}
-    return load_plan(
+    return api.experiment_plan(
         args.experiment,
-        _listed(args.datasets),
-        _listed(args.entries),
-        seeds,
-        _listed(args.tables),
-        args.data_root,
-        args.output,
-        overrides,
-        describe,
+        datasets=_listed(args.datasets),
+        entries=_listed(args.entries),
+        seeds=seeds,
+        tables=_listed(args.tables),
+        data_root=args.data_root,
+        output=args.output,
+        run=overrides,
+        describe=describe,
     )
 
 
@@ -144,33 +138,35 @@ def run_experiment_command(args: argparse.Namespace) -> int:
 
 def _run_shifts(args: argparse.Namespace) -> int:
     """The demo's kind of experiment (demo, domain-shift): its runs one after the other in this process."""
-    from latteclip.api import run_experiment
-    from latteclip.experiments.plan import load_shift_experiment
-    from latteclip.experiments.tables import results_table
+    from latteclip import api
 
     seeds = [int(s) for s in comma_list(args.seeds)] if args.seeds else None
     overrides = {k: v for k, v in run_values(args).items() if k in RUN_OVERRIDES}
-    experiment = load_shift_experiment(
-        args.experiment, _listed(args.datasets), _listed(args.entries), seeds, args.output, overrides
+    experiment = api.shift_experiment(
+        args.experiment,
+        shifts=_listed(args.datasets),
+        entries=_listed(args.entries),
+        seeds=seeds,
+        output=args.output,
+        run=overrides,
     )
-    runs = run_experiment(experiment, experiment.choose, lambda line: print(line, flush=True))
-    print(results_table(experiment, runs.cells))
+    runs = api.run_experiment(experiment, experiment.choose, lambda line: print(line, flush=True))
+    print(api.shift_results_table(experiment, runs))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    from latteclip import api
     from latteclip.errors import LatteclipError
-    from latteclip.experiments.orchestrate import launch_settings, run_plan
-    from latteclip.experiments.plan import is_shift_experiment
 
-    if is_shift_experiment(args.experiment):
+    if api.is_shift_experiment(str(args.experiment)):
         return _run_shifts(args)
     plan = load_from_args(args)
     sbatch = dict(item.split("=", 1) for item in args.sbatch or [] if "=" in item)
     if len(sbatch) != len(args.sbatch or []):
         raise LatteclipError("--slurm-sbatch takes KEY=VALUE, e.g. account=proj")
     devices = tuple(comma_list(args.devices)) if args.devices else None
-    settings = launch_settings(
+    settings = api.experiment_launch(
         plan,
         launcher=args.launcher,
         devices=devices,
@@ -181,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
         array_parallelism=args.array_parallelism,
         sbatch=sbatch or None,
     )
-    outcomes = run_plan(plan, settings, lambda line: print(line, flush=True))
+    outcomes = api.run_experiment_plan(plan, settings, lambda line: print(line, flush=True))
     failed = [o for o in outcomes if not o.ok]
     for outcome in failed:
         print(f"failed {outcome.name}: {outcome.message}")
@@ -193,11 +189,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from latteclip.experiments.orchestrate import plan_size, plan_states
+    from latteclip import api
 
-    plan = load_from_args(args)
+    status = api.experiment_status(load_from_args(args))
     counts: dict[str, int] = {}
-    for run, state in plan_states(plan):
+    for run, state in status.states:
         counts[state.state] = counts.get(state.state, 0) + 1
         print(f"{state.state:<12} {run.name}" + (f": {state.message}" if state.message else ""))
     remaining = {state: n for state, n in counts.items() if state != "done"}
@@ -205,7 +201,7 @@ def _status(args: argparse.Namespace) -> int:
         f"{counts.get('done', 0)} done, {sum(remaining.values())} remain"
         + (" (" + ", ".join(f"{n} {state}" for state, n in remaining.items()) + ")" if remaining else "")
     )
-    size = plan_size(plan)
+    size = status.size
     print(
         f"plan: {size.runs} runs, {size.description_stages} description stages, {size.descriptions} descriptions: "
         f"{size.lmm_hours:.1f} LMM hours at the paper's 1.2 s each"
@@ -217,13 +213,13 @@ def _status(args: argparse.Namespace) -> int:
 def _tables(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from latteclip.experiments.paper_tables import comparison_tables, plan_cells
+    from latteclip import api
     from latteclip.paths import check_writable_file
 
     plan = load_from_args(args)
     if args.out:
-        check_writable_file(Path(args.out), "--out")
-    page = comparison_tables(plan, plan_cells(plan))
+        check_writable_file(Path(args.out), "--out", args.overwrite)
+    page = api.experiment_tables(plan)
     if args.out:
         Path(args.out).write_text(page)
         print(f"tables: {args.out}")
