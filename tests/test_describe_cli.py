@@ -239,7 +239,8 @@ def test_lmm_zeroshot_accuracy_and_unmapped_share(eurosat_folder, tmp_path):
         assert main([*args, "--lmm-url", server.url]) == 0
         assert {s.prompt for s in server.seen} == {load_prompts().multiple_choice(names, "land use")}
         asked = len(server.seen)
-        assert main([*args, "--lmm-url", server.url]) == 0 and len(server.seen) == asked  # answers are reused
+        # answers are reused; the finished run folder is replaced only when asked (--overwrite)
+        assert main([*args, "--lmm-url", server.url, "--overwrite"]) == 0 and len(server.seen) == asked
     results = json.loads((tmp_path / "runs" / "lmm" / "results.json").read_text())
     assert len(test) == 60
     assert results["method"] == "lmm_zeroshot" and results["model"] == "fake-llava"

@@ -34,7 +34,8 @@ def dependency_folders() -> list[str]:
             continue
         name = requirement.split(">")[0].split("=")[0].split("<")[0].strip()
         folder = Path(importlib.metadata.distribution(name).locate_file("")).resolve()
-        if REPO not in folder.parents and folder != REPO and str(folder) not in folders:
+        checkout = REPO / "src"  # the venv may live inside the checkout (make test's .venv): only src is left out
+        if checkout not in folder.parents and folder != checkout and str(folder) not in folders:
             folders.append(str(folder))
     return folders
 
