@@ -20,6 +20,7 @@ import random
 import torch
 import torch.nn.functional as F
 
+from latteclip import distributed
 from latteclip.describe.jobs import image_hashes
 from latteclip.describe.store import DescriptionSet, DescriptionStore
 from latteclip.errors import LatteclipError
@@ -28,6 +29,7 @@ from latteclip.methods.options import TEXT_KINDS, LatteCLIPOptions
 from latteclip.models import PrototypeBank, encode_texts
 from latteclip.models.losses import contrastive_loss
 from latteclip.models.prototypes import full_precision
+from latteclip.paths import atomic_write_bytes
 
 MIXER_EPS = 1e-6
 MIXER_PROTOTYPES = ("epoch", "current")
@@ -156,10 +158,15 @@ class LatteCLIP(Method):
         return chosen
 
     def record_read(self, kind: str, what: dict) -> None:
-        """descriptions.json in the run folder: which texts of each kind the run read, and how they were made."""
+        """descriptions.json in the run folder: which texts of each kind the run read, and how they were made.
+
+        Rank 0 alone writes it, atomically: every rank reads the same set, and a rank reading while another writes
+        would see half a file."""
+        if not distributed.is_main():
+            return
         record = self.ctx.run_dir / "descriptions.json"
         recorded = json.loads(record.read_text()) if record.is_file() else {}
-        record.write_text(json.dumps({**recorded, kind: what}, indent=1))
+        atomic_write_bytes(record, json.dumps({**recorded, kind: what}, indent=1).encode())
 
     def load_descriptions(self, kind: str, hashes: list[str | None], ctx: TrainContext) -> list[str | None]:
         """The `kind` text of each training image from the description set it reads (None where there is none; an
