@@ -36,10 +36,13 @@ from typing import Any
 import torch
 
 from latteclip.config import comma_list
+from latteclip.data.shifts import UNSHIFTED
 from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
+from latteclip.engine.choice import DEFAULT_SCORE
 from latteclip.engine.describing import true_class_descriptions
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive
+from latteclip.experiments.choice_analysis import best_by, lowest_heldout_regret, score_row, scores_measured
 from latteclip.experiments.machine import use_threads
 from latteclip.experiments.runner import ExperimentRuns, finished_run, prepare_stages, run_config, run_experiment
 from latteclip.experiments.spec import Experiment, MethodEntry, deep_merge, load_experiment, package_experiment_file
@@ -97,17 +100,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "true class for a share q of the images (ANALYSIS: reads the true training labels; needs --reads-labels)",
     )
     parser.add_argument(
+        "--choice-analysis",
+        dest="choice_analysis",
+        action="store_true",
+        help="also run every candidate of every choice on the target (first seed) and write the table of how each "
+        "label-free score would have chosen against the held-out labels (ANALYSIS: reads the held-out labels; needs "
+        "--reads-labels)",
+    )
+    parser.add_argument(
         "--reads-labels",
         dest="reads_labels",
         action="store_true",
-        help="allow --sweep to read the true labels of the training images",
+        help="allow --sweep and --choice-analysis to read labels of the training images",
     )
     args = parser.parse_args(argv)
-    if args.sweep and not args.reads_labels:
-        raise LatteclipError(
-            "--sweep writes descriptions from the TRUE labels of the training images (analysis only): "
-            "pass --reads-labels as well to run it"
-        )
+    for flag, what in (
+        ("sweep", "--sweep writes descriptions from the TRUE labels of the training images"),
+        ("choice_analysis", "--choice-analysis measures the label-free scores against the held-out images' labels"),
+    ):
+        if getattr(args, flag) and not args.reads_labels:
+            raise LatteclipError(f"{what} (analysis only): pass --reads-labels as well to run it")
     return args
 
 
@@ -406,7 +418,7 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
         "",
         "### Top-1 (%) on the shifted test splits",
         "",
-        results_table(experiment, cells),
+        *top1_table(experiment, runs),
         "",
         "### Hyper-parameters chosen on held-out training images",
         "",
@@ -416,10 +428,18 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
         "",
     ]
     if choices:
-        parts += ["| shift | method | candidates (held-out top-1 %) | chosen |", "|---|---|---|---|"]
+        by = runs.label_free_score
+        parts += [
+            f"| shift | method | candidates (held-out top-1 %) | chosen | label-free choice (by {by}) |",
+            "|---|---|---|---|---|",
+        ]
         for item in choices:
             candidates = ", ".join(f"{json.dumps(s['choice'])}: {100 * s['heldout_top1']:.2f}" for s in item["scores"])
-            parts.append(f"| {item['shift']} | {item['label']} | {candidates} | `{json.dumps(item['chosen'])}` |")
+            parts.append(
+                f"| {item['shift']} | {item['label']} | {candidates} | `{json.dumps(item['chosen'])}` | "
+                f"`{json.dumps(item.get('label_free_pick'))}` |"
+            )
+        parts += label_free_choice_section(experiment, runs)
     else:
         parts.append("No entry lists a `search` grid: every option is the configured one.")
     fixed = [
@@ -496,6 +516,121 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
     return "\n".join(parts)
 
 
+LABEL_FREE_ROW = "{name}@label-free"  # the cells of an entry's label-free choice in the top-1 table
+
+
+def top1_table(experiment: Experiment, runs: ExperimentRuns) -> list[str]:
+    """The top-1 table, each searched entry followed by its row with the options the default label-free score chose."""
+    cells = dict(runs.cells)
+    rows = []
+    for entry in experiment.methods:
+        rows.append((entry.name, entry.label))
+        picked = {shift: r for (name, shift), r in runs.label_free.items() if name == entry.name}
+        if picked:
+            row = LABEL_FREE_ROW.format(name=entry.name)
+            cells.update({(row, shift): r for shift, r in picked.items()})
+            rows.append((row, f"{entry.label} (label-free choice)"))
+    note = (
+        [
+            "",
+            f'A row "(label-free choice)" runs the options the label-free score `{runs.label_free_score}` picks on '
+            "the same held-out images, without reading their labels (the row above it: the pick of their labels).",
+        ]
+        if runs.label_free
+        else []
+    )
+    return [results_table(experiment, cells, rows=rows), *note]
+
+
+def label_free_choice_section(experiment: Experiment, runs: ExperimentRuns) -> list[str]:
+    """Each candidate's label-free scores, and (with --choice-analysis) how each score would have chosen."""
+    shifted = [c for c in runs.choices if c["shift"] != UNSHIFTED and "label_free" in c["scores"][0]]
+    names = scores_measured(shifted)
+    if not names:
+        return []
+    parts = ["", "### Label-free choice", ""]
+    analysed = all("test_top1" in c for choice in shifted for c in choice["scores"])
+    if analysed:
+        parts += score_table(experiment, shifted, names)
+    else:
+        parts.append(
+            "Without `--choice-analysis --reads-labels` only the scores are shown (the candidates' own test runs, "
+            "which the regret needs, are not run)."
+        )
+    parts += [
+        "",
+        "Every candidate (scores on the held-out images, higher is better; no label read for a score):",
+        "",
+        "| shift | method | candidate | held-out top-1 % | test top-1 % (seed "
+        f"{experiment.seeds[0]}) | " + " | ".join(names) + " |",
+        "|---|---|---|---|---|" + "---|" * len(names),
+    ]
+    for choice in shifted:
+        for c in choice["scores"]:
+            test = f"{100 * c['test_top1']:.2f}" if "test_top1" in c else "–"
+            values = " | ".join(f"{c['label_free'][n]:.4f}" for n in names)
+            parts.append(
+                f"| {choice['shift']} | {choice['label']} | `{json.dumps(c['choice'])}` | "
+                f"{100 * c['heldout_top1']:.2f} | {test} | {values} |"
+            )
+    return parts
+
+
+def score_table(experiment: Experiment, shifted: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """One row per score over the shifted domains' choices: regret against the held-out-labelled pick, how often it
+    makes that pick, its rank correlation with held-out top-1; then the score with the lowest held-out regret."""
+    rows = [score_row(name, shifted) for name in names]
+    parts = [
+        f"**Analysis: reads the held-out images' labels** (to compare with their choice). Over {len(shifted)} choices "
+        "(entry x shifted domain): regret = top-1 points lost against the candidate the held-out labels pick (0 when "
+        "the score picks it), on the held-out images and on the test split (seed "
+        f"{experiment.seeds[0]} runs of every candidate); same pick = how often the score picks that candidate; "
+        "rank correlation = Spearman's between the score and held-out top-1 over an entry's candidates, mean over "
+        "the choices where both vary.",
+        "",
+        "| score | held-out regret: mean | worst | test regret: mean | worst (where) | same pick | rank correlation |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        corr = f"{sum(r.correlations) / len(r.correlations):.2f}" if r.correlations else "–"
+        parts.append(
+            f"| {r.score} | {sum(r.heldout_regret) / r.choices:.2f} | {max(r.heldout_regret):.2f} | "
+            f"{sum(r.test_regret) / r.choices:.2f} | {max(r.test_regret):.2f} ({r.worst_where}) | "
+            f"{r.same_pick} of {r.choices} | {corr} |"
+        )
+    best = lowest_heldout_regret(rows)
+    parts += [
+        "",
+        f"Lowest mean held-out regret: `{best.score}` (the default label-free score is `{DEFAULT_SCORE}`"
+        + ("" if best.score == DEFAULT_SCORE else "; the measurement names another: change DEFAULT_SCORE")
+        + ").",
+        *configured_line(experiment, shifted, DEFAULT_SCORE),
+    ]
+    return parts
+
+
+def configured_line(experiment: Experiment, shifted: list[dict[str, Any]], score: str) -> list[str]:
+    """Mean test top-1 (first seed) of the score's picks, the held-out labels' picks and the configured options."""
+    by_name = {entry.name: entry for entry in experiment.methods}
+    picked, labelled, configured = [], [], []
+    for choice in shifted:
+        candidates = choice["scores"]
+        overrides = by_name[choice["entry"]].overrides
+        fixed = {k: overrides.get(k, experiment.run.get(k)) for k in candidates[0]["choice"]}
+        chosen = [c for c in candidates if c["choice"] == fixed]
+        if not chosen:
+            return []  # an entry whose configured option is not a candidate: no like-for-like comparison
+        configured.append(chosen[0]["test_top1"])
+        labelled.append(next(c for c in candidates if c["choice"] == choice["chosen"])["test_top1"])
+        picked.append(best_by(candidates, score)["test_top1"])
+    mean = lambda values: 100 * sum(values) / len(values)  # noqa: E731
+    return [
+        "",
+        f"Mean test top-1 over these choices (seed {experiment.seeds[0]}): `{score}`'s picks {mean(picked):.2f}, the "
+        f"held-out labels' picks {mean(labelled):.2f}, the configured options {mean(configured):.2f}.",
+    ]
+
+
 def describer_lines(experiment: Experiment, describer: dict | None) -> list[str]:
     if describer is None:
         return []
@@ -522,7 +657,13 @@ def main(argv: list[str] | None = None) -> int:
         use_threads(experiment.threads)
         started = time.time()
         runs = run_experiment(
-            experiment, choose=True, progress=lambda line: print(line, flush=True), archive=archive, fresh=fresh
+            experiment,
+            choose=True,
+            progress=lambda line: print(line, flush=True),
+            archive=archive,
+            fresh=fresh,
+            label_free_score=DEFAULT_SCORE,
+            candidate_runs=args.choice_analysis,
         )
         body = results_section(experiment, runs, time.time() - started, archive)
         write_section(

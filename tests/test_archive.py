@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from latteclip.config import resolve_config
-from latteclip.experiments.archive import RunArchive, same_behaviour
+from latteclip.experiments.archive import ADDED_FIELDS, RunArchive, same_behaviour, upgraded_key
 
 RECIPE = {
     "method": "pretrain",
@@ -144,3 +144,56 @@ def test_runs_bound_to_weight_bytes_before_are_kept_and_named_as_made_from_other
         len(notes) == 1 and notes[0].startswith("1 archived runs") and "bound to those weights files' bytes" in notes[0]
     )
     assert json.loads((folder / "flyp_pl-s0.json").read_text())["results"] == {"top1": 0.4}  # still readable
+
+
+def test_entries_bound_to_these_weights_bytes_are_rebound_and_read_in_todays_terms(tmp_path):
+    """Entries archived before behaviour binding, new run options and full method options: bound to the very bytes of
+    the weights here, they are rewritten bound to what the weights compute, and match only the configuration that
+    computes what they did (the options added since at their earlier behaviour)."""
+    weights = tmp_path / "latte-fmnist-fmnist-abc.safetensors"
+    weights.write_bytes(b"the source weights")
+    record = {
+        "recipe": "abc",
+        "model": "latte-fmnist",
+        "behaviour": behaviour([i % 10 for i in range(100)], [0.5] * 100),
+    }
+    weights.with_suffix(".behaviour.json").write_text(json.dumps(record))
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    def latteclip(**options):
+        values = {
+            "method": "latteclip",
+            "dataset": "fmnist-tint",
+            "root": "bundled",
+            "model": "latte-fmnist",
+            "pretrained": str(weights),
+            "output": str(tmp_path / "runs"),
+            "name": "tint/latteclip-s0",
+            "method_options": {"texts": ["class"], "described_by": "clip-vocab:x", **options},
+        }
+        return resolve_config(values)
+
+    today = RunArchive(tmp_path / "today")
+    today.bind({"source": weights})
+    old_key = {k: v for k, v in today.key(latteclip()).items() if k not in ADDED_FIELDS}
+    old_key |= {
+        "experiment_weights": {"source": digest},
+        "pretrained": f"sha256:{digest}",
+        "method_options": {"texts": ["class"], "describer_model": "clip-vocab:x"},  # as keys were: given options only
+    }
+    folder = tmp_path / "archive"
+    (folder / "tint").mkdir(parents=True)
+    (folder / "tint" / "latteclip-s0.json").write_text(json.dumps({"key": old_key, "results": {"top1": 0.4}}))
+
+    archive = RunArchive(folder)
+    notes = archive.bind({"source": weights})
+    assert notes == [
+        f"1 archived runs in {folder} were bound to the bytes of these weights files; they are now bound to what "
+        "the weights compute (weights/), so that other machines reuse them"
+    ]
+    rewritten = json.loads((folder / "tint" / "latteclip-s0.json").read_text())["key"]
+    assert rewritten["experiment_weights"] == archive.weights and rewritten["pretrained"] == archive.weights["source"]
+    assert archive.weights["source"].startswith("abc-") and (folder / "weights").is_dir()
+    assert archive.get(latteclip(mixer_prototypes="current"))["results"] == {"top1": 0.4}  # what it computed
+    assert archive.get(latteclip()) is None  # today's default, the start-of-epoch snapshot, is another run
+    assert upgraded_key(old_key)["lr_schedule"] == "cosine" and upgraded_key(old_key)["authors_steps_per_epoch"] is None

@@ -137,7 +137,7 @@ def test_choice_is_made_on_held_out_training_images(tmp_path, monkeypatch):
     }
     seen = []
 
-    def fake_run(config, prepare=None, archive=None, fresh=False):
+    def fake_run(config, prepare=None, archive=None, fresh=False, held=None):
         seen.append(config.dataset)
         return FinishedRun({"top1": heldout_top1[(config.lr, config.max_steps)]}, {})
 
@@ -220,15 +220,24 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     assert "| CLIP zero-shot | predictions/top_class_share |" in page
     # a new checkout has no run folders: the archive's entries stand in for them, with nothing trained
     table = page[page.index("### Top-1") : page.index("### Hyper-parameters")]
+    assert "| FLYP + pseudo-labels (label-free choice) |" in table
+    choice_row = next(line for line in page.splitlines() if line.startswith("| tint | FLYP + pseudo-labels | {"))
+    labelled, label_free = (cell.strip(" `") for cell in choice_row.split("|")[4:6])
     entries = [p for p in (tmp_path / "archive").rglob("*.json") if p.parent.name != "weights"]
-    assert len(entries) == 6  # 2 held-out candidates + 2 entries x 2 seeds
+    # 2 held-out candidates (each scored label-free) + 2 entries x 2 seeds, + 2 seeds of another label-free pick
+    assert len(entries) == 6 + (2 if labelled != label_free else 0)
+    held_out = json.loads(next((tmp_path / "archive" / "select").rglob("*.json")).read_text())["results"]
+    assert set(held_out["label_free_scores"]) >= {"prediction_balance", "soft_neighborhood_density", "mixval"}
     assert len(list((tmp_path / "archive" / "weights").glob("*.json"))) == 1  # what the source weights compute
     monkeypatch.setattr(runner, "run_training", lambda config: pytest.fail("an archived run must not train again"))
     shutil.rmtree(tmp_path / "runs")
     assert benchmark.main(argv) == 0
     again = out.read_text()
     assert again[again.index("### Top-1") : again.index("### Hyper-parameters")] == table
-    # --rerun trains an entry anew (after a change to its code)
+    # --rerun trains an entry anew (after a change to its code); its held-out candidates are scored again
+    monkeypatch.setattr(runner, "held_out_scoring", lambda *args: runner.HeldOutScoring("d", lambda: None))
+    scored = {"top1": 0.5, "steps": 2, "timings": {}, "test": {}, "label_free_scores": {"prediction_balance": 0.0}}
+    monkeypatch.setattr(runner, "score_run", lambda run_dir, config, held: scored)
     monkeypatch.setattr(
         runner,
         "run_training",
@@ -240,6 +249,7 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     )
     assert benchmark.main([*argv, "--rerun", "flyp_pl"]) == 0
     assert "| FLYP + pseudo-labels | 50.00 ± 0.00 |" in out.read_text()
+    assert "| FLYP + pseudo-labels (label-free choice) | 50.00 ± 0.00 |" in out.read_text()  # the same pick
 
 
 def test_run_summary_averages_the_last_fifth_of_training_and_measures_the_prediction_spread(tmp_path):

@@ -195,10 +195,18 @@ def held_back(config: RunConfig, lists: ImageLists, zero_shot_dir: Path, describ
     """The held-back images, the zero-shot model's answers on them and, when the images were described, the
     describer's (`describer_answers`)."""
     images = build_dataset(config.dataset, str(lists.held), "train", None, dataset_options(config))
+    digest = hashlib.sha256(lists.held.read_bytes()).hexdigest()[:16]
+    return held_back_of(images, digest, zero_shot_dir, config, described)
+
+
+def held_back_of(
+    images: ImageDataset, digest: str, zero_shot_dir: Path, config: RunConfig, described: bool
+) -> HeldBack:
+    """`images` (their labels unread) with the answers of the zero-shot run in `zero_shot_dir` and, when `described`,
+    of the describer (texts in `config.store`)."""
     zero_shot = load_method(zero_shot_dir, config)
     probs, valid = held_probabilities(zero_shot, images, config)
     answers = torch.where(valid, probs.argmax(dim=-1), -1)
-    digest = hashlib.sha256(lists.held.read_bytes()).hexdigest()[:16]
     return HeldBack(images, digest, answers, describer_answers(zero_shot, images, config) if described else None)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from latteclip.config import NOT_COMPARED, RunConfig, fields_of_kind
 from latteclip.engine.pretraining import recorded_behaviour
+from latteclip.methods import resolved_options
 from latteclip.paths import atomic_write_bytes
 
 WHERE_WRITTEN = fields_of_kind("files")  # the archive is read from other checkouts, whose run folders are elsewhere
@@ -31,6 +32,14 @@ REFERENCES = "weights"  # the archive's folder of records of the pre-trained wei
 # (docs/domain_shift.md: measured between processors, vector widths and thread counts, and against a changed recipe).
 PREDICTIONS_MAY_DIFFER = 0.02
 SCORES_MAY_DIFFER = 0.005
+# Run options added after entries were archived, each with the value that computes what the code computed before the
+# option existed, and method options renamed since: an older entry's key then reads as the configuration that made it.
+ADDED_FIELDS: dict[str, Any] = {"lr_schedule": "cosine", "epoch_length": "authors", "authors_steps_per_epoch": None}
+ADDED_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "latteclip": {"mixer_prototypes": "current"},
+    "reclip": {"vision_loss_over_batch": False, "lp_templates": "run"},
+}
+RENAMED_METHOD_OPTIONS = {"describer_model": "described_by"}
 
 
 def comparable(data: dict[str, Any]) -> dict[str, Any]:
@@ -47,6 +56,15 @@ def same_behaviour(reference: dict[str, Any], other: dict[str, Any]) -> tuple[bo
     scores = sum(abs(a - b) for a, b in zip(reference["scores"], other["scores"])) / count
     distance = f"{100 * differ:.1f}% of {count} probe predictions differ, mean top-score difference {scores:.4f}"
     return differ <= PREDICTIONS_MAY_DIFFER and scores <= SCORES_MAY_DIFFER, distance
+
+
+def upgraded_key(key: dict[str, Any]) -> dict[str, Any]:
+    """An archived key in today's terms: options added since take their earlier behaviour, renamed ones their name,
+    and method options not written (entries from before keys held every method option) their defaults."""
+    given = {RENAMED_METHOD_OPTIONS.get(k, k): v for k, v in (key.get("method_options") or {}).items()}
+    method = key.get("method", "")
+    options = {**resolved_options(method, {}), **ADDED_METHOD_OPTIONS.get(method, {}), **given}
+    return json.loads(json.dumps({**ADDED_FIELDS, **key, "method_options": options}))
 
 
 def file_digest(path: str | Path) -> str:
@@ -82,6 +100,7 @@ class RunArchive:
             identity, note = self._identity(path)
             self._bound[Path(path).resolve()] = self.weights[name] = identity
             notes += [note] if note else []
+        notes += self._rebind_bytes({name: self._digest(path) for name, path in weights.items()})
         others: dict[str, int] = {}
         for path in self._entry_files():
             bound = json.loads(path.read_text()).get("key", {}).get("experiment_weights")
@@ -103,6 +122,36 @@ class RunArchive:
                 f"these are {json.dumps(self.weights, sort_keys=True)}){why}: they are not reused"
             )
         return notes
+
+    def _rebind_bytes(self, digests: dict[str, str]) -> list[str]:
+        """Entries bound to these very weights files' bytes (before the archive compared behaviour) are the same
+        weights for certain: they are rewritten bound to the weights' identities, their keys in today's terms."""
+        rebound = 0
+        for path in self._entry_files():
+            entry = json.loads(path.read_text())
+            if entry.get("key", {}).get("experiment_weights") != digests or digests == self.weights:
+                continue
+            key = {**upgraded_key(entry["key"]), "experiment_weights": self.weights}
+            by_bytes = {f"sha256:{digest}": self.weights[name] for name, digest in digests.items()}
+            key["pretrained"] = by_bytes.get(key.get("pretrained"), key.get("pretrained"))
+            entry["key"] = key
+            atomic_write_bytes(path, (json.dumps(entry, indent=1, sort_keys=True) + "\n").encode())
+            rebound += 1
+        if not rebound:
+            return []
+        self._write_references()
+        return [
+            f"{rebound} archived runs in {self.folder} were bound to the bytes of these weights files; they are "
+            "now bound to what the weights compute (weights/), so that other machines reuse them"
+        ]
+
+    def _write_references(self) -> None:
+        """Record what the bound weights compute, for identities the archive holds no record of yet."""
+        for identity in self.weights.values():
+            if identity in self._new_references:
+                reference = {**self._new_references.pop(identity), "commit": _commit()}
+                reference_path = self.folder / REFERENCES / f"{identity}.json"
+                atomic_write_bytes(reference_path, (json.dumps(reference) + "\n").encode())
 
     def _entry_files(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -141,7 +190,8 @@ class RunArchive:
         if data.get("pretrained") and Path(data["pretrained"]).is_file():
             bound = self._bound.get(Path(data["pretrained"]).resolve())
             data["pretrained"] = bound or "sha256:" + self._digest(data["pretrained"])
-        options = dict(data.get("method_options") or {})
+        # every method option, defaults included: a default that changes changes the key, and its entries are rerun
+        options = resolved_options(config.method, dict(data.get("method_options") or {}))
         if options.get("class_descriptions") and Path(options["class_descriptions"]).is_file():
             options["class_descriptions"] = "sha256:" + self._digest(options["class_descriptions"])
         data["method_options"] = options
@@ -157,17 +207,13 @@ class RunArchive:
         if not path.is_file():
             return None
         entry = json.loads(path.read_text())
-        return entry if entry.get("key") == json.loads(json.dumps(self.key(config))) else None
+        return entry if upgraded_key(entry.get("key", {})) == json.loads(json.dumps(self.key(config))) else None
 
     def put(self, config: RunConfig, results: dict[str, Any], summary: dict[str, Any]) -> None:
         """Record a finished run (replacing the entry of an earlier configuration under the same name)."""
         entry = {"key": self.key(config), "commit": _commit(), "results": results, "summary": summary}
         atomic_write_bytes(self.path(config), (json.dumps(entry, indent=1, sort_keys=True) + "\n").encode())
-        for identity in self.weights.values():
-            if identity in self._new_references:  # the first entry made from these weights records what they compute
-                reference = {**self._new_references.pop(identity), "commit": _commit()}
-                reference_path = self.folder / REFERENCES / f"{identity}.json"
-                atomic_write_bytes(reference_path, (json.dumps(reference) + "\n").encode())
+        self._write_references()  # the first entry made from these weights records what they compute
 
 
 @functools.cache

@@ -9,6 +9,8 @@ numbers. The description stage an entry needs runs as a library call before the 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -19,12 +21,14 @@ from typing import Any
 import yaml
 
 from latteclip.config import RunConfig, resolve_config
+from latteclip.data import ImageDataset, build_dataset
 from latteclip.describe.clip_vocab import describer_model_id, read_vocabulary
 from latteclip.describe.settings import DescribeSettings, resolve_settings
+from latteclip.engine.choice import HeldBack, held_back_of, score_run
 from latteclip.engine.describing import describe_run
 from latteclip.engine.pretraining import PretrainedWeights, pretrained_weights
 from latteclip.engine.results import RunResults, computed_as, has_results, read_results
-from latteclip.engine.session import pick_device, resolve_precision
+from latteclip.engine.session import dataset_options, pick_device, resolve_precision
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive, comparable
@@ -157,17 +161,85 @@ def finished_run(
     prepare: Callable[[RunConfig], None] | None = None,
     archive: RunArchive | None = None,
     fresh: bool = False,
+    held: HeldOutScoring | None = None,
 ) -> FinishedRun:
-    """`run_or_reuse`, preceded by the archive (when its entry has the same configuration) and recorded in it after."""
+    """`run_or_reuse`, preceded by the archive (when its entry has the same configuration) and recorded in it after.
+
+    With `held`, the run is also scored label-free on those images (`engine.choice.score_run`, into its results); an
+    archived entry without those scores is not reused, since scoring needs the model, which only a run folder keeps.
+    """
     if archive is not None and not fresh:
         kept = archive.get(config)
-        if kept is not None and computed_here_alike(kept["results"], config):
+        if kept is not None and computed_here_alike(kept["results"], config) and scored_on(kept["results"], held):
             return FinishedRun(kept["results"], kept["summary"], archived=True)
     results = run_or_reuse(config, prepare, fresh)
+    if not scored_on(results, held):  # a finished run folder keeps its final model: scoring it needs no training
+        results = score_run(config.run_dir, config, held.images())
     summary = run_summary(results, config.run_dir)
     if archive is not None:
         archive.put(config, results, summary)
     return FinishedRun(results, summary)
+
+
+@dataclass(frozen=True)
+class HeldOutScoring:
+    """What candidates are scored on: the held-out images' digest (cheap: recognises scores stored before) and the
+    images with the answers they are compared with (`held_out_images`), built the first time a candidate needs it."""
+
+    digest: str
+    images: Callable[[], HeldBack]
+
+
+def scored_on(results: dict[str, Any], held: HeldOutScoring | None) -> bool:
+    """Whether `results` hold label-free scores on the images of `held` (nothing to hold when `held` is None)."""
+    if held is None:
+        return True
+    return "label_free_scores" in results and results.get("holdout", {}).get("digest") == held.digest
+
+
+def held_out_scoring(experiment: Experiment, shift: str, progress: Progress) -> HeldOutScoring:
+    """The held-out images of `shift` by digest, their answers built once when a candidate is scored."""
+    config = held_out_zero_shot(experiment, shift)
+    images = build_dataset(config.dataset, config.root, "test", config.limit, dataset_options(config))
+    digest = hashlib.sha256("\n".join(sample.path for sample in images.samples).encode()).hexdigest()[:16]
+    return HeldOutScoring(digest, functools.cache(lambda: held_out_images(experiment, shift, images, digest, progress)))
+
+
+def held_out_zero_shot(experiment: Experiment, shift: str) -> RunConfig:
+    """The zero-shot run on the held-out view of `shift`, whose model answers on the held-out images."""
+    zero_shot = MethodEntry("zeroshot", "zeroshot", "CLIP zero-shot")
+    return run_config(experiment, zero_shot, experiment.heldout(shift), experiment.seeds[0], f"select/{shift}/zeroshot")
+
+
+def held_out_images(
+    experiment: Experiment, shift: str, images: ImageDataset, digest: str, progress: Progress
+) -> HeldBack:
+    """The images each entry's options are chosen on for `shift` (the held-out view's test split: target training
+    images no candidate trained on), read WITHOUT their labels, with the zero-shot model's answers and, where the
+    experiment describes images, the describer's: what each candidate's label-free scores are computed on.
+
+    The labelled choice reads these images' labels (their top-1); the scores never do, so the two can be compared.
+    """
+    seed = experiment.seeds[0]
+    config = held_out_zero_shot(experiment, shift)
+    run_or_reuse(config)  # its model gives the zero-shot answers (its run folder, never the archive: no model there)
+    described = next((e for e in experiment.methods if "descriptions" in e.needs), None)
+    if described is not None:  # the held-out images are training images of the target: its stage describes them
+        target = run_config(experiment, described, experiment.target(shift), seed, f"{shift}/{described.name}-s{seed}")
+        prepare_stages(experiment, described, target, progress)
+        config = dataclasses.replace(config, store=target.store)
+    progress(f"      label-free scores on the {len(images)} held-out images of {shift} (their labels unread)")
+    return held_back_of(images, digest, config.run_dir, config, described is not None)
+
+
+def choice_tag(choice: dict[str, Any]) -> str:
+    return "-".join(f"{k}{v}" for k, v in choice.items())
+
+
+def label_free_pick(scores: list[dict[str, Any]], score: str) -> dict[str, Any]:
+    """The candidate with the best label-free `score` on the held-out images; ties go to the earlier candidate."""
+    best = max(range(len(scores)), key=lambda i: (scores[i]["label_free"][score], -i))
+    return scores[best]["choice"]
 
 
 def run_summary(results: RunResults, run_dir: Path) -> dict[str, Any]:
@@ -207,22 +279,25 @@ def select(
     prepare: Callable[[RunConfig], None] | None = None,
     archive: RunArchive | None = None,
     fresh: bool = False,
+    held: Callable[[], HeldOutScoring] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The grid point with the best held-out top-1 (first seed); ties go to the earlier candidate.
 
-    `prepare` runs before each candidate's run that trains (e.g. the description stage for its training images).
+    `prepare` runs before each candidate's run that trains (e.g. the description stage for its training images);
+    `held` gives the held-out images each candidate is also scored on label-free (`held_out_scoring`).
     """
     candidates = entry.candidates()
     if len(candidates) == 1:
         return candidates[0], []
     scores = []
     for choice in candidates:
-        tag = "-".join(f"{k}{v}" for k, v in choice.items())
-        name = f"select/{shift}/{entry.name}/{tag}"
+        name = f"select/{shift}/{entry.name}/{choice_tag(choice)}"
         progress(f"choose {entry.label} on held-out {shift} images: {choice}")
         config = run_config(experiment, entry, experiment.heldout(shift), experiment.seeds[0], name, choice)
-        run = finished_run(config, prepare, archive, fresh)
+        run = finished_run(config, prepare, archive, fresh, held() if held else None)
         scores.append({"choice": choice, "heldout_top1": run.results["top1"]})
+        if held is not None:
+            scores[-1]["label_free"] = run.results["label_free_scores"]
     best = max(range(len(scores)), key=lambda i: (scores[i]["heldout_top1"], -i))
     return scores[best]["choice"], scores
 
@@ -310,6 +385,8 @@ class ExperimentRuns:
         default_factory=list
     )  # per shift and searched entry: the scores and the choice
     run_dirs: dict[tuple[str, str], Path] = field(default_factory=dict)  # (entry, shift) -> the first seed's run folder
+    label_free_score: str | None = None  # the score of the "(label-free choice)" rows
+    label_free: Cells = field(default_factory=dict)  # (entry, shift) -> the runs of the label-free score's pick
 
 
 def pretrain_stages(
@@ -347,11 +424,16 @@ def run_experiment(
     progress: Progress = print,
     archive: RunArchive | None = None,
     fresh: frozenset[str] = frozenset(),
+    label_free_score: str | None = None,
+    candidate_runs: bool = False,
 ) -> ExperimentRuns:
     """Pre-train (cached), then every entry on every shift and seed: the one loop of the demo and the benchmark.
 
     `choose`: pick each entry's `search` options on held-out training images first (the benchmark), else
     run the configured options (the demo). Entries named in `fresh` train anew instead of being reused.
+    With `label_free_score`, each candidate is also scored without labels on the held-out images, and the candidate
+    that score picks runs every seed as the entry's "(label-free choice)" row; `candidate_runs` (analysis) runs every
+    candidate on the target at the first seed, for the test top-1 of every possible pick.
     """
     check_stages(experiment)
     started = time.time()
@@ -361,25 +443,84 @@ def run_experiment(
     if archive is not None:
         for warning in archive.bind(experiment.weights):
             progress(f"warning: {warning}")
-    runs = ExperimentRuns({"source": source, "describer": describer})
+    runs = ExperimentRuns({"source": source, "describer": describer}, label_free_score=label_free_score)
     for shift in experiment.shifts:
+        held = functools.cache(lambda shift=shift: held_out_scoring(experiment, shift, progress))
         for entry in experiment.methods:
             prepare = lambda config, entry=entry: prepare_stages(experiment, entry, config, progress)  # noqa: E731
+            fresh_entry = entry.name in fresh
             choice: dict[str, Any] = {}
+            scores: list[dict[str, Any]] = []
             if choose:
-                choice, scores = select(experiment, entry, shift, progress, prepare, archive, entry.name in fresh)
-                if scores:
-                    runs.choices.append(
-                        {"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores}
-                    )
+                scoring = held if label_free_score else None
+                choice, scores = select(experiment, entry, shift, progress, prepare, archive, fresh_entry, scoring)
             for seed in experiment.seeds:
                 stage += 1
-                dataset = experiment.target(shift)
-                progress(f"[{stage}/{stages}] {entry.label} on {dataset} (seed {seed})")
-                config = run_config(experiment, entry, dataset, seed, f"{shift}/{entry.name}-s{seed}", choice)
-                run = finished_run(config, prepare, archive, entry.name in fresh)
+                progress(f"[{stage}/{stages}] {entry.label} on {experiment.target(shift)} (seed {seed})")
+                run = target_run(experiment, entry, shift, seed, choice, prepare, archive, fresh_entry, tagged=False)
                 runs.cells.setdefault((entry.name, shift), []).append({**run.summary, "seed": seed})
-                runs.run_dirs.setdefault((entry.name, shift), config.run_dir)
+                runs.run_dirs.setdefault((entry.name, shift), experiment.output / shift / f"{entry.name}-s{seed}")
                 kept = ", from the archive" if run.archived else ""
                 progress(f"      top-1 {100 * run.results['top1']:.2f}% ({elapsed(started)}{kept})")
+            if scores:
+                runs.choices.append(
+                    {"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores}
+                )
+                other_picks(experiment, entry, shift, runs, (prepare, archive, fresh_entry), candidate_runs, progress)
     return runs
+
+
+def target_run(
+    experiment: Experiment,
+    entry: MethodEntry,
+    shift: str,
+    seed: int,
+    choice: dict[str, Any],
+    prepare: Callable[[RunConfig], None],
+    archive: RunArchive | None,
+    fresh: bool,
+    tagged: bool,
+) -> FinishedRun:
+    """One run of `entry` on the target of `shift`; `tagged` runs (candidates other than the chosen one) are named by
+    their options."""
+    name = f"{shift}/{entry.name}-{choice_tag(choice)}-s{seed}" if tagged else f"{shift}/{entry.name}-s{seed}"
+    config = run_config(experiment, entry, experiment.target(shift), seed, name, choice)
+    return finished_run(config, prepare, archive, fresh)
+
+
+def other_picks(
+    experiment: Experiment,
+    entry: MethodEntry,
+    shift: str,
+    runs: ExperimentRuns,
+    how: tuple[Callable[[RunConfig], None], RunArchive | None, bool],
+    candidate_runs: bool,
+    progress: Progress,
+) -> None:
+    """The label-free pick's runs on every seed (the chosen candidate's are the entry's own), and with
+    `candidate_runs` every candidate's first-seed test top-1 (`test_top1` of its record in the choice)."""
+    record = runs.choices[-1]
+    chosen, own = record["chosen"], runs.cells[(entry.name, shift)]
+    if runs.label_free_score:
+        pick = label_free_pick(record["scores"], runs.label_free_score)
+        record["label_free_pick"] = pick
+        progress(f"      {entry.label}, label-free choice by {runs.label_free_score}: {pick}")
+        runs.label_free[(entry.name, shift)] = (
+            own
+            if pick == chosen
+            else [
+                {**target_run(experiment, entry, shift, seed, pick, *how, tagged=True).summary, "seed": seed}
+                for seed in experiment.seeds
+            ]
+        )
+    if candidate_runs:
+        seed = experiment.seeds[0]
+        for candidate in record["scores"]:
+            if candidate["choice"] == chosen:
+                candidate["test_top1"] = own[0]["top1"]
+                continue
+            progress(
+                f"      ANALYSIS: {entry.label} with {candidate['choice']} on {experiment.target(shift)} (seed {seed})"
+            )
+            run = target_run(experiment, entry, shift, seed, candidate["choice"], *how, tagged=True)
+            candidate["test_top1"] = run.results["top1"]

@@ -37,8 +37,11 @@ def shifted_mean(cells: Cells, entry: str, shifted: list[str], key: str = "top1"
     return sum(means) / len(means) if means else None
 
 
-def results_table(experiment: Experiment, cells: Cells, key: str = "top1") -> str:
-    """Markdown table: one row per method entry, one column per shift, `key` of each run averaged over seeds.
+def results_table(
+    experiment: Experiment, cells: Cells, key: str = "top1", rows: list[tuple[str, str]] | None = None
+) -> str:
+    """Markdown table: one row per method entry (or per (cells name, label) of `rows`), one column per shift, `key`
+    of each run averaged over seeds.
 
     With two shifted domains or more, a last column gives the mean over them (the clean reference left out).
     """
@@ -46,13 +49,12 @@ def results_table(experiment: Experiment, cells: Cells, key: str = "top1") -> st
     with_mean = len(shifted) > 1
     head = experiment.shifts + (["mean of the shifted domains"] if with_mean else [])
     lines = ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-    for entry in experiment.methods:
+    for name, label in rows or [(entry.name, entry.label) for entry in experiment.methods]:
         row = [
-            format_cell([run[key] for run in cells.get((entry.name, shift), []) if key in run])
-            for shift in experiment.shifts
+            format_cell([run[key] for run in cells.get((name, shift), []) if key in run]) for shift in experiment.shifts
         ]
         if with_mean:
-            mean = shifted_mean(cells, entry.name, shifted, key)
+            mean = shifted_mean(cells, name, shifted, key)
             row.append(f"{100 * mean:.2f}" if mean is not None else "–")
-        lines.append(f"| {entry.label} | " + " | ".join(row) + " |")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
     return "\n".join(lines)

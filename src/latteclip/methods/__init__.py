@@ -38,6 +38,14 @@ def get_method(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
+def resolved_options(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Every option of method `name`: the given values over the defaults (what a run of it computes with)."""
+    options_cls = options_of(name)
+    kinds = typing.get_type_hints(options_cls)
+    given = {k: coerce(kinds[k], v, f"method option {k}") for k, v in values.items() if k in kinds}
+    return dataclasses.asdict(options_cls(**given))
+
+
 def build_options(method_cls: type, values: dict[str, Any]) -> Any:
     """The method's options dataclass from config values, rejecting options it does not have."""
     known = {f.name: f for f in dataclasses.fields(method_cls.Options)}
