@@ -15,7 +15,7 @@ import pytest
 from latteclip.cli import main
 from latteclip.experiments.paper_tables import comparison_tables
 from latteclip.experiments.plan import load_plan
-from latteclip.experiments.published import published_tables
+from latteclip.experiments.published import published_figure_6, published_tables
 from tests.conftest import REPO, copy_scenes
 from tests.test_launch import local_slurm  # noqa: F401  (the fixture that starts the local Slurm)
 
@@ -28,7 +28,11 @@ def test_paper_file_lists_the_papers_rows_and_tables():
     published = published_tables()
     for entry in plan.entries:  # every published row an entry names exists in the transcription
         for number, key in entry.tables.items():
-            assert key is None or published[number].row(*key)
+            assert key is None or number == "fig6" or published[number].row(*key)
+    figure_6 = load_plan("paper", tables=["fig6"], datasets=["eurosat"])
+    shares = {(e.tables["fig6"][0], r.config.train_fraction) for e, r in zip(figure_6.entries, figure_6.runs())}
+    assert {method for method, _ in shares} == set(published_figure_6())  # the methods the paper's text names
+    assert {share for _, share in shares} == {0.01, 0.05, 0.1, 0.2, 0.5, 1.0}
     table_5 = load_plan("paper", tables=["5"])
     assert [e.name for e in table_5.entries] == ["latteclip", "group_2", "group_8", "group_16"]
     assert len(table_5.runs()) == 40  # ten datasets, four entries, one seed

@@ -1,8 +1,9 @@
 """An experiment over datasets, end to end: checks before any work, the description stages, the runs as jobs.
 
-The description stages run here, one per (dataset, group size, seed), before the jobs that read them, so that
-concurrent jobs never write one store. The runs then go to `launch.py` (submitit: local devices or a Slurm array);
-runs already done are not submitted again, and a failed one is submitted again by the next `run`.
+The description stages run here, one per (dataset, group size, share of the training images, seed), before the
+jobs that read them, so that concurrent jobs never write one store. The runs then go to `launch.py` (submitit:
+local devices or a Slurm array); runs already done are not submitted again, and a failed one is submitted again by
+the next `run`.
 """
 
 from __future__ import annotations
@@ -85,40 +86,39 @@ def _reads_lmm(entry) -> bool:
     return "descriptions" in entry.needs or entry.kind == "lmm_zeroshot"
 
 
-def description_stages(plan: Plan) -> dict[tuple[str, int, int], PlannedRun]:
-    """(dataset, group size, seed) -> the first run that reads that stage's descriptions."""
-    stages: dict[tuple[str, int, int], PlannedRun] = {}
+StageKey = tuple[str, int, float, int]  # (dataset, group size, share of the training images, seed)
+
+
+def description_stages(plan: Plan) -> dict[StageKey, PlannedRun]:
+    """Each description stage -> the first run that reads its descriptions."""
+    stages: dict[StageKey, PlannedRun] = {}
     for run in plan.runs():
         if "descriptions" in run.entry.needs:
-            size = _group_size(plan, run)
-            stages.setdefault((run.dataset, size, run.seed), run)
+            stages.setdefault(_stage_key(plan, run), run)
     return stages
 
 
 def describe_all(plan: Plan, progress: Progress) -> None:
     """Each description stage once (the store skips what it holds), before the runs that need it."""
     stages = description_stages(plan)
-    for index, ((dataset, size, seed), run) in enumerate(stages.items(), 1):
-        if all(other.state == "done" for other in _states_reading(plan, dataset, size, seed)):
+    for index, (key, run) in enumerate(stages.items(), 1):
+        if all(run_state(other.config).state == "done" for other in plan.runs() if _reads_stage(plan, other, key)):
             continue
-        progress(f"[descriptions {index}/{len(stages)}] {dataset}, groups of {size}, seed {seed}")
+        dataset, size, fraction, seed = key
+        share = f", {100 * fraction:g}% of the training images" if fraction != 1.0 else ""
+        progress(f"[descriptions {index}/{len(stages)}] {dataset}, groups of {size}{share}, seed {seed}")
         settings = resolve_settings(plan.describe_options(run.entry), {})
-        describe_stage(run.config, settings, plan.output / "describe" / f"g{size}", progress)
+        folder = plan.output / "describe" / (f"g{size}" + (f"-f{fraction:g}" if fraction != 1.0 else ""))
+        describe_stage(run.config, settings, folder, progress)
 
 
-def _states_reading(plan: Plan, dataset: str, size: int, seed: int) -> list[RunState]:
-    return [
-        run_state(run.config)
-        for run in plan.runs()
-        if run.dataset == dataset
-        and run.seed == seed
-        and "descriptions" in run.entry.needs
-        and _group_size(plan, run) == size
-    ]
+def _reads_stage(plan: Plan, run: PlannedRun, key: StageKey) -> bool:
+    return "descriptions" in run.entry.needs and _stage_key(plan, run) == key
 
 
-def _group_size(plan: Plan, run: PlannedRun) -> int:
-    return int(plan.describe_options(run.entry).get("group_size", 4))
+def _stage_key(plan: Plan, run: PlannedRun) -> StageKey:
+    size = int(plan.describe_options(run.entry).get("group_size", 4))
+    return run.dataset, size, run.config.train_fraction, run.seed
 
 
 def job_of(plan: Plan, run: PlannedRun) -> Job:
@@ -154,20 +154,24 @@ def plan_size(plan: Plan) -> PlanSize:
     stages = description_stages(plan)
     kinds = resolve_settings(plan.describe, {}).kinds
     count, unknown, stores = 0, [], set()
-    for dataset, size, _ in stages:
+    for dataset, size, fraction, _ in stages:
         images = _train_images(plan, dataset)
         if images is None:
             unknown += [dataset] if dataset not in unknown else []
             continue
-        # a store (one per dataset and group size) describes each image once, whatever the seed; groups are per seed
-        count += images * ("image" in kinds and (dataset, size) not in stores) + -(-images // size) * ("group" in kinds)
-        stores.add((dataset, size))
+        images = max(1, round(fraction * images)) if fraction != 1.0 else images  # as subsets.training_share keeps
+        # a store (one per dataset, group size and share) describes each image once, whatever the seed; groups are
+        # per seed
+        store = (dataset, size, fraction)
+        count += images * ("image" in kinds and store not in stores) + -(-images // size) * ("group" in kinds)
+        stores.add(store)
     return PlanSize(len(plan.runs()), len(stages), count, unknown)
 
 
 def _train_images(plan: Plan, dataset: str) -> int | None:
     """Training images of `dataset`: from its data when present, else from the CoOp split file the package holds."""
-    config = plan.run_config(dataset, plan.entries[0], plan.seeds[0])
+    # the whole training split, whatever share the first entry trains on (plan_size takes the shares)
+    config = dataclasses.replace(plan.run_config(dataset, plan.entries[0], plan.seeds[0]), train_fraction=1.0)
     if config.root:
         try:
             return len(build_dataset(config.dataset, config.root, "train", None, dataset_options(config)).samples)
