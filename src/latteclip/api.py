@@ -358,8 +358,11 @@ def adapt_config(root: str, classnames: str, config_file: str | None = None, **o
 
 
 def described_kinds(config: RunConfig) -> list[str]:
-    """What the run's method reads from the description store (LatteCLIP: its image and group texts)."""
+    """What the run's method reads from the description store (LatteCLIP: its image and group texts; CoFT+: an LLM's
+    descriptions of each class name, unless a --class-descriptions file gives them)."""
     options = build_options(get_method(config.method), dict(config.method_options))
+    if getattr(options, "llm_descriptions", False) and not options.class_descriptions:
+        return ["classes"]
     return [kind for kind in getattr(options, "texts", []) if kind != "class"]
 
 
@@ -398,7 +401,7 @@ def adapt(
     kinds = described_kinds(config)
     if kinds and (settings is None or not settings.lmm):
         raise LatteclipError(
-            f"--method {config.method} reads image descriptions: choose a describer with --lmm "
+            f"--method {config.method} reads descriptions ({', '.join(kinds)}): choose a describer with --lmm "
             "openai --lmm-url URL (a multimodal model behind an OpenAI-compatible server), --lmm "
             "transformers or --lmm offline"
         )

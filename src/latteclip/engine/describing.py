@@ -17,7 +17,7 @@ from latteclip.data import DatasetInfo, ImageDataset, build_dataset
 from latteclip.describe.batch import read_results, write_requests
 from latteclip.describe.clip_vocab import compose_at_random, read_vocabulary
 from latteclip.describe.groups import draw_pseudo_label_groups, draw_true_class_groups
-from latteclip.describe.jobs import Job, group_jobs, image_hashes, image_jobs
+from latteclip.describe.jobs import Job, class_jobs, group_jobs, image_hashes, image_jobs
 from latteclip.describe.prompts import Prompts, load_prompts
 from latteclip.describe.runner import Runner, Summary
 from latteclip.describe.settings import DescribeSettings, build_describer
@@ -108,7 +108,8 @@ def describe_training_images(
     info = train.info
     wants_groups = "group" in settings.kinds
     analysis = check_analysis(settings, train)
-    names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in settings.kinds}
+    pictured = [kind for kind in settings.kinds if kind != "classes"]  # classes: text-only questions, no picture
+    names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in pictured}
     needs_labels = any(names_label.values()) or (wants_groups and not analysis)
     own_clip = (
         settings.lmm == "offline" and not settings.describer_model
@@ -133,6 +134,8 @@ def describe_training_images(
     if wants_groups:
         groups, draw = draw_groups(config, settings, train, hashes, labels, model, analysis)
         jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
+    if "classes" in settings.kinds:
+        jobs += class_jobs(info.classnames, lambda name: prompts.class_questions(name, info.domain))
     backend = describer.backend if describer else "batch"
     store.record_set(
         info.name,
@@ -175,8 +178,9 @@ def describe_run(config: RunConfig, settings: DescribeSettings, prompts_file: st
     """
     train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
     prompts = load_prompts(train.info.prompts, settings.prompts, prompts_file)
+    hashes = image_hashes(train) if set(settings.kinds) - {"classes"} else []  # class texts ask about no image
     with DescriptionStore(config.store) as store:
-        return describe_training_images(config, settings, prompts, train, image_hashes(train), store)
+        return describe_training_images(config, settings, prompts, train, hashes, store)
 
 
 def image_hasher(dataset: ImageDataset, hashes: list[str | None]) -> Callable[[str], str | None]:

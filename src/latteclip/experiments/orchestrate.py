@@ -83,7 +83,7 @@ def _check_server(url: str) -> None:
 
 
 def _reads_lmm(entry) -> bool:
-    return "descriptions" in entry.needs or entry.kind == "lmm_zeroshot"
+    return "descriptions" in entry.needs or "class_texts" in entry.needs or entry.kind == "lmm_zeroshot"
 
 
 StageKey = tuple[str, int, float, int]  # (dataset, group size, share of the training images, seed)
@@ -110,6 +110,22 @@ def describe_all(plan: Plan, progress: Progress) -> None:
         settings = resolve_settings(plan.describe_options(run.entry), {})
         folder = plan.output / "describe" / (f"g{size}" + (f"-f{fraction:g}" if fraction != 1.0 else ""))
         describe_stage(run.config, settings, folder, progress)
+    for dataset, run in class_text_stages(plan).items():
+        readers = [other for other in plan.runs() if other.dataset == dataset and "class_texts" in other.entry.needs]
+        if all(run_state(other.config).state == "done" for other in readers):
+            continue
+        progress(f"[class descriptions] {dataset}: the LLM describes each class name")
+        settings = resolve_settings({**plan.describe_options(run.entry), "kinds": ["classes"]}, {})
+        describe_stage(run.config, settings, plan.output / "describe" / "classes", progress)
+
+
+def class_text_stages(plan: Plan) -> dict[str, PlannedRun]:
+    """Dataset -> the first run that reads the LLM's class descriptions (`needs: [class_texts]`): one stage each."""
+    stages: dict[str, PlannedRun] = {}
+    for run in plan.runs():
+        if "class_texts" in run.entry.needs:
+            stages.setdefault(run.dataset, run)
+    return stages
 
 
 def _reads_stage(plan: Plan, run: PlannedRun, key: StageKey) -> bool:

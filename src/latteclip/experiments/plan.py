@@ -5,6 +5,8 @@ under the one `--data-root`, so runs can go
 to any launcher and a stopped experiment resumes run by run. Entries that read descriptions share one description
 stage per dataset, group size, share of the training images and seed (their store
 `OUTPUT/descriptions/DATASET-gSIZE.sqlite`, `-fSHARE` added for a `train_fraction` below 1), run before them.
+Entries with `needs: [class_texts]` (CoFT+) read an LLM's descriptions of each class name, asked once per dataset
+(describe kind `classes`, store `OUTPUT/descriptions/DATASET-classes.sqlite`).
 An entry names the published rows it reproduces (`tables: {"1": [LATTECLIP]}`), which the side-by-side page reads.
 """
 
@@ -101,6 +103,8 @@ class Plan:
         )
         values = deep_merge(values, {"root": self.dataset_root(dataset), **entry.overrides})
         values = deep_merge(values, self.run)  # the experiment's overrides apply to every run
+        if "class_texts" in entry.needs:  # an LLM's descriptions of the class names (CoFT+), one store per dataset
+            values["store"] = str(self.output / "descriptions" / f"{dataset}-classes.sqlite")
         if "descriptions" in entry.needs or entry.kind == "lmm_zeroshot":
             group_size = self.describe_options(entry).get("group_size", 4)
             values["store"] = str(self.output / "descriptions" / f"{stage_name(dataset, group_size, values)}.sqlite")
