@@ -6,6 +6,7 @@ test_transformers_serve.py.)"""
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -95,8 +96,10 @@ def test_adapt_coft_plus_needs_no_class_descriptions_file(flat, names, tmp_path,
     assert "descriptions (classes)" in printed and "classes: 50 questions, 50 described now" in printed
     folder = out / "adapt-tiles"
     assert json.loads((folder / "coft_plus" / "results.json").read_text())["method"] == "coft_plus"
+    with sqlite3.connect(folder / "descriptions.sqlite") as db:  # the images' dataset is named by their list file
+        (dataset,) = db.execute("SELECT DISTINCT dataset FROM description_sets").fetchone()
     with DescriptionStore(folder / "descriptions.sqlite") as store:
-        assert len(store.class_texts("images")) == 10
+        assert sorted(store.class_texts(dataset)) == sorted(names.read_text().split())
     assert main(adapt) == 0  # a rerun asks the describer nothing again
     assert "classes: 50 questions, 0 described now, 50 already stored" in capsys.readouterr().out
 

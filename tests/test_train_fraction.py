@@ -137,11 +137,25 @@ def test_paper_figure_6_on_eurosat_describes_the_kept_images_only_and_writes_the
         timeout=900,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "groups of 4, 20% of the training images, seed 0" in done.stdout
+    # the share's stage asks about its 24 images only (20% of 120): their image texts are the whole split's, stored
+    # already; its groups are drawn among them
+    share_stage = done.stdout.split("groups of 4, 20% of the training images, seed 0")[1]
+    assert "image: 24 images, 0 described now, 24 already stored" in share_stage
+    assert "group: 24 images, 24 described now" in share_stage
     kept = build_dataset("eurosat", eurosat_folder, "train", None, DatasetOptions(train_fraction=0.2))
-    with sqlite3.connect(tmp_path / "runs" / "descriptions" / "eurosat-g4-f0.2.sqlite") as db:
-        described = {row[0] for row in db.execute("SELECT image FROM descriptions WHERE kind='image'")}
-    assert described == set(_paths(kept)) and len(described) == 24  # 20% of the 120 training images
+    read = json.loads((tmp_path / "runs" / "eurosat" / "latteclip_f20-s0" / "descriptions.json").read_text())
+    assert (
+        read["group"]["train_fraction"] == 0.2
+        and "train_fraction"
+        not in json.loads((tmp_path / "runs" / "eurosat" / "latteclip-s0" / "descriptions.json").read_text())["group"]
+    )  # each run reads the groups drawn over its own images
+    with sqlite3.connect(tmp_path / "runs" / "descriptions" / "eurosat-g4.sqlite") as db:
+        members = db.execute(
+            "SELECT d.image FROM set_members m JOIN descriptions d ON d.image_hash = m.image_hash AND d.kind = m.kind "
+            "AND d.variant = m.variant WHERE m.set_name = ? AND m.kind = 'group'",
+            (read["group"]["set"],),
+        ).fetchall()
+    assert sorted(row[0] for row in members) == sorted(_paths(kept))
     for entry in ("latteclip_f20", "oracle_f20"):
         saved = yaml.safe_load((tmp_path / "runs" / "eurosat" / f"{entry}-s0" / "config.yaml").read_text())
         assert saved["train_fraction"] == 0.2

@@ -53,8 +53,12 @@ def training_share(samples: list[Sample], fraction: float, seed: int) -> list[Sa
         return list(samples)
     order = list(range(len(samples)))
     random.Random(f"train-fraction-{seed}").shuffle(order)
-    kept = sorted(order[: max(1, round(fraction * len(samples)))])
-    return [samples[i] for i in kept]
+    return [samples[i] for i in sorted(order[: share_count(len(samples), fraction)])]
+
+
+def share_count(count: int, fraction: float) -> int:
+    """How many of `count` training images a share keeps: the nearest whole number, at least one."""
+    return count if fraction >= 1.0 else max(1, round(fraction * count))
 
 
 def held_back_positions(count: int, share: float, seed: int) -> list[int]:

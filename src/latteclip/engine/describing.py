@@ -156,8 +156,12 @@ def description_contract(
     config: RunConfig, settings: DescribeSettings, backend: str, model: str, jobs: list[Job], analysis: bool
 ) -> dict:
     """What identifies how a stage's texts were made, stored with them (DescriptionStore.record_set) and read back
-    by the method that uses them: describer, prompts, group size and draw, the seed and zero-shot model of the draw."""
+    by the method that uses them: describer, prompts, group size and draw, the seed and zero-shot model of the draw,
+    and the share of the training images (only below 1, so that stages recorded before shares existed keep their
+    names): a share draws its groups among its own images."""
+    share = {"train_fraction": config.train_fraction} if config.train_fraction != 1.0 else {}
     return {
+        **share,
         "describer": f"{backend} {model}",
         "kinds": list(settings.kinds),
         "prompts": {kind: sorted({job.prompt for job in jobs if job.kind == kind}) for kind in settings.kinds},

@@ -19,6 +19,8 @@ import open_clip
 
 from latteclip.data import build_dataset
 from latteclip.data.coop import load_spec, read_split_file, spec_names
+from latteclip.data.subsets import share_count
+from latteclip.describe.prompts import load_prompts
 from latteclip.describe.settings import resolve_settings
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
@@ -166,37 +168,47 @@ class PlanSize:
 
 
 def plan_size(plan: Plan) -> PlanSize:
-    """Runs, description stages and LMM descriptions (one per image and store, one per group) at 1.2 s each."""
+    """Runs, description stages and LMM descriptions (one per image and store, one per group, one per class name and
+    question of CoFT+'s class descriptions) at 1.2 s each."""
     stages = description_stages(plan)
-    kinds = resolve_settings(plan.describe, {}).kinds
-    count, unknown, stores = 0, [], set()
+    settings = resolve_settings(plan.describe, {})
+    count, unknown, stores = 0, [], {}
     for dataset, size, fraction, _ in stages:
-        images = _train_images(plan, dataset)
-        if images is None:
+        split = _train_split(plan, dataset)
+        if split is None:
             unknown += [dataset] if dataset not in unknown else []
             continue
-        images = max(1, round(fraction * images)) if fraction != 1.0 else images  # as subsets.training_share keeps
-        # a store (one per dataset, group size and share) describes each image once, whatever the seed; groups are
-        # per seed
-        store = (dataset, size, fraction)
-        count += images * ("image" in kinds and store not in stores) + -(-images // size) * ("group" in kinds)
-        stores.add(store)
-    return PlanSize(len(plan.runs()), len(stages), count, unknown)
+        count += -(-share_count(split[0], fraction) // size) * ("group" in settings.kinds)  # groups: per stage
+        # a store (one per dataset and group size) describes each image once, whatever the seed and share: the
+        # shares are nested, so its largest share's images
+        stores[(dataset, size)] = max(stores.get((dataset, size), (0.0, 0)), (fraction, split[0]))
+    count += sum(share_count(images, share) for share, images in stores.values()) * ("image" in settings.kinds)
+    questions = len(load_prompts(settings.prompts).classes)
+    for dataset in class_text_stages(plan):
+        split = _train_split(plan, dataset)
+        count += split[1] * questions if split else 0
+        unknown += [dataset] if split is None and dataset not in unknown else []
+    return PlanSize(len(plan.runs()), len(stages) + len(class_text_stages(plan)), count, unknown)
 
 
-def _train_images(plan: Plan, dataset: str) -> int | None:
-    """Training images of `dataset`: from its data when present, else from the CoOp split file the package holds."""
+def _train_split(plan: Plan, dataset: str) -> tuple[int, int] | None:
+    """(training images, classes) of `dataset`: from its data when present, else from the CoOp split file the package
+    holds."""
     # the whole training split, whatever share the first entry trains on (plan_size takes the shares)
     config = dataclasses.replace(plan.run_config(dataset, plan.entries[0], plan.seeds[0]), train_fraction=1.0)
     if config.root:
         try:
-            return len(build_dataset(config.dataset, config.root, "train", None, dataset_options(config)).samples)
+            train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
+            return len(train.samples), train.info.num_classes
         except LatteclipError:
             pass
     if config.dataset not in spec_names():
         return None
     bundled = resources.files("latteclip.data").joinpath("splits", f"{load_spec(config.dataset).get('split_file')}.gz")
-    return len(read_split_file(Path(str(bundled)))["train"]) if bundled.is_file() else None
+    if not bundled.is_file():
+        return None
+    train = read_split_file(Path(str(bundled)))["train"]
+    return len(train), len({entry[1] for entry in train})
 
 
 def plan_states(plan: Plan) -> list[tuple[PlannedRun, RunState]]:

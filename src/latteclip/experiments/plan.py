@@ -3,8 +3,8 @@
 Each (dataset, entry, seed) is one independent run with its own folder `OUTPUT/DATASET/ENTRY-sSEED`, its data
 under the one `--data-root`, so runs can go
 to any launcher and a stopped experiment resumes run by run. Entries that read descriptions share one description
-stage per dataset, group size, share of the training images and seed (their store
-`OUTPUT/descriptions/DATASET-gSIZE.sqlite`, `-fSHARE` added for a `train_fraction` below 1), run before them.
+stage per dataset, group size, share of the training images (`train_fraction`) and seed, run before them; their
+store is `OUTPUT/descriptions/DATASET-gSIZE.sqlite` (a share's images are described once, its groups are its own).
 Entries with `needs: [class_texts]` (CoFT+) read an LLM's descriptions of each class name, asked once per dataset
 (describe kind `classes`, store `OUTPUT/descriptions/DATASET-classes.sqlite`).
 An entry names the published rows it reproduces (`tables: {"1": [LATTECLIP]}`), which the side-by-side page reads.
@@ -107,7 +107,7 @@ class Plan:
             values["store"] = str(self.output / "descriptions" / f"{dataset}-classes.sqlite")
         if "descriptions" in entry.needs or entry.kind == "lmm_zeroshot":
             group_size = self.describe_options(entry).get("group_size", 4)
-            values["store"] = str(self.output / "descriptions" / f"{stage_name(dataset, group_size, values)}.sqlite")
+            values["store"] = str(self.output / "descriptions" / f"{dataset}-g{group_size}.sqlite")
         config = resolve_config(values)
         if "descriptions" in entry.needs and "described_by" not in config.method_options:
             # the offline describer stores its texts under a name of its own: the run reads that set
@@ -116,13 +116,6 @@ class Plan:
             if described_by:
                 config = resolve_config(deep_merge(values, {"method_options": {"described_by": described_by}}))
         return config
-
-
-def stage_name(dataset: str, group_size: int, values: dict[str, Any]) -> str:
-    """DATASET-gSIZE, plus -fSHARE for a run on a share of the training images (`train_fraction`): that share's groups
-    are drawn among its own images, so its description stage and store are its own."""
-    fraction = float(values.get("train_fraction", 1.0))
-    return f"{dataset}-g{group_size}" + (f"-f{fraction:g}" if fraction != 1.0 else "")
 
 
 def plan_file(name_or_path: str) -> Path:
