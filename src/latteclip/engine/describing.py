@@ -108,34 +108,16 @@ def describe_training_images(
     info = train.info
     wants_groups = "group" in settings.kinds
     analysis = check_analysis(settings, train)
-    pictured = [kind for kind in settings.kinds if kind != "classes"]  # classes: text-only questions, no picture
-    names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in pictured}
+    # classes: text-only questions, which name no image's label
+    names_label = {k: prompts.names_label(k, settings.with_label) for k in settings.kinds if k != "classes"}
     needs_labels = any(names_label.values()) or (wants_groups and not analysis)
-    own_clip = (
-        settings.lmm == "offline" and not settings.describer_model
-    )  # the offline describer ranks with the adapted model
+    own_clip = settings.lmm == "offline" and not settings.describer_model  # it ranks with the adapted model
     device, loaded = device_and_model(config, needs_clip=needs_labels or own_clip)
     # the server is asked (reachable, key, model) before the zero-shot pass, so a wrong setting costs nothing
     describer = build_describer(settings, info.domain, loaded, device, info.name) if settings.lmm != "batch" else None
     model = describer.model if describer is not None else settings.lmm_model or ""
     labels = pseudo_labels(config, train, loaded, device) if needs_labels else None
-
-    def prompt_for(kind: str) -> Callable[[int], str]:
-        def prompt(index: int) -> str:
-            # an image whose label could not be computed was not decoded: its job fails whatever the prompt
-            label = (info.classnames[labels[index]] if labels[index] >= 0 else "") if names_label[kind] else None
-            return prompts.description(kind, info.domain, label, settings.with_label)
-
-        return prompt
-
-    jobs: list[Job] = []
-    if "image" in settings.kinds:
-        jobs += image_jobs(train, hashes, prompt_for("image"))
-    if wants_groups:
-        groups, draw = draw_groups(config, settings, train, hashes, labels, model, analysis)
-        jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
-    if "classes" in settings.kinds:
-        jobs += class_jobs(info.classnames, lambda name: prompts.class_questions(name, info.domain))
+    jobs = stage_jobs(config, settings, prompts, train, hashes, labels, names_label, model, analysis)
     backend = describer.backend if describer else "batch"
     store.record_set(
         info.name,
@@ -150,6 +132,39 @@ def describe_training_images(
     finally:
         describer.close()
     return summary, f"{describer.backend} {describer.model}"
+
+
+def stage_jobs(
+    config: RunConfig,
+    settings: DescribeSettings,
+    prompts: Prompts,
+    train: ImageDataset,
+    hashes: list[str | None],
+    labels: list[int] | None,
+    names_label: dict[str, bool],
+    model: str,
+    analysis: bool,
+) -> list[Job]:
+    """The stage's questions: about each image, each anchor's group (drawn here), and each class name (text only)."""
+    info = train.info
+
+    def prompt_for(kind: str) -> Callable[[int], str]:
+        def prompt(index: int) -> str:
+            # an image whose label could not be computed was not decoded: its job fails whatever the prompt
+            label = (info.classnames[labels[index]] if labels[index] >= 0 else "") if names_label[kind] else None
+            return prompts.description(kind, info.domain, label, settings.with_label)
+
+        return prompt
+
+    jobs: list[Job] = []
+    if "image" in settings.kinds:
+        jobs += image_jobs(train, hashes, prompt_for("image"))
+    if "group" in settings.kinds:
+        groups, draw = draw_groups(config, settings, train, hashes, labels, model, analysis)
+        jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
+    if "classes" in settings.kinds:
+        jobs += class_jobs(info.classnames, lambda name: prompts.class_questions(name, info.domain))
+    return jobs
 
 
 def description_contract(
