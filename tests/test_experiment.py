@@ -192,7 +192,7 @@ def test_paper_on_eurosat_finishes_and_resumes_after_kill_9(eurosat_folder, tmp_
     done = _experiment(["run", *select, "--output", str(whole)])
     out, _ = done.communicate(timeout=900)
     assert done.returncode == 0, out
-    page = _page([*select, "--output", str(whole)], tmp_path / "whole.md")
+    page = _page([*select, "--output", str(whole)], whole / "paper.md")
     assert "## Table 1: main results" in page and "| method | average | eurosat |" in page
     assert " / 80.27 (" in page and " / 42.95 (" in page and " / 67.12 (" in page  # LatteCLIP, CLIP, FLYP + PL
 
@@ -210,7 +210,7 @@ def test_paper_on_eurosat_finishes_and_resumes_after_kill_9(eurosat_folder, tmp_
     out, _ = second.communicate(timeout=900)
     assert second.returncode == 0, out
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished_before.items())  # nothing finished redone
-    assert _page([*select, "--output", str(killed)], tmp_path / "killed.md") == page
+    assert _page([*select, "--output", str(killed)], killed / "paper.md") == page
     assert main(["experiment", "status", *select, "--output", str(killed)]) == 0
 
 
