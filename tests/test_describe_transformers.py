@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from latteclip.data import build_dataset
-from latteclip.describe.jobs import group_jobs, image_hashes, image_jobs
+from latteclip.describe.jobs import class_jobs, group_jobs, image_hashes, image_jobs
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.runner import Runner
 from latteclip.describe.store import DescriptionStore
@@ -159,6 +159,23 @@ def test_runner_describes_images_and_collages_in_batches(describer, train, tmp_p
     assert all(texts)
     again = Runner(describer, store, "eurosat", progress=False).run(jobs)
     assert again.counts["image"].cached == 12 and again.counts["group"].cached == 12
+
+
+def test_text_only_class_questions_go_without_a_picture_in_mixed_batches(describer, train):
+    assert describer.conversation("What does forest look like?", with_image=False) == (
+        "USER: What does forest look like? ASSISTANT:"
+    )
+    prompts = load_prompts()
+    questions = [
+        job.build() for job in class_jobs(["forest", "river"], lambda n: prompts.class_questions(n, "land use"))
+    ]
+    hashes = image_hashes(train, progress=False)
+    pictured = [job.build() for job in image_jobs(train, hashes, lambda i: "Describe the land use.")[:2]]
+    stop = threading.Event()
+    alone = describer.describe(questions, stop)
+    assert len(alone) == 10 and all(isinstance(text, str) and text for text in alone)
+    mixed = describer.describe([pictured[0], *questions[:3], pictured[1]], stop)  # the runner may batch kinds together
+    assert mixed[1:4] == alone[:3] and mixed[0] == describer.describe(pictured[:1], stop)[0]
 
 
 @pytest.mark.parametrize(

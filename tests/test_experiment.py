@@ -15,7 +15,7 @@ import pytest
 from latteclip.cli import main
 from latteclip.experiments.paper_tables import comparison_tables
 from latteclip.experiments.plan import load_plan
-from latteclip.experiments.published import published_tables
+from latteclip.experiments.published import published_figure_6, published_tables
 from tests.conftest import REPO, copy_scenes
 from tests.test_launch import local_slurm  # noqa: F401  (the fixture that starts the local Slurm)
 
@@ -28,7 +28,11 @@ def test_paper_file_lists_the_papers_rows_and_tables():
     published = published_tables()
     for entry in plan.entries:  # every published row an entry names exists in the transcription
         for number, key in entry.tables.items():
-            assert key is None or published[number].row(*key)
+            assert key is None or number == "fig6" or published[number].row(*key)
+    figure_6 = load_plan("paper", tables=["fig6"], datasets=["eurosat"])
+    shares = {(e.tables["fig6"][0], r.config.train_fraction) for e, r in zip(figure_6.entries, figure_6.runs())}
+    assert {method for method, _ in shares} == set(published_figure_6())  # the methods the paper's text names
+    assert {share for _, share in shares} == {0.01, 0.05, 0.1, 0.2, 0.5, 1.0}
     table_5 = load_plan("paper", tables=["5"])
     assert [e.name for e in table_5.entries] == ["latteclip", "group_2", "group_8", "group_16"]
     assert len(table_5.runs()) == 40  # ten datasets, four entries, one seed
@@ -188,7 +192,7 @@ def test_paper_on_eurosat_finishes_and_resumes_after_kill_9(eurosat_folder, tmp_
     done = _experiment(["run", *select, "--output", str(whole)])
     out, _ = done.communicate(timeout=900)
     assert done.returncode == 0, out
-    page = _page([*select, "--output", str(whole)], tmp_path / "whole.md")
+    page = _page([*select, "--output", str(whole)], whole / "paper.md")
     assert "## Table 1: main results" in page and "| method | average | eurosat |" in page
     assert " / 80.27 (" in page and " / 42.95 (" in page and " / 67.12 (" in page  # LatteCLIP, CLIP, FLYP + PL
 
@@ -206,7 +210,7 @@ def test_paper_on_eurosat_finishes_and_resumes_after_kill_9(eurosat_folder, tmp_
     out, _ = second.communicate(timeout=900)
     assert second.returncode == 0, out
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished_before.items())  # nothing finished redone
-    assert _page([*select, "--output", str(killed)], tmp_path / "killed.md") == page
+    assert _page([*select, "--output", str(killed)], killed / "paper.md") == page
     assert main(["experiment", "status", *select, "--output", str(killed)]) == 0
 
 

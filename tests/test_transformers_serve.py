@@ -24,6 +24,7 @@ import pytest
 
 from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
+from latteclip.describe.backend import Request
 from latteclip.describe.hf_local import TransformersDescriber
 from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.prompts import load_prompts
@@ -152,3 +153,23 @@ def test_describe_and_lmm_zeroshot_through_transformers_serve_equal_the_in_proce
         served_store.close()
     answers = [json.loads(line)["answer"] for line in (tmp_path / "lmm" / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == IMAGES and all(answers)
+
+
+def test_class_descriptions_through_transformers_serve_equal_the_in_process_model(served, eurosat_folder, tmp_path):
+    """The text-only kind: a chat message without a picture, for each class name and question."""
+    url, model = served
+    store = tmp_path / "classes.sqlite"
+    questions = tmp_path / "prompts.json"
+    questions.write_text(json.dumps({"classes": ["What does {label} look like?"]}))
+    describe = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), "--store", str(store)]
+    describe += ["--kinds", "classes", "--lmm", "openai", "--lmm-url", url, "--prompts", str(questions)]
+    assert main([*describe, "--lmm-timeout", "60"]) == 0
+    with DescriptionStore(store) as served_store:
+        texts = served_store.class_texts("eurosat")
+    info = build_dataset("eurosat", eurosat_folder, "test").info
+    local = TransformersDescriber(model, "cpu", batch_size=IMAGES)
+    asked = [Request(None, f"What does {name} look like?") for name in info.classnames]
+    assert [texts[name] for name in info.classnames] == [[a] for a in local.describe(asked, threading.Event())]
+    assert main([*describe, "--lmm-timeout", "60"]) == 0  # resumed: nothing asked again
+    with DescriptionStore(store) as again:
+        assert again.class_texts("eurosat") == texts and sum(again.counts().values()) == 10

@@ -57,7 +57,7 @@ from latteclip.experiments.jobs import RunState
 from latteclip.experiments.launch import LaunchSettings, Outcome
 from latteclip.experiments.machine import machine_description, use_threads
 from latteclip.experiments.orchestrate import PlanSize, launch_settings, plan_size, plan_states, run_plan
-from latteclip.experiments.paper_tables import comparison_tables, plan_cells
+from latteclip.experiments.paper_tables import FIGURE_6, comparison_tables, plan_cells, share_points
 from latteclip.experiments.plan import Plan, PlannedRun, is_shift_experiment, load_plan, load_shift_experiment
 from latteclip.experiments.runner import ExperimentRuns, describe_stage, run_or_reuse
 from latteclip.experiments.runner import run_experiment as run_experiment_loop
@@ -358,8 +358,11 @@ def adapt_config(root: str, classnames: str, config_file: str | None = None, **o
 
 
 def described_kinds(config: RunConfig) -> list[str]:
-    """What the run's method reads from the description store (LatteCLIP: its image and group texts)."""
+    """What the run's method reads from the description store (LatteCLIP: its image and group texts; CoFT+: an LLM's
+    descriptions of each class name, unless a --class-descriptions file gives them)."""
     options = build_options(get_method(config.method), dict(config.method_options))
+    if getattr(options, "llm_descriptions", False) and not options.class_descriptions:
+        return ["classes"]
     return [kind for kind in getattr(options, "texts", []) if kind != "class"]
 
 
@@ -398,7 +401,7 @@ def adapt(
     kinds = described_kinds(config)
     if kinds and (settings is None or not settings.lmm):
         raise LatteclipError(
-            f"--method {config.method} reads image descriptions: choose a describer with --lmm "
+            f"--method {config.method} reads descriptions ({', '.join(kinds)}): choose a describer with --lmm "
             "openai --lmm-url URL (a multimodal model behind an OpenAI-compatible server), --lmm "
             "transformers or --lmm offline"
         )
@@ -579,9 +582,34 @@ def experiment_status(plan: Plan) -> ExperimentStatus:
     return ExperimentStatus(plan_states(plan), plan_size(plan))
 
 
-def experiment_tables(plan: Plan) -> str:
-    """The page: our cells (mean ± std over seeds) beside the paper's, from finished runs only."""
-    return comparison_tables(plan, plan_cells(plan))
+def experiment_tables(plan: Plan, page: Path | None = None) -> str:
+    """The page: our cells (mean ± std over seeds) beside the paper's, from finished runs only. With the `page` it is
+    written to, Figure 6 (when selected and some of its points are finished) is also drawn beside it, PAGE-figure6.png.
+    """
+    cells = plan_cells(plan)
+    figure = None
+    if page is not None and FIGURE_6 in plan.tables:
+        from latteclip.report.plots import plot_curves
+
+        series = [
+            (
+                method,
+                [100 * s for s, v in shares.items() if v is not None],
+                [v for v in shares.values() if v is not None],
+            )
+            for method, shares in share_points(plan, cells).items()
+        ]
+        if any(steps for _, steps, _ in series):
+            figure = f"{Path(page).stem}-figure6.png"
+            plot_curves(
+                series,
+                Path(page).parent / figure,
+                "average top-1 (%)",
+                percent=True,
+                xlabel="training images (%)",
+                log_x=True,
+            )
+    return comparison_tables(plan, cells, figure)
 
 
 def shift_experiment(experiment: str | Path, **selection: Any) -> Experiment:

@@ -106,6 +106,13 @@ class RunConfig:
     limit: int | None = option(
         None, help="a seeded subset of N images per split (uniform for training, class-balanced for evaluation)"
     )
+    # kind "result": a share is another run; omitted from to_dict at 1.0, so the keys of runs saved before it existed
+    # (run folders, the archive, pre-training's cache) stay the same
+    train_fraction: float = option(
+        1.0,
+        help="a seeded share of the training images (drawn by position, labels unread; nested: a smaller share is "
+        "part of a larger one), the test split untouched: the paper's Figure 6",
+    )
     seed: int = option(0, help="seed of the split, the subset, sampling and initialisation")
     classnames: str | None = option(
         None,
@@ -213,8 +220,12 @@ class RunConfig:
         return Path(self.output) / (self.name or f"{self.method}-{self.dataset}-s{self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every option, except `train_fraction` at its default 1.0: runs saved before the option existed keep their
+        keys (same_config, the archive, pre-training's cache), and a run on a share of the data has a key of its own."""
         data = dataclasses.asdict(self)
         data["betas"] = list(self.betas)
+        if self.train_fraction == 1.0:
+            del data["train_fraction"]
         return data
 
 
@@ -244,7 +255,8 @@ def _package_yaml(*parts: str) -> dict[str, Any]:
 
 def package_defaults() -> dict[str, Any]:
     """Every option's value before a method, dataset, user file or flag sets it (what `--help` shows)."""
-    return RunConfig().to_dict()
+    defaults = RunConfig()
+    return {**defaults.to_dict(), "train_fraction": defaults.train_fraction}  # to_dict leaves the default share out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -287,6 +299,7 @@ MINIMUMS: dict[str, tuple[float, bool]] = {
     "epochs": (1, False),
     "authors_steps_per_epoch": (1, False),
     "limit": (1, False),
+    "train_fraction": (0, True),
     "lr": (0, True),
     "eps": (0, True),
     "grad_clip": (0, True),
@@ -306,6 +319,11 @@ def check_values(merged: dict[str, Any], origins: dict[str, str]) -> None:
     for key, (minimum, strictly) in MINIMUMS.items():
         if key in merged:
             at_least(merged[key], minimum, _label(key, origins.get(key, "defaults")), strictly)
+    if merged.get("train_fraction", 1.0) > 1:
+        label = _label("train_fraction", origins.get("train_fraction", "defaults"))
+        raise LatteclipError(
+            f"{label} is a share of the training images: above 0 and at most 1, not {merged['train_fraction']}"
+        )
     for beta in merged.get("betas", ()):
         if not 0 <= beta < 1:
             raise LatteclipError(

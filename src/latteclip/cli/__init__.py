@@ -90,7 +90,8 @@ def add_option_arguments(group: argparse._ActionsContainer, *names: str) -> None
     add_field_flags(group, RunConfig, *names)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser, *extra: str) -> None:
+    """The data flags; `extra` names more of them (train_fraction: for the commands that read the training split)."""
     add_option_arguments(
         parser.add_argument_group("data"),
         "dataset",
@@ -102,6 +103,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "split_file",
         "prompt_set",
         "seed",
+        *extra,
     )
 
 

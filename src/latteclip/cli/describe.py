@@ -22,7 +22,7 @@ from latteclip.describe.settings import BATCH, WHAT
 
 @command("describe", "image and group descriptions of every training image from an LMM, stored for training")
 def _describe_parser(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser)
+    add_data_arguments(parser, "train_fraction")  # describe only the training images a run keeps
     add_model_arguments(parser)
     add_lmm_arguments(parser)
     add_describe_arguments(parser, WHAT, BATCH)

@@ -25,6 +25,7 @@ RUN_OVERRIDES = (
     "batch_size",
     "lr",
     "limit",
+    "train_fraction",
     "warmup_steps",
     "eval_batch_size",
     "precision",
@@ -219,7 +220,7 @@ def _tables(args: argparse.Namespace) -> int:
     plan = load_from_args(args)
     if args.out:
         check_writable_file(Path(args.out), "--out", args.overwrite)
-    page = api.experiment_tables(plan)
+    page = api.experiment_tables(plan, Path(args.out) if args.out else None)
     if args.out:
         Path(args.out).write_text(page)
         print(f"tables: {args.out}")

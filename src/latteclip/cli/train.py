@@ -26,7 +26,7 @@ from latteclip.describe.settings import ANSWERS
 # --- commands -----------------------------------------------------------------------------------------
 def _train_args(parser: argparse.ArgumentParser) -> None:
     add_option_arguments(parser, "method")
-    add_data_arguments(parser)
+    add_data_arguments(parser, "train_fraction")
     add_eval_arguments(parser)
     add_model_arguments(parser)
     add_run_arguments(parser)

@@ -21,6 +21,7 @@ class DatasetOptions:
     """Everything besides name/root/split that decides which samples and names a dataset has."""
 
     limit: int | None = None
+    train_fraction: float = 1.0  # the seeded share of the training images kept (subsets.training_share)
     seed: int = 0
     classnames_file: str | None = None
     templates_file: str | None = None
@@ -33,6 +34,7 @@ class DatasetOptions:
         """The options a run's (resolved or saved) config names; a run saved before prompt sets existed used CLIP's."""
         return cls(
             limit=config.get("limit"),
+            train_fraction=config.get("train_fraction", 1.0),
             seed=config.get("seed", 0),
             classnames_file=config.get("classnames"),
             templates_file=config.get("templates"),

@@ -6,7 +6,7 @@ source. Built in: the paper datasets (`coop.py`, one JSON spec each) and the use
 own when imported, and `DATASET_MODULES` names the modules of this package imported the first time one of their
 names is asked for (the demo's Fashion-MNIST domains), so that nothing imports them before they are used.
 Users override a dataset's names with `--classnames`, `--templates` and `--domain` (`names.py`); `--limit` takes a
-seeded subset (`subsets.py`).
+seeded subset, `--train-fraction` a seeded share of the training split (`subsets.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from latteclip.data.custom import build_csv, build_folder, build_images
 from latteclip.data.datasets import DatasetInfo, DatasetOptions, ImageDataset, Sample
 from latteclip.data.names import apply_overrides
 from latteclip.data.sources import ImageSource
-from latteclip.data.subsets import stratified_subset, uniform_subset
+from latteclip.data.subsets import stratified_subset, training_share, uniform_subset
 from latteclip.errors import LatteclipError
 
 SPLITS = ("train", "test", "train_only", "val")
@@ -75,6 +75,8 @@ def build_dataset(
             samples = uniform_subset(samples, options.limit, options.seed)
         else:
             samples = stratified_subset(samples, options.limit, options.seed)
+    if split in ("train", "train_only"):  # a share of what training sees; the test split stays whole
+        samples = training_share(samples, options.train_fraction, options.seed)
     if not samples and split == "test" and not info.labelled:
         raise LatteclipError(
             f"--dataset {name} has no labels, so no test split: pass --eval-dataset NAME --eval-root PATH "

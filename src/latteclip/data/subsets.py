@@ -1,8 +1,8 @@
 """How samples are drawn where no split file says: the fixed-seed fallback split and `--limit` subsets.
 
 No training split depends on the seed of a run or, under `--limit`, on labels: the fallback 50/20/30 split has
-a fixed seed, and `--limit` takes a seeded uniform subset of a training split (class-balanced subsets only for
-evaluation splits).
+a fixed seed, `--limit` takes a seeded uniform subset of a training split (class-balanced subsets only for
+evaluation splits), and `--train-fraction` a seeded share of the training split alone.
 """
 
 from __future__ import annotations
@@ -43,6 +43,22 @@ def uniform_subset(samples: list[Sample], limit: int, seed: int) -> list[Sample]
         return list(samples)
     chosen = sorted(random.Random(seed).sample(range(len(samples)), limit))
     return [samples[i] for i in chosen]
+
+
+def training_share(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """A seeded `fraction` of the training samples (at least one), drawn by position only (labels unread), in their
+    original order. One seeded order of all positions is cut at the share, so a smaller share of the same seed is part
+    of a larger one (the points of the paper's Figure 6 add data, they do not redraw it)."""
+    if fraction >= 1.0:
+        return list(samples)
+    order = list(range(len(samples)))
+    random.Random(f"train-fraction-{seed}").shuffle(order)
+    return [samples[i] for i in sorted(order[: share_count(len(samples), fraction)])]
+
+
+def share_count(count: int, fraction: float) -> int:
+    """How many of `count` training images a share keeps: the nearest whole number, at least one."""
+    return count if fraction >= 1.0 else max(1, round(fraction * count))
 
 
 def held_back_positions(count: int, share: float, seed: int) -> list[int]:

@@ -23,14 +23,14 @@ JPEG_QUALITY = 95  # re-encoded pictures (collages): faithful, and ~20x faster t
 
 @dataclass(frozen=True)
 class Request:
-    """One question to the LMM: a picture and a prompt.
+    """One question to the LMM: a picture and a prompt, or a prompt alone (`image` None: a class's description).
 
     `encoded` is the original file when it can be sent as is (no re-encoding cost, no loss);
     `parts` are a group's own images, for describers that look at members one by one;
     `response_format` is the OpenAI constraint on the answer (a JSON schema), for servers that accept it.
     """
 
-    image: Image.Image
+    image: Image.Image | None
     prompt: str
     encoded: bytes | None = None
     parts: tuple[Image.Image, ...] = ()

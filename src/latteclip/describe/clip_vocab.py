@@ -169,13 +169,28 @@ class ClipVocabularyDescriber(Describer):
         return torch.cat(features)
 
     def describe(self, requests: Sequence[Request], stop: threading.Event) -> list[str | ItemFailed]:
-        pictures = [collage_cells(r.image, [p.size for p in r.parts]) if r.parts else [r.image] for r in requests]
+        """A picture's sentence from its image feature; a text-only question's (a class's description) from the text
+        feature of the prompt itself, which names the class: the phrases CLIP puts nearest to that question."""
+        questions = [r.prompt for r in requests if r.image is None]
+        pictures = [
+            collage_cells(r.image, [p.size for p in r.parts]) if r.parts else [r.image]
+            for r in requests
+            if r.image is not None
+        ]
         flat = [image for group in pictures for image in group]
-        with self._lock:
-            features = self.image_features(flat)
+        with self._lock, torch.no_grad():
+            features = self.image_features(flat) if flat else None
+            tokens = TokenCache(self.loaded.tokenizer)
+            asked = encode_texts(self.loaded.model, tokens, questions, self.device).float() if questions else []
+        sentences = iter(self.sentence(F.normalize(feature, dim=-1)) for feature in asked)
+        groups = iter(pictures)
         out: list[str | ItemFailed] = []
         start = 0
-        for group in pictures:
+        for request in requests:
+            if request.image is None:
+                out.append(next(sentences))
+                continue
+            group = next(groups)
             feature = F.normalize(features[start : start + len(group)].mean(dim=0), dim=-1)
             start += len(group)
             out.append(self.sentence(feature))

@@ -62,18 +62,29 @@ class TransformersDescriber(Describer):
         self._lock = threading.Lock()  # one generation at a time on the device
         self._processor_lock = threading.Lock()  # the processor's tokenizer is not thread-safe
 
-    def conversation(self, prompt: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    def conversation(self, prompt: str, with_image: bool = True) -> str:
+        picture = [{"type": "image"}] if with_image else []
+        messages = [{"role": "user", "content": [*picture, {"type": "text", "text": prompt}]}]
         with self._processor_lock:
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
-    @torch.no_grad()
     def describe(self, requests: Sequence[Request], stop: threading.Event) -> list[str | ItemFailed]:
-        texts = [self.conversation(r.prompt) for r in requests]
-        images = [r.image.convert("RGB") for r in requests]
+        """Requests with a picture and text-only ones (class descriptions) go through the model apart, in order."""
+        textual = [r.image is None for r in requests]
+        answers = {
+            alone: iter(self.generate([r for r, t in zip(requests, textual) if t == alone], alone))
+            for alone in set(textual)
+        }
+        return [next(answers[alone]) for alone in textual]
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[Request], text_only: bool = False) -> list[str | ItemFailed]:
+        texts = [self.conversation(r.prompt, with_image=not text_only) for r in requests]
+        images = None if text_only else [r.image.convert("RGB") for r in requests]
         with self._processor_lock:
             inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True).to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.lmm.dtype)
+        if not text_only:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.lmm.dtype)
         inputs.pop("token_type_ids", None)  # some tokenizers return it; generate() of older transformers refuses it
         with self._lock:
             output = self.lmm.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from latteclip.data import CorruptImage, ImageDataset
 from latteclip.data.collage import make_collage
 from latteclip.describe.backend import Request
-from latteclip.describe.store import image_key
+from latteclip.describe.store import CLASS_KEY_PREFIX, image_key
 
 
 @dataclass(eq=False)
@@ -146,3 +146,22 @@ def group_jobs(
             )
         )
     return jobs
+
+
+def class_key(classname: str, question: int) -> str:
+    """The store key of one description of a class name (kind `classes`): by name and question number, since no
+    image is asked about (a description set holds one row per key and kind)."""
+    return f"{CLASS_KEY_PREFIX}{classname}:{question}"
+
+
+def class_jobs(classnames: Sequence[str], questions_for: Callable[[str], list[str]]) -> list[Job]:
+    """One text-only job per class name and question: the answer is one description of that class."""
+
+    def builder(question: str) -> Callable[[], Request]:
+        return lambda: Request(None, question)
+
+    return [
+        Job(class_key(name, number), "classes", question, name, builder(question))
+        for name in dict.fromkeys(classnames)
+        for number, question in enumerate(questions_for(name))
+    ]

@@ -50,18 +50,14 @@ CHAT_ROUTE = "/chat/completions"
 
 
 def chat_body(model: str, request: Request, max_tokens: int = MAX_TOKENS) -> dict:
-    """The chat-completions request for one picture and prompt: what the live client sends and batch files hold.
+    """The chat-completions request for one picture and prompt (or a prompt alone): what the live client sends and
+    batch files hold.
 
     Only OpenAI fields, since some servers (`transformers serve`) refuse any other with HTTP 422; `response_format`
     only when the request asks for constrained answers.
     """
-    message = {
-        "role": "user",
-        "content": [
-            {"type": "image_url", "image_url": {"url": request.data_url()}},
-            {"type": "text", "text": request.prompt},
-        ],
-    }
+    picture = [{"type": "image_url", "image_url": {"url": request.data_url()}}] if request.image is not None else []
+    message = {"role": "user", "content": [*picture, {"type": "text", "text": request.prompt}]}
     body = {"model": model, "messages": [message], "temperature": 0, "max_tokens": max_tokens}
     if request.response_format is not None:
         body["response_format"] = request.response_format

@@ -1,7 +1,8 @@
 """The prompts sent to the LMM (method.md 1.2 and 2), kept as data so users can change them.
 
 Layers, later wins: `prompts.json` (the wording of the authors' runs, with `{domain}`, `{label}` and
-`{options}` placeholders), the dataset's own prompts (its spec's `prompts`, e.g. EuroSAT's "satellite
+`{options}` placeholders; `classes`: the questions a text-only LLM is asked about each class name, one description
+each, as CuPL asks several), the dataset's own prompts (its spec's `prompts`, e.g. EuroSAT's "satellite
 image", Flowers naming the zero-shot class), the config's `describe.prompts`, then `--prompts FILE`
 (or `--prompts paper`: the paper's printed wording, `prompts_paper.json`). Each template is checked
 when loaded, so a typo in a placeholder fails before any request. A description prompt that
@@ -29,6 +30,7 @@ REQUIRED = {
     "group": set(),
     "group_with_label": {"label"},
     "lmm_zeroshot": {"options"},
+    "classes": {"label"},
 }
 ALLOWED = {
     "image": {"domain", "label"},
@@ -36,6 +38,7 @@ ALLOWED = {
     "group": {"domain", "label"},
     "group_with_label": {"domain", "label"},
     "lmm_zeroshot": {"domain", "options"},
+    "classes": {"domain", "label"},
 }
 NAMED_PROMPT_FILES = {"paper": "prompts_paper.json"}  # --prompts paper: the wording printed in the paper
 
@@ -47,6 +50,7 @@ class Prompts:
     group: str
     group_with_label: str
     lmm_zeroshot: str
+    classes: tuple[str, ...]  # one text-only question per description of a class name (kind `classes`)
 
     def template(self, kind: str, with_label: bool = False) -> str:
         """The `image` or `group` template; its `_with_label` variant when asked."""
@@ -65,6 +69,10 @@ class Prompts:
             raise ValueError(f"the {kind} prompt {template!r} names the zero-shot class: pass its label")
         return template.format(domain=domain, label=label)
 
+    def class_questions(self, classname: str, domain: str) -> list[str]:
+        """The text-only questions about one class name, each answered by one description."""
+        return [template.format(label=classname, domain=domain) for template in self.classes]
+
     def multiple_choice(self, classnames: list[str], domain: str) -> str:
         """The LMM zero-shot prompt with the class names as comma-separated options."""
         return self.lmm_zeroshot.format(domain=domain, options=", ".join(classnames))
@@ -79,9 +87,17 @@ def placeholders(template: str) -> set[str]:
         ) from err
 
 
-def _checked(name: str, template: Any, origin: str) -> str:
+def _checked(name: str, template: Any, origin: str) -> Any:
     if name not in REQUIRED:
         raise LatteclipError(f"{origin}: unknown prompt '{name}' (prompts: {', '.join(REQUIRED)})")
+    if name == "classes":  # a list of questions, each checked as a prompt
+        if not isinstance(template, list) or not template:
+            raise LatteclipError(f"{origin}: prompt 'classes' must be a non-empty list of questions with {{label}}")
+        return tuple(_checked_text(name, text, origin) for text in template)
+    return _checked_text(name, template, origin)
+
+
+def _checked_text(name: str, template: Any, origin: str) -> str:
     if not isinstance(template, str) or not template.strip():
         raise LatteclipError(f"{origin}: prompt '{name}' must be a non-empty string")
     found = placeholders(template)

@@ -52,8 +52,9 @@ class Summary:
     def lines(self, max_failures: int = 10) -> list[str]:
         out = []
         for kind, c in self.counts.items():
+            asked = "questions" if kind == "classes" else "images"  # classes: text-only questions, no image
             out.append(
-                f"{kind}: {c.total} images, {c.done} described now, {c.cached} already stored, {c.failed} failed"
+                f"{kind}: {c.total} {asked}, {c.done} described now, {c.cached} already stored, {c.failed} failed"
                 + (f", {c.not_asked} not asked" if c.not_asked else "")
             )
         for kind, image, reason in self.failures[:max_failures]:

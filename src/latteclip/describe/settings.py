@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # importing torch and OpenCLIP here would slow every command'
     from latteclip.models import LoadedModel
 
 BACKENDS = ("openai", "transformers", "offline", "batch")  # batch: OpenAI Batch files (describe --batch-out/--batch-in)
-DESCRIBABLE_KINDS = ("image", "group")
+DESCRIBABLE_KINDS = ("image", "group", "classes")  # classes: text only, descriptions of each class name
+DEFAULT_KINDS = ("image", "group")
 DEFAULT_STOP_AFTER_FAILURES = 20
 ANSWER_FORMATS = ("text", "json-schema")  # LMM zero-shot: free text (the paper), or constrained to the class names
 
@@ -90,7 +91,12 @@ class DescribeSettings:
     stop_after_failures: int = option(
         DEFAULT_STOP_AFTER_FAILURES, kind="speed", group=LMM, help="stop the run after this many failed images in a row"
     )
-    kinds: list[str] = option(factory=lambda: list(DESCRIBABLE_KINDS), group=WHAT, help="what to describe: image,group")
+    kinds: list[str] = option(
+        factory=lambda: list(DEFAULT_KINDS),
+        group=WHAT,
+        help="what to describe: image,group (LatteCLIP's texts); classes: text only, each class name's descriptions "
+        "(the prompts' `classes` questions, one answer each), which CoFT+ reads",
+    )
     group_size: int = option(4, group=WHAT, help="images per group collage: 2, 4, 8, 16")
     group_draw: str = option(
         "class",

@@ -28,8 +28,10 @@ from pathlib import Path
 from latteclip.errors import LatteclipError
 from latteclip.paths import atomic_write_bytes, cache_dir
 
-# image/group/class: the texts of method.md 1.2; zeroshot: the LMM's multiple-choice answer (method.md 2)
-KINDS = ("image", "group", "class", "zeroshot")
+# image/group/class: the texts of method.md 1.2; zeroshot: the LMM's multiple-choice answer (method.md 2);
+# classes: a text-only LLM's descriptions of a class name (CoFT+), stored under CLASS_KEY_PREFIX + the name
+KINDS = ("image", "group", "class", "zeroshot", "classes")
+CLASS_KEY_PREFIX = "class:"
 DESCRIPTION_KINDS = ("image", "group", "class")
 # appended to the model name of descriptions whose groups were drawn from the TRUE labels
 # (describe --true-class-members): reading texts without naming a model skips them, so training reads them only when
@@ -314,6 +316,30 @@ class DescriptionStore:
                 for image_hash, text, variant in rows:
                     found[image_hash] = (text, variant)
         return [found.get(h, (None, None)) if h is not None else (None, None) for h in image_hashes]
+
+    def class_texts(self, dataset: str) -> dict[str, list[str]]:
+        """The newest description set of `dataset` with kind `classes` rows: each class name's answered descriptions,
+        in question order ({} when no stage asked them)."""
+        with self._lock:
+            newest = self._db.execute(
+                "SELECT s.name FROM description_sets s JOIN set_members m ON m.set_name = s.name "
+                "WHERE s.dataset=? AND m.kind='classes' ORDER BY s.created DESC, s.rowid DESC LIMIT 1",
+                (dataset,),
+            ).fetchone()
+            if newest is None:
+                return {}
+            rows = self._db.execute(
+                "SELECT m.image_hash, d.image, d.text FROM set_members m JOIN descriptions d ON "
+                "d.image_hash=m.image_hash AND d.kind=m.kind AND d.prompt=m.prompt AND d.model=m.model AND "
+                "d.variant=m.variant WHERE m.set_name=? AND m.kind='classes' ORDER BY d.created, d.rowid",
+                (newest[0],),
+            ).fetchall()
+        answers = {key: (name, text) for key, name, text in rows}  # the newest answer of each question
+        texts: dict[str, list[str]] = {}
+        for key in sorted(answers, key=lambda k: int(k.rsplit(":", 1)[1])):
+            name, text = answers[key]
+            texts.setdefault(name, []).append(text)
+        return texts
 
     def rows(self, dataset: str | None = None, image_hashes: Iterable[str] | None = None) -> Iterator[dict]:
         """All rows, oldest first; only those of `dataset` and/or of the given image hashes when asked."""

@@ -17,7 +17,7 @@ from latteclip.data import DatasetInfo, ImageDataset, build_dataset
 from latteclip.describe.batch import read_results, write_requests
 from latteclip.describe.clip_vocab import compose_at_random, read_vocabulary
 from latteclip.describe.groups import draw_pseudo_label_groups, draw_true_class_groups
-from latteclip.describe.jobs import Job, group_jobs, image_hashes, image_jobs
+from latteclip.describe.jobs import Job, class_jobs, group_jobs, image_hashes, image_jobs
 from latteclip.describe.prompts import Prompts, load_prompts
 from latteclip.describe.runner import Runner, Summary
 from latteclip.describe.settings import DescribeSettings, build_describer
@@ -108,31 +108,16 @@ def describe_training_images(
     info = train.info
     wants_groups = "group" in settings.kinds
     analysis = check_analysis(settings, train)
-    names_label = {kind: prompts.names_label(kind, settings.with_label) for kind in settings.kinds}
+    # classes: text-only questions, which name no image's label
+    names_label = {k: prompts.names_label(k, settings.with_label) for k in settings.kinds if k != "classes"}
     needs_labels = any(names_label.values()) or (wants_groups and not analysis)
-    own_clip = (
-        settings.lmm == "offline" and not settings.describer_model
-    )  # the offline describer ranks with the adapted model
+    own_clip = settings.lmm == "offline" and not settings.describer_model  # it ranks with the adapted model
     device, loaded = device_and_model(config, needs_clip=needs_labels or own_clip)
     # the server is asked (reachable, key, model) before the zero-shot pass, so a wrong setting costs nothing
     describer = build_describer(settings, info.domain, loaded, device, info.name) if settings.lmm != "batch" else None
     model = describer.model if describer is not None else settings.lmm_model or ""
     labels = pseudo_labels(config, train, loaded, device) if needs_labels else None
-
-    def prompt_for(kind: str) -> Callable[[int], str]:
-        def prompt(index: int) -> str:
-            # an image whose label could not be computed was not decoded: its job fails whatever the prompt
-            label = (info.classnames[labels[index]] if labels[index] >= 0 else "") if names_label[kind] else None
-            return prompts.description(kind, info.domain, label, settings.with_label)
-
-        return prompt
-
-    jobs: list[Job] = []
-    if "image" in settings.kinds:
-        jobs += image_jobs(train, hashes, prompt_for("image"))
-    if wants_groups:
-        groups, draw = draw_groups(config, settings, train, hashes, labels, model, analysis)
-        jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
+    jobs = stage_jobs(config, settings, prompts, train, hashes, labels, names_label, model, analysis)
     backend = describer.backend if describer else "batch"
     store.record_set(
         info.name,
@@ -149,12 +134,49 @@ def describe_training_images(
     return summary, f"{describer.backend} {describer.model}"
 
 
+def stage_jobs(
+    config: RunConfig,
+    settings: DescribeSettings,
+    prompts: Prompts,
+    train: ImageDataset,
+    hashes: list[str | None],
+    labels: list[int] | None,
+    names_label: dict[str, bool],
+    model: str,
+    analysis: bool,
+) -> list[Job]:
+    """The stage's questions: about each image, each anchor's group (drawn here), and each class name (text only)."""
+    info = train.info
+
+    def prompt_for(kind: str) -> Callable[[int], str]:
+        def prompt(index: int) -> str:
+            # an image whose label could not be computed was not decoded: its job fails whatever the prompt
+            label = (info.classnames[labels[index]] if labels[index] >= 0 else "") if names_label[kind] else None
+            return prompts.description(kind, info.domain, label, settings.with_label)
+
+        return prompt
+
+    jobs: list[Job] = []
+    if "image" in settings.kinds:
+        jobs += image_jobs(train, hashes, prompt_for("image"))
+    if "group" in settings.kinds:
+        groups, draw = draw_groups(config, settings, train, hashes, labels, model, analysis)
+        jobs += group_jobs(train, hashes, groups, prompt_for("group"), draw, ANALYSIS_TAG if analysis else "")
+    if "classes" in settings.kinds:
+        jobs += class_jobs(info.classnames, lambda name: prompts.class_questions(name, info.domain))
+    return jobs
+
+
 def description_contract(
     config: RunConfig, settings: DescribeSettings, backend: str, model: str, jobs: list[Job], analysis: bool
 ) -> dict:
     """What identifies how a stage's texts were made, stored with them (DescriptionStore.record_set) and read back
-    by the method that uses them: describer, prompts, group size and draw, the seed and zero-shot model of the draw."""
+    by the method that uses them: describer, prompts, group size and draw, the seed and zero-shot model of the draw,
+    and the share of the training images (only below 1, so that stages recorded before shares existed keep their
+    names): a share draws its groups among its own images."""
+    share = {"train_fraction": config.train_fraction} if config.train_fraction != 1.0 else {}
     return {
+        **share,
         "describer": f"{backend} {model}",
         "kinds": list(settings.kinds),
         "prompts": {kind: sorted({job.prompt for job in jobs if job.kind == kind}) for kind in settings.kinds},
@@ -175,8 +197,9 @@ def describe_run(config: RunConfig, settings: DescribeSettings, prompts_file: st
     """
     train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
     prompts = load_prompts(train.info.prompts, settings.prompts, prompts_file)
+    hashes = image_hashes(train) if set(settings.kinds) - {"classes"} else []  # class texts ask about no image
     with DescriptionStore(config.store) as store:
-        return describe_training_images(config, settings, prompts, train, image_hashes(train), store)
+        return describe_training_images(config, settings, prompts, train, hashes, store)
 
 
 def image_hasher(dataset: ImageDataset, hashes: list[str | None]) -> Callable[[str], str | None]:

@@ -41,10 +41,11 @@ def epoch_steps(config: RunConfig) -> int | None:
 
     Their loader made a fixed number of steps per epoch on each dataset's full training split (e.g. EuroSAT 39, so
     15 epochs are 585 steps, where floor(18900 / 512) = 36 per pass gives 540). A `--limit` subset is not the split
-    their counts describe: its epochs are passes in full batches, so that Figure 6's fractions train the same
-    epochs over less data, as the authors' loader would have made fewer steps of a smaller set.
+    their counts describe, nor is a `--train-fraction` share: their epochs are passes in full batches, so that
+    Figure 6's fractions train the same epochs over less data, as the authors' loader would have made fewer steps of
+    a smaller set.
     """
-    if config.epoch_length == "authors" and config.limit is None:
+    if config.epoch_length == "authors" and config.limit is None and config.train_fraction == 1.0:
         return config.authors_steps_per_epoch
     return None
 

@@ -253,6 +253,7 @@ class Trainer:
             eval_transform=self.session.loaded.eval_transform(),
             steps_per_epoch=schedule.steps_per_epoch,
             total_steps=schedule.total_steps,
+            train_fraction=self.config.train_fraction,
         )
         t0 = time.time()
         self.method.setup_training(ctx)

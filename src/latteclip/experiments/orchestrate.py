@@ -1,8 +1,9 @@
 """An experiment over datasets, end to end: checks before any work, the description stages, the runs as jobs.
 
-The description stages run here, one per (dataset, group size, seed), before the jobs that read them, so that
-concurrent jobs never write one store. The runs then go to `launch.py` (submitit: local devices or a Slurm array);
-runs already done are not submitted again, and a failed one is submitted again by the next `run`.
+The description stages run here, one per (dataset, group size, share of the training images, seed), before the
+jobs that read them, so that concurrent jobs never write one store. The runs then go to `launch.py` (submitit:
+local devices or a Slurm array); runs already done are not submitted again, and a failed one is submitted again by
+the next `run`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import open_clip
 
 from latteclip.data import build_dataset
 from latteclip.data.coop import load_spec, read_split_file, spec_names
+from latteclip.data.subsets import share_count
+from latteclip.describe.prompts import load_prompts
 from latteclip.describe.settings import resolve_settings
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
@@ -82,43 +85,58 @@ def _check_server(url: str) -> None:
 
 
 def _reads_lmm(entry) -> bool:
-    return "descriptions" in entry.needs or entry.kind == "lmm_zeroshot"
+    return "descriptions" in entry.needs or "class_texts" in entry.needs or entry.kind == "lmm_zeroshot"
 
 
-def description_stages(plan: Plan) -> dict[tuple[str, int, int], PlannedRun]:
-    """(dataset, group size, seed) -> the first run that reads that stage's descriptions."""
-    stages: dict[tuple[str, int, int], PlannedRun] = {}
+StageKey = tuple[str, int, float, int]  # (dataset, group size, share of the training images, seed)
+
+
+def description_stages(plan: Plan) -> dict[StageKey, PlannedRun]:
+    """Each description stage -> the first run that reads its descriptions."""
+    stages: dict[StageKey, PlannedRun] = {}
     for run in plan.runs():
         if "descriptions" in run.entry.needs:
-            size = _group_size(plan, run)
-            stages.setdefault((run.dataset, size, run.seed), run)
+            stages.setdefault(_stage_key(plan, run), run)
     return stages
 
 
 def describe_all(plan: Plan, progress: Progress) -> None:
     """Each description stage once (the store skips what it holds), before the runs that need it."""
     stages = description_stages(plan)
-    for index, ((dataset, size, seed), run) in enumerate(stages.items(), 1):
-        if all(other.state == "done" for other in _states_reading(plan, dataset, size, seed)):
+    for index, (key, run) in enumerate(stages.items(), 1):
+        if all(run_state(other.config).state == "done" for other in plan.runs() if _reads_stage(plan, other, key)):
             continue
-        progress(f"[descriptions {index}/{len(stages)}] {dataset}, groups of {size}, seed {seed}")
+        dataset, size, fraction, seed = key
+        share = f", {100 * fraction:g}% of the training images" if fraction != 1.0 else ""
+        progress(f"[descriptions {index}/{len(stages)}] {dataset}, groups of {size}{share}, seed {seed}")
         settings = resolve_settings(plan.describe_options(run.entry), {})
-        describe_stage(run.config, settings, plan.output / "describe" / f"g{size}", progress)
+        folder = plan.output / "describe" / (f"g{size}" + (f"-f{fraction:g}" if fraction != 1.0 else ""))
+        describe_stage(run.config, settings, folder, progress)
+    for dataset, run in class_text_stages(plan).items():
+        readers = [other for other in plan.runs() if other.dataset == dataset and "class_texts" in other.entry.needs]
+        if all(run_state(other.config).state == "done" for other in readers):
+            continue
+        progress(f"[class descriptions] {dataset}: the LLM describes each class name")
+        settings = resolve_settings({**plan.describe_options(run.entry), "kinds": ["classes"]}, {})
+        describe_stage(run.config, settings, plan.output / "describe" / "classes", progress)
 
 
-def _states_reading(plan: Plan, dataset: str, size: int, seed: int) -> list[RunState]:
-    return [
-        run_state(run.config)
-        for run in plan.runs()
-        if run.dataset == dataset
-        and run.seed == seed
-        and "descriptions" in run.entry.needs
-        and _group_size(plan, run) == size
-    ]
+def class_text_stages(plan: Plan) -> dict[str, PlannedRun]:
+    """Dataset -> the first run that reads the LLM's class descriptions (`needs: [class_texts]`): one stage each."""
+    stages: dict[str, PlannedRun] = {}
+    for run in plan.runs():
+        if "class_texts" in run.entry.needs:
+            stages.setdefault(run.dataset, run)
+    return stages
 
 
-def _group_size(plan: Plan, run: PlannedRun) -> int:
-    return int(plan.describe_options(run.entry).get("group_size", 4))
+def _reads_stage(plan: Plan, run: PlannedRun, key: StageKey) -> bool:
+    return "descriptions" in run.entry.needs and _stage_key(plan, run) == key
+
+
+def _stage_key(plan: Plan, run: PlannedRun) -> StageKey:
+    size = int(plan.describe_options(run.entry).get("group_size", 4))
+    return run.dataset, size, run.config.train_fraction, run.seed
 
 
 def job_of(plan: Plan, run: PlannedRun) -> Job:
@@ -150,33 +168,47 @@ class PlanSize:
 
 
 def plan_size(plan: Plan) -> PlanSize:
-    """Runs, description stages and LMM descriptions (one per image and store, one per group) at 1.2 s each."""
+    """Runs, description stages and LMM descriptions (one per image and store, one per group, one per class name and
+    question of CoFT+'s class descriptions) at 1.2 s each."""
     stages = description_stages(plan)
-    kinds = resolve_settings(plan.describe, {}).kinds
-    count, unknown, stores = 0, [], set()
-    for dataset, size, _ in stages:
-        images = _train_images(plan, dataset)
-        if images is None:
+    settings = resolve_settings(plan.describe, {})
+    count, unknown, stores = 0, [], {}
+    for dataset, size, fraction, _ in stages:
+        split = _train_split(plan, dataset)
+        if split is None:
             unknown += [dataset] if dataset not in unknown else []
             continue
-        # a store (one per dataset and group size) describes each image once, whatever the seed; groups are per seed
-        count += images * ("image" in kinds and (dataset, size) not in stores) + -(-images // size) * ("group" in kinds)
-        stores.add((dataset, size))
-    return PlanSize(len(plan.runs()), len(stages), count, unknown)
+        count += -(-share_count(split[0], fraction) // size) * ("group" in settings.kinds)  # groups: per stage
+        # a store (one per dataset and group size) describes each image once, whatever the seed and share: the
+        # shares are nested, so its largest share's images
+        stores[(dataset, size)] = max(stores.get((dataset, size), (0.0, 0)), (fraction, split[0]))
+    count += sum(share_count(images, share) for share, images in stores.values()) * ("image" in settings.kinds)
+    questions = len(load_prompts(settings.prompts).classes)
+    for dataset in class_text_stages(plan):
+        split = _train_split(plan, dataset)
+        count += split[1] * questions if split else 0
+        unknown += [dataset] if split is None and dataset not in unknown else []
+    return PlanSize(len(plan.runs()), len(stages) + len(class_text_stages(plan)), count, unknown)
 
 
-def _train_images(plan: Plan, dataset: str) -> int | None:
-    """Training images of `dataset`: from its data when present, else from the CoOp split file the package holds."""
-    config = plan.run_config(dataset, plan.entries[0], plan.seeds[0])
+def _train_split(plan: Plan, dataset: str) -> tuple[int, int] | None:
+    """(training images, classes) of `dataset`: from its data when present, else from the CoOp split file the package
+    holds."""
+    # the whole training split, whatever share the first entry trains on (plan_size takes the shares)
+    config = dataclasses.replace(plan.run_config(dataset, plan.entries[0], plan.seeds[0]), train_fraction=1.0)
     if config.root:
         try:
-            return len(build_dataset(config.dataset, config.root, "train", None, dataset_options(config)).samples)
+            train = build_dataset(config.dataset, config.root, "train", None, dataset_options(config))
+            return len(train.samples), train.info.num_classes
         except LatteclipError:
             pass
     if config.dataset not in spec_names():
         return None
     bundled = resources.files("latteclip.data").joinpath("splits", f"{load_spec(config.dataset).get('split_file')}.gz")
-    return len(read_split_file(Path(str(bundled)))["train"]) if bundled.is_file() else None
+    if not bundled.is_file():
+        return None
+    train = read_split_file(Path(str(bundled)))["train"]
+    return len(train), len({entry[1] for entry in train})
 
 
 def plan_states(plan: Plan) -> list[tuple[PlannedRun, RunState]]:

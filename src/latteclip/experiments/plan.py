@@ -3,7 +3,10 @@
 Each (dataset, entry, seed) is one independent run with its own folder `OUTPUT/DATASET/ENTRY-sSEED`, its data
 under the one `--data-root`, so runs can go
 to any launcher and a stopped experiment resumes run by run. Entries that read descriptions share one description
-stage per dataset, group size and seed (their store `OUTPUT/descriptions/DATASET-gSIZE.sqlite`), run before them.
+stage per dataset, group size, share of the training images (`train_fraction`) and seed, run before them; their
+store is `OUTPUT/descriptions/DATASET-gSIZE.sqlite` (a share's images are described once, its groups are its own).
+Entries with `needs: [class_texts]` (CoFT+) read an LLM's descriptions of each class name, asked once per dataset
+(describe kind `classes`, store `OUTPUT/descriptions/DATASET-classes.sqlite`).
 An entry names the published rows it reproduces (`tables: {"1": [LATTECLIP]}`), which the side-by-side page reads.
 """
 
@@ -100,6 +103,8 @@ class Plan:
         )
         values = deep_merge(values, {"root": self.dataset_root(dataset), **entry.overrides})
         values = deep_merge(values, self.run)  # the experiment's overrides apply to every run
+        if "class_texts" in entry.needs:  # an LLM's descriptions of the class names (CoFT+), one store per dataset
+            values["store"] = str(self.output / "descriptions" / f"{dataset}-classes.sqlite")
         if "descriptions" in entry.needs or entry.kind == "lmm_zeroshot":
             group_size = self.describe_options(entry).get("group_size", 4)
             values["store"] = str(self.output / "descriptions" / f"{dataset}-g{group_size}.sqlite")

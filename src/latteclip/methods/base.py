@@ -38,6 +38,7 @@ class TrainContext:
     extract_features: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     steps_per_epoch: int = 1  # optimizer steps in one epoch (a pass, or the authors' count: engine.schedule)
     total_steps: int = 1  # optimizer steps of the whole run: methods with phases give each a share of it
+    train_fraction: float = 1.0  # the share of the training split the run keeps (which description stage drew for it)
 
 
 @dataclass

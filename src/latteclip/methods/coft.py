@@ -520,23 +520,28 @@ class CoftPlus(Coft):
             texts = {}
         if not texts:
             raise LatteclipError(
-                "CoFT+ needs LLM class descriptions: pass --class-descriptions FILE.json "
-                '({"class name": ["description", ...]}) or a --store holding kind \'class\' descriptions of the '
-                "training images "
-                "(or --no-llm-descriptions to run without them)"
+                "CoFT+ needs LLM class descriptions: ask an LLM for them with `latteclip describe --kinds classes "
+                "--store STORE --lmm ...` and pass --store STORE, or pass --class-descriptions FILE.json "
+                '({"class name": ["description", ...]}) (or --no-llm-descriptions to run without them)'
             )
         self.descriptions = self.description_features(texts)
         with torch.no_grad():  # V starts from the same classifier as T (a resumed run then loads its trained vectors)
             self.head["positive"].copy_(self.class_weights(self.head["positive"]))
 
     def store_descriptions(self, store_path: str) -> dict[int, list[str]]:
-        """Kind 'class' texts of the training images in the description store, grouped by the image's zero-shot
-        class."""
+        """The LLM's descriptions of each class name in the description store (kind 'classes', the newest stage that
+        asked them); a store without them: kind 'class' texts of the training images, grouped by the image's
+        zero-shot class."""
         from latteclip.describe.jobs import image_hashes
         from latteclip.describe.store import DescriptionStore
 
         if not Path(store_path).is_file():
             raise LatteclipError(f"description store {store_path} does not exist")
+        with DescriptionStore(store_path) as store:
+            by_name = store.class_texts(self.info.name)
+        if by_name:
+            index = {name: c for c, name in enumerate(self.info.classnames)}
+            return {index[n]: list(dict.fromkeys(texts)) for n, texts in by_name.items() if n in index}
         hashes = image_hashes(self.ctx.train_set)  # None for an unreadable image: it gets no text
         with DescriptionStore(store_path) as store:
             texts = store.get_texts(hashes, "class")

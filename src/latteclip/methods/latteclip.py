@@ -147,13 +147,21 @@ class LatteCLIP(Method):
 
     def description_set(self, store: DescriptionStore, kind: str, hashes: list[str | None]) -> DescriptionSet | None:
         """The description stage (or import) whose `kind` texts this run reads: by `described_by` when named, the newest
-        of those drawn with the run's seed (or imported), else the newest; its contract goes to the run folder."""
+        of those drawn with the run's seed (or imported) over the run's share of the training images, else the newest;
+        its contract goes to the run folder."""
         sets = store.sets_for(self.info.name, hashes, kind, self.options.described_by)
         if not sets:
             return None
         # a set without a seed (imported texts) draws nothing, so it is as good as one of the run's seed
-        seed = self.ctx.seed
-        chosen = max(sets, key=lambda found: (found.contract.get("seed", seed) == seed, found.created))
+        seed, share = self.ctx.seed, self.ctx.train_fraction
+        chosen = max(
+            sets,
+            key=lambda found: (
+                found.contract.get("seed", seed) == seed,
+                found.contract.get("train_fraction", 1.0) == share,
+                found.created,
+            ),
+        )
         self.record_read(kind, {"set": chosen.name, **chosen.contract})
         return chosen
 

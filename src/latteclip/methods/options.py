@@ -59,7 +59,11 @@ class CoftPlusOptions(CoftOptions):
     llm_descriptions: bool = option(
         True, help="LLM class descriptions added to the class texts; off = CoFT's class texts"
     )
-    class_descriptions: str = option("", help="JSON {class name: [LLM texts]}; else kind 'class' texts of --store")
+    class_descriptions: str = option(
+        "",
+        help="JSON {class name: [LLM texts]}; else the --store's LLM descriptions of each class name (describe --kinds "
+        "classes), or its kind 'class' texts of the training images",
+    )
     description_weight: float = option(1.0, help="class weights = normalize(t+_c + this * mean description feature)")
 
 

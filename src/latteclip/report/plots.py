@@ -126,8 +126,11 @@ def plot_curves(
     percent: bool = False,
     reference: tuple[str, float] | None = None,
     colours: Sequence[str] | None = None,
+    xlabel: str = "step",
+    log_x: bool = False,
 ) -> Path:
-    """Lines over training steps; without `colours` the first series is the subject (bold), `reference` is dashed."""
+    """Lines over training steps (or another `xlabel`, on a log axis with `log_x`); without `colours` the first series
+    is the subject (bold), `reference` is dashed."""
     figure = _figure(7.0, 3.2)
     axes = figure.add_subplot()
     scale = 100.0 if percent else 1.0
@@ -146,7 +149,9 @@ def plot_curves(
         )
     if reference is not None:
         axes.axhline(scale * reference[1], color=ZERO_SHOT_COLOUR, linestyle="--", linewidth=1.2, label=reference[0])
-    axes.set_xlabel("step")
+    axes.set_xlabel(xlabel)
+    if log_x:
+        axes.set_xscale("log")
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     if len(series) > 1 or reference is not None:
