@@ -24,6 +24,7 @@ CHECK_DIR = REPO / ".gpu_check"  # ignored by git; the device run carries it
 SHARED_DATA = REPO.parent / "shared" / "data"
 # the GPU machine has torch, transformers, timm...; these pure-Python ones travel as wheels (device README)
 WHEELS = ("open_clip_torch", "ftfy", "wcwidth", "submitit")
+DEVICE_PYTHON = "3.12"  # the GPU machine's python3 (.library/device/KINDS.md)
 # per class: the device takes at most 64 MiB with the checkout, so EuroSAT travels as a subset (~29 MB)
 SUBSET = {"train": 400, "val": 100, "test": 300}
 LOG_TAIL_LINES = 25
@@ -54,6 +55,8 @@ def prepare(args: argparse.Namespace) -> None:
     wheels = CHECK_DIR / "wheels"
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in WHEELS]
     pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), *pins]
+    pip += ["--python-version", DEVICE_PYTHON, "--implementation", "cp"]
+    pip += [f"--platform={platform}" for platform in ("manylinux_2_28_x86_64", "manylinux2014_x86_64", "any")]
     subprocess.run(pip, check=True)
     size = sum(f.stat().st_size for f in CHECK_DIR.rglob("*") if f.is_file()) / 2**20
     counts = ", ".join(f"{len(v)} {k}" for k, v in kept.items())
@@ -302,11 +305,12 @@ def write_page(folder: Path, page: Path) -> None:
     from results_page import write_section
 
     env, summary_record = _read(folder, "environment"), _read(folder, "steps")
-    if env is None or summary_record is None:
-        raise SystemExit(f"{folder} lacks environment.json or steps.json: the check did not get that far")
+    if summary_record is None:
+        raise SystemExit(f"{folder} has no steps.json: the check did not get that far")
     steps = summary_record["steps"]
+    started = f"Started {env['started']}; " if env else ""
     body = [
-        f"Started {env['started']}; {len(steps)} steps in {summary_record['total_wall_s']:.0f} s.",
+        f"{started}{len(steps)} steps in {summary_record['total_wall_s']:.0f} s.",
         "",
         *_step_table(steps),
         "",
@@ -316,13 +320,17 @@ def write_page(folder: Path, page: Path) -> None:
         "",
         *_grad_sync_lines(_read(folder, "grad_sync")),
         "",
-        *_experiment_lines(_read(folder, "experiment"), env),
+        *_experiment_lines(_read(folder, "experiment"), env or {}),
         "",
         *_describer_lines(_read(folder, "describer")),
         *_failure_lines(steps),
     ]
-    title = f"GPU check: {env['device_name'] or env['device']}" + (" (--quick)" if env["quick"] else "")
-    write_section("gpu_check", title, "\n".join(body), page, summary_record["command"], _machine_line(env))
+    if env is None:  # the page still shows which steps failed, and why
+        title, where = "GPU check: device not recorded", "not recorded (the environment step failed: its log below)"
+    else:
+        title = f"GPU check: {env['device_name'] or env['device']}" + (" (--quick)" if env["quick"] else "")
+        where = _machine_line(env)
+    write_section("gpu_check", title, "\n".join(body), page, summary_record["command"], where)
 
 
 ACTIONS = {
