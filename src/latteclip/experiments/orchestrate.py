@@ -21,6 +21,7 @@ from latteclip.data.coop import load_spec, read_split_file, spec_names
 from latteclip.describe.settings import resolve_settings
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
+from latteclip.experiments.cost import run_steps
 from latteclip.experiments.jobs import RunState, run_job, run_state
 from latteclip.experiments.launch import Job, LaunchSettings, Outcome, launch
 from latteclip.experiments.plan import Plan, PlannedRun
@@ -143,6 +144,7 @@ class PlanSize:
     description_stages: int
     descriptions: int  # of the datasets whose training split could be read
     unknown: list[str]  # datasets whose training split is neither under --data-root nor in the package
+    train_steps: int = 0  # the training steps of the runs of the other datasets, as their schedules plan them
 
     @property
     def lmm_hours(self) -> float:
@@ -150,7 +152,8 @@ class PlanSize:
 
 
 def plan_size(plan: Plan) -> PlanSize:
-    """Runs, description stages and LMM descriptions (one per image and store, one per group) at 1.2 s each."""
+    """Runs, description stages and LMM descriptions (one per image and store, one per group) at 1.2 s each, and the
+    training steps of every run."""
     stages = description_stages(plan)
     kinds = resolve_settings(plan.describe, {}).kinds
     count, unknown, stores = 0, [], set()
@@ -162,11 +165,19 @@ def plan_size(plan: Plan) -> PlanSize:
         # a store (one per dataset and group size) describes each image once, whatever the seed; groups are per seed
         count += images * ("image" in kinds and (dataset, size) not in stores) + -(-images // size) * ("group" in kinds)
         stores.add((dataset, size))
-    return PlanSize(len(plan.runs()), len(stages), count, unknown)
+    steps = 0
+    images = {dataset: _train_images(plan, dataset, with_val=True) for dataset in plan.datasets}
+    for run in plan.runs():
+        if images[run.dataset] is None:
+            unknown += [run.dataset] if run.dataset not in unknown else []
+        else:
+            steps += run_steps(run.config, images[run.dataset])
+    return PlanSize(len(plan.runs()), len(stages), count, unknown, steps)
 
 
-def _train_images(plan: Plan, dataset: str) -> int | None:
-    """Training images of `dataset`: from its data when present, else from the CoOp split file the package holds."""
+def _train_images(plan: Plan, dataset: str, with_val: bool = False) -> int | None:
+    """Training images of `dataset`: from its data when present (CoOp train + val, what training reads), else from
+    the CoOp split file the package holds (its train part; `with_val`: train + val)."""
     config = plan.run_config(dataset, plan.entries[0], plan.seeds[0])
     if config.root:
         try:
@@ -176,7 +187,10 @@ def _train_images(plan: Plan, dataset: str) -> int | None:
     if config.dataset not in spec_names():
         return None
     bundled = resources.files("latteclip.data").joinpath("splits", f"{load_spec(config.dataset).get('split_file')}.gz")
-    return len(read_split_file(Path(str(bundled)))["train"]) if bundled.is_file() else None
+    if not bundled.is_file():
+        return None
+    split = read_split_file(Path(str(bundled)))
+    return len(split["train"]) + (len(split["val"]) if with_val else 0)
 
 
 def plan_states(plan: Plan) -> list[tuple[PlannedRun, RunState]]:
