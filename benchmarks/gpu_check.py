@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK_DIR = REPO / ".gpu_check"  # ignored by git; the device run carries it
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("LATTECLIP_SHARED_DATA", REPO.parent / "shared" / "data"))  # as the tests read it
 # the GPU machine has torch, transformers, timm...; these pure-Python ones travel as wheels (device README)
 WHEELS = ("open_clip_torch", "ftfy", "wcwidth", "submitit")
 DEVICE_PYTHON = "3.12"  # the GPU machine's python3 (.library/device/KINDS.md)

@@ -14,7 +14,7 @@
 #   1. here, once: .venv/bin/python benchmarks/gpu_check.py prepare
 #      -> .gpu_check/ (ignored by git): an EuroSAT subset cut from ../shared/data (4,000 train, 1,000 val, 3,000
 #         test images: the device takes 64 MiB with the checkout) and the wheels of the pure-Python packages its
-#         python3 lacks (open_clip_torch, ftfy, wcwidth, submitit), about 31 MiB in all
+#         python3 lacks (open_clip_torch, ftfy, wcwidth, submitit), 30 MiB in all
 #   2. the device tool's run, with carry [".gpu_check"] and timeout_s 560:
 #      cp docs/results.md "$OUT/results.md" && bash benchmarks/gpu_check.sh --json-dir "$OUT" "$OUT/results.md"
 #   3. here: .venv/bin/python benchmarks/gpu_check.py page --json-dir FILES_AT docs/results.md
@@ -121,7 +121,7 @@ SELECTION=(paper --datasets eurosat --entries zeroshot,latteclip --seeds 0 --dat
     "${RUN[@]}" --device "$DEVICE" --lmm offline)
 
 run_step environment 60 benchmarks/gpu_check.py environment --device "$DEVICE" --data-root "$DATA/eurosat" \
-    "${QUICK_FLAG[@]}" --out "$JSON/environment.json"
+    ${QUICK_FLAG[@]+"${QUICK_FLAG[@]}"} --out "$JSON/environment.json"
 run_step train_step_bf16 150 benchmarks/train_step.py "${MODEL[@]}" --device "$DEVICE" --batch-size "$BATCH" \
     --variants latteclip,latteclip_reference,flyp_pl --warmup 2 --steps "$STEPS_TIMED" --json "$JSON/train_step_bf16.json"
 run_step grad_sync 90 benchmarks/grad_sync.py "${MODEL[@]}" --device "${DEVICE%%:*}" --nproc 1 \
@@ -137,7 +137,7 @@ if ((QUICK)); then
     echo "skipped with --quick" >"$WORK/logs/train_step_compile.log"
 else
     run_step train_step_compile 180 benchmarks/train_step.py "${MODEL[@]}" --device "$DEVICE" --batch-size "$BATCH" \
-        --variants latteclip --compile --warmup 3 --steps "$STEPS_TIMED" --json "$JSON/train_step_compile.json"
+        --variants latteclip --compile --warmup 2 --steps "$STEPS_TIMED" --json "$JSON/train_step_compile.json"
 fi
 
 "$PY" benchmarks/gpu_check.py summary --steps "$STEPS" --logs "$WORK/logs" --out "$JSON/steps.json" \
