@@ -84,7 +84,11 @@ def environment(args: argparse.Namespace) -> None:
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise SystemExit("GPU check: --device cuda but torch sees no GPU (GPU_CHECK_DEVICE=cpu for the CPU run)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    try:  # the device's copy of the checkout may have no .git, its machine no git
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        commit_id = commit.stdout.strip() if commit.returncode == 0 else None
+    except OSError:
+        commit_id = None
     images = {split: len(build_dataset("eurosat", args.data_root, split).samples) for split in ("train", "test")}
     record = {
         **machine_description(),
@@ -95,7 +99,7 @@ def environment(args: argparse.Namespace) -> None:
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "transformers": _version("transformers"),
         "open_clip": _version("open_clip_torch"),
-        "commit": commit.stdout.strip() or None,
+        "commit": commit_id,
         "quick": args.quick,
         "eurosat_images": images,
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
