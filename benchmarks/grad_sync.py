@@ -14,6 +14,7 @@ part of it spent waiting for the all-reduces after the backward pass.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -94,6 +95,7 @@ def main() -> None:
         help="all-reduce buckets during the backward pass (--no-overlap: after it)",
     )
     parser.add_argument("--write-results", action="store_true", help="write the figures into docs/results.md")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     load = (
         os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -111,6 +113,8 @@ def main() -> None:
         f"trained parameters, {buckets} all-reduced {when}: step {row['step_s']:.3f} s, of which waiting for the "
         f"gradients after the backward pass {row['wait_s']:.3f} s ({100 * share:.1f}%)"
     )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "buckets": buckets, "when": when, **row}, indent=1))
     if args.write_results:
         sys.path.insert(0, str(Path(__file__).parent))
         from results_page import write_section

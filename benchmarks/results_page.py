@@ -33,10 +33,17 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [str(script), *sys.argv[1:]])
 
 
-def write_section(name: str, title: str, body: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the section `name` with `body`, headed by the command and the machine."""
+def write_section(
+    name: str, title: str, body: str, path: Path = RESULTS, command: str | None = None, where: str | None = None
+) -> None:
+    """Replace (or append) the section `name` with `body`, headed by the command and the machine.
+
+    `command` and `where` default to this process's; a page written from figures measured elsewhere (the GPU check's
+    JSON) names the command and the machine that measured them.
+    """
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    section = f"{start}\n## {title}\n\nCommand: `{command_line()}`  \nMachine: {machine()}\n\n{body.strip()}\n{end}"
+    command, where = command or command_line(), where or machine()
+    section = f"{start}\n## {title}\n\nCommand: `{command}`  \nMachine: {where}\n\n{body.strip()}\n{end}"
     text = path.read_text() if path.is_file() else HEADER
     if start in text and end in text:
         before, rest = text.split(start, 1)

@@ -8,6 +8,10 @@ Each variant runs in its own process so that peak memory is its own.
 
     python benchmarks/train_step.py                       # ViT-B-32, batch 64, CPU: fast vs reference
     python benchmarks/train_step.py --device cuda --batch-size 512 --variants flyp_pl,latteclip
+    python benchmarks/train_step.py --device cuda --batch-size 512 --variants latteclip --compile --warmup 3
+
+`--compile` compiles the model as `train --compile` does (engine.trainer.accelerate); the first steps compile,
+so give it warm-up steps.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def build(args, variant: str):
     from latteclip.data import DatasetOptions, build_dataset, collate
     from latteclip.describe.store import DescriptionStore, image_key
     from latteclip.engine.optim import optimizer_for_run, scaled_groups
+    from latteclip.engine.trainer import accelerate
     from latteclip.methods import build_options, get_method
     from latteclip.methods.base import TrainContext
     from latteclip.models import load_clip
@@ -68,6 +73,7 @@ def build(args, variant: str):
     method = cls(loaded, train.info, build_options(cls, options), device)
     zs = torch.randint(0, train.info.num_classes, (len(train),), generator=torch.Generator().manual_seed(0))
     method.setup_training(TrainContext(train, zs, tmp, 0, str(tmp / "d.sqlite")))
+    accelerate(method.model, RunConfig(compile=args.compile))
     batch = collate([train[i] for i in range(len(train))])
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     optimizer = optimizer_for_run(scaled_groups(method.parameters()), RunConfig(lr=1e-7))
@@ -137,6 +143,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on GPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the towers, as `train --compile`")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--write-results", action="store_true", help="write the table into docs/results.md")
@@ -159,8 +166,10 @@ def main() -> None:
         if args.device.startswith("cuda")
         else f"{machine['cpu']}, {machine['cores']} cores"
     )
+    compiled = ", compiled" if args.compile else ""
     print(
-        f"{args.model} (random weights), batch {args.batch_size}, {args.device} ({device}), torch {torch.__version__}"
+        f"{args.model} (random weights), batch {args.batch_size}, {args.device} ({device}){compiled}, "
+        f"torch {torch.__version__}"
     )
     print(f"{'variant':<22}{'step (s)':>10}{'images/s':>10}{'peak MB':>10}{'step +MB':>10}")
     for r in rows:
@@ -192,11 +201,11 @@ def main() -> None:
                 f"\nSpeed-up of the fast LatteCLIP step over the reference: "
                 f"**{by['latteclip_reference']['step_s'] / by['latteclip']['step_s']:.2f}x**."
             )
-        kind = "gpu" if args.device.startswith("cuda") else "cpu"
-        title = f"One training step, {args.model} (random weights), batch {args.batch_size}, {args.device}"
+        kind = ("gpu" if args.device.startswith("cuda") else "cpu") + ("_compiled" if args.compile else "")
+        title = f"One training step, {args.model} (random weights), batch {args.batch_size}, {args.device}{compiled}"
         memory = (
             "peak GPU memory allocated"
-            if kind == "gpu"
+            if kind.startswith("gpu")
             else "peak resident memory of the process, and what the step adds above the model, optimizer and data"
         )
         write_section(

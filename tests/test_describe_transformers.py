@@ -1,11 +1,12 @@
 """The `transformers` describer with a tiny randomly initialised LLaVA-NeXT built here, offline.
 
-The tokenizer is a word-level one made with the `tokenizers` library and the processor is saved
-next to the model, so the describer loads both from a folder exactly as it would a real model.
+The model folder is benchmarks/tiny_llava.py's: a word-level tokenizer and the processor saved next to the model, so
+the describer loads both from a folder exactly as it would a real model.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 
 import pytest
@@ -16,100 +17,18 @@ from latteclip.describe.jobs import class_jobs, group_jobs, image_hashes, image_
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.runner import Runner
 from latteclip.describe.store import DescriptionStore
+from tests.conftest import REPO
 
 transformers = pytest.importorskip("transformers")
-
-WORDS = (
-    "describe the land use in photo concisely using less than 20 words common visual attributes of all photos "
-    "fewer green field fields river forest road roads city houses crops water trees a and with , ."
-).split()
-CHAT_TEMPLATE = (
-    "{% for message in messages %}USER: {% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:"
-)
-PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
 
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (
-        CLIPVisionConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextImageProcessor,
-        LlavaNextProcessor,
-        MistralConfig,
-        PreTrainedTokenizerFast,
-    )
-
-    special = ["<unk>", "<pad>", "<s>", "</s>", "<image>"]
-    vocab = {token: i for i, token in enumerate(special + sorted(set(WORDS)) + ["USER:", "ASSISTANT:"])}
-    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    word_level.decoder = decoders.WordPiece()  # joins words with spaces
-    # transformers 5 names the image token; 4.x only needs it to be a special token
-    major = int(transformers.__version__.split(".")[0])
-    image_token = (
-        {"extra_special_tokens": {"image_token": "<image>"}}
-        if major >= 5
-        else {"additional_special_tokens": ["<image>"]}
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=word_level,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        **image_token,
-    )
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=PINPOINTS
-    )
-    # a CLIP vision tower adds its class token, which the "default" feature strategy drops: one extra token
-    processor = LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        chat_template=CHAT_TEMPLATE,
-        num_additional_image_tokens=1,
-    )
-    config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        ),
-        text_config=MistralConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=512,
-            pad_token_id=1,
-            bos_token_id=2,
-            eos_token_id=3,
-        ),
-        image_token_index=vocab["<image>"],
-        image_grid_pinpoints=PINPOINTS,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-        image_seq_length=16,  # (32 / 8)^2 patches: transformers < 4.50 compares against it
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llava-next")
-    model = LlavaNextForConditionalGeneration(config)
-    with torch.no_grad():  # a random model often ends at once; zero logits for special tokens keep it talking
-        model.get_output_embeddings().weight[: len(special)] = 0
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
+    """The tiny random LLaVA-NeXT of benchmarks/tiny_llava.py, which the GPU check builds the same way."""
+    spec = importlib.util.spec_from_file_location("tiny_llava", REPO / "benchmarks" / "tiny_llava.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_tiny_llava(tmp_path_factory.mktemp("tiny-llava-next"))
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,7 @@ from latteclip.engine.session import dataset_options, method_from_checkpoint, pi
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive
+from latteclip.experiments.cost import StepCost, gpu_hours, step_cost
 from latteclip.experiments.jobs import RunState
 from latteclip.experiments.launch import LaunchSettings, Outcome
 from latteclip.experiments.machine import machine_description, use_threads
@@ -559,7 +560,13 @@ def run_experiment(
 @dataclass(frozen=True)
 class ExperimentStatus:
     states: list[tuple[PlannedRun, RunState]]  # each run: done, running, interrupted, failed (with its line), missing
-    size: PlanSize  # runs, description stages, descriptions and LMM hours of the whole plan
+    size: PlanSize  # runs, description stages, descriptions and LMM hours, training steps of the whole plan
+    step_cost: StepCost | None = None  # the measured seconds of a training step, when given
+
+    @property
+    def gpu_hours(self) -> float | None:
+        """Training steps x measured seconds a step; None without a GPU measurement."""
+        return gpu_hours(self.size.train_steps, self.step_cost) if self.step_cost else None
 
 
 def experiment_plan(experiment: str | Path, **selection: Any) -> Plan:
@@ -578,8 +585,13 @@ def run_experiment_plan(plan: Plan, launch: LaunchSettings, progress: Progress =
     return run_plan(plan, launch, progress)
 
 
-def experiment_status(plan: Plan) -> ExperimentStatus:
-    return ExperimentStatus(plan_states(plan), plan_size(plan))
+def experiment_status(
+    plan: Plan, step_seconds: float | None = None, step_benchmark: str | Path | None = None
+) -> ExperimentStatus:
+    """Each run's state and the plan's size; the GPU hours from `step_seconds` or a `benchmarks/train_step.py --json`
+    file measured on a GPU (`step_benchmark`)."""
+    cost = step_cost(step_seconds, str(step_benchmark) if step_benchmark else None)  # a bad file: before the work
+    return ExperimentStatus(plan_states(plan), plan_size(plan), cost)
 
 
 def experiment_tables(plan: Plan, page: Path | None = None) -> str:

@@ -92,6 +92,13 @@ def _experiment_parser(parser: argparse.ArgumentParser) -> None:
     )
     _add_selection(status)
     add_describe_arguments(status, LMM)  # the describer decides which description set a run reads: part of its config
+    cost = status.add_argument_group("GPU hours (training steps x the seconds of one step, measured on a GPU)")
+    cost.add_argument("--step-seconds", type=float, metavar="S", help="seconds of one training step on your GPU")
+    cost.add_argument(
+        "--step-benchmark",
+        metavar="FILE.json",
+        help="the JSON `benchmarks/train_step.py --device cuda --json FILE` wrote (its LatteCLIP step)",
+    )
     tables = actions.add_parser(
         "tables",
         formatter_class=DefaultsHelpFormatter,
@@ -192,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from latteclip import api
 
-    status = api.experiment_status(load_from_args(args))
+    status = api.experiment_status(load_from_args(args), args.step_seconds, args.step_benchmark)
     counts: dict[str, int] = {}
     for run, state in status.states:
         counts[state.state] = counts.get(state.state, 0) + 1
@@ -208,6 +215,17 @@ def _status(args: argparse.Namespace) -> int:
         f"{size.lmm_hours:.1f} LMM hours at the paper's 1.2 s each"
         + (f" (without {', '.join(size.unknown)}: give --data-root to count them)" if size.unknown else "")
     )
+    steps = f"GPU: {size.train_steps} training steps (the authors' schedules; evaluation and descriptions not counted"
+    steps += f"; without {', '.join(size.unknown)})" if size.unknown else ")"
+    if status.step_cost is None:
+        print(
+            f"{steps} x the seconds of one step / 3600 = GPU hours; the seconds need a GPU measurement: "
+            "`benchmarks/train_step.py --device cuda --batch-size 512 --json FILE`, then --step-benchmark FILE "
+            "(or --step-seconds S)"
+        )
+    else:
+        cost = status.step_cost
+        print(f"{steps} x {cost.seconds:.4g} s a step ({cost.source}) = {status.gpu_hours:.2f} GPU hours")
     return 0
 
 

@@ -24,6 +24,7 @@ from latteclip.describe.prompts import load_prompts
 from latteclip.describe.settings import resolve_settings
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
+from latteclip.experiments.cost import run_steps
 from latteclip.experiments.jobs import RunState, run_job, run_state
 from latteclip.experiments.launch import Job, LaunchSettings, Outcome, launch
 from latteclip.experiments.plan import Plan, PlannedRun
@@ -161,6 +162,7 @@ class PlanSize:
     description_stages: int
     descriptions: int  # of the datasets whose training split could be read
     unknown: list[str]  # datasets whose training split is neither under --data-root nor in the package
+    train_steps: int = 0  # the training steps of the runs of the other datasets, as their schedules plan them
 
     @property
     def lmm_hours(self) -> float:
@@ -169,7 +171,7 @@ class PlanSize:
 
 def plan_size(plan: Plan) -> PlanSize:
     """Runs, description stages and LMM descriptions (one per image and store, one per group, one per class name and
-    question of CoFT+'s class descriptions) at 1.2 s each."""
+    question of CoFT+'s class descriptions) at 1.2 s each, and the training steps of every run."""
     stages = description_stages(plan)
     settings = resolve_settings(plan.describe, {})
     count, unknown, stores = 0, [], {}
@@ -188,12 +190,19 @@ def plan_size(plan: Plan) -> PlanSize:
         split = _train_split(plan, dataset)
         count += split[1] * questions if split else 0
         unknown += [dataset] if split is None and dataset not in unknown else []
-    return PlanSize(len(plan.runs()), len(stages) + len(class_text_stages(plan)), count, unknown)
+    steps = 0
+    trained = {dataset: _train_split(plan, dataset, with_val=True) for dataset in plan.datasets}
+    for run in plan.runs():
+        if trained[run.dataset] is None:
+            unknown += [run.dataset] if run.dataset not in unknown else []
+        else:
+            steps += run_steps(run.config, trained[run.dataset][0])
+    return PlanSize(len(plan.runs()), len(stages) + len(class_text_stages(plan)), count, unknown, steps)
 
 
-def _train_split(plan: Plan, dataset: str) -> tuple[int, int] | None:
-    """(training images, classes) of `dataset`: from its data when present, else from the CoOp split file the package
-    holds."""
+def _train_split(plan: Plan, dataset: str, with_val: bool = False) -> tuple[int, int] | None:
+    """(training images, classes) of `dataset`: from its data when present (CoOp train + val, what training reads),
+    else from the CoOp split file the package holds (its train part; `with_val`: train + val)."""
     # the whole training split, whatever share the first entry trains on (plan_size takes the shares)
     config = dataclasses.replace(plan.run_config(dataset, plan.entries[0], plan.seeds[0]), train_fraction=1.0)
     if config.root:
@@ -207,8 +216,9 @@ def _train_split(plan: Plan, dataset: str) -> tuple[int, int] | None:
     bundled = resources.files("latteclip.data").joinpath("splits", f"{load_spec(config.dataset).get('split_file')}.gz")
     if not bundled.is_file():
         return None
-    train = read_split_file(Path(str(bundled)))["train"]
-    return len(train), len({entry[1] for entry in train})
+    split = read_split_file(Path(str(bundled)))
+    train = split["train"]
+    return len(train) + (len(split["val"]) if with_val else 0), len({entry[1] for entry in train})
 
 
 def plan_states(plan: Plan) -> list[tuple[PlannedRun, RunState]]:

@@ -329,6 +329,7 @@ DESCRIBE_RUN_KEYS = (
     "dataset",
     "root",
     "limit",
+    "train_fraction",
     "seed",
     "classnames",
     "templates",
