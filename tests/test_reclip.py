@@ -247,3 +247,27 @@ def test_reclip_resumes_to_the_same_result(eurosat_zip, tmp_path, monkeypatch):
         json.loads((tmp_path / "straight" / "results.json").read_text())["test"]
         == json.loads((tmp_path / "resumed" / "results.json").read_text())["test"]
     )
+
+
+def test_refreshes_reuse_one_loader_whose_worker_outlives_each_pass(eurosat_zip, tmp_path, monkeypatch):
+    """Four refreshes of the training split with one worker: one loader of that split is built (before: one per
+    refresh, each forking its worker again), its worker persists between passes, and none is left after the run."""
+    import multiprocessing
+
+    from latteclip.engine import features
+
+    built: list[tuple[str, bool]] = []
+
+    class CountedLoader(torch.utils.data.DataLoader):
+        def __init__(self, dataset, **kwargs):
+            super().__init__(dataset, **kwargs)
+            built.append((dataset.split, self.persistent_workers))
+
+    monkeypatch.setattr(features, "DataLoader", CountedLoader)
+    args = train_args(str(eurosat_zip.parent), tmp_path, "run", "--workers", "1", "--refresh-every", "1")
+    assert main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "reclip/label_agreement" in r] == [1, 2, 3, 4]
+    assert built.count(("train", True)) == 1 and ("train", False) not in built
+    assert built.count(("test", False)) == 1  # the final evaluation: one pass, nothing to keep
+    assert multiprocessing.active_children() == []

@@ -21,6 +21,7 @@ import time
 import warnings
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from latteclip import distributed
@@ -29,7 +30,7 @@ from latteclip.data import ImageDataset
 from latteclip.engine.checkpoint import load_checkpoint, save_checkpoint
 from latteclip.engine.diagnostics import label_free_diagnostics
 from latteclip.engine.evaluate import autocast_for_precision, evaluate
-from latteclip.engine.features import extract_features, zero_shot_labels
+from latteclip.engine.features import extract_features, feature_loader, zero_shot_labels
 from latteclip.engine.label_analysis import PseudoLabelAnalysis
 from latteclip.engine.loader import train_loader
 from latteclip.engine.metrics_log import MetricsLog
@@ -68,6 +69,8 @@ class Trainer:
         self.timings: dict[str, float] = {}
         self.schedule: Schedule | None = None
         self.unreadable: set[int] = set()
+        # by id(dataset): the loaders whole-split passes reuse (`feature_loader`), with their datasets
+        self.feature_loaders: dict[int, tuple[ImageDataset, DataLoader]] = {}
         # without labelled images: the untrained classifier and its scores on the training images, for the diagnostics
         self.start: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -82,10 +85,20 @@ class Trainer:
 
         Also what `TrainContext.extract_features` calls.
         """
+        loader = self.feature_loader(dataset)
         with torch.no_grad(), autocast_for_precision(self.config.precision, self.device):
             return extract_features(
-                encode, dataset, self.device, self.config.eval_batch_size, self.workers, desc, cache_key
+                encode, dataset, self.device, self.config.eval_batch_size, self.workers, desc, cache_key, loader
             )
+
+    def feature_loader(self, dataset: ImageDataset) -> DataLoader:
+        """The run's one loader of `dataset`, built at its first pass: ReCLIP's and CoFT's refreshes encode the same
+        split again and again, and each pass would otherwise fork its workers anew beside the training loader's."""
+        kept = self.feature_loaders.get(id(dataset))
+        if kept is None:  # the dataset is kept with its loader: its id cannot pass to another object meanwhile
+            loader = feature_loader(dataset, self.config.eval_batch_size, self.workers, persistent=True)
+            kept = self.feature_loaders[id(dataset)] = (dataset, loader)
+        return kept[1]
 
     def scores(self, dataset: ImageDataset, pristine: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The current classifier [C, d], cosine scores [N, C] of every image of `dataset` with it, and the readable
@@ -171,6 +184,7 @@ class Trainer:
             return self.train(test_set, log, resume_state, started)
         finally:
             log.close()
+            self.feature_loaders.clear()  # their persistent workers end with the loaders
 
     def train(
         self, test_set: ImageDataset | None, log: MetricsLog, resume_state: dict | None, started: float
