@@ -271,3 +271,36 @@ def test_refreshes_reuse_one_loader_whose_worker_outlives_each_pass(eurosat_zip,
     assert built.count(("train", True)) == 1 and ("train", False) not in built
     assert built.count(("test", False)) == 1  # the final evaluation: one pass, nothing to keep
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.slow
+def test_compiled_reclip_compiles_in_its_first_step_only(eurosat_zip, tmp_path, monkeypatch):
+    """--compile: the image tower gets one graph per (eval/train mode, own/pre-training LayerNorms through
+    `functional_call`) and the text transformer one per (eval, train without and with gradients): 7 graphs, all made
+    by the step-0 evaluation and the first step. Later steps, refreshes and evaluations must reuse them (dynamo raises
+    on any recompile from step 1 on), with no graph break, and far from the recompile limit past which dynamo would
+    run the towers eagerly without a word (it raises instead here)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    first_step = Reclip.training_step
+    graphs_after_step_zero: list[int] = []
+
+    def warmed_up_after_step_zero(self, batch, step):
+        if step == 1:
+            graphs_after_step_zero.append(counters["stats"]["unique_graphs"])
+            monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        return first_step(self, batch, step)
+
+    monkeypatch.setattr(Reclip, "training_step", warmed_up_after_step_zero)
+    args = train_args(str(eurosat_zip.parent), tmp_path, "run", "--compile", "--max-steps", "6", "--eval-every", "3")
+    try:
+        assert main(args) == 0
+        assert graphs_after_step_zero == [7]
+        assert counters["stats"]["unique_graphs"] == 7
+        assert counters["frames"]["ok"] == counters["frames"]["total"] == 7
+        assert not counters["graph_break"]
+    finally:
+        torch._dynamo.reset()  # the compiled towers of this run's model are not kept for later tests
