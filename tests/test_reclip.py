@@ -12,7 +12,7 @@ from latteclip.cli import main
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.session import method_from_checkpoint
 from latteclip.methods.reclip import Reclip, class_agnostic_projection, class_centroids, knn_affinity, propagate_labels
-from tests.conftest import interrupt_at_step
+from tests.conftest import interrupt_at_step, tiny_run_argv
 
 
 @pytest.mark.parametrize("solver", ["closed_form", "iterative"])
@@ -82,44 +82,8 @@ def test_class_centroids_average_members_and_keep_empty_classes():
 
 
 def train_args(root: str, out, name: str, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--method",
-        "reclip",
-        "--dataset",
-        "eurosat",
-        "--root",
-        root,
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--limit",
-        "40",
-        "--max-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--eval-every",
-        "0",
-        "--refresh-every",
-        "2",
-        "--lp-neighbors",
-        "5",
-        "--lr",
-        "1e-3",
-        "--device",
-        "cpu",
-        "--checkpoint-every",
-        "1",
-        "--output",
-        str(out),
-        "--name",
-        name,
-        *extra,
-    ]
+    schedule = {"max_steps": 4, "batch_size": 8, "eval_every": 0, "refresh_every": 2, "lp_neighbors": 5}
+    return tiny_run_argv("reclip", out, name, *extra, root=root, **schedule, lr="1e-3", checkpoint_every=1)
 
 
 def test_reclip_trains_and_eval_rebuilds_the_same_classifier(eurosat_zip, tmp_path):
