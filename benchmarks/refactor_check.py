@@ -83,6 +83,7 @@ def run_method(method: str, output: Path, store: Path, steps: int, workers: int)
     from latteclip.cli import main
     from latteclip.engine.checkpoint import load_checkpoint
 
+    # the tests build such argv with tests/conftest.py's tiny_run_argv; a benchmark does not import the tests
     argv = [
         "train",
         "--method",

@@ -61,7 +61,7 @@ def describe_argv(root: Path | str, *extra: str, **values: object) -> list[str]:
 
 def tiny_run_argv(method: str, output: Path | str, name: str, *extra: str, **values: object) -> list[str]:
     """`latteclip train` of `method` into `output`/`name`, as `tiny_argv` (the same keywords)."""
-    return tiny_argv("train", *extra, method=method, output=output, name=name, **values)
+    return ["train", "--method", method, *tiny_flags(output=output, name=name, **values), *extra]
 
 
 @pytest.fixture(autouse=True)
