@@ -69,7 +69,7 @@ class Trainer:
         self.timings: dict[str, float] = {}
         self.schedule: Schedule | None = None
         self.unreadable: set[int] = set()
-        # by id(dataset): the loaders whole-split passes reuse (`feature_loader`), with their datasets
+        # by id(dataset): the loaders the refreshes reuse (`feature_loader`), with their datasets
         self.feature_loaders: dict[int, tuple[ImageDataset, DataLoader]] = {}
         # without labelled images: the untrained classifier and its scores on the training images, for the diagnostics
         self.start: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -79,21 +79,29 @@ class Trainer:
         return evaluate(self.method, test_set, self.inference, self.pristine_key() if pristine else None)
 
     def features_of(
-        self, encode, dataset: ImageDataset, desc: str = "features", cache_key: str | None = None
+        self,
+        encode,
+        dataset: ImageDataset,
+        desc: str = "features",
+        cache_key: str | None = None,
+        loader: DataLoader | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole split's features with the run's device, batch size and workers.
-
-        Also what `TrainContext.extract_features` calls.
-        """
-        loader = self.feature_loader(dataset)
+        """A whole split's features with the run's device, batch size and workers (through `loader` if given)."""
         with torch.no_grad(), autocast_for_precision(self.config.precision, self.device):
             return extract_features(
                 encode, dataset, self.device, self.config.eval_batch_size, self.workers, desc, cache_key, loader
             )
 
+    def refresh_features(
+        self, encode, dataset: ImageDataset, desc: str = "features"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What `TrainContext.extract_features` calls: ReCLIP's and CoFT's label refreshes encode the same split again
+        and again, through one loader of that split whose workers are forked once, not once per pass beside the
+        training loader's."""
+        return self.features_of(encode, dataset, desc, loader=self.feature_loader(dataset))
+
     def feature_loader(self, dataset: ImageDataset) -> DataLoader:
-        """The run's one loader of `dataset`, built at its first pass: ReCLIP's and CoFT's refreshes encode the same
-        split again and again, and each pass would otherwise fork its workers anew beside the training loader's."""
+        """The run's one loader of `dataset` (persistent workers), built at its first pass."""
         kept = self.feature_loaders.get(id(dataset))
         if kept is None:  # the dataset is kept with its loader: its id cannot pass to another object meanwhile
             loader = feature_loader(dataset, self.config.eval_batch_size, self.workers, persistent=True)
@@ -263,7 +271,7 @@ class Trainer:
             self.config.seed,
             self.config.store,
             method_log,
-            extract_features=self.features_of,
+            extract_features=self.refresh_features,
             eval_transform=self.session.loaded.eval_transform(),
             steps_per_epoch=schedule.steps_per_epoch,
             total_steps=schedule.total_steps,
