@@ -5,7 +5,7 @@
 
 Each training method (flyp_pl, oracle, latteclip, reclip, coft, coft_plus) trains the tiny model
 (latte-tiny, random weights) for a few steps on 40 EuroSAT images from the archive beside the
-checkout, on CPU with one thread and workers 0, with evaluation, logging and checkpoints on. The
+checkout, on CPU with one thread and workers 0 (or --workers), with evaluation, logging and checkpoints on. The
 hash covers every tensor of final.pt's model weights and method state (prototypes, adapters) in key
 order, so equal hashes mean bit-identical results. The description store the LMM methods read is
 written here with fixed texts.
@@ -79,10 +79,11 @@ def weights_hash(checkpoint: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def run_method(method: str, output: Path, store: Path, steps: int) -> dict[str, Any]:
+def run_method(method: str, output: Path, store: Path, steps: int, workers: int) -> dict[str, Any]:
     from latteclip.cli import main
     from latteclip.engine.checkpoint import load_checkpoint
 
+    # the tests build such argv with tests/conftest.py's tiny_run_argv; a benchmark does not import the tests
     argv = [
         "train",
         "--method",
@@ -100,7 +101,7 @@ def run_method(method: str, output: Path, store: Path, steps: int) -> dict[str, 
         "--device",
         "cpu",
         "--workers",
-        "0",
+        str(workers),
         "--batch-size",
         "8",
         "--lr",
@@ -147,6 +148,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="loader workers (1: the worker processes' paths are compared too)"
+    )
     parser.add_argument("--save", type=Path, help="write the per-method results to this JSON file")
     parser.add_argument(
         "--compare", type=Path, help="compare with a JSON file written by --save (exit 1 if any differs)"
@@ -163,7 +167,7 @@ def main() -> None:
         store = Path(tmp) / "descriptions.sqlite"
         write_store(store, 40)
         for method in args.methods.split(","):
-            rows[method] = run_method(method, Path(tmp) / "runs", store, args.steps)
+            rows[method] = run_method(method, Path(tmp) / "runs", store, args.steps, args.workers)
             print(f"{method:<10} top1 {rows[method]['top1']:.4f}  weights {rows[method]['sha256']}", flush=True)
     if args.save:
         args.save.write_text(json.dumps(rows, indent=1) + "\n")

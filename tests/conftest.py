@@ -14,6 +14,55 @@ SHARED_DATA = Path(os.environ.get("LATTECLIP_SHARED_DATA", REPO.parent / "shared
 EUROSAT_DIR = SHARED_DATA / "eurosat"
 EUROSAT_ZIP = EUROSAT_DIR / "EuroSAT.zip"
 
+# The tiny model the CLI tests run (latte-tiny with random weights, on the CPU, images loaded in the main process).
+# benchmarks/refactor_check.py spells the same flags out itself: a benchmark does not import the tests.
+TINY_MODEL: dict[str, object] = {"model": "latte-tiny", "pretrained": "random", "device": "cpu", "workers": 0}
+# the training flags of the shared tiny flyp run (`tiny_runs`): a test that resumes its last.pt must pass the same
+TINY_FLYP: dict[str, object] = {
+    "max_steps": 8,
+    "batch_size": 16,
+    "lr": "1e-3",
+    "warmup_steps": 0,
+    "eval_every": 4,
+    "log_every": 1,
+}
+
+
+def flags(**values: object) -> list[str]:
+    """`--max-steps 4` for `max_steps=4`, a bare `--resume` for `resume=True`, nothing for a None value."""
+    argv: list[str] = []
+    for key, value in values.items():
+        if value is None or value is False:
+            continue
+        argv.append(f"--{key.replace('_', '-')}")
+        if value is not True:
+            argv.append(str(value))
+    return argv
+
+
+TINY = flags(**TINY_MODEL)
+
+
+def tiny_flags(**values: object) -> list[str]:
+    """40 images of the EuroSAT archive beside the checkout and the tiny model; each keyword adds a flag or replaces
+    one of these (None leaves it out)."""
+    return flags(**{"dataset": "eurosat", "root": EUROSAT_ZIP, "limit": 40, **TINY_MODEL, **values})
+
+
+def tiny_argv(command: str, *extra: str, **values: object) -> list[str]:
+    """`latteclip <command>` with `tiny_flags(**values)`, `extra` last."""
+    return [command, *tiny_flags(**values), *extra]
+
+
+def describe_argv(root: Path | str, *extra: str, **values: object) -> list[str]:
+    """`latteclip describe` of the EuroSAT images at `root`: each keyword a flag (`flags`), `extra` last."""
+    return ["describe", *flags(**{"dataset": "eurosat", "root": root, **values}), *extra]
+
+
+def tiny_run_argv(method: str, output: Path | str, name: str, *extra: str, **values: object) -> list[str]:
+    """`latteclip train` of `method` into `output`/`name`, as `tiny_argv` (the same keywords)."""
+    return ["train", "--method", method, *tiny_flags(output=output, name=name, **values), *extra]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
@@ -65,52 +114,10 @@ def tiny_runs(tmp_path_factory, eurosat_zip) -> dict[str, Path]:
     from latteclip.cli import main
 
     output = tmp_path_factory.mktemp("runs")
-    common = [
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_zip),
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--limit",
-        "40",
-        "--workers",
-        "0",
-        "--output",
-        str(output),
-        "--device",
-        "cpu",
-    ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LATTECLIP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        assert (
-            main(
-                [
-                    "train",
-                    "--method",
-                    "flyp_pl",
-                    "--name",
-                    "flyp",
-                    "--max-steps",
-                    "8",
-                    "--batch-size",
-                    "16",
-                    "--lr",
-                    "1e-3",
-                    "--warmup-steps",
-                    "0",
-                    "--eval-every",
-                    "4",
-                    "--log-every",
-                    "1",
-                    *common,
-                ]
-            )
-            == 0
-        )
-        assert main(["zeroshot", "--name", "zeroshot", *common]) == 0
+        assert main(tiny_run_argv("flyp_pl", output, "flyp", root=eurosat_zip, **TINY_FLYP)) == 0
+        assert main(tiny_argv("zeroshot", root=eurosat_zip, output=output, name="zeroshot")) == 0
     return {"flyp": output / "flyp", "zeroshot": output / "zeroshot"}
 
 

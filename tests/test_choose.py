@@ -17,7 +17,7 @@ from latteclip.config import RunConfig
 from latteclip.data.subsets import held_back_positions
 from latteclip.engine.choice import Candidate, candidate_grid, sized_schedule, verdict
 from latteclip.errors import LatteclipError
-from tests.test_unlabeled import TINY, flat, labelled, names  # noqa: F401  (module fixtures)
+from tests.test_unlabeled import adapt_argv, flat, labelled, names  # noqa: F401  (module fixtures)
 
 CHOOSE = ["--choose", "lr=1e-5,1e-2", "--choose", "max_steps=2", "--batch-size", "8", "--warmup-steps", "0"]
 SCORES = {
@@ -48,25 +48,7 @@ def arranged(flat: Path, labelled: Path, folder: Path, label_of) -> Path:
 
 
 def adapt_choice(root: Path, names: Path, out: Path, *extra: str) -> dict:
-    assert (
-        main(
-            [
-                "adapt",
-                "--root",
-                str(root),
-                "--classnames",
-                str(names),
-                "--lmm",
-                "offline",
-                "--output",
-                str(out),
-                *TINY,
-                *CHOOSE,
-                *extra,
-            ]
-        )
-        == 0
-    )
+    assert main(adapt_argv(root, names, out, *CHOOSE, *extra)) == 0
     return json.loads((out / f"adapt-{root.stem}" / "results.json").read_text())
 
 
@@ -196,18 +178,7 @@ def test_held_back_share_schedule_and_candidate_grid():
 
 
 def test_choose_refusals_are_one_line(flat, names, tmp_path, capsys):
-    base = [
-        "adapt",
-        "--root",
-        str(flat),
-        "--classnames",
-        str(names),
-        "--lmm",
-        "offline",
-        "--output",
-        str(tmp_path),
-        *TINY,
-    ]
+    base = adapt_argv(flat, names, tmp_path)
     for extra, message in (
         (["--choose", "lr"], "--choose lr: give an option and its values"),
         (["--choose-by", "accuracy"], "--choose-by accuracy: not a label-free score"),

@@ -38,6 +38,7 @@ from latteclip.methods.coft import (
 from latteclip.models import TokenCache, class_text_features, encode_texts, load_clip
 from latteclip.models.adapter import FeatureAdapter
 from latteclip.models.prompt_learner import PromptLearner
+from tests.conftest import TINY_MODEL, tiny_run_argv
 
 CPU = torch.device("cpu")
 
@@ -230,11 +231,8 @@ def coft_session(root: str, **options):
             "method": "coft",
             "dataset": "eurosat",
             "root": root,
-            "model": "latte-tiny",
-            "pretrained": "random",
             "limit": 20,
-            "device": "cpu",
-            "workers": 0,
+            **TINY_MODEL,
             "lr": 1e-3,
             "method_options": options,
         }
@@ -304,40 +302,8 @@ def test_phase_one_trains_the_light_parts_phase_two_also_the_image_encoder(euros
 
 # --- runs through the command line ----------------------------------------------------------------------
 def train_args(root: str, out, method: str, name: str, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--method",
-        method,
-        "--dataset",
-        "eurosat",
-        "--root",
-        root,
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--limit",
-        "40",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--eval-every",
-        "0",
-        "--log-every",
-        "1",
-        "--checkpoint-every",
-        "1",
-        "--lr",
-        "1e-3",
-        "--output",
-        str(out),
-        "--name",
-        name,
-        *extra,
-    ]
+    schedule = {"batch_size": 8, "eval_every": 0, "log_every": 1, "checkpoint_every": 1, "lr": "1e-3"}
+    return tiny_run_argv(method, out, name, *extra, root=root, **schedule)
 
 
 def assert_eval_reproduces(run) -> None:

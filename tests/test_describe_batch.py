@@ -20,6 +20,7 @@ from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.openai_http import OpenAIDescriber
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.store import DescriptionStore
+from tests.conftest import describe_argv
 from tests.lmm_server import FakeLMMServer, expected_answer
 
 MODEL = "fake-llava"
@@ -64,17 +65,7 @@ def answer_with(server: FakeLMMServer, requests: Path, results: Path, failing: s
 
 def test_batch_requests_answers_and_reruns(eurosat_folder, tmp_path, capsys):
     store_path = tmp_path / "d.sqlite"
-    common = [
-        "describe",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_folder),
-        "--kinds",
-        "image",
-        "--store",
-        str(store_path),
-    ]
+    common = describe_argv(eurosat_folder, kinds="image", store=store_path)
     batch = [*common, "--lmm", "batch", "--lmm-model", MODEL]
     train = build_dataset("eurosat", eurosat_folder, "train")
     hashes = image_hashes(train, progress=False)
@@ -132,37 +123,14 @@ def test_batch_requests_answers_and_reruns(eurosat_folder, tmp_path, capsys):
     ],
 )
 def test_batch_options_are_checked_first(eurosat_folder, tmp_path, capsys, flags, message):
-    argv = [
-        "describe",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_folder),
-        "--store",
-        str(tmp_path / "d.sqlite"),
-        *flags,
-    ]
+    argv = describe_argv(eurosat_folder, *flags, store=tmp_path / "d.sqlite")
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
 
 def test_shards_for_a_cluster_and_several_results_files(eurosat_folder, tmp_path, capsys):
     store_path = tmp_path / "d.sqlite"
-    batch = [
-        "describe",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_folder),
-        "--kinds",
-        "image",
-        "--store",
-        str(store_path),
-        "--lmm",
-        "batch",
-        "--lmm-model",
-        MODEL,
-    ]
+    batch = describe_argv(eurosat_folder, kinds="image", store=store_path, lmm="batch", lmm_model=MODEL)
     train = build_dataset("eurosat", eurosat_folder, "train")
     hashes = image_hashes(train, progress=False)
     prompt = load_prompts(train.info.prompts).description("image", train.info.domain)

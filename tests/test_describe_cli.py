@@ -23,9 +23,8 @@ from latteclip.describe.store import DescriptionStore
 from latteclip.engine.features import zero_shot_labels
 from latteclip.engine.session import seed_everything
 from latteclip.models import TokenCache, load_clip
+from tests.conftest import TINY, describe_argv, flags
 from tests.lmm_server import FakeLMMServer, constrained_answer
-
-TINY = ["--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +47,7 @@ def test_groups_share_the_zero_shot_label_and_prompts_name_it(eurosat_folder, tr
     store_path = tmp_path / "d.sqlite"
     with FakeLMMServer() as server:
         code = main(
-            [
-                "describe",
-                "--dataset",
-                "eurosat",
-                "--root",
-                str(eurosat_folder),
-                "--lmm",
-                "openai",
-                "--lmm-url",
-                server.url,
-                "--with-label",
-                "--store",
-                str(store_path),
-                *TINY,
-            ]
+            describe_argv(eurosat_folder, *TINY, lmm="openai", lmm_url=server.url, with_label=True, store=store_path)
         )
         seen = list(server.seen)
     assert code == 0
@@ -88,18 +73,7 @@ def test_groups_share_the_zero_shot_label_and_prompts_name_it(eurosat_folder, tr
 
 def test_offline_substitute_end_to_end_with_export_and_import(eurosat_folder, train, tmp_path):
     store_path, exported = tmp_path / "offline.sqlite", tmp_path / "d.jsonl"
-    args = [
-        "describe",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_folder),
-        "--lmm",
-        "offline",
-        "--store",
-        str(store_path),
-        *TINY,
-    ]
+    args = describe_argv(eurosat_folder, *TINY, lmm="offline", store=store_path)
     assert main([*args, "--export", str(exported)]) == 0
     hashes = image_hashes(train, progress=False)
     store = DescriptionStore(store_path)
@@ -120,22 +94,7 @@ def test_offline_substitute_end_to_end_with_export_and_import(eurosat_folder, tr
     assert len(lines) == count_before and {line["kind"] for line in lines} == {"image", "group"}
     assert {line["image"] for line in lines} == {s.path for s in train.samples}
     elsewhere = tmp_path / "elsewhere.sqlite"
-    assert (
-        main(
-            [
-                "describe",
-                "--dataset",
-                "eurosat",
-                "--root",
-                str(eurosat_folder),
-                "--import",
-                str(exported),
-                "--store",
-                str(elsewhere),
-            ]
-        )
-        == 0
-    )
+    assert main(describe_argv(eurosat_folder, "--import", str(exported), store=elsewhere)) == 0
     imported = DescriptionStore(elsewhere)
     assert imported.get_texts(hashes, "image") == image_texts and imported.get_texts(hashes, "group") == group_texts
 
@@ -163,51 +122,24 @@ def test_config_file_sets_describe_options_and_prompts(eurosat_folder, tmp_path)
 
 
 def test_analysis_mode_needs_its_own_store(eurosat_folder, capsys):
-    code = main(
-        [
-            "describe",
-            "--dataset",
-            "eurosat",
-            "--root",
-            str(eurosat_folder),
-            "--lmm",
-            "offline",
-            "--true-class-members",
-            "2",
-            *TINY,
-        ]
-    )
+    code = main(describe_argv(eurosat_folder, *TINY, lmm="offline", true_class_members=2))
     assert code == 2 and "pass a separate --store" in capsys.readouterr().err
 
 
 def test_analysis_mode_groups_hold_k_true_class_images(eurosat_folder, train, tmp_path, capsys):
     store_path = tmp_path / "analysis.sqlite"
-    assert (
-        main(
-            [
-                "describe",
-                "--dataset",
-                "eurosat",
-                "--root",
-                str(eurosat_folder),
-                "--lmm",
-                "offline",
-                "--kinds",
-                "group",
-                "--true-class-members",
-                "3",
-                "--store",
-                str(store_path),
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    argv = describe_argv(eurosat_folder, *TINY, lmm="offline", kinds="group", true_class_members=3, store=store_path)
+    assert main(argv) == 0
     assert "ANALYSIS MODE" in capsys.readouterr().out
     label_of = {s.path: s.label for s in train.samples}
     for row in DescriptionStore(store_path).rows():
         same = sum(label_of[m] == label_of[row["image"]] for m in row["meta"]["cells"])
         assert same == 3 and "reads labels" in row["meta"]["draw"]
+
+
+def lmm_zeroshot_flags(root: Path, tmp_path: Path) -> list[str]:
+    """An LMM zero-shot run of the EuroSAT images at `root` through the openai client, its answers in zs.sqlite."""
+    return flags(dataset="eurosat", root=root, lmm="openai", store=tmp_path / "zs.sqlite", output=tmp_path / "runs")
 
 
 def test_lmm_zeroshot_accuracy_and_unmapped_share(eurosat_folder, tmp_path):
@@ -220,21 +152,7 @@ def test_lmm_zeroshot_accuracy_and_unmapped_share(eurosat_folder, tmp_path):
     for i, (sample, image_hash) in enumerate(zip(test.samples, hashes)):
         true = names[sample.label]
         scripted[image_hash] = [true, true.upper(), "I cannot tell.", names[(sample.label + 1) % len(names)]][i % 4]
-    args = [
-        "zeroshot",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_folder),
-        "--lmm",
-        "openai",
-        "--store",
-        str(tmp_path / "zs.sqlite"),
-        "--output",
-        str(tmp_path / "runs"),
-        "--name",
-        "lmm",
-    ]
+    args = ["zeroshot", *lmm_zeroshot_flags(eurosat_folder, tmp_path), "--name", "lmm"]
     with FakeLMMServer(answer=lambda image_hash, prompt: scripted[image_hash]) as server:
         assert main([*args, "--lmm-url", server.url]) == 0
         assert {s.prompt for s in server.seen} == {load_prompts().multiple_choice(names, "land use")}
@@ -257,19 +175,7 @@ def test_lmm_zeroshot_with_json_schema_answers_maps_every_answer_exactly(eurosat
     test = build_dataset("eurosat", eurosat_folder, "test")
     names = test.info.classnames
     hashes = image_hashes(test, progress=False)
-    args = [
-        "zeroshot",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_folder),
-        "--lmm",
-        "openai",
-        "--store",
-        str(tmp_path / "zs.sqlite"),
-        "--output",
-        str(tmp_path / "runs"),
-    ]
+    args = ["zeroshot", *lmm_zeroshot_flags(eurosat_folder, tmp_path)]
     # the server answers free text with a sentence no class name is close to, and a constrained request with
     # one of the schema's names (it refuses a malformed response_format with HTTP 400)
     with FakeLMMServer(answer=lambda image_hash, prompt: "I cannot tell.") as server:
@@ -309,20 +215,7 @@ def test_an_unreadable_image_is_reported_for_each_kind_and_fails_the_run(eurosat
     rows.append(f"{broken},River,train")
     table = tmp_path / "data.csv"
     table.write_text("path,label,split\n" + "\n".join(rows) + "\n")
-    code = main(
-        [
-            "describe",
-            "--dataset",
-            "csv",
-            "--root",
-            str(table),
-            "--lmm",
-            "offline",
-            "--store",
-            str(tmp_path / "s.sqlite"),
-            *TINY,
-        ]
-    )
+    code = main(describe_argv(table, *TINY, dataset="csv", lmm="offline", store=tmp_path / "s.sqlite"))
     out = capsys.readouterr().out
     assert code == 1
     assert "image: 9 images, 8 described now, 0 already stored, 1 failed" in out
@@ -351,26 +244,8 @@ def test_offline_describer_with_its_own_model_writes_what_that_model_sees(
         weights,
     )
     store_path = tmp_path / "own.sqlite"
-    args = [
-        "describe",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_folder),
-        "--lmm",
-        "offline",
-        "--store",
-        str(store_path),
-        "--describer-model",
-        "latte-fmnist-describer",
-        "--describer-pretrained",
-        str(weights),
-        "--lmm-batch-size",
-        "16",
-        "--limit",
-        "20",
-        *TINY,
-    ]
+    describer = {"describer_model": "latte-fmnist-describer", "describer_pretrained": weights, "lmm_batch_size": 16}
+    args = describe_argv(eurosat_folder, *TINY, lmm="offline", store=store_path, **describer, limit=20)
     assert main(args) == 0
     name = describer_model_id("latte-fmnist-describer", str(weights), read_vocabulary(None, "eurosat")[1])
     assert f"descriptions by offline-clip {name}" in capsys.readouterr().out
@@ -413,7 +288,7 @@ def test_offline_describer_with_its_own_model_writes_what_that_model_sees(
 
 
 def test_describer_options_are_checked_before_any_work(eurosat_folder, capsys):
-    base = ["describe", "--dataset", "eurosat", "--root", str(eurosat_folder), *TINY]
+    base = describe_argv(eurosat_folder, *TINY)
     assert main([*base, "--lmm", "offline", "--describer-pretrained", "openai"]) == 2
     assert "--describer-pretrained needs --describer-model NAME" in capsys.readouterr().err
     assert main([*base, "--lmm", "openai", "--lmm-url", "http://127.0.0.1:9/v1", "--describer-model", "ViT-L-14"]) == 2

@@ -25,6 +25,7 @@ from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.openai_http import OpenAIDescriber
 from latteclip.describe.runner import Runner
 from latteclip.describe.store import DescriptionStore
+from tests.conftest import describe_argv
 from tests.lmm_server import FakeLMMServer, expected_answer
 
 PROMPT = "Describe the land use in the photo concisely, using less than 20 words."
@@ -227,23 +228,8 @@ def test_killed_describe_process_resumes_without_repeating_stored_requests(euros
     store_path = tmp_path / "killed.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     with FakeLMMServer(delay=0.1) as server:
-        args = [
-            "describe",
-            "--dataset",
-            "eurosat",
-            "--root",
-            str(eurosat_folder),
-            "--lmm",
-            "openai",
-            "--lmm-url",
-            server.url,
-            "--kinds",
-            "image",
-            "--concurrency",
-            "4",
-            "--store",
-            str(store_path),
-        ]
+        openai = {"lmm": "openai", "lmm_url": server.url, "kinds": "image", "concurrency": 4}
+        args = describe_argv(eurosat_folder, **openai, store=store_path)
         process = subprocess.Popen(
             [sys.executable, "-m", "latteclip", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

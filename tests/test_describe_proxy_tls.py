@@ -23,6 +23,7 @@ from latteclip.data import build_dataset
 from latteclip.describe.jobs import image_hashes
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.store import DescriptionStore
+from tests.conftest import describe_argv
 from tests.lmm_server import FakeLMMServer, expected_answer
 
 pytest.importorskip("proxy", reason="the proxy test needs proxy.py: pip install -e '.[test]'")
@@ -31,25 +32,8 @@ trustme = pytest.importorskip("trustme", reason="the TLS test needs trustme: pip
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
-def describe_args(eurosat_folder: Path, store: Path, url: str, *flags: str) -> list[str]:
-    return [
-        "describe",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_folder),
-        "--kinds",
-        "image",
-        "--store",
-        str(store),
-        "--lmm",
-        "openai",
-        "--lmm-url",
-        url,
-        "--concurrency",
-        "4",
-        *flags,
-    ]
+def describe_args(eurosat_folder: Path, store: Path, url: str, *extra: str) -> list[str]:
+    return describe_argv(eurosat_folder, *extra, kinds="image", store=store, lmm="openai", lmm_url=url, concurrency=4)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.describe.store import DescriptionStore, image_key
 from latteclip.engine.checkpoint import load_checkpoint
-from tests.conftest import EUROSAT_ZIP, copy_scenes
+from tests.conftest import EUROSAT_ZIP, copy_scenes, tiny_run_argv
 
 STEPS = 6
 
@@ -37,41 +37,8 @@ def _fill_store(path):
 
 
 def _train(tmp_path, name: str, nproc: int) -> tuple[list[float], dict]:
-    args = [
-        "train",
-        "--method",
-        "latteclip",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(EUROSAT_ZIP),
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--limit",
-        "40",
-        "--batch-size",
-        "8",
-        "--max-steps",
-        str(STEPS),
-        "--eval-every",
-        "0",
-        "--log-every",
-        "1",
-        "--workers",
-        "0",
-        "--lr",
-        "1e-4",
-        "--store",
-        str(tmp_path / "d.sqlite"),
-        "--output",
-        str(tmp_path),
-        "--name",
-        name,
-        "--nproc",
-        str(nproc),
-    ]
+    schedule = {"batch_size": 8, "max_steps": STEPS, "eval_every": 0, "log_every": 1, "lr": "1e-4"}
+    args = tiny_run_argv("latteclip", tmp_path, name, device=None, **schedule, store=tmp_path / "d.sqlite", nproc=nproc)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
         [sys.executable, "-m", "latteclip", *args], env=env, capture_output=True, text=True, timeout=300
@@ -199,37 +166,9 @@ def test_a_rank_whose_slice_is_all_unreadable_skips_the_step_with_the_others(eur
     first_batch = epoch_batches(len(train), 4, 0, 0)[0]
     for index in first_batch[2:]:  # rank 1's half of step 1: nothing it can read
         (root / train.samples[index].path).write_bytes(b"\x00garbage, not a JPEG")
-    args = [
-        "train",
-        "--method",
-        "flyp_pl",
-        "--dataset",
-        "folder",
-        "--root",
-        str(root),
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "2",
-        "--eval-every",
-        "0",
-        "--log-every",
-        "1",
-        "--output",
-        str(tmp_path),
-        "--name",
-        "run",
-        "--nproc",
-        "2",
-    ]
+    folder = {"dataset": "folder", "root": root, "limit": None}
+    schedule = {"batch_size": 4, "max_steps": 2, "eval_every": 0, "log_every": 1}
+    args = tiny_run_argv("flyp_pl", tmp_path, "run", **folder, **schedule, nproc=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     process = subprocess.Popen(
         [sys.executable, "-m", "latteclip", *args],

@@ -18,21 +18,12 @@ from latteclip.engine.features import extract_features, feature_cache_key
 from latteclip.engine.session import open_session, pick_device, resolve_precision
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import TrainContext
+from tests.conftest import TINY_MODEL
 
 
 def session_of(root: str, method: str, **options):
     config = resolve_config(
-        {
-            "method": method,
-            "dataset": "eurosat",
-            "root": root,
-            "model": "latte-tiny",
-            "pretrained": "random",
-            "limit": 20,
-            "device": "cpu",
-            "workers": 0,
-            "method_options": options,
-        }
+        {"method": method, "dataset": "eurosat", "root": root, "limit": 20, **TINY_MODEL, "method_options": options}
     )
     return open_session(config)
 

@@ -366,39 +366,12 @@ def _fill_store(path, root, limit):
 
 
 def test_eurosat_run_trains_saves_prototypes_and_eval_reproduces(tmp_path, capsys):
-    from tests.conftest import EUROSAT_ZIP
+    from tests.conftest import EUROSAT_ZIP, tiny_argv
 
     store = tmp_path / "d.sqlite"
     n = _fill_store(store, EUROSAT_ZIP, 60)
-    common = [
-        "train",
-        "--method",
-        "latteclip",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(EUROSAT_ZIP),
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--limit",
-        "60",
-        "--batch-size",
-        "16",
-        "--max-steps",
-        "8",
-        "--eval-every",
-        "4",
-        "--workers",
-        "0",
-        "--lr",
-        "1e-4",
-        "--store",
-        str(store),
-        "--output",
-        str(tmp_path),
-    ]
+    schedule = {"batch_size": 16, "max_steps": 8, "eval_every": 4, "lr": "1e-4"}
+    common = tiny_argv("train", method="latteclip", limit=60, device=None, **schedule, store=store, output=tmp_path)
     assert main([*common, "--name", "strict"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{n // 10} of {n} training images have no image description" in err and "\n" not in err
@@ -422,45 +395,15 @@ def test_eurosat_run_trains_saves_prototypes_and_eval_reproduces(tmp_path, capsy
 def test_a_run_resumed_inside_an_epoch_equals_the_straight_run_bit_for_bit(tmp_path, monkeypatch):
     """Killed at step 5, inside the second epoch (3 steps each): the mixer's snapshot of step 3 must come back
     from last.pt, since the bank of step 5 would weigh the texts otherwise."""
-    from tests.conftest import EUROSAT_ZIP, interrupt_at_step
+    from tests.conftest import EUROSAT_ZIP, interrupt_at_step, tiny_argv
 
     store = tmp_path / "d.sqlite"
     _fill_store(store, EUROSAT_ZIP, 48)
-    common = [
-        "train",
-        "--method",
-        "latteclip",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(EUROSAT_ZIP),
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--limit",
-        "48",
-        "--batch-size",
-        "16",
-        "--max-steps",
-        "7",
-        "--eval-every",
-        "0",
-        "--checkpoint-every",
-        "1",
-        "--workers",
-        "0",
-        "--lr",
-        "1e-3",
-        "--store",
-        str(store),
-        "--output",
-        str(tmp_path),
-        "--missing-descriptions",
-        "class",
-        "--alpha",
-        "0.5",
-    ]
+    schedule = {"batch_size": 16, "max_steps": 7, "eval_every": 0, "checkpoint_every": 1, "lr": "1e-3"}
+    options = {"missing_descriptions": "class", "alpha": 0.5}
+    common = tiny_argv(
+        "train", method="latteclip", limit=48, device=None, **schedule, store=store, output=tmp_path, **options
+    )
     assert main([*common, "--name", "straight"]) == 0
     undo = interrupt_at_step(monkeypatch, LatteCLIP, 5)
     assert main([*common, "--name", "resumed"]) == 130

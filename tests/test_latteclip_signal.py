@@ -24,6 +24,7 @@ from latteclip.engine.trainer import Trainer
 from latteclip.methods.base import TrainContext
 from latteclip.methods.latteclip import LatteCLIP, LatteCLIPOptions
 from latteclip.models import TokenCache, encode_texts, load_clip
+from tests.conftest import tiny_run_argv
 
 IMAGE_TEXT = "{0} seen from above: {0}"
 GROUP_TEXT = "all of them show {0}"
@@ -102,52 +103,11 @@ def latteclip_run(root, out, name: str, texts: str, store) -> dict:
     with; with the authors' start-of-epoch snapshot (the default; 5-step epochs here) the gains measured on an Intel
     Xeon were -2, +1, +2 points.
     """
-    assert (
-        main(
-            [
-                "train",
-                "--method",
-                "latteclip",
-                "--dataset",
-                "eurosat",
-                "--root",
-                str(root),
-                "--model",
-                "latte-tiny",
-                "--pretrained",
-                "random",
-                "--limit",
-                str(RUN_IMAGES),
-                "--batch-size",
-                "20",
-                "--max-steps",
-                str(RUN_STEPS),
-                "--warmup-steps",
-                "0",
-                "--lr",
-                "1e-3",
-                "--eval-every",
-                "0",
-                "--checkpoint-every",
-                "0",
-                "--workers",
-                "0",
-                "--texts",
-                texts,
-                "--store",
-                str(store),
-                "--output",
-                str(out),
-                "--name",
-                name,
-                "--device",
-                "cpu",
-                "--mixer-prototypes",
-                "current",
-            ]
-        )
-        == 0
+    schedule = {"batch_size": 20, "max_steps": RUN_STEPS, "warmup_steps": 0, "lr": "1e-3", "eval_every": 0}
+    argv = tiny_run_argv(
+        "latteclip", out, name, root=root, limit=RUN_IMAGES, **schedule, checkpoint_every=0, texts=texts, store=store
     )
+    assert main([*argv, "--mixer-prototypes", "current"]) == 0
     results = json.loads((out / name / "results.json").read_text())
     predicted = [sum(column) for column in zip(*results["test"]["confusion"])]
     return {"top1": results["top1"], "top_share": max(predicted) / sum(predicted)}
@@ -207,42 +167,8 @@ def test_killed_run_resumes_to_identical_weights_and_prototypes(eurosat_zip, tmp
     describe(train, store, share_true=0.9)
 
     def args(name: str, *extra: str) -> list[str]:
-        return [
-            "train",
-            "--method",
-            "latteclip",
-            "--dataset",
-            "eurosat",
-            "--root",
-            str(eurosat_zip),
-            "--model",
-            "latte-tiny",
-            "--pretrained",
-            "random",
-            "--limit",
-            "40",
-            "--batch-size",
-            "8",
-            "--max-steps",
-            "8",
-            "--eval-every",
-            "0",
-            "--checkpoint-every",
-            "1",
-            "--workers",
-            "0",
-            "--lr",
-            "1e-3",
-            "--store",
-            str(store),
-            "--output",
-            str(tmp_path),
-            "--name",
-            name,
-            "--device",
-            "cpu",
-            *extra,
-        ]
+        schedule = {"batch_size": 8, "max_steps": 8, "eval_every": 0, "checkpoint_every": 1, "lr": "1e-3"}
+        return tiny_run_argv("latteclip", tmp_path, name, *extra, root=eurosat_zip, **schedule, store=store)
 
     assert main(args("straight")) == 0
     original = LatteCLIP.training_step

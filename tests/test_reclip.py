@@ -12,7 +12,7 @@ from latteclip.cli import main
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.session import method_from_checkpoint
 from latteclip.methods.reclip import Reclip, class_agnostic_projection, class_centroids, knn_affinity, propagate_labels
-from tests.conftest import interrupt_at_step
+from tests.conftest import interrupt_at_step, tiny_run_argv
 
 
 @pytest.mark.parametrize("solver", ["closed_form", "iterative"])
@@ -82,44 +82,8 @@ def test_class_centroids_average_members_and_keep_empty_classes():
 
 
 def train_args(root: str, out, name: str, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--method",
-        "reclip",
-        "--dataset",
-        "eurosat",
-        "--root",
-        root,
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--limit",
-        "40",
-        "--max-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--eval-every",
-        "0",
-        "--refresh-every",
-        "2",
-        "--lp-neighbors",
-        "5",
-        "--lr",
-        "1e-3",
-        "--device",
-        "cpu",
-        "--checkpoint-every",
-        "1",
-        "--output",
-        str(out),
-        "--name",
-        name,
-        *extra,
-    ]
+    schedule = {"max_steps": 4, "batch_size": 8, "eval_every": 0, "refresh_every": 2, "lp_neighbors": 5}
+    return tiny_run_argv("reclip", out, name, *extra, root=root, **schedule, lr="1e-3", checkpoint_every=1)
 
 
 def test_reclip_trains_and_eval_rebuilds_the_same_classifier(eurosat_zip, tmp_path):
@@ -247,3 +211,60 @@ def test_reclip_resumes_to_the_same_result(eurosat_zip, tmp_path, monkeypatch):
         json.loads((tmp_path / "straight" / "results.json").read_text())["test"]
         == json.loads((tmp_path / "resumed" / "results.json").read_text())["test"]
     )
+
+
+def test_refreshes_reuse_one_loader_whose_worker_outlives_each_pass(eurosat_zip, tmp_path, monkeypatch):
+    """Four refreshes of the training split with one worker: one loader of that split is built (before: one per
+    refresh, each forking its worker again), its worker persists between passes, and none is left after the run."""
+    import multiprocessing
+
+    from latteclip.engine import features
+
+    built: list[tuple[str, bool]] = []
+
+    class CountedLoader(torch.utils.data.DataLoader):
+        def __init__(self, dataset, **kwargs):
+            super().__init__(dataset, **kwargs)
+            built.append((dataset.split, self.persistent_workers))
+
+    monkeypatch.setattr(features, "DataLoader", CountedLoader)
+    args = train_args(str(eurosat_zip.parent), tmp_path, "run", "--workers", "1", "--refresh-every", "1")
+    assert main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "reclip/label_agreement" in r] == [1, 2, 3, 4]
+    assert built.count(("train", True)) == 1 and ("train", False) not in built
+    assert built.count(("test", False)) == 1  # the final evaluation: one pass, nothing to keep
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.slow
+def test_compiled_reclip_compiles_in_its_first_step_only(eurosat_zip, tmp_path, monkeypatch):
+    """--compile: the image tower gets one graph per (eval/train mode, own/pre-training LayerNorms through
+    `functional_call`) and the text transformer one per (eval, train without and with gradients): 7 graphs, all made
+    by the step-0 evaluation and the first step. Later steps, refreshes and evaluations must reuse them (dynamo raises
+    on any recompile from step 1 on), with no graph break, and far from the recompile limit past which dynamo would
+    run the towers eagerly without a word (it raises instead here)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    first_step = Reclip.training_step
+    graphs_after_step_zero: list[int] = []
+
+    def warmed_up_after_step_zero(self, batch, step):
+        if step == 1:
+            graphs_after_step_zero.append(counters["stats"]["unique_graphs"])
+            monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        return first_step(self, batch, step)
+
+    monkeypatch.setattr(Reclip, "training_step", warmed_up_after_step_zero)
+    args = train_args(str(eurosat_zip.parent), tmp_path, "run", "--compile", "--max-steps", "6", "--eval-every", "3")
+    try:
+        assert main(args) == 0
+        assert graphs_after_step_zero == [7]
+        assert counters["stats"]["unique_graphs"] == 7
+        assert counters["frames"]["ok"] == counters["frames"]["total"] == 7
+        assert not counters["graph_break"]
+    finally:
+        torch._dynamo.reset()  # the compiled towers of this run's model are not kept for later tests

@@ -16,6 +16,7 @@ from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.errors import LatteclipError
 from latteclip.report.runs import Run, compare, load_run, per_class_gain, read_metrics
+from tests.conftest import TINY_FLYP, flags, tiny_flags
 
 ALL_PANELS = [
     "Accuracy",
@@ -75,24 +76,7 @@ def latteclip_run(tiny_runs, eurosat_zip, tmp_path_factory) -> Path:
     over them (the newest text wins), and LatteCLIP trains 8 steps, showing 2 images in its gallery."""
     output = tiny_runs["zeroshot"].parent
     store = output / "latte-descriptions.sqlite"
-    common = [
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_zip),
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--limit",
-        "40",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--store",
-        str(store),
-    ]
+    common = tiny_flags(root=eurosat_zip, store=store)  # the describe and the train commands' alike
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LATTECLIP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         assert main(["describe", *common, "--lmm", "offline"]) == 0
@@ -114,35 +98,8 @@ def latteclip_run(tiny_runs, eurosat_zip, tmp_path_factory) -> Path:
             )
         )
         assert main(["describe", *common, "--import", str(lines)]) == 0
-        assert (
-            main(
-                [
-                    "train",
-                    "--method",
-                    "latteclip",
-                    "--name",
-                    "latteclip",
-                    "--max-steps",
-                    "8",
-                    "--batch-size",
-                    "16",
-                    "--lr",
-                    "1e-3",
-                    "--warmup-steps",
-                    "0",
-                    "--eval-every",
-                    "4",
-                    "--log-every",
-                    "1",
-                    "--gallery-size",
-                    "2",
-                    "--output",
-                    str(output),
-                    *common,
-                ]
-            )
-            == 0
-        )
+        schedule = flags(**TINY_FLYP, gallery_size=2)  # the tiny flyp run's steps, and 2 images in the gallery
+        assert main(["train", *flags(method="latteclip", name="latteclip", output=output), *schedule, *common]) == 0
     return output / "latteclip"
 
 

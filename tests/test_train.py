@@ -21,7 +21,7 @@ from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.engine.schedule import cosine_with_warmup
-from tests.conftest import copy_scenes
+from tests.conftest import copy_scenes, tiny_argv, tiny_run_argv
 
 TOTAL_STEPS = 24
 LR = 1e-4
@@ -38,42 +38,8 @@ def one_thread():
 
 def flyp_args(root: Path, output: Path, name: str, *extra: str) -> list[str]:
     """40 images per split, batches of 4: 10 steps an epoch, 24 steps, the warm-up capped at 2 steps."""
-    return [
-        "train",
-        "--method",
-        "flyp_pl",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(root),
-        "--limit",
-        "40",
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--batch-size",
-        "4",
-        "--lr",
-        str(LR),
-        "--max-steps",
-        str(TOTAL_STEPS),
-        "--eval-every",
-        "8",
-        "--checkpoint-every",
-        "3",
-        "--log-every",
-        "1",
-        "--output",
-        str(output),
-        "--name",
-        name,
-        *extra,
-    ]
+    schedule = {"batch_size": 4, "lr": LR, "max_steps": TOTAL_STEPS, "eval_every": 8, "checkpoint_every": 3}
+    return tiny_run_argv("flyp_pl", output, name, *extra, root=root, **schedule, log_every=1)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -335,27 +301,7 @@ def test_zeroshot_does_not_train(eurosat_zip, tmp_path):
 
 def test_zeroshot_report_and_feature_cache(eurosat_zip, tmp_path, monkeypatch):
     monkeypatch.setenv("LATTECLIP_CACHE", str(tmp_path / "cache"))
-    argv = [
-        "zeroshot",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_zip),
-        "--limit",
-        "50",
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--output",
-        str(tmp_path),
-        "--name",
-        "zs",
-    ]
+    argv = tiny_argv("zeroshot", root=eurosat_zip, limit=50, output=tmp_path, name="zs")
     assert main(argv) == 0
     results = json.loads((tmp_path / "zs" / "results.json").read_text())
     test = results["test"]
@@ -425,33 +371,8 @@ def test_unreadable_images_are_skipped_and_counted(eurosat_folder, tmp_path):
     }
     assert broken["train"] >= 1 and broken["test"] >= 1 and sum(broken.values()) == 6
     train_size = len(build_dataset("folder", root, "train"))
-    argv = [
-        "train",
-        "--method",
-        "flyp_pl",
-        "--dataset",
-        "folder",
-        "--root",
-        str(root),
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--batch-size",
-        str(train_size // 2),
-        "--max-steps",
-        "4",
-        "--eval-every",
-        "0",
-        "--output",
-        str(tmp_path),
-        "--name",
-        "broken",
-    ]
+    folder = {"dataset": "folder", "root": root, "limit": None}
+    argv = tiny_run_argv("flyp_pl", tmp_path, "broken", **folder, batch_size=train_size // 2, max_steps=4, eval_every=0)
     with pytest.warns(UserWarning, match="broken_"):
         assert main(argv) == 0
     results = json.loads((tmp_path / "broken" / "results.json").read_text())
@@ -466,29 +387,8 @@ def test_custom_folder_with_class_names_and_domain_through_the_cli(eurosat_folde
         shutil.copytree(eurosat_folder / "2750" / key, root / key)
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"Forest": "dense forest", "River": "river"}))
-    argv = [
-        "zeroshot",
-        "--dataset",
-        "folder",
-        "--root",
-        str(root),
-        "--classnames",
-        str(names),
-        "--domain",
-        "aerial scene",
-        "--model",
-        "latte-tiny",
-        "--pretrained",
-        "random",
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--output",
-        str(tmp_path),
-        "--name",
-        "custom",
-    ]
+    folder = {"dataset": "folder", "root": root, "limit": None, "classnames": names, "domain": "aerial scene"}
+    argv = tiny_argv("zeroshot", **folder, output=tmp_path, name="custom")
     assert main(argv) == 0
     results = json.loads((tmp_path / "custom" / "results.json").read_text())
     assert list(results["test"]["per_class"]) == ["dense forest", "river"]

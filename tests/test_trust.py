@@ -24,34 +24,11 @@ from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.engine.checkpoint import load_checkpoint
 from latteclip.paths import atomic_write_bytes, temp_name
+from tests.conftest import TINY, TINY_FLYP, describe_argv, flags, tiny_argv
 from tests.lmm_server import FakeLMMServer
 
-TINY = ["--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0"]
 # the arguments of the shared flyp run (conftest.tiny_runs), so that --resume would accept its last.pt
-FLYP = [
-    "train",
-    "--method",
-    "flyp_pl",
-    "--name",
-    "flyp",
-    "--max-steps",
-    "8",
-    "--batch-size",
-    "16",
-    "--lr",
-    "1e-3",
-    "--warmup-steps",
-    "0",
-    "--eval-every",
-    "4",
-    "--log-every",
-    "1",
-    "--dataset",
-    "eurosat",
-    "--limit",
-    "40",
-    *TINY,
-]
+FLYP = ["train", *flags(method="flyp_pl", name="flyp", **TINY_FLYP, dataset="eurosat", limit=40), *TINY]
 
 
 class Plant:
@@ -109,23 +86,8 @@ class Case:
         return self.stack.enter_context(FakeLMMServer(**options)).url
 
     def describe(self, url: str, *extra: str) -> list[str]:
-        return [
-            "describe",
-            "--dataset",
-            "eurosat",
-            "--root",
-            str(self.folder),
-            "--lmm",
-            "openai",
-            "--lmm-url",
-            url,
-            "--kinds",
-            "image",
-            "--store",
-            str(self.tmp / "d.sqlite"),
-            *TINY,
-            *extra,
-        ]
+        openai = {"lmm": "openai", "lmm_url": url, "kinds": "image"}
+        return describe_argv(self.folder, *TINY, *extra, **openai, store=self.tmp / "d.sqlite")
 
 
 def dead_url() -> str:
@@ -145,9 +107,11 @@ def weights_file(c: Case) -> str:
     return str(poison(c.tmp / "weights.pt", state, c.marker))
 
 
-def import_file(c: Case, line: dict | bytes) -> str:
+def describe_import(c: Case, line: dict | bytes) -> list[str]:
+    """`describe --import` of a file holding `line` into the case's description store."""
     data = line if isinstance(line, bytes) else (json.dumps(line) + "\n").encode()
-    return str(c.write("import.jsonl", data))
+    imported = c.write("import.jsonl", data)
+    return describe_argv(c.folder, "--import", str(imported), store=c.tmp / "d.sqlite")
 
 
 IMPORTED = {"kind": "image", "text": "a forest", "prompt": "p", "model": "m"}
@@ -261,31 +225,11 @@ CASES: dict[str, tuple[Callable[[Case], list[str]], str]] = {
         "none of the 1 files could be read",
     ),
     "import-not-utf8": (
-        lambda c: [
-            "describe",
-            "--dataset",
-            "eurosat",
-            "--root",
-            str(c.folder),
-            "--store",
-            str(c.tmp / "d.sqlite"),
-            "--import",
-            import_file(c, b'{"text": "caf\xe9"}\n'),
-        ],
+        lambda c: describe_import(c, b'{"text": "caf\xe9"}\n'),
         "is not UTF-8",
     ),
     "import-outside-root": (
-        lambda c: [
-            "describe",
-            "--dataset",
-            "eurosat",
-            "--root",
-            str(c.folder),
-            "--store",
-            str(c.tmp / "d.sqlite"),
-            "--import",
-            import_file(c, {**IMPORTED, "image": "../../../../etc/passwd"}),
-        ],
+        lambda c: describe_import(c, {**IMPORTED, "image": "../../../../etc/passwd"}),
         "is not inside the dataset root",
     ),
     # 4. the LMM server is checked before any image is sent
@@ -367,18 +311,7 @@ def test_an_old_pickle_checkpoint_still_evaluates(tiny_runs, tmp_path, capsys):
 
 def test_a_poisoned_feature_cache_entry_is_recomputed_not_run(eurosat_zip, tmp_path, monkeypatch):
     monkeypatch.setenv("LATTECLIP_CACHE", str(tmp_path / "cache"))
-    common = [
-        "zeroshot",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_zip),
-        "--limit",
-        "20",
-        "--output",
-        str(tmp_path / "runs"),
-        *TINY,
-    ]
+    common = tiny_argv("zeroshot", root=eurosat_zip, limit=20, output=tmp_path / "runs")
     assert main([*common, "--name", "first"]) == 0
     entries = sorted((tmp_path / "cache" / "features").glob("*.safetensors"))
     assert entries
@@ -394,18 +327,7 @@ def test_a_poisoned_feature_cache_entry_is_recomputed_not_run(eurosat_zip, tmp_p
 
 
 def test_overwrite_replaces_a_finished_run(eurosat_zip, tmp_path):
-    common = [
-        "zeroshot",
-        "--dataset",
-        "eurosat",
-        "--root",
-        str(eurosat_zip),
-        "--limit",
-        "20",
-        "--output",
-        str(tmp_path),
-        *TINY,
-    ]
+    common = tiny_argv("zeroshot", root=eurosat_zip, limit=20, output=tmp_path)
     assert main(common) == 0
     run = tmp_path / "zeroshot-eurosat-s0"
     stale = temp_name(run / "last.pt", 99999)

@@ -17,10 +17,16 @@ from latteclip.cli import main
 from latteclip.data import DatasetOptions, build_dataset
 from latteclip.engine.checkpoint import load_final_checkpoint
 from latteclip.errors import LatteclipError
+from tests.conftest import TINY, flags
 from tests.test_report import run_chromium
 
-TINY = ["--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0"]
 STEPS = ["--max-steps", "4", "--batch-size", "8", "--warmup-steps", "0", "--lr", "1e-4"]
+
+
+def adapt_argv(root: Path, names: Path, output: Path, *extra: str) -> list[str]:
+    """`latteclip adapt` of the images in `root` with the offline describer and the tiny model."""
+    return ["adapt", *flags(root=root, classnames=names, lmm="offline", output=output), *TINY, *extra]
+
 
 # Appended to a copy of the report: the panels the browser shows, and whether every image decoded.
 PROBE = """<script>window.addEventListener("load", () => { const p = document.createElement("pre"); p.id = "probe";
@@ -76,19 +82,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def test_adapt_end_to_end_and_the_labelled_path_agree(flat, labelled, names, tmp_path, capsys):
     out = tmp_path / "runs"
-    adapt = [
-        "adapt",
-        "--root",
-        str(flat),
-        "--classnames",
-        str(names),
-        "--lmm",
-        "offline",
-        "--output",
-        str(out),
-        *TINY,
-        *STEPS,
-    ]
+    adapt = adapt_argv(flat, names, out, *STEPS)
     assert main(adapt) == 0
     printed = capsys.readouterr().out
     folder = out / "adapt-tiles"
@@ -120,38 +114,11 @@ def test_adapt_end_to_end_and_the_labelled_path_agree(flat, labelled, names, tmp
     capsys.readouterr()
 
     # measured on a labelled copy: the same accuracy as training on the labelled folder itself
-    assert (
-        main(
-            [
-                *adapt,
-                "--name",
-                "measured",
-                "--eval-dataset",
-                "folder",
-                "--eval-root",
-                str(labelled),
-                "--store",
-                str(folder / "descriptions.sqlite"),
-            ]
-        )
-        == 0
-    )
+    on_labelled = flags(eval_dataset="folder", eval_root=labelled, store=folder / "descriptions.sqlite")
+    assert main([*adapt, "--name", "measured", *on_labelled]) == 0
     measured = json.loads((out / "measured" / "latteclip" / "results.json").read_text())
     # training the same images by hand (`train --dataset images` on the adapt folder's training list) gives the same
-    by_hand = [
-        "--dataset",
-        "images",
-        "--root",
-        str(out / "measured" / "images-train.txt"),
-        "--classnames",
-        str(names),
-        "--eval-dataset",
-        "folder",
-        "--eval-root",
-        str(labelled),
-        "--store",
-        str(folder / "descriptions.sqlite"),
-    ]
+    by_hand = [*flags(dataset="images", root=out / "measured" / "images-train.txt", classnames=names), *on_labelled]
     assert (
         main(["train", "--method", "latteclip", *by_hand, "--output", str(out), "--name", "folder-run", *TINY, *STEPS])
         == 0

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, TINY
+
 PACKAGE = REPO / "src" / "latteclip"
 
 
@@ -100,14 +101,7 @@ def test_the_installed_wheel_runs_the_demo_and_adapt_from_another_folder(tmp_pat
             "classes.txt",
             "--lmm",
             "offline",
-            "--model",
-            "latte-tiny",
-            "--pretrained",
-            "random",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
+            *TINY,
             "--max-steps",
             "2",
             "--batch-size",

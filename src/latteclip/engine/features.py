@@ -42,6 +42,25 @@ def feature_cache_key(cache_key: str, dataset: ImageDataset, device: torch.devic
     return hashlib.sha1(parts.encode()).hexdigest()
 
 
+def feature_loader(dataset: Dataset, batch_size: int, workers: int, persistent: bool = False) -> DataLoader:
+    """This rank's share of `dataset` (every W-th image under torchrun) in order, for a whole-split feature pass.
+
+    `persistent`: the workers are forked once and serve every later pass of the same loader (a run that encodes
+    its training split again at each refresh), instead of once per pass.
+    """
+    shard = list(range(distributed.rank(), len(dataset), distributed.world_size()))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=shard,
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=persistent and workers > 0,
+        # a generator of its own, so that evaluating never draws from the global RNG that training uses
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
 @torch.no_grad()
 def extract_features(
     encode: Callable[[torch.Tensor], torch.Tensor],
@@ -51,12 +70,14 @@ def extract_features(
     workers: int = 0,
     desc: str = "features",
     cache_key: str | None = None,
+    loader: DataLoader | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features [N, d] of every image and a mask of the readable ones (unreadable rows are zero).
 
     With `cache_key` (a description of the frozen weights), the result is stored on disk and the
     next call with the same weights, samples, transform, device type and precision reads it back instead. Under torchrun
-    each rank encodes every W-th image and the shards are gathered, so all ranks get all rows.
+    each rank encodes every W-th image and the shards are gathered, so all ranks get all rows. `loader`: a
+    `feature_loader` of `dataset` kept by the caller (one pass after another), else one is built for this pass.
     """
     path = None
     if cache_key is not None:
@@ -65,16 +86,8 @@ def extract_features(
         # every rank reads the cache or none does: one that computed alone would wait forever in the merge
         if distributed.every_rank(saved is not None):
             return saved
-    shard = list(range(distributed.rank(), len(dataset), distributed.world_size()))
-    # a generator of its own, so that evaluating never draws from the global RNG that training uses
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=shard,
-        num_workers=workers,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(0),
-    )
+    if loader is None:
+        loader = feature_loader(dataset, batch_size, workers)
     features: torch.Tensor | None = None
     valid = torch.zeros(len(dataset), dtype=torch.bool)
     for batch in tqdm(loader, desc=desc, leave=False, unit="batch", disable=not distributed.is_main()):

@@ -21,6 +21,7 @@ import time
 import warnings
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from latteclip import distributed
@@ -29,7 +30,7 @@ from latteclip.data import ImageDataset
 from latteclip.engine.checkpoint import load_checkpoint, save_checkpoint
 from latteclip.engine.diagnostics import label_free_diagnostics
 from latteclip.engine.evaluate import autocast_for_precision, evaluate
-from latteclip.engine.features import extract_features, zero_shot_labels
+from latteclip.engine.features import extract_features, feature_loader, zero_shot_labels
 from latteclip.engine.label_analysis import PseudoLabelAnalysis
 from latteclip.engine.loader import train_loader
 from latteclip.engine.metrics_log import MetricsLog
@@ -68,6 +69,8 @@ class Trainer:
         self.timings: dict[str, float] = {}
         self.schedule: Schedule | None = None
         self.unreadable: set[int] = set()
+        # by id(dataset): the loaders the refreshes reuse (`feature_loader`), with their datasets
+        self.feature_loaders: dict[int, tuple[ImageDataset, DataLoader]] = {}
         # without labelled images: the untrained classifier and its scores on the training images, for the diagnostics
         self.start: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -76,16 +79,34 @@ class Trainer:
         return evaluate(self.method, test_set, self.inference, self.pristine_key() if pristine else None)
 
     def features_of(
-        self, encode, dataset: ImageDataset, desc: str = "features", cache_key: str | None = None
+        self,
+        encode,
+        dataset: ImageDataset,
+        desc: str = "features",
+        cache_key: str | None = None,
+        loader: DataLoader | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole split's features with the run's device, batch size and workers.
-
-        Also what `TrainContext.extract_features` calls.
-        """
+        """A whole split's features with the run's device, batch size and workers (through `loader` if given)."""
         with torch.no_grad(), autocast_for_precision(self.config.precision, self.device):
             return extract_features(
-                encode, dataset, self.device, self.config.eval_batch_size, self.workers, desc, cache_key
+                encode, dataset, self.device, self.config.eval_batch_size, self.workers, desc, cache_key, loader
             )
+
+    def refresh_features(
+        self, encode, dataset: ImageDataset, desc: str = "features"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What `TrainContext.extract_features` calls: ReCLIP's and CoFT's label refreshes encode the same split again
+        and again, through one loader of that split whose workers are forked once, not once per pass beside the
+        training loader's."""
+        return self.features_of(encode, dataset, desc, loader=self.feature_loader(dataset))
+
+    def feature_loader(self, dataset: ImageDataset) -> DataLoader:
+        """The run's one loader of `dataset` (persistent workers), built at its first pass."""
+        kept = self.feature_loaders.get(id(dataset))
+        if kept is None:  # the dataset is kept with its loader: its id cannot pass to another object meanwhile
+            loader = feature_loader(dataset, self.config.eval_batch_size, self.workers, persistent=True)
+            kept = self.feature_loaders[id(dataset)] = (dataset, loader)
+        return kept[1]
 
     def scores(self, dataset: ImageDataset, pristine: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The current classifier [C, d], cosine scores [N, C] of every image of `dataset` with it, and the readable
@@ -171,6 +192,7 @@ class Trainer:
             return self.train(test_set, log, resume_state, started)
         finally:
             log.close()
+            self.feature_loaders.clear()  # their persistent workers end with the loaders
 
     def train(
         self, test_set: ImageDataset | None, log: MetricsLog, resume_state: dict | None, started: float
@@ -249,7 +271,7 @@ class Trainer:
             self.config.seed,
             self.config.store,
             method_log,
-            extract_features=self.features_of,
+            extract_features=self.refresh_features,
             eval_transform=self.session.loaded.eval_transform(),
             steps_per_epoch=schedule.steps_per_epoch,
             total_steps=schedule.total_steps,

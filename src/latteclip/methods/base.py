@@ -34,7 +34,8 @@ class TrainContext:
     log: Callable[[dict[str, Any]], None] = field(default=lambda record: None)
     eval_transform: Callable | None = None  # the evaluation transform, for passes over training images
     # the engine's feature extractor: (image encoder, dataset, desc=...) -> (features [N, d], readable mask [N]),
-    # run without gradients on the run's device with its evaluation batch size and workers
+    # run without gradients on the run's device with its evaluation batch size and workers; every call on the same
+    # dataset goes through one loader whose workers are forked once
     extract_features: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     steps_per_epoch: int = 1  # optimizer steps in one epoch (a pass, or the authors' count: engine.schedule)
     total_steps: int = 1  # optimizer steps of the whole run: methods with phases give each a share of it
