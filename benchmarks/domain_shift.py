@@ -435,9 +435,9 @@ def results_section(experiment: Experiment, runs: ExperimentRuns, seconds: float
         ]
         for item in choices:
             candidates = ", ".join(f"{json.dumps(s['choice'])}: {100 * s['heldout_top1']:.2f}" for s in item["scores"])
+            pick = f"`{json.dumps(item['label_free_pick'])}`" if "label_free_pick" in item else "– (reads labels)"
             parts.append(
-                f"| {item['shift']} | {item['label']} | {candidates} | `{json.dumps(item['chosen'])}` | "
-                f"`{json.dumps(item.get('label_free_pick'))}` |"
+                f"| {item['shift']} | {item['label']} | {candidates} | `{json.dumps(item['chosen'])}` | {pick} |"
             )
         parts += label_free_choice_section(experiment, runs)
     else:

@@ -431,9 +431,10 @@ def run_experiment(
 
     `choose`: pick each entry's `search` options on held-out training images first (the benchmark), else
     run the configured options (the demo). Entries named in `fresh` train anew instead of being reused.
-    With `label_free_score`, each candidate is also scored without labels on the held-out images, and the candidate
-    that score picks runs every seed as the entry's "(label-free choice)" row; `candidate_runs` (analysis) runs every
-    candidate on the target at the first seed, for the test top-1 of every possible pick.
+    With `label_free_score`, each candidate of a label-free entry is also scored without labels on the held-out
+    images, and the candidate that score picks runs every seed as the entry's "(label-free choice)" row;
+    `candidate_runs` (analysis) runs every such candidate on the target at the first seed, for the test top-1 of
+    every possible pick.
     """
     check_stages(experiment)
     started = time.time()
@@ -444,6 +445,7 @@ def run_experiment(
         for warning in archive.bind(experiment.weights):
             progress(f"warning: {warning}")
     runs = ExperimentRuns({"source": source, "describer": describer}, label_free_score=label_free_score)
+    label_free = {entry.name for entry in experiment.label_free_trainers()}  # the oracle's choice reads labels anyway
     for shift in experiment.shifts:
         held = functools.cache(lambda shift=shift: held_out_scoring(experiment, shift, progress))
         for entry in experiment.methods:
@@ -452,7 +454,7 @@ def run_experiment(
             choice: dict[str, Any] = {}
             scores: list[dict[str, Any]] = []
             if choose:
-                scoring = held if label_free_score else None
+                scoring = held if label_free_score and entry.name in label_free else None
                 choice, scores = select(experiment, entry, shift, progress, prepare, archive, fresh_entry, scoring)
             for seed in experiment.seeds:
                 stage += 1
@@ -466,7 +468,9 @@ def run_experiment(
                 runs.choices.append(
                     {"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores}
                 )
-                other_picks(experiment, entry, shift, runs, (prepare, archive, fresh_entry), candidate_runs, progress)
+                if scoring:
+                    how = (prepare, archive, fresh_entry)
+                    other_picks(experiment, entry, shift, runs, how, candidate_runs, progress)
     return runs
 
 
