@@ -207,7 +207,7 @@ class OpenAIDescriber(Describer):
         return headers
 
     def _exchange(
-        self, endpoint: Endpoint, method: str, route: str, body: bytes | None, sent_at: float | None = None
+        self, endpoint: Endpoint, method: bytes, route: str, body: bytes | None, sent_at: float | None = None
     ) -> tuple[int, bytes, str | None]:
         """(status, body, Retry-After) of one call (httpcore replaces a kept-alive connection the server has closed)."""
         line = self.http.line(endpoint.url)
@@ -221,12 +221,8 @@ class OpenAIDescriber(Describer):
                 self._await_answer(endpoint, line.socket, sent_at)
 
         try:
-            response = line.pool.request(
-                method,
-                endpoint.url + route,
-                headers=self.headers,
-                content=body,
-                extensions={"timeout": self.timeouts, "trace": trace},
+            response = line.send(
+                method, route, self.headers, body, extensions={"timeout": self.timeouts, "trace": trace}
             )
         except TRANSPORT_ERRORS as err:
             certificate = untrusted_certificate(err)
@@ -261,7 +257,7 @@ class OpenAIDescriber(Describer):
 
     def _listed_models(self, endpoint: Endpoint) -> tuple[int, bytes, list[str] | None]:
         """(status, body, the model ids of GET /models or None when the answer holds no list)."""
-        status, data, _ = self._exchange(endpoint, "GET", "/models", None)
+        status, data, _ = self._exchange(endpoint, b"GET", "/models", None)
         try:
             ids = [str(entry["id"]) for entry in json.loads(data)["data"]] if status == 200 else None
         except (ValueError, KeyError, TypeError):
@@ -367,7 +363,7 @@ class OpenAIDescriber(Describer):
 
     def _answer(self, endpoint: Endpoint, body: bytes, sent_at: float) -> Answer:
         try:
-            status, data, retry_after = self._exchange(endpoint, "POST", CHAT_ROUTE, body, sent_at)
+            status, data, retry_after = self._exchange(endpoint, b"POST", CHAT_ROUTE, body, sent_at)
         except RetryableError:
             self.pool.failed(endpoint)
             raise
