@@ -140,7 +140,6 @@ class Runner:
             unit="req",
             dynamic_ncols=True,
             disable=not (self.progress and pending),
-            postfix={"failed": 0},
         )
         finished: set[int] = set()
         failures_in_row = 0
@@ -158,12 +157,12 @@ class Runner:
                 finished.add(id(job))
                 if self._count(summary, job, outcome, followers[job.key]):
                     failures_in_row = 0
-                else:  # the failure count changes only here (formatting it per answer cost more CPU than the HTTP)
+                else:
                     failures_in_row += 1
-                    progress.set_postfix(failed=sum(c.failed for c in summary.counts.values()), refresh=False)
                     if failures_in_row >= self.stop_after_failures and not self._stop.is_set():
                         self.cancel(f"{failures_in_row} failures in a row (last: {outcome})")
                 progress.update(1)
+                progress.set_postfix(failed=sum(c.failed for c in summary.counts.values()), refresh=False)
         except KeyboardInterrupt:
             self.cancel("interrupted")
             raise
