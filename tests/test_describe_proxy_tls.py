@@ -5,12 +5,13 @@ The proxy is a real one (proxy.py from PyPI, a process of its own on 127.0.0.1).
 the first request of each connection it forwards (later ones on a kept-alive connection it passes as they are), and
 the test server records the peer and headers of every request. A connection comes from one peer, so a run went
 through the proxy when the first request of every connection the server accepted carries that header, and around
-it when no request does. NO_PROXY is removed for the proxied run: httpx sends even 127.0.0.1 to the proxy unless
+it when no request does. NO_PROXY is removed for the proxied run: the client sends even 127.0.0.1 to the proxy unless
 NO_PROXY names it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -61,10 +62,10 @@ def no_proxy_settings(monkeypatch):
     return monkeypatch
 
 
-@pytest.fixture
-def http_proxy(tmp_path):
-    """proxy.py listening on a free port of 127.0.0.1; its URL."""
-    port_file = tmp_path / "proxy.port"
+@contextlib.contextmanager
+def running_proxy(folder: Path, *flags: str):
+    """proxy.py listening on a free port of 127.0.0.1 (with `flags`); its URL."""
+    port_file = folder / "proxy.port"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -81,7 +82,8 @@ def http_proxy(tmp_path):
             "--num-acceptors",
             "1",
             "--log-file",
-            str(tmp_path / "proxy.log"),
+            str(folder / "proxy.log"),
+            *flags,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -95,6 +97,13 @@ def http_proxy(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def http_proxy(tmp_path):
+    """proxy.py listening on a free port of 127.0.0.1; its URL."""
+    with running_proxy(tmp_path) as url:
+        yield url
 
 
 def first_vias(arrivals: list[tuple[tuple[str, int], dict]]) -> dict[tuple[str, int], str | None]:
@@ -127,6 +136,25 @@ def test_every_request_goes_through_the_proxy_of_the_environment(
         assert main(describe_args(eurosat_folder, tmp_path / "direct.sqlite", server.url)) == 0
         direct = server.arrivals[len(proxied) :]
         assert len(direct) == 1 + len(set(hashes)) and {headers.get("Via") for _, headers in direct} == {None}
+
+
+def test_the_proxy_gets_the_credentials_of_its_url(eurosat_folder, tmp_path, capsys, no_proxy_settings):
+    """`HTTP_PROXY=http://user:password@host:port`, the password percent-encoded as URLs need, logs in to a proxy that
+    asks for them; without them the proxy refuses (407) and the run stops at the model check."""
+    with running_proxy(tmp_path, "--basic-auth", "latte:s3cr@t") as proxy, FakeLMMServer() as server:
+        login = proxy.replace("http://", "http://latte:s3cr%40t@")
+        no_proxy_settings.setenv("HTTP_PROXY", login)
+        assert main(describe_args(eurosat_folder, tmp_path / "in.sqlite", server.url)) == 0
+        answered = len(server.arrivals)
+        assert answered > 1 and all(
+            via and via.startswith("1.1 proxy.py") for via in first_vias(server.arrivals).values()
+        )
+
+        no_proxy_settings.setenv("HTTP_PROXY", proxy)
+        capsys.readouterr()
+        assert main(describe_args(eurosat_folder, tmp_path / "out.sqlite", server.url)) == 2
+        assert len(server.arrivals) == answered
+        assert "answered HTTP 407" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

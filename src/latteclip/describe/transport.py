@@ -2,22 +2,21 @@
 directly, one kept-alive connection per runner thread and server.
 
 Why not httpx's Client on top of it: per request it builds URL, header, cookie and auth objects, picks a proxy
-mount and walks redirect and event hooks, and that costs more CPU than the rest of the client's work put together
-(docs/results.md, "Description stage against a local server"): at 64 requests in flight on two cores the client,
-not the server, set the pace. What the Client gave us is kept here: proxies from the environment (`HTTPS_PROXY`,
-`HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, in either case), read by the standard library as httpx, requests and curl
-read them, but once per server instead of once per request; the certificate check (the system's trust store, a
-`--lmm-ca-bundle` file, or none with `--lmm-insecure`); and connection pooling, with a connection the server has
-closed replaced by a new one.
+mount and walks its redirect and event hooks, which cost about as much CPU as all the rest of the client's work; at
+64 requests in flight on two cores the client, not the server, set the pace (benchmarks/describe_throughput.py).
+What the Client gave us is kept here: proxies from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`,
+`NO_PROXY`, in either case), read with the standard library's `urllib.request` as httpx reads them, but once per
+server instead of once per request; the certificate check (the system's trust store, a `--lmm-ca-bundle` file, or
+none with `--lmm-insecure`); and connection pooling, with a connection the server has closed replaced by a new one.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import ssl
 import threading
 import urllib.request
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -73,81 +72,9 @@ def environment_proxy(url: str) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
-class SteadyTimeoutStream(httpcore.NetworkStream):
-    """httpcore's socket stream, except that the socket's timeout is set only when it changes.
-
-    httpcore sets it before every read and write: a system call, and each one hands the GIL to another of the 64
-    runner threads, so a request waited for the GIL three more times than under `http.client`. A TLS stream
-    inside a TLS stream (an https proxy's tunnel) is left to httpcore."""
-
-    def __init__(self, stream: httpcore.NetworkStream):
-        self._stream = stream
-        self._socket: socket.socket = stream.get_extra_info("socket")
-        self._timeout = self._socket.gettimeout()
-
-    def _set_timeout(self, timeout: float | None) -> None:
-        if timeout != self._timeout:
-            self._socket.settimeout(timeout)
-            self._timeout = timeout
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:
-            self._set_timeout(timeout)
-            return self._socket.recv(max_bytes)
-        except TimeoutError as err:
-            raise httpcore.ReadTimeout(err) from err
-        except OSError as err:
-            raise httpcore.ReadError(err) from err
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        try:
-            self._set_timeout(timeout)
-            self._socket.sendall(buffer)
-        except TimeoutError as err:
-            raise httpcore.WriteTimeout(err) from err
-        except OSError as err:
-            raise httpcore.WriteError(err) from err
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        stream = self._stream.start_tls(ssl_context, server_hostname, timeout)
-        return stream if isinstance(self._socket, ssl.SSLSocket) else SteadyTimeoutStream(stream)
-
-    def get_extra_info(self, info: str) -> object:
-        return self._stream.get_extra_info(info)
-
-
-class SteadyTimeoutBackend(httpcore.NetworkBackend):
-    """httpcore's own TCP connections (TCP_NODELAY included), as `SteadyTimeoutStream`s."""
-
-    def __init__(self) -> None:
-        self._backend = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable | None = None,
-    ) -> httpcore.NetworkStream:
-        return SteadyTimeoutStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
-
-
 def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.ConnectionPool:
     """A pool of one kept-alive connection to a server, through `proxy` when one is given."""
-    options = {
-        "ssl_context": context,
-        "max_connections": 1,
-        "max_keepalive_connections": 1,
-        "network_backend": SteadyTimeoutBackend(),
-    }
+    options = {"ssl_context": context, "max_connections": 1, "max_keepalive_connections": 1}
     if proxy is None:
         return httpcore.ConnectionPool(**options)
     parts = urlsplit(proxy)
@@ -163,10 +90,9 @@ def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.Conn
     url = httpcore.URL(scheme=parts.scheme.encode(), host=parts.hostname.encode(), port=port, target=b"/")
     auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
     if parts.scheme.startswith("socks"):
-        try:
-            return httpcore.SOCKSProxy(proxy_url=url, proxy_auth=auth, **options)
-        except ImportError as err:
-            raise LatteclipError(f"the proxy {proxy} is a SOCKS proxy: pip install socksio to use it") from err
+        if importlib.util.find_spec("socksio") is None:  # httpcore speaks SOCKS through it
+            raise LatteclipError(f"the proxy {proxy} of the environment is a SOCKS proxy: pip install socksio")
+        return httpcore.SOCKSProxy(proxy_url=url, proxy_auth=auth, **options)
     return httpcore.HTTPProxy(proxy_url=url, proxy_auth=auth, **options)
 
 
