@@ -5,12 +5,15 @@ The proxy is a real one (proxy.py from PyPI, a process of its own on 127.0.0.1).
 the first request of each connection it forwards (later ones on a kept-alive connection it passes as they are), and
 the test server records the peer and headers of every request. A connection comes from one peer, so a run went
 through the proxy when the first request of every connection the server accepted carries that header, and around
-it when no request does. NO_PROXY is removed for the proxied run: httpx sends even 127.0.0.1 to the proxy unless
-NO_PROXY names it.
+it when no request does. NO_PROXY is removed for the proxied run: the client sends even 127.0.0.1 to the proxy unless
+NO_PROXY names it. Which proxy a server takes is also read back for hand-picked variables (scheme, ALL_PROXY, case,
+NO_PROXY by name, suffix and port), and a proxy variable the client cannot use stops it before any request.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import subprocess
 import sys
 import time
@@ -21,8 +24,11 @@ import pytest
 from latteclip.cli import main
 from latteclip.data import build_dataset
 from latteclip.describe.jobs import image_hashes
+from latteclip.describe.openai_http import OpenAIDescriber
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.store import DescriptionStore
+from latteclip.describe.transport import environment_proxy
+from latteclip.errors import LatteclipError
 from tests.conftest import describe_argv
 from tests.lmm_server import FakeLMMServer, expected_answer
 
@@ -45,10 +51,10 @@ def no_proxy_settings(monkeypatch):
     return monkeypatch
 
 
-@pytest.fixture
-def http_proxy(tmp_path):
-    """proxy.py listening on a free port of 127.0.0.1; its URL."""
-    port_file = tmp_path / "proxy.port"
+@contextlib.contextmanager
+def running_proxy(folder: Path, *flags: str):
+    """proxy.py listening on a free port of 127.0.0.1 (with `flags`); its URL."""
+    port_file = folder / "proxy.port"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -65,7 +71,8 @@ def http_proxy(tmp_path):
             "--num-acceptors",
             "1",
             "--log-file",
-            str(tmp_path / "proxy.log"),
+            str(folder / "proxy.log"),
+            *flags,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -79,6 +86,13 @@ def http_proxy(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def http_proxy(tmp_path):
+    """proxy.py listening on a free port of 127.0.0.1; its URL."""
+    with running_proxy(tmp_path) as url:
+        yield url
 
 
 def first_vias(arrivals: list[tuple[tuple[str, int], dict]]) -> dict[tuple[str, int], str | None]:
@@ -111,6 +125,70 @@ def test_every_request_goes_through_the_proxy_of_the_environment(
         assert main(describe_args(eurosat_folder, tmp_path / "direct.sqlite", server.url)) == 0
         direct = server.arrivals[len(proxied) :]
         assert len(direct) == 1 + len(set(hashes)) and {headers.get("Via") for _, headers in direct} == {None}
+
+
+def test_the_proxy_gets_the_credentials_of_its_url(eurosat_folder, tmp_path, capsys, no_proxy_settings):
+    """`HTTP_PROXY=http://user:password@host:port`, the password percent-encoded as URLs need, logs in to a proxy that
+    asks for them; without them the proxy refuses (407) and the run stops at the model check."""
+    with running_proxy(tmp_path, "--basic-auth", "latte:s3cr@t") as proxy, FakeLMMServer() as server:
+        login = proxy.replace("http://", "http://latte:s3cr%40t@")
+        no_proxy_settings.setenv("HTTP_PROXY", login)
+        assert main(describe_args(eurosat_folder, tmp_path / "in.sqlite", server.url)) == 0
+        answered = len(server.arrivals)
+        assert answered > 1 and all(
+            via and via.startswith("1.1 proxy.py") for via in first_vias(server.arrivals).values()
+        )
+
+        no_proxy_settings.setenv("HTTP_PROXY", proxy)
+        capsys.readouterr()
+        assert main(describe_args(eurosat_folder, tmp_path / "out.sqlite", server.url)) == 2
+        assert len(server.arrivals) == answered
+        assert "answered HTTP 407" in capsys.readouterr().err
+
+
+def test_each_scheme_takes_its_own_proxy_and_no_proxy_names_the_exceptions(no_proxy_settings):
+    no_proxy_settings.setenv("HTTPS_PROXY", "http://secure.proxy:3128")
+    no_proxy_settings.setenv("HTTP_PROXY", "plain.proxy:8080")  # no scheme: an http proxy, as curl reads it
+    no_proxy_settings.setenv("NO_PROXY", "internal.example, 10.0.0.1:8000")
+    assert environment_proxy("https://api.example.com/v1") == "http://secure.proxy:3128"
+    assert environment_proxy("http://api.example.com/v1") == "http://plain.proxy:8080"
+    assert environment_proxy("http://internal.example/v1") is None
+    assert environment_proxy("http://gpu3.internal.example:8000/v1") is None  # a name under it too
+    assert environment_proxy("http://10.0.0.1:8000/v1") is None
+    assert environment_proxy("http://10.0.0.1:9000/v1") == "http://plain.proxy:8080"  # another port of that host
+    assert environment_proxy("http://127.0.0.1:8000/v1") == "http://plain.proxy:8080"  # not even localhost is exempt
+
+
+def test_all_proxy_serves_the_schemes_without_their_own_and_lower_case_wins(no_proxy_settings):
+    no_proxy_settings.setenv("ALL_PROXY", "http://every.proxy:3128")
+    no_proxy_settings.setenv("HTTPS_PROXY", "http://upper.proxy:3128")
+    no_proxy_settings.setenv("https_proxy", "http://lower.proxy:3128")
+    assert environment_proxy("http://api.example.com/v1") == "http://every.proxy:3128"
+    assert environment_proxy("https://api.example.com/v1") == "http://lower.proxy:3128"
+    no_proxy_settings.setenv("NO_PROXY", "*")
+    assert environment_proxy("https://api.example.com/v1") is None
+
+
+@pytest.mark.parametrize(
+    "proxy, message",
+    [
+        ("ftp://files.proxy:21", "is not an http(s):// or socks5:// URL"),
+        ("http://plain.proxy:port", "has a bad port"),
+        pytest.param(
+            "socks5://tunnel:1080",
+            "pip install socksio",
+            marks=pytest.mark.skipif(importlib.util.find_spec("socksio") is not None, reason="socksio is installed"),
+        ),
+    ],
+)
+def test_a_proxy_it_cannot_use_stops_it_before_any_request(no_proxy_settings, proxy, message):
+    no_proxy_settings.setenv("HTTP_PROXY", proxy)
+    with FakeLMMServer() as server:
+        with pytest.raises(LatteclipError) as refused:
+            OpenAIDescriber([server.url])
+        assert server.arrivals == []
+    assert proxy in str(refused.value) and message in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 @pytest.fixture(scope="module")

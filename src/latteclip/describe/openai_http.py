@@ -1,23 +1,22 @@
 """The `openai` describer: the chat-completions protocol over HTTP (vLLM, SGLang, llama.cpp, Ollama, ...).
 
-The stage is I/O-bound, so the runner keeps many requests in flight (one thread each) and spreads them
-over every `--lmm-url`. The transport is httpx: it keeps connections alive (one per thread and endpoint:
-as many as requests in flight), it takes proxies from the environment (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
-NO_PROXY), and the servers' certificates are checked against the system's trust store, a `--lmm-ca-bundle`
-file, or not at all (`--lmm-insecure`). A request that meets a 429, a 5xx, a timeout, a dropped connection, malformed
-JSON or an empty answer is retried with exponential back-off, on the next healthy endpoint; an endpoint
-that fails is rested for a while so a dead server does not slow the others. An empty answer is asked once
-more only: at temperature 0 the model gives the same answer again. Answers that show the configuration
-itself is wrong (401, 403, 404, a model the server does not serve, an untrusted certificate) stop the run
-at once, and before any image is sent the servers are asked (GET /models) whether they answer, accept the
-key and serve the model.
+The stage is I/O-bound, so the runner keeps many requests in flight (one thread each) and spreads them over every
+`--lmm-url`. The transport (`transport.py`: httpcore, the HTTP engine of httpx) keeps connections alive (one per
+thread and endpoint: as many as requests in flight), takes proxies from the environment (HTTPS_PROXY, HTTP_PROXY,
+ALL_PROXY, NO_PROXY), and checks the servers' certificates against the system's trust store, a `--lmm-ca-bundle` file,
+or not at all (`--lmm-insecure`). A request that meets a 429, a 5xx, a timeout, a dropped connection, malformed JSON
+or an empty answer is retried with exponential back-off, on the next healthy endpoint; an endpoint that fails is
+rested for a while so a dead server does not slow the others. An empty answer is asked once more only: at temperature
+0 the model gives the same answer again. Answers that show the configuration itself is wrong (401, 403, 404, a model
+the server does not serve, an untrusted certificate) stop the run at once, and before any image is sent the servers
+are asked (GET /models) whether they answer, accept the key and serve the model.
 
 A request times out only when its server has answered nothing for `--lmm-timeout` seconds: a server
 that keeps answering others holds it in a queue, and sending it again would only make the queue longer.
 Such late answers and 429s lower the number of requests in flight (`AdaptiveLimit`); answers in time
 raise it again, so one `--concurrency` suits vLLM and a server that answers one request at a time.
-The wait for an answer to begin is ours (httpx's read timeout is fixed): httpcore's trace hook, called as
-the request starts reading its answer, waits on the connection's socket by that rule.
+The wait for an answer to begin is ours (httpcore's read timeout is fixed): its trace hook, called as the
+request starts reading its answer, waits on the connection's socket by that rule.
 """
 
 from __future__ import annotations
@@ -27,17 +26,17 @@ import os
 import random
 import select
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import httpx
+import httpcore
 
 from latteclip.describe.adaptive import AdaptiveLimit
 from latteclip.describe.backend import Answer, BackendStopped, Describer, ItemFailed, Request
+from latteclip.describe.transport import TRANSPORT_ERRORS, ThreadConnections, certificate_check, untrusted_certificate
 from latteclip.errors import LatteclipError
 
 API_KEY_VARIABLES = ("LATTECLIP_LMM_API_KEY", "OPENAI_API_KEY")
@@ -85,7 +84,6 @@ class Endpoint:
     """One server: its base URL, and how long to rest it after failures."""
 
     url: str
-    origin: tuple[str, str, int | None]  # scheme, host, port: what a kept-alive connection serves
     failures_in_row: int = 0
     rest_until: float = 0.0
     last_answer: float = float("-inf")  # when it last answered anything (time.monotonic)
@@ -104,64 +102,7 @@ class Endpoint:
             raise LatteclipError(
                 f"--lmm-url {url} is not an http(s) URL; give the server's base, e.g. http://host:8000/v1"
             )
-        return cls(base, (parts.scheme, parts.hostname, parts.port))
-
-
-def certificate_check(ca_bundle: str | None = None, insecure: bool = False) -> ssl.SSLContext | bool:
-    """How servers' certificates are checked: the system's trust store as `http.client` did (OpenSSL honours
-    SSL_CERT_FILE / SSL_CERT_DIR), only the CA bundle given (a gateway on an internal CA), or not at all."""
-    if insecure:
-        return False
-    try:
-        return ssl.create_default_context(cafile=ca_bundle)
-    except (OSError, ssl.SSLError) as err:
-        raise LatteclipError(
-            f"--lmm-ca-bundle {ca_bundle} is not a readable PEM file of CA certificates ({err}): "
-            "give the file of the CA that signed the server's certificate"
-        ) from err
-
-
-def untrusted_certificate(err: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate failure behind a connection error (httpx wraps httpcore's, which wraps ssl's), if any."""
-    cause: BaseException | None = err
-    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
-        cause = cause.__cause__ or cause.__context__
-    return cause
-
-
-class ThreadClients:
-    """An httpx Client for each runner thread, with one kept-alive connection per endpoint: as many connections as
-    requests in flight. One client shared by every thread would cost more CPU than all the rest of the stage at
-    64 in flight, since httpcore's pool looks at every connection and every waiting request each time one is sent
-    or answered."""
-
-    def __init__(self, headers: dict[str, str], verify: ssl.SSLContext | bool, endpoints: int, timeout: float):
-        limits = httpx.Limits(max_connections=endpoints, max_keepalive_connections=endpoints)
-        # the SSL context is made once: making one per client (httpx's default) costs tens of ms each
-        self.options = {
-            "headers": headers,
-            "verify": verify,
-            "limits": limits,
-            "timeout": httpx.Timeout(timeout),
-            "trust_env": True,
-        }
-        self.clients: list[httpx.Client] = []
-        self._local = threading.local()
-        self._lock = threading.Lock()
-
-    def client(self) -> tuple[httpx.Client, dict[tuple, socket.socket]]:
-        """This thread's client, and the socket of its connection to each origin (kept by the describer's trace)."""
-        if not hasattr(self._local, "client"):
-            self._local.client, self._local.sockets = httpx.Client(**self.options), {}
-            with self._lock:
-                self.clients.append(self._local.client)
-        return self._local.client, self._local.sockets
-
-    def close(self) -> None:
-        with self._lock:
-            for client in self.clients:
-                client.close()
-            self.clients.clear()
+        return cls(base)
 
 
 @dataclass
@@ -238,7 +179,9 @@ class OpenAIDescriber(Describer):
         self.api_key = api_key if api_key is not None else api_key_from_environment()
         self.max_tokens = max_tokens
         self.limit = AdaptiveLimit()
-        self.http = ThreadClients(self._headers(), certificate_check(ca_bundle, insecure), len(urls), timeout)
+        self.headers = self._headers()
+        self.timeouts = dict.fromkeys(("connect", "read", "write", "pool"), timeout)
+        self.http = ThreadConnections([e.url for e in self.pool.endpoints], certificate_check(ca_bundle, insecure))
         try:
             self.model = self.check_servers(model)
         except LatteclipError:
@@ -249,40 +192,47 @@ class OpenAIDescriber(Describer):
         self.http.close()
 
     # --- HTTP ------------------------------------------------------------------------------------
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "latteclip"}
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"Content-Type", b"application/json"),
+            (b"Accept", b"application/json"),
+            (b"User-Agent", b"latteclip"),
+        ]
         if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+            headers.append((b"Authorization", f"Bearer {self.api_key}".encode("latin-1")))
         return headers
 
     def _exchange(
-        self, endpoint: Endpoint, method: str, route: str, body: bytes | None, sent_at: float | None = None
+        self, endpoint: Endpoint, method: bytes, route: str, body: bytes | None, sent_at: float | None = None
     ) -> tuple[int, bytes, str | None]:
-        """(status, body, Retry-After) of one call (httpx drops a kept-alive connection the server has closed)."""
-        client, sockets = self.http.client()
+        """(status, body, Retry-After) of one call (httpcore replaces a kept-alive connection the server has closed)."""
+        line = self.http.line(endpoint.url)
         sent_at = time.monotonic() if sent_at is None else sent_at
 
         def trace(event: str, info: dict) -> None:
             """httpcore's trace hook: remember the connection's socket; wait for the answer by our rule."""
             if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-                sockets[endpoint.origin] = info["return_value"].get_extra_info("socket")
-            elif event == "http11.receive_response_headers.started" and endpoint.origin in sockets:
-                self._await_answer(endpoint, sockets[endpoint.origin], sent_at)
+                line.socket = info["return_value"].get_extra_info("socket")
+            elif event == "http11.receive_response_headers.started" and line.socket is not None:
+                self._await_answer(endpoint, line.socket, sent_at)
 
         try:
-            response = client.request(method, endpoint.url + route, content=body, extensions={"trace": trace})
-        except (httpx.HTTPError, TimeoutError) as err:
+            response = line.send(
+                method, route, self.headers, body, extensions={"timeout": self.timeouts, "trace": trace}
+            )
+        except TRANSPORT_ERRORS as err:
             certificate = untrusted_certificate(err)
             if certificate is not None:
                 raise BackendStopped(
                     f"{endpoint.url}: its TLS certificate is not trusted ({certificate.verify_message}): pass "
                     "--lmm-ca-bundle FILE with the CA that signed it, or --lmm-insecure to skip the check"
                 ) from err
-            timed_out = isinstance(err, (TimeoutError, httpx.TimeoutException))
+            timed_out = isinstance(err, (TimeoutError, httpcore.TimeoutException))
             kind = "timed out" if timed_out else f"connection failed ({type(err).__name__}: {err})"
             raise RetryableError(f"{endpoint.url} {kind}", overload=timed_out) from err
         endpoint.last_answer = time.monotonic()
-        return response.status_code, response.content, response.headers.get("Retry-After")
+        retry_after = next((value for name, value in response.headers if name.lower() == b"retry-after"), None)
+        return response.status, response.content, retry_after and retry_after.decode("latin-1")
 
     def _await_answer(self, endpoint: Endpoint, connection: socket.socket, sent_at: float) -> None:
         """Wait for the answer to begin; past the timeout only while the server answers others (then it is a queue,
@@ -303,7 +253,7 @@ class OpenAIDescriber(Describer):
 
     def _listed_models(self, endpoint: Endpoint) -> tuple[int, bytes, list[str] | None]:
         """(status, body, the model ids of GET /models or None when the answer holds no list)."""
-        status, data, _ = self._exchange(endpoint, "GET", "/models", None)
+        status, data, _ = self._exchange(endpoint, b"GET", "/models", None)
         try:
             ids = [str(entry["id"]) for entry in json.loads(data)["data"]] if status == 200 else None
         except (ValueError, KeyError, TypeError):
@@ -409,7 +359,7 @@ class OpenAIDescriber(Describer):
 
     def _answer(self, endpoint: Endpoint, body: bytes, sent_at: float) -> Answer:
         try:
-            status, data, retry_after = self._exchange(endpoint, "POST", CHAT_ROUTE, body, sent_at)
+            status, data, retry_after = self._exchange(endpoint, b"POST", CHAT_ROUTE, body, sent_at)
         except RetryableError:
             self.pool.failed(endpoint)
             raise

@@ -1,0 +1,160 @@
+"""The connections of the `openai` describer: httpcore (the HTTP engine inside httpx, by the same maintainers) driven
+directly, one kept-alive connection per runner thread and server.
+
+Why not httpx's Client on top of it: per request it builds URL, header, cookie and auth objects, picks a proxy
+mount and walks its redirect and event hooks, which cost about as much CPU as all the rest of the client's work; at
+64 requests in flight on two cores the client, not the server, set the pace (benchmarks/describe_throughput.py).
+What the Client gave us is kept here: proxies from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`,
+`NO_PROXY`, in either case), read with the standard library's `urllib.request` as httpx reads them, but once per
+server instead of once per request; the certificate check (the system's trust store, a `--lmm-ca-bundle` file, or
+none with `--lmm-insecure`); and connection pooling, with a connection the server has closed replaced by a new one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import ssl
+import threading
+import urllib.request
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+import httpcore
+
+from latteclip.errors import LatteclipError
+
+# What a request that got no answer raises: httpcore's failures (a connection refused, dropped or timed out, a
+# proxy's refusal, a broken answer), and TimeoutError from the trace hook that waits for the answer to begin.
+TRANSPORT_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.ProxyError,
+    TimeoutError,
+)
+
+
+def certificate_check(ca_bundle: str | None = None, insecure: bool = False) -> ssl.SSLContext:
+    """How servers' certificates are checked: the system's trust store as `http.client` did (OpenSSL honours
+    SSL_CERT_FILE / SSL_CERT_DIR), only the CA bundle given (a gateway on an internal CA), or not at all."""
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as err:
+        raise LatteclipError(
+            f"--lmm-ca-bundle {ca_bundle} is not a readable PEM file of CA certificates ({err}): "
+            "give the file of the CA that signed the server's certificate"
+        ) from err
+
+
+def untrusted_certificate(err: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate failure behind a connection error (httpcore wraps ssl's), if any."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for this server's URL, or None when it is reached directly (no proxy
+    variable for its scheme, or `NO_PROXY` names it)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.ConnectionPool:
+    """A pool of one kept-alive connection to a server, through `proxy` when one is given."""
+    options = {"ssl_context": context, "max_connections": 1, "max_keepalive_connections": 1}
+    if proxy is None:
+        return httpcore.ConnectionPool(**options)
+    parts = urlsplit(proxy)
+    try:
+        port = parts.port
+    except ValueError as err:
+        raise LatteclipError(f"the proxy {proxy} of the environment has a bad port: {err}") from err
+    if not parts.hostname or parts.scheme not in ("http", "https", "socks5", "socks5h"):
+        raise LatteclipError(
+            f"the proxy {proxy} of the environment is not an http(s):// or socks5:// URL: fix HTTPS_PROXY / "
+            "HTTP_PROXY / ALL_PROXY, or name the server in NO_PROXY"
+        )
+    url = httpcore.URL(scheme=parts.scheme.encode(), host=parts.hostname.encode(), port=port, target=b"/")
+    auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
+    if parts.scheme.startswith("socks"):
+        if importlib.util.find_spec("socksio") is None:  # httpcore speaks SOCKS through it
+            raise LatteclipError(f"the proxy {proxy} of the environment is a SOCKS proxy: pip install socksio")
+        return httpcore.SOCKSProxy(proxy_url=url, proxy_auth=auth, **options)
+    return httpcore.HTTPProxy(proxy_url=url, proxy_auth=auth, **options)
+
+
+@dataclass
+class Line:
+    """One thread's connection to one server, and its socket once connected (the trace hook keeps it, so the wait
+    for an answer can watch it)."""
+
+    pool: httpcore.ConnectionPool
+    base: str  # the server's base URL
+    socket: socket.socket | None = None
+    _urls: dict[str, httpcore.URL] = field(default_factory=dict)
+
+    def send(
+        self, method: bytes, route: str, headers: list[tuple[bytes, bytes]], body: bytes | None, extensions: dict
+    ) -> httpcore.Response:
+        """One request and its whole answer: httpcore's `request()` with the URL parsed once and the headers checked
+        once rather than twice."""
+        url = self._urls.get(route)
+        if url is None:
+            url = self._urls[route] = httpcore.URL(self.base + route)
+        host = b"[%b]" % url.host if b":" in url.host else url.host  # an IPv6 address
+        headers = [(b"Host", host if url.port is None else b"%b:%d" % (host, url.port)), *headers]
+        if body is not None:
+            headers.append((b"Content-Length", b"%d" % len(body)))
+        response = self.pool.handle_request(
+            httpcore.Request(method, url, headers=headers, content=body, extensions=extensions)
+        )
+        try:
+            response.read()
+        finally:
+            response.close()
+        return response
+
+
+class ThreadConnections:
+    """A connection per runner thread and server: as many connections as requests in flight, and no pool shared
+    between threads (httpcore's pool looks at every connection and every waiting request each time one is sent or
+    answered, which at 64 in flight would cost more CPU than all the rest of the stage)."""
+
+    def __init__(self, urls: list[str], context: ssl.SSLContext):
+        self.proxies = {url: environment_proxy(url) for url in urls}
+        self.context = context
+        self.pools: list[httpcore.ConnectionPool] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        for proxy in set(self.proxies.values()):  # a bad proxy fails here, before any request
+            connection_pool(proxy, context).close()
+
+    def line(self, url: str) -> Line:
+        """This thread's connection to the server at `url`."""
+        lines = getattr(self._local, "lines", None)
+        if lines is None:
+            lines = self._local.lines = {}
+        if url not in lines:
+            lines[url] = Line(connection_pool(self.proxies[url], self.context), url)
+            with self._lock:
+                self.pools.append(lines[url].pool)
+        return lines[url]
+
+    def close(self) -> None:
+        with self._lock:
+            for pool in self.pools:
+                pool.close()
+            self.pools.clear()
