@@ -255,7 +255,7 @@ def test_unlabeled_input_refusals(flat, names, labelled, tmp_path, capsys):
         ),
         (
             ["adapt", "--root", str(flat), "--classnames", str(names), *run, *TINY],
-            "reads image descriptions: choose a describer with --lmm",
+            "reads descriptions (image, group): choose a describer with --lmm",
         ),
         (["adapt", "--root", str(flat), "--classnames", str(names), "--method", "oracle", *run, *TINY], "is not one"),
     ]
