@@ -386,3 +386,29 @@ def test_the_page_names_every_shift_where_a_method_loses_or_collapses(tmp_path):
         == "- tint: CoFT gives 36.0% of its test predictions to one class, more than 5 points above zero-shot's 30.0% "
         "(collapse onto a class)."
     )
+
+
+@pytest.mark.slow
+def test_a_shift_experiment_through_the_local_launcher_gives_the_in_process_results(tmp_path):
+    """The paper's launcher runs the demo's kind of experiment too: held-out candidates, then every target run and the
+    label-free pick, as jobs on two CPU slots at once; the same cells and choices as one after the other here."""
+    from latteclip.experiments.launch import LaunchSettings
+
+    methods = [
+        {"method": "zeroshot", "label": "CLIP zero-shot"},
+        {"method": "flyp_pl", "label": "FLYP + pseudo-labels", "search": {"lr": [1e-5, 1e-2]}},
+    ]
+    config = demo_config(tmp_path, describer={}, methods=methods, shifts=["tint"])
+    measured = {}
+    for how, launcher in (("here", None), ("jobs", LaunchSettings(folder=tmp_path / "jobs", devices=("cpu", "cpu")))):
+        experiment = load_experiment(config, "quick", {"output": str(tmp_path / how)})
+        runs = runner.run_experiment(
+            experiment, True, lambda line: None, label_free_score="prediction_balance", launcher=launcher
+        )
+        measured[how] = (
+            {key: [r["top1"] for r in cell] for key, cell in runs.cells.items()},
+            {key: [r["top1"] for r in cell] for key, cell in runs.label_free.items()},
+            [(c["chosen"], c["label_free_pick"], [s["heldout_top1"] for s in c["scores"]]) for c in runs.choices],
+        )
+    assert measured["jobs"] == measured["here"] and len(measured["here"][0]) == 2
+    assert len(list((tmp_path / "jobs").rglob("*_log.out"))) >= 4  # two held-out candidates and two target runs

@@ -545,15 +545,17 @@ def run_experiment(
     progress: Progress = print,
     archive: RunArchive | None = None,
     fresh: frozenset[str] = frozenset(),
+    launcher: LaunchSettings | None = None,
 ) -> ExperimentRuns:
     """Every entry of an experiment file (the demo's, the benchmark's) on every shift and seed; pre-training cached.
 
     `choose`: pick each entry's `search` options on held-out images first (the benchmark). `archive`: finished runs
-    a checkout keeps, reused when their configuration is the same; entries named in `fresh` train anew.
+    a checkout keeps, reused when their configuration is the same; entries named in `fresh` train anew. `launcher`
+    (`experiment_launch`): the runs go as jobs to local devices at once or to Slurm, as the paper's do.
     """
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment)
-    return run_experiment_loop(experiment, choose, progress, archive, fresh)
+    return run_experiment_loop(experiment, choose, progress, archive, fresh, launcher=launcher)
 
 
 # --- experiments over datasets (the paper's) ---------------------------------------------------------------------
@@ -630,9 +632,10 @@ def shift_experiment(experiment: str | Path, **selection: Any) -> Experiment:
     return load_shift_experiment(str(experiment), **selection)
 
 
-def experiment_launch(plan: Plan, **options: Any) -> LaunchSettings:
-    """The launcher's settings for `plan` (LaunchSettings' fields; None keeps a default); its files in OUTPUT/jobs."""
-    return launch_settings(plan, **options)
+def experiment_launch(experiment: Plan | Experiment, **options: Any) -> LaunchSettings:
+    """The launcher's settings for an experiment (LaunchSettings' fields; None keeps a default); its files in
+    OUTPUT/jobs."""
+    return launch_settings(experiment.output, **options)
 
 
 def shift_results_table(experiment: Experiment, runs: ExperimentRuns) -> str:

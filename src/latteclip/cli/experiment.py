@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 from latteclip.cli import (
     add_describe_arguments,
@@ -51,9 +52,9 @@ def _add_launcher(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("launcher")
     group.add_argument(
         "--launcher",
-        default="local",
         choices=("local", "slurm"),
-        help="local: this machine, one run per device at once; slurm: one Slurm job per run, as a job array",
+        help="local: this machine, one run per device at once; slurm: one Slurm job per run, as a job array (default: "
+        "local; an experiment over shifted domains runs in this process unless --launcher or --devices is given)",
     )
     group.add_argument("--devices", help="local: comma-separated devices, one run at once on each (cuda:0,cuda:1)")
     group.add_argument("--slurm-partition", dest="partition", help="slurm: --partition")
@@ -145,7 +146,8 @@ def run_experiment_command(args: argparse.Namespace) -> int:
 
 
 def _run_shifts(args: argparse.Namespace) -> int:
-    """The demo's kind of experiment (demo, domain-shift): its runs one after the other in this process."""
+    """The demo's kind of experiment (demo, domain-shift): its runs one after the other in this process, or through the
+    launcher the paper's runs use when --launcher or --devices is given."""
     from latteclip import api
 
     seeds = [int(s) for s in comma_list(args.seeds)] if args.seeds else None
@@ -158,26 +160,24 @@ def _run_shifts(args: argparse.Namespace) -> int:
         output=args.output,
         run=overrides,
     )
-    runs = api.run_experiment(experiment, experiment.choose, lambda line: print(line, flush=True))
+    launcher = _launch_settings(args, experiment) if args.launcher or args.devices else None
+    runs = api.run_experiment(experiment, experiment.choose, lambda line: print(line, flush=True), launcher=launcher)
     print(api.shift_results_table(experiment, runs))
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _launch_settings(args: argparse.Namespace, experiment: Any) -> Any:
+    """The launcher's settings from the flags; its files under the experiment's output folder."""
     from latteclip import api
     from latteclip.errors import LatteclipError
 
-    if api.is_shift_experiment(str(args.experiment)):
-        return _run_shifts(args)
-    plan = load_from_args(args)
     sbatch = dict(item.split("=", 1) for item in args.sbatch or [] if "=" in item)
     if len(sbatch) != len(args.sbatch or []):
         raise LatteclipError("--slurm-sbatch takes KEY=VALUE, e.g. account=proj")
-    devices = tuple(comma_list(args.devices)) if args.devices else None
-    settings = api.experiment_launch(
-        plan,
+    return api.experiment_launch(
+        experiment,
         launcher=args.launcher,
-        devices=devices,
+        devices=tuple(comma_list(args.devices)) if args.devices else None,
         partition=args.partition,
         timeout_min=args.timeout_min,
         gpus_per_job=args.gpus_per_job,
@@ -185,6 +185,15 @@ def _run(args: argparse.Namespace) -> int:
         array_parallelism=args.array_parallelism,
         sbatch=sbatch or None,
     )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from latteclip import api
+
+    if api.is_shift_experiment(str(args.experiment)):
+        return _run_shifts(args)
+    plan = load_from_args(args)
+    settings = _launch_settings(args, plan)
     outcomes = api.run_experiment_plan(plan, settings, lambda line: print(line, flush=True))
     failed = [o for o in outcomes if not o.ok]
     for outcome in failed:

@@ -37,7 +37,7 @@ def run_job(payload: dict[str, Any]) -> float:
         json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
     )
     try:
-        results = _run(config, payload.get("describe"))
+        results = _run(config, payload.get("describe"), payload.get("fresh", False))
     except BaseException as err:
         last_line = str(err).strip().splitlines()[-1] if str(err).strip() else ""
         (run_dir / FAILED_FILE).write_text(f"{type(err).__name__}: {last_line}\n")
@@ -47,9 +47,9 @@ def run_job(payload: dict[str, Any]) -> float:
     return results["top1"]
 
 
-def _run(config: RunConfig, describe: dict[str, Any] | None) -> RunResults:
+def _run(config: RunConfig, describe: dict[str, Any] | None, fresh: bool) -> RunResults:
     if describe is None:
-        return run_or_reuse(config)
+        return run_or_reuse(config, fresh=fresh)
     if has_results(config.run_dir) and same_config(config):
         return read_results(config.run_dir)
     results = lmm_zero_shot(config, resolve_settings(describe, {}))

@@ -225,7 +225,7 @@ def plan_states(plan: Plan) -> list[tuple[PlannedRun, RunState]]:
     return [(run, run_state(run.config)) for run in plan.runs()]
 
 
-def launch_settings(plan: Plan, **options: Any) -> LaunchSettings:
+def launch_settings(output: Path, **options: Any) -> LaunchSettings:
     """The launcher's settings; its files under OUTPUT/jobs."""
     given = {k: v for k, v in options.items() if v is not None}
-    return LaunchSettings(folder=plan.output / "jobs", **given)
+    return LaunchSettings(folder=Path(output) / "jobs", **given)

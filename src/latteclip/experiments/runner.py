@@ -32,6 +32,7 @@ from latteclip.engine.session import dataset_options, pick_device, resolve_preci
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive, comparable
+from latteclip.experiments.launch import Job, LaunchSettings, launch
 from latteclip.experiments.machine import elapsed
 from latteclip.experiments.spec import Experiment, MethodEntry, deep_merge
 from latteclip.experiments.tables import Cells
@@ -172,8 +173,16 @@ def finished_run(
         kept = archive.get(config)
         if kept is not None and computed_here_alike(kept["results"], config) and scored_on(kept["results"], held):
             return FinishedRun(kept["results"], kept["summary"], archived=True)
-    results = run_or_reuse(config, prepare, fresh)
-    if not scored_on(results, held):  # a finished run folder keeps its final model: scoring it needs no training
+    return recorded_run(config, archive, held, run_or_reuse(config, prepare, fresh))
+
+
+def recorded_run(
+    config: RunConfig, archive: RunArchive | None, held: HeldOutScoring | None, results: RunResults | None = None
+) -> FinishedRun:
+    """A finished run's results (read from its folder unless given), scored on `held` when asked (its final model is
+    there: no training), its summary, recorded in the archive."""
+    results = results if results is not None else read_results(config.run_dir)
+    if not scored_on(results, held):
         results = score_run(config.run_dir, config, held.images())
     summary = run_summary(results, config.run_dir)
     if archive is not None:
@@ -188,6 +197,70 @@ class HeldOutScoring:
 
     digest: str
     images: Callable[[], HeldBack]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One run an experiment needs: its configuration, the stage to run before it trains, whether to train it anew,
+    the held-out images to score it on, and the line that names it in the progress."""
+
+    config: RunConfig
+    title: str
+    prepare: Callable[[RunConfig], None] | None = None
+    fresh: bool = False
+    held: HeldOutScoring | None = None
+
+
+def finished_runs(
+    requests: list[RunRequest], archive: RunArchive | None, launcher: LaunchSettings | None, progress: Progress
+) -> list[FinishedRun]:
+    """Every request's finished run: from the archive, else run here one after the other (`launcher` None), or as
+    jobs of the launcher the paper's experiment uses (local devices at once, or a Slurm array: `jobs.run_job`), their
+    stages run here first, as `orchestrate.describe_all` does."""
+    if launcher is None:
+        done = []
+        for request in requests:
+            progress(request.title)
+            done.append(finished_run(request.config, request.prepare, archive, request.fresh, request.held))
+            progress(f"      {measured(done[-1])}")
+        return done
+    from latteclip.experiments.jobs import run_job  # jobs runs a job with this module's run_or_reuse
+
+    kept = {i: archived_run(r, archive) for i, r in enumerate(requests)}
+    todo = [i for i, run in kept.items() if run is None]
+    for i in todo:
+        if requests[i].prepare is not None:
+            requests[i].prepare(requests[i].config)
+    jobs = [Job(requests[i].config.name or str(i), job_payload(requests[i])) for i in todo]
+    failed = [outcome for outcome in launch(jobs, run_job, launcher, progress) if not outcome.ok]
+    if failed:
+        lines = "; ".join(f"{outcome.name}: {outcome.message}" for outcome in failed)
+        raise LatteclipError(f"{len(failed)} of {len(jobs)} runs failed ({lines}): run again to retry them")
+    for i in todo:  # what the jobs left in their run folders (wherever they ran), scored and archived here
+        kept[i] = recorded_run(requests[i].config, archive, requests[i].held)
+    for request, run in zip(requests, kept.values()):
+        progress(f"{request.title}: {measured(run)}")
+    return list(kept.values())
+
+
+def measured(run: FinishedRun) -> str:
+    return f"top-1 {100 * run.results['top1']:.2f}%" + (" (from the archive)" if run.archived else "")
+
+
+def archived_run(request: RunRequest, archive: RunArchive | None) -> FinishedRun | None:
+    if archive is None or request.fresh:
+        return None
+    kept = archive.get(request.config)
+    if kept is None or not computed_here_alike(kept["results"], request.config):
+        return None
+    if not scored_on(kept["results"], request.held):
+        return None
+    return FinishedRun(kept["results"], kept["summary"], archived=True)
+
+
+def job_payload(request: RunRequest) -> dict[str, Any]:
+    config = dataclasses.replace(request.config, resume=False, overwrite=False)
+    return {"config": config.to_dict(), "fresh": request.fresh}
 
 
 def scored_on(results: dict[str, Any], held: HeldOutScoring | None) -> bool:
@@ -271,35 +344,45 @@ def run_summary(results: RunResults, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def candidate_requests(
+    experiment: Experiment, entry: MethodEntry, shift: str, how: RunHow, held: HeldOutScoring | None
+) -> list[RunRequest]:
+    """The held-out runs that choose `entry`'s `search` options on `shift` (first seed), scored label-free on `held`."""
+    requests = []
+    for choice in entry.candidates():
+        name = f"select/{shift}/{entry.name}/{choice_tag(choice)}"
+        config = run_config(experiment, entry, experiment.heldout(shift), experiment.seeds[0], name, choice)
+        title = f"choose {entry.label} on held-out {shift} images: {choice}"
+        requests.append(RunRequest(config, title, how.prepare, how.fresh, held))
+    return requests
+
+
+def chosen(candidates: list[dict[str, Any]], runs: list[FinishedRun], scored: bool) -> tuple[dict, list[dict]]:
+    """The candidate with the best held-out top-1 (ties go to the earlier one), and every candidate's record."""
+    scores = [{"choice": c, "heldout_top1": run.results["top1"]} for c, run in zip(candidates, runs)]
+    for record, run in zip(scores, runs):
+        if scored:
+            record["label_free"] = run.results["label_free_scores"]
+    best = max(range(len(scores)), key=lambda i: (scores[i]["heldout_top1"], -i))
+    return scores[best]["choice"], scores
+
+
 def select(
     experiment: Experiment,
     entry: MethodEntry,
     shift: str,
     progress: Progress,
-    prepare: Callable[[RunConfig], None] | None = None,
-    archive: RunArchive | None = None,
-    fresh: bool = False,
-    held: Callable[[], HeldOutScoring] | None = None,
+    how: RunHow | None = None,
+    held: HeldOutScoring | None = None,
+    launcher: LaunchSettings | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The grid point with the best held-out top-1 (first seed); ties go to the earlier candidate.
-
-    `prepare` runs before each candidate's run that trains (e.g. the description stage for its training images);
-    `held` gives the held-out images each candidate is also scored on label-free (`held_out_scoring`).
-    """
+    """The grid point with the best held-out top-1 (first seed) and every candidate's record; one candidate: no run."""
     candidates = entry.candidates()
     if len(candidates) == 1:
         return candidates[0], []
-    scores = []
-    for choice in candidates:
-        name = f"select/{shift}/{entry.name}/{choice_tag(choice)}"
-        progress(f"choose {entry.label} on held-out {shift} images: {choice}")
-        config = run_config(experiment, entry, experiment.heldout(shift), experiment.seeds[0], name, choice)
-        run = finished_run(config, prepare, archive, fresh, held() if held else None)
-        scores.append({"choice": choice, "heldout_top1": run.results["top1"]})
-        if held is not None:
-            scores[-1]["label_free"] = run.results["label_free_scores"]
-    best = max(range(len(scores)), key=lambda i: (scores[i]["heldout_top1"], -i))
-    return scores[best]["choice"], scores
+    how = how or RunHow()
+    runs = finished_runs(candidate_requests(experiment, entry, shift, how, held), how.archive, launcher, progress)
+    return chosen(candidates, runs, held is not None)
 
 
 def check_stages(experiment: Experiment) -> None:
@@ -419,6 +502,15 @@ def pretrain_stages(
     return source, describer
 
 
+@dataclass(frozen=True)
+class RunHow:
+    """How an entry's runs are made: the stages before training, the archive, whether to train anew."""
+
+    prepare: Callable[[RunConfig], None] | None = None
+    archive: RunArchive | None = None
+    fresh: bool = False
+
+
 def run_experiment(
     experiment: Experiment,
     choose: bool,
@@ -427,8 +519,11 @@ def run_experiment(
     fresh: frozenset[str] = frozenset(),
     label_free_score: str | None = None,
     candidate_runs: bool = False,
+    launcher: LaunchSettings | None = None,
 ) -> ExperimentRuns:
-    """Pre-train (cached), then every entry on every shift and seed: the one loop of the demo and the benchmark.
+    """Pre-train (cached), choose on held-out images, then every entry on every shift and seed: the one loop of the
+    demo and the benchmark, whose runs go one after the other here (`launcher` None) or, as the paper's do, to the
+    launcher as jobs (every held-out candidate at once, then every target run at once).
 
     `choose`: pick each entry's `search` options on held-out training images first (the benchmark), else
     run the configured options (the demo). Entries named in `fresh` train anew instead of being reused.
@@ -439,93 +534,145 @@ def run_experiment(
     """
     check_stages(experiment)
     started = time.time()
-    stage = 2 if experiment.describer else 1
-    stages = stage + len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
-    source, describer = pretrain_stages(experiment, stages, progress, started)
+    source, describer = pretrain_stages(experiment, 2 if experiment.describer else 1, progress, started)
     if archive is not None:
         for warning in archive.bind(experiment.weights):
             progress(f"warning: {warning}")
     runs = ExperimentRuns({"source": source, "describer": describer}, label_free_score=label_free_score)
     label_free = {entry.name for entry in experiment.label_free_trainers()}  # the oracle's choice reads labels anyway
-    for shift in experiment.shifts:
-        held = functools.cache(lambda shift=shift: held_out_scoring(experiment, shift, progress))
-        for entry in experiment.methods:
-            prepare = lambda config, entry=entry: prepare_stages(experiment, entry, config, progress)  # noqa: E731
-            fresh_entry = entry.name in fresh
-            choice: dict[str, Any] = {}
-            scores: list[dict[str, Any]] = []
-            if choose:
-                scoring = held if label_free_score and entry.name in label_free else None
-                choice, scores = select(experiment, entry, shift, progress, prepare, archive, fresh_entry, scoring)
-            for seed in experiment.seeds:
-                stage += 1
-                progress(f"[{stage}/{stages}] {entry.label} on {experiment.target(shift)} (seed {seed})")
-                run = target_run(experiment, entry, shift, seed, choice, prepare, archive, fresh_entry, tagged=False)
-                runs.cells.setdefault((entry.name, shift), []).append({**run.summary, "seed": seed})
-                runs.run_dirs.setdefault((entry.name, shift), experiment.output / shift / f"{entry.name}-s{seed}")
-                kept = ", from the archive" if run.archived else ""
-                progress(f"      top-1 {100 * run.results['top1']:.2f}% ({elapsed(started)}{kept})")
-            if scores:
-                runs.choices.append(
-                    {"shift": shift, "entry": entry.name, "label": entry.label, "chosen": choice, "scores": scores}
-                )
-                if scoring:
-                    how = (prepare, archive, fresh_entry)
-                    other_picks(experiment, entry, shift, runs, how, candidate_runs, progress)
+
+    def how(entry: MethodEntry) -> RunHow:
+        prepare = lambda config: prepare_stages(experiment, entry, config, progress)  # noqa: E731
+        return RunHow(prepare, archive, entry.name in fresh)
+
+    choices = (
+        choose_all(experiment, how, label_free if label_free_score else set(), launcher, progress) if choose else {}
+    )
+    requests, places = target_requests(experiment, how, choices)
+    picked = []
+    for (name, shift), (choice, scores) in choices.items():
+        entry = by_name(experiment, name)
+        if scores:
+            runs.choices.append(
+                {"shift": shift, "entry": name, "label": entry.label, "chosen": choice, "scores": scores}
+            )
+        if scores and name in label_free and label_free_score:
+            more, where = other_requests(
+                experiment, entry, runs.choices[-1], how(entry), label_free_score, candidate_runs
+            )
+            requests, places, picked = requests + more, places + where, [*picked, runs.choices[-1]]
+    for place, run in zip(places, finished_runs(requests, archive, launcher, progress)):
+        place(runs, run)
+    for record in picked:
+        place_own(runs, record, candidate_runs, experiment.seeds[0])
+    progress(f"every run finished ({elapsed(started)})")
     return runs
 
 
-def target_run(
-    experiment: Experiment,
-    entry: MethodEntry,
-    shift: str,
-    seed: int,
-    choice: dict[str, Any],
-    prepare: Callable[[RunConfig], None],
-    archive: RunArchive | None,
-    fresh: bool,
-    tagged: bool,
-) -> FinishedRun:
-    """One run of `entry` on the target of `shift`; `tagged` runs (candidates other than the chosen one) are named by
-    their options."""
-    name = f"{shift}/{entry.name}-{choice_tag(choice)}-s{seed}" if tagged else f"{shift}/{entry.name}-s{seed}"
-    config = run_config(experiment, entry, experiment.target(shift), seed, name, choice)
-    return finished_run(config, prepare, archive, fresh)
+def by_name(experiment: Experiment, name: str) -> MethodEntry:
+    return next(entry for entry in experiment.methods if entry.name == name)
 
 
-def other_picks(
+def choose_all(
     experiment: Experiment,
-    entry: MethodEntry,
-    shift: str,
-    runs: ExperimentRuns,
-    how: tuple[Callable[[RunConfig], None], RunArchive | None, bool],
-    candidate_runs: bool,
+    how: Callable[[MethodEntry], RunHow],
+    scored: set[str],
+    launcher: LaunchSettings | None,
     progress: Progress,
-) -> None:
-    """The label-free pick's runs on every seed (the chosen candidate's are the entry's own), and with
-    `candidate_runs` every candidate's first-seed test top-1 (`test_top1` of its record in the choice)."""
-    record = runs.choices[-1]
-    chosen, own = record["chosen"], runs.cells[(entry.name, shift)]
-    if runs.label_free_score:
-        pick = label_free_pick(record["scores"], runs.label_free_score)
-        record["label_free_pick"] = pick
-        progress(f"      {entry.label}, label-free choice by {runs.label_free_score}: {pick}")
-        runs.label_free[(entry.name, shift)] = (
-            own
-            if pick == chosen
-            else [
-                {**target_run(experiment, entry, shift, seed, pick, *how, tagged=True).summary, "seed": seed}
-                for seed in experiment.seeds
-            ]
-        )
+) -> dict[tuple[str, str], tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(entry, shift) -> the chosen options and every candidate's record: all held-out candidates of every shift in
+    one batch; the entries in `scored` are also scored label-free (`held_out_scoring`, built once per shift)."""
+    held = {
+        shift: functools.cache(lambda shift=shift: held_out_scoring(experiment, shift, progress))
+        for shift in experiment.shifts
+    }
+    batches = {}
+    for shift in experiment.shifts:
+        for entry in experiment.methods:
+            if len(entry.candidates()) > 1:
+                scoring = held[shift]() if entry.name in scored else None
+                batches[(entry.name, shift)] = candidate_requests(experiment, entry, shift, how(entry), scoring)
+    flat = [request for batch in batches.values() for request in batch]
+    done = iter(finished_runs(flat, how(experiment.methods[0]).archive, launcher, progress) if flat else [])
+    choices = {}
+    for (name, shift), batch in batches.items():
+        entry = by_name(experiment, name)
+        choices[(name, shift)] = chosen(entry.candidates(), [next(done) for _ in batch], name in scored)
+        progress(f"      {entry.label} on {shift}: chose {choices[(name, shift)][0]} by held-out top-1")
+    return choices
+
+
+Place = Callable[["ExperimentRuns", FinishedRun], None]
+
+
+def target_requests(
+    experiment: Experiment, how: Callable[[MethodEntry], RunHow], choices: dict
+) -> tuple[list[RunRequest], list[Place]]:
+    """Every (shift, entry, seed) run with the entry's chosen options, and where each result goes."""
+    requests, places = [], []
+    stages = len(experiment.shifts) * len(experiment.methods) * len(experiment.seeds)
+    for shift in experiment.shifts:
+        for entry in experiment.methods:
+            choice = choices.get((entry.name, shift), ({}, []))[0]
+            for seed in experiment.seeds:
+                config = run_config(
+                    experiment, entry, experiment.target(shift), seed, f"{shift}/{entry.name}-s{seed}", choice
+                )
+                title = f"[{len(requests) + 1}/{stages}] {entry.label} on {experiment.target(shift)} (seed {seed})"
+                requests.append(RunRequest(config, title, how(entry).prepare, how(entry).fresh))
+                places.append(functools.partial(place_cell, entry.name, shift, seed, config.run_dir))
+    return requests, places
+
+
+def place_cell(entry: str, shift: str, seed: int, run_dir: Path, runs: ExperimentRuns, run: FinishedRun) -> None:
+    runs.cells.setdefault((entry, shift), []).append({**run.summary, "seed": seed})
+    runs.run_dirs.setdefault((entry, shift), run_dir)
+
+
+def other_requests(
+    experiment: Experiment,
+    entry: MethodEntry,
+    record: dict[str, Any],
+    how: RunHow,
+    score: str,
+    candidate_runs: bool,
+) -> tuple[list[RunRequest], list[Place]]:
+    """The label-free pick's runs on every seed, and with `candidate_runs` every candidate's first-seed run (its
+    `test_top1` in the choice's record); the chosen candidate's runs are the entry's own cells (`place_own`)."""
+    pick = record["label_free_pick"] = label_free_pick(record["scores"], score)
+    first, shift = experiment.seeds[0], record["shift"]
+    wanted = {(choice_tag(pick), seed): (pick, seed) for seed in experiment.seeds}
     if candidate_runs:
-        seed = experiment.seeds[0]
         for candidate in record["scores"]:
-            if candidate["choice"] == chosen:
-                candidate["test_top1"] = own[0]["top1"]
-                continue
-            progress(
-                f"      ANALYSIS: {entry.label} with {candidate['choice']} on {experiment.target(shift)} (seed {seed})"
-            )
-            run = target_run(experiment, entry, shift, seed, candidate["choice"], *how, tagged=True)
+            wanted.setdefault((choice_tag(candidate["choice"]), first), (candidate["choice"], first))
+    requests, places = [], []
+    for (tag, seed), (choice, _) in wanted.items():
+        if choice == record["chosen"]:
+            continue
+        config = run_config(
+            experiment, entry, experiment.target(shift), seed, f"{shift}/{entry.name}-{tag}-s{seed}", choice
+        )
+        title = f"      {entry.label} with {choice} on {experiment.target(shift)} (seed {seed})"
+        requests.append(RunRequest(config, title, how.prepare, how.fresh))
+        places.append(functools.partial(place_other, record, choice, seed, choice == pick, seed == first))
+    return requests, places
+
+
+def place_other(
+    record: dict[str, Any], choice: dict, seed: int, picked: bool, first: bool, runs: ExperimentRuns, run: FinishedRun
+) -> None:
+    if picked:
+        runs.label_free.setdefault((record["entry"], record["shift"]), []).append({**run.summary, "seed": seed})
+    for candidate in record["scores"]:
+        if first and candidate["choice"] == choice:
             candidate["test_top1"] = run.results["top1"]
+
+
+def place_own(runs: ExperimentRuns, record: dict[str, Any], candidate_runs: bool, first: int) -> None:
+    """Where the label-free pick, or a candidate run for the analysis, is the chosen candidate: the entry's own runs."""
+    own = runs.cells[(record["entry"], record["shift"])]
+    if record["label_free_pick"] == record["chosen"]:
+        runs.label_free[(record["entry"], record["shift"])] = own
+    for candidate in record["scores"]:
+        if candidate_runs and candidate["choice"] == record["chosen"]:
+            candidate["test_top1"] = next(r["top1"] for r in own if r["seed"] == first)
