@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from latteclip import api
 from latteclip.cli import main
 from latteclip.config import resolve_config
 from latteclip.engine import pretraining
@@ -412,3 +413,17 @@ def test_a_shift_experiment_through_the_local_launcher_gives_the_in_process_resu
         )
     assert measured["jobs"] == measured["here"] and len(measured["here"][0]) == 2
     assert len(list((tmp_path / "jobs").rglob("*_log.out"))) >= 4  # two held-out candidates and two target runs
+    # status and tables read the same run folders, training nothing
+    experiment = load_experiment(config, "quick", {"output": str(tmp_path / "here"), "choose": True})
+    states = dict(api.shift_status(experiment))
+    assert [states[name].state for name in ("select/tint/flyp_pl/lr1e-05", "tint/flyp_pl-s0", "tint/zeroshot-s0")] == [
+        "done"
+    ] * 3
+    assert api.shift_tables(experiment) == results_table(experiment, runs.cells)
+    shutil.rmtree(tmp_path / "here" / "select" / "tint" / "flyp_pl" / "lr0.01")
+    states = dict(api.shift_status(experiment))
+    assert states["select/tint/flyp_pl/lr0.01"].state == "missing"
+    assert (states["tint/flyp_pl-s0"].state, states["tint/flyp_pl-s0"].message) == (
+        "missing",
+        "waits for the held-out choice",
+    )

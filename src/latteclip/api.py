@@ -57,7 +57,14 @@ from latteclip.experiments.cost import StepCost, gpu_hours, step_cost
 from latteclip.experiments.jobs import RunState
 from latteclip.experiments.launch import LaunchSettings, Outcome
 from latteclip.experiments.machine import machine_description, use_threads
-from latteclip.experiments.orchestrate import PlanSize, launch_settings, plan_size, plan_states, run_plan
+from latteclip.experiments.orchestrate import (
+    PlanSize,
+    launch_settings,
+    plan_size,
+    plan_states,
+    run_plan,
+    shift_states,
+)
 from latteclip.experiments.paper_tables import FIGURE_6, comparison_tables, plan_cells, share_points
 from latteclip.experiments.plan import Plan, PlannedRun, is_shift_experiment, load_plan, load_shift_experiment
 from latteclip.experiments.runner import ExperimentRuns, describe_stage, run_or_reuse
@@ -641,6 +648,17 @@ def experiment_launch(experiment: Plan | Experiment, **options: Any) -> LaunchSe
 def shift_results_table(experiment: Experiment, runs: ExperimentRuns) -> str:
     """The markdown table of an experiment over shifted domains (mean ± std over seeds per shift)."""
     return results_table(experiment, runs.cells)
+
+
+def shift_status(experiment: Experiment, archive: RunArchive | None = None) -> list[tuple[str, RunState]]:
+    """Each run of an experiment over shifted domains: done (in its folder or `archive`), running, interrupted,
+    failed, or missing (a target run whose held-out choice is not made yet waits for it); nothing trains."""
+    return shift_states(experiment, archive)[0]
+
+
+def shift_tables(experiment: Experiment, archive: RunArchive | None = None) -> str:
+    """The table of an experiment over shifted domains from its finished runs only (– where a cell has none)."""
+    return results_table(experiment, shift_states(experiment, archive)[1])
 
 
 # --- the demo -------------------------------------------------------------------------------------------------------

@@ -145,14 +145,13 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     return {"run": _run, "status": _status, "tables": _tables}[args.action](args)
 
 
-def _run_shifts(args: argparse.Namespace) -> int:
-    """The demo's kind of experiment (demo, domain-shift): its runs one after the other in this process, or through the
-    launcher the paper's runs use when --launcher or --devices is given."""
+def _shift_experiment(args: argparse.Namespace) -> Any:
+    """The demo's kind of experiment (demo, domain-shift) narrowed by the flags (--datasets names its shifts)."""
     from latteclip import api
 
     seeds = [int(s) for s in comma_list(args.seeds)] if args.seeds else None
     overrides = {k: v for k, v in run_values(args).items() if k in RUN_OVERRIDES}
-    experiment = api.shift_experiment(
+    return api.shift_experiment(
         args.experiment,
         shifts=_listed(args.datasets),
         entries=_listed(args.entries),
@@ -160,6 +159,14 @@ def _run_shifts(args: argparse.Namespace) -> int:
         output=args.output,
         run=overrides,
     )
+
+
+def _run_shifts(args: argparse.Namespace) -> int:
+    """Its runs one after the other in this process, or through the launcher the paper's runs use when --launcher or
+    --devices is given."""
+    from latteclip import api
+
+    experiment = _shift_experiment(args)
     launcher = _launch_settings(args, experiment) if args.launcher or args.devices else None
     runs = api.run_experiment(experiment, experiment.choose, lambda line: print(line, flush=True), launcher=launcher)
     print(api.shift_results_table(experiment, runs))
@@ -208,16 +215,11 @@ def _run(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from latteclip import api
 
+    if api.is_shift_experiment(str(args.experiment)):
+        _print_states(api.shift_status(_shift_experiment(args)))
+        return 0
     status = api.experiment_status(load_from_args(args), args.step_seconds, args.step_benchmark)
-    counts: dict[str, int] = {}
-    for run, state in status.states:
-        counts[state.state] = counts.get(state.state, 0) + 1
-        print(f"{state.state:<12} {run.name}" + (f": {state.message}" if state.message else ""))
-    remaining = {state: n for state, n in counts.items() if state != "done"}
-    print(
-        f"{counts.get('done', 0)} done, {sum(remaining.values())} remain"
-        + (" (" + ", ".join(f"{n} {state}" for state, n in remaining.items()) + ")" if remaining else "")
-    )
+    _print_states([(run.name, state) for run, state in status.states])
     size = status.size
     print(
         f"plan: {size.runs} runs, {size.description_stages} description stages, {size.descriptions} descriptions: "
@@ -238,16 +240,31 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_states(states: list[tuple[str, Any]]) -> None:
+    """Each run's state and line, then how many are done and what remains."""
+    counts: dict[str, int] = {}
+    for name, state in states:
+        counts[state.state] = counts.get(state.state, 0) + 1
+        print(f"{state.state:<12} {name}" + (f": {state.message}" if state.message else ""))
+    remaining = {state: n for state, n in counts.items() if state != "done"}
+    print(
+        f"{counts.get('done', 0)} done, {sum(remaining.values())} remain"
+        + (" (" + ", ".join(f"{n} {state}" for state, n in remaining.items()) + ")" if remaining else "")
+    )
+
+
 def _tables(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from latteclip import api
     from latteclip.paths import check_writable_file
 
-    plan = load_from_args(args)
     if args.out:
         check_writable_file(Path(args.out), "--out", args.overwrite)
-    page = api.experiment_tables(plan, Path(args.out) if args.out else None)
+    if api.is_shift_experiment(str(args.experiment)):
+        page = api.shift_tables(_shift_experiment(args)) + "\n"
+    else:
+        page = api.experiment_tables(load_from_args(args), Path(args.out) if args.out else None)
     if args.out:
         Path(args.out).write_text(page)
         print(f"tables: {args.out}")

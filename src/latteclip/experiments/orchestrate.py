@@ -17,18 +17,23 @@ from typing import Any
 
 import open_clip
 
+from latteclip.config import RunConfig
 from latteclip.data import build_dataset
 from latteclip.data.coop import load_spec, read_split_file, spec_names
 from latteclip.data.subsets import share_count
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.settings import resolve_settings
+from latteclip.engine.results import read_results
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
+from latteclip.experiments.archive import RunArchive
 from latteclip.experiments.cost import run_steps
 from latteclip.experiments.jobs import RunState, run_job, run_state
 from latteclip.experiments.launch import Job, LaunchSettings, Outcome, launch
 from latteclip.experiments.plan import Plan, PlannedRun
-from latteclip.experiments.runner import describe_stage
+from latteclip.experiments.runner import cached_weights, choice_tag, describe_stage, run_config
+from latteclip.experiments.spec import Experiment, MethodEntry
+from latteclip.experiments.tables import Cells
 
 Progress = Callable[[str], None]
 PAPER_SECONDS_PER_DESCRIPTION = 1.2  # the paper's LMM cost per description (LLaVA on one GPU)
@@ -229,3 +234,57 @@ def launch_settings(output: Path, **options: Any) -> LaunchSettings:
     """The launcher's settings; its files under OUTPUT/jobs."""
     given = {k: v for k, v in options.items() if v is not None}
     return LaunchSettings(folder=Path(output) / "jobs", **given)
+
+
+def shift_states(experiment: Experiment, archive: RunArchive | None = None) -> tuple[list[tuple[str, RunState]], Cells]:
+    """An experiment over shifted domains without training anything: each held-out candidate's state, then each target
+    run's, with the options its finished candidates choose (a run whose choice is not made yet waits for it); and the
+    cells of the finished target runs, for its table. Runs in `archive` count as done."""
+    missing = cached_weights(experiment)
+    if missing:
+        return [(f"pretrain/{name}", RunState("missing", "pre-trained by `experiment run`")) for name in missing], {}
+    if archive is not None:
+        archive.bind(experiment.weights)
+    states: list[tuple[str, RunState]] = []
+    cells: Cells = {}
+    for shift in experiment.shifts:
+        for entry in experiment.methods:
+            choice = _held_out_choice(experiment, entry, shift, archive, states)
+            for seed in experiment.seeds:
+                name = f"{shift}/{entry.name}-s{seed}"
+                if choice is None:
+                    states.append((name, RunState("missing", "waits for the held-out choice")))
+                    continue
+                config = run_config(experiment, entry, experiment.target(shift), seed, name, choice)
+                state, results = _state_and_results(config, archive)
+                states.append((name, state))
+                if results is not None:
+                    cells.setdefault((entry.name, shift), []).append({"top1": results["top1"], "seed": seed})
+    return states, cells
+
+
+def _held_out_choice(
+    experiment: Experiment, entry: MethodEntry, shift: str, archive: RunArchive | None, states: list
+) -> dict[str, Any] | None:
+    """The options the held-out candidates choose (the configured ones without a search), None until all finished."""
+    candidates = entry.candidates()
+    if not experiment.choose or len(candidates) == 1:
+        return candidates[0]
+    tops = []
+    for choice in candidates:
+        name = f"select/{shift}/{entry.name}/{choice_tag(choice)}"
+        config = run_config(experiment, entry, experiment.heldout(shift), experiment.seeds[0], name, choice)
+        state, results = _state_and_results(config, archive)
+        states.append((name, state))
+        tops.append(results["top1"] if results is not None else None)
+    if any(top is None for top in tops):
+        return None
+    return candidates[max(range(len(tops)), key=lambda i: (tops[i], -i))]
+
+
+def _state_and_results(config: RunConfig, archive: RunArchive | None) -> tuple[RunState, dict[str, Any] | None]:
+    kept = archive.get(config) if archive is not None else None
+    if kept is not None:
+        return RunState("done", "from the archive"), kept["results"]
+    state = run_state(config)
+    return state, read_results(config.run_dir) if state.state == "done" else None

@@ -26,7 +26,7 @@ from latteclip.describe.clip_vocab import describer_model_id, read_vocabulary
 from latteclip.describe.settings import DescribeSettings, resolve_settings
 from latteclip.engine.choice import HeldBack, held_back_of, score_run
 from latteclip.engine.describing import describe_run
-from latteclip.engine.pretraining import PretrainedWeights, pretrained_weights
+from latteclip.engine.pretraining import PretrainedWeights, pretrain_key, pretrained_weights, weights_path
 from latteclip.engine.results import RunResults, computed_as, has_results, read_results
 from latteclip.engine.session import dataset_options, pick_device, resolve_precision
 from latteclip.engine.trainer import run_training
@@ -42,11 +42,42 @@ SUMMARY_PREFIXES = ("analysis/", "mixer/", "prototypes/", "coft/")  # training-l
 STAGES = ("descriptions",)  # what an entry may list under `needs`
 
 
+def pretrain_configs(experiment: Experiment) -> dict[str, RunConfig]:
+    """The pre-trainings: the source model, and the describer (when the experiment has one) from the source's options
+    with its section's own on top."""
+    source = {"method": "pretrain", "model": experiment.model, "root": experiment.root, **experiment.pretrain}
+    configs = {"source": resolve_config(source)}
+    if experiment.describer:
+        describer = {**source, "model": experiment.describer["model"]}
+        configs["describer"] = resolve_config(deep_merge(describer, experiment.describer.get("pretrain") or {}))
+    return configs
+
+
+def use_weights(experiment: Experiment, name: str, path: Path) -> None:
+    """Runs start from these weights; the describer's also become the description stage's describer."""
+    experiment.weights[name] = path
+    if name == "describer":
+        model = experiment.describer["model"]
+        experiment.describe = {**experiment.describe, "describer_model": model, "describer_pretrained": str(path)}
+
+
+def cached_weights(experiment: Experiment) -> list[str]:
+    """Point the experiment at the pre-trained weights already in the cache, training nothing; the names of those not
+    there yet."""
+    missing = []
+    for name, config in pretrain_configs(experiment).items():
+        path = weights_path(config, pretrain_key(config))
+        if path.is_file():
+            use_weights(experiment, name, path)
+        else:
+            missing.append(name)
+    return missing
+
+
 def pretrain_source(experiment: Experiment) -> PretrainedWeights:
     """The source model: the experiment's pre-training, from the cache when it was done before."""
-    values = {"method": "pretrain", "model": experiment.model, "root": experiment.root, **experiment.pretrain}
-    source = pretrained_weights(resolve_config(values))
-    experiment.weights["source"] = source.path
+    source = pretrained_weights(pretrain_configs(experiment)["source"])
+    use_weights(experiment, "source", source.path)
     return source
 
 
@@ -58,14 +89,8 @@ def pretrain_describer(experiment: Experiment) -> PretrainedWeights | None:
     """
     if not experiment.describer:
         return None
-    model = experiment.describer["model"]
-    values = deep_merge(
-        {"method": "pretrain", "model": model, "root": experiment.root, **experiment.pretrain},
-        experiment.describer.get("pretrain") or {},
-    )
-    describer = pretrained_weights(resolve_config(values))
-    experiment.weights["describer"] = describer.path
-    experiment.describe = {**experiment.describe, "describer_model": model, "describer_pretrained": str(describer.path)}
+    describer = pretrained_weights(pretrain_configs(experiment)["describer"])
+    use_weights(experiment, "describer", describer.path)
     return describer
 
 
