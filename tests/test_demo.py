@@ -427,3 +427,11 @@ def test_a_shift_experiment_through_the_local_launcher_gives_the_in_process_resu
         "missing",
         "waits for the held-out choice",
     )
+
+
+def test_an_extending_experiment_keeps_the_files_of_the_file_it_extends():
+    """The benchmark's file extends the demo's, whose CoFT+ entry names class descriptions beside the demo's file."""
+    experiment = load_experiment(package_experiment_file("domain-shift"))
+    entry = next(e for e in experiment.methods if e.name == "coft_plus")
+    named = Path(entry.overrides["method_options"]["class_descriptions"])
+    assert named.is_absolute() and named.is_file() and named.name == "class_descriptions.json"
