@@ -153,12 +153,34 @@ def _extended(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
         return data
     if not isinstance(base, dict) or "file" not in base:
         raise LatteclipError(f"{path}: 'extends' holds file: EXPERIMENT.yaml and optionally variant: SECTION")
-    parent = read_yaml(Path(path).parent / base["file"])
+    parent = files_relative_to(read_yaml(Path(path).parent / base["file"]), (Path(path).parent / base["file"]).parent)
     variant = base.get("variant")
     if variant and variant not in parent:
         raise LatteclipError(f"{path}: {base['file']} has no '{variant}' section")
     merged = deep_merge(parent, parent[variant]) if variant else parent
     return deep_merge({k: v for k, v in merged.items() if k in TOP_KEYS}, data)
+
+
+FILE_OPTIONS = ("class_descriptions",)  # method options naming a file, relative to the experiment file naming it
+
+
+def files_relative_to(data: Any, folder: Path) -> Any:
+    """`data` with every relative file a method option names made absolute from `folder`: an extending file keeps
+    the files of the file it extends (the benchmark's CoFT+ entry names the class descriptions beside the demo's)."""
+    if isinstance(data, list):
+        return [files_relative_to(item, folder) for item in data]
+    if not isinstance(data, dict):
+        return data
+    data = {key: files_relative_to(value, folder) for key, value in data.items()}
+    options = data.get("method_options")
+    if isinstance(options, dict):
+        data["method_options"] = {
+            key: str((folder / value).resolve())
+            if key in FILE_OPTIONS and isinstance(value, str) and value and not Path(value).is_absolute()
+            else value
+            for key, value in options.items()
+        }
+    return data
 
 
 def load_experiment(
