@@ -121,19 +121,24 @@ def load_from_args(args: argparse.Namespace):
         for f in dataclasses.fields(DescribeSettings)
         if getattr(args, f.name, None) not in (None, [])
     }
-    seeds = [int(s) for s in comma_list(args.seeds)] if args.seeds else None
-    overrides = {k: v for k, v in run_values(args).items() if k in RUN_OVERRIDES}
     return api.experiment_plan(
         args.experiment,
         datasets=_listed(args.datasets),
-        entries=_listed(args.entries),
-        seeds=seeds,
         tables=_listed(args.tables),
         data_root=args.data_root,
-        output=args.output,
-        run=overrides,
         describe=describe,
+        **_selection(args),
     )
+
+
+def _selection(args: argparse.Namespace) -> dict[str, Any]:
+    """What every kind of experiment takes from the flags: entries, seeds, output folder and run overrides."""
+    return {
+        "entries": _listed(args.entries),
+        "seeds": [int(s) for s in comma_list(args.seeds)] if args.seeds else None,
+        "output": args.output,
+        "run": {k: v for k, v in run_values(args).items() if k in RUN_OVERRIDES},
+    }
 
 
 def _listed(text: str | None) -> list[str] | None:
@@ -149,16 +154,7 @@ def _shift_experiment(args: argparse.Namespace) -> Any:
     """The demo's kind of experiment (demo, domain-shift) narrowed by the flags (--datasets names its shifts)."""
     from latteclip import api
 
-    seeds = [int(s) for s in comma_list(args.seeds)] if args.seeds else None
-    overrides = {k: v for k, v in run_values(args).items() if k in RUN_OVERRIDES}
-    return api.shift_experiment(
-        args.experiment,
-        shifts=_listed(args.datasets),
-        entries=_listed(args.entries),
-        seeds=seeds,
-        output=args.output,
-        run=overrides,
-    )
+    return api.shift_experiment(args.experiment, shifts=_listed(args.datasets), **_selection(args))
 
 
 def _run_shifts(args: argparse.Namespace) -> int:
