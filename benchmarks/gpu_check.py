@@ -29,6 +29,7 @@ DEVICE_PYTHON = "3.12"  # the GPU machine's python3 (.library/device/KINDS.md)
 # per class: the device takes at most 64 MiB with the checkout, so EuroSAT travels as a subset (~29 MB)
 SUBSET = {"train": 400, "val": 100, "test": 300}
 LOG_TAIL_LINES = 25
+NO_DEVICE_EXIT = 3  # gpu_check.sh runs no other step after this exit of the environment step
 STEP_TITLES = {
     "environment": "device and versions",
     "train_step_bf16": "train step, bf16",
@@ -83,7 +84,8 @@ def environment(args: argparse.Namespace) -> None:
 
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
-        raise SystemExit("GPU check: --device cuda but torch sees no GPU (GPU_CHECK_DEVICE=cpu for the CPU run)")
+        print("GPU check: --device cuda but torch sees no GPU (GPU_CHECK_DEVICE=cpu for the CPU run)", file=sys.stderr)
+        raise SystemExit(NO_DEVICE_EXIT)
     try:  # the device's copy of the checkout may have no .git, its machine no git
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
         commit_id = commit.stdout.strip() if commit.returncode == 0 else None
@@ -211,7 +213,8 @@ def _step_table(steps: list[dict]) -> list[str]:
         code = step["exit_code"]
         status = "ok" if code == 0 else f"timed out ({step['limit_s']} s)" if code in (124, 137) else f"failed ({code})"
         if code == 125:  # the script's mark for a step it did not start
-            status = "not run (--quick)" if step["command"].startswith("skipped") else "not run (no time left)"
+            reason = step["command"].removeprefix("skipped: ") if step["command"].startswith("skipped: ") else None
+            status = f"not run ({reason or 'no time left'})"
         title = STEP_TITLES.get(step["name"], step["name"])
         lines.append(f"| {title} | {status} | {step['wall_s']:.1f} | `{step['command']}` |")
     return lines

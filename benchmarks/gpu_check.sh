@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check (issue 25, item 6): what a borrowed GPU can tell in at most 8 minutes, each step timed, a failed or
-# timed-out step reported without stopping the others, then a "GPU check" section of a results page written from
+# timed-out step reported without stopping the others (but none runs once the first finds no GPU), then a "GPU check" section of a results page written from
 # the JSON the steps leave (benchmarks/gpu_check.py page; nothing typed by hand). The steps:
 #   environment         device name, torch / CUDA / cuDNN / transformers / open_clip versions, the data read
 #   train_step_bf16     benchmarks/train_step.py: ViT-B-32 (random weights), batch 512, bf16 autocast
@@ -87,10 +87,21 @@ fi
 
 STEPS=$WORK/steps.tsv
 : >"$STEPS"
+NO_DEVICE_EXIT=3 # the environment step's exit code when torch sees no GPU: the other steps would only fail slowly
+NO_DEVICE=0
+# skip_step NAME REASON: a step not started, recorded as such (125) with its reason
+skip_step() {
+    printf '%s\t125\t0.0\t0\tskipped: %s\n' "$1" "$2" >>"$STEPS"
+    echo "skipped: $2" >"$WORK/logs/$1.log"
+}
 # run_step NAME LIMIT ARGS...: `python ARGS` under `timeout`, never past the deadline; 125: skipped, no time left
 run_step() {
     local name=$1 limit=$2 code start
     shift 2
+    if ((NO_DEVICE)); then
+        skip_step "$name" "no device"
+        return
+    fi
     local left=$((DEADLINE - SECONDS))
     ((limit > left)) && limit=$left
     start=$(date +%s.%N)
@@ -105,6 +116,7 @@ run_step() {
     wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$code" "$wall" "$limit" "python $*" >>"$STEPS"
     echo "gpu_check: $name exit $code after $wall s (limit $limit s)"
+    ((code == NO_DEVICE_EXIT)) && [[ $name == environment ]] && NO_DEVICE=1
 }
 
 if ((QUICK)); then
@@ -133,8 +145,7 @@ run_step experiment_tables 60 -m latteclip experiment tables "${SELECTION[@]}" -
 run_step experiment_results 30 benchmarks/gpu_check.py experiment --runs "$WORK/paper" --tables "$WORK/tables.md" \
     --out "$JSON/experiment.json"
 if ((QUICK)); then
-    printf 'train_step_compile\t125\t0.0\t0\tskipped with --quick\n' >>"$STEPS"
-    echo "skipped with --quick" >"$WORK/logs/train_step_compile.log"
+    skip_step train_step_compile --quick
 else
     run_step train_step_compile 180 benchmarks/train_step.py "${MODEL[@]}" --device "$DEVICE" --batch-size "$BATCH" \
         --variants latteclip --compile --warmup 2 --steps "$STEPS_TIMED" --json "$JSON/train_step_compile.json"
@@ -143,6 +154,6 @@ fi
 "$PY" benchmarks/gpu_check.py summary --steps "$STEPS" --logs "$WORK/logs" --out "$JSON/steps.json" \
     --command "bash benchmarks/gpu_check.sh $( ((QUICK)) && echo '--quick ')PAGE.md" || exit 1
 "$PY" benchmarks/gpu_check.py page --json-dir "$JSON" "$PAGE" || exit 1
-failed=$(awk -F'\t' '$2 != 0 && $5 != "skipped with --quick" { print $1 }' "$STEPS" | tr '\n' ' ')
+failed=$(awk -F'\t' '$2 != 0 && $5 != "skipped: --quick" { print $1 }' "$STEPS" | tr '\n' ' ')
 echo "gpu_check: the section is in $PAGE; steps failed or not run: ${failed:-none}"
 [[ -z $failed ]]

@@ -429,6 +429,31 @@ def test_a_shift_experiment_through_the_local_launcher_gives_the_in_process_resu
     )
 
 
+def test_the_choice_analysis_runs_every_candidate_on_shifted_domains_only(tmp_path):
+    """The label-free pick runs every seed; with `candidate_runs` the other candidates run the first seed too, on a
+    shifted domain (the analysis measures those) but not on the clean one; the labelled choice is the entry's own."""
+    methods = [{"method": "flyp_pl", "label": "FLYP", "search": {"lr": [1e-5, 1e-4, 1e-2]}}]
+    config = demo_config(tmp_path, describer={}, methods=methods, shifts=["tint", "clean"], seeds=[0, 1])
+    experiment = load_experiment(config, "quick", {"output": str(tmp_path / "runs")})
+    experiment.weights["source"] = tmp_path / "weights.safetensors"  # not read: no run starts here
+    scores = [
+        {"choice": {"lr": lr}, "label_free": {"balance": value}}
+        for lr, value in ((1e-5, 0.1), (1e-4, 0.2), (1e-2, 0.5))
+    ]
+    wanted = {}
+    for shift in ("tint", "clean"):
+        record = {"shift": shift, "entry": "flyp_pl", "chosen": {"lr": 1e-5}, "scores": scores}
+        requests, _ = runner.other_requests(
+            experiment, experiment.methods[0], record, runner.RunHow(), "balance", candidate_runs=True
+        )
+        assert record["label_free_pick"] == {"lr": 1e-2}
+        wanted[shift] = sorted(Path(request.config.name).name for request in requests)
+    assert wanted == {
+        "tint": ["flyp_pl-lr0.0001-s0", "flyp_pl-lr0.01-s0", "flyp_pl-lr0.01-s1"],
+        "clean": ["flyp_pl-lr0.01-s0", "flyp_pl-lr0.01-s1"],
+    }
+
+
 def test_an_extending_experiment_keeps_the_files_of_the_file_it_extends():
     """The benchmark's file extends the demo's, whose CoFT+ entry names class descriptions beside the demo's file."""
     experiment = load_experiment(package_experiment_file("domain-shift"))

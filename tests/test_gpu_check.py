@@ -204,7 +204,8 @@ def test_the_quick_check_runs_every_step_on_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_failed_steps_are_reported_and_the_others_still_run(tmp_path):
-    """cuda asked on a machine without one: every step fails, each one named with its log, and the page is written."""
+    """cuda asked on a machine without one: the first step fails with its log, the others are not started (each would
+    only fail slowly), and the page is still written."""
     done, text, _ = run_check(tmp_path, "cuda", 600)
     assert done.returncode == 1
     lines = text.splitlines()
@@ -212,8 +213,9 @@ def test_failed_steps_are_reported_and_the_others_still_run(tmp_path):
     rows = [line.split(" | ")[:2] for line in lines if line.startswith("| ") and line.endswith("` |")]
     status = {title.removeprefix("| "): state for title, state in rows}
     assert len(status) == 8 and status["train step, bf16, torch.compile"] == "not run (--quick)"
-    for title in ("device and versions", "train step, bf16", "gradient synchronisation", "EuroSAT experiment run"):
-        assert status[title].startswith("failed ("), (title, status)
-    assert "steps failed or not run: environment train_step_bf16 grad_sync describer experiment" in done.stdout
+    assert status.pop("device and versions") == "failed (3)"
+    assert set(status.values()) == {"not run (no device)", "not run (--quick)"}
+    steps = "environment train_step_bf16 grad_sync describer experiment experiment_tables experiment_results"
+    assert f"steps failed or not run: {steps} " in done.stdout
     assert "Last lines of the log of device and versions:" in lines
     assert "GPU check: --device cuda but torch sees no GPU (GPU_CHECK_DEVICE=cpu for the CPU run)" in lines

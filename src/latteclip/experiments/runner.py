@@ -22,6 +22,7 @@ import yaml
 
 from latteclip.config import RunConfig, resolve_config
 from latteclip.data import ImageDataset, build_dataset
+from latteclip.data.shifts import UNSHIFTED
 from latteclip.describe.clip_vocab import describer_model_id, read_vocabulary
 from latteclip.describe.settings import DescribeSettings, resolve_settings
 from latteclip.engine.choice import HeldBack, held_back_of, score_run
@@ -555,7 +556,7 @@ def run_experiment(
     With `label_free_score`, each candidate of a label-free entry is also scored without labels on the held-out
     images, and the candidate that score picks runs every seed as the entry's "(label-free choice)" row;
     `candidate_runs` (analysis) runs every such candidate on the target at the first seed, for the test top-1 of
-    every possible pick.
+    every possible pick (shifted domains only).
     """
     check_stages(experiment)
     started = time.time()
@@ -667,7 +668,7 @@ def other_requests(
     pick = record["label_free_pick"] = label_free_pick(record["scores"], score)
     first, shift = experiment.seeds[0], record["shift"]
     wanted = {(choice_tag(pick), seed): (pick, seed) for seed in experiment.seeds}
-    if candidate_runs:
+    if analysed(record, candidate_runs):
         for candidate in record["scores"]:
             wanted.setdefault((choice_tag(candidate["choice"]), first), (candidate["choice"], first))
     requests, places = [], []
@@ -693,11 +694,17 @@ def place_other(
             candidate["test_top1"] = run.results["top1"]
 
 
+def analysed(record: dict[str, Any], candidate_runs: bool) -> bool:
+    """Whether a choice's candidates all run on the target: the analysis measures the choices on shifted domains only
+    (on the unshifted one there is no shift to adapt to)."""
+    return candidate_runs and record["shift"] != UNSHIFTED
+
+
 def place_own(runs: ExperimentRuns, record: dict[str, Any], candidate_runs: bool, first: int) -> None:
     """Where the label-free pick, or a candidate run for the analysis, is the chosen candidate: the entry's own runs."""
     own = runs.cells[(record["entry"], record["shift"])]
     if record["label_free_pick"] == record["chosen"]:
         runs.label_free[(record["entry"], record["shift"])] = own
     for candidate in record["scores"]:
-        if candidate_runs and candidate["choice"] == record["chosen"]:
+        if analysed(record, candidate_runs) and candidate["choice"] == record["chosen"]:
             candidate["test_top1"] = next(r["top1"] for r in own if r["seed"] == first)
