@@ -15,22 +15,11 @@ import pytest
 from latteclip.cli import main
 from latteclip.config import RunConfig
 from latteclip.data.subsets import held_back_positions
-from latteclip.engine.choice import Candidate, candidate_grid, sized_schedule, verdict
+from latteclip.engine.choice import SCORE_NAMES, Candidate, candidate_grid, sized_schedule, verdict
 from latteclip.errors import LatteclipError
 from tests.test_unlabeled import adapt_argv, flat, labelled, names  # noqa: F401  (module fixtures)
 
 CHOOSE = ["--choose", "lr=1e-5,1e-2", "--choose", "max_steps=2", "--batch-size", "8", "--warmup-steps", "0"]
-SCORES = {
-    "prediction_balance",
-    "neg_entropy",
-    "information_maximization",
-    "soft_neighborhood_density",
-    "mixval",
-    "mixval_inter",
-    "mixval_intra",
-    "zero_shot_agreement",
-    "describer_agreement",
-}
 
 
 def arranged(flat: Path, labelled: Path, folder: Path, label_of) -> Path:
@@ -61,7 +50,7 @@ def test_adapt_choose_records_the_choice_and_reads_no_label(flat, labelled, name
     choice = record["label_free_choice"]
     assert set(choice) == {"score", "candidates", "chosen"} and choice["score"] == "prediction_balance"
     assert [c["options"] for c in choice["candidates"]] == [{"lr": 1e-5, "max_steps": 2}, {"lr": 1e-2, "max_steps": 2}]
-    assert all(set(c) == {"options", "scores"} and set(c["scores"]) == SCORES for c in choice["candidates"])
+    assert all(set(c) == {"options", "scores"} and set(c["scores"]) == set(SCORE_NAMES) for c in choice["candidates"])
     best = max(c["scores"]["prediction_balance"] for c in choice["candidates"])
     first_best = next(c for c in choice["candidates"] if c["scores"]["prediction_balance"] == best)
     assert choice["chosen"]["options"] == first_best["options"] and choice["chosen"]["scores"] == first_best["scores"]

@@ -17,8 +17,9 @@ from latteclip.config import resolve_config
 from latteclip.engine import pretraining
 from latteclip.engine.results import computed_as
 from latteclip.errors import LatteclipError
-from latteclip.experiments import machine, runner
-from latteclip.experiments.runner import FinishedRun, run_or_reuse, select
+from latteclip.experiments import jobs, machine, runner
+from latteclip.experiments.jobs import run_or_reuse
+from latteclip.experiments.runner import FinishedRun, select
 from latteclip.experiments.spec import load_experiment, package_experiment_file
 from latteclip.experiments.tables import results_table
 
@@ -85,7 +86,7 @@ def test_quick_demo_runs_end_to_end_then_reuses_everything(tmp_path, capsys, mon
         pytest.fail("a second demo must reuse the cached pre-training and the finished runs")
 
     monkeypatch.setattr(pretraining, "run_training", no_training)
-    monkeypatch.setattr(runner, "run_training", no_training)
+    monkeypatch.setattr(jobs, "run_training", no_training)
     assert main(["demo", "--quick", "--output", str(output), "--threads", "1"]) == 0
     assert "reused from the cache" in capsys.readouterr().out
     assert (output / "results.md").read_text() == table
@@ -163,8 +164,8 @@ def test_finished_runs_are_reused_only_with_the_same_configuration(tmp_path, mon
     }
     first = run_or_reuse(resolve_config(values))
     calls = []
-    real = runner.run_training
-    monkeypatch.setattr(runner, "run_training", lambda config: calls.append(config) or real(config))
+    real = jobs.run_training
+    monkeypatch.setattr(jobs, "run_training", lambda config: calls.append(config) or real(config))
     assert run_or_reuse(resolve_config(values)) == first and not calls
     changed = run_or_reuse(resolve_config({**values, "limit": 20}))
     assert len(calls) == 1 and changed["test"]["n"] == 20
@@ -230,7 +231,7 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     held_out = json.loads(next((tmp_path / "archive" / "select").rglob("*.json")).read_text())["results"]
     assert set(held_out["label_free_scores"]) >= {"prediction_balance", "soft_neighborhood_density", "mixval"}
     assert len(list((tmp_path / "archive" / "weights").glob("*.json"))) == 1  # what the source weights compute
-    monkeypatch.setattr(runner, "run_training", lambda config: pytest.fail("an archived run must not train again"))
+    monkeypatch.setattr(jobs, "run_training", lambda config: pytest.fail("an archived run must not train again"))
     shutil.rmtree(tmp_path / "runs")
     assert benchmark.main(argv) == 0
     again = out.read_text()

@@ -19,9 +19,9 @@ from latteclip.data.subsets import training_share
 from latteclip.engine.schedule import epoch_steps
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive
+from latteclip.experiments.jobs import same_config
 from latteclip.experiments.paper_tables import comparison_tables
 from latteclip.experiments.plan import load_plan
-from latteclip.experiments.runner import same_config
 from tests.conftest import REPO
 
 TINY = ["--model", "latte-tiny", "--pretrained", "random", "--device", "cpu", "--workers", "0"]

@@ -54,7 +54,7 @@ from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive
 from latteclip.experiments.cost import StepCost, gpu_hours, step_cost
-from latteclip.experiments.jobs import RunState
+from latteclip.experiments.jobs import RunState, run_or_reuse
 from latteclip.experiments.launch import LaunchSettings, Outcome
 from latteclip.experiments.machine import machine_description, use_threads
 from latteclip.experiments.orchestrate import (
@@ -67,7 +67,7 @@ from latteclip.experiments.orchestrate import (
 )
 from latteclip.experiments.paper_tables import FIGURE_6, comparison_tables, plan_cells, share_points
 from latteclip.experiments.plan import Plan, PlannedRun, is_shift_experiment, load_plan, load_shift_experiment
-from latteclip.experiments.runner import ExperimentRuns, describe_stage, run_or_reuse
+from latteclip.experiments.runner import ExperimentRuns, describe_stage
 from latteclip.experiments.runner import run_experiment as run_experiment_loop
 from latteclip.experiments.spec import Experiment, load_experiment, package_experiment_file
 from latteclip.experiments.tables import results_table

@@ -44,6 +44,16 @@ DEFAULT_SCORE = "prediction_balance"
 DEFAULT_LRS = (1e-7, 1e-6, 1e-5)  # the candidates of `adapt` without --choose: the paper's rate and two larger ones
 SIZED_EPOCHS, SIZED_MIN_STEPS, SIZED_MAX_STEPS = 20, 50, 2000  # a custom folder's schedule, in steps that fit its size
 AGREEMENT_SCORES = ("zero_shot_agreement", "describer_agreement")  # zero-shot agrees with itself: never compared
+SCORE_NAMES = (  # what `scores_of` gives a candidate (describer_agreement only where the images were described)
+    "prediction_balance",
+    "neg_entropy",
+    "information_maximization",
+    "soft_neighborhood_density",
+    "mixval",
+    "mixval_inter",
+    "mixval_intra",
+    *AGREEMENT_SCORES,
+)
 CANDIDATES_AGREE = 0.8  # below this mean pairwise agreement of the candidates' held-back predictions, they disagree
 FEW_HELD_BACK = 50  # fewer held-back images than this: a few images more or less in one class move every score
 NOT_CHOSEN_BY = frozenset(
@@ -277,16 +287,7 @@ class Candidate:
 
 def check_score(name: str, described: bool) -> None:
     """Refuse, before any training, a --choose-by that no candidate will have."""
-    known = [
-        "prediction_balance",
-        "neg_entropy",
-        "information_maximization",
-        "soft_neighborhood_density",
-        "mixval",
-        "mixval_inter",
-        "mixval_intra",
-        "zero_shot_agreement",
-    ] + (["describer_agreement"] if described else [])
+    known = [score for score in SCORE_NAMES if described or score != "describer_agreement"]
     if name not in known:
         raise LatteclipError(f"--choose-by {name}: not a label-free score of this run; use one of {', '.join(known)}")
 

@@ -8,23 +8,64 @@ fails; `started.json` says which process runs it, so `status` tells a running ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from latteclip.config import RunConfig
 from latteclip.describe.settings import resolve_settings
 from latteclip.engine.lmm_zeroshot import lmm_zero_shot
-from latteclip.engine.results import RunResults, has_results, read_results
+from latteclip.engine.results import RunResults, computed_as, has_results, read_results
+from latteclip.engine.session import pick_device, resolve_precision
+from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
-from latteclip.experiments.runner import run_or_reuse, same_config
+from latteclip.experiments.archive import comparable
 
 FAILED_FILE = "failed.txt"
 STARTED_FILE = "started.json"
 STATES = ("done", "running", "interrupted", "failed", "missing")
+
+
+def run_or_reuse(
+    config: RunConfig, prepare: Callable[[RunConfig], None] | None = None, fresh: bool = False
+) -> RunResults:
+    """Train and evaluate, or return the results of a finished run with the same configuration in its folder.
+
+    An interrupted run with the same configuration continues from its last checkpoint. `prepare` (e.g.
+    the description stage for the run's training images) runs only when the run trains. `fresh` trains
+    anew even over a finished run of the same configuration (its code changed).
+    """
+    run_dir = config.run_dir
+    same = not fresh and same_config(config)
+    if same and has_results(run_dir):
+        results = read_results(run_dir)
+        if computed_here_alike(results, config):
+            return results
+    resume = same and (run_dir / "last.pt").is_file()
+    # the experiment's own folder: a run of another configuration is replaced
+    config = dataclasses.replace(config, resume=resume, overwrite=not resume)
+    if prepare is not None:
+        prepare(config)
+    return run_training(config)
+
+
+def computed_here_alike(results: RunResults, config: RunConfig) -> bool:
+    """A finished run is reused only where this run would compute in the same precision on the same kind of device."""
+    device = pick_device(config.device)
+    return computed_as(results, resolve_precision(config.precision, device), device.type)
+
+
+def same_config(config: RunConfig) -> bool:
+    """Whether the run folder of `config` holds a run of the same configuration (finished or not)."""
+    saved = config.run_dir / "config.yaml"
+    return saved.is_file() and comparable(yaml.safe_load(saved.read_text()) or {}) == comparable(config.to_dict())
 
 
 def run_job(payload: dict[str, Any]) -> float:

@@ -28,11 +28,11 @@ from latteclip.describe.settings import DescribeSettings, resolve_settings
 from latteclip.engine.choice import HeldBack, held_back_of, score_run
 from latteclip.engine.describing import describe_run
 from latteclip.engine.pretraining import PretrainedWeights, pretrain_key, pretrained_weights, weights_path
-from latteclip.engine.results import RunResults, computed_as, has_results, read_results
-from latteclip.engine.session import dataset_options, pick_device, resolve_precision
-from latteclip.engine.trainer import run_training
+from latteclip.engine.results import RunResults, read_results
+from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
-from latteclip.experiments.archive import RunArchive, comparable
+from latteclip.experiments.archive import RunArchive
+from latteclip.experiments.jobs import computed_here_alike, run_job, run_or_reuse
 from latteclip.experiments.launch import Job, LaunchSettings, launch
 from latteclip.experiments.machine import elapsed
 from latteclip.experiments.spec import Experiment, MethodEntry, deep_merge
@@ -141,41 +141,6 @@ def run_config(
     return resolve_config(values)
 
 
-def run_or_reuse(
-    config: RunConfig, prepare: Callable[[RunConfig], None] | None = None, fresh: bool = False
-) -> RunResults:
-    """Train and evaluate, or return the results of a finished run with the same configuration in its folder.
-
-    An interrupted run with the same configuration continues from its last checkpoint. `prepare` (e.g.
-    the description stage for the run's training images) runs only when the run trains. `fresh` trains
-    anew even over a finished run of the same configuration (its code changed).
-    """
-    run_dir = config.run_dir
-    same = not fresh and same_config(config)
-    if same and has_results(run_dir):
-        results = read_results(run_dir)
-        if computed_here_alike(results, config):
-            return results
-    resume = same and (run_dir / "last.pt").is_file()
-    # the experiment's own folder: a run of another configuration is replaced
-    config = dataclasses.replace(config, resume=resume, overwrite=not resume)
-    if prepare is not None:
-        prepare(config)
-    return run_training(config)
-
-
-def computed_here_alike(results: RunResults, config: RunConfig) -> bool:
-    """A finished run is reused only where this run would compute in the same precision on the same kind of device."""
-    device = pick_device(config.device)
-    return computed_as(results, resolve_precision(config.precision, device), device.type)
-
-
-def same_config(config: RunConfig) -> bool:
-    """Whether the run folder of `config` holds a run of the same configuration (finished or not)."""
-    saved = config.run_dir / "config.yaml"
-    return saved.is_file() and comparable(yaml.safe_load(saved.read_text()) or {}) == comparable(config.to_dict())
-
-
 @dataclass
 class FinishedRun:
     results: RunResults  # the run's results.json
@@ -250,8 +215,6 @@ def finished_runs(
             done.append(finished_run(request.config, request.prepare, archive, request.fresh, request.held))
             progress(f"      {measured(done[-1])}")
         return done
-    from latteclip.experiments.jobs import run_job  # jobs runs a job with this module's run_or_reuse
-
     kept = {i: archived_run(r, archive) for i, r in enumerate(requests)}
     todo = [i for i, run in kept.items() if run is None]
     for i in todo:
@@ -572,7 +535,9 @@ def run_experiment(
         return RunHow(prepare, archive, entry.name in fresh)
 
     choices = (
-        choose_all(experiment, how, label_free if label_free_score else set(), launcher, progress) if choose else {}
+        choose_all(experiment, how, label_free if label_free_score else set(), archive, launcher, progress)
+        if choose
+        else {}
     )
     requests, places = target_requests(experiment, how, choices)
     picked = []
@@ -603,6 +568,7 @@ def choose_all(
     experiment: Experiment,
     how: Callable[[MethodEntry], RunHow],
     scored: set[str],
+    archive: RunArchive | None,
     launcher: LaunchSettings | None,
     progress: Progress,
 ) -> dict[tuple[str, str], tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -619,7 +585,7 @@ def choose_all(
                 scoring = held[shift]() if entry.name in scored else None
                 batches[(entry.name, shift)] = candidate_requests(experiment, entry, shift, how(entry), scoring)
     flat = [request for batch in batches.values() for request in batch]
-    done = iter(finished_runs(flat, how(experiment.methods[0]).archive, launcher, progress) if flat else [])
+    done = iter(finished_runs(flat, archive, launcher, progress) if flat else [])
     choices = {}
     for (name, shift), batch in batches.items():
         entry = by_name(experiment, name)
