@@ -55,6 +55,18 @@ def test_agreement_leaves_out_unanswered_images():
     assert validation.agreement(FOUR, torch.tensor([-1, -1, -1, -1])) == 0.0
 
 
+def test_balance_plus_describer_agreement_is_their_sum_where_both_are():
+    balance = validation.prediction_balance(FOUR)  # three of four images in class 0: -0.75
+    agree = validation.agreement(FOUR, torch.tensor([-1, 0, 1, 1]))  # 2 of the 3 answered: 2/3
+    combined = validation.with_combined({"prediction_balance": balance, "describer_agreement": agree})
+    assert combined["balance_plus_describer_agreement"] == pytest.approx(-0.75 + 2 / 3)
+    # a collapsed candidate (every image in class 0) that agrees as often scores lower: -1 + 2/3
+    collapsed = torch.tensor([[1.0, 0.0]] * 4)
+    parts = {"prediction_balance": validation.prediction_balance(collapsed), "describer_agreement": 2 / 3}
+    assert validation.with_combined(parts)["balance_plus_describer_agreement"] == pytest.approx(-1 / 3)
+    assert "balance_plus_describer_agreement" not in validation.with_combined({"prediction_balance": balance})
+
+
 def _threshold_model(boundary: float):
     """Class 1 right of `boundary` on 1-D 'images'."""
 

@@ -44,7 +44,7 @@ DEFAULT_SCORE = "prediction_balance"
 DEFAULT_LRS = (1e-7, 1e-6, 1e-5)  # the candidates of `adapt` without --choose: the paper's rate and two larger ones
 SIZED_EPOCHS, SIZED_MIN_STEPS, SIZED_MAX_STEPS = 20, 50, 2000  # a custom folder's schedule, in steps that fit its size
 AGREEMENT_SCORES = ("zero_shot_agreement", "describer_agreement")  # zero-shot agrees with itself: never compared
-SCORE_NAMES = (  # what `scores_of` gives a candidate (describer_agreement only where the images were described)
+SCORE_NAMES = (  # a candidate's scores: `scores_of`'s, then the combined ones (describer's only where it described)
     "prediction_balance",
     "neg_entropy",
     "information_maximization",
@@ -53,6 +53,7 @@ SCORE_NAMES = (  # what `scores_of` gives a candidate (describer_agreement only 
     "mixval_inter",
     "mixval_intra",
     *AGREEMENT_SCORES,
+    *validation.COMBINED,
 )
 CANDIDATES_AGREE = 0.8  # below this mean pairwise agreement of the candidates' held-back predictions, they disagree
 FEW_HELD_BACK = 50  # fewer held-back images than this: a few images more or less in one class move every score
@@ -278,7 +279,7 @@ class Candidate:
 
     @property
     def scores(self) -> dict[str, float]:
-        return self.results["label_free_scores"]
+        return validation.with_combined(self.results["label_free_scores"])
 
     @property
     def predictions(self) -> list[int]:
@@ -287,7 +288,7 @@ class Candidate:
 
 def check_score(name: str, described: bool) -> None:
     """Refuse, before any training, a --choose-by that no candidate will have."""
-    known = [score for score in SCORE_NAMES if described or score != "describer_agreement"]
+    known = [score for score in SCORE_NAMES if described or "describer" not in score]
     if name not in known:
         raise LatteclipError(f"--choose-by {name}: not a label-free score of this run; use one of {', '.join(known)}")
 
@@ -331,13 +332,12 @@ def verdict(zero_shot: Mapping[str, Any], candidates: Sequence[Candidate], chose
             f"only {held} held-back images score the candidates: a few images decide the choice (hold back "
             "more with --holdout, or add images)"
         )
-    below = score not in AGREEMENT_SCORES and all(
-        c.scores[score] < zero_shot["label_free_scores"][score] for c in candidates
-    )
+    zero_shot_score = validation.with_combined(zero_shot["label_free_scores"])[score]
+    below = score not in AGREEMENT_SCORES and all(c.scores[score] < zero_shot_score for c in candidates)
     if below:
         signals.append(
             f"every candidate scores below zero-shot by {score} "
-            f"({zero_shot['label_free_scores'][score]:.4f}; best {chosen.scores[score]:.4f})"
+            f"({zero_shot_score:.4f}; best {chosen.scores[score]:.4f})"
         )
     agree = mean_agreement([c.predictions for c in candidates])
     if agree is not None and agree < CANDIDATES_AGREE:

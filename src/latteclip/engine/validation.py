@@ -11,7 +11,7 @@ every domain (which is why `benchmarks/` measures them against held-out labels),
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -72,6 +72,25 @@ def agreement(probs: torch.Tensor, reference: torch.Tensor) -> float:
     if not bool(answered.any()):
         return 0.0
     return float((probs.argmax(dim=-1)[answered] == reference[answered]).double().mean())
+
+
+COMBINED = {"balance_plus_describer_agreement": ("prediction_balance", "describer_agreement")}
+
+
+def with_combined(scores: Mapping[str, float]) -> dict[str, float]:
+    """`scores` plus each combined score of COMBINED whose parts are there: the sum of its parts.
+
+    Prediction balance plus agreement with the describer: the balance alone cannot tell a candidate that spreads
+    its errors evenly from a correct one, and the agreement alone rewards copying the describer's own skew; the sum
+    asks for both. Computed when scores are read, so a run scored before a combination existed has it too. Fixed
+    (equal weights, no fitted constant) before it was measured on any test split: benchmarks/domain_shift.py measures
+    it beside the others.
+    """
+    combined = dict(scores)
+    for name, parts in COMBINED.items():
+        if all(part in scores for part in parts):
+            combined[name] = sum(scores[part] for part in parts)
+    return combined
 
 
 def mixval(

@@ -30,6 +30,7 @@ from latteclip.engine.describing import describe_run
 from latteclip.engine.pretraining import PretrainedWeights, pretrain_key, pretrained_weights, weights_path
 from latteclip.engine.results import RunResults, read_results
 from latteclip.engine.session import dataset_options
+from latteclip.engine.validation import with_combined
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive
 from latteclip.experiments.jobs import computed_here_alike, run_job, run_or_reuse
@@ -351,7 +352,7 @@ def chosen(candidates: list[dict[str, Any]], runs: list[FinishedRun], scored: bo
     scores = [{"choice": c, "heldout_top1": run.results["top1"]} for c, run in zip(candidates, runs)]
     for record, run in zip(scores, runs):
         if scored:
-            record["label_free"] = run.results["label_free_scores"]
+            record["label_free"] = with_combined(run.results["label_free_scores"])
     best = max(range(len(scores)), key=lambda i: (scores[i]["heldout_top1"], -i))
     return scores[best]["choice"], scores
 
