@@ -38,8 +38,8 @@ import torch
 from latteclip.config import comma_list
 from latteclip.data.shifts import UNSHIFTED
 from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
-from latteclip.engine.choice import DEFAULT_SCORE
 from latteclip.engine.describing import true_class_descriptions
+from latteclip.engine.score_names import DEFAULT_SCORE
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive
 from latteclip.experiments.choice_analysis import best_by, lowest_heldout_regret, score_row, scores_measured

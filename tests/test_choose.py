@@ -16,8 +16,10 @@ from latteclip.cli import main
 from latteclip.config import RunConfig
 from latteclip.data.subsets import held_back_positions
 from latteclip.engine import validation
-from latteclip.engine.choice import SCORE_NAMES, Candidate, candidate_grid, sized_schedule, verdict
+from latteclip.engine.choice import Candidate, candidate_grid, sized_schedule, verdict
+from latteclip.engine.score_names import DEFAULT_SCORE, SCORE_NAMES
 from latteclip.errors import LatteclipError
+from tests.conftest import TINY, flags
 from tests.test_unlabeled import adapt_argv, flat, labelled, names  # noqa: F401  (module fixtures)
 
 CHOOSE = ["--choose", "lr=1e-5,1e-2", "--choose", "max_steps=2", "--batch-size", "8", "--warmup-steps", "0"]
@@ -49,11 +51,11 @@ def test_adapt_choose_records_the_choice_and_reads_no_label(flat, labelled, name
     record = adapt_choice(true, names, tmp_path / "a")
     printed = capsys.readouterr().out
     choice = record["label_free_choice"]
-    assert set(choice) == {"score", "candidates", "chosen"} and choice["score"] == "prediction_balance"
+    assert set(choice) == {"score", "candidates", "chosen"} and choice["score"] == DEFAULT_SCORE  # described: --lmm
     assert [c["options"] for c in choice["candidates"]] == [{"lr": 1e-5, "max_steps": 2}, {"lr": 1e-2, "max_steps": 2}]
     assert all(set(c) == {"options", "scores"} and set(c["scores"]) == set(SCORE_NAMES) for c in choice["candidates"])
-    best = max(c["scores"]["prediction_balance"] for c in choice["candidates"])
-    first_best = next(c for c in choice["candidates"] if c["scores"]["prediction_balance"] == best)
+    best = max(c["scores"][DEFAULT_SCORE] for c in choice["candidates"])
+    first_best = next(c for c in choice["candidates"] if c["scores"][DEFAULT_SCORE] == best)
     assert choice["chosen"]["options"] == first_best["options"] and choice["chosen"]["scores"] == first_best["scores"]
 
     folder = tmp_path / "a" / "adapt-tiles"
@@ -91,6 +93,15 @@ def test_adapt_choose_records_the_choice_and_reads_no_label(flat, labelled, name
 
 def candidate(scores: dict, predictions: list[int]) -> Candidate:
     return Candidate({}, RunConfig(), {"label_free_scores": scores, "holdout": {"predictions": predictions}})
+
+
+def test_a_method_that_reads_no_description_is_judged_by_the_describer_too(flat, names, tmp_path):
+    """FLYP with --lmm: the describer reads only the held-back images, and the default score (its agreement in it)
+    picks; FLYP's training reads no description."""
+    choice = adapt_choice(flat, names, tmp_path, "--method", "flyp_pl")["label_free_choice"]
+    assert choice["score"] == DEFAULT_SCORE and all("describer_agreement" in c["scores"] for c in choice["candidates"])
+    folder = tmp_path / f"adapt-{flat.stem}"
+    assert (folder / "describe-held").is_dir() and not (folder / "describe").exists()
 
 
 def test_verdict_signals_and_which_predictions_to_use():
@@ -178,6 +189,10 @@ def test_choose_refusals_are_one_line(flat, names, tmp_path, capsys):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err, err
+    # without a describer (FLYP, no --lmm) no score that needs the describer's answers can pick
+    undescribed = ["adapt", *flags(root=flat, classnames=names, output=tmp_path, method="flyp_pl"), *TINY]
+    assert main([*undescribed, "--choose-by", DEFAULT_SCORE]) == 2
+    assert f"--choose-by {DEFAULT_SCORE}: not a label-free score of this run" in capsys.readouterr().err
     assert not (tmp_path / "adapt-tiles" / "zeroshot").exists()  # refused before any work
 
 

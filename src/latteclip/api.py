@@ -28,7 +28,6 @@ from latteclip.describe.store import DescriptionStore, default_store_path
 from latteclip.engine.checkpoint import load_final_checkpoint
 from latteclip.engine.choice import (
     DEFAULT_LRS,
-    DEFAULT_SCORE,
     HOLDOUT_SHARE,
     Candidate,
     ImageLists,
@@ -49,6 +48,7 @@ from latteclip.engine.export import ExportedFiles, export_open_clip
 from latteclip.engine.lmm_zeroshot import lmm_zero_shot as lmm_zero_shot_run
 from latteclip.engine.predict import Prediction, collect_images, format_csv, predict_files
 from latteclip.engine.results import RESULTS_FILE, RunResults
+from latteclip.engine.score_names import default_score
 from latteclip.engine.session import dataset_options, method_from_checkpoint, pick_device
 from latteclip.engine.trainer import run_training
 from latteclip.errors import LatteclipError
@@ -403,9 +403,10 @@ def adapt(
     `config` is the adapted run's (see `adapt_config`); `candidates` are option sets over it (default: the learning
     rates of choice.DEFAULT_LRS), each trained in its own folder on all but a seeded `holdout` share (default
     choice.HOLDOUT_SHARE) of the images and scored on that share (engine.choice); the best by `choose_by` (default
-    choice.DEFAULT_SCORE, provisional) is kept.
+    choice.default_score: prediction balance plus agreement with the describer where an LMM is given, else prediction
+    balance alone) is kept.
     """
-    folder, score = Path(config.output), choose_by or DEFAULT_SCORE
+    folder = Path(config.output)
     kinds = described_kinds(config)
     if kinds and (settings is None or not settings.lmm):
         raise LatteclipError(
@@ -413,7 +414,9 @@ def adapt(
             "openai --lmm-url URL (a multimodal model behind an OpenAI-compatible server), --lmm "
             "transformers or --lmm offline"
         )
-    check_score(score, "image" in kinds)
+    described = settings is not None and bool(settings.lmm)  # the describer reads the held-back images, any method
+    score = choose_by or default_score(described)
+    check_score(score, described)
     options = (
         [candidate_grid({k: [v] for k, v in c.items()})[0] for c in candidates]
         if candidates is not None
@@ -430,7 +433,7 @@ def adapt(
     describe_candidates_images(config, settings, prompts, kinds, lists, progress)
     configs = train_candidates(config, options, lists, progress)
     progress(f"[4/{ADAPT_STEPS}] label-free scores on {lists.held_count} held-back images ({lists.held})")
-    held = held_back(config, lists, zero_shot.run_dir, "image" in kinds)
+    held = held_back(config, lists, zero_shot.run_dir, described)
     zero_shot_results = score_run(zero_shot.run_dir, zero_shot, held)
     scored = [Candidate(dict(o), c, score_run(c.run_dir, c, held)) for o, c in zip(options, configs)]
     chosen = pick(scored, score)
@@ -457,7 +460,9 @@ def describe_candidates_images(
             progress,
             prompts,
         )
-    if "image" in kinds:  # what the describer says of each held-back image: a reference to agree with
+    if (
+        settings is not None and settings.lmm
+    ):  # what the describer says of each held-back image: a reference to agree with
         describe_stage(
             dataclasses.replace(config, root=str(lists.held)),
             dataclasses.replace(settings, kinds=["image"]),

@@ -20,6 +20,7 @@ from latteclip.cli import (
     run_values,
 )
 from latteclip.describe.settings import WHAT, DescribeSettings
+from latteclip.engine.score_names import DEFAULT_SCORE, DEFAULT_SCORE_UNDESCRIBED, SCORE_NAMES
 
 
 @command(
@@ -57,10 +58,8 @@ def _adapt_parser(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--choose-by",
         metavar="SCORE",
-        help="the label-free score that picks (default: "
-        "prediction_balance, provisional until measured); prediction_balance, neg_entropy, "
-        "information_maximization, soft_neighborhood_density, mixval, zero_shot_agreement, "
-        "describer_agreement",
+        help=f"the label-free score that picks (default: {DEFAULT_SCORE} with --lmm, where the describer reads the "
+        f"held-back images, else {DEFAULT_SCORE_UNDESCRIBED}); one of {', '.join(SCORE_NAMES)}",
     )
     group.add_argument(
         "--holdout", type=float, help="share of the images held back to score the candidates on (default 0.1)"

@@ -30,6 +30,7 @@ from latteclip.engine.checkpoint import load_final_checkpoint
 from latteclip.engine.features import extract_features
 from latteclip.engine.predict import class_probabilities
 from latteclip.engine.results import read_results, write_results
+from latteclip.engine.score_names import AGREEMENT_SCORES, SCORE_NAMES, needs_describer
 from latteclip.engine.session import dataset_options, method_from_checkpoint, pick_device
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method
@@ -38,23 +39,8 @@ from latteclip.paths import atomic_write_bytes
 from latteclip.values import coerce
 
 HOLDOUT_SHARE = 0.1  # the share of the images held back for scoring: a tenth costs the training little
-# PROVISIONAL: the issue asks for the score with the lowest regret measured on the proxy benchmark, and that measurement
-# does not exist yet. Prediction balance is the one rule whose regret the issue reports; revisit once it is measured.
-DEFAULT_SCORE = "prediction_balance"
 DEFAULT_LRS = (1e-7, 1e-6, 1e-5)  # the candidates of `adapt` without --choose: the paper's rate and two larger ones
 SIZED_EPOCHS, SIZED_MIN_STEPS, SIZED_MAX_STEPS = 20, 50, 2000  # a custom folder's schedule, in steps that fit its size
-AGREEMENT_SCORES = ("zero_shot_agreement", "describer_agreement")  # zero-shot agrees with itself: never compared
-SCORE_NAMES = (  # a candidate's scores: `scores_of`'s, then the combined ones (describer's only where it described)
-    "prediction_balance",
-    "neg_entropy",
-    "information_maximization",
-    "soft_neighborhood_density",
-    "mixval",
-    "mixval_inter",
-    "mixval_intra",
-    *AGREEMENT_SCORES,
-    *validation.COMBINED,
-)
 CANDIDATES_AGREE = 0.8  # below this mean pairwise agreement of the candidates' held-back predictions, they disagree
 FEW_HELD_BACK = 50  # fewer held-back images than this: a few images more or less in one class move every score
 NOT_CHOSEN_BY = frozenset(
@@ -288,7 +274,7 @@ class Candidate:
 
 def check_score(name: str, described: bool) -> None:
     """Refuse, before any training, a --choose-by that no candidate will have."""
-    known = [score for score in SCORE_NAMES if described or "describer" not in score]
+    known = [score for score in SCORE_NAMES if described or not needs_describer(score)]
     if name not in known:
         raise LatteclipError(f"--choose-by {name}: not a label-free score of this run; use one of {', '.join(known)}")
 

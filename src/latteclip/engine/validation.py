@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from latteclip.engine.score_names import COMBINED
+
 SND_TEMPERATURE = 0.05  # Saito et al.'s value: sharp enough that only a sample's near neighbours count
 MIXVAL_RATIO = 0.55  # Hu et al.'s mixing weight: the first image dominates, barely, so the boundary is probed
 
@@ -72,9 +74,6 @@ def agreement(probs: torch.Tensor, reference: torch.Tensor) -> float:
     if not bool(answered.any()):
         return 0.0
     return float((probs.argmax(dim=-1)[answered] == reference[answered]).double().mean())
-
-
-COMBINED = {"balance_plus_describer_agreement": ("prediction_balance", "describer_agreement")}
 
 
 def with_combined(scores: Mapping[str, float]) -> dict[str, float]:
