@@ -136,7 +136,8 @@ def verdict_panel(verdict: Mapping[str, Any], choice: Mapping[str, Any] | None) 
         ]
         body += note(
             f"Candidates, scored on held-back images they did not train on; chosen by {choice['score']} "
-            "(the default score is provisional: no regret against labels has been measured for it yet)."
+            "(what each score loses against a choice made with labels, on the proxy benchmark: docs/results.md, "
+            '"Label-free choice").'
         )
         body += table(["candidate", *names], rows, numeric=range(1, len(names) + 1))
     return Panel("verdict", "Verdict: which predictions to use", body)
