@@ -39,12 +39,19 @@ from latteclip.config import comma_list
 from latteclip.data.shifts import UNSHIFTED
 from latteclip.describe.store import ANALYSIS_TAG, DescriptionStore
 from latteclip.engine.describing import true_class_descriptions
-from latteclip.engine.score_names import DEFAULT_SCORE
+from latteclip.engine.score_names import default_score
 from latteclip.errors import LatteclipError
 from latteclip.experiments.archive import RunArchive
 from latteclip.experiments.choice_analysis import best_by, lowest_heldout_regret, score_row, scores_measured
 from latteclip.experiments.machine import use_threads
-from latteclip.experiments.runner import ExperimentRuns, finished_run, prepare_stages, run_config, run_experiment
+from latteclip.experiments.runner import (
+    ExperimentRuns,
+    describing_entry,
+    finished_run,
+    prepare_stages,
+    run_config,
+    run_experiment,
+)
 from latteclip.experiments.spec import Experiment, MethodEntry, deep_merge, load_experiment, package_experiment_file
 from latteclip.experiments.tables import Cells, aggregate, format_cell, results_table
 from latteclip.experiments.text_signal import TextSignal, run_text_signal
@@ -551,7 +558,7 @@ def label_free_choice_section(experiment: Experiment, runs: ExperimentRuns) -> l
     parts = ["", "### Label-free choice", ""]
     analysed = all("test_top1" in c for choice in shifted for c in choice["scores"])
     if analysed:
-        parts += score_table(experiment, shifted, names)
+        parts += score_table(experiment, shifted, names, runs.label_free_score)
     else:
         parts.append(
             "Without `--choice-analysis --reads-labels` only the scores are shown (the candidates' own test runs, "
@@ -576,7 +583,7 @@ def label_free_choice_section(experiment: Experiment, runs: ExperimentRuns) -> l
     return parts
 
 
-def score_table(experiment: Experiment, shifted: list[dict[str, Any]], names: list[str]) -> list[str]:
+def score_table(experiment: Experiment, shifted: list[dict[str, Any]], names: list[str], default: str) -> list[str]:
     """One row per score over the shifted domains' choices: regret against the held-out-labelled pick, how often it
     makes that pick, its rank correlation with held-out top-1; then the score with the lowest held-out regret."""
     rows = [score_row(name, shifted) for name in names]
@@ -601,10 +608,10 @@ def score_table(experiment: Experiment, shifted: list[dict[str, Any]], names: li
     best = lowest_heldout_regret(rows)
     parts += [
         "",
-        f"Lowest mean held-out regret: `{best.score}` (the default label-free score is `{DEFAULT_SCORE}`"
-        + ("" if best.score == DEFAULT_SCORE else "; the measurement names another: change DEFAULT_SCORE")
+        f"Lowest mean held-out regret: `{best.score}` (the default label-free score here is `{default}`"
+        + ("" if best.score == default else "; the measurement names another: change engine/score_names.py")
         + ").",
-        *configured_line(experiment, shifted, DEFAULT_SCORE),
+        *configured_line(experiment, shifted, default),
     ]
     return parts
 
@@ -662,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=lambda line: print(line, flush=True),
             archive=archive,
             fresh=fresh,
-            label_free_score=DEFAULT_SCORE,
+            label_free_score=default_score(describing_entry(experiment) is not None),
             candidate_runs=args.choice_analysis,
         )
         body = results_section(experiment, runs, time.time() - started, archive)

@@ -151,6 +151,16 @@ def test_verdict_signals_and_which_predictions_to_use():
         "zero_shot_agreement",
     )
     assert judged["use"] == "adapted" and judged["trust"]
+    # the combined score: compared with zero-shot by its balance only (an offline describer may be zero-shot's CLIP)
+    agreeing = {**calm, "label_free_scores": {"prediction_balance": -0.25, "describer_agreement": 1.0}}
+    spread = candidate({"prediction_balance": -0.2, "describer_agreement": 0.5}, [0, 1, 2, 3, 4, 0, 1, 2] * ten)
+    judged = verdict(agreeing, [spread], spread, "balance_plus_describer_agreement")
+    assert judged["use"] == "adapted" and "at least as well as zero-shot by prediction_balance" in judged["why"]
+    skewing = candidate({"prediction_balance": -0.3, "describer_agreement": 1.0}, [0, 1, 2, 3, 4, 0, 1, 2] * ten)
+    judged = verdict(agreeing, [skewing], skewing, "balance_plus_describer_agreement")
+    assert judged["use"] == "zero-shot" and judged["signals"] == [
+        "every candidate scores below zero-shot by prediction_balance (-0.2500; best -0.3000)"
+    ]
 
 
 def test_held_back_share_schedule_and_candidate_grid():

@@ -241,7 +241,7 @@ def test_benchmark_slice_writes_its_section_of_the_results_page(tmp_path, monkey
     scored = {"top1": 0.5, "steps": 2, "timings": {}, "test": {}, "label_free_scores": {"prediction_balance": 0.0}}
     monkeypatch.setattr(runner, "score_run", lambda run_dir, config, held: scored)
     monkeypatch.setattr(
-        runner,
+        jobs,
         "run_training",
         lambda config: (
             pytest.fail(f"only flyp_pl reruns, not {config.method}")

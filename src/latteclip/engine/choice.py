@@ -30,7 +30,7 @@ from latteclip.engine.checkpoint import load_final_checkpoint
 from latteclip.engine.features import extract_features
 from latteclip.engine.predict import class_probabilities
 from latteclip.engine.results import read_results, write_results
-from latteclip.engine.score_names import AGREEMENT_SCORES, SCORE_NAMES, needs_describer
+from latteclip.engine.score_names import SCORE_NAMES, compared_with_zero_shot, needs_describer
 from latteclip.engine.session import dataset_options, method_from_checkpoint, pick_device
 from latteclip.errors import LatteclipError
 from latteclip.methods.base import Method
@@ -301,8 +301,8 @@ def verdict(zero_shot: Mapping[str, Any], candidates: Sequence[Candidate], chose
     """Label-free signals that the adaptation cannot be trusted, and which predictions to use.
 
     Zero-shot's own predictions on the held-back images concentrated on few classes (its pseudo-labels teach that
-    skew), every candidate below zero-shot by `score` (nothing adapted looks better than not adapting; not asked of the
-    agreement scores, by which zero-shot is perfect), candidates disagreeing with each other (the choice is a gamble).
+    skew), every candidate below zero-shot by `score` (nothing adapted looks better than not adapting; compared
+    without the agreements, `compared_with_zero_shot`), candidates disagreeing with each other (the choice is a gamble).
     """
     signals = []
     top_class, top_share, where = zero_shot_concentration(zero_shot)
@@ -318,12 +318,13 @@ def verdict(zero_shot: Mapping[str, Any], candidates: Sequence[Candidate], chose
             f"only {held} held-back images score the candidates: a few images decide the choice (hold back "
             "more with --holdout, or add images)"
         )
-    zero_shot_score = validation.with_combined(zero_shot["label_free_scores"])[score]
-    below = score not in AGREEMENT_SCORES and all(c.scores[score] < zero_shot_score for c in candidates)
+    compared = compared_with_zero_shot(score)
+    zero_shot_score = validation.with_combined(zero_shot["label_free_scores"]).get(compared, 0.0)
+    below = compared is not None and all(c.scores[compared] < zero_shot_score for c in candidates)
     if below:
         signals.append(
-            f"every candidate scores below zero-shot by {score} "
-            f"({zero_shot_score:.4f}; best {chosen.scores[score]:.4f})"
+            f"every candidate scores below zero-shot by {compared} "
+            f"({zero_shot_score:.4f}; best {chosen.scores[compared]:.4f})"
         )
     agree = mean_agreement([c.predictions for c in candidates])
     if agree is not None and agree < CANDIDATES_AGREE:
@@ -336,8 +337,8 @@ def verdict(zero_shot: Mapping[str, Any], candidates: Sequence[Candidate], chose
         "no candidate looks better than zero-shot by the chosen score: adapting did not help by the only measure "
         "available without labels"
         if below
-        else f"the chosen candidate scores at least as well as zero-shot by {score}"
-        if score not in AGREEMENT_SCORES
+        else f"a candidate scores at least as well as zero-shot by {compared}"
+        if compared is not None
         else f"{score} cannot compare with zero-shot; the adapted model is the one chosen"
     )
     if signals and not below:

@@ -32,3 +32,13 @@ def needs_describer(score: str) -> bool:
 def default_score(described: bool) -> str:
     """The score `adapt` chooses by unless told: the describer's agreement is part of it only where one described."""
     return DEFAULT_SCORE if described else DEFAULT_SCORE_UNDESCRIBED
+
+
+def compared_with_zero_shot(score: str) -> str | None:
+    """The score by which the verdict asks whether any candidate beats zero-shot, when choosing by `score`: never an
+    agreement (zero-shot agrees with itself, and an offline describer is often zero-shot's own CLIP), so a
+    combination is compared by its one other part, and an agreement by nothing (None)."""
+    if score in AGREEMENT_SCORES:
+        return None
+    rest = [part for part in COMBINED.get(score, (score,)) if part not in AGREEMENT_SCORES]
+    return rest[0] if len(rest) == 1 else None

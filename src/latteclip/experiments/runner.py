@@ -286,13 +286,19 @@ def held_out_images(
     seed = experiment.seeds[0]
     config = held_out_zero_shot(experiment, shift)
     run_or_reuse(config)  # its model gives the zero-shot answers (its run folder, never the archive: no model there)
-    described = next((e for e in experiment.methods if "descriptions" in e.needs), None)
+    described = describing_entry(experiment)
     if described is not None:  # the held-out images are training images of the target: its stage describes them
         target = run_config(experiment, described, experiment.target(shift), seed, f"{shift}/{described.name}-s{seed}")
         prepare_stages(experiment, described, target, progress)
         config = dataclasses.replace(config, store=target.store)
     progress(f"      label-free scores on the {len(images)} held-out images of {shift} (their labels unread)")
     return held_back_of(images, digest, config.run_dir, config, described is not None)
+
+
+def describing_entry(experiment: Experiment) -> MethodEntry | None:
+    """The entry whose description stage describes each target's training images (None: nothing is described), and
+    so the held-out images the label-free scores compare with the describer."""
+    return next((e for e in experiment.methods if "descriptions" in e.needs), None)
 
 
 def choice_tag(choice: dict[str, Any]) -> str:
