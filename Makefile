@@ -29,8 +29,9 @@ browser:
 	    (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium not installed: the browser test will be skipped"
 
-# Lint and formatting first: a seconds-long check that fails before minutes of tests.
+# Lint and formatting first: a seconds-long check that fails before minutes of tests. Then the tests on two workers,
+# each test file on one (its module fixtures built once); the two Slurm tests take turns through a lock file.
 test: $(STAMP) browser
 	$(PY) -m ruff check $(LINTED)
 	$(PY) -m ruff format --check $(LINTED)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -14,6 +15,8 @@ from submitit.helpers import CommandFunction
 
 from latteclip.experiments.launch import Job, LaunchSettings, launch
 from tests.conftest import REPO
+
+SLURM_LOCK = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/latteclip-slurm") + ".lock")  # beside the script's folder
 
 # A job: record when it ran, then fail when its payload says so (the payload arrives as the last argument).
 JOB_SCRIPT = """
@@ -59,20 +62,23 @@ def test_one_device_runs_jobs_one_at_a_time(tmp_path):
 @pytest.fixture(scope="module")
 def local_slurm():
     """A real one-node Slurm on 127.0.0.1 (scripts/slurm-local.sh); the test fails with the reason when it cannot
-    start."""
+    start. There is one such Slurm per machine: a lock file keeps tests on other pytest workers (`make test` runs two)
+    waiting until this test has stopped it."""
     script = REPO / "scripts" / "slurm-local.sh"
-    started = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
-    if started.returncode != 0:
-        pytest.fail(f"local Slurm did not start: {started.stderr.strip() or started.stdout.strip()}")
-    conf = started.stdout.strip().rsplit("SLURM_CONF=", 1)[1]
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf
-    yield conf
-    subprocess.run([str(script), "stop"], capture_output=True, timeout=120)
-    if previous is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = previous
+    with open(SLURM_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
+        if started.returncode != 0:
+            pytest.fail(f"local Slurm did not start: {started.stderr.strip() or started.stdout.strip()}")
+        conf = started.stdout.strip().rsplit("SLURM_CONF=", 1)[1]
+        previous = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = conf
+        yield conf
+        subprocess.run([str(script), "stop"], capture_output=True, timeout=120)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
 
 
 @pytest.mark.slow
