@@ -73,7 +73,8 @@ def environment_proxy(url: str) -> str | None:
 
 
 def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.ConnectionPool:
-    """A pool of one kept-alive connection to a server, through `proxy` when one is given."""
+    """What makes a line's connection to a server: httpcore's pool, or its HTTP or SOCKS proxy pool when `proxy` is
+    given (each pool's `create_connection` makes the kind of connection it would hold)."""
     options = {"ssl_context": context, "max_connections": 1, "max_keepalive_connections": 1}
     if proxy is None:
         return httpcore.ConnectionPool(**options)
@@ -99,12 +100,19 @@ def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.Conn
 @dataclass
 class Line:
     """One thread's connection to one server, and its socket once connected (the trace hook keeps it, so the wait
-    for an answer can watch it)."""
+    for an answer can watch it).
+
+    The line holds its one connection itself rather than asking `pool` for it on each request: the pool only makes
+    it (a direct one, or one through the environment's proxy, as its `create_connection` decides). A pool looks at
+    its connections and waiting requests and wraps every answer twice per request, which for one connection used by
+    one thread is pure cost.
+    """
 
     pool: httpcore.ConnectionPool
     base: str  # the server's base URL
     socket: socket.socket | None = None
     _urls: dict[str, httpcore.URL] = field(default_factory=dict)
+    _connection: httpcore.ConnectionInterface | None = None
 
     def send(
         self, method: bytes, route: str, headers: list[tuple[bytes, bytes]], body: bytes | None, extensions: dict
@@ -118,25 +126,40 @@ class Line:
         headers = [(b"Host", host if url.port is None else b"%b:%d" % (host, url.port)), *headers]
         if body is not None:
             headers.append((b"Content-Length", b"%d" % len(body)))
-        response = self.pool.handle_request(
-            httpcore.Request(method, url, headers=headers, content=body, extensions=extensions)
-        )
+        request = httpcore.Request(method, url, headers=headers, content=body, extensions=extensions)
+        response = self._connected(url.origin).handle_request(request)
         try:
             response.read()
         finally:
             response.close()
         return response
 
+    def _connected(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
+        """The kept-alive connection, replaced (as httpcore's pool does) once it is closed, failed to connect, or the
+        server has closed its end while it was idle."""
+        connection = self._connection
+        if connection is not None and (connection.is_closed() or connection.has_expired()):
+            connection.close()
+            connection = None
+        if connection is None:
+            connection = self._connection = self.pool.create_connection(origin)
+        return connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
 
 class ThreadConnections:
-    """A connection per runner thread and server: as many connections as requests in flight, and no pool shared
+    """A connection per runner thread and server: as many connections as requests in flight, and nothing shared
     between threads (httpcore's pool looks at every connection and every waiting request each time one is sent or
     answered, which at 64 in flight would cost more CPU than all the rest of the stage)."""
 
     def __init__(self, urls: list[str], context: ssl.SSLContext):
         self.proxies = {url: environment_proxy(url) for url in urls}
         self.context = context
-        self.pools: list[httpcore.ConnectionPool] = []
+        self.lines: list[Line] = []
         self._local = threading.local()
         self._lock = threading.Lock()
         for proxy in set(self.proxies.values()):  # a bad proxy fails here, before any request
@@ -150,11 +173,11 @@ class ThreadConnections:
         if url not in lines:
             lines[url] = Line(connection_pool(self.proxies[url], self.context), url)
             with self._lock:
-                self.pools.append(lines[url].pool)
+                self.lines.append(lines[url])
         return lines[url]
 
     def close(self) -> None:
         with self._lock:
-            for pool in self.pools:
-                pool.close()
-            self.pools.clear()
+            for line in self.lines:
+                line.close()
+            self.lines.clear()
