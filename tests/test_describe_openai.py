@@ -252,3 +252,55 @@ def test_killed_describe_process_resumes_without_repeating_stored_requests(euros
     assert {r["image_hash"] for r in store.rows()} == every
     assert not set(asked_again) & stored_first  # nothing stored before the kill was asked again
     assert set(asked_again) == every - stored_first and set(asked_again.values()) == {1}
+
+
+def _answer_once_per_connection(listener: socket.socket, connections: list[bytes]) -> None:
+    """A server that answers one request on each connection as if keeping it alive (HTTP/1.1, no `Connection:
+    close`), then closes it while the client holds it idle, as servers do when their keep-alive time runs out."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except OSError:  # the listener was closed: the test is over
+            return
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            while len(body) < length:
+                body += connection.recv(65536)
+            connections.append(head.split(b" ")[1])
+            if head.startswith(b"GET"):
+                answer = b'{"data": [{"id": "m"}]}'
+            else:
+                answer = b'{"choices": [{"message": {"content": "fields"}, "finish_reason": "stop"}]}'
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                % (len(answer), answer)
+            )
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced_before_a_request_is_lost(train):
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections: list[bytes] = []
+    threading.Thread(target=_answer_once_per_connection, args=(listener, connections), daemon=True).start()
+    desc = describer(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", retries=0)  # a lost request fails at once
+    try:
+        request = image_jobs(train, image_hashes(train, progress=False)[:1], lambda i: PROMPT)[0].build()
+        answers = []
+        for _ in range(3):
+            time.sleep(0.05)  # the server has closed the last connection by now
+            answers.append(desc.ask(request, threading.Event()))
+    finally:
+        desc.close()
+        listener.close()
+    assert answers == ["fields"] * 3
+    assert connections == [b"/v1/models"] + [b"/v1/chat/completions"] * 3  # a new connection for each request
