@@ -25,6 +25,7 @@ from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.openai_http import OpenAIDescriber
 from latteclip.describe.runner import Runner
 from latteclip.describe.store import DescriptionStore
+from latteclip.describe.transport import OneWriteBackend
 from tests.conftest import describe_argv
 from tests.lmm_server import FakeLMMServer, expected_answer
 
@@ -304,3 +305,24 @@ def test_a_kept_alive_connection_the_server_closed_is_replaced_before_a_request_
         listener.close()
     assert answers == ["fields"] * 3
     assert connections == [b"/v1/models"] + [b"/v1/chat/completions"] * 3  # a new connection for each request
+
+
+def test_a_request_leaves_in_one_send_when_its_answer_is_awaited():
+    """httpcore writes headers and body apart; the stream holds them until the answer is read, then sends both."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stream = OneWriteBackend().connect_tcp("127.0.0.1", listener.getsockname()[1])
+    theirs, _ = listener.accept()
+    theirs.setblocking(False)
+    stream.write(b"POST /v1/chat/completions HTTP/1.1\r\n\r\n")
+    stream.write(b'{"model": "m"}')
+    with pytest.raises(BlockingIOError):  # nothing has left yet
+        theirs.recv(1024)
+    assert stream.sent().getpeername() == theirs.getsockname()
+    assert theirs.recv(1024) == b'POST /v1/chat/completions HTTP/1.1\r\n\r\n{"model": "m"}'
+    theirs.sendall(b"HTTP/1.1 200 OK\r\n")
+    stream.write(b"GET /v1/models HTTP/1.1\r\n\r\n")
+    assert stream.read(1024) == b"HTTP/1.1 200 OK\r\n"  # a read sends what waits first
+    assert theirs.recv(1024) == b"GET /v1/models HTTP/1.1\r\n\r\n"
+    stream.close()
+    theirs.close()
+    listener.close()

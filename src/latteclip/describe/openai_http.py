@@ -210,11 +210,12 @@ class OpenAIDescriber(Describer):
         sent_at = time.monotonic() if sent_at is None else sent_at
 
         def trace(event: str, info: dict) -> None:
-            """httpcore's trace hook: remember the connection's socket; wait for the answer by our rule."""
+            """httpcore's trace hook: remember the connection's stream; send the request, then wait for the answer by
+            our rule."""
             if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-                line.socket = info["return_value"].get_extra_info("socket")
-            elif event == "http11.receive_response_headers.started" and line.socket is not None:
-                self._await_answer(endpoint, line.socket, sent_at)
+                line.stream = info["return_value"]
+            elif event == "http11.receive_response_headers.started" and line.stream is not None:
+                self._await_answer(endpoint, line.stream.sent(self.timeout), sent_at)
 
         try:
             response = line.send(

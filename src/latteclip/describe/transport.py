@@ -12,6 +12,7 @@ none with `--lmm-insecure`); and connection pooling, with a connection the serve
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import socket
 import ssl
@@ -72,10 +73,72 @@ def environment_proxy(url: str) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
+class OneWriteStream(httpcore.NetworkStream):
+    """httpcore's socket stream, with what it writes for a request sent in one go when the answer is awaited.
+
+    httpcore writes a request's headers and body apart: two sends, each of which on a local connection costs about
+    as much CPU as the rest of httpcore's work for the request, and two segments for the server to read (http.client
+    sent one). Writes wait here until the answer is read (or `sent` says the request is complete), then leave as
+    one.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream):
+        self._stream = stream
+        self._pending: list[bytes] = []
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if buffer:
+            self._pending.append(buffer)
+
+    def sent(self, timeout: float | None = None) -> socket.socket:
+        """Send what is waiting; the socket, to wait on for the answer.
+
+        A failed write is let pass, as httpcore does for a request: a server may close a request early yet answer
+        it (its answer, or the failure, comes with the read)."""
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            with contextlib.suppress(httpcore.WriteError):
+                self._stream.write(data, timeout)
+        return self._stream.get_extra_info("socket")
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self.sent(timeout)
+        return self._stream.read(max_bytes, timeout)
+
+    def close(self) -> None:
+        self._pending.clear()
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> OneWriteStream:
+        self.sent(timeout)
+        return OneWriteStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> object:
+        return self._stream.get_extra_info(info)
+
+
+class OneWriteBackend(httpcore.SyncBackend):
+    """httpcore's network backend, its connections' streams made `OneWriteStream`s."""
+
+    def connect_tcp(self, *args: object, **kwargs: object) -> OneWriteStream:
+        return OneWriteStream(super().connect_tcp(*args, **kwargs))
+
+    def connect_unix_socket(self, *args: object, **kwargs: object) -> OneWriteStream:
+        return OneWriteStream(super().connect_unix_socket(*args, **kwargs))
+
+
 def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.ConnectionPool:
     """What makes a line's connection to a server: httpcore's pool, or its HTTP or SOCKS proxy pool when `proxy` is
     given (each pool's `create_connection` makes the kind of connection it would hold)."""
-    options = {"ssl_context": context, "max_connections": 1, "max_keepalive_connections": 1}
+    options = {
+        "ssl_context": context,
+        "max_connections": 1,
+        "max_keepalive_connections": 1,
+        "network_backend": OneWriteBackend(),
+    }
     if proxy is None:
         return httpcore.ConnectionPool(**options)
     parts = urlsplit(proxy)
@@ -99,8 +162,8 @@ def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.Conn
 
 @dataclass
 class Line:
-    """One thread's connection to one server, and its socket once connected (the trace hook keeps it, so the wait
-    for an answer can watch it).
+    """One thread's connection to one server, and its stream once connected (the trace hook keeps it, so the wait
+    for an answer can send the request and watch its socket).
 
     The line holds its one connection itself rather than asking `pool` for it on each request: the pool only makes
     it (a direct one, or one through the environment's proxy, as its `create_connection` decides). A pool looks at
@@ -110,7 +173,7 @@ class Line:
 
     pool: httpcore.ConnectionPool
     base: str  # the server's base URL
-    socket: socket.socket | None = None
+    stream: OneWriteStream | None = None
     _urls: dict[str, httpcore.URL] = field(default_factory=dict)
     _connection: httpcore.ConnectionInterface | None = None
 
