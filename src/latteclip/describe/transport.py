@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -26,7 +27,7 @@ import httpcore
 from latteclip.errors import LatteclipError
 
 # What a request that got no answer raises: httpcore's failures (a connection refused, dropped or timed out, a
-# proxy's refusal, a broken answer), and TimeoutError from the trace hook that waits for the answer to begin.
+# proxy's refusal, a broken answer), and TimeoutError from the wait for the answer to begin.
 TRANSPORT_ERRORS = (
     httpcore.TimeoutException,
     httpcore.NetworkError,
@@ -74,37 +75,36 @@ def environment_proxy(url: str) -> str | None:
 
 
 class OneWriteStream(httpcore.NetworkStream):
-    """httpcore's socket stream, with what it writes for a request sent in one go when the answer is awaited.
+    """httpcore's socket stream, where a request leaves in one send and its answer is awaited by the describer's rule.
 
-    httpcore writes a request's headers and body apart: two sends, each of which on a local connection costs about
-    as much CPU as the rest of httpcore's work for the request, and two segments for the server to read (http.client
-    sent one). Writes wait here until the answer is read (or `sent` says the request is complete), then leave as
-    one.
+    httpcore writes a request's headers and body apart: two sends (two system calls, and two segments for the server
+    to read; http.client sent one). Writes wait here until the answer is read, then leave as one; then, before the
+    first read, the backend's `await_answer` (when set) waits for the answer to begin.
     """
 
-    def __init__(self, stream: httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream, backend: OneWriteBackend):
         self._stream = stream
+        self._backend = backend
         self._pending: list[bytes] = []
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if buffer:
             self._pending.append(buffer)
 
-    def sent(self, timeout: float | None = None) -> socket.socket:
-        """Send what is waiting; the socket, to wait on for the answer.
-
-        A failed write is let pass, as httpcore does for a request: a server may close a request early yet answer
-        it (its answer, or the failure, comes with the read)."""
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            with contextlib.suppress(httpcore.WriteError):
-                self._stream.write(data, timeout)
-        return self._stream.get_extra_info("socket")
-
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        self.sent(timeout)
+        if self._pending:
+            self._send(timeout)
+            if self._backend.await_answer is not None:
+                self._backend.await_answer(self._stream.get_extra_info("socket"))
         return self._stream.read(max_bytes, timeout)
+
+    def _send(self, timeout: float | None) -> None:
+        """Send what is waiting. A failed write is let pass, as httpcore does for a request: a server may close a
+        request early yet answer it (its answer, or the failure, comes with the read)."""
+        data = b"".join(self._pending)
+        self._pending.clear()
+        with contextlib.suppress(httpcore.WriteError):
+            self._stream.write(data, timeout)
 
     def close(self) -> None:
         self._pending.clear()
@@ -113,31 +113,36 @@ class OneWriteStream(httpcore.NetworkStream):
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> OneWriteStream:
-        self.sent(timeout)
-        return OneWriteStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+        if self._pending:
+            self._send(timeout)
+        return OneWriteStream(self._stream.start_tls(ssl_context, server_hostname, timeout), self._backend)
 
     def get_extra_info(self, info: str) -> object:
         return self._stream.get_extra_info(info)
 
 
 class OneWriteBackend(httpcore.SyncBackend):
-    """httpcore's network backend, its connections' streams made `OneWriteStream`s."""
+    """httpcore's network backend, its connections' streams made `OneWriteStream`s; one per line (one thread), so
+    `await_answer` is the wait of that line's current request (None: httpcore's read timeout alone)."""
+
+    def __init__(self) -> None:
+        self.await_answer: Callable[[socket.socket], None] | None = None
 
     def connect_tcp(self, *args: object, **kwargs: object) -> OneWriteStream:
-        return OneWriteStream(super().connect_tcp(*args, **kwargs))
+        return OneWriteStream(super().connect_tcp(*args, **kwargs), self)
 
     def connect_unix_socket(self, *args: object, **kwargs: object) -> OneWriteStream:
-        return OneWriteStream(super().connect_unix_socket(*args, **kwargs))
+        return OneWriteStream(super().connect_unix_socket(*args, **kwargs), self)
 
 
-def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.ConnectionPool:
+def connection_pool(proxy: str | None, context: ssl.SSLContext, backend: OneWriteBackend) -> httpcore.ConnectionPool:
     """What makes a line's connection to a server: httpcore's pool, or its HTTP or SOCKS proxy pool when `proxy` is
     given (each pool's `create_connection` makes the kind of connection it would hold)."""
     options = {
         "ssl_context": context,
         "max_connections": 1,
         "max_keepalive_connections": 1,
-        "network_backend": OneWriteBackend(),
+        "network_backend": backend,
     }
     if proxy is None:
         return httpcore.ConnectionPool(**options)
@@ -162,8 +167,7 @@ def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.Conn
 
 @dataclass
 class Line:
-    """One thread's connection to one server, and its stream once connected (the trace hook keeps it, so the wait
-    for an answer can send the request and watch its socket).
+    """One thread's connection to one server.
 
     The line holds its one connection itself rather than asking `pool` for it on each request: the pool only makes
     it (a direct one, or one through the environment's proxy, as its `create_connection` decides). A pool looks at
@@ -172,16 +176,22 @@ class Line:
     """
 
     pool: httpcore.ConnectionPool
+    backend: OneWriteBackend  # the pool's network backend
     base: str  # the server's base URL
-    stream: OneWriteStream | None = None
     _urls: dict[str, httpcore.URL] = field(default_factory=dict)
     _connection: httpcore.ConnectionInterface | None = None
 
     def send(
-        self, method: bytes, route: str, headers: list[tuple[bytes, bytes]], body: bytes | None, extensions: dict
+        self,
+        method: bytes,
+        route: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        timeouts: dict[str, float],
+        await_answer: Callable[[socket.socket], None],
     ) -> httpcore.Response:
-        """One request and its whole answer: httpcore's `request()` with the URL parsed once and the headers checked
-        once rather than twice."""
+        """One request and its whole answer, `await_answer` called with the connection's socket once the request has
+        left (httpcore's `request()` with the URL parsed once and the headers checked once rather than twice)."""
         url = self._urls.get(route)
         if url is None:
             url = self._urls[route] = httpcore.URL(self.base + route)
@@ -189,12 +199,16 @@ class Line:
         headers = [(b"Host", host if url.port is None else b"%b:%d" % (host, url.port)), *headers]
         if body is not None:
             headers.append((b"Content-Length", b"%d" % len(body)))
-        request = httpcore.Request(method, url, headers=headers, content=body, extensions=extensions)
-        response = self._connected(url.origin).handle_request(request)
+        request = httpcore.Request(method, url, headers=headers, content=body, extensions={"timeout": timeouts})
+        self.backend.await_answer = await_answer
         try:
-            response.read()
+            response = self._connected(url.origin).handle_request(request)
+            try:
+                response.read()
+            finally:
+                response.close()
         finally:
-            response.close()
+            self.backend.await_answer = None
         return response
 
     def _connected(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
@@ -226,7 +240,7 @@ class ThreadConnections:
         self._local = threading.local()
         self._lock = threading.Lock()
         for proxy in set(self.proxies.values()):  # a bad proxy fails here, before any request
-            connection_pool(proxy, context).close()
+            connection_pool(proxy, context, OneWriteBackend()).close()
 
     def line(self, url: str) -> Line:
         """This thread's connection to the server at `url`."""
@@ -234,7 +248,8 @@ class ThreadConnections:
         if lines is None:
             lines = self._local.lines = {}
         if url not in lines:
-            lines[url] = Line(connection_pool(self.proxies[url], self.context), url)
+            backend = OneWriteBackend()
+            lines[url] = Line(connection_pool(self.proxies[url], self.context, backend), backend, url)
             with self._lock:
                 self.lines.append(lines[url])
         return lines[url]
