@@ -301,8 +301,10 @@ class OpenAIDescriber(Describer):
 
     def _model_missing(self, endpoint: Endpoint, status: int, data: bytes) -> BackendStopped | None:
         """A 400/404 that says the model is not served, naming the models the server lists."""
+        if status not in (400, 404):
+            return None
         text = data.decode("utf-8", "replace").lower()
-        if status not in (400, 404) or "model" not in text or not any(words in text for words in MODEL_MISSING_WORDS):
+        if "model" not in text or not any(words in text for words in MODEL_MISSING_WORDS):
             return None
         try:
             ids = self._listed_models(endpoint)[2]
