@@ -125,18 +125,7 @@ class Runner:
         describer = self.describer
         summary, pending, followers = plan(jobs, stored_keys(self.store, describer.backend, describer.model, jobs))
 
-        work: queue.Queue[Job] = queue.Queue()
-        for job in pending:
-            work.put(job)
-        outcomes: queue.Queue[tuple[Job | None, str | Exception]] = queue.Queue()
-        batch = max(1, describer.batch_size)
-        threads = [
-            threading.Thread(target=self._work, args=(work, outcomes, batch), daemon=True, name=f"describe-{i}")
-            for i in range(min(self.concurrency, -(-len(pending) // batch)))
-        ]
-        for thread in threads:
-            thread.start()
-
+        threads, outcomes = self._start_workers(pending)
         progress = tqdm(
             total=len(pending),
             desc=f"describe ({describer.backend} {describer.model})",
@@ -146,7 +135,6 @@ class Runner:
         )
         finished: set[int] = set()
         failures_in_row = 0
-        shown_failed = None
         try:
             while len(finished) < len(pending):
                 try:
@@ -167,10 +155,7 @@ class Runner:
                         failures_in_row += 1
                         if failures_in_row >= self.stop_after_failures and not self._stop.is_set():
                             self.cancel(f"{failures_in_row} failures in a row (last: {outcome})")
-                failed = sum(c.failed for c in summary.counts.values())
-                if failed != shown_failed:
-                    progress.set_postfix(failed=failed, refresh=False)
-                    shown_failed = failed
+                progress.set_postfix(failed=sum(c.failed for c in summary.counts.values()), refresh=False)
         except KeyboardInterrupt:
             self.cancel("interrupted")
             raise
@@ -183,6 +168,21 @@ class Runner:
         summary.stopped = self._stop_reason
         summary.seconds = time.monotonic() - started
         return summary
+
+    def _start_workers(self, pending: list[Job]) -> tuple[list[threading.Thread], queue.Queue]:
+        """The worker threads, started on a queue of the `pending` jobs; the queue they put their outcomes on."""
+        work: queue.Queue[Job] = queue.Queue()
+        for job in pending:
+            work.put(job)
+        outcomes: queue.Queue[tuple[Job | None, str | Exception]] = queue.Queue()
+        batch = max(1, self.describer.batch_size)
+        threads = [
+            threading.Thread(target=self._work, args=(work, outcomes, batch), daemon=True, name=f"describe-{i}")
+            for i in range(min(self.concurrency, -(-len(pending) // batch)))
+        ]
+        for thread in threads:
+            thread.start()
+        return threads, outcomes
 
     @staticmethod
     def _count(summary: Summary, job: Job, outcome: str | Exception, followers: int) -> bool:
