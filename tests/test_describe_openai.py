@@ -201,6 +201,20 @@ def test_api_key_comes_from_the_environment(train, hashes, tmp_path, monkeypatch
         assert [s.headers.get("Authorization") for s in server.seen] == ["Bearer sk-test"] * 3
 
 
+def test_a_store_that_refuses_writes_stops_the_run_and_counts_no_answer_as_described(train, hashes, tmp_path):
+    store = DescriptionStore(tmp_path / "refusing.sqlite")
+    store._db.execute("PRAGMA query_only = 1")  # SQLite itself refuses every write from now on
+    with FakeLMMServer() as server:
+        summary = run(train, hashes, store, describer(server.url), concurrency=4)
+        asked = len(server.seen)
+    counts = summary.counts["image"]
+    assert summary.stopped.startswith(f"cannot write the store {store.path}: attempt to write a readonly database")
+    assert counts.done == counts.cached == 0  # an answer that was not stored is not described
+    assert all("the run stopped" in reason for _, _, reason in summary.failures)  # jobs taken as the run stopped
+    assert counts.not_asked + counts.failed == counts.total == len(train) and 1 <= asked < len(train)
+    store.close()
+
+
 def test_cancelled_runner_then_rerun_asks_only_for_the_rest(train, hashes, tmp_path):
     store = DescriptionStore(tmp_path / "d.sqlite")
     with FakeLMMServer(delay=0.03) as server:

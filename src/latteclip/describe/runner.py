@@ -2,11 +2,11 @@
 
 Worker threads (as many as the concurrency) take jobs from one queue, build their pictures and
 ask the describer; the main thread writes the answers to the store as they arrive, every answer
-waiting when it wakes in one commit (under load many arrive together, and one writer with a
-commit per wake-up costs the client less CPU than each worker committing its own), so a run
-killed at any point keeps every answer it took and a rerun asks only for the rest. The main
-thread also counts outcomes, shows a progress bar with rate and ETA, and stops the run after too
-many failures in a row or when the describer says no request can succeed.
+waiting when it wakes in one commit (under load many arrive together: fewer commits, and no
+worker waits on the store's lock), so a run killed at any point keeps every answer it took and
+a rerun asks only for the rest. The main thread also counts outcomes, shows a progress bar with
+rate and ETA, and stops the run after too many failures in a row or when the describer says no
+request can succeed.
 """
 
 from __future__ import annotations

@@ -170,9 +170,9 @@ class Line:
     """One thread's connection to one server.
 
     The line holds its one connection itself rather than asking `pool` for it on each request: the pool only makes
-    it (a direct one, or one through the environment's proxy, as its `create_connection` decides). A pool looks at
-    its connections and waiting requests and wraps every answer twice per request, which for one connection used by
-    one thread is pure cost.
+    it (a direct one, or one through the environment's proxy, as its `create_connection` decides). A pool queues
+    each request, looks over its connections and wraps each answer in a stream of its own, which for one connection
+    used by one thread is pure cost.
     """
 
     pool: httpcore.ConnectionPool
