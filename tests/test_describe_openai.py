@@ -25,6 +25,7 @@ from latteclip.describe.jobs import image_hashes, image_jobs
 from latteclip.describe.openai_http import OpenAIDescriber
 from latteclip.describe.runner import Runner
 from latteclip.describe.store import DescriptionStore
+from latteclip.describe.transport import OneWriteBackend
 from tests.conftest import describe_argv
 from tests.lmm_server import FakeLMMServer, expected_answer
 
@@ -200,6 +201,20 @@ def test_api_key_comes_from_the_environment(train, hashes, tmp_path, monkeypatch
         assert [s.headers.get("Authorization") for s in server.seen] == ["Bearer sk-test"] * 3
 
 
+def test_a_store_that_refuses_writes_stops_the_run_and_counts_no_answer_as_described(train, hashes, tmp_path):
+    store = DescriptionStore(tmp_path / "refusing.sqlite")
+    store._db.execute("PRAGMA query_only = 1")  # SQLite itself refuses every write from now on
+    with FakeLMMServer() as server:
+        summary = run(train, hashes, store, describer(server.url), concurrency=4)
+        asked = len(server.seen)
+    counts = summary.counts["image"]
+    assert summary.stopped.startswith(f"cannot write the store {store.path}: attempt to write a readonly database")
+    assert counts.done == counts.cached == 0  # an answer that was not stored is not described
+    assert all("the run stopped" in reason for _, _, reason in summary.failures)  # jobs taken as the run stopped
+    assert counts.not_asked + counts.failed == counts.total == len(train) and 1 <= asked < len(train)
+    store.close()
+
+
 def test_cancelled_runner_then_rerun_asks_only_for_the_rest(train, hashes, tmp_path):
     store = DescriptionStore(tmp_path / "d.sqlite")
     with FakeLMMServer(delay=0.03) as server:
@@ -252,3 +267,80 @@ def test_killed_describe_process_resumes_without_repeating_stored_requests(euros
     assert {r["image_hash"] for r in store.rows()} == every
     assert not set(asked_again) & stored_first  # nothing stored before the kill was asked again
     assert set(asked_again) == every - stored_first and set(asked_again.values()) == {1}
+
+
+def _answer_once_per_connection(listener: socket.socket, connections: list[bytes]) -> None:
+    """A server that answers one request on each connection as if keeping it alive (HTTP/1.1, no `Connection:
+    close`), then closes it while the client holds it idle, as servers do when their keep-alive time runs out."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except OSError:  # the listener was closed: the test is over
+            return
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            while len(body) < length:
+                body += connection.recv(65536)
+            connections.append(head.split(b" ")[1])
+            if head.startswith(b"GET"):
+                answer = b'{"data": [{"id": "m"}]}'
+            else:
+                answer = b'{"choices": [{"message": {"content": "fields"}, "finish_reason": "stop"}]}'
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                % (len(answer), answer)
+            )
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced_before_a_request_is_lost(train):
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections: list[bytes] = []
+    threading.Thread(target=_answer_once_per_connection, args=(listener, connections), daemon=True).start()
+    desc = describer(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", retries=0)  # a lost request fails at once
+    try:
+        request = image_jobs(train, image_hashes(train, progress=False)[:1], lambda i: PROMPT)[0].build()
+        answers = []
+        for _ in range(3):
+            time.sleep(0.05)  # the server has closed the last connection by now
+            answers.append(desc.ask(request, threading.Event()))
+    finally:
+        desc.close()
+        listener.close()
+    assert answers == ["fields"] * 3
+    assert connections == [b"/v1/models"] + [b"/v1/chat/completions"] * 3  # a new connection for each request
+
+
+def test_a_request_leaves_in_one_send_and_its_answer_is_awaited_once_it_has_left():
+    """httpcore writes headers and body apart; the stream holds them until the answer is read, sends both, then waits
+    for the answer (the describer's rule) before the first read, and only then."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    backend = OneWriteBackend()
+    stream = backend.connect_tcp("127.0.0.1", listener.getsockname()[1])
+    theirs, _ = listener.accept()
+    theirs.setblocking(False)
+    awaited = []
+    backend.await_answer = lambda ready: awaited.append((ready.getpeername(), theirs.recv(1024)))
+    stream.write(b"POST /v1/chat/completions HTTP/1.1\r\n\r\n")
+    stream.write(b'{"model": "m"}')
+    with pytest.raises(BlockingIOError):  # nothing has left yet
+        theirs.recv(1024)
+    theirs.sendall(b"HTTP/1.1 200 OK\r\n")
+    assert stream.read(1024) == b"HTTP/1.1 200 OK\r\n"
+    assert awaited == [(theirs.getsockname(), b'POST /v1/chat/completions HTTP/1.1\r\n\r\n{"model": "m"}')]
+    theirs.sendall(b"Content-Length: 0\r\n\r\n")
+    assert stream.read(1024) == b"Content-Length: 0\r\n\r\n"
+    assert len(awaited) == 1  # the rest of an answer is read without waiting again
+    stream.close()
+    theirs.close()
+    listener.close()

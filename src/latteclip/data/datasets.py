@@ -79,7 +79,9 @@ class CorruptImage(Exception):
     """An image file that cannot be decoded: reported and skipped by the loaders, never hidden."""
 
 
-def decode_image(data: bytes, where: str) -> Image.Image:
+def decode_image(data: bytes, where: str | Callable[[], str]) -> Image.Image:
+    """The RGB image of a file's bytes; CorruptImage naming it by `where` (or by what `where()` returns: most images
+    decode, so a caller on a hot path need not build the name) when they cannot be decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -87,7 +89,7 @@ def decode_image(data: bytes, where: str) -> Image.Image:
             image.load()
         return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise CorruptImage(f"{where}: {err}") from err
+        raise CorruptImage(f"{where() if callable(where) else where}: {err}") from err
 
 
 @dataclass
@@ -127,7 +129,7 @@ class ImageDataset(Dataset):
             data = self.read_bytes(index)
         except (OSError, KeyError) as err:
             raise CorruptImage(f"{self.where(index)}: {err}") from err
-        return decode_image(data, self.where(index)), data
+        return decode_image(data, lambda: self.where(index)), data
 
     def load_image(self, index: int) -> Image.Image:
         """The decoded RGB image (after the dataset's own deterministic domain transform, if any)."""

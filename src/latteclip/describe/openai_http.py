@@ -15,8 +15,8 @@ A request times out only when its server has answered nothing for `--lmm-timeout
 that keeps answering others holds it in a queue, and sending it again would only make the queue longer.
 Such late answers and 429s lower the number of requests in flight (`AdaptiveLimit`); answers in time
 raise it again, so one `--concurrency` suits vLLM and a server that answers one request at a time.
-The wait for an answer to begin is ours (httpcore's read timeout is fixed): its trace hook, called as the
-request starts reading its answer, waits on the connection's socket by that rule.
+The wait for an answer to begin is ours (httpcore's read timeout is fixed): the transport's stream, once the
+request has left and before it reads the answer, waits on the connection's socket by that rule.
 """
 
 from __future__ import annotations
@@ -209,16 +209,14 @@ class OpenAIDescriber(Describer):
         line = self.http.line(endpoint.url)
         sent_at = time.monotonic() if sent_at is None else sent_at
 
-        def trace(event: str, info: dict) -> None:
-            """httpcore's trace hook: remember the connection's socket; wait for the answer by our rule."""
-            if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-                line.socket = info["return_value"].get_extra_info("socket")
-            elif event == "http11.receive_response_headers.started" and line.socket is not None:
-                self._await_answer(endpoint, line.socket, sent_at)
-
         try:
             response = line.send(
-                method, route, self.headers, body, extensions={"timeout": self.timeouts, "trace": trace}
+                method,
+                route,
+                self.headers,
+                body,
+                self.timeouts,
+                lambda ready: self._await_answer(endpoint, ready, sent_at),
             )
         except TRANSPORT_ERRORS as err:
             certificate = untrusted_certificate(err)
@@ -237,7 +235,7 @@ class OpenAIDescriber(Describer):
     def _await_answer(self, endpoint: Endpoint, connection: socket.socket, sent_at: float) -> None:
         """Wait for the answer to begin; past the timeout only while the server answers others (then it is a queue,
         and the limiter hears of it once); TimeoutError when it has answered nothing for the whole timeout (raised
-        in the trace hook, it ends the request and its connection)."""
+        in the transport's read, it ends the request and its connection)."""
         told = False
         while True:
             now = time.monotonic()
@@ -303,8 +301,10 @@ class OpenAIDescriber(Describer):
 
     def _model_missing(self, endpoint: Endpoint, status: int, data: bytes) -> BackendStopped | None:
         """A 400/404 that says the model is not served, naming the models the server lists."""
+        if status not in (400, 404):
+            return None
         text = data.decode("utf-8", "replace").lower()
-        if status not in (400, 404) or "model" not in text or not any(words in text for words in MODEL_MISSING_WORDS):
+        if "model" not in text or not any(words in text for words in MODEL_MISSING_WORDS):
             return None
         try:
             ids = self._listed_models(endpoint)[2]

@@ -1,10 +1,12 @@
 """Runs jobs through a describer: only what the store lacks, many in flight, each answer committed at once.
 
-Worker threads (as many as the concurrency) take jobs from one queue, build their pictures,
-ask the describer and write each answer to the store the moment it arrives, so a run killed at
-any point keeps every answer it received and a rerun asks only for the rest. The main thread
-counts outcomes, shows a progress bar with rate and ETA, and stops the run after too many
-failures in a row or when the describer says no request can succeed.
+Worker threads (as many as the concurrency) take jobs from one queue, build their pictures and
+ask the describer; the main thread writes the answers to the store as they arrive, every answer
+waiting when it wakes in one commit (under load many arrive together: fewer commits, and no
+worker waits on the store's lock), so a run killed at any point keeps every answer it took and
+a rerun asks only for the rest. The main thread also counts outcomes, shows a progress bar with
+rate and ETA, and stops the run after too many failures in a row or when the describer says no
+request can succeed.
 """
 
 from __future__ import annotations
@@ -123,18 +125,7 @@ class Runner:
         describer = self.describer
         summary, pending, followers = plan(jobs, stored_keys(self.store, describer.backend, describer.model, jobs))
 
-        work: queue.Queue[Job] = queue.Queue()
-        for job in pending:
-            work.put(job)
-        outcomes: queue.Queue[tuple[Job | None, str | Exception]] = queue.Queue()
-        batch = max(1, describer.batch_size)
-        threads = [
-            threading.Thread(target=self._work, args=(work, outcomes, batch), daemon=True, name=f"describe-{i}")
-            for i in range(min(self.concurrency, -(-len(pending) // batch)))
-        ]
-        for thread in threads:
-            thread.start()
-
+        threads, outcomes = self._start_workers(pending)
         progress = tqdm(
             total=len(pending),
             desc=f"describe ({describer.backend} {describer.model})",
@@ -147,22 +138,23 @@ class Runner:
         try:
             while len(finished) < len(pending):
                 try:
-                    job, outcome = outcomes.get(timeout=0.2)
+                    arrived = [outcomes.get(timeout=0.2)]
                 except queue.Empty:
                     if not any(t.is_alive() for t in threads):
                         break
                     continue
-                if job is None:
-                    self.cancel(str(outcome))
-                    continue
-                finished.add(id(job))
-                if self._count(summary, job, outcome, followers[job.key]):
-                    failures_in_row = 0
-                else:
-                    failures_in_row += 1
-                    if failures_in_row >= self.stop_after_failures and not self._stop.is_set():
-                        self.cancel(f"{failures_in_row} failures in a row (last: {outcome})")
-                progress.update(1)
+                for job, outcome in self._stored(arrived + _waiting(outcomes)):
+                    if job is None:
+                        self.cancel(str(outcome))
+                        continue
+                    finished.add(id(job))
+                    progress.update(1)
+                    if self._count(summary, job, outcome, followers[job.key]):
+                        failures_in_row = 0
+                    else:
+                        failures_in_row += 1
+                        if failures_in_row >= self.stop_after_failures and not self._stop.is_set():
+                            self.cancel(f"{failures_in_row} failures in a row (last: {outcome})")
                 progress.set_postfix(failed=sum(c.failed for c in summary.counts.values()), refresh=False)
         except KeyboardInterrupt:
             self.cancel("interrupted")
@@ -176,6 +168,21 @@ class Runner:
         summary.stopped = self._stop_reason
         summary.seconds = time.monotonic() - started
         return summary
+
+    def _start_workers(self, pending: list[Job]) -> tuple[list[threading.Thread], queue.Queue]:
+        """The worker threads, started on a queue of the `pending` jobs; the queue they put their outcomes on."""
+        work: queue.Queue[Job] = queue.Queue()
+        for job in pending:
+            work.put(job)
+        outcomes: queue.Queue[tuple[Job | None, str | Exception]] = queue.Queue()
+        batch = max(1, self.describer.batch_size)
+        threads = [
+            threading.Thread(target=self._work, args=(work, outcomes, batch), daemon=True, name=f"describe-{i}")
+            for i in range(min(self.concurrency, -(-len(pending) // batch)))
+        ]
+        for thread in threads:
+            thread.start()
+        return threads, outcomes
 
     @staticmethod
     def _count(summary: Summary, job: Job, outcome: str | Exception, followers: int) -> bool:
@@ -194,16 +201,46 @@ class Runner:
         deadline = time.monotonic() + FINISH_IN_FLIGHT_SECONDS
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        while True:
-            try:
-                job, outcome = outcomes.get_nowait()
-            except queue.Empty:
-                return
+        for job, outcome in self._stored(_waiting(outcomes)):
             if job is None:
                 self.cancel(str(outcome))
             else:
                 finished.add(id(job))
                 self._count(summary, job, outcome, followers[job.key])
+
+    def _stored(self, arrived: list[tuple[Job | None, str | Exception]]) -> list[tuple[Job | None, str | Exception]]:
+        """Write the answers among `arrived` to the store in one commit (one per wake-up of the main thread rather
+        than one per answer: under load many arrive together); the outcomes to count, which leave out the answers
+        a failed write lost (they stay not asked) and say why the run stops."""
+        answered = [(job, answer) for job, answer in arrived if job is not None and isinstance(answer, str)]
+        if not answered:
+            return arrived
+        try:
+            self.store.put_many([self._row(job, answer) for job, answer in answered])
+        except sqlite3.Error as err:
+            lost = {id(job) for job, _ in answered}
+            stop = BackendStopped(f"cannot write the store {self.store.path}: {err}")
+            return [(None, stop)] + [(job, outcome) for job, outcome in arrived if id(job) not in lost]
+        return arrived
+
+    def _row(self, job: Job, answer: str) -> tuple:
+        """The store row of one answer; why the model stopped is kept beside the text ("length" marks a cut answer)."""
+        finish = getattr(answer, "finish_reason", None)
+        meta = {**(job.meta or {}), "finish_reason": finish} if finish else job.meta
+        model = self.describer.model + job.model_tag
+        backend = self.describer.backend
+        return (
+            job.image_hash,
+            job.kind,
+            job.prompt,
+            backend,
+            model,
+            str(answer),
+            job.image,
+            self.dataset_name,
+            meta,
+            job.variant,
+        )
 
     def _work(self, work: queue.Queue, outcomes: queue.Queue, batch_size: int) -> None:
         describer = self.describer
@@ -233,25 +270,14 @@ class Runner:
             except Exception as err:  # a model error fails this batch, and the failures-in-a-row rule decides the rest
                 answers = [ItemFailed(f"{type(err).__name__}: {err}")] * len(ready)
             for job, answer in zip(ready, answers):
-                if isinstance(answer, str):
-                    try:
-                        finish = getattr(
-                            answer, "finish_reason", None
-                        )  # kept beside the text: "length" marks a cut answer
-                        meta = {**(job.meta or {}), "finish_reason": finish} if finish else job.meta
-                        self.store.put(
-                            job.image_hash,
-                            job.kind,
-                            job.prompt,
-                            describer.backend,
-                            describer.model + job.model_tag,
-                            str(answer),
-                            image=job.image,
-                            dataset=self.dataset_name,
-                            meta=meta,
-                            variant=job.variant,
-                        )
-                    except sqlite3.Error as err:
-                        outcomes.put((None, BackendStopped(f"cannot write the store {self.store.path}: {err}")))
-                        return
                 outcomes.put((job, answer))
+
+
+def _waiting(outcomes: queue.Queue) -> list:
+    """Every outcome already in the queue, without waiting."""
+    waiting = []
+    while True:
+        try:
+            waiting.append(outcomes.get_nowait())
+        except queue.Empty:
+            return waiting

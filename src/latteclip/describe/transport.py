@@ -12,11 +12,13 @@ none with `--lmm-insecure`); and connection pooling, with a connection the serve
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import socket
 import ssl
 import threading
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -25,7 +27,7 @@ import httpcore
 from latteclip.errors import LatteclipError
 
 # What a request that got no answer raises: httpcore's failures (a connection refused, dropped or timed out, a
-# proxy's refusal, a broken answer), and TimeoutError from the trace hook that waits for the answer to begin.
+# proxy's refusal, a broken answer), and TimeoutError from the wait for the answer to begin.
 TRANSPORT_ERRORS = (
     httpcore.TimeoutException,
     httpcore.NetworkError,
@@ -72,9 +74,76 @@ def environment_proxy(url: str) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
-def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.ConnectionPool:
-    """A pool of one kept-alive connection to a server, through `proxy` when one is given."""
-    options = {"ssl_context": context, "max_connections": 1, "max_keepalive_connections": 1}
+class OneWriteStream(httpcore.NetworkStream):
+    """httpcore's socket stream, where a request leaves in one send and its answer is awaited by the describer's rule.
+
+    httpcore writes a request's headers and body apart: two sends (two system calls, and two segments for the server
+    to read; http.client sent one). Writes wait here until the answer is read, then leave as one; then, before the
+    first read, the backend's `await_answer` (when set) waits for the answer to begin.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream, backend: OneWriteBackend):
+        self._stream = stream
+        self._backend = backend
+        self._pending: list[bytes] = []
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if buffer:
+            self._pending.append(buffer)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._pending:
+            self._send(timeout)
+            if self._backend.await_answer is not None:
+                self._backend.await_answer(self._stream.get_extra_info("socket"))
+        return self._stream.read(max_bytes, timeout)
+
+    def _send(self, timeout: float | None) -> None:
+        """Send what is waiting. A failed write is let pass, as httpcore does for a request: a server may close a
+        request early yet answer it (its answer, or the failure, comes with the read)."""
+        data = b"".join(self._pending)
+        self._pending.clear()
+        with contextlib.suppress(httpcore.WriteError):
+            self._stream.write(data, timeout)
+
+    def close(self) -> None:
+        self._pending.clear()
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> OneWriteStream:
+        if self._pending:
+            self._send(timeout)
+        return OneWriteStream(self._stream.start_tls(ssl_context, server_hostname, timeout), self._backend)
+
+    def get_extra_info(self, info: str) -> object:
+        return self._stream.get_extra_info(info)
+
+
+class OneWriteBackend(httpcore.SyncBackend):
+    """httpcore's network backend, its connections' streams made `OneWriteStream`s; one per line (one thread), so
+    `await_answer` is the wait of that line's current request (None: httpcore's read timeout alone)."""
+
+    def __init__(self) -> None:
+        self.await_answer: Callable[[socket.socket], None] | None = None
+
+    def connect_tcp(self, *args: object, **kwargs: object) -> OneWriteStream:
+        return OneWriteStream(super().connect_tcp(*args, **kwargs), self)
+
+    def connect_unix_socket(self, *args: object, **kwargs: object) -> OneWriteStream:
+        return OneWriteStream(super().connect_unix_socket(*args, **kwargs), self)
+
+
+def connection_pool(proxy: str | None, context: ssl.SSLContext, backend: OneWriteBackend) -> httpcore.ConnectionPool:
+    """What makes a line's connection to a server: httpcore's pool, or its HTTP or SOCKS proxy pool when `proxy` is
+    given (each pool's `create_connection` makes the kind of connection it would hold)."""
+    options = {
+        "ssl_context": context,
+        "max_connections": 1,
+        "max_keepalive_connections": 1,
+        "network_backend": backend,
+    }
     if proxy is None:
         return httpcore.ConnectionPool(**options)
     parts = urlsplit(proxy)
@@ -98,19 +167,31 @@ def connection_pool(proxy: str | None, context: ssl.SSLContext) -> httpcore.Conn
 
 @dataclass
 class Line:
-    """One thread's connection to one server, and its socket once connected (the trace hook keeps it, so the wait
-    for an answer can watch it)."""
+    """One thread's connection to one server.
+
+    The line holds its one connection itself rather than asking `pool` for it on each request: the pool only makes
+    it (a direct one, or one through the environment's proxy, as its `create_connection` decides). A pool queues
+    each request, looks over its connections and wraps each answer in a stream of its own, which for one connection
+    used by one thread is pure cost.
+    """
 
     pool: httpcore.ConnectionPool
+    backend: OneWriteBackend  # the pool's network backend
     base: str  # the server's base URL
-    socket: socket.socket | None = None
     _urls: dict[str, httpcore.URL] = field(default_factory=dict)
+    _connection: httpcore.ConnectionInterface | None = None
 
     def send(
-        self, method: bytes, route: str, headers: list[tuple[bytes, bytes]], body: bytes | None, extensions: dict
+        self,
+        method: bytes,
+        route: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        timeouts: dict[str, float],
+        await_answer: Callable[[socket.socket], None],
     ) -> httpcore.Response:
-        """One request and its whole answer: httpcore's `request()` with the URL parsed once and the headers checked
-        once rather than twice."""
+        """One request and its whole answer, `await_answer` called with the connection's socket once the request has
+        left (httpcore's `request()` with the URL parsed once and the headers checked once rather than twice)."""
         url = self._urls.get(route)
         if url is None:
             url = self._urls[route] = httpcore.URL(self.base + route)
@@ -118,29 +199,48 @@ class Line:
         headers = [(b"Host", host if url.port is None else b"%b:%d" % (host, url.port)), *headers]
         if body is not None:
             headers.append((b"Content-Length", b"%d" % len(body)))
-        response = self.pool.handle_request(
-            httpcore.Request(method, url, headers=headers, content=body, extensions=extensions)
-        )
+        request = httpcore.Request(method, url, headers=headers, content=body, extensions={"timeout": timeouts})
+        self.backend.await_answer = await_answer
         try:
-            response.read()
+            response = self._connected(url.origin).handle_request(request)
+            try:
+                response.read()
+            finally:
+                response.close()
         finally:
-            response.close()
+            self.backend.await_answer = None
         return response
+
+    def _connected(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
+        """The kept-alive connection, replaced (as httpcore's pool does) once it is closed, failed to connect, or the
+        server has closed its end while it was idle."""
+        connection = self._connection
+        if connection is not None and (connection.is_closed() or connection.has_expired()):
+            connection.close()
+            connection = None
+        if connection is None:
+            connection = self._connection = self.pool.create_connection(origin)
+        return connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 class ThreadConnections:
-    """A connection per runner thread and server: as many connections as requests in flight, and no pool shared
+    """A connection per runner thread and server: as many connections as requests in flight, and nothing shared
     between threads (httpcore's pool looks at every connection and every waiting request each time one is sent or
     answered, which at 64 in flight would cost more CPU than all the rest of the stage)."""
 
     def __init__(self, urls: list[str], context: ssl.SSLContext):
         self.proxies = {url: environment_proxy(url) for url in urls}
         self.context = context
-        self.pools: list[httpcore.ConnectionPool] = []
+        self.lines: list[Line] = []
         self._local = threading.local()
         self._lock = threading.Lock()
         for proxy in set(self.proxies.values()):  # a bad proxy fails here, before any request
-            connection_pool(proxy, context).close()
+            connection_pool(proxy, context, OneWriteBackend()).close()
 
     def line(self, url: str) -> Line:
         """This thread's connection to the server at `url`."""
@@ -148,13 +248,14 @@ class ThreadConnections:
         if lines is None:
             lines = self._local.lines = {}
         if url not in lines:
-            lines[url] = Line(connection_pool(self.proxies[url], self.context), url)
+            backend = OneWriteBackend()
+            lines[url] = Line(connection_pool(self.proxies[url], self.context, backend), backend, url)
             with self._lock:
-                self.pools.append(lines[url].pool)
+                self.lines.append(lines[url])
         return lines[url]
 
     def close(self) -> None:
         with self._lock:
-            for pool in self.pools:
-                pool.close()
-            self.pools.clear()
+            for line in self.lines:
+                line.close()
+            self.lines.clear()
