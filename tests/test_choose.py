@@ -259,3 +259,19 @@ def test_adapt_warns_on_inverted_images_and_not_on_clean_ones(tmp_path, capsys):
     assert warned["clean"] == []
     assert len(warned["inversion"]) == 1 and "zero-shot puts" in warned["inversion"][0]
     assert "its pseudo-labels start skewed" in warned["inversion"][0]
+
+
+def test_an_adapt_rerun_with_a_describer_scores_the_reused_candidates_by_it(flat, names, tmp_path):
+    """FLYP without --lmm, then with it in the same folder: the candidates are reused (their training reads no
+    description), but their stored scores lack the describer's agreement, so they are scored again, and the default
+    score, which needs it, picks."""
+    plain = ["adapt", *flags(root=flat, classnames=names, output=tmp_path, method="flyp_pl"), *TINY, *CHOOSE]
+    assert main(plain) == 0
+    folder = tmp_path / f"adapt-{flat.stem}"
+    weights = sorted(folder.glob("flyp_pl-*/final.pt"))
+    trained = [path.stat().st_mtime_ns for path in weights]
+    assert json.loads((folder / "results.json").read_text())["label_free_choice"]["score"] == "prediction_balance"
+    assert main([*plain, "--lmm", "offline"]) == 0
+    choice = json.loads((folder / "results.json").read_text())["label_free_choice"]
+    assert len(weights) == 2 and [path.stat().st_mtime_ns for path in weights] == trained  # not trained again
+    assert choice["score"] == DEFAULT_SCORE and all(set(c["scores"]) == set(SCORE_NAMES) for c in choice["candidates"])

@@ -227,11 +227,15 @@ def describer_answers(zero_shot: Method, images: ImageDataset, config: RunConfig
 
 def score_run(run_dir: Path, config: RunConfig, held: HeldBack) -> dict[str, Any]:
     """The run's scores on the held-back images, stored in its results.json (`label_free_scores`, and `holdout`: the
-    list scored and each image's predicted class); read back when already stored for the same list."""
+    list scored and each image's predicted class); read back when already stored for the same list and, as the
+    describer read these images or not, with or without the agreement with it (an adapt rerun with --lmm reuses the
+    candidates of a run without)."""
     results = read_results(run_dir)
     listed = {"images": len(held.images), "digest": held.digest}
     stored = results.get("holdout") or {}
-    if "label_free_scores" in results and {k: stored.get(k) for k in listed} == listed:
+    scores = results.get("label_free_scores")
+    same_references = scores is not None and ("describer_agreement" in scores) == (held.describer is not None)
+    if same_references and {k: stored.get(k) for k in listed} == listed:
         return results
     method = load_method(run_dir, config)
     probs, valid = held_probabilities(method, held.images, config)
