@@ -161,6 +161,19 @@ def test_verdict_signals_and_which_predictions_to_use():
     assert judged["use"] == "zero-shot" and judged["signals"] == [
         "every candidate scores below zero-shot by prediction_balance (-0.2500; best -0.3000)"
     ]
+    assert judged["why"].startswith("no candidate looks better than zero-shot by prediction_balance:")
+    # chosen by the sum, the chosen candidate need not be the best by the balance: the verdict names what it compared
+    even = [0, 1, 2, 3, 4, 0, 1, 2] * ten
+    copying = candidate({"prediction_balance": -0.4, "describer_agreement": 1.0}, even)  # 0.6: chosen
+    balanced = candidate({"prediction_balance": -0.3, "describer_agreement": 0.2}, even)  # -0.1
+    judged = verdict(agreeing, [copying, balanced], copying, "balance_plus_describer_agreement")
+    assert judged["signals"] == ["every candidate scores below zero-shot by prediction_balance (-0.2500; best -0.3000)"]
+    balanced = candidate({"prediction_balance": -0.2, "describer_agreement": 0.2}, even)  # above zero-shot's balance
+    judged = verdict(agreeing, [copying, balanced], copying, "balance_plus_describer_agreement")
+    assert judged["use"] == "adapted" and judged["why"] == (
+        "a candidate scores at least as well as zero-shot by prediction_balance (not the one "
+        "balance_plus_describer_agreement chose: -0.4000 against zero-shot's -0.2500)"
+    )
 
 
 def test_held_back_share_schedule_and_candidate_grid():

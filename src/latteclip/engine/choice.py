@@ -325,10 +325,10 @@ def verdict(zero_shot: Mapping[str, Any], candidates: Sequence[Candidate], chose
     compared = compared_with_zero_shot(score)
     zero_shot_score = validation.with_combined(zero_shot["label_free_scores"]).get(compared, 0.0)
     below = compared is not None and all(c.scores[compared] < zero_shot_score for c in candidates)
-    if below:
+    if below:  # the best by `compared`: not always the one chosen, when `score` combines it with an agreement
         signals.append(
             f"every candidate scores below zero-shot by {compared} "
-            f"({zero_shot_score:.4f}; best {chosen.scores[compared]:.4f})"
+            f"({zero_shot_score:.4f}; best {max(c.scores[compared] for c in candidates):.4f})"
         )
     agree = mean_agreement([c.predictions for c in candidates])
     if agree is not None and agree < CANDIDATES_AGREE:
@@ -338,13 +338,15 @@ def verdict(zero_shot: Mapping[str, Any], candidates: Sequence[Candidate], chose
         )
     use = "zero-shot" if below else "adapted"
     why = (
-        "no candidate looks better than zero-shot by the chosen score: adapting did not help by the only measure "
+        f"no candidate looks better than zero-shot by {compared}: adapting did not help by the only measure "
         "available without labels"
         if below
         else f"a candidate scores at least as well as zero-shot by {compared}"
         if compared is not None
         else f"{score} cannot compare with zero-shot; the adapted model is the one chosen"
     )
+    if compared is not None and not below and chosen.scores[compared] < zero_shot_score:
+        why += f" (not the one {score} chose: {chosen.scores[compared]:.4f} against zero-shot's {zero_shot_score:.4f})"
     if signals and not below:
         why += "; check some of its predictions by hand before relying on them"
     return {
