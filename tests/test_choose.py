@@ -95,10 +95,14 @@ def candidate(scores: dict, predictions: list[int]) -> Candidate:
     return Candidate({}, RunConfig(), {"label_free_scores": scores, "holdout": {"predictions": predictions}})
 
 
-def test_a_method_that_reads_no_description_is_judged_by_the_describer_too(flat, names, tmp_path):
+def test_a_method_that_reads_no_description_is_judged_by_the_describer_too(flat, names, tmp_path, capsys):
     """FLYP with --lmm: the describer reads only the held-back images, and the default score (its agreement in it)
     picks; FLYP's training reads no description."""
     choice = adapt_choice(flat, names, tmp_path, "--method", "flyp_pl")["label_free_choice"]
+    assert (
+        "[2/6] descriptions (none: flyp_pl reads none); the held-back images', for the choice"
+        in capsys.readouterr().out
+    )
     assert choice["score"] == DEFAULT_SCORE and all("describer_agreement" in c["scores"] for c in choice["candidates"])
     folder = tmp_path / f"adapt-{flat.stem}"
     assert (folder / "describe-held").is_dir() and not (folder / "describe").exists()
