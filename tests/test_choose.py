@@ -100,7 +100,7 @@ def test_a_method_that_reads_no_description_is_judged_by_the_describer_too(flat,
     picks; FLYP's training reads no description."""
     choice = adapt_choice(flat, names, tmp_path, "--method", "flyp_pl")["label_free_choice"]
     assert (
-        "[2/6] descriptions (none: flyp_pl reads none); the held-back images', for the choice"
+        "[2/6] descriptions (none: flyp_pl reads none), and of the held-back images for the label-free choice"
         in capsys.readouterr().out
     )
     assert choice["score"] == DEFAULT_SCORE and all("describer_agreement" in c["scores"] for c in choice["candidates"])

@@ -429,7 +429,7 @@ def adapt(
     progress(f"[1/{ADAPT_STEPS}] zero-shot {config.model} on {config.root}")
     zero_shot_results = run_or_reuse(zero_shot)
     progress(f"      {measured(zero_shot_results)}; run folder {zero_shot.run_dir}")
-    held_too = "; the held-back images', for the choice" if described else ""
+    held_too = ", and of the held-back images for the label-free choice" if described else ""
     progress(f"[2/{ADAPT_STEPS}] descriptions ({', '.join(kinds) or f'none: {config.method} reads none'}){held_too}")
     describe_candidates_images(config, settings, prompts, kinds, lists, progress)
     configs = train_candidates(config, options, lists, progress)
