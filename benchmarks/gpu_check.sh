@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (issue 25, item 6): what a borrowed GPU can tell in at most 8 minutes, each step timed, a failed or
-# timed-out step reported without stopping the others (but none runs once the first finds no GPU), then a "GPU check" section of a results page written from
-# the JSON the steps leave (benchmarks/gpu_check.py page; nothing typed by hand). The steps:
+# timed-out step reported without stopping the others (but none runs once the first finds no GPU), then a "GPU
+# check" section of a results page written from the JSON the steps leave (benchmarks/gpu_check.py page; nothing
+# typed by hand). The steps:
 #   environment         device name, torch / CUDA / cuDNN / transformers / open_clip versions, the data read
 #   train_step_bf16     benchmarks/train_step.py: ViT-B-32 (random weights), batch 512, bf16 autocast
 #   grad_sync           benchmarks/grad_sync.py: the data-parallel step and its gradient wait, one process

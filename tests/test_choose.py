@@ -95,10 +95,14 @@ def candidate(scores: dict, predictions: list[int]) -> Candidate:
     return Candidate({}, RunConfig(), {"label_free_scores": scores, "holdout": {"predictions": predictions}})
 
 
-def test_a_method_that_reads_no_description_is_judged_by_the_describer_too(flat, names, tmp_path):
+def test_a_method_that_reads_no_description_is_judged_by_the_describer_too(flat, names, tmp_path, capsys):
     """FLYP with --lmm: the describer reads only the held-back images, and the default score (its agreement in it)
     picks; FLYP's training reads no description."""
     choice = adapt_choice(flat, names, tmp_path, "--method", "flyp_pl")["label_free_choice"]
+    assert (
+        "[2/6] descriptions (none: flyp_pl reads none), and of the held-back images for the label-free choice"
+        in capsys.readouterr().out
+    )
     assert choice["score"] == DEFAULT_SCORE and all("describer_agreement" in c["scores"] for c in choice["candidates"])
     folder = tmp_path / f"adapt-{flat.stem}"
     assert (folder / "describe-held").is_dir() and not (folder / "describe").exists()
@@ -161,6 +165,19 @@ def test_verdict_signals_and_which_predictions_to_use():
     assert judged["use"] == "zero-shot" and judged["signals"] == [
         "every candidate scores below zero-shot by prediction_balance (-0.2500; best -0.3000)"
     ]
+    assert judged["why"].startswith("no candidate looks better than zero-shot by prediction_balance:")
+    # chosen by the sum, the chosen candidate need not be the best by the balance: the verdict names what it compared
+    even = [0, 1, 2, 3, 4, 0, 1, 2] * ten
+    copying = candidate({"prediction_balance": -0.4, "describer_agreement": 1.0}, even)  # 0.6: chosen
+    balanced = candidate({"prediction_balance": -0.3, "describer_agreement": 0.2}, even)  # -0.1
+    judged = verdict(agreeing, [copying, balanced], copying, "balance_plus_describer_agreement")
+    assert judged["signals"] == ["every candidate scores below zero-shot by prediction_balance (-0.2500; best -0.3000)"]
+    balanced = candidate({"prediction_balance": -0.2, "describer_agreement": 0.2}, even)  # above zero-shot's balance
+    judged = verdict(agreeing, [copying, balanced], copying, "balance_plus_describer_agreement")
+    assert judged["use"] == "adapted" and judged["why"] == (
+        "a candidate scores at least as well as zero-shot by prediction_balance (not the one "
+        "balance_plus_describer_agreement chose: -0.4000 against zero-shot's -0.2500)"
+    )
 
 
 def test_held_back_share_schedule_and_candidate_grid():
@@ -259,3 +276,19 @@ def test_adapt_warns_on_inverted_images_and_not_on_clean_ones(tmp_path, capsys):
     assert warned["clean"] == []
     assert len(warned["inversion"]) == 1 and "zero-shot puts" in warned["inversion"][0]
     assert "its pseudo-labels start skewed" in warned["inversion"][0]
+
+
+def test_an_adapt_rerun_with_a_describer_scores_the_reused_candidates_by_it(flat, names, tmp_path):
+    """FLYP without --lmm, then with it in the same folder: the candidates are reused (their training reads no
+    description), but their stored scores lack the describer's agreement, so they are scored again, and the default
+    score, which needs it, picks."""
+    plain = ["adapt", *flags(root=flat, classnames=names, output=tmp_path, method="flyp_pl"), *TINY, *CHOOSE]
+    assert main(plain) == 0
+    folder = tmp_path / f"adapt-{flat.stem}"
+    weights = sorted(folder.glob("flyp_pl-*/final.pt"))
+    trained = [path.stat().st_mtime_ns for path in weights]
+    assert json.loads((folder / "results.json").read_text())["label_free_choice"]["score"] == "prediction_balance"
+    assert main([*plain, "--lmm", "offline"]) == 0
+    choice = json.loads((folder / "results.json").read_text())["label_free_choice"]
+    assert len(weights) == 2 and [path.stat().st_mtime_ns for path in weights] == trained  # not trained again
+    assert choice["score"] == DEFAULT_SCORE and all(set(c["scores"]) == set(SCORE_NAMES) for c in choice["candidates"])

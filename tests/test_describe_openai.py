@@ -215,6 +215,29 @@ def test_a_store_that_refuses_writes_stops_the_run_and_counts_no_answer_as_descr
     store.close()
 
 
+class InterruptedOnce(DescriptionStore):
+    """A store whose first write is cut by Ctrl-C, as if it arrived while the main thread held answers unwritten."""
+
+    interrupted = False
+
+    def put_many(self, rows):
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        super().put_many(rows)
+
+
+def test_an_interrupt_while_answers_are_being_stored_keeps_every_answer_received(train, hashes, tmp_path):
+    store = InterruptedOnce(tmp_path / "d.sqlite")
+    with FakeLMMServer(delay=0.02) as server:
+        with pytest.raises(KeyboardInterrupt):
+            run(train, hashes, store, describer(server.url), concurrency=4)
+        answered = {s.image_hash for s in server.seen}
+    assert store.interrupted and answered
+    assert {r["image_hash"] for r in store.rows()} == answered  # the answers the cut write held are stored too
+    store.close()
+
+
 def test_cancelled_runner_then_rerun_asks_only_for_the_rest(train, hashes, tmp_path):
     store = DescriptionStore(tmp_path / "d.sqlite")
     with FakeLMMServer(delay=0.03) as server:

@@ -203,7 +203,7 @@ def test_the_quick_check_runs_every_step_on_cpu(tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_steps_are_reported_and_the_others_still_run(tmp_path):
+def test_without_a_gpu_the_failed_first_step_is_reported_and_no_other_starts(tmp_path):
     """cuda asked on a machine without one: the first step fails with its log, the others are not started (each would
     only fail slowly), and the page is still written."""
     done, text, _ = run_check(tmp_path, "cuda", 600)

@@ -403,8 +403,8 @@ def adapt(
     `config` is the adapted run's (see `adapt_config`); `candidates` are option sets over it (default: the learning
     rates of choice.DEFAULT_LRS), each trained in its own folder on all but a seeded `holdout` share (default
     choice.HOLDOUT_SHARE) of the images and scored on that share (engine.choice); the best by `choose_by` (default
-    choice.default_score: prediction balance plus agreement with the describer where an LMM is given, else prediction
-    balance alone) is kept.
+    score_names.default_score: prediction balance plus agreement with the describer where an LMM is given, else
+    prediction balance alone) is kept.
     """
     folder = Path(config.output)
     kinds = described_kinds(config)
@@ -429,7 +429,8 @@ def adapt(
     progress(f"[1/{ADAPT_STEPS}] zero-shot {config.model} on {config.root}")
     zero_shot_results = run_or_reuse(zero_shot)
     progress(f"      {measured(zero_shot_results)}; run folder {zero_shot.run_dir}")
-    progress(f"[2/{ADAPT_STEPS}] descriptions ({', '.join(kinds) or f'none: {config.method} reads none'})")
+    held_too = ", and of the held-back images for the label-free choice" if described else ""
+    progress(f"[2/{ADAPT_STEPS}] descriptions ({', '.join(kinds) or f'none: {config.method} reads none'}){held_too}")
     describe_candidates_images(config, settings, prompts, kinds, lists, progress)
     configs = train_candidates(config, options, lists, progress)
     progress(f"[4/{ADAPT_STEPS}] label-free scores on {lists.held_count} held-back images ({lists.held})")
@@ -460,9 +461,8 @@ def describe_candidates_images(
             progress,
             prompts,
         )
-    if (
-        settings is not None and settings.lmm
-    ):  # what the describer says of each held-back image: a reference to agree with
+    # what the describer says of each held-back image, whatever the method: a reference to agree with
+    if settings is not None and settings.lmm:
         describe_stage(
             dataclasses.replace(config, root=str(lists.held)),
             dataclasses.replace(settings, kinds=["image"]),

@@ -205,7 +205,7 @@ class OpenAIDescriber(Describer):
     def _exchange(
         self, endpoint: Endpoint, method: bytes, route: str, body: bytes | None, sent_at: float | None = None
     ) -> tuple[int, bytes, str | None]:
-        """(status, body, Retry-After) of one call (httpcore replaces a kept-alive connection the server has closed)."""
+        """(status, body, Retry-After) of one call (the line replaces a kept-alive connection the server has closed)."""
         line = self.http.line(endpoint.url)
         sent_at = time.monotonic() if sent_at is None else sent_at
 

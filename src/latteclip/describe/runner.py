@@ -135,15 +135,18 @@ class Runner:
         )
         finished: set[int] = set()
         failures_in_row = 0
+        taken: list = []  # outcomes off the queue, not yet in the store: an interrupt in between leaves them here
         try:
             while len(finished) < len(pending):
                 try:
-                    arrived = [outcomes.get(timeout=0.2)]
+                    taken = [outcomes.get(timeout=0.2)]
                 except queue.Empty:
                     if not any(t.is_alive() for t in threads):
                         break
                     continue
-                for job, outcome in self._stored(arrived + _waiting(outcomes)):
+                taken += _waiting(outcomes)
+                stored, taken = self._stored(taken), []
+                for job, outcome in stored:
                     if job is None:
                         self.cancel(str(outcome))
                         continue
@@ -160,7 +163,7 @@ class Runner:
             self.cancel("interrupted")
             raise
         finally:
-            self._finish_in_flight(threads, outcomes, summary, finished, followers)
+            self._finish_in_flight(threads, outcomes, summary, finished, followers, taken)
             progress.close()
         for job in pending:
             if id(job) not in finished:
@@ -196,12 +199,16 @@ class Runner:
         summary.failures.append((job.kind, job.image, str(outcome)))
         return False
 
-    def _finish_in_flight(self, threads, outcomes, summary: Summary, finished: set[int], followers: Counter) -> None:
-        """Let answers already on their way land in the store (after a stop), then count what is left in the queue."""
+    def _finish_in_flight(
+        self, threads, outcomes, summary: Summary, finished: set[int], followers: Counter, taken: list
+    ) -> None:
+        """Let answers already on their way land in the store (after a stop), then store and count them with those
+        `taken` off the queue but not yet stored (a Ctrl-C in the main thread's store write: written again, the same
+        rows replace themselves)."""
         deadline = time.monotonic() + FINISH_IN_FLIGHT_SECONDS
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        for job, outcome in self._stored(_waiting(outcomes)):
+        for job, outcome in self._stored(taken + _waiting(outcomes)):
             if job is None:
                 self.cancel(str(outcome))
             else:

@@ -227,11 +227,15 @@ def describer_answers(zero_shot: Method, images: ImageDataset, config: RunConfig
 
 def score_run(run_dir: Path, config: RunConfig, held: HeldBack) -> dict[str, Any]:
     """The run's scores on the held-back images, stored in its results.json (`label_free_scores`, and `holdout`: the
-    list scored and each image's predicted class); read back when already stored for the same list."""
+    list scored and each image's predicted class); read back when already stored for the same list and, as the
+    describer read these images or not, with or without the agreement with it (an adapt rerun with --lmm reuses the
+    candidates of a run without)."""
     results = read_results(run_dir)
     listed = {"images": len(held.images), "digest": held.digest}
     stored = results.get("holdout") or {}
-    if "label_free_scores" in results and {k: stored.get(k) for k in listed} == listed:
+    scores = results.get("label_free_scores")
+    same_references = scores is not None and ("describer_agreement" in scores) == (held.describer is not None)
+    if same_references and {k: stored.get(k) for k in listed} == listed:
         return results
     method = load_method(run_dir, config)
     probs, valid = held_probabilities(method, held.images, config)
@@ -321,10 +325,10 @@ def verdict(zero_shot: Mapping[str, Any], candidates: Sequence[Candidate], chose
     compared = compared_with_zero_shot(score)
     zero_shot_score = validation.with_combined(zero_shot["label_free_scores"]).get(compared, 0.0)
     below = compared is not None and all(c.scores[compared] < zero_shot_score for c in candidates)
-    if below:
+    if below:  # the best by `compared`: not always the one chosen, when `score` combines it with an agreement
         signals.append(
             f"every candidate scores below zero-shot by {compared} "
-            f"({zero_shot_score:.4f}; best {chosen.scores[compared]:.4f})"
+            f"({zero_shot_score:.4f}; best {max(c.scores[compared] for c in candidates):.4f})"
         )
     agree = mean_agreement([c.predictions for c in candidates])
     if agree is not None and agree < CANDIDATES_AGREE:
@@ -334,13 +338,15 @@ def verdict(zero_shot: Mapping[str, Any], candidates: Sequence[Candidate], chose
         )
     use = "zero-shot" if below else "adapted"
     why = (
-        "no candidate looks better than zero-shot by the chosen score: adapting did not help by the only measure "
+        f"no candidate looks better than zero-shot by {compared}: adapting did not help by the only measure "
         "available without labels"
         if below
         else f"a candidate scores at least as well as zero-shot by {compared}"
         if compared is not None
         else f"{score} cannot compare with zero-shot; the adapted model is the one chosen"
     )
+    if compared is not None and not below and chosen.scores[compared] < zero_shot_score:
+        why += f" (not the one {score} chose: {chosen.scores[compared]:.4f} against zero-shot's {zero_shot_score:.4f})"
     if signals and not below:
         why += "; check some of its predictions by hand before relying on them"
     return {
