@@ -155,3 +155,15 @@ def test_a_description_set_reads_back_the_rows_its_stage_asked_for(tmp_path):
     assert store.sets_for("eurosat", ["h1"], "group") == []
     assert len(store.sets_for("eurosat", ["h1"], "group", model="llava" + ANALYSIS_TAG)) == 1
     store.close()
+
+
+def test_a_failed_batch_write_leaves_nothing_for_a_later_commit(tmp_path):
+    """A batch whose second row breaks a constraint (no text) stores none of its rows, not even after the next batch
+    commits: the describe runner counts such answers as not asked, so they must not appear stored."""
+    store = DescriptionStore(tmp_path / "d.sqlite")
+    row = ("h1", "image", "p", "b", "m", "first", None, None, None, "")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.put_many([row, ("h2", "image", "p", "b", "m", None, None, None, None, "")])
+    store.put_many([("h3", "image", "p", "b", "m", "third", None, None, None, "")])
+    assert store.keys("b", "m") == {("h3", "image", "p", "")}
+    store.close()

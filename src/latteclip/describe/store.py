@@ -164,17 +164,17 @@ class DescriptionStore:
         self.put_many([(image_hash, kind, prompt, backend, model, text, image, dataset, meta, variant)])
 
     def put_many(self, rows: Sequence[tuple]) -> None:
-        """Insert (image_hash, kind, prompt, backend, model, text, image, dataset, meta, variant) rows in one commit."""
+        """Insert (image_hash, kind, prompt, backend, model, text, image, dataset, meta, variant) rows in one commit;
+        a failed write is rolled back whole (the connection as a context manager), so no later commit stores it."""
         for row in rows:
             if row[1] not in KINDS:
                 raise ValueError(f"kind must be one of {KINDS}, not {row[1]!r}")
         now = time.time()
-        with self._lock:
+        with self._lock, self._db:
             self._db.executemany(
                 f"INSERT OR REPLACE INTO descriptions ({', '.join(COLUMNS)}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [(*row[:8], json.dumps(row[8]) if row[8] else None, now, row[9]) for row in rows],
             )
-            self._db.commit()
 
     def has(self, image_hash: str, kind: str, prompt: str, backend: str, model: str, variant: str = "") -> bool:
         with self._lock:
