@@ -11,12 +11,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from latteclip.cli import main
-from latteclip.config import RunConfig
+from latteclip.config import RunConfig, resolve_config
+from latteclip.data import DatasetOptions, build_dataset
 from latteclip.data.subsets import held_back_positions
 from latteclip.engine import validation
-from latteclip.engine.choice import Candidate, candidate_grid, sized_schedule, verdict
+from latteclip.engine.choice import Candidate, HeldBack, candidate_grid, score_run, sized_schedule, verdict
 from latteclip.engine.score_names import DEFAULT_SCORE, SCORE_NAMES
 from latteclip.errors import LatteclipError
 from tests.conftest import TINY, flags
@@ -292,3 +295,23 @@ def test_an_adapt_rerun_with_a_describer_scores_the_reused_candidates_by_it(flat
     choice = json.loads((folder / "results.json").read_text())["label_free_choice"]
     assert len(weights) == 2 and [path.stat().st_mtime_ns for path in weights] == trained  # not trained again
     assert choice["score"] == DEFAULT_SCORE and all(set(c["scores"]) == set(SCORE_NAMES) for c in choice["candidates"])
+
+
+def test_stored_scores_are_reused_only_against_the_same_answers(tiny_runs, eurosat_zip, tmp_path):
+    """A run's scores on held-back images are read back for the same list and the same answers to agree with; other
+    describer answers (another --lmm in the same folder) score it again."""
+    run = tmp_path / "flyp"
+    shutil.copytree(tiny_runs["flyp"], run)
+    config = resolve_config({**yaml.safe_load((run / "config.yaml").read_text()), "output": str(tmp_path)})
+    images = build_dataset("eurosat", eurosat_zip, "test", None, DatasetOptions(limit=8))
+    zero_shot = torch.zeros(8, dtype=torch.long)
+    held = HeldBack(images, "list", zero_shot, torch.zeros(8, dtype=torch.long))
+    first = score_run(run, config, held)["label_free_scores"]
+    assert first["describer_agreement"] == first["zero_shot_agreement"]  # both answer class 0 everywhere
+    written = (run / "results.json").stat().st_mtime_ns
+    assert score_run(run, config, held)["label_free_scores"] == first
+    assert (run / "results.json").stat().st_mtime_ns == written  # read back, not scored again
+    other = HeldBack(
+        images, "list", zero_shot, torch.full((8,), -1, dtype=torch.long)
+    )  # a describer that answered none
+    assert score_run(run, config, other)["label_free_scores"]["describer_agreement"] == 0.0

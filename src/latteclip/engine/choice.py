@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -225,17 +226,24 @@ def describer_answers(zero_shot: Method, images: ImageDataset, config: RunConfig
     return answers
 
 
+def references_digest(held: HeldBack) -> str:
+    """What the agreement scores compare with: zero-shot's answer and the describer's (or none) for each image."""
+    answers = {
+        "zero_shot": held.zero_shot.tolist(),
+        "describer": None if held.describer is None else held.describer.tolist(),
+    }
+    return hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]
+
+
 def score_run(run_dir: Path, config: RunConfig, held: HeldBack) -> dict[str, Any]:
     """The run's scores on the held-back images, stored in its results.json (`label_free_scores`, and `holdout`: the
-    list scored and each image's predicted class); read back when already stored for the same list and, as the
-    describer read these images or not, with or without the agreement with it (an adapt rerun with --lmm reuses the
-    candidates of a run without)."""
+    list scored and each image's predicted class); read back only when stored for the same list and the same answers
+    to agree with (zero-shot's, and the describer's or none: an adapt rerun with another --lmm, or with one where the
+    first had none, scores the reused candidates again)."""
     results = read_results(run_dir)
-    listed = {"images": len(held.images), "digest": held.digest}
+    listed = {"images": len(held.images), "digest": held.digest, "references": references_digest(held)}
     stored = results.get("holdout") or {}
-    scores = results.get("label_free_scores")
-    same_references = scores is not None and ("describer_agreement" in scores) == (held.describer is not None)
-    if same_references and {k: stored.get(k) for k in listed} == listed:
+    if "label_free_scores" in results and {k: stored.get(k) for k in listed} == listed:
         return results
     method = load_method(run_dir, config)
     probs, valid = held_probabilities(method, held.images, config)
