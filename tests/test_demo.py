@@ -19,7 +19,7 @@ from latteclip.engine.results import computed_as
 from latteclip.errors import LatteclipError
 from latteclip.experiments import jobs, machine, runner
 from latteclip.experiments.jobs import run_or_reuse
-from latteclip.experiments.runner import FinishedRun, select
+from latteclip.experiments.runner import FinishedRun
 from latteclip.experiments.spec import load_experiment, package_experiment_file
 from latteclip.experiments.tables import results_table
 
@@ -126,6 +126,7 @@ def test_choice_is_made_on_held_out_training_images(tmp_path, monkeypatch):
     path = demo_config(
         tmp_path,
         methods=[{"method": "flyp_pl", "lr": 1e-5, "search": {"lr": [1e-6, 1e-5, 1e-4], "max_steps": [10, 20]}}],
+        shifts=["rotation"],
     )
     experiment = load_experiment(path)
     entry = experiment.methods[0]
@@ -145,7 +146,9 @@ def test_choice_is_made_on_held_out_training_images(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "finished_run", fake_run)
     experiment.weights["source"] = tmp_path / "weights.safetensors"
-    choice, scores = select(experiment, entry, "rotation", lambda message: None)
+    choice, scores = runner.choose_all(experiment, lambda e: runner.RunHow(), set(), None, None, lambda m: None)[
+        (entry.name, "rotation")
+    ]
     assert set(seen) == {"fmnist-heldout-rotation"} and len(scores) == 6
     assert choice == {"lr": 1e-5, "max_steps": 10}  # tied with lr 1e-4: the earlier candidate wins
 

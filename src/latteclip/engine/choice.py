@@ -291,9 +291,14 @@ def check_score(name: str, described: bool) -> None:
         raise LatteclipError(f"--choose-by {name}: not a label-free score of this run; use one of {', '.join(known)}")
 
 
+def first_best(values: Sequence[float]) -> int:
+    """The index of the highest value, a tie going to the earlier one: how every choice of a candidate breaks ties."""
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
 def pick(candidates: Sequence[Candidate], score: str) -> Candidate:
     """The best candidate by `score`; a tie goes to the earlier candidate (the order given)."""
-    return max(candidates, key=lambda c: (c.scores[score], -candidates.index(c)))
+    return candidates[first_best([c.scores[score] for c in candidates])]
 
 
 def mean_agreement(predictions: Sequence[Sequence[int]]) -> float | None:

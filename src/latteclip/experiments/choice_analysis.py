@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from latteclip.engine.choice import first_best
+
 Choice = dict[str, Any]  # one record of ExperimentRuns.choices: shift, entry, label, chosen, scores (the candidates)
 
 
@@ -42,7 +44,7 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 def best_by(candidates: Sequence[dict[str, Any]], score: str) -> dict[str, Any]:
     """The candidate a score picks (the highest; a tie goes to the earlier candidate, as the runner picks)."""
-    return max(candidates, key=lambda c: (c["label_free"][score], -candidates.index(c)))
+    return candidates[first_best([c["label_free"][score] for c in candidates])]
 
 
 @dataclass(frozen=True)

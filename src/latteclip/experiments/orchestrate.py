@@ -23,6 +23,7 @@ from latteclip.data.coop import load_spec, read_split_file, spec_names
 from latteclip.data.subsets import share_count
 from latteclip.describe.prompts import load_prompts
 from latteclip.describe.settings import resolve_settings
+from latteclip.engine.choice import first_best
 from latteclip.engine.results import read_results
 from latteclip.engine.session import dataset_options
 from latteclip.errors import LatteclipError
@@ -31,7 +32,7 @@ from latteclip.experiments.cost import run_steps
 from latteclip.experiments.jobs import RunState, run_job, run_state
 from latteclip.experiments.launch import Job, LaunchSettings, Outcome, launch
 from latteclip.experiments.plan import Plan, PlannedRun
-from latteclip.experiments.runner import cached_weights, choice_tag, describe_stage, run_config
+from latteclip.experiments.runner import RunHow, cached_weights, candidate_requests, describe_stage, run_config
 from latteclip.experiments.spec import Experiment, MethodEntry
 from latteclip.experiments.tables import Cells
 
@@ -271,15 +272,13 @@ def _held_out_choice(
     if not experiment.choose or len(candidates) == 1:
         return candidates[0]
     tops = []
-    for choice in candidates:
-        name = f"select/{shift}/{entry.name}/{choice_tag(choice)}"
-        config = run_config(experiment, entry, experiment.heldout(shift), experiment.seeds[0], name, choice)
-        state, results = _state_and_results(config, archive)
-        states.append((name, state))
+    for request in candidate_requests(experiment, entry, shift, RunHow(), None):
+        state, results = _state_and_results(request.config, archive)
+        states.append((request.config.name, state))
         tops.append(results["top1"] if results is not None else None)
     if any(top is None for top in tops):
         return None
-    return candidates[max(range(len(tops)), key=lambda i: (tops[i], -i))]
+    return candidates[first_best(tops)]
 
 
 def _state_and_results(config: RunConfig, archive: RunArchive | None) -> tuple[RunState, dict[str, Any] | None]:

@@ -25,7 +25,7 @@ from latteclip.data import ImageDataset, build_dataset
 from latteclip.data.shifts import UNSHIFTED
 from latteclip.describe.clip_vocab import describer_model_id, read_vocabulary
 from latteclip.describe.settings import DescribeSettings, resolve_settings
-from latteclip.engine.choice import HeldBack, held_back_of, score_run
+from latteclip.engine.choice import HeldBack, first_best, held_back_of, score_run
 from latteclip.engine.describing import describe_run
 from latteclip.engine.pretraining import PretrainedWeights, pretrain_key, pretrained_weights, weights_path
 from latteclip.engine.results import RunResults, read_results
@@ -161,10 +161,9 @@ def finished_run(
     With `held`, the run is also scored label-free on those images (`engine.choice.score_run`, into its results); an
     archived entry without those scores is not reused, since scoring needs the model, which only a run folder keeps.
     """
-    if archive is not None and not fresh:
-        kept = archive.get(config)
-        if kept is not None and computed_here_alike(kept["results"], config) and scored_on(kept["results"], held):
-            return FinishedRun(kept["results"], kept["summary"], archived=True)
+    kept = archived_run(config, archive, fresh, held)
+    if kept is not None:
+        return kept
     return recorded_run(config, archive, held, run_or_reuse(config, prepare, fresh))
 
 
@@ -216,7 +215,7 @@ def finished_runs(
             done.append(finished_run(request.config, request.prepare, archive, request.fresh, request.held))
             progress(f"      {measured(done[-1])}")
         return done
-    kept = {i: archived_run(r, archive) for i, r in enumerate(requests)}
+    kept = {i: archived_run(r.config, archive, r.fresh, r.held) for i, r in enumerate(requests)}
     todo = [i for i, run in kept.items() if run is None]
     for i in todo:
         if requests[i].prepare is not None:
@@ -237,13 +236,15 @@ def measured(run: FinishedRun) -> str:
     return f"top-1 {100 * run.results['top1']:.2f}%" + (" (from the archive)" if run.archived else "")
 
 
-def archived_run(request: RunRequest, archive: RunArchive | None) -> FinishedRun | None:
-    if archive is None or request.fresh:
+def archived_run(
+    config: RunConfig, archive: RunArchive | None, fresh: bool = False, held: HeldOutScoring | None = None
+) -> FinishedRun | None:
+    """The archive's entry for `config` when it stands for the run here: same configuration, computed alike, and
+    scored on `held` (scoring needs the model, which only a run folder keeps); None to run it."""
+    if archive is None or fresh:
         return None
-    kept = archive.get(request.config)
-    if kept is None or not computed_here_alike(kept["results"], request.config):
-        return None
-    if not scored_on(kept["results"], request.held):
+    kept = archive.get(config)
+    if kept is None or not computed_here_alike(kept["results"], config) or not scored_on(kept["results"], held):
         return None
     return FinishedRun(kept["results"], kept["summary"], archived=True)
 
@@ -307,8 +308,7 @@ def choice_tag(choice: dict[str, Any]) -> str:
 
 def label_free_pick(scores: list[dict[str, Any]], score: str) -> dict[str, Any]:
     """The candidate with the best label-free `score` on the held-out images; ties go to the earlier candidate."""
-    best = max(range(len(scores)), key=lambda i: (scores[i]["label_free"][score], -i))
-    return scores[best]["choice"]
+    return scores[first_best([s["label_free"][score] for s in scores])]["choice"]
 
 
 def run_summary(results: RunResults, run_dir: Path) -> dict[str, Any]:
@@ -359,26 +359,7 @@ def chosen(candidates: list[dict[str, Any]], runs: list[FinishedRun], scored: bo
     for record, run in zip(scores, runs):
         if scored:
             record["label_free"] = with_combined(run.results["label_free_scores"])
-    best = max(range(len(scores)), key=lambda i: (scores[i]["heldout_top1"], -i))
-    return scores[best]["choice"], scores
-
-
-def select(
-    experiment: Experiment,
-    entry: MethodEntry,
-    shift: str,
-    progress: Progress,
-    how: RunHow | None = None,
-    held: HeldOutScoring | None = None,
-    launcher: LaunchSettings | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The grid point with the best held-out top-1 (first seed) and every candidate's record; one candidate: no run."""
-    candidates = entry.candidates()
-    if len(candidates) == 1:
-        return candidates[0], []
-    how = how or RunHow()
-    runs = finished_runs(candidate_requests(experiment, entry, shift, how, held), how.archive, launcher, progress)
-    return chosen(candidates, runs, held is not None)
+    return scores[first_best([s["heldout_top1"] for s in scores])]["choice"], scores
 
 
 def check_stages(experiment: Experiment) -> None:
