@@ -107,18 +107,23 @@ def eurosat_folder(tmp_path_factory, eurosat_zip) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, eurosat_zip) -> dict[str, Path]:
-    """A real flyp_pl run (latte-tiny, random weights, 40 EuroSAT images, 8 steps) and its zeroshot run.
+    """A real flyp_pl run (latte-tiny, random weights, 40 EuroSAT images, 8 steps), its zeroshot run, and the same
+    flyp_pl run stopped by Ctrl-C at step 5 (`interrupted`: its last.pt is of step 4, a finished run keeps none).
 
     Shared by the report, predict and export tests; `--lr 1e-3` so the fine-tuned model differs from zero-shot.
     """
     from latteclip.cli import main
+    from latteclip.methods.flyp import FlypPseudoLabels
 
     output = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LATTECLIP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         assert main(tiny_run_argv("flyp_pl", output, "flyp", root=eurosat_zip, **TINY_FLYP)) == 0
         assert main(tiny_argv("zeroshot", root=eurosat_zip, output=output, name="zeroshot")) == 0
-    return {"flyp": output / "flyp", "zeroshot": output / "zeroshot"}
+        interrupt_at_step(patch, FlypPseudoLabels, 4)
+        stopped = {**TINY_FLYP, "checkpoint_every": 4}
+        assert main(tiny_run_argv("flyp_pl", output, "interrupted", root=eurosat_zip, **stopped)) == 130
+    return {"flyp": output / "flyp", "zeroshot": output / "zeroshot", "interrupted": output / "interrupted"}
 
 
 @pytest.fixture(scope="session")

@@ -459,8 +459,17 @@ def test_the_choice_analysis_runs_every_candidate_on_shifted_domains_only(tmp_pa
 
 
 def test_an_extending_experiment_keeps_the_files_of_the_file_it_extends():
-    """The benchmark's file extends the demo's, whose CoFT+ entry names class descriptions beside the demo's file."""
+    """The benchmark's file extends the demo's, whose CoFT+ entry names class descriptions beside the demo's file:
+    the benchmark names them relative to its own file (the same on every machine), and its runs read that file."""
     experiment = load_experiment(package_experiment_file("domain-shift"))
     entry = next(e for e in experiment.methods if e.name == "coft_plus")
-    named = Path(entry.overrides["method_options"]["class_descriptions"])
-    assert named.is_absolute() and named.is_file() and named.name == "class_descriptions.json"
+    named = entry.overrides["method_options"]["class_descriptions"]
+    assert named == "../../data/fmnist/class_descriptions.json"
+    experiment.weights["source"] = Path("source.safetensors")  # as if pre-trained: only the file option is read
+    config = runner.run_config(experiment, entry, "rotation", 0, "coft_plus-s0")
+    demo_file = package_experiment_file("demo")
+    assert (
+        Path(config.method_options["class_descriptions"])
+        == (demo_file.parent / "../data/fmnist/class_descriptions.json").resolve()
+    )
+    assert Path(config.method_options["class_descriptions"]).is_file()

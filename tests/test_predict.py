@@ -112,5 +112,5 @@ def test_bad_input_is_one_line_error(tiny_runs, tiny_test_images, tmp_path, caps
     (tmp_path / "empty").mkdir()
     assert main(["predict", "--checkpoint", str(tiny_runs["flyp"] / "final.pt"), str(tmp_path / "empty")]) == 2
     assert "no image files" in capsys.readouterr().err
-    assert main(["predict", "--checkpoint", str(tiny_runs["flyp"] / "last.pt"), str(tiny_test_images)]) == 2
+    assert main(["predict", "--checkpoint", str(tiny_runs["interrupted"] / "last.pt"), str(tiny_test_images)]) == 2
     assert "not a final checkpoint" in capsys.readouterr().err

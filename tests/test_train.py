@@ -68,6 +68,21 @@ def full_run(eurosat_zip, tmp_path_factory) -> Path:
     return output / "full"
 
 
+@pytest.fixture(scope="module")
+def unfinished_run(full_run, eurosat_zip) -> Path:
+    """The reference run killed while finishing: its last step checkpointed and its final evaluation logged, but
+    neither final.pt nor results.json written (Ctrl-C in `Trainer.finish`)."""
+    from latteclip.engine.trainer import Trainer
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "finish", killed)
+        assert main(flyp_args(eurosat_zip, full_run.parent, "unfinished")) == 130
+    return full_run.parent / "unfinished"
+
+
 def test_flyp_pl_runs_to_the_end(full_run):
     results = json.loads((full_run / "results.json").read_text())
     assert results["method"] == "flyp_pl" and results["steps"] == TOTAL_STEPS and results["test"]["n"] == 40
@@ -89,9 +104,9 @@ def test_flyp_pl_runs_to_the_end(full_run):
     assert min(r["analysis/pseudo_label_acc"] for r in records if "loss" in r) < 1.0
     config = yaml.safe_load((full_run / "config.yaml").read_text())
     assert config["method"] == "flyp_pl" and config["max_steps"] == TOTAL_STEPS and config["limit"] == 40
-    assert {"last.pt", "final.pt", "results.json", "metrics.jsonl", "config.yaml"} <= {
-        p.name for p in full_run.iterdir()
-    }
+    kept = {p.name for p in full_run.iterdir()}
+    assert {"final.pt", "results.json", "metrics.jsonl", "config.yaml"} <= kept
+    assert "last.pt" not in kept  # only --resume reads it, and a finished run is not resumed
 
 
 def test_learning_rate_follows_warmup_then_cosine(full_run):
@@ -190,22 +205,23 @@ def test_killed_run_resumes_to_the_same_result(full_run, eurosat_zip, workers):
     assert_same_run(full_run, output / name)
 
 
-def test_run_killed_while_finishing_resumes_to_the_same_record(full_run, eurosat_zip):
-    """Killed after the last checkpoint, with the final evaluation logged but final.pt not yet written."""
+def test_run_killed_while_finishing_resumes_to_the_same_record(full_run, unfinished_run, eurosat_zip):
     output = full_run.parent
-    shutil.copytree(full_run, output / "finishing")
-    for name in ("final.pt", "results.json"):
-        (output / "finishing" / name).unlink()
+    shutil.copytree(unfinished_run, output / "finishing")
+    assert not (output / "finishing" / "final.pt").exists()
     assert main(flyp_args(eurosat_zip, output, "finishing", "--resume")) == 0
     assert_same_run(full_run, output / "finishing")
+    assert not (output / "finishing" / "last.pt").exists()
 
 
-def test_resume_refuses_changed_settings(full_run, eurosat_zip, capsys):
-    code = main(flyp_args(eurosat_zip, full_run.parent, "full", "--lr", "0.5", "--resume"))
+def test_resume_refuses_changed_settings(unfinished_run, eurosat_zip, capsys):
+    code = main(flyp_args(eurosat_zip, unfinished_run.parent, "unfinished", "--lr", "0.5", "--resume"))
     assert code == 2 and "lr: 0.0001 -> 0.5" in capsys.readouterr().err
 
 
-def test_resume_identity_holds_the_precision_in_use_and_the_device_type(full_run, tmp_path, monkeypatch):
+def test_resume_identity_holds_the_precision_in_use_and_the_device_type(
+    full_run, unfinished_run, tmp_path, monkeypatch
+):
     """--precision auto is fp32 on CPU and bf16 on a GPU, fp16 only on a GPU: a run resumed on the other kind of
     device would silently change precision (or load a disabled grad scaler's empty state): refused instead."""
     import dataclasses
@@ -215,7 +231,7 @@ def test_resume_identity_holds_the_precision_in_use_and_the_device_type(full_run
     from latteclip.engine.train_state import RUNTIME_KEYS, check_resumable, run_identity
     from latteclip.errors import LatteclipError
 
-    assert load_checkpoint(full_run / "last.pt")["config"]["precision_in_use"] == "fp32"
+    assert load_checkpoint(unfinished_run / "last.pt")["config"]["precision_in_use"] == "fp32"
     results = json.loads((full_run / "results.json").read_text())
     assert (results["precision"], results["device_type"]) == ("fp32", "cpu")  # what reuse can compare
     cpu, gpu = torch.device("cpu"), torch.device("cuda")

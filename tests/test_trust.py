@@ -60,7 +60,8 @@ class Case:
     """What one case of the table sees: a private copy of a finished run, its data, a marker path."""
 
     tmp: Path
-    run: Path  # tmp/runs/flyp: a finished flyp_pl run (final.pt, last.pt, results.json)
+    run: Path  # tmp/runs/flyp: a finished flyp_pl run (final.pt, results.json)
+    interrupted: Path  # tmp/runs/interrupted: the same run stopped at step 5 (last.pt, no final.pt)
     root: Path  # the EuroSAT zip the run was trained on
     folder: Path  # the small extracted EuroSAT copy (for describe)
     stack: contextlib.ExitStack
@@ -73,8 +74,8 @@ class Case:
     def output(self) -> list[str]:
         return ["--output", str(self.run.parent), "--root", str(self.root)]
 
-    def poisoned(self, name: str) -> str:
-        return str(poison(self.run / name, load_checkpoint(self.run / name), self.marker))
+    def poisoned(self, path: Path) -> str:
+        return str(poison(path, load_checkpoint(path), self.marker))
 
     def write(self, name: str, data: bytes | str) -> Path:
         path = self.tmp / name
@@ -96,10 +97,10 @@ def dead_url() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}/v1"  # nothing listens once the socket closes
 
 
-def interrupted(c: Case) -> list[str]:
-    for name in ("final.pt", "results.json"):
-        (c.run / name).unlink()
-    return [*FLYP, *c.output]
+def resume_poisoned_last(c: Case) -> list[str]:
+    """--resume of the interrupted run, its last.pt replaced by a pickle planting code."""
+    c.poisoned(c.interrupted / "last.pt")
+    return [*FLYP, *c.output, "--name", "interrupted", "--resume", "--checkpoint-every", "4"]
 
 
 def weights_file(c: Case) -> str:
@@ -120,20 +121,20 @@ IMPORTED = {"kind": "image", "text": "a forest", "prompt": "p", "model": "m"}
 CASES: dict[str, tuple[Callable[[Case], list[str]], str]] = {
     # 1. no code execution
     "eval-poisoned-final": (
-        lambda c: ["eval", "--checkpoint", c.poisoned("final.pt"), "--device", "cpu"],
+        lambda c: ["eval", "--checkpoint", c.poisoned(c.run / "final.pt"), "--device", "cpu"],
         "could run code",
     ),
     "predict-poisoned-final": (
-        lambda c: ["predict", "--checkpoint", c.poisoned("final.pt"), str(c.folder / "2750" / "Forest")],
+        lambda c: ["predict", "--checkpoint", c.poisoned(c.run / "final.pt"), str(c.folder / "2750" / "Forest")],
         "could run code",
     ),
     "export-poisoned-final": (
-        lambda c: ["export", "--checkpoint", c.poisoned("final.pt"), "--out", str(c.tmp / "exported")],
+        lambda c: ["export", "--checkpoint", c.poisoned(c.run / "final.pt"), "--out", str(c.tmp / "exported")],
         "could run code",
     ),
     # an earlier version's pickle last.pt is never opened: the run is refused before anything loads
     "resume-poisoned-last": (
-        lambda c: [*FLYP, *c.output, "--resume", "--checkpoint-every", c.poisoned("last.pt") and "4"],
+        resume_poisoned_last,
         "--overwrite instead of --resume",
     ),
     "pretrained-poisoned-weights": (
@@ -142,7 +143,11 @@ CASES: dict[str, tuple[Callable[[Case], list[str]], str]] = {
     ),
     # 2. no silent data loss
     "train-over-finished-run": (lambda c: [*FLYP, *c.output], "already holds a finished run"),
-    "train-over-interrupted-run": (interrupted, "pass --resume to continue it"),
+    "resume-finished-run": (lambda c: [*FLYP, *c.output, "--resume"], "already finished"),
+    "train-over-interrupted-run": (
+        lambda c: [*FLYP, *c.output, "--name", "interrupted"],
+        "pass --resume to continue it",
+    ),
     "overwrite-with-bad-value": (
         lambda c: [*FLYP, *c.output, "--overwrite", "--batch-size", "0"],
         "--batch-size must be at least 1",
@@ -247,9 +252,11 @@ CASES: dict[str, tuple[Callable[[Case], list[str]], str]] = {
 def case(tiny_runs, eurosat_zip, eurosat_folder, tmp_path, monkeypatch):
     monkeypatch.delenv("LATTECLIP_LMM_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    shutil.copytree(tiny_runs["flyp"], tmp_path / "runs" / "flyp")
+    for name in ("flyp", "interrupted"):
+        shutil.copytree(tiny_runs[name], tmp_path / "runs" / name)
+    runs = tmp_path / "runs"
     with contextlib.ExitStack() as stack:
-        yield Case(tmp_path, tmp_path / "runs" / "flyp", eurosat_zip, eurosat_folder, stack)
+        yield Case(tmp_path, runs / "flyp", runs / "interrupted", eurosat_zip, eurosat_folder, stack)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -282,8 +289,8 @@ def test_checkpoints_hold_no_pickle_and_resume_state_round_trips(tiny_runs):
     saved."""
     import numpy as np
 
-    last = load_checkpoint(tiny_runs["flyp"] / "last.pt")
-    assert (tiny_runs["flyp"] / "last.pt").read_bytes()[:2] != b"PK"  # not torch.save's zip of pickles
+    last = load_checkpoint(tiny_runs["interrupted"] / "last.pt")
+    assert (tiny_runs["interrupted"] / "last.pt").read_bytes()[:2] != b"PK"  # not torch.save's zip of pickles
     assert set(last["optimizer"]["state"]) and all(isinstance(k, int) for k in last["optimizer"]["state"])
     assert isinstance(last["optimizer"]["param_groups"][0]["betas"], tuple)
     kind, keys, *_ = last["rng"]["numpy"]

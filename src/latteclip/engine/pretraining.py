@@ -98,7 +98,6 @@ def pretrained_weights(config: RunConfig, force: bool = False) -> PretrainedWeig
     }
     atomic_write_bytes(summary_path, json.dumps(summary, indent=1).encode())
     record_behaviour(config, key, weights, force=True)
-    (run_dir / "last.pt").unlink(missing_ok=True)  # only needed to resume; the weights file is the result
     return PretrainedWeights(weights, False, summary)
 
 

@@ -372,6 +372,9 @@ class Trainer:
         if distributed.is_main():
             save_checkpoint(self.run_dir / "final.pt", payload)
             write_results(self.run_dir, results)
+            # a finished run is never resumed: its resume state (weights, optimizer moments, RNG) would only fill
+            # disks, three times final.pt's size per run, hundreds of runs in a paper's tables
+            (self.run_dir / "last.pt").unlink(missing_ok=True)
         distributed.barrier()
         return results
 

@@ -36,7 +36,7 @@ from latteclip.experiments.archive import RunArchive
 from latteclip.experiments.jobs import computed_here_alike, run_job, run_or_reuse
 from latteclip.experiments.launch import Job, LaunchSettings, launch
 from latteclip.experiments.machine import elapsed
-from latteclip.experiments.spec import Experiment, MethodEntry, deep_merge
+from latteclip.experiments.spec import FILE_OPTIONS, Experiment, MethodEntry, deep_merge
 from latteclip.experiments.tables import Cells
 
 Progress = Callable[[str], None]
@@ -131,10 +131,10 @@ def run_config(
     values = deep_merge(values, entry.overrides)
     values = deep_merge(values, choice or {})
     options = values.get("method_options") or {}
-    if options.get("class_descriptions") and not Path(options["class_descriptions"]).is_absolute():
-        # files named in an experiment are relative to the experiment file
-        where = (Path(experiment.source).parent / options["class_descriptions"]).resolve()
-        values["method_options"] = {**options, "class_descriptions": str(where)}
+    for key in FILE_OPTIONS:  # files named in an experiment are relative to the experiment file
+        if options.get(key) and not Path(options[key]).is_absolute():
+            options = {**options, key: str((Path(experiment.source).parent / options[key]).resolve())}
+            values["method_options"] = options
     if "descriptions" in entry.needs and "described_by" not in (values.get("method_options") or {}):
         described_by = offline_describer_name(experiment.describe, dataset, values["model"], values["pretrained"])
         if described_by:

@@ -10,6 +10,7 @@ describer, the stand-in for the paper's LMM, and the model of entries with `weig
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -153,7 +154,8 @@ def _extended(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
         return data
     if not isinstance(base, dict) or "file" not in base:
         raise LatteclipError(f"{path}: 'extends' holds file: EXPERIMENT.yaml and optionally variant: SECTION")
-    parent = files_relative_to(read_yaml(Path(path).parent / base["file"]), (Path(path).parent / base["file"]).parent)
+    extended = Path(path).parent / base["file"]
+    parent = files_rebased(read_yaml(extended), extended.parent, Path(path).parent)
     variant = base.get("variant")
     if variant and variant not in parent:
         raise LatteclipError(f"{path}: {base['file']} has no '{variant}' section")
@@ -164,18 +166,19 @@ def _extended(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
 FILE_OPTIONS = ("class_descriptions",)  # method options naming a file, relative to the experiment file naming it
 
 
-def files_relative_to(data: Any, folder: Path) -> Any:
-    """`data` with every relative file a method option names made absolute from `folder`: an extending file keeps
-    the files of the file it extends (the benchmark's CoFT+ entry names the class descriptions beside the demo's)."""
+def files_rebased(data: Any, folder: Path, new_folder: Path) -> Any:
+    """`data` with every relative file a method option names, relative to `folder`, made relative to `new_folder`:
+    an extending file keeps the files of the file it extends (the benchmark's CoFT+ entry names the class
+    descriptions beside the demo's), and its runs and pages name them the same on every machine."""
     if isinstance(data, list):
-        return [files_relative_to(item, folder) for item in data]
+        return [files_rebased(item, folder, new_folder) for item in data]
     if not isinstance(data, dict):
         return data
-    data = {key: files_relative_to(value, folder) for key, value in data.items()}
+    data = {key: files_rebased(value, folder, new_folder) for key, value in data.items()}
     options = data.get("method_options")
     if isinstance(options, dict):
         data["method_options"] = {
-            key: str((folder / value).resolve())
+            key: os.path.relpath(folder / value, new_folder)
             if key in FILE_OPTIONS and isinstance(value, str) and value and not Path(value).is_absolute()
             else value
             for key, value in options.items()
