@@ -51,17 +51,21 @@ def run(command: list[str | Path], cwd: Path, env: dict[str, str], timeout: floa
 def test_the_installed_wheel_runs_the_demo_and_adapt_from_another_folder(tmp_path, eurosat_folder):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["LATTECLIP_CACHE"] = str(tmp_path / "cache")
+    # built from a copy: setuptools writes build/ beside the sources, and a build/ left in the checkout would put
+    # files deleted since into later wheels
+    source = tmp_path / "source"
+    shutil.copytree(PACKAGE, source / "src" / "latteclip", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, REPO],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, source],
         tmp_path,
         env,
     )
     (wheel,) = wheels.glob("latteclip-*.whl")
-    packaged = set(zipfile.ZipFile(wheel).namelist())
-    assert [
-        f for f in package_files() if f not in packaged
-    ] == []  # configs, specs, splits, vocabularies, Fashion-MNIST
+    packaged = {name for name in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in name}
+    assert sorted(packaged) == package_files()  # configs, specs, splits, vocabularies, Fashion-MNIST; nothing else
 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path, env)
