@@ -17,7 +17,8 @@ EUROSAT_ZIP = EUROSAT_DIR / "EuroSAT.zip"
 # The tiny model the CLI tests run (latte-tiny with random weights, on the CPU, images loaded in the main process).
 # benchmarks/refactor_check.py spells the same flags out itself: a benchmark does not import the tests.
 TINY_MODEL: dict[str, object] = {"model": "latte-tiny", "pretrained": "random", "device": "cpu", "workers": 0}
-# the training flags of the shared tiny flyp run (`tiny_runs`): a test that resumes its last.pt must pass the same
+# the training flags of the shared tiny flyp runs (`tiny_runs`): a test that resumes the interrupted one passes the
+# same, with --checkpoint-every 4
 TINY_FLYP: dict[str, object] = {
     "max_steps": 8,
     "batch_size": 16,

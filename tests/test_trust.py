@@ -27,7 +27,7 @@ from latteclip.paths import atomic_write_bytes, temp_name
 from tests.conftest import TINY, TINY_FLYP, describe_argv, flags, tiny_argv
 from tests.lmm_server import FakeLMMServer
 
-# the arguments of the shared flyp run (conftest.tiny_runs), so that --resume would accept its last.pt
+# the arguments of the shared flyp runs (conftest.tiny_runs), so that --resume would accept the interrupted one
 FLYP = ["train", *flags(method="flyp_pl", name="flyp", **TINY_FLYP, dataset="eurosat", limit=40), *TINY]
 
 
@@ -57,7 +57,8 @@ def checksums(folder: Path) -> dict[str, str]:
 
 @dataclass
 class Case:
-    """What one case of the table sees: a private copy of a finished run, its data, a marker path."""
+    """What one case of the table sees: private copies of a finished and an interrupted run, their data, a marker
+    path."""
 
     tmp: Path
     run: Path  # tmp/runs/flyp: a finished flyp_pl run (final.pt, results.json)
