@@ -414,7 +414,7 @@ def adapt(
             "openai --lmm-url URL (a multimodal model behind an OpenAI-compatible server), --lmm "
             "transformers or --lmm offline"
         )
-    described = settings is not None and bool(settings.lmm)  # the describer reads the held-back images, any method
+    described = describes_held_back(settings)
     score = choose_by or default_score(described)
     check_score(score, described)
     options = (
@@ -443,6 +443,12 @@ def adapt(
     return finish_adaptation(config, zero_shot, zero_shot_results, scored, chosen, score, judged, progress)
 
 
+def describes_held_back(settings: DescribeSettings | None) -> bool:
+    """Whether the describer reads the held-back images: for every method once an LMM is given, so that the
+    describer's agreement scores every candidate."""
+    return settings is not None and bool(settings.lmm)
+
+
 def describe_candidates_images(
     config: RunConfig,
     settings: DescribeSettings | None,
@@ -461,8 +467,7 @@ def describe_candidates_images(
             progress,
             prompts,
         )
-    # what the describer says of each held-back image, whatever the method: a reference to agree with
-    if settings is not None and settings.lmm:
+    if describes_held_back(settings):  # what the describer says of each held-back image: a reference to agree with
         describe_stage(
             dataclasses.replace(config, root=str(lists.held)),
             dataclasses.replace(settings, kinds=["image"]),
